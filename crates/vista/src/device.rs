@@ -1,0 +1,1 @@
+//! Compute device selection and process set-up.

@@ -1,0 +1,1 @@
+//! Foreign checkpoints: safetensors and PyTorch pickles, family detection and renaming.
