@@ -1,0 +1,1 @@
+//! What the CLI and server call: zero-shot classification, embedding.
