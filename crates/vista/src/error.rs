@@ -20,31 +20,16 @@ pub enum Error {
         "{path}: image is {width}x{height} = {pixels} pixels, over the limit of {limit} pixels \
          (a possible decompression bomb; raise the limit if the image is trusted)"
     )]
-    ImageTooLarge {
-        path: PathBuf,
-        width: u32,
-        height: u32,
-        pixels: u64,
-        limit: u64,
-    },
+    ImageTooLarge { path: PathBuf, width: u32, height: u32, pixels: u64, limit: u64 },
 
     #[error("{path}: cannot read checkpoint: {message}")]
     Checkpoint { path: PathBuf, message: String },
 
     #[error("{path}: missing tensor `{name}`{hint}")]
-    MissingTensor {
-        path: PathBuf,
-        name: String,
-        hint: String,
-    },
+    MissingTensor { path: PathBuf, name: String, hint: String },
 
     #[error("{path}: tensor `{name}` has shape {found:?}, the model expects {expected:?}")]
-    ShapeMismatch {
-        path: PathBuf,
-        name: String,
-        expected: Vec<usize>,
-        found: Vec<usize>,
-    },
+    ShapeMismatch { path: PathBuf, name: String, expected: Vec<usize>, found: Vec<usize> },
 
     #[error("{path}: {message}")]
     Config { path: PathBuf, message: String },
@@ -66,16 +51,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Io { path: path.into(), source }
     }
 
     pub(crate) fn arg(name: impl Into<String>, message: impl Into<String>) -> Self {
-        Error::InvalidArgument {
-            name: name.into(),
-            message: message.into(),
-        }
+        Error::InvalidArgument { name: name.into(), message: message.into() }
     }
 }

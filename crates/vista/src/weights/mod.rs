@@ -1,1 +1,17 @@
-//! Foreign checkpoints: safetensors and PyTorch pickles, family detection and renaming.
+//! Everything about foreign checkpoints.
+//!
+//! * [`formats`] opens safetensors (memory-mapped) and PyTorch zip-pickles (`.bin`, `.pth`, `.pt`).
+//! * [`store`] holds the tensors under the model's canonical names and hands them out through a
+//!   [`store::Vb`] path builder that checks every shape; [`store::LoadReport`] lists what was loaded
+//!   and what was left unused. A missing or misshapen tensor is an error naming it (in the
+//!   checkpoint's own spelling) and both shapes — nothing is ever filled with random values.
+//! * One module per checkpoint family holds its rename / split / fuse / transpose table
+//!   ([`clip`]); model code never asks which family a checkpoint came from.
+//! * [`hub`] turns a model argument (a file, a folder or a Hugging Face id) into local files.
+
+pub mod clip;
+pub mod formats;
+pub mod hub;
+pub mod store;
+
+pub use store::{LoadReport, TensorStore, Vb};

@@ -1,0 +1,87 @@
+//! CLIP's pre-norm residual attention block and the stack of them, named as OpenAI's
+//! `clip/model.py::ResidualAttentionBlock` (`ln_1`, `attn.in_proj_weight`, `ln_2`, `mlp.c_fc`, `mlp.c_proj`).
+
+use candle_core::{Module, Tensor};
+
+use crate::nn::{Activation, FusedQkvAttention, LayerNorm, Linear, Mlp};
+use crate::weights::Vb;
+use crate::Result;
+
+/// Named activations recorded during a forward pass, for parity tests and debugging.
+pub type Trace = Vec<(String, Tensor)>;
+
+pub(crate) fn record(trace: &mut Option<&mut Trace>, name: impl Into<String>, t: &Tensor) {
+    if let Some(tr) = trace.as_deref_mut() {
+        tr.push((name.into(), t.clone()));
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ResidualAttentionBlock {
+    ln_1: LayerNorm,
+    attn: FusedQkvAttention,
+    ln_2: LayerNorm,
+    mlp: Mlp,
+}
+
+impl ResidualAttentionBlock {
+    pub fn load(vb: &Vb, width: usize, heads: usize, mlp_dim: usize, act: Activation, eps: f64) -> Result<Self> {
+        let a = vb.pp("attn");
+        let qkv =
+            Linear::new(a.get(&[3 * width, width], "in_proj_weight")?, Some(a.get(&[3 * width], "in_proj_bias")?));
+        let proj = Linear::load(&a.pp("out_proj"), width, width, true)?;
+        Ok(Self {
+            ln_1: LayerNorm::load(&vb.pp("ln_1"), width, eps)?,
+            attn: FusedQkvAttention::new(qkv, proj, heads, width),
+            ln_2: LayerNorm::load(&vb.pp("ln_2"), width, eps)?,
+            mlp: Mlp::load(&vb.pp("mlp"), ("c_fc", "c_proj"), width, mlp_dim, act)?,
+        })
+    }
+
+    /// # Shapes
+    /// `x: [B, N, C] -> [B, N, C]`
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let x = (x + self.attn.forward(&self.ln_1.forward(x)?, mask)?)?;
+        Ok((&x + self.mlp.forward(&self.ln_2.forward(&x)?)?)?)
+    }
+}
+
+/// `transformer.resblocks.N`.
+#[derive(Debug, Clone)]
+pub struct Transformer {
+    blocks: Vec<ResidualAttentionBlock>,
+}
+
+impl Transformer {
+    pub fn load(
+        vb: &Vb,
+        width: usize,
+        layers: usize,
+        heads: usize,
+        mlp_dim: usize,
+        act: Activation,
+        eps: f64,
+    ) -> Result<Self> {
+        let vb = vb.pp("resblocks");
+        let blocks = (0..layers)
+            .map(|i| ResidualAttentionBlock::load(&vb.pp(i), width, heads, mlp_dim, act, eps))
+            .collect::<Result<_>>()?;
+        Ok(Self { blocks })
+    }
+
+    /// Runs every block, recording `{prefix}.blocks.{i}` into `trace` when given.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        prefix: &str,
+        mut trace: Option<&mut Trace>,
+    ) -> Result<Tensor> {
+        let mut x = x.clone();
+        for (i, b) in self.blocks.iter().enumerate() {
+            x = b.forward(&x, mask)?;
+            record(&mut trace, format!("{prefix}.blocks.{i}"), &x);
+        }
+        Ok(x)
+    }
+}

@@ -1,0 +1,49 @@
+//! Multi-head self-attention with one fused q/k/v projection, as `torch.nn.MultiheadAttention`
+//! (`in_proj_weight` `[3C, C]`, rows ordered q, k, v) and timm's `Attention` (`qkv`) store it.
+
+use candle_core::{Module, Tensor};
+
+use super::Linear;
+use crate::Result;
+
+#[derive(Debug, Clone)]
+pub struct FusedQkvAttention {
+    qkv: Linear,
+    proj: Linear,
+    num_heads: usize,
+    scale: f64,
+}
+
+impl FusedQkvAttention {
+    pub fn new(qkv: Linear, proj: Linear, num_heads: usize, dim: usize) -> Self {
+        let head_dim = dim / num_heads;
+        Self { qkv, proj, num_heads, scale: 1.0 / (head_dim as f64).sqrt() }
+    }
+
+    /// Self-attention; `mask` (`[N, N]`, added to the logits, `-inf` to block) is optional.
+    ///
+    /// # Shapes
+    /// `x: [B, N, C] -> [B, N, C]`
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b, n, c) = x.dims3()?;
+        let h = self.num_heads;
+        let d = c / h;
+        let qkv = self.qkv.forward(x)?;
+        // [B, N, 3C] -> [B, N, 3, H, D] -> [3, B, H, N, D]
+        let qkv = qkv.reshape((b, n, 3, h, d))?.permute((2, 0, 3, 1, 4))?;
+        // Scaling q before the product, as torch's scaled_dot_product_attention does.
+        let q = (qkv.get(0)?.contiguous()? * self.scale)?;
+        let k = qkv.get(1)?.contiguous()?;
+        let v = qkv.get(2)?.contiguous()?;
+        // [B, H, N, D] x [B, H, D, N] -> [B, H, N, N]
+        let attn = q.matmul(&k.t()?)?;
+        let attn = match mask {
+            Some(m) => attn.broadcast_add(m)?,
+            None => attn,
+        };
+        let attn = candle_nn::ops::softmax_last_dim(&attn)?;
+        // [B, H, N, N] x [B, H, N, D] -> [B, H, N, D] -> [B, N, H, D] -> [B, N, C]
+        let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, n, c))?;
+        Ok(self.proj.forward(&out)?)
+    }
+}

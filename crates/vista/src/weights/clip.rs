@@ -1,0 +1,203 @@
+//! CLIP checkpoint families and their mapping onto the canonical (OpenAI / open_clip) names.
+//!
+//! Canonical naming is the original OpenAI one, which open_clip keeps
+//! (`visual.transformer.resblocks.N.attn.in_proj_weight`, fused q/k/v; `visual.proj` as a
+//! `[width, embed]` matrix applied as `x @ proj`). Hugging Face transformers splits q/k/v and stores
+//! projections as `nn.Linear` weights (`[embed, width]`): both are undone here, once, at load.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+
+use super::store::TensorStore;
+use crate::{Error, Result};
+
+/// Which naming a CLIP checkpoint uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum ClipFamily {
+    /// OpenAI's release and open_clip: `visual.*`, `transformer.*`, `token_embedding.weight`.
+    OpenClip,
+    /// transformers `CLIPModel`: `vision_model.*`, `text_model.*`, `visual_projection.weight`.
+    HuggingFace,
+}
+
+/// Buffers some exports carry that hold no weights.
+const IGNORED_SUFFIXES: [&str; 2] = ["position_ids", "attn_mask"];
+/// Scalars of OpenAI's TorchScript state dict.
+const IGNORED_NAMES: [&str; 3] = ["input_resolution", "context_length", "vocab_size"];
+
+/// Guesses the family from the tensor names.
+pub fn detect<'a>(names: impl IntoIterator<Item = &'a String>) -> Option<ClipFamily> {
+    for n in names {
+        let n = n.strip_prefix("module.").unwrap_or(n);
+        if n.starts_with("vision_model.") || n.starts_with("text_model.") {
+            return Some(ClipFamily::HuggingFace);
+        }
+        if n.starts_with("visual.") || n.starts_with("token_embedding.") {
+            return Some(ClipFamily::OpenClip);
+        }
+    }
+    None
+}
+
+/// Per-block renames inside `encoder.layers.N.` (Hugging Face) → `resblocks.N.` (canonical).
+const HF_BLOCK_RENAMES: [(&str, &str); 8] = [
+    ("layer_norm1.weight", "ln_1.weight"),
+    ("layer_norm1.bias", "ln_1.bias"),
+    ("layer_norm2.weight", "ln_2.weight"),
+    ("layer_norm2.bias", "ln_2.bias"),
+    ("mlp.fc1.weight", "mlp.c_fc.weight"),
+    ("mlp.fc1.bias", "mlp.c_fc.bias"),
+    ("mlp.fc2.weight", "mlp.c_proj.weight"),
+    ("mlp.fc2.bias", "mlp.c_proj.bias"),
+];
+
+/// Whole-name and prefix renames, Hugging Face → canonical.
+const HF_RENAMES: [(&str, &str); 10] = [
+    ("vision_model.embeddings.class_embedding", "visual.class_embedding"),
+    ("vision_model.embeddings.patch_embedding.weight", "visual.conv1.weight"),
+    ("vision_model.embeddings.position_embedding.weight", "visual.positional_embedding"),
+    ("vision_model.pre_layrnorm.", "visual.ln_pre."),
+    ("vision_model.post_layernorm.", "visual.ln_post."),
+    ("text_model.embeddings.token_embedding.weight", "token_embedding.weight"),
+    ("text_model.embeddings.position_embedding.weight", "positional_embedding"),
+    ("text_model.final_layer_norm.", "ln_final."),
+    ("logit_scale", "logit_scale"),
+    ("self_attn.out_proj.", "attn.out_proj."),
+];
+
+/// Puts a CLIP checkpoint's tensors under canonical names.
+pub fn into_store(
+    path: &Path,
+    tensors: HashMap<String, Tensor>,
+    device: &Device,
+    dtype: DType,
+) -> Result<(TensorStore, ClipFamily)> {
+    let family = detect(tensors.keys()).ok_or_else(|| Error::Checkpoint {
+        path: path.to_path_buf(),
+        message: "not a CLIP checkpoint: found neither `visual.*` (OpenAI/open_clip) nor \
+                  `vision_model.*` (Hugging Face) tensors"
+            .into(),
+    })?;
+    let mut store = TensorStore::new(path, device, dtype);
+    let tensors: HashMap<String, Tensor> =
+        tensors.into_iter().map(|(k, v)| (k.strip_prefix("module.").map(str::to_string).unwrap_or(k), v)).collect();
+    match family {
+        ClipFamily::OpenClip => {
+            for (name, t) in tensors {
+                if is_ignored(&name) {
+                    store.ignore(name);
+                } else {
+                    store.insert(name.clone(), name, t);
+                }
+            }
+        }
+        ClipFamily::HuggingFace => map_hf(path, tensors, &mut store)?,
+    }
+    Ok((store, family))
+}
+
+fn is_ignored(name: &str) -> bool {
+    IGNORED_NAMES.contains(&name) || IGNORED_SUFFIXES.iter().any(|s| name.ends_with(s))
+}
+
+fn map_hf(path: &Path, mut tensors: HashMap<String, Tensor>, store: &mut TensorStore) -> Result<()> {
+    // q/k/v are fused first: [W, W] x3 -> in_proj_weight [3W, W], in the order q, k, v as
+    // torch.nn.MultiheadAttention lays out `in_proj_weight`.
+    let q_names: Vec<String> = tensors.keys().filter(|k| k.contains(".self_attn.q_proj.")).cloned().collect();
+    for q_name in q_names {
+        let base = q_name.replace(".self_attn.q_proj.", ".self_attn.{}_proj.");
+        let leaf = if q_name.ends_with(".weight") { "in_proj_weight" } else { "in_proj_bias" };
+        let mut parts = Vec::with_capacity(3);
+        let mut originals = Vec::with_capacity(3);
+        for which in ["q", "k", "v"] {
+            let name = base.replace("{}", which);
+            let t = tensors.remove(&name).ok_or_else(|| Error::MissingTensor {
+                path: path.to_path_buf(),
+                name: name.clone(),
+                hint: format!(" (needed with `{q_name}` to build the fused attention projection)"),
+            })?;
+            if let Some(first) = parts.first() {
+                let first: &Tensor = first;
+                if first.dims() != t.dims() {
+                    return Err(Error::ShapeMismatch {
+                        path: path.to_path_buf(),
+                        name: name.clone(),
+                        expected: first.dims().to_vec(),
+                        found: t.dims().to_vec(),
+                    });
+                }
+            }
+            parts.push(t);
+            originals.push(name);
+        }
+        let fused = Tensor::cat(&parts, 0)?;
+        let block = q_name.split(".self_attn.").next().unwrap_or_default();
+        let canonical = format!("{}.attn.{leaf}", rename_hf_block_prefix(block));
+        store.insert(canonical, originals.join(" + "), fused);
+    }
+    for (name, t) in tensors {
+        if is_ignored(&name) {
+            store.ignore(name);
+            continue;
+        }
+        match name.as_str() {
+            // nn.Linear [embed, width] -> matrix [width, embed] used as x @ proj.
+            "visual_projection.weight" => store.insert("visual.proj", name.clone(), t.t()?.contiguous()?),
+            "text_projection.weight" => store.insert("text_projection", name.clone(), t.t()?.contiguous()?),
+            _ => {
+                let canonical = rename_hf(&name);
+                store.insert(canonical, name, t);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn rename_hf_block_prefix(prefix: &str) -> String {
+    prefix
+        .replace("vision_model.encoder.layers.", "visual.transformer.resblocks.")
+        .replace("text_model.encoder.layers.", "transformer.resblocks.")
+}
+
+fn rename_hf(name: &str) -> String {
+    let mut out = rename_hf_block_prefix(name);
+    if out.contains(".resblocks.") {
+        for (from, to) in HF_BLOCK_RENAMES {
+            if out.ends_with(from) {
+                out = format!("{}{to}", &out[..out.len() - from.len()]);
+                return out;
+            }
+        }
+    }
+    for (from, to) in HF_RENAMES {
+        if let Some(rest) = out.strip_prefix(from) {
+            return format!("{to}{rest}");
+        }
+        if from.ends_with('.') && out.contains(from) {
+            return out.replace(from, to);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hf_names_map_to_canonical() {
+        assert_eq!(
+            rename_hf("vision_model.encoder.layers.3.mlp.fc1.weight"),
+            "visual.transformer.resblocks.3.mlp.c_fc.weight"
+        );
+        assert_eq!(
+            rename_hf("text_model.encoder.layers.0.self_attn.out_proj.bias"),
+            "transformer.resblocks.0.attn.out_proj.bias"
+        );
+        assert_eq!(rename_hf("vision_model.pre_layrnorm.weight"), "visual.ln_pre.weight");
+        assert_eq!(rename_hf("text_model.final_layer_norm.bias"), "ln_final.bias");
+        assert_eq!(rename_hf("vision_model.embeddings.patch_embedding.weight"), "visual.conv1.weight");
+    }
+}

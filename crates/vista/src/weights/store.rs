@@ -1,0 +1,197 @@
+//! Canonically named tensors and the shape-checked path builder models load from.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::{Error, Result};
+
+/// The tensors of one checkpoint under the model's canonical names.
+///
+/// Family tables ([`super::clip`]) fill it with [`TensorStore::insert`], remembering each
+/// tensor's name in the file so that errors speak the user's checkpoint's language.
+pub struct TensorStore {
+    path: PathBuf,
+    tensors: HashMap<String, Tensor>,
+    /// canonical name -> the name (or names, for fused tensors) in the file.
+    origin: HashMap<String, String>,
+    /// Names in the file that carry no weights (non-persistent buffers saved by old versions).
+    ignored: Vec<String>,
+    taken: Mutex<BTreeSet<String>>,
+    device: Device,
+    dtype: DType,
+}
+
+/// What a load did: every canonical tensor the model asked for was found with the right shape
+/// (otherwise loading failed); these are the rest.
+#[derive(Debug, Clone)]
+pub struct LoadReport {
+    pub checkpoint: PathBuf,
+    pub loaded: usize,
+    /// Tensors present in the checkpoint that the model did not use, in the file's naming.
+    pub unused: Vec<String>,
+    /// Known buffers skipped on purpose (e.g. `position_ids`).
+    pub ignored: Vec<String>,
+}
+
+impl TensorStore {
+    pub fn new(path: impl Into<PathBuf>, device: &Device, dtype: DType) -> Self {
+        Self {
+            path: path.into(),
+            tensors: HashMap::new(),
+            origin: HashMap::new(),
+            ignored: Vec::new(),
+            taken: Mutex::new(BTreeSet::new()),
+            device: device.clone(),
+            dtype,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Adds a tensor under its canonical name; `original` is how the file spells it.
+    pub fn insert(&mut self, canonical: impl Into<String>, original: impl Into<String>, t: Tensor) {
+        let canonical = canonical.into();
+        let original = original.into();
+        if original != canonical {
+            self.origin.insert(canonical.clone(), original);
+        }
+        self.tensors.insert(canonical, t);
+    }
+
+    /// Records a file entry that is skipped on purpose.
+    pub fn ignore(&mut self, original: impl Into<String>) {
+        self.ignored.push(original.into());
+    }
+
+    pub fn contains(&self, canonical: &str) -> bool {
+        self.tensors.contains_key(canonical)
+    }
+
+    /// The stored shape of a tensor, for configs inferred from a checkpoint.
+    pub fn shape_of(&self, canonical: &str) -> Option<Vec<usize>> {
+        self.tensors.get(canonical).map(|t| t.dims().to_vec())
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(|s| s.as_str())
+    }
+
+    fn file_name_of(&self, canonical: &str) -> String {
+        match self.origin.get(canonical) {
+            Some(o) => format!("{o}` (read as `{canonical}"),
+            None => canonical.to_string(),
+        }
+    }
+
+    /// Takes a tensor, checking its shape and converting it to the store's dtype and device.
+    pub fn get(&self, canonical: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self.tensors.get(canonical).ok_or_else(|| Error::MissingTensor {
+            path: self.path.clone(),
+            name: self.file_name_of(canonical),
+            hint: self.missing_hint(canonical),
+        })?;
+        if t.dims() != shape {
+            return Err(Error::ShapeMismatch {
+                path: self.path.clone(),
+                name: self.file_name_of(canonical),
+                expected: shape.to_vec(),
+                found: t.dims().to_vec(),
+            });
+        }
+        self.taken.lock().expect("load bookkeeping lock poisoned").insert(canonical.to_string());
+        Ok(t.to_dtype(self.dtype)?.to_device(&self.device)?)
+    }
+
+    fn missing_hint(&self, canonical: &str) -> String {
+        // Point at a near miss: the same name under another prefix usually means the wrong family
+        // or a wrapper prefix such as `module.`.
+        let leaf = canonical.rsplit('.').next().unwrap_or(canonical);
+        let similar: Vec<&str> = self
+            .tensors
+            .keys()
+            .filter(|k| k.ends_with(canonical) || (k.ends_with(leaf) && k.len() > canonical.len()))
+            .map(|s| s.as_str())
+            .take(3)
+            .collect();
+        if self.tensors.is_empty() {
+            " (the checkpoint holds no tensors)".into()
+        } else if similar.is_empty() {
+            format!(" (the checkpoint holds {} tensors, none matching)", self.tensors.len())
+        } else {
+            format!(" (similar names present: {})", similar.join(", "))
+        }
+    }
+
+    /// A path builder at the root of the canonical names.
+    pub fn root(&self) -> Vb<'_> {
+        Vb { store: self, prefix: String::new() }
+    }
+
+    /// Tensors the model did not take, in the file's naming.
+    pub fn report(&self) -> LoadReport {
+        let taken = self.taken.lock().expect("load bookkeeping lock poisoned");
+        let mut unused: Vec<String> = self
+            .tensors
+            .keys()
+            .filter(|k| !taken.contains(*k))
+            .map(|k| self.origin.get(k).cloned().unwrap_or_else(|| k.clone()))
+            .collect();
+        unused.sort();
+        LoadReport { checkpoint: self.path.clone(), loaded: taken.len(), unused, ignored: self.ignored.clone() }
+    }
+}
+
+/// A position in the module tree, like `vb.pp("blocks").pp(3)`: it reads as the PyTorch module
+/// path and prefixes every tensor name it hands out.
+#[derive(Clone)]
+pub struct Vb<'a> {
+    store: &'a TensorStore,
+    prefix: String,
+}
+
+impl<'a> Vb<'a> {
+    /// One level down the module tree.
+    pub fn pp(&self, name: impl Display) -> Vb<'a> {
+        let prefix = if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) };
+        Vb { store: self.store, prefix }
+    }
+
+    fn full(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+
+    /// The tensor `name` below this position, which must have exactly `shape`.
+    pub fn get(&self, shape: &[usize], name: &str) -> Result<Tensor> {
+        self.store.get(&self.full(name), shape)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.store.contains(&self.full(name))
+    }
+
+    pub fn device(&self) -> &Device {
+        self.store.device()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.store.dtype()
+    }
+}
