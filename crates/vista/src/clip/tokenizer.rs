@@ -1,1 +1,0 @@
-//! The CLIP byte-level BPE tokenizer (placeholder: being written).
