@@ -1,1 +1,42 @@
-fn main(){}
+//! `vista`: CLIP, DINO and SAM on your own machine. Parse → resolve → call the library.
+
+mod cmd;
+mod progress;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "vista", version, about = "CLIP, DINO and SAM, natively, on your own machine")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Embed images or texts with CLIP (JSON lines or .npy).
+    Embed(cmd::embed::Args),
+    /// Zero-shot classify images against labels with CLIP.
+    Classify(cmd::classify::Args),
+}
+
+/// Exit codes: 0 all done, 1 failed, 2 finished but some inputs were skipped.
+pub const EXIT_SKIPPED: u8 = 2;
+
+fn main() -> ExitCode {
+    vista::device::init_process();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Embed(a) => cmd::embed::run(a),
+        Command::Classify(a) => cmd::classify::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

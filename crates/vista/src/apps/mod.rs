@@ -1,1 +1,10 @@
-//! What the CLI and server call: zero-shot classification, embedding.
+//! What the CLI (and later the server) calls. These take paths, strings and labels and give back
+//! plain vectors and scores; tensors stay inside.
+
+pub mod classify;
+pub mod clip_pipeline;
+pub mod files;
+pub mod npy;
+
+pub use classify::{Prediction, Templates, ZeroShotClassifier};
+pub use clip_pipeline::{ClipPipeline, ImageEmbedding};

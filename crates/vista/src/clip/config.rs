@@ -163,7 +163,7 @@ impl ClipConfig {
         // transformers lets `*_config_dict` override `*_config` (old OpenAI exports carry both).
         let section = |name: &str| -> Value {
             let mut base = v.get(name).cloned().unwrap_or(Value::Object(Default::default()));
-            if let (Some(Value::Object(over)), Value::Object(b)) = (v.get(&format!("{name}_dict")), &mut base) {
+            if let (Some(Value::Object(over)), Value::Object(b)) = (v.get(format!("{name}_dict")), &mut base) {
                 for (k, val) in over {
                     b.insert(k.clone(), val.clone());
                 }
@@ -306,10 +306,10 @@ impl ClipConfig {
     pub fn validate(&self) -> std::result::Result<(), String> {
         let v = &self.vision;
         let t = &self.text;
-        if v.width % v.heads != 0 {
+        if !v.width.is_multiple_of(v.heads) {
             return Err(format!("vision width {} is not divisible by {} heads", v.width, v.heads));
         }
-        if t.width % t.heads != 0 {
+        if !t.width.is_multiple_of(t.heads) {
             return Err(format!("text width {} is not divisible by {} heads", t.width, t.heads));
         }
         if v.patch_size == 0 || v.image_size < v.patch_size {

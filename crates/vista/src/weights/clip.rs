@@ -93,7 +93,10 @@ pub fn into_store(
                 }
             }
         }
-        ClipFamily::HuggingFace => map_hf(path, tensors, &mut store)?,
+        ClipFamily::HuggingFace => {
+            store.set_file_namer(canonical_to_hf);
+            map_hf(path, tensors, &mut store)?
+        }
     }
     Ok((store, family))
 }
@@ -105,9 +108,19 @@ fn is_ignored(name: &str) -> bool {
 fn map_hf(path: &Path, mut tensors: HashMap<String, Tensor>, store: &mut TensorStore) -> Result<()> {
     // q/k/v are fused first: [W, W] x3 -> in_proj_weight [3W, W], in the order q, k, v as
     // torch.nn.MultiheadAttention lays out `in_proj_weight`.
-    let q_names: Vec<String> = tensors.keys().filter(|k| k.contains(".self_attn.q_proj.")).cloned().collect();
-    for q_name in q_names {
-        let base = q_name.replace(".self_attn.q_proj.", ".self_attn.{}_proj.");
+    let mut bases: Vec<String> = tensors
+        .keys()
+        .filter_map(|k| {
+            ["q", "k", "v"].iter().find_map(|w| {
+                let pat = format!(".self_attn.{w}_proj.");
+                k.contains(&pat).then(|| k.replace(&pat, ".self_attn.{}_proj."))
+            })
+        })
+        .collect();
+    bases.sort();
+    bases.dedup();
+    for base in bases {
+        let q_name = base.replace("{}", "q");
         let leaf = if q_name.ends_with(".weight") { "in_proj_weight" } else { "in_proj_bias" };
         let mut parts = Vec::with_capacity(3);
         let mut originals = Vec::with_capacity(3);
@@ -116,21 +129,18 @@ fn map_hf(path: &Path, mut tensors: HashMap<String, Tensor>, store: &mut TensorS
             let t = tensors.remove(&name).ok_or_else(|| Error::MissingTensor {
                 path: path.to_path_buf(),
                 name: name.clone(),
-                hint: format!(" (needed with `{q_name}` to build the fused attention projection)"),
+                hint: " (q, k and v are fused into one attention projection)".into(),
             })?;
-            if let Some(first) = parts.first() {
-                let first: &Tensor = first;
-                if first.dims() != t.dims() {
-                    return Err(Error::ShapeMismatch {
-                        path: path.to_path_buf(),
-                        name: name.clone(),
-                        expected: first.dims().to_vec(),
-                        found: t.dims().to_vec(),
-                    });
-                }
-            }
             parts.push(t);
             originals.push(name);
+        }
+        if parts.iter().any(|t| t.dims() != parts[0].dims()) {
+            let shapes: Vec<String> =
+                originals.iter().zip(&parts).map(|(n, t)| format!("`{n}` {:?}", t.dims())).collect();
+            return Err(Error::Checkpoint {
+                path: path.to_path_buf(),
+                message: format!("q, k and v projections must have one shape, found {}", shapes.join(", ")),
+            });
         }
         let fused = Tensor::cat(&parts, 0)?;
         let block = q_name.split(".self_attn.").next().unwrap_or_default();
@@ -144,8 +154,8 @@ fn map_hf(path: &Path, mut tensors: HashMap<String, Tensor>, store: &mut TensorS
         }
         match name.as_str() {
             // nn.Linear [embed, width] -> matrix [width, embed] used as x @ proj.
-            "visual_projection.weight" => store.insert("visual.proj", name.clone(), t.t()?.contiguous()?),
-            "text_projection.weight" => store.insert("text_projection", name.clone(), t.t()?.contiguous()?),
+            "visual_projection.weight" => store.insert_transposed("visual.proj", name.clone(), t.t()?.contiguous()?),
+            "text_projection.weight" => store.insert_transposed("text_projection", name.clone(), t.t()?.contiguous()?),
             _ => {
                 let canonical = rename_hf(&name);
                 store.insert(canonical, name, t);
@@ -153,6 +163,39 @@ fn map_hf(path: &Path, mut tensors: HashMap<String, Tensor>, store: &mut TensorS
         }
     }
     Ok(())
+}
+
+/// The inverse of [`rename_hf`]: how a transformers checkpoint spells a canonical name.
+fn canonical_to_hf(name: &str) -> String {
+    match name {
+        "visual.proj" => return "visual_projection.weight".into(),
+        "text_projection" => return "text_projection.weight".into(),
+        _ => {}
+    }
+    let mut out = name.replace("visual.transformer.resblocks.", "vision_model.encoder.layers.");
+    if !out.starts_with("vision_model.") {
+        out = out.replace("transformer.resblocks.", "text_model.encoder.layers.");
+    }
+    if out.contains(".layers.") {
+        if let Some(stem) = out.strip_suffix(".attn.in_proj_weight") {
+            return format!("{stem}.self_attn.{{q,k,v}}_proj.weight");
+        }
+        if let Some(stem) = out.strip_suffix(".attn.in_proj_bias") {
+            return format!("{stem}.self_attn.{{q,k,v}}_proj.bias");
+        }
+        for (hf, canonical) in HF_BLOCK_RENAMES {
+            if let Some(stem) = out.strip_suffix(canonical) {
+                return format!("{stem}{hf}");
+            }
+        }
+        return out.replace(".attn.out_proj.", ".self_attn.out_proj.");
+    }
+    for (hf, canonical) in HF_RENAMES {
+        if let Some(rest) = out.strip_prefix(canonical) {
+            return format!("{hf}{rest}");
+        }
+    }
+    out
 }
 
 fn rename_hf_block_prefix(prefix: &str) -> String {
@@ -185,6 +228,22 @@ fn rename_hf(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn canonical_names_map_back_to_hf() {
+        for hf in [
+            "vision_model.encoder.layers.3.mlp.fc1.weight",
+            "text_model.encoder.layers.0.self_attn.out_proj.bias",
+            "vision_model.pre_layrnorm.weight",
+            "text_model.final_layer_norm.bias",
+            "text_model.embeddings.position_embedding.weight",
+            "vision_model.embeddings.class_embedding",
+            "logit_scale",
+        ] {
+            assert_eq!(canonical_to_hf(&rename_hf(hf)), hf);
+        }
+        assert_eq!(canonical_to_hf("visual.proj"), "visual_projection.weight");
+    }
 
     #[test]
     fn hf_names_map_to_canonical() {

@@ -18,9 +18,13 @@ pub struct TensorStore {
     tensors: HashMap<String, Tensor>,
     /// canonical name -> the name (or names, for fused tensors) in the file.
     origin: HashMap<String, String>,
+    /// Canonical names stored transposed relative to the file (errors show the file's layout).
+    transposed: std::collections::HashSet<String>,
     /// Names in the file that carry no weights (non-persistent buffers saved by old versions).
     ignored: Vec<String>,
     taken: Mutex<BTreeSet<String>>,
+    /// How the file's family would spell a canonical name, for tensors that are missing.
+    file_namer: Option<fn(&str) -> String>,
     device: Device,
     dtype: DType,
 }
@@ -43,8 +47,10 @@ impl TensorStore {
             path: path.into(),
             tensors: HashMap::new(),
             origin: HashMap::new(),
+            transposed: Default::default(),
             ignored: Vec::new(),
             taken: Mutex::new(BTreeSet::new()),
+            file_namer: None,
             device: device.clone(),
             dtype,
         }
@@ -72,6 +78,20 @@ impl TensorStore {
         self.tensors.insert(canonical, t);
     }
 
+    /// Adds a 2-D tensor the family stores transposed (an `nn.Linear` weight used as `x @ P`):
+    /// `t` is already in the canonical layout.
+    pub fn insert_transposed(&mut self, canonical: impl Into<String>, original: impl Into<String>, t: Tensor) {
+        let canonical = canonical.into();
+        self.transposed.insert(canonical.clone());
+        self.insert(canonical, original, t);
+    }
+
+    /// Sets how a canonical name is spelled in this checkpoint's family (used to name missing
+    /// tensors the way the user's file would).
+    pub fn set_file_namer(&mut self, namer: fn(&str) -> String) {
+        self.file_namer = Some(namer);
+    }
+
     /// Records a file entry that is skipped on purpose.
     pub fn ignore(&mut self, original: impl Into<String>) {
         self.ignored.push(original.into());
@@ -91,9 +111,10 @@ impl TensorStore {
     }
 
     fn file_name_of(&self, canonical: &str) -> String {
-        match self.origin.get(canonical) {
-            Some(o) => format!("{o}` (read as `{canonical}"),
-            None => canonical.to_string(),
+        match (self.origin.get(canonical), self.file_namer) {
+            (Some(o), _) => o.clone(),
+            (None, Some(namer)) => namer(canonical),
+            (None, None) => canonical.to_string(),
         }
     }
 
@@ -105,11 +126,16 @@ impl TensorStore {
             hint: self.missing_hint(canonical),
         })?;
         if t.dims() != shape {
+            let (mut expected, mut found) = (shape.to_vec(), t.dims().to_vec());
+            if self.transposed.contains(canonical) {
+                expected.reverse();
+                found.reverse();
+            }
             return Err(Error::ShapeMismatch {
                 path: self.path.clone(),
                 name: self.file_name_of(canonical),
-                expected: shape.to_vec(),
-                found: t.dims().to_vec(),
+                expected,
+                found,
             });
         }
         self.taken.lock().expect("load bookkeeping lock poisoned").insert(canonical.to_string());

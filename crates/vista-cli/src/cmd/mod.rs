@@ -1,0 +1,3 @@
+pub mod classify;
+pub mod common;
+pub mod embed;

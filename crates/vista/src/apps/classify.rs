@@ -1,0 +1,150 @@
+//! Zero-shot classification as in the CLIP paper's prompt-engineering notebook
+//! (openai/CLIP `notebooks/Prompt_Engineering_for_ImageNet.ipynb`): every label is written into
+//! every template, the normalised text embeddings are averaged per label and renormalised; an
+//! image's class probabilities are the softmax of `exp(logit_scale) · cos`.
+
+use std::path::Path;
+
+use candle_core::{Tensor, D};
+
+use super::clip_pipeline::ClipPipeline;
+use crate::clip::l2_normalize;
+use crate::{Error, Result};
+
+/// The 80 ImageNet prompt templates of the CLIP paper (open_clip `zero_shot_metadata.py`
+/// `OPENAI_IMAGENET_TEMPLATES`), `{}` standing for the label.
+const IMAGENET80: &str = include_str!("../../assets/imagenet80_templates.txt");
+
+/// Prompt templates; `{}` is replaced by the label.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Templates {
+    /// `a photo of a {}.` — the CLIP paper's base prompt.
+    Default,
+    /// The paper's 80 ImageNet templates.
+    ImageNet80,
+    /// The label as written.
+    None,
+    Custom(Vec<String>),
+}
+
+impl Templates {
+    /// `default`, `imagenet80`, `none`, or a file with one template per line.
+    pub fn parse(arg: &str) -> Result<Self> {
+        match arg {
+            "default" => Ok(Self::Default),
+            "imagenet80" => Ok(Self::ImageNet80),
+            "none" => Ok(Self::None),
+            path => Self::from_file(Path::new(path)),
+        }
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let lines: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+        if lines.is_empty() {
+            return Err(Error::arg("templates", format!("{}: no templates in the file", path.display())));
+        }
+        if let Some(bad) = lines.iter().find(|l| !l.contains("{}")) {
+            return Err(Error::arg(
+                "templates",
+                format!("{}: template `{bad}` has no `{{}}` for the label", path.display()),
+            ));
+        }
+        Ok(Self::Custom(lines))
+    }
+
+    pub fn list(&self) -> Vec<String> {
+        match self {
+            Self::Default => vec!["a photo of a {}.".into()],
+            Self::ImageNet80 => IMAGENET80.lines().map(String::from).collect(),
+            Self::None => vec!["{}".into()],
+            Self::Custom(v) => v.clone(),
+        }
+    }
+
+    /// The prompts for one label.
+    pub fn fill(&self, label: &str) -> Vec<String> {
+        self.list().iter().map(|t| t.replace("{}", label)).collect()
+    }
+}
+
+/// One label and its probability.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Prediction {
+    pub label: String,
+    pub prob: f32,
+}
+
+/// Labels embedded once, then any number of images classified against them.
+pub struct ZeroShotClassifier {
+    labels: Vec<String>,
+    /// `[C, D]`, one normalised row per label.
+    weights: Tensor,
+    scale: f64,
+}
+
+impl ZeroShotClassifier {
+    pub fn new(pipeline: &ClipPipeline, labels: &[String], templates: &Templates) -> Result<Self> {
+        if labels.is_empty() {
+            return Err(Error::arg("labels", "give at least one label"));
+        }
+        if let Some(dup) = labels.iter().enumerate().find(|(i, l)| labels[..*i].contains(l)) {
+            return Err(Error::arg("labels", format!("label `{}` is given twice", dup.1)));
+        }
+        let mut rows = Vec::with_capacity(labels.len());
+        for label in labels {
+            let prompts = templates.fill(label);
+            let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+            // [T, D] normalised -> mean over templates -> renormalised [D]
+            let e = pipeline.embed_texts(&refs)?;
+            rows.push(l2_normalize(&e.mean_keepdim(0)?)?.squeeze(0)?);
+        }
+        Ok(Self {
+            labels: labels.to_vec(),
+            weights: Tensor::stack(&rows, 0)?,
+            scale: pipeline.model.logit_scale() as f64,
+        })
+    }
+
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
+
+    /// Class probabilities for normalised image embeddings `[N, D]`, sorted best first, `top_k` each.
+    pub fn classify(&self, image_embeds: &Tensor, top_k: usize) -> Result<Vec<Vec<Prediction>>> {
+        let logits = (image_embeds.matmul(&self.weights.t()?)? * self.scale)?;
+        let probs = candle_nn::ops::softmax(&logits, D::Minus1)?.to_vec2::<f32>()?;
+        Ok(probs
+            .into_iter()
+            .map(|row| {
+                let mut p: Vec<Prediction> = row
+                    .into_iter()
+                    .zip(&self.labels)
+                    .map(|(prob, label)| Prediction { label: label.clone(), prob })
+                    .collect();
+                p.sort_by(|a, b| b.prob.total_cmp(&a.prob));
+                p.truncate(top_k.max(1));
+                p
+            })
+            .collect())
+    }
+
+    /// Classifies one embedding given as a plain vector.
+    pub fn classify_one(&self, embedding: &[f32], top_k: usize) -> Result<Vec<Prediction>> {
+        let t = Tensor::from_slice(embedding, (1, embedding.len()), self.weights.device())?;
+        Ok(self.classify(&t, top_k)?.remove(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn imagenet80_has_80_templates_each_with_a_slot() {
+        let t = Templates::ImageNet80.list();
+        assert_eq!(t.len(), 80);
+        assert!(t.iter().all(|s| s.matches("{}").count() == 1));
+        assert_eq!(Templates::Default.fill("saree"), vec!["a photo of a saree."]);
+    }
+}

@@ -1,0 +1,121 @@
+//! A loaded CLIP with its tokenizer and image preprocessing: strings and image files in,
+//! L2-normalised embeddings out.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor};
+use rayon::prelude::*;
+
+use crate::clip::loader::{self, Loaded};
+use crate::clip::tokenizer::ClipTokenizer;
+use crate::clip::{l2_normalize, ClipConfig, ClipModel};
+use crate::image::{self, ClipPreprocess, CropRounding, DecodeOptions, Filter, RgbImage};
+use crate::weights::clip::ClipFamily;
+use crate::weights::LoadReport;
+use crate::{Error, Result};
+
+pub struct ClipPipeline {
+    pub model: ClipModel,
+    pub tokenizer: Arc<ClipTokenizer>,
+    pub preprocess: ClipPreprocess,
+    pub decode: DecodeOptions,
+    pub family: ClipFamily,
+    pub report: LoadReport,
+}
+
+/// One image's outcome: its embedding, or why it was skipped.
+pub struct ImageEmbedding {
+    pub path: PathBuf,
+    pub embedding: Result<Vec<f32>>,
+}
+
+/// The preprocessing a checkpoint's config asks for.
+pub fn preprocess_for(cfg: &ClipConfig) -> ClipPreprocess {
+    ClipPreprocess {
+        size: cfg.vision.image_size as u32,
+        resize_shortest: cfg.preprocess.resize as u32,
+        mean: cfg.preprocess.mean,
+        std: cfg.preprocess.std,
+        crop: if cfg.preprocess.hf_crop { CropRounding::Floor } else { CropRounding::Torchvision },
+        filter: Filter::Bicubic,
+    }
+}
+
+impl ClipPipeline {
+    /// Loads a model argument (file, folder or hub id; `arch` optionally names a preset).
+    pub fn load(model: &str, arch: Option<&str>, device: &Device) -> Result<Self> {
+        let Loaded { model, family, report } = loader::load_model(model, arch, device)?;
+        let tokenizer = Arc::new(ClipTokenizer::new()?);
+        if model.config().text.vocab_size != tokenizer.vocab_size() {
+            return Err(Error::Config {
+                path: report.checkpoint.clone(),
+                message: format!(
+                    "the text tower has {} tokens but the CLIP tokenizer has {}",
+                    model.config().text.vocab_size,
+                    tokenizer.vocab_size()
+                ),
+            });
+        }
+        let preprocess = preprocess_for(model.config());
+        Ok(Self { model, tokenizer, preprocess, decode: DecodeOptions::default(), family, report })
+    }
+
+    pub fn device(&self) -> &Device {
+        self.model.device()
+    }
+
+    /// Normalised text embeddings `[N, D]`.
+    pub fn embed_texts(&self, texts: &[&str]) -> Result<Tensor> {
+        let ids = self.tokenizer.tokenize_batch(texts, self.model.config().text.context_length);
+        l2_normalize(&self.model.encode_text(&ids)?)
+    }
+
+    /// Normalised image embeddings `[N, D]` of already decoded images.
+    pub fn embed_decoded(&self, images: &[RgbImage]) -> Result<Tensor> {
+        let pixels = self.preprocess.to_tensor(images, self.device())?;
+        l2_normalize(&self.model.encode_image(&pixels)?)
+    }
+
+    /// Decodes and embeds image files in batches of `batch`. A file that fails to decode gets its
+    /// error in its slot and the rest go on. `progress` is called with the number of files done.
+    pub fn embed_files(&self, paths: &[PathBuf], batch: usize, mut progress: impl FnMut(usize)) -> Vec<ImageEmbedding> {
+        let batch = batch.max(1);
+        let mut out = Vec::with_capacity(paths.len());
+        for chunk in paths.chunks(batch) {
+            let decoded: Vec<Result<RgbImage>> = chunk.par_iter().map(|p| image::load_rgb(p, &self.decode)).collect();
+            let ok: Vec<&RgbImage> = decoded.iter().filter_map(|r| r.as_ref().ok()).collect();
+            let embedded: Result<Vec<Vec<f32>>> = if ok.is_empty() {
+                Ok(Vec::new())
+            } else {
+                let imgs: Vec<RgbImage> = ok.into_iter().cloned().collect();
+                self.embed_decoded(&imgs).and_then(|t| Ok(t.to_vec2::<f32>()?))
+            };
+            match embedded {
+                Ok(rows) => {
+                    let mut rows = rows.into_iter();
+                    for (p, d) in chunk.iter().zip(decoded) {
+                        let embedding = d.map(|_| rows.next().expect("one row per decoded image"));
+                        out.push(ImageEmbedding { path: p.clone(), embedding });
+                    }
+                }
+                Err(e) => {
+                    // The model failed on the whole batch (not a decode error): report it on each.
+                    let msg = e.to_string();
+                    for (p, d) in chunk.iter().zip(decoded) {
+                        let embedding = d.and_then(|_| Err(Error::arg("image", msg.clone())));
+                        out.push(ImageEmbedding { path: p.clone(), embedding });
+                    }
+                }
+            }
+            progress(chunk.len());
+        }
+        out
+    }
+
+    /// Embeds one image file.
+    pub fn embed_file(&self, path: &Path) -> Result<Vec<f32>> {
+        let img = image::load_rgb(path, &self.decode)?;
+        Ok(self.embed_decoded(&[img])?.squeeze(0)?.to_vec1()?)
+    }
+}
