@@ -32,7 +32,10 @@ sys.path.insert(0, str(HERE))
 
 import common  # noqa: E402
 
-SECTIONS = ("clip", "tokenizer", "preprocess")
+# clip_e2e reads the images that preprocess writes, so it comes last.
+SECTIONS = ("clip", "tokenizer", "preprocess", "clip_e2e")
+# Where each section writes, below the fixtures root.
+OUT_DIR = {"clip_e2e": "clip"}
 
 
 def main(argv=None) -> int:
@@ -50,10 +53,11 @@ def main(argv=None) -> int:
         # of each other and of the order they run in.
         common.setup_determinism(0)
         t0 = time.time()
-        print(f"== {name} -> {args.out / name}", flush=True)
+        out = args.out / OUT_DIR.get(name, name)
+        print(f"== {name} -> {out}", flush=True)
         try:
             module = importlib.import_module(f"gen_{name}")
-            module.main(args.out / name)
+            module.main(out)
         except Exception:  # noqa: BLE001 - report and continue with the other sections
             traceback.print_exc()
             failed.append(name)
