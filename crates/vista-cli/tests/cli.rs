@@ -1,0 +1,145 @@
+//! The `vista` binary end to end on the committed tiny CLIP (real vocabulary) and photos.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../vista/tests/fixtures")
+}
+
+fn model() -> String {
+    fixtures().join("clip/openclip_e2e").display().to_string()
+}
+
+fn vista(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vista")).args(args).output().expect("run vista")
+}
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vista-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A folder with two real photos, a nested one, a hidden one and a corrupt "jpg".
+fn photo_folder(name: &str) -> PathBuf {
+    let d = tmpdir(name);
+    let src = fixtures().join("preprocess");
+    std::fs::copy(src.join("astronaut.png"), d.join("astronaut.png")).unwrap();
+    std::fs::create_dir_all(d.join("sub")).unwrap();
+    std::fs::copy(src.join("coffee.png"), d.join("sub/coffee.png")).unwrap();
+    std::fs::create_dir_all(d.join(".hidden")).unwrap();
+    std::fs::copy(src.join("chelsea.png"), d.join(".hidden/chelsea.png")).unwrap();
+    std::fs::write(d.join("broken.jpg"), b"\xff\xd8\xff\xe0 definitely not a jpeg").unwrap();
+    d
+}
+
+#[test]
+fn classify_reports_every_image_and_skips_the_corrupt_one_with_exit_2() {
+    let dir = photo_folder("classify");
+    let out = vista(&[
+        "classify",
+        dir.to_str().unwrap(),
+        "--labels",
+        "astronaut,coffee,cat",
+        "--json",
+        "-k",
+        "2",
+        "--model",
+        &model(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    assert!(stderr.contains("broken.jpg"), "the skipped file is named: {stderr}");
+    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2, "two decodable, non-hidden images: {stdout}");
+    for l in &lines {
+        let preds = l["predictions"].as_array().unwrap();
+        assert_eq!(preds.len(), 2);
+        let p0 = preds[0]["prob"].as_f64().unwrap();
+        let p1 = preds[1]["prob"].as_f64().unwrap();
+        assert!(p0 >= p1 && p0 + p1 <= 1.0 + 1e-6 && p1 > 0.0, "{l}");
+    }
+    assert!(lines[0]["path"].as_str().unwrap().ends_with("astronaut.png"));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn classify_csv_has_a_header_and_one_row_per_rank() {
+    let img = fixtures().join("preprocess/coffee.png");
+    let out = vista(&["classify", img.to_str().unwrap(), "--labels", "cup, cat", "--csv", "--model", &model()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<&str> = s.lines().collect();
+    assert_eq!(rows[0], "path,rank,label,probability");
+    assert_eq!(rows.len(), 3, "{s}");
+    assert!(rows[1].contains(",1,") && rows[2].contains(",2,"));
+}
+
+#[test]
+fn embed_texts_to_npy_writes_rows_and_names() {
+    let dir = tmpdir("embed");
+    let out_path = dir.join("t.npy");
+    let out = vista(&[
+        "embed",
+        "--text",
+        "a red saree",
+        "--text",
+        "a kurta",
+        "--out",
+        out_path.to_str().unwrap(),
+        "--model",
+        &model(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bytes = std::fs::read(&out_path).unwrap();
+    let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    assert!(std::str::from_utf8(&bytes[10..10 + hlen]).unwrap().contains("(2, 16)"));
+    assert_eq!(bytes.len(), 10 + hlen + 2 * 16 * 4);
+    // Normalised rows.
+    let row0: Vec<f32> =
+        bytes[10 + hlen..10 + hlen + 64].chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let norm: f32 = row0.iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-5, "norm {norm}");
+    assert_eq!(std::fs::read_to_string(dir.join("t.txt")).unwrap(), "a red saree\na kurta\n");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn offline_without_cached_files_says_how_to_supply_them() {
+    let home = tmpdir("hf-home");
+    let out = Command::new(env!("CARGO_BIN_EXE_vista"))
+        .args(["embed", "--text", "hello", "--model", "openai/clip-vit-base-patch32"])
+        .env("HF_HOME", &home)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("openai/clip-vit-base-patch32") && err.contains("HF_HUB_OFFLINE"), "{err}");
+    assert!(err.contains("local checkpoint file or folder"), "{err}");
+    let _ = std::fs::remove_dir_all(home);
+}
+
+#[test]
+fn bad_arguments_are_named() {
+    let img = fixtures().join("preprocess/coffee.png");
+    let out = vista(&["classify", img.to_str().unwrap(), "--labels", "only-one", "--model", &model()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least two labels"));
+    let out = vista(&["classify", img.to_str().unwrap(), "--labels", "a,b", "--model", "./no/such/dir"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no/such/dir"));
+    let out = vista(&[
+        "classify",
+        img.to_str().unwrap(),
+        "--labels",
+        "a,b",
+        "--templates",
+        "/no/such/templates.txt",
+        "--model",
+        &model(),
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("templates"));
+}
