@@ -28,7 +28,7 @@ impl ResidualAttentionBlock {
     pub fn load(vb: &Vb, width: usize, heads: usize, mlp_dim: usize, act: Activation, eps: f64) -> Result<Self> {
         let a = vb.pp("attn");
         let qkv =
-            Linear::new(a.get(&[3 * width, width], "in_proj_weight")?, Some(a.get(&[3 * width], "in_proj_bias")?));
+            Linear::new(a.get(&[3 * width, width], "in_proj_weight")?, Some(a.get(&[3 * width], "in_proj_bias")?))?;
         let proj = Linear::load(&a.pp("out_proj"), width, width, true)?;
         Ok(Self {
             ln_1: LayerNorm::load(&vb.pp("ln_1"), width, eps)?,

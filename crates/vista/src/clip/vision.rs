@@ -6,7 +6,7 @@ use candle_core::{Module, Tensor};
 
 use super::config::VisionConfig;
 use super::transformer::{record, Trace, Transformer};
-use crate::nn::LayerNorm;
+use crate::nn::{LayerNorm, Linear};
 use crate::weights::Vb;
 use crate::{Error, Result};
 
@@ -15,7 +15,7 @@ pub struct VisionTransformer {
     cfg: VisionConfig,
     /// `conv1.weight` `[W, 3, P, P]` flattened to `[W, 3·P·P]`: a stride-P convolution is one GEMM
     /// over flattened patches.
-    patch_weight: Tensor,
+    patch_embed: Linear,
     class_embedding: Tensor,
     positional_embedding: Tensor,
     ln_pre: LayerNorm,
@@ -31,7 +31,7 @@ impl VisionTransformer {
         let conv = vb.get(&[w, 3, p, p], "conv1.weight")?;
         Ok(Self {
             cfg: cfg.clone(),
-            patch_weight: conv.reshape((w, 3 * p * p))?,
+            patch_embed: Linear::new(conv.reshape((w, 3 * p * p))?, None)?,
             class_embedding: vb.get(&[w], "class_embedding")?,
             positional_embedding: vb.get(&[cfg.num_tokens(), w], "positional_embedding")?,
             ln_pre: LayerNorm::load(&vb.pp("ln_pre"), w, cfg.eps)?,
@@ -73,7 +73,7 @@ impl VisionTransformer {
             .contiguous()?
             .reshape((b * g * g, 3 * p * p))?;
         // [B·g·g, 3PP] x [3PP, W] -> [B, g·g, W]
-        let x = x.matmul(&self.patch_weight.t()?)?.reshape((b, g * g, width))?;
+        let x = self.patch_embed.forward_act(&x, None)?.reshape((b, g * g, width))?;
         let cls = self.class_embedding.reshape((1, 1, width))?.broadcast_as((b, 1, width))?;
         let x = Tensor::cat(&[&cls, &x], 1)?;
         let x = x.broadcast_add(&self.positional_embedding)?;

@@ -1,9 +1,9 @@
 //! Multi-head self-attention with one fused q/k/v projection, as `torch.nn.MultiheadAttention`
 //! (`in_proj_weight` `[3C, C]`, rows ordered q, k, v) and timm's `Attention` (`qkv`) store it.
 
-use candle_core::{Module, Tensor};
+use candle_core::Tensor;
 
-use super::Linear;
+use super::{cpu, Linear};
 use crate::Result;
 
 #[derive(Debug, Clone)]
@@ -28,7 +28,11 @@ impl FusedQkvAttention {
         let (b, n, c) = x.dims3()?;
         let h = self.num_heads;
         let d = c / h;
-        let qkv = self.qkv.forward(x)?;
+        let qkv = self.qkv.forward_act(x, None)?;
+        if cpu::eligible(&qkv) && mask.map(cpu::eligible).unwrap_or(true) {
+            let out = cpu::attention(&qkv, h, self.scale as f32, mask)?;
+            return self.proj.forward_act(&out, None);
+        }
         // [B, N, 3C] -> [B, N, 3, H, D] -> [3, B, H, N, D]
         let qkv = qkv.reshape((b, n, 3, h, d))?.permute((2, 0, 3, 1, 4))?;
         // Scaling q before the product, as torch's scaled_dot_product_attention does.
@@ -44,6 +48,6 @@ impl FusedQkvAttention {
         let attn = candle_nn::ops::softmax_last_dim(&attn)?;
         // [B, H, N, N] x [B, H, N, D] -> [B, H, N, D] -> [B, N, H, D] -> [B, N, C]
         let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, n, c))?;
-        Ok(self.proj.forward(&out)?)
+        self.proj.forward_act(&out, None)
     }
 }

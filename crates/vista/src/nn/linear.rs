@@ -1,30 +1,63 @@
-//! `torch.nn.Linear`: y = x Wᵀ + b, W stored `[out, in]` as PyTorch does.
+//! `torch.nn.Linear`: y = x Wᵀ + b, with W given `[out, in]` as PyTorch stores it.
 
-use candle_core::{Module, Tensor, D};
+use candle_core::{Module, Tensor};
 
+use super::{cpu, Activation};
 use crate::weights::Vb;
 use crate::Result;
 
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight: Tensor,
+    /// Wᵀ, `[in, out]`, contiguous: transposed once at load so every product reads the weight
+    /// row by row (GEMM packing of a strided `W.t()` view cost more than the multiply itself at
+    /// batch 1).
+    weight_t: Tensor,
     bias: Option<Tensor>,
 }
 
 impl Linear {
-    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias }
+    /// From a PyTorch-layout weight `[out, in]`.
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        Ok(Self { weight_t: weight.t()?.contiguous()?, bias })
     }
 
     /// Loads `weight` `[out, in]` and `bias` `[out]` below `vb`.
     pub fn load(vb: &Vb, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
         let weight = vb.get(&[out_dim, in_dim], "weight")?;
         let bias = if bias { Some(vb.get(&[out_dim], "bias")?) } else { None };
-        Ok(Self { weight, bias })
+        Self::new(weight, bias)
     }
 
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
+    /// The weight in PyTorch layout `[out, in]` (a transposed view).
+    pub fn weight(&self) -> Result<Tensor> {
+        Ok(self.weight_t.t()?)
+    }
+
+    /// `act(x·Wᵀ + b)`; on the CPU one GEMM onto the bias rows with the activation in place.
+    ///
+    /// # Shapes
+    /// `[..., in] -> [..., out]`
+    pub fn forward_act(&self, x: &Tensor, act: Option<Activation>) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let in_dim = dims[dims.len() - 1];
+        let m: usize = dims[..dims.len() - 1].iter().product();
+        let mut out_dims = dims;
+        *out_dims.last_mut().expect("non-empty dims") = self.weight_t.dim(1)?;
+        let x2 = x.reshape((m, in_dim))?;
+        let y = if cpu::eligible(&x2) && cpu::eligible(&self.weight_t) {
+            cpu::linear(&x2, &self.weight_t, self.bias.as_ref(), act)?
+        } else {
+            let y = x2.matmul(&self.weight_t)?;
+            let y = match &self.bias {
+                Some(b) => y.broadcast_add(b)?,
+                None => y,
+            };
+            match act {
+                Some(a) => a.forward(&y)?,
+                None => y,
+            }
+        };
+        Ok(y.reshape(out_dims)?)
     }
 }
 
@@ -32,19 +65,6 @@ impl Module for Linear {
     /// # Shapes
     /// `[..., in] -> [..., out]`
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        // Flatten leading dims so the product is one [M, in] x [in, out] GEMM; Wᵀ is a stride
-        // view, which gemm reads without a copy.
-        let dims = x.dims().to_vec();
-        let in_dim = dims[dims.len() - 1];
-        let m: usize = dims[..dims.len() - 1].iter().product();
-        let x2 = x.reshape((m, in_dim))?;
-        let y = x2.matmul(&self.weight.t()?)?;
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        };
-        let mut out_dims = dims;
-        *out_dims.last_mut().expect("non-empty dims") = y.dim(D::Minus1)?;
-        y.reshape(out_dims)
+        self.forward_act(x, None).map_err(candle_core::Error::wrap)
     }
 }

@@ -3,6 +3,7 @@
 use candle_core::{Module, Tensor};
 
 use super::{Activation, Linear};
+
 use crate::weights::Vb;
 use crate::Result;
 
@@ -29,6 +30,7 @@ impl Module for Mlp {
     /// # Shapes
     /// `[..., dim] -> [..., dim]`
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.fc2.forward(&self.act.forward(&self.fc1.forward(x)?)?)
+        let h = self.fc1.forward_act(x, Some(self.act)).map_err(candle_core::Error::wrap)?;
+        self.fc2.forward_act(&h, None).map_err(candle_core::Error::wrap)
     }
 }

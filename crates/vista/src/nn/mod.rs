@@ -5,6 +5,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod cpu;
 pub mod linear;
 pub mod mlp;
 pub mod norm;

@@ -1,6 +1,7 @@
 //! Everything about foreign checkpoints.
 //!
-//! * [`formats`] opens safetensors (memory-mapped) and PyTorch zip-pickles (`.bin`, `.pth`, `.pt`).
+//! * [`formats`] reads safetensors (tensor by tensor, no memory map: see there) and PyTorch
+//!   zip-pickles (`.bin`, `.pth`, `.pt`).
 //! * [`store`] holds the tensors under the model's canonical names and hands them out through a
 //!   [`store::Vb`] path builder that checks every shape; [`store::LoadReport`] lists what was loaded
 //!   and what was left unused. A missing or misshapen tensor is an error naming it (in the

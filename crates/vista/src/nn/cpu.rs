@@ -1,0 +1,305 @@
+//! Fused CPU kernels for the inference hot path, on plain `f32` slices with the `gemm` crate.
+//!
+//! candle runs `x·Wᵀ`, `+ b` and an activation as separate passes, each allocating a tensor the
+//! size of the output, and runs batched attention as one small multithreaded GEMM per (batch, head)
+//! with a softmax pass over the whole `[B, H, N, N]` score tensor in between. Here a linear layer
+//! is one GEMM accumulating onto the bias rows with the activation applied in place, and attention
+//! is one parallel loop over (batch, head) reading q, k and v straight out of the fused projection
+//! by stride and writing each head's output into its columns of `[B, N, C]` — no permutes, no
+//! copies. The math is the reference's; only the summation order differs (parity tests hold).
+//!
+//! These record no backward op: inference only. Callers fall back to candle ops for other devices
+//! and dtypes (see [`super::Linear`], [`super::FusedQkvAttention`]).
+
+use candle_core::{DType, Device, Layout, Storage, Tensor};
+use gemm::{gemm, Parallelism};
+use rayon::prelude::*;
+
+use super::Activation;
+use crate::Result;
+
+/// True when `t` can take the fast path: an f32 tensor on the CPU.
+pub fn eligible(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32
+}
+
+/// Runs `f` on the contiguous f32 data of `t`.
+fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        return Err(candle_core::Error::Msg("fast path needs a CPU tensor".into()).into());
+    };
+    let data = cpu.as_slice::<f32>()?;
+    Ok(f(slice_of(data, layout)))
+}
+
+fn slice_of<'a>(data: &'a [f32], layout: &Layout) -> &'a [f32] {
+    let start = layout.start_offset();
+    &data[start..start + layout.shape().elem_count()]
+}
+
+fn parallelism() -> Parallelism {
+    let n = candle_core::utils::get_num_threads();
+    if n > 1 {
+        Parallelism::Rayon(n)
+    } else {
+        Parallelism::None
+    }
+}
+
+/// `act(x·Wᵀ + b)` with `x: [M, K]`, `wt = Wᵀ: [K, N]` contiguous, `b: [N]`.
+pub fn linear(x: &Tensor, wt: &Tensor, b: Option<&Tensor>, act: Option<Activation>) -> Result<Tensor> {
+    let (m, k) = x.dims2()?;
+    let (k2, n) = wt.dims2()?;
+    if k != k2 {
+        return Err(candle_core::Error::Msg(format!("linear: input has {k} features, weight expects {k2}")).into());
+    }
+    let mut dst = vec![0f32; m * n];
+    let read_dst = match b {
+        Some(b) => {
+            with_slice(b, |bias| {
+                for row in dst.chunks_exact_mut(n) {
+                    row.copy_from_slice(bias);
+                }
+            })?;
+            true
+        }
+        None => false,
+    };
+    with_slice(x, |xs| {
+        with_slice(wt, |ws| {
+            // SAFETY: all three buffers are contiguous row-major, sized m×k, k×n and m×n.
+            unsafe {
+                gemm(
+                    m,
+                    n,
+                    k,
+                    dst.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    read_dst,
+                    xs.as_ptr(),
+                    1,
+                    k as isize,
+                    ws.as_ptr(),
+                    1,
+                    n as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    parallelism(),
+                )
+            }
+        })
+    })??;
+    if let Some(act) = act {
+        apply_activation(&mut dst, act);
+    }
+    Ok(Tensor::from_vec(dst, (m, n), &Device::Cpu)?)
+}
+
+/// In-place activation, chunked over threads.
+pub fn apply_activation(xs: &mut [f32], act: Activation) {
+    const CHUNK: usize = 16 * 1024;
+    xs.par_chunks_mut(CHUNK).for_each(|c| match act {
+        Activation::QuickGelu => c.iter_mut().for_each(|v| *v *= 1.0 / (1.0 + (-1.702 * *v).exp())),
+        Activation::Gelu => {
+            c.iter_mut().for_each(|v| *v = 0.5 * *v * (1.0 + erf(*v * std::f32::consts::FRAC_1_SQRT_2)))
+        }
+        Activation::GeluTanh => c.iter_mut().for_each(|v| {
+            let x = *v;
+            *v = 0.5 * x * (1.0 + ((2.0 / std::f32::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())
+        }),
+    });
+}
+
+/// erf in f32 by way of f64 (`libm`-accurate; torch's GELU is within an ulp of this).
+fn erf(x: f32) -> f32 {
+    libm_erf(x as f64) as f32
+}
+
+fn libm_erf(x: f64) -> f64 {
+    // Abramowitz–Stegun is too coarse (1e-7 absolute) for parity at 1e-6; use the complementary
+    // error function from the C library, which glibc implements to < 1 ulp.
+    extern "C" {
+        fn erf(x: f64) -> f64;
+    }
+    // SAFETY: a pure libm function.
+    unsafe { erf(x) }
+}
+
+struct SyncPtr(*mut f32);
+// SAFETY: each parallel task writes a disjoint set of elements (its own head's columns).
+unsafe impl Sync for SyncPtr {}
+unsafe impl Send for SyncPtr {}
+
+impl SyncPtr {
+    /// A method (not a field access) so closures capture the wrapper, not the raw pointer.
+    fn get(&self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Multi-head self-attention from a fused projection.
+///
+/// # Shapes
+/// `qkv: [B, N, 3C]` laid out `[B, N, 3, H, D]` (q, k, v; heads inside) -> `[B, N, C]`,
+/// `mask: [N, N]` added to the scaled scores.
+pub fn attention(qkv: &Tensor, heads: usize, scale: f32, mask: Option<&Tensor>) -> Result<Tensor> {
+    let (b, n, c3) = qkv.dims3()?;
+    let c = c3 / 3;
+    let d = c / heads;
+    let mask_data: Option<Vec<f32>> = match mask {
+        Some(m) => Some(with_slice(m, |s| s.to_vec())?),
+        None => None,
+    };
+    if let Some(m) = &mask_data {
+        if m.len() != n * n {
+            return Err(candle_core::Error::Msg(format!("attention mask has {} values for {n}x{n}", m.len())).into());
+        }
+    }
+    let mut out = vec![0f32; b * n * c];
+    let out_ptr = SyncPtr(out.as_mut_ptr());
+    with_slice(qkv, |src| {
+        (0..b * heads).into_par_iter().for_each_init(
+            || vec![0f32; n * n],
+            |scores, bh| {
+                let (bi, h) = (bh / heads, bh % heads);
+                let base = bi * n * c3 + h * d;
+                let q = src[base..].as_ptr();
+                let k = src[base + c..].as_ptr();
+                let v = src[base + 2 * c..].as_ptr();
+                // SAFETY: q/k/v rows are `3C` apart within this batch item; the score buffer is
+                // n×n; the output block [bi, :, h, :] is written by this task only.
+                unsafe {
+                    // scores = scale · Q Kᵀ   [N, D] x [D, N]
+                    gemm(
+                        n,
+                        n,
+                        d,
+                        scores.as_mut_ptr(),
+                        1,
+                        n as isize,
+                        false,
+                        q,
+                        1,
+                        c3 as isize,
+                        k,
+                        c3 as isize,
+                        1,
+                        0.0,
+                        scale,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
+                for (i, row) in scores.chunks_exact_mut(n).enumerate() {
+                    if let Some(m) = &mask_data {
+                        for (s, mv) in row.iter_mut().zip(&m[i * n..(i + 1) * n]) {
+                            *s += mv;
+                        }
+                    }
+                    softmax_in_place(row);
+                }
+                let o = out_ptr.get();
+                unsafe {
+                    // out[bi, :, h, :] = P V   [N, N] x [N, D]
+                    gemm(
+                        n,
+                        d,
+                        n,
+                        o.add(bi * n * c + h * d),
+                        1,
+                        c as isize,
+                        false,
+                        scores.as_ptr(),
+                        1,
+                        n as isize,
+                        v,
+                        1,
+                        c3 as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
+            },
+        );
+    })?;
+    Ok(Tensor::from_vec(out, (b, n, c), &Device::Cpu)?)
+}
+
+fn softmax_in_place(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for s in row.iter_mut() {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    let inv = 1.0 / sum;
+    row.iter_mut().for_each(|s| *s *= inv);
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Module, Tensor, D};
+
+    use super::*;
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    }
+
+    #[test]
+    fn fused_linear_equals_separate_ops_for_every_activation() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (7, 13), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1., (11, 13), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1., 11, &dev).unwrap();
+        let reference = x.matmul(&w.t().unwrap()).unwrap().broadcast_add(&b).unwrap();
+        let wt = w.t().unwrap().contiguous().unwrap();
+        let plain = linear(&x, &wt, Some(&b), None).unwrap();
+        assert!(max_diff(&plain, &reference) < 1e-5);
+        for act in [Activation::QuickGelu, Activation::Gelu, Activation::GeluTanh] {
+            let ours = linear(&x, &wt, Some(&b), Some(act)).unwrap();
+            let want = act.forward(&reference).unwrap();
+            assert!(max_diff(&ours, &want) < 1e-5, "{act:?}");
+        }
+        let no_bias = linear(&x, &wt, None, None).unwrap();
+        assert!(max_diff(&no_bias, &x.matmul(&w.t().unwrap()).unwrap()) < 1e-5);
+    }
+
+    #[test]
+    fn fused_attention_equals_the_textbook_formula_with_and_without_mask() {
+        let dev = Device::Cpu;
+        let (b, n, h, d) = (3, 9, 4, 5);
+        let c = h * d;
+        let qkv = Tensor::randn(0f32, 1., (b, n, 3 * c), &dev).unwrap();
+        let scale = 1.0 / (d as f32).sqrt();
+        let mask: Vec<f32> = (0..n * n).map(|i| if i % n > i / n { f32::NEG_INFINITY } else { 0.0 }).collect();
+        let mask = Tensor::from_vec(mask, (n, n), &dev).unwrap();
+        for m in [None, Some(&mask)] {
+            let ours = attention(&qkv, h, scale, m).unwrap();
+            // [B, N, 3, H, D] -> [3, B, H, N, D]
+            let t = qkv.reshape((b, n, 3, h, d)).unwrap().permute((2, 0, 3, 1, 4)).unwrap();
+            let (q, k, v) = (t.get(0).unwrap(), t.get(1).unwrap(), t.get(2).unwrap());
+            let s = (q.contiguous().unwrap().matmul(&k.contiguous().unwrap().t().unwrap()).unwrap() * scale as f64)
+                .unwrap();
+            let s = match m {
+                Some(m) => s.broadcast_add(m).unwrap(),
+                None => s,
+            };
+            let p = candle_nn::ops::softmax(&s, D::Minus1).unwrap();
+            let want = p.matmul(&v.contiguous().unwrap()).unwrap().transpose(1, 2).unwrap().reshape((b, n, c)).unwrap();
+            assert!(max_diff(&ours, &want) < 1e-5, "mask {}", m.is_some());
+        }
+    }
+}
