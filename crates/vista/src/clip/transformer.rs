@@ -41,8 +41,13 @@ impl ResidualAttentionBlock {
     /// # Shapes
     /// `x: [B, N, C] -> [B, N, C]`
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let x = (x + self.attn.forward(&self.ln_1.forward(x)?, mask)?)?;
-        Ok((&x + self.mlp.forward(&self.ln_2.forward(&x)?)?)?)
+        let a = self.attn.forward(&self.ln_1.forward(x)?, mask)?;
+        let (x, h) = self.ln_2.add_forward(x, &a)?;
+        let m = self.mlp.forward(&h)?;
+        if crate::nn::cpu::eligible(&x) {
+            return crate::nn::cpu::add(&x, &m);
+        }
+        Ok((&x + &m)?)
     }
 }
 

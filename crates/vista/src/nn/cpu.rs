@@ -131,6 +131,98 @@ fn libm_erf(x: f64) -> f64 {
     unsafe { erf(x) }
 }
 
+/// Rows per parallel task for row-wise kernels: enough work to amortise a task.
+fn rows_per_task(width: usize) -> usize {
+    (16 * 1024 / width.max(1)).max(1)
+}
+
+/// LayerNorm of one row into `out` (two-pass mean and variance, biased, as torch).
+fn layer_norm_row(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
+    let n = x.len() as f32;
+    let mean = x.iter().sum::<f32>() / n;
+    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let inv = 1.0 / (var + eps).sqrt();
+    for (((o, v), wi), bi) in out.iter_mut().zip(x).zip(w).zip(b) {
+        *o = (v - mean) * inv * wi + bi;
+    }
+}
+
+/// `LayerNorm(x)` over the last dimension.
+///
+/// # Shapes
+/// `x: [..., C]`, `w, b: [C]` -> `[..., C]`
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
+    let c = x.dim(candle_core::D::Minus1)?;
+    let mut out = vec![0f32; x.elem_count()];
+    with_slice(w, |w| {
+        with_slice(b, |b| {
+            with_slice(x, |xs| {
+                let rows = rows_per_task(c);
+                out.par_chunks_mut(rows * c).zip(xs.par_chunks(rows * c)).for_each(|(o, x)| {
+                    for (o, x) in o.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+                        layer_norm_row(x, w, b, eps, o);
+                    }
+                });
+            })
+        })
+    })???;
+    Ok(Tensor::from_vec(out, x.shape(), &Device::Cpu)?)
+}
+
+/// The pre-norm residual step: `s = x + y` and `LayerNorm(s)`, in one pass.
+///
+/// # Shapes
+/// `x, y: [..., C]` -> (`[..., C]`, `[..., C]`)
+pub fn add_layer_norm(x: &Tensor, y: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
+    let c = x.dim(candle_core::D::Minus1)?;
+    if x.shape() != y.shape() {
+        return Err(candle_core::Error::Msg(format!("add: shapes {:?} and {:?}", x.dims(), y.dims())).into());
+    }
+    let mut sum = vec![0f32; x.elem_count()];
+    let mut out = vec![0f32; x.elem_count()];
+    with_slice(w, |w| {
+        with_slice(b, |b| {
+            with_slice(x, |xs| {
+                with_slice(y, |ys| {
+                    let rows = rows_per_task(c) * c;
+                    sum.par_chunks_mut(rows)
+                        .zip(out.par_chunks_mut(rows))
+                        .zip(xs.par_chunks(rows).zip(ys.par_chunks(rows)))
+                        .for_each(|((s, o), (x, y))| {
+                            for (si, (xi, yi)) in s.iter_mut().zip(x.iter().zip(y)) {
+                                *si = xi + yi;
+                            }
+                            for (s, o) in s.chunks_exact(c).zip(o.chunks_exact_mut(c)) {
+                                layer_norm_row(s, w, b, eps, o);
+                            }
+                        });
+                })
+            })
+        })
+    })????;
+    Ok((Tensor::from_vec(sum, x.shape(), &Device::Cpu)?, Tensor::from_vec(out, x.shape(), &Device::Cpu)?))
+}
+
+/// `x + y`, elementwise, same shapes.
+pub fn add(x: &Tensor, y: &Tensor) -> Result<Tensor> {
+    if x.shape() != y.shape() {
+        return Err(candle_core::Error::Msg(format!("add: shapes {:?} and {:?}", x.dims(), y.dims())).into());
+    }
+    let mut out = vec![0f32; x.elem_count()];
+    with_slice(x, |xs| {
+        with_slice(y, |ys| {
+            out.par_chunks_mut(16 * 1024).zip(xs.par_chunks(16 * 1024).zip(ys.par_chunks(16 * 1024))).for_each(
+                |(o, (x, y))| {
+                    for (oi, (xi, yi)) in o.iter_mut().zip(x.iter().zip(y)) {
+                        *oi = xi + yi;
+                    }
+                },
+            );
+        })
+    })??;
+    Ok(Tensor::from_vec(out, x.shape(), &Device::Cpu)?)
+}
+
 struct SyncPtr(*mut f32);
 // SAFETY: each parallel task writes a disjoint set of elements (its own head's columns).
 unsafe impl Sync for SyncPtr {}
@@ -301,5 +393,21 @@ mod tests {
             let want = p.matmul(&v.contiguous().unwrap()).unwrap().transpose(1, 2).unwrap().reshape((b, n, c)).unwrap();
             assert!(max_diff(&ours, &want) < 1e-5, "mask {}", m.is_some());
         }
+    }
+
+    #[test]
+    fn fused_add_and_layer_norm_equal_candle() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (2, 37, 24), &dev).unwrap();
+        let y = Tensor::randn(0f32, 1., (2, 37, 24), &dev).unwrap();
+        let w = Tensor::randn(1f32, 0.1, 24, &dev).unwrap();
+        let b = Tensor::randn(0f32, 0.1, 24, &dev).unwrap();
+        let s = (&x + &y).unwrap();
+        let want = candle_nn::ops::layer_norm_slow(&s, &w, &b, 1e-5).unwrap();
+        let (sum, normed) = add_layer_norm(&x, &y, &w, &b, 1e-5).unwrap();
+        assert_eq!(max_diff(&sum, &s), 0.0);
+        assert!(max_diff(&normed, &want) < 1e-5);
+        assert!(max_diff(&layer_norm(&s, &w, &b, 1e-5).unwrap(), &want) < 1e-5);
+        assert_eq!(max_diff(&add(&x, &y).unwrap(), &s), 0.0);
     }
 }

@@ -15,7 +15,12 @@ use crate::{Error, Result};
 /// tensor's name in the file so that errors speak the user's checkpoint's language.
 pub struct TensorStore {
     path: PathBuf,
-    tensors: HashMap<String, Tensor>,
+    /// Tensors not yet taken by the model: [`TensorStore::get`] moves each out, so a tensor the
+    /// model copies (e.g. transposes) is freed as soon as the copy exists and peak memory stays
+    /// near one model's size.
+    tensors: Mutex<HashMap<String, Tensor>>,
+    /// Every tensor's shape, taken or not.
+    shapes: HashMap<String, Vec<usize>>,
     /// canonical name -> the name (or names, for fused tensors) in the file.
     origin: HashMap<String, String>,
     /// Canonical names stored transposed relative to the file (errors show the file's layout).
@@ -45,7 +50,8 @@ impl TensorStore {
     pub fn new(path: impl Into<PathBuf>, device: &Device, dtype: DType) -> Self {
         Self {
             path: path.into(),
-            tensors: HashMap::new(),
+            tensors: Mutex::new(HashMap::new()),
+            shapes: HashMap::new(),
             origin: HashMap::new(),
             transposed: Default::default(),
             ignored: Vec::new(),
@@ -75,7 +81,8 @@ impl TensorStore {
         if original != canonical {
             self.origin.insert(canonical.clone(), original);
         }
-        self.tensors.insert(canonical, t);
+        self.shapes.insert(canonical.clone(), t.dims().to_vec());
+        self.tensors.get_mut().expect("load bookkeeping lock poisoned").insert(canonical, t);
     }
 
     /// Adds a 2-D tensor the family stores transposed (an `nn.Linear` weight used as `x @ P`):
@@ -98,16 +105,16 @@ impl TensorStore {
     }
 
     pub fn contains(&self, canonical: &str) -> bool {
-        self.tensors.contains_key(canonical)
+        self.shapes.contains_key(canonical)
     }
 
     /// The stored shape of a tensor, for configs inferred from a checkpoint.
     pub fn shape_of(&self, canonical: &str) -> Option<Vec<usize>> {
-        self.tensors.get(canonical).map(|t| t.dims().to_vec())
+        self.shapes.get(canonical).cloned()
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.tensors.keys().map(|s| s.as_str())
+        self.shapes.keys().map(|s| s.as_str())
     }
 
     fn file_name_of(&self, canonical: &str) -> String {
@@ -120,13 +127,13 @@ impl TensorStore {
 
     /// Takes a tensor, checking its shape and converting it to the store's dtype and device.
     pub fn get(&self, canonical: &str, shape: &[usize]) -> Result<Tensor> {
-        let t = self.tensors.get(canonical).ok_or_else(|| Error::MissingTensor {
+        let dims = self.shapes.get(canonical).ok_or_else(|| Error::MissingTensor {
             path: self.path.clone(),
             name: self.file_name_of(canonical),
             hint: self.missing_hint(canonical),
         })?;
-        if t.dims() != shape {
-            let (mut expected, mut found) = (shape.to_vec(), t.dims().to_vec());
+        if dims.as_slice() != shape {
+            let (mut expected, mut found) = (shape.to_vec(), dims.clone());
             if self.transposed.contains(canonical) {
                 expected.reverse();
                 found.reverse();
@@ -138,6 +145,12 @@ impl TensorStore {
                 found,
             });
         }
+        let t = self.tensors.lock().expect("load bookkeeping lock poisoned").remove(canonical).ok_or_else(|| {
+            Error::Checkpoint {
+                path: self.path.clone(),
+                message: format!("tensor `{canonical}` was requested twice (a bug in vista)"),
+            }
+        })?;
         self.taken.lock().expect("load bookkeeping lock poisoned").insert(canonical.to_string());
         Ok(t.to_dtype(self.dtype)?.to_device(&self.device)?)
     }
@@ -147,16 +160,16 @@ impl TensorStore {
         // or a wrapper prefix such as `module.`.
         let leaf = canonical.rsplit('.').next().unwrap_or(canonical);
         let similar: Vec<&str> = self
-            .tensors
+            .shapes
             .keys()
             .filter(|k| k.ends_with(canonical) || (k.ends_with(leaf) && k.len() > canonical.len()))
             .map(|s| s.as_str())
             .take(3)
             .collect();
-        if self.tensors.is_empty() {
+        if self.shapes.is_empty() {
             " (the checkpoint holds no tensors)".into()
         } else if similar.is_empty() {
-            format!(" (the checkpoint holds {} tensors, none matching)", self.tensors.len())
+            format!(" (the checkpoint holds {} tensors, none matching)", self.shapes.len())
         } else {
             format!(" (similar names present: {})", similar.join(", "))
         }
@@ -171,7 +184,7 @@ impl TensorStore {
     pub fn report(&self) -> LoadReport {
         let taken = self.taken.lock().expect("load bookkeeping lock poisoned");
         let mut unused: Vec<String> = self
-            .tensors
+            .shapes
             .keys()
             .filter(|k| !taken.contains(*k))
             .map(|k| self.origin.get(k).cloned().unwrap_or_else(|| k.clone()))
