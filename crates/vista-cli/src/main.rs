@@ -20,6 +20,12 @@ enum Command {
     Embed(cmd::embed::Args),
     /// Zero-shot classify images against labels with CLIP.
     Classify(cmd::classify::Args),
+    /// Build or update the CLIP index of photo folders.
+    Index(cmd::index::Args),
+    /// Search an index by text, by example image, or both.
+    Search(cmd::search::Args),
+    /// Groups of near-duplicate images in an index.
+    Dupes(cmd::dupes::Args),
 }
 
 /// Exit codes: 0 all done, 1 failed, 2 finished but some inputs were skipped.
@@ -27,10 +33,13 @@ pub const EXIT_SKIPPED: u8 = 2;
 
 fn main() -> ExitCode {
     vista::device::init_process();
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(cmd::search::rewrite_negative_terms(std::env::args_os().collect()));
     let result = match cli.command {
         Command::Embed(a) => cmd::embed::run(a),
         Command::Classify(a) => cmd::classify::run(a),
+        Command::Index(a) => cmd::index::run(a),
+        Command::Search(a) => cmd::search::run(a),
+        Command::Dupes(a) => cmd::dupes::run(a),
     };
     match result {
         Ok(code) => code,

@@ -37,6 +37,9 @@ pub enum Error {
     #[error("cannot resolve model `{model}`: {message}")]
     Resolve { model: String, message: String },
 
+    #[error("{path}: index database: {message}")]
+    Index { path: PathBuf, message: String },
+
     #[error("tokenizer: {0}")]
     Tokenizer(String),
 

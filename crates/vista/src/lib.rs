@@ -8,6 +8,7 @@ pub mod clip;
 pub mod device;
 pub mod error;
 pub mod image;
+pub mod index;
 pub mod nn;
 pub mod weights;
 

@@ -1,3 +1,6 @@
 pub mod classify;
 pub mod common;
+pub mod dupes;
 pub mod embed;
+pub mod index;
+pub mod search;

@@ -77,6 +77,19 @@ impl ClipPipeline {
         l2_normalize(&self.model.encode_image(&pixels)?)
     }
 
+    /// Normalised embeddings of images already resized and cropped by
+    /// [`ClipPreprocess::resize_crop`] (the indexer crops on its decode threads).
+    pub fn embed_cropped(&self, images: &[&RgbImage]) -> Result<Vec<Vec<f32>>> {
+        let s = self.preprocess.size as usize;
+        let per = 3 * s * s;
+        let mut data = vec![0f32; images.len() * per];
+        for (img, out) in images.iter().zip(data.chunks_exact_mut(per)) {
+            self.preprocess.normalize_into(img, out)?;
+        }
+        let pixels = Tensor::from_vec(data, (images.len(), 3, s, s), self.device())?;
+        Ok(l2_normalize(&self.model.encode_image(&pixels)?)?.to_vec2::<f32>()?)
+    }
+
     /// Decodes and embeds image files in batches of `batch`. A file that fails to decode gets its
     /// error in its slot and the rest go on. `progress` is called with the number of files done.
     pub fn embed_files(&self, paths: &[PathBuf], batch: usize, mut progress: impl FnMut(usize)) -> Vec<ImageEmbedding> {

@@ -5,6 +5,7 @@ pub mod classify;
 pub mod clip_pipeline;
 pub mod files;
 pub mod npy;
+pub mod query;
 
 pub use classify::{Prediction, Templates, ZeroShotClassifier};
 pub use clip_pipeline::{ClipPipeline, ImageEmbedding};

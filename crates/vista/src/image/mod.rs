@@ -72,7 +72,7 @@ mod decode;
 mod preprocess;
 pub mod resize;
 
-pub use ::image::RgbImage;
+pub use ::image::{Rgb, RgbImage};
 pub use decode::{decode_rgb, load_rgb, DecodeOptions, DEFAULT_MAX_PIXELS};
 pub use preprocess::{ClipPreprocess, CropRounding, IMAGENET_MEAN, IMAGENET_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD};
 pub use resize::{longest_side_size, resize_exact, resize_region, shortest_side_size, Filter, Region};

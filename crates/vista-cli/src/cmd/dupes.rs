@@ -1,0 +1,58 @@
+//! `vista dupes`: groups of near-duplicate images in an index.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use vista::index::{vectors, ScanOptions};
+
+use super::common::ModelArgs;
+use super::index::{model_id, run_update};
+use super::search::IndexArgs;
+
+/// Cosine similarity from which two images count as near-duplicates. Provisional: re-encodes,
+/// resizes and small crops of one photo score well above it with CLIP ViT-B/32, distinct shots of
+/// one scene mostly below (to be pinned by a measurement on real weights).
+pub const DEFAULT_THRESHOLD: f32 = 0.95;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Cosine similarity from which images are grouped.
+    #[arg(long, default_value_t = DEFAULT_THRESHOLD)]
+    pub threshold: f32,
+    /// JSON output: one array of paths per line.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub index: IndexArgs,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    if !(-1.0..=1.0).contains(&args.threshold) {
+        bail!("--threshold {} is not a cosine similarity (between -1 and 1)", args.threshold);
+    }
+    let mut db = args.index.open()?;
+    let pipeline = args.model.load()?;
+    if !args.index.no_update {
+        let roots = db.roots()?;
+        run_update(&pipeline, &args.model.model, &mut db, &roots, &ScanOptions::default(), args.model.batch)?;
+    }
+    let (paths, set) = db.load_vectors(&model_id(&args.model.model), None)?;
+    let groups = vectors::near_duplicate_groups(&set, args.threshold);
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for g in &groups {
+        let names: Vec<String> = g.iter().map(|&i| paths[i].display().to_string()).collect();
+        if args.json {
+            writeln!(out, "{}", serde_json::json!(names))?;
+        } else {
+            writeln!(out, "{}\n", names.join("\n"))?;
+        }
+    }
+    out.flush()?;
+    if !args.json {
+        eprintln!("{} group(s) of near-duplicates among {} images", groups.len(), paths.len());
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,294 @@
+//! The index database: SQLite (bundled) in WAL mode, one transaction per batch.
+//!
+//! Embeddings are keyed by **content hash and model**, not by path: a renamed or moved file, or
+//! the same photo in two folders, shares one embedding and is never embedded again; a changed file
+//! gets a new hash and so a new embedding. A file that failed to decode is recorded against its
+//! hash, so it is retried exactly when its content changes.
+//!
+//! Crash safety comes from SQLite: every batch is one transaction, WAL with `synchronous=NORMAL`
+//! survives a killed process with every committed transaction intact (only a power loss can drop
+//! the last few), and the next run sees which hashes still lack an embedding.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::vectors::{to_f16_bytes, VectorSet};
+use crate::{Error, Result};
+
+/// blake3 of a file's bytes.
+pub type Hash = [u8; 32];
+
+const SCHEMA_VERSION: i64 = 1;
+
+/// What the index knows of one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRow {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub hash: Hash,
+}
+
+pub struct IndexDb {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl IndexDb {
+    /// Opens (creating if needed) the index at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            }
+        }
+        let conn = Connection::open(path).map_err(|e| db_err(path, e))?;
+        let db = Self { conn, path: path.to_path_buf() };
+        db.init()?;
+        Ok(db)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, e: rusqlite::Error) -> Error {
+        db_err(&self.path, e)
+    }
+
+    fn init(&self) -> Result<()> {
+        self.conn
+            .execute_batch(
+                "PRAGMA journal_mode = WAL;
+                 PRAGMA synchronous = NORMAL;
+                 PRAGMA foreign_keys = ON;
+                 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                 CREATE TABLE IF NOT EXISTS roots (path TEXT PRIMARY KEY);
+                 CREATE TABLE IF NOT EXISTS files (
+                     path TEXT PRIMARY KEY,
+                     size INTEGER NOT NULL,
+                     mtime_ns INTEGER NOT NULL,
+                     hash BLOB NOT NULL
+                 );
+                 CREATE INDEX IF NOT EXISTS files_by_hash ON files (hash);
+                 CREATE TABLE IF NOT EXISTS embeddings (
+                     hash BLOB NOT NULL,
+                     model TEXT NOT NULL,
+                     dim INTEGER NOT NULL,
+                     vector BLOB NOT NULL,
+                     PRIMARY KEY (hash, model)
+                 );
+                 CREATE TABLE IF NOT EXISTS failures (
+                     hash BLOB PRIMARY KEY,
+                     error TEXT NOT NULL
+                 );",
+            )
+            .map_err(|e| self.err(e))?;
+        let version: Option<String> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err(e))?;
+        match version {
+            None => {
+                self.conn
+                    .execute(
+                        "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
+                        [SCHEMA_VERSION.to_string()],
+                    )
+                    .map_err(|e| self.err(e))?;
+            }
+            Some(v) if v == SCHEMA_VERSION.to_string() => {}
+            Some(v) => {
+                return Err(Error::Index {
+                    path: self.path.clone(),
+                    message: format!("index schema version {v}, this vista reads {SCHEMA_VERSION}; rebuild the index"),
+                })
+            }
+        }
+        Ok(())
+    }
+
+    /// The folders this index covers.
+    pub fn roots(&self) -> Result<Vec<PathBuf>> {
+        let mut st = self.conn.prepare("SELECT path FROM roots ORDER BY path").map_err(|e| self.err(e))?;
+        let rows = st.query_map([], |r| r.get::<_, String>(0)).map_err(|e| self.err(e))?;
+        rows.map(|r| r.map(PathBuf::from).map_err(|e| self.err(e))).collect()
+    }
+
+    pub fn add_roots(&self, roots: &[PathBuf]) -> Result<()> {
+        for r in roots {
+            self.conn
+                .execute("INSERT OR IGNORE INTO roots (path) VALUES (?1)", [path_str(r)?])
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    /// Every file row under `root` (all rows when `None`).
+    pub fn files(&self) -> Result<HashMap<PathBuf, FileRow>> {
+        let mut st = self.conn.prepare("SELECT path, size, mtime_ns, hash FROM files").map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([], |r| {
+                let hash: Vec<u8> = r.get(3)?;
+                Ok((
+                    PathBuf::from(r.get::<_, String>(0)?),
+                    FileRow { size: r.get::<_, i64>(1)? as u64, mtime_ns: r.get(2)?, hash: to_hash(&hash) },
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        rows.map(|r| r.map_err(|e| self.err(e))).collect()
+    }
+
+    /// Applies a scan in one transaction: new and changed files upserted, vanished ones deleted,
+    /// then embeddings and failures no file refers to any more dropped.
+    pub fn apply_scan(&mut self, upserts: &[(PathBuf, FileRow)], deletes: &[PathBuf]) -> Result<()> {
+        let path = self.path.clone();
+        let tx = self.conn.transaction().map_err(|e| db_err(&path, e))?;
+        {
+            let mut up = tx
+                .prepare(
+                    "INSERT INTO files (path, size, mtime_ns, hash) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,
+                     hash = excluded.hash",
+                )
+                .map_err(|e| db_err(&path, e))?;
+            for (p, f) in upserts {
+                up.execute(params![path_str(p)?, f.size as i64, f.mtime_ns, &f.hash[..]])
+                    .map_err(|e| db_err(&path, e))?;
+            }
+            let mut del = tx.prepare("DELETE FROM files WHERE path = ?1").map_err(|e| db_err(&path, e))?;
+            for p in deletes {
+                del.execute([path_str(p)?]).map_err(|e| db_err(&path, e))?;
+            }
+        }
+        tx.execute_batch(
+            "DELETE FROM embeddings WHERE hash NOT IN (SELECT hash FROM files);
+             DELETE FROM failures WHERE hash NOT IN (SELECT hash FROM files);",
+        )
+        .map_err(|e| db_err(&path, e))?;
+        tx.commit().map_err(|e| db_err(&path, e))
+    }
+
+    /// Content still to embed for `model`: one path per hash that has neither an embedding nor a
+    /// recorded failure, in path order.
+    pub fn pending(&self, model: &str) -> Result<Vec<(Hash, PathBuf)>> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT f.hash, MIN(f.path) FROM files f
+                 WHERE NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.hash = f.hash AND e.model = ?1)
+                   AND NOT EXISTS (SELECT 1 FROM failures x WHERE x.hash = f.hash)
+                 GROUP BY f.hash ORDER BY MIN(f.path)",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([model], |r| Ok((to_hash(&r.get::<_, Vec<u8>>(0)?), PathBuf::from(r.get::<_, String>(1)?))))
+            .map_err(|e| self.err(e))?;
+        rows.map(|r| r.map_err(|e| self.err(e))).collect()
+    }
+
+    /// Stores one batch of outcomes in one transaction.
+    pub fn store_batch(
+        &mut self,
+        model: &str,
+        results: &[(Hash, std::result::Result<Vec<f32>, String>)],
+    ) -> Result<()> {
+        let path = self.path.clone();
+        let tx = self.conn.transaction().map_err(|e| db_err(&path, e))?;
+        {
+            let mut emb = tx
+                .prepare("INSERT OR REPLACE INTO embeddings (hash, model, dim, vector) VALUES (?1, ?2, ?3, ?4)")
+                .map_err(|e| db_err(&path, e))?;
+            let mut fail = tx
+                .prepare("INSERT OR REPLACE INTO failures (hash, error) VALUES (?1, ?2)")
+                .map_err(|e| db_err(&path, e))?;
+            for (hash, r) in results {
+                match r {
+                    Ok(v) => emb
+                        .execute(params![&hash[..], model, v.len() as i64, to_f16_bytes(v)])
+                        .map_err(|e| db_err(&path, e))?,
+                    Err(msg) => fail.execute(params![&hash[..], msg]).map_err(|e| db_err(&path, e))?,
+                };
+            }
+        }
+        tx.commit().map_err(|e| db_err(&path, e))
+    }
+
+    /// Recorded decode failures: (path, error).
+    pub fn failures(&self) -> Result<Vec<(PathBuf, String)>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT f.path, x.error FROM files f JOIN failures x ON x.hash = f.hash ORDER BY f.path")
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([], |r| Ok((PathBuf::from(r.get::<_, String>(0)?), r.get::<_, String>(1)?)))
+            .map_err(|e| self.err(e))?;
+        rows.map(|r| r.map_err(|e| self.err(e))).collect()
+    }
+
+    /// Number of embeddings stored for `model`.
+    pub fn count_embeddings(&self, model: &str) -> Result<usize> {
+        self.conn
+            .query_row("SELECT COUNT(*) FROM embeddings WHERE model = ?1", [model], |r| r.get::<_, i64>(0))
+            .map(|n| n as usize)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Every indexed file with an embedding for `model` (optionally only below `under`), and the
+    /// vectors in the same order.
+    pub fn load_vectors(&self, model: &str, under: Option<&Path>) -> Result<(Vec<PathBuf>, VectorSet)> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT f.path, e.dim, e.vector FROM files f JOIN embeddings e ON e.hash = f.hash
+                 WHERE e.model = ?1 ORDER BY f.path",
+            )
+            .map_err(|e| self.err(e))?;
+        let mut rows = st.query([model]).map_err(|e| self.err(e))?;
+        let mut paths = Vec::new();
+        let mut set: Option<VectorSet> = None;
+        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+            let p = PathBuf::from(r.get::<_, String>(0).map_err(|e| self.err(e))?);
+            if let Some(u) = under {
+                if !p.starts_with(u) {
+                    continue;
+                }
+            }
+            let dim = r.get::<_, i64>(1).map_err(|e| self.err(e))? as usize;
+            let blob = r
+                .get_ref(2)
+                .map_err(|e| self.err(e))?
+                .as_blob()
+                .map_err(|e| Error::Index { path: self.path.clone(), message: e.to_string() })?;
+            let s = set.get_or_insert_with(|| VectorSet::new(dim));
+            s.push_f16_bytes(blob)?;
+            paths.push(p);
+        }
+        Ok((paths, set.unwrap_or_else(|| VectorSet::new(0))))
+    }
+
+    /// The models that have embeddings in this index.
+    pub fn models(&self) -> Result<Vec<String>> {
+        let mut st =
+            self.conn.prepare("SELECT DISTINCT model FROM embeddings ORDER BY model").map_err(|e| self.err(e))?;
+        let rows = st.query_map([], |r| r.get::<_, String>(0)).map_err(|e| self.err(e))?;
+        rows.map(|r| r.map_err(|e| self.err(e))).collect()
+    }
+}
+
+fn db_err(path: &Path, e: rusqlite::Error) -> Error {
+    Error::Index { path: path.to_path_buf(), message: e.to_string() }
+}
+
+fn to_hash(b: &[u8]) -> Hash {
+    let mut h = [0u8; 32];
+    let n = b.len().min(32);
+    h[..n].copy_from_slice(&b[..n]);
+    h
+}
+
+fn path_str(p: &Path) -> Result<&str> {
+    p.to_str().ok_or_else(|| Error::arg("path", format!("{}: not valid UTF-8, cannot be indexed", p.display())))
+}
