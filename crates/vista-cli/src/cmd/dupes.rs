@@ -4,10 +4,10 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
-use vista::index::{vectors, ScanOptions};
+use vista::index::vectors;
 
 use super::common::ModelArgs;
-use super::index::{model_id, run_update};
+use super::index::model_id;
 use super::search::IndexArgs;
 
 /// Cosine similarity from which two images count as near-duplicates. Provisional: re-encodes,
@@ -33,12 +33,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     if !(-1.0..=1.0).contains(&args.threshold) {
         bail!("--threshold {} is not a cosine similarity (between -1 and 1)", args.threshold);
     }
-    let mut db = args.index.open()?;
-    let pipeline = args.model.load()?;
-    if !args.index.no_update {
-        let roots = db.roots()?;
-        run_update(&pipeline, &args.model.model, &mut db, &roots, &ScanOptions::default(), args.model.batch)?;
-    }
+    let (db, _pipeline) = args.index.open_updated(&args.model)?;
     let (paths, set) = db.load_vectors(&model_id(&args.model.model), None)?;
     let groups = vectors::near_duplicate_groups(&set, args.threshold);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use vista::apps::query::{self, Term};
-use vista::apps::Templates;
+use vista::apps::{ClipPipeline, Templates};
 use vista::index::{self, IndexDb, ScanOptions};
 
 use super::common::ModelArgs;
@@ -41,6 +41,17 @@ impl IndexArgs {
             bail!("{}: no such index (run `vista index DIR` first)", path.display());
         }
         Ok(IndexDb::open(&path)?)
+    }
+
+    /// Opens the index and the model, and brings the index up to date unless `--no-update`.
+    pub fn open_updated(&self, model: &ModelArgs) -> Result<(IndexDb, ClipPipeline)> {
+        let mut db = self.open()?;
+        let pipeline = model.load()?;
+        if !self.no_update {
+            let roots = db.roots()?;
+            run_update(&pipeline, &model.model, &mut db, &roots, &ScanOptions::default(), model.batch)?;
+        }
+        Ok((db, pipeline))
     }
 }
 
@@ -86,12 +97,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         bail!("give a text query, --image PATH, or both");
     }
     let templates = if args.no_templates { Templates::None } else { Templates::parse(&args.templates)? };
-    let mut db = args.index.open()?;
-    let pipeline = args.model.load()?;
-    if !args.index.no_update {
-        let roots = db.roots()?;
-        run_update(&pipeline, &args.model.model, &mut db, &roots, &ScanOptions::default(), args.model.batch)?;
-    }
+    let (db, pipeline) = args.index.open_updated(&args.model)?;
     let q = query::embed(&pipeline, &terms, &templates)?;
     let under = match &args.under {
         Some(u) => Some(std::fs::canonicalize(u).with_context(|| format!("--under {}", u.display()))?),
