@@ -221,3 +221,28 @@ fn search_results_equal_a_brute_force_reference_and_dupes_find_copies() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn several_models_live_side_by_side_in_one_index() {
+    let dir = tmpdir("models");
+    for i in 0..5 {
+        picture(i, 40).save(dir.join(format!("m{i}.png"))).unwrap();
+    }
+    // A second model: the same checkpoint under another folder is another model id.
+    let other = tmpdir("models-other-ckpt");
+    for f in ["open_clip_config.json", "open_clip_model.safetensors"] {
+        std::fs::copy(Path::new(&model()).join(f), other.join(f)).unwrap();
+    }
+    let other_model = other.display().to_string();
+    assert_eq!(index(&dir)["embedded"].as_u64(), Some(5));
+    let out = vista(&["index", dir.to_str().unwrap(), "--model", &other_model, "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(report(&out)["embedded"].as_u64(), Some(5), "the second model embeds everything once");
+    assert_eq!(index(&dir)["embedded"].as_u64(), Some(0), "the first model's embeddings are still there");
+    let db = IndexDb::open(&dir.join(".vista/index.sqlite")).unwrap();
+    assert_eq!(db.count_embeddings(&model()).unwrap(), 5);
+    assert_eq!(db.count_embeddings(&other_model).unwrap(), 5);
+    assert_eq!(db.models().unwrap().len(), 2);
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_dir_all(other);
+}
