@@ -107,6 +107,15 @@ pub fn run(args: Args) -> Result<ExitCode> {
     if vectors.is_empty() {
         bail!("the index {} holds no images embedded with `{}`", db.path().display(), args.model.model);
     }
+    if q.len() != vectors.dim() {
+        bail!(
+            "the index {} stores {}-d vectors for `{}` but the model gives {}-d: re-index (the checkpoint changed?)",
+            db.path().display(),
+            vectors.dim(),
+            args.model.model,
+            q.len()
+        );
+    }
     let hits = vectors.top_k(&q, args.top, args.threshold, None);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for h in hits {

@@ -222,12 +222,12 @@ impl VectorSet {
 
     /// The scan [`Self::top_k`] uses: int8 once its copy exists, else f16.
     ///
-    /// Measured (1M × 512-d, top-10, 2 cores of an AMD EPYC Zen 5, `BENCHMARKS.md`): f16 25 ms,
-    /// int8 + rescoring 13 ms, both at the memory bandwidth (~41 GB/s), so int8 wins by reading
-    /// half the bytes. Building the int8 copy costs 0.7 s and +50% memory, more than a one-shot
-    /// search (the CLI loads the index, searches once and exits) gains; f16 is already 4× under
-    /// the 100 ms target. So the copy is built only on request ([`Self::prepare_int8`]) or by an
-    /// explicit [`Scan::Int8`] search, and then used.
+    /// Measured (1M × 512-d, top-10, 2 cores of an AMD EPYC Zen 5, `BENCHMARKS.md`): f16 18-25 ms,
+    /// int8 + rescoring 11-13 ms; both run near the memory bandwidth (1 GB and 0.5 GB a query), so
+    /// int8 wins by reading half the bytes. Building the int8 copy costs 0.7 s and +50% memory,
+    /// more than a one-shot search (the CLI loads the index, searches once and exits) gains, and
+    /// f16 is already 4× under the 100 ms target. So the copy is built only on request
+    /// ([`Self::prepare_int8`]) or by an explicit [`Scan::Int8`] search, and then used.
     pub fn default_scan(&self) -> Scan {
         if self.q8.get().is_some() {
             Scan::Int8
@@ -665,10 +665,12 @@ impl QueryQ8 {
 /// all pairs; blocked matrix products so 50k rows stays reasonable), each group sorted, groups
 /// ordered by their first member.
 ///
-/// Every pair is compared: the rows are widened to f32 one block of [`DUPES_BLOCK`] rows at a time
+/// Every pair is compared: the rows are widened to f32 one block of 512 rows at a time
 /// and each pair of blocks (upper triangle) is one `gemm` on a rayon thread. A link is a score
 /// `>= threshold` as that product computes it; its summation order differs from
 /// [`VectorSet::score`]'s, so a pair within ~1e-6 of the threshold may be judged differently there.
+/// Cost: n²/2 · dim multiply-adds, 3.6 s for 50k × 512-d on 2 Zen 5 cores (`BENCHMARKS.md`);
+/// memory: a few MB of blocks per thread beyond the set.
 pub fn near_duplicate_groups(set: &VectorSet, threshold: f32) -> Vec<Vec<usize>> {
     let (n, dim) = (set.len(), set.dim);
     if n < 2 || dim == 0 {
