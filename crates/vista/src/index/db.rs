@@ -5,6 +5,12 @@
 //! gets a new hash and so a new embedding. A file that failed to decode is recorded against its
 //! hash, so it is retried exactly when its content changes.
 //!
+//! Vectors are stored as little-endian f16 BLOBs (1 KB for 512-d, half of f32): the rows are unit
+//! vectors with components of order 0.05, where f16's 11-bit significand keeps every score within
+//! ~1e-3 of the f32 one; measured against exact f32 search, recall@10 is 1.0 at 100k vectors and
+//! 0.999 at 1M (`tools/bench/bench_search.py`), and the indexed vectors of 2,000 photos keep a
+//! cosine of 0.999995 or more to PyTorch's (`tools/bench/bench_index.py`).
+//!
 //! Crash safety comes from SQLite: every batch is one transaction, WAL with `synchronous=NORMAL`
 //! survives a killed process with every committed transaction intact (only a power loss can drop
 //! the last few), and the next run sees which hashes still lack an embedding.
