@@ -37,6 +37,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 import make_model  # noqa: E402  (stdlib only at import time; torch is imported lazily there)
+from benchlib import vm_hwm_mb, write_marked_section  # noqa: E402
 
 # name: (tower, batch); `text_b32_trim` gives every engine the ids cut after the longest prompt.
 WORKLOADS = {"image_b1": ("image", 1), "image_b32": ("image", 32), "text_b32": ("text", 32),
@@ -73,14 +74,6 @@ def trimmed_len(ids) -> int:
     return int(max(row.argmax() for row in ids)) + 1
 
 
-def vm_hwm_mb():
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -413,14 +406,7 @@ Notes:
 
 
 def write_report(path: pathlib.Path, block: str) -> None:
-    if path.exists():
-        text = path.read_text()
-        if BEGIN in text and END in text:
-            pre, rest = text.split(BEGIN, 1)
-            post = rest.split(END, 1)[1]
-            path.write_text(pre + block.rstrip("\n") + post)
-            return
-    path.write_text(HEADER + block)
+    write_marked_section(path, block, BEGIN, END, HEADER)
 
 
 def orchestrate(args) -> int:

@@ -51,6 +51,7 @@ REPO_ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 import make_model  # noqa: E402  (stdlib only at import time)
 from bench_clip import PY_ENV_DROP, loadavg, machine_info, sh  # noqa: E402  (stdlib only)
+from benchlib import vm_hwm_mb, write_marked_section  # noqa: E402
 
 BEGIN, END = "<!-- bench_index:begin -->", "<!-- bench_index:end -->"
 DEFAULT_IMAGES = 2000
@@ -187,14 +188,6 @@ def images_info(folder: pathlib.Path) -> dict:
 # ----------------------------------------------------------------------------------------------
 # Python reference worker (its own process)
 # ----------------------------------------------------------------------------------------------
-def vm_hwm_mb():
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return None
 
 
 def worker(args) -> int:
@@ -720,13 +713,7 @@ def render(rows, runs, meta) -> str:
 
 
 def write_report(path: pathlib.Path, block: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        pre, rest = text.split(BEGIN, 1)
-        post = rest.split(END, 1)[1]
-        path.write_text(pre + block.rstrip("\n") + post)
-    else:
-        path.write_text(text.rstrip("\n") + "\n\n" + block)
+    write_marked_section(path, block, BEGIN, END)
 
 
 def orchestrate(args) -> int:

@@ -45,6 +45,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 from bench_clip import loadavg, machine_info, percentile  # noqa: E402  (stdlib only at import)
+from benchlib import vm_hwm_mb, write_marked_section  # noqa: E402
 
 DIM = 512
 SEED = 20261127
@@ -120,11 +121,6 @@ def truth(out: pathlib.Path, rows: int, k: int):
 # ----------------------------------------------------------------------------------------------
 # Workers (run in their own process)
 # ----------------------------------------------------------------------------------------------
-def vm_hwm_mb():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024.0
-    return None
 
 
 def worker(args) -> int:
@@ -349,14 +345,7 @@ def render(results, dupes, meta) -> str:
 
 
 def write_report(path: pathlib.Path, block: str) -> None:
-    """Replaces the text between this benchmark's markers, or appends the block at the end."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        pre, rest = text.split(BEGIN, 1)
-        post = rest.split(END, 1)[1]
-        path.write_text(pre + block.rstrip("\n") + post)
-    else:
-        path.write_text(text.rstrip("\n") + "\n\n" + block)
+    write_marked_section(path, block, BEGIN, END)
 
 
 def orchestrate(args) -> int:
