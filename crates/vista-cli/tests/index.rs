@@ -246,3 +246,32 @@ fn several_models_live_side_by_side_in_one_index() {
     let _ = std::fs::remove_dir_all(dir);
     let _ = std::fs::remove_dir_all(other);
 }
+
+#[test]
+fn a_tree_that_cannot_hold_its_index_gets_one_in_the_data_directory() {
+    // Tests run as root, which writes through permissions; a file named `.vista` blocks the
+    // index folder just as a read-only tree does.
+    let dir = tmpdir("readonly");
+    picture(1, 40).save(dir.join("a.png")).unwrap();
+    std::fs::write(dir.join(".vista"), b"in the way").unwrap();
+    let data = tmpdir("readonly-data");
+    let run = |args: &[&str], cwd: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_vista"))
+            .args(args)
+            .current_dir(cwd)
+            .env("XDG_DATA_HOME", &data)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["index", dir.to_str().unwrap(), "--model", &model(), "--json"], &dir);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let db = v["db"].as_str().unwrap();
+    assert!(db.starts_with(data.to_str().unwrap()), "index at {db}");
+    // `search` run inside the tree finds that index without --db.
+    let out = run(&["search", "a photo", "--model", &model(), "--json", "--no-update"], &dir);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("a.png"));
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_dir_all(data);
+}
