@@ -71,12 +71,6 @@ impl ClipPipeline {
         l2_normalize(&self.model.encode_text(&ids)?)
     }
 
-    /// Normalised image embeddings `[N, D]` of already decoded images.
-    pub fn embed_decoded(&self, images: &[RgbImage]) -> Result<Tensor> {
-        let pixels = self.preprocess.to_tensor(images, self.device())?;
-        l2_normalize(&self.model.encode_image(&pixels)?)
-    }
-
     /// Normalised embeddings of images already resized and cropped by
     /// [`ClipPreprocess::resize_crop`] (the indexer crops on its decode threads).
     pub fn embed_cropped(&self, images: &[&RgbImage]) -> Result<Vec<Vec<f32>>> {
@@ -96,14 +90,13 @@ impl ClipPipeline {
         let batch = batch.max(1);
         let mut out = Vec::with_capacity(paths.len());
         for chunk in paths.chunks(batch) {
-            let decoded: Vec<Result<RgbImage>> = chunk.par_iter().map(|p| image::load_rgb(p, &self.decode)).collect();
+            // Decode and crop in parallel; only the small crops are kept for the batch.
+            let decoded: Vec<Result<RgbImage>> = chunk
+                .par_iter()
+                .map(|p| image::load_rgb(p, &self.decode).map(|im| self.preprocess.resize_crop(&im)))
+                .collect();
             let ok: Vec<&RgbImage> = decoded.iter().filter_map(|r| r.as_ref().ok()).collect();
-            let embedded: Result<Vec<Vec<f32>>> = if ok.is_empty() {
-                Ok(Vec::new())
-            } else {
-                let imgs: Vec<RgbImage> = ok.into_iter().cloned().collect();
-                self.embed_decoded(&imgs).and_then(|t| Ok(t.to_vec2::<f32>()?))
-            };
+            let embedded = if ok.is_empty() { Ok(Vec::new()) } else { self.embed_cropped(&ok) };
             match embedded {
                 Ok(rows) => {
                     let mut rows = rows.into_iter();
@@ -128,7 +121,7 @@ impl ClipPipeline {
 
     /// Embeds one image file.
     pub fn embed_file(&self, path: &Path) -> Result<Vec<f32>> {
-        let img = image::load_rgb(path, &self.decode)?;
-        Ok(self.embed_decoded(&[img])?.squeeze(0)?.to_vec1()?)
+        let img = self.preprocess.resize_crop(&image::load_rgb(path, &self.decode)?);
+        Ok(self.embed_cropped(&[&img])?.remove(0))
     }
 }
