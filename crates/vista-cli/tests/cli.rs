@@ -1,26 +1,11 @@
 //! The `vista` binary end to end on the committed tiny CLIP (real vocabulary) and photos.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../vista/tests/fixtures")
-}
+use std::path::PathBuf;
 
-fn model() -> String {
-    fixtures().join("clip/openclip_e2e").display().to_string()
-}
-
-fn vista(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vista")).args(args).output().expect("run vista")
-}
-
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("vista-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use common::{fixtures, model, tmpdir, vista};
+use std::process::Command;
 
 /// A folder with two real photos, a nested one, a hidden one and a corrupt "jpg".
 fn photo_folder(name: &str) -> PathBuf {

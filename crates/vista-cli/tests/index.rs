@@ -2,32 +2,16 @@
 //! incremental updates (new, changed, deleted, renamed), a real `kill -9` mid-run, and search
 //! results against a brute-force reference.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use vista::image::RgbImage;
 use vista::index::IndexDb;
 
-fn model() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../vista/tests/fixtures/clip/openclip_e2e")
-        .canonicalize()
-        .unwrap()
-        .display()
-        .to_string()
-}
-
-fn vista(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vista")).args(args).output().expect("run vista")
-}
-
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("vista-index-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d.canonicalize().unwrap()
-}
+use common::{model, tmpdir, vista};
 
 /// A deterministic, distinct picture per seed.
 fn picture(seed: u32, size: u32) -> RgbImage {
