@@ -37,7 +37,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 import make_model  # noqa: E402  (stdlib only at import time; torch is imported lazily there)
-from benchlib import vm_hwm_mb, write_marked_section  # noqa: E402
+from benchlib import versions as benchlib_versions, vm_hwm_mb, write_marked_section  # noqa: E402
 
 # name: (tower, batch); `text_b32_trim` gives every engine the ids cut after the longest prompt.
 WORKLOADS = {"image_b1": ("image", 1), "image_b32": ("image", 32), "text_b32": ("text", 32),
@@ -202,26 +202,9 @@ def machine_info() -> dict:
 
 
 def versions(python: str) -> dict:
-    code = (
-        "import json, importlib.metadata as m\n"
-        "out = {}\n"
-        "for p in ('torch', 'transformers', 'onnxruntime', 'onnx', 'numpy', 'safetensors'):\n"
-        "    try: out[p] = m.version(p)\n"
-        "    except Exception: out[p] = None\n"
-        "import platform; out['python'] = platform.python_version()\n"
-        "print(json.dumps(out))\n"
+    return benchlib_versions(
+        python, ("torch", "transformers", "onnxruntime", "onnx", "numpy", "safetensors"), ("candle-core", "gemm"), REPO_ROOT
     )
-    v = json.loads(sh([python, "-c", code]) or "{}")
-    lock = (REPO_ROOT / "Cargo.lock").read_text() if (REPO_ROOT / "Cargo.lock").exists() else ""
-    for crate in ("candle-core", "gemm"):
-        marker = f'name = "{crate}"\nversion = "'
-        i = lock.find(marker)
-        v[crate] = lock[i + len(marker):].split('"', 1)[0] if i >= 0 else None
-    v["rustc"] = sh(["rustc", "-V"]).removeprefix("rustc ")
-    rev = sh(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"])
-    dirty = sh(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"])
-    v["vista"] = f"{rev}{' + uncommitted changes' if dirty else ''}" if rev else None
-    return v
 
 
 def loadavg() -> str:

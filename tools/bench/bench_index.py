@@ -51,7 +51,7 @@ REPO_ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 import make_model  # noqa: E402  (stdlib only at import time)
 from bench_clip import PY_ENV_DROP, loadavg, machine_info, sh  # noqa: E402  (stdlib only)
-from benchlib import vm_hwm_mb, write_marked_section  # noqa: E402
+from benchlib import versions as benchlib_versions, vm_hwm_mb, write_marked_section  # noqa: E402
 
 BEGIN, END = "<!-- bench_index:begin -->", "<!-- bench_index:end -->"
 DEFAULT_IMAGES = 2000
@@ -504,27 +504,13 @@ def parity(vista_db: pathlib.Path, py_db: pathlib.Path) -> dict:
 
 
 def py_versions(python: str) -> dict:
-    code = (
-        "import json, importlib.metadata as m, platform\n"
-        "out = {}\n"
-        "for p in ('torch', 'torchvision', 'transformers', 'open_clip_torch', 'pillow', 'numpy'):\n"
-        "    try: out[p] = m.version(p)\n"
-        "    except Exception: out[p] = None\n"
-        "import sqlite3; out['sqlite (python)'] = sqlite3.sqlite_version\n"
-        "out['python'] = platform.python_version()\n"
-        "print(json.dumps(out))\n"
+    return benchlib_versions(
+        python,
+        ("torch", "torchvision", "transformers", "open_clip_torch", "pillow", "numpy"),
+        ("candle-core", "gemm", "image", "zune-jpeg", "rusqlite", "libsqlite3-sys"),
+        REPO_ROOT,
+        extra_code="import sqlite3; out['sqlite (python)'] = sqlite3.sqlite_version\n",
     )
-    v = json.loads(sh([python, "-c", code]) or "{}")
-    lock = (REPO_ROOT / "Cargo.lock").read_text() if (REPO_ROOT / "Cargo.lock").exists() else ""
-    for crate in ("candle-core", "gemm", "image", "zune-jpeg", "rusqlite", "libsqlite3-sys"):
-        marker = f'name = "{crate}"\nversion = "'
-        i = lock.find(marker)
-        v[crate] = lock[i + len(marker):].split('"', 1)[0] if i >= 0 else None
-    v["rustc"] = sh(["rustc", "-V"]).removeprefix("rustc ")
-    rev = sh(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"])
-    dirty = sh(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"])
-    v["vista"] = f"{rev}{' + uncommitted changes' if dirty else ''}" if rev else None
-    return v
 
 
 def median(xs):

@@ -45,7 +45,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 from bench_clip import loadavg, machine_info, percentile  # noqa: E402  (stdlib only at import)
-from benchlib import vm_hwm_mb, write_marked_section  # noqa: E402
+from benchlib import versions as benchlib_versions, vm_hwm_mb, write_marked_section  # noqa: E402
 
 DIM = 512
 SEED = 20261127
@@ -240,24 +240,7 @@ def recall(ids, want) -> float:
 
 
 def versions(python: str) -> dict:
-    code = (
-        "import json, importlib.metadata as m\n"
-        "out = {}\n"
-        "for p in ('numpy', 'faiss-cpu', 'threadpoolctl'):\n"
-        "    try: out[p] = m.version(p)\n"
-        "    except Exception: out[p] = None\n"
-        "import platform; out['python'] = platform.python_version()\n"
-        "print(json.dumps(out))\n"
-    )
-    out = subprocess.run([python, "-c", code], capture_output=True, text=True).stdout
-    v = json.loads(out or "{}")
-    v["rustc"] = subprocess.run(["rustc", "-V"], capture_output=True, text=True).stdout.strip().removeprefix("rustc ")
-    rev = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                         text=True).stdout.strip()
-    dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True).stdout.strip()
-    v["vista"] = f"{rev}{' + uncommitted changes' if dirty else ''}" if rev else None
-    return v
+    return benchlib_versions(python, ("numpy", "faiss-cpu", "threadpoolctl"), (), REPO_ROOT)
 
 
 def fmt(x, digits=2):
