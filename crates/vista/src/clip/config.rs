@@ -6,6 +6,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::transformer::TowerDims;
 use crate::nn::Activation;
 use crate::{Error, Result};
 
@@ -34,6 +35,17 @@ pub struct VisionConfig {
 }
 
 impl VisionConfig {
+    pub fn tower(&self) -> TowerDims {
+        TowerDims {
+            width: self.width,
+            layers: self.layers,
+            heads: self.heads,
+            mlp_dim: self.mlp_dim,
+            act: self.act,
+            eps: self.eps,
+        }
+    }
+
     /// Patches per side.
     pub fn grid(&self) -> usize {
         self.image_size / self.patch_size
@@ -56,6 +68,19 @@ pub struct TextConfig {
     pub act: Activation,
     pub eps: f64,
     pub pooling: TextPooling,
+}
+
+impl TextConfig {
+    pub fn tower(&self) -> TowerDims {
+        TowerDims {
+            width: self.width,
+            layers: self.layers,
+            heads: self.heads,
+            mlp_dim: self.mlp_dim,
+            act: self.act,
+            eps: self.eps,
+        }
+    }
 }
 
 /// How images are brought to the model's input, from the checkpoint's preprocessing config.

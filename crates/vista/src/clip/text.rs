@@ -27,15 +27,7 @@ impl TextTransformer {
             cfg: cfg.clone(),
             token_embedding: vb.get(&[cfg.vocab_size, w], "token_embedding.weight")?,
             positional_embedding: vb.get(&[cfg.context_length, w], "positional_embedding")?,
-            transformer: Transformer::load(
-                &vb.pp("transformer"),
-                w,
-                cfg.layers,
-                cfg.heads,
-                cfg.mlp_dim,
-                cfg.act,
-                cfg.eps,
-            )?,
+            transformer: Transformer::load(&vb.pp("transformer"), &cfg.tower())?,
             ln_final: LayerNorm::load(&vb.pp("ln_final"), w, cfg.eps)?,
             text_projection: vb.get(&[w, embed_dim], "text_projection")?,
         })

@@ -52,24 +52,27 @@ impl ResidualAttentionBlock {
 }
 
 /// `transformer.resblocks.N`.
+/// The shape of one tower's transformer, as both tower configs give it.
+#[derive(Debug, Clone, Copy)]
+pub struct TowerDims {
+    pub width: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub mlp_dim: usize,
+    pub act: Activation,
+    pub eps: f64,
+}
+
 #[derive(Debug, Clone)]
 pub struct Transformer {
     blocks: Vec<ResidualAttentionBlock>,
 }
 
 impl Transformer {
-    pub fn load(
-        vb: &Vb,
-        width: usize,
-        layers: usize,
-        heads: usize,
-        mlp_dim: usize,
-        act: Activation,
-        eps: f64,
-    ) -> Result<Self> {
+    pub fn load(vb: &Vb, t: &TowerDims) -> Result<Self> {
         let vb = vb.pp("resblocks");
-        let blocks = (0..layers)
-            .map(|i| ResidualAttentionBlock::load(&vb.pp(i), width, heads, mlp_dim, act, eps))
+        let blocks = (0..t.layers)
+            .map(|i| ResidualAttentionBlock::load(&vb.pp(i), t.width, t.heads, t.mlp_dim, t.act, t.eps))
             .collect::<Result<_>>()?;
         Ok(Self { blocks })
     }

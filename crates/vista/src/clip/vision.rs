@@ -35,15 +35,7 @@ impl VisionTransformer {
             class_embedding: vb.get(&[w], "class_embedding")?,
             positional_embedding: vb.get(&[cfg.num_tokens(), w], "positional_embedding")?,
             ln_pre: LayerNorm::load(&vb.pp("ln_pre"), w, cfg.eps)?,
-            transformer: Transformer::load(
-                &vb.pp("transformer"),
-                w,
-                cfg.layers,
-                cfg.heads,
-                cfg.mlp_dim,
-                cfg.act,
-                cfg.eps,
-            )?,
+            transformer: Transformer::load(&vb.pp("transformer"), &cfg.tower())?,
             ln_post: LayerNorm::load(&vb.pp("ln_post"), w, cfg.eps)?,
             proj: vb.get(&[w, embed_dim], "proj")?,
         })
