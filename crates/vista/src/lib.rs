@@ -10,6 +10,7 @@ pub mod error;
 pub mod image;
 pub mod index;
 pub mod nn;
+pub mod sam;
 pub mod weights;
 
 pub use error::{Error, Result};

@@ -11,6 +11,8 @@ pub enum Activation {
     Gelu,
     /// GELU with the tanh approximation, `nn.GELU(approximate="tanh")` / HF `gelu_new`.
     GeluTanh,
+    /// `torch.nn.ReLU` (SAM's mask decoder).
+    Relu,
 }
 
 impl Activation {
@@ -20,6 +22,7 @@ impl Activation {
             "quick_gelu" => Some(Self::QuickGelu),
             "gelu" => Some(Self::Gelu),
             "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Some(Self::GeluTanh),
+            "relu" => Some(Self::Relu),
             _ => None,
         }
     }
@@ -31,6 +34,7 @@ impl Module for Activation {
             Self::QuickGelu => x * candle_nn::ops::sigmoid(&(x * 1.702)?)?,
             Self::Gelu => x.gelu_erf(),
             Self::GeluTanh => x.gelu(),
+            Self::Relu => x.relu(),
         }
     }
 }

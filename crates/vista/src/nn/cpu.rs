@@ -113,6 +113,7 @@ pub fn apply_activation(xs: &mut [f32], act: Activation) {
             let x = *v;
             *v = 0.5 * x * (1.0 + ((2.0 / std::f32::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())
         }),
+        Activation::Relu => c.iter_mut().for_each(|v| *v = v.max(0.0)),
     });
 }
 
@@ -329,6 +330,159 @@ pub fn attention(qkv: &Tensor, heads: usize, scale: f32, mask: Option<&Tensor>) 
     Ok(Tensor::from_vec(out, (b, n, c), &Device::Cpu)?)
 }
 
+/// What is added to the scaled attention scores before the softmax, per head.
+#[derive(Clone, Copy)]
+pub enum ScoreBias<'a> {
+    None,
+    /// A learned table per head, `[H, N, N]` (TinyViT's gathered `attention_biases`).
+    PerHead(&'a [f32]),
+    /// Segment Anything's decomposed relative positions (`add_decomposed_rel_pos`): the `N`
+    /// tokens form a `gh × gw` grid (row-major) and query `(y, x)` attending to key `(ky, kx)`
+    /// gets `q·rel_h[y, ky] + q·rel_w[x, kx]` with the **unscaled** query;
+    /// `rel_h: [gh, gh, D]`, `rel_w: [gw, gw, D]`.
+    DecomposedRelPos {
+        grid: (usize, usize),
+        rel_h: &'a [f32],
+        rel_w: &'a [f32],
+    },
+}
+
+/// Query rows per attention task: bounds the score buffer (`rows × N`) and gives the threads
+/// work when there are few (batch, head) pairs, as in a global-attention block.
+const ATTENTION_ROW_BLOCK: usize = 256;
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight partial sums: vectorises and keeps the rounding error of long sums small.
+    let mut acc = [0f32; 8];
+    let (ca, ra) = a.split_at(a.len() / 8 * 8);
+    let (cb, rb) = b.split_at(ca.len());
+    for (x, y) in ca.chunks_exact(8).zip(cb.chunks_exact(8)) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut s = acc.iter().sum::<f32>();
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+/// Multi-head self-attention from a fused projection with an additive score bias:
+/// `softmax(scale · q kᵀ + bias) v`.
+///
+/// # Shapes
+/// `qkv: [B, N, 3C]` laid out `[B, N, 3, H, D]` -> `[B, N, C]`
+pub fn attention_biased(qkv: &Tensor, heads: usize, scale: f32, bias: ScoreBias<'_>) -> Result<Tensor> {
+    let (b, n, c3) = qkv.dims3()?;
+    let c = c3 / 3;
+    let d = c / heads;
+    let bad = |m: String| -> Result<Tensor> { Err(candle_core::Error::Msg(m).into()) };
+    match bias {
+        ScoreBias::None => {}
+        ScoreBias::PerHead(t) if t.len() != heads * n * n => {
+            return bad(format!("attention bias has {} values for {heads}x{n}x{n}", t.len()))
+        }
+        ScoreBias::PerHead(_) => {}
+        ScoreBias::DecomposedRelPos { grid: (gh, gw), rel_h, rel_w } => {
+            if gh * gw != n || rel_h.len() != gh * gh * d || rel_w.len() != gw * gw * d {
+                return bad(format!("relative positions for a {gh}x{gw} grid do not fit {n} tokens of {d} per head"));
+            }
+        }
+    }
+    let blocks = n.div_ceil(ATTENTION_ROW_BLOCK);
+    let mut out = vec![0f32; b * n * c];
+    let out_ptr = SyncPtr(out.as_mut_ptr());
+    with_slice(qkv, |src| {
+        (0..b * heads * blocks).into_par_iter().for_each_init(
+            || (vec![0f32; ATTENTION_ROW_BLOCK.min(n) * n], Vec::new()),
+            |(scores, rel), task| {
+                let (bh, blk) = (task / blocks, task % blocks);
+                let (bi, h) = (bh / heads, bh % heads);
+                let r0 = blk * ATTENTION_ROW_BLOCK;
+                let rows = ATTENTION_ROW_BLOCK.min(n - r0);
+                let scores = &mut scores[..rows * n];
+                let base = bi * n * c3 + h * d;
+                // SAFETY: q/k/v rows are `3C` apart within this batch item; the score buffer is
+                // rows×n; the output block [bi, r0.., h, :] is written by this task only.
+                unsafe {
+                    gemm(
+                        rows,
+                        n,
+                        d,
+                        scores.as_mut_ptr(),
+                        1,
+                        n as isize,
+                        false,
+                        src[base + r0 * c3..].as_ptr(),
+                        1,
+                        c3 as isize,
+                        src[base + c..].as_ptr(),
+                        c3 as isize,
+                        1,
+                        0.0,
+                        scale,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
+                for (ri, row) in scores.chunks_exact_mut(n).enumerate() {
+                    let i = r0 + ri;
+                    match bias {
+                        ScoreBias::None => {}
+                        ScoreBias::PerHead(t) => {
+                            let t = &t[(h * n + i) * n..(h * n + i + 1) * n];
+                            row.iter_mut().zip(t).for_each(|(s, v)| *s += v);
+                        }
+                        ScoreBias::DecomposedRelPos { grid: (gh, gw), rel_h, rel_w } => {
+                            let q = &src[base + i * c3..base + i * c3 + d];
+                            let (y, x) = (i / gw, i % gw);
+                            rel.clear();
+                            rel.extend((0..gh).map(|ky| dot(q, &rel_h[(y * gh + ky) * d..(y * gh + ky + 1) * d])));
+                            rel.extend((0..gw).map(|kx| dot(q, &rel_w[(x * gw + kx) * d..(x * gw + kx + 1) * d])));
+                            let (rh, rw) = rel.split_at(gh);
+                            // The reference's order: (attn + rel_h) + rel_w.
+                            for (ky, srow) in row.chunks_exact_mut(gw).enumerate() {
+                                for (s, w) in srow.iter_mut().zip(rw) {
+                                    *s = (*s + rh[ky]) + w;
+                                }
+                            }
+                        }
+                    }
+                    softmax_in_place(row);
+                }
+                let o = out_ptr.get();
+                unsafe {
+                    gemm(
+                        rows,
+                        d,
+                        n,
+                        o.add((bi * n + r0) * c + h * d),
+                        1,
+                        c as isize,
+                        false,
+                        scores.as_ptr(),
+                        1,
+                        n as isize,
+                        src[base + 2 * c..].as_ptr(),
+                        1,
+                        c3 as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
+            },
+        );
+    })?;
+    Ok(Tensor::from_vec(out, (b, n, c), &Device::Cpu)?)
+}
+
 fn softmax_in_place(row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0f32;
@@ -393,6 +547,53 @@ mod tests {
             let want = p.matmul(&v.contiguous().unwrap()).unwrap().transpose(1, 2).unwrap().reshape((b, n, c)).unwrap();
             assert!(max_diff(&ours, &want) < 1e-5, "mask {}", m.is_some());
         }
+    }
+
+    #[test]
+    fn biased_attention_equals_the_reference_formulas() {
+        let dev = Device::Cpu;
+        // 300 tokens: more than one row block.
+        let (b, gh, gw, h, d) = (2, 15, 20, 3, 4);
+        let n = gh * gw;
+        let c = h * d;
+        let qkv = Tensor::randn(0f32, 1., (b, n, 3 * c), &dev).unwrap();
+        let scale = 0.37;
+        let t = qkv.reshape((b, n, 3, h, d)).unwrap().permute((2, 0, 3, 1, 4)).unwrap();
+        let (q, k, v) = (t.get(0).unwrap().contiguous().unwrap(), t.get(1).unwrap(), t.get(2).unwrap());
+        let s = (q.matmul(&k.contiguous().unwrap().t().unwrap()).unwrap() * scale as f64).unwrap();
+        let finish = |s: Tensor| {
+            let p = candle_nn::ops::softmax(&s, D::Minus1).unwrap();
+            p.matmul(&v.contiguous().unwrap()).unwrap().transpose(1, 2).unwrap().reshape((b, n, c)).unwrap()
+        };
+        // Per-head table.
+        let table = Tensor::randn(0f32, 1., (h, n, n), &dev).unwrap();
+        let tv: Vec<f32> = table.flatten_all().unwrap().to_vec1().unwrap();
+        let ours = attention_biased(&qkv, h, scale, ScoreBias::PerHead(&tv)).unwrap();
+        assert!(max_diff(&ours, &finish(s.broadcast_add(&table).unwrap())) < 1e-5);
+        // Decomposed relative positions: q·Rh[y, ky] + q·Rw[x, kx] with the unscaled q.
+        let rh = Tensor::randn(0f32, 1., (gh, gh, d), &dev).unwrap();
+        let rw = Tensor::randn(0f32, 1., (gw, gw, d), &dev).unwrap();
+        let rq = q.reshape((b, h, gh, gw, d)).unwrap();
+        // rel_h[b,h,y,x,ky] = sum_d q[b,h,y,x,d] rh[y,ky,d]
+        let rel_h =
+            rq.unsqueeze(4).unwrap().broadcast_mul(&rh.reshape((1, 1, gh, 1, gh, d)).unwrap()).unwrap().sum(5).unwrap();
+        let rel_w =
+            rq.unsqueeze(4).unwrap().broadcast_mul(&rw.reshape((1, 1, 1, gw, gw, d)).unwrap()).unwrap().sum(5).unwrap();
+        let s5 = s.reshape((b, h, gh, gw, gh, gw)).unwrap();
+        let s5 = s5
+            .broadcast_add(&rel_h.unsqueeze(5).unwrap())
+            .unwrap()
+            .broadcast_add(&rel_w.unsqueeze(4).unwrap())
+            .unwrap()
+            .reshape((b, h, n, n))
+            .unwrap();
+        let (rhv, rwv): (Vec<f32>, Vec<f32>) =
+            (rh.flatten_all().unwrap().to_vec1().unwrap(), rw.flatten_all().unwrap().to_vec1().unwrap());
+        let bias = ScoreBias::DecomposedRelPos { grid: (gh, gw), rel_h: &rhv, rel_w: &rwv };
+        let ours = attention_biased(&qkv, h, scale, bias).unwrap();
+        assert!(max_diff(&ours, &finish(s5)) < 1e-5);
+        let plain = attention_biased(&qkv, h, scale, ScoreBias::None).unwrap();
+        assert!(max_diff(&plain, &finish(s)) < 1e-5);
     }
 
     #[test]

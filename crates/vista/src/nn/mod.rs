@@ -5,10 +5,12 @@
 
 pub mod activation;
 pub mod attention;
+pub mod conv;
 pub mod cpu;
 pub mod linear;
 pub mod mlp;
 pub mod norm;
+pub mod window;
 
 pub use activation::Activation;
 pub use attention::FusedQkvAttention;

@@ -13,6 +13,7 @@
 pub mod clip;
 pub mod formats;
 pub mod hub;
+pub mod sam;
 pub mod store;
 
 pub use store::{LoadReport, TensorStore, Vb};

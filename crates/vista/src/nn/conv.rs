@@ -1,0 +1,299 @@
+//! Convolutions on channels-last `[B, H, W, C]` tensors.
+//!
+//! Vision transformers keep their tokens channels-last (`[B, H, W, C]` is `[B·H·W, C]` rows, the
+//! layout every linear layer wants), so the convolutions around them (patch embeddings, SAM's
+//! neck and mask up-sampling, TinyViT's MBConv) work in that layout too instead of permuting to
+//! PyTorch's NCHW and back: a dense convolution is an im2col gather plus one GEMM (a 1×1 or a
+//! kernel-equals-stride convolution needs no gather at all), a depthwise convolution is a direct
+//! loop vectorised over channels, and a 2×2 stride-2 transposed convolution is one GEMM
+//! followed by a pixel shuffle. Weights arrive in PyTorch's layout and are reordered once at load.
+//!
+//! The arithmetic is the reference's; only the summation order differs.
+
+use candle_core::{Device, Tensor};
+use rayon::prelude::*;
+
+use super::Linear;
+use crate::Result;
+
+/// A `torch.nn.BatchNorm2d` in eval mode, to be folded into the convolution before it.
+#[derive(Debug, Clone)]
+pub struct BatchNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub running_mean: Tensor,
+    pub running_var: Tensor,
+    pub eps: f64,
+}
+
+/// Folds an eval-mode BatchNorm into the convolution weight `[Cout, ...]` before it, as
+/// TinyViT's `Conv2d_BN.fuse` does: `w' = w·γ/√(var+ε)`, `b' = β − mean·γ/√(var+ε)`.
+pub fn fold_batch_norm(weight: &Tensor, bn: &BatchNorm) -> Result<(Tensor, Tensor)> {
+    let scale = (&bn.weight / (&bn.running_var + bn.eps)?.sqrt()?)?;
+    let mut shape = vec![weight.dim(0)?];
+    shape.extend(std::iter::repeat_n(1, weight.rank() - 1));
+    let w = weight.broadcast_mul(&scale.reshape(shape)?)?;
+    let b = (&bn.bias - (&bn.running_mean * &scale)?)?;
+    Ok((w, b))
+}
+
+fn nhwc(x: &Tensor) -> Result<(usize, usize, usize, usize)> {
+    Ok(x.dims4()?)
+}
+
+fn out_size(len: usize, k: usize, stride: usize, pad: usize) -> usize {
+    (len + 2 * pad - k) / stride + 1
+}
+
+/// A dense 2-D convolution (`groups = 1`), channels-last.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    /// Over im2col rows: `[k·k·Cin] -> [Cout]`, the taps ordered `(ky, kx, cin)`.
+    linear: Linear,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    cin: usize,
+}
+
+impl Conv2d {
+    /// From a PyTorch weight `[Cout, Cin, k, k]` and optional bias `[Cout]`.
+    pub fn new(weight: &Tensor, bias: Option<Tensor>, stride: usize, pad: usize) -> Result<Self> {
+        let (cout, cin, k, k2) = weight.dims4()?;
+        if k != k2 {
+            return Err(candle_core::Error::Msg(format!("conv: non-square kernel {k}x{k2}")).into());
+        }
+        let w = weight.permute((0, 2, 3, 1))?.reshape((cout, k * k * cin))?;
+        Ok(Self { linear: Linear::new(w, bias)?, k, stride, pad, cin })
+    }
+
+    /// # Shapes
+    /// `[B, H, W, Cin] -> [B, H', W', Cout]`
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, h, w, cin) = nhwc(x)?;
+        if cin != self.cin {
+            return Err(candle_core::Error::Msg(format!("conv: input has {cin} channels, weight {}", self.cin)).into());
+        }
+        let (k, s, p) = (self.k, self.stride, self.pad);
+        let (ho, wo) = (out_size(h, k, s, p), out_size(w, k, s, p));
+        let cols = if k == 1 && s == 1 && p == 0 {
+            x.clone()
+        } else if k == s && p == 0 && h % k == 0 && w % k == 0 {
+            // Non-overlapping patches: a reshape, no gather.
+            x.reshape((b, ho, k, wo, k, cin))?.permute((0, 1, 3, 2, 4, 5))?.contiguous()?
+        } else {
+            im2col(x, k, s, p)?
+        };
+        let y = self.linear.forward_act(&cols.reshape((b * ho * wo, k * k * cin))?, None)?;
+        Ok(y.reshape((b, ho, wo, ()))?)
+    }
+}
+
+/// `[B, H, W, C] -> [B·H'·W', k·k·C]`, zero padding, taps ordered `(ky, kx, c)`.
+fn im2col(x: &Tensor, k: usize, s: usize, p: usize) -> Result<Tensor> {
+    let (b, h, w, c) = nhwc(x)?;
+    let (ho, wo) = (out_size(h, k, s, p), out_size(w, k, s, p));
+    let x = x.contiguous()?;
+    let src = x.flatten_all()?.to_vec1::<f32>()?;
+    let row = k * k * c;
+    let mut out = vec![0f32; b * ho * wo * row];
+    out.par_chunks_mut(wo * row).enumerate().for_each(|(bo, dst)| {
+        let (bi, oy) = (bo / ho, bo % ho);
+        for ox in 0..wo {
+            for ky in 0..k {
+                let iy = (oy * s + ky) as isize - p as isize;
+                if iy < 0 || iy >= h as isize {
+                    continue;
+                }
+                for kx in 0..k {
+                    let ix = (ox * s + kx) as isize - p as isize;
+                    if ix < 0 || ix >= w as isize {
+                        continue;
+                    }
+                    let from = ((bi * h + iy as usize) * w + ix as usize) * c;
+                    let to = ox * row + (ky * k + kx) * c;
+                    dst[to..to + c].copy_from_slice(&src[from..from + c]);
+                }
+            }
+        }
+    });
+    Ok(Tensor::from_vec(out, (b * ho * wo, row), &Device::Cpu)?)
+}
+
+/// A depthwise 2-D convolution (`groups = C`), channels-last.
+#[derive(Debug, Clone)]
+pub struct DepthwiseConv2d {
+    /// `[k·k, C]`, tap-major, so one tap is a contiguous channel vector.
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    k: usize,
+    stride: usize,
+    pad: usize,
+}
+
+impl DepthwiseConv2d {
+    /// From a PyTorch weight `[C, 1, k, k]` and optional bias `[C]`.
+    pub fn new(weight: &Tensor, bias: Option<&Tensor>, stride: usize, pad: usize) -> Result<Self> {
+        let (c, one, k, _) = weight.dims4()?;
+        if one != 1 {
+            return Err(candle_core::Error::Msg(format!("depthwise conv: weight has {one} inputs per group")).into());
+        }
+        let w = weight.reshape((c, k * k))?.t()?.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let bias = match bias {
+            Some(b) => b.to_vec1::<f32>()?,
+            None => vec![0.0; c],
+        };
+        Ok(Self { weight: w, bias, k, stride, pad })
+    }
+
+    /// # Shapes
+    /// `[B, H, W, C] -> [B, H', W', C]`
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, h, w, c) = nhwc(x)?;
+        let (k, s, p) = (self.k, self.stride, self.pad);
+        if c != self.bias.len() {
+            return Err(
+                candle_core::Error::Msg(format!("depthwise conv: {c} channels, weight {}", self.bias.len())).into()
+            );
+        }
+        let (ho, wo) = (out_size(h, k, s, p), out_size(w, k, s, p));
+        let src = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let mut out = vec![0f32; b * ho * wo * c];
+        out.par_chunks_mut(wo * c).enumerate().for_each(|(bo, dst)| {
+            let (bi, oy) = (bo / ho, bo % ho);
+            for (ox, o) in dst.chunks_exact_mut(c).enumerate() {
+                o.copy_from_slice(&self.bias);
+                for ky in 0..k {
+                    let iy = (oy * s + ky) as isize - p as isize;
+                    if iy < 0 || iy >= h as isize {
+                        continue;
+                    }
+                    for kx in 0..k {
+                        let ix = (ox * s + kx) as isize - p as isize;
+                        if ix < 0 || ix >= w as isize {
+                            continue;
+                        }
+                        let from = ((bi * h + iy as usize) * w + ix as usize) * c;
+                        let tap = &self.weight[(ky * k + kx) * c..(ky * k + kx + 1) * c];
+                        for ((o, xv), wv) in o.iter_mut().zip(&src[from..from + c]).zip(tap) {
+                            *o += xv * wv;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Tensor::from_vec(out, (b, ho, wo, c), &Device::Cpu)?)
+    }
+}
+
+/// `torch.nn.ConvTranspose2d(Cin, Cout, kernel_size=2, stride=2)`, channels-last: every input
+/// pixel becomes a 2×2 block, so it is one GEMM to `[.., (dy, dx, Cout)]` and a pixel shuffle.
+#[derive(Debug, Clone)]
+pub struct ConvTranspose2x2 {
+    linear: Linear,
+    cout: usize,
+}
+
+impl ConvTranspose2x2 {
+    /// From a PyTorch weight `[Cin, Cout, 2, 2]` and bias `[Cout]`.
+    pub fn new(weight: &Tensor, bias: &Tensor) -> Result<Self> {
+        let (cin, cout, kh, kw) = weight.dims4()?;
+        if (kh, kw) != (2, 2) {
+            return Err(candle_core::Error::Msg(format!("transposed conv: kernel {kh}x{kw}, expected 2x2")).into());
+        }
+        let w = weight.permute((2, 3, 1, 0))?.reshape((4 * cout, cin))?;
+        let b = bias.unsqueeze(0)?.repeat((4, 1))?.flatten_all()?;
+        Ok(Self { linear: Linear::new(w, Some(b))?, cout })
+    }
+
+    /// # Shapes
+    /// `[B, H, W, Cin] -> [B, 2H, 2W, Cout]`
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, h, w, _) = nhwc(x)?;
+        let y = self.linear.forward_act(x, None)?; // [B, H, W, 4·Cout]
+        let y = y.reshape((b, h, w, 2, 2, self.cout))?.permute((0, 1, 3, 2, 4, 5))?.contiguous()?;
+        Ok(y.reshape((b, 2 * h, 2 * w, self.cout))?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    use super::*;
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    }
+
+    fn to_nhwc(x: &Tensor) -> Tensor {
+        x.permute((0, 2, 3, 1)).unwrap().contiguous().unwrap()
+    }
+
+    #[test]
+    fn dense_convolutions_equal_candle_for_every_shape_class() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (2, 5, 9, 7), &dev).unwrap();
+        for (k, s, p) in [(1, 1, 0), (3, 1, 1), (3, 2, 1), (2, 2, 0), (3, 3, 0)] {
+            let w = Tensor::randn(0f32, 1., (6, 5, k, k), &dev).unwrap();
+            let b = Tensor::randn(0f32, 1., 6, &dev).unwrap();
+            let want = x.conv2d(&w, p, s, 1, 1).unwrap().broadcast_add(&b.reshape((1, 6, 1, 1)).unwrap()).unwrap();
+            let conv = Conv2d::new(&w, Some(b.clone()), s, p).unwrap();
+            let ours = conv.forward(&to_nhwc(&x)).unwrap();
+            assert!(max_diff(&ours, &to_nhwc(&want)) < 1e-4, "k{k} s{s} p{p}");
+        }
+    }
+
+    #[test]
+    fn depthwise_convolution_equals_grouped_candle_conv() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (2, 4, 7, 6), &dev).unwrap();
+        for (s, p) in [(1, 1), (2, 1)] {
+            let w = Tensor::randn(0f32, 1., (4, 1, 3, 3), &dev).unwrap();
+            let b = Tensor::randn(0f32, 1., 4, &dev).unwrap();
+            let want = x.conv2d(&w, p, s, 1, 4).unwrap().broadcast_add(&b.reshape((1, 4, 1, 1)).unwrap()).unwrap();
+            let ours = DepthwiseConv2d::new(&w, Some(&b), s, p).unwrap().forward(&to_nhwc(&x)).unwrap();
+            assert!(max_diff(&ours, &to_nhwc(&want)) < 1e-5, "s{s}");
+        }
+    }
+
+    #[test]
+    fn transposed_convolution_equals_candle() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (2, 5, 3, 4), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1., (5, 3, 2, 2), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1., 3, &dev).unwrap();
+        let want =
+            x.conv_transpose2d(&w, 0, 0, 2, 1).unwrap().broadcast_add(&b.reshape((1, 3, 1, 1)).unwrap()).unwrap();
+        let ours = ConvTranspose2x2::new(&w, &b).unwrap().forward(&to_nhwc(&x)).unwrap();
+        assert!(max_diff(&ours, &to_nhwc(&want)) < 1e-5);
+    }
+
+    #[test]
+    fn folding_batch_norm_equals_applying_it() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (1, 3, 5, 5), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1., (4, 3, 3, 3), &dev).unwrap();
+        let bn = BatchNorm {
+            weight: Tensor::randn(1f32, 0.2, 4, &dev).unwrap(),
+            bias: Tensor::randn(0f32, 0.2, 4, &dev).unwrap(),
+            running_mean: Tensor::randn(0f32, 0.5, 4, &dev).unwrap(),
+            running_var: Tensor::randn(0f32, 1., 4, &dev).unwrap().abs().unwrap(),
+            eps: 1e-5,
+        };
+        let y = x.conv2d(&w, 1, 1, 1, 1).unwrap();
+        let r = |t: &Tensor| t.reshape((1, 4, 1, 1)).unwrap();
+        let want = y
+            .broadcast_sub(&r(&bn.running_mean))
+            .unwrap()
+            .broadcast_div(&r(&(&bn.running_var + 1e-5).unwrap().sqrt().unwrap()))
+            .unwrap()
+            .broadcast_mul(&r(&bn.weight))
+            .unwrap()
+            .broadcast_add(&r(&bn.bias))
+            .unwrap();
+        let (fw, fb) = fold_batch_norm(&w, &bn).unwrap();
+        let ours = Conv2d::new(&fw, Some(fb), 1, 1).unwrap().forward(&to_nhwc(&x)).unwrap();
+        assert!(max_diff(&ours, &to_nhwc(&want)) < 1e-4);
+    }
+}

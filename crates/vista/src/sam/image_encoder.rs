@@ -1,0 +1,170 @@
+//! SAM's ViT image encoder (`ImageEncoderViT`): a patch embedding, an absolute position
+//! embedding, transformer blocks attending within 14×14 windows except at the global-attention
+//! indexes, decomposed relative positions in every block, and a convolutional neck to 256
+//! channels. Tokens stay channels-last (`[B, H, W, C]`) from the patch embedding to the neck.
+
+use candle_core::{Device, Module, Tensor};
+
+use super::config::VitConfig;
+use crate::nn::conv::Conv2d;
+use crate::nn::cpu::{self, ScoreBias};
+use crate::nn::window::{rel_pos_table, window_partition, window_unpartition};
+use crate::nn::{Activation, LayerNorm, Linear};
+use crate::weights::Vb;
+use crate::Result;
+
+/// Named intermediate activations, recorded when asked for (parity tests).
+pub type Taps = Vec<(String, Tensor)>;
+
+pub(crate) fn tap(taps: &mut Option<&mut Taps>, name: impl Into<String>, t: &Tensor) {
+    if let Some(taps) = taps {
+        taps.push((name.into(), t.clone()));
+    }
+}
+
+/// The neck shared by SAM and MobileSAM: 1×1 conv, LayerNorm2d, 3×3 conv, LayerNorm2d (both
+/// convolutions without bias; LayerNorm2d is a LayerNorm over channels, ε = 1e-6).
+#[derive(Debug, Clone)]
+pub struct Neck {
+    conv1: Linear,
+    ln1: LayerNorm,
+    conv2: Conv2d,
+    ln2: LayerNorm,
+}
+
+impl Neck {
+    pub fn load(vb: &Vb, cin: usize, cout: usize) -> Result<Self> {
+        let conv1 = vb.pp(0).get(&[cout, cin, 1, 1], "weight")?.reshape((cout, cin))?;
+        let conv2 = vb.pp(2).get(&[cout, cout, 3, 3], "weight")?;
+        Ok(Self {
+            conv1: Linear::new(conv1, None)?,
+            ln1: LayerNorm::load(&vb.pp(1), cout, 1e-6)?,
+            conv2: Conv2d::new(&conv2, None, 1, 1)?,
+            ln2: LayerNorm::load(&vb.pp(3), cout, 1e-6)?,
+        })
+    }
+
+    /// # Shapes
+    /// `[B, H, W, Cin] -> [B, H, W, Cout]`
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = self.ln1.forward(&self.conv1.forward_act(x, None)?)?;
+        Ok(self.ln2.forward(&self.conv2.forward(&x)?)?)
+    }
+}
+
+struct Block {
+    norm1: LayerNorm,
+    qkv: Linear,
+    /// What `qkv` gives a zero (padding) token: the window padding's projection.
+    qkv_pad: Vec<f32>,
+    proj: Linear,
+    /// Gathered relative positions, `[g, g, D]` for the grid side `g` this block attends over.
+    rel_h: Vec<f32>,
+    rel_w: Vec<f32>,
+    /// Window side; 0 = global attention.
+    window: usize,
+    heads: usize,
+    norm2: LayerNorm,
+    lin1: Linear,
+    lin2: Linear,
+}
+
+impl Block {
+    fn load(vb: &Vb, cfg: &VitConfig, window: usize) -> Result<Self> {
+        let c = cfg.embed_dim;
+        let d = c / cfg.num_heads;
+        let grid = cfg.image_size / cfg.patch_size;
+        let side = if window > 0 { window } else { grid };
+        let attn = vb.pp("attn");
+        let qkv = Linear::load(&attn.pp("qkv"), c, 3 * c, true)?;
+        let qkv_pad =
+            qkv.forward_act(&Tensor::zeros((1, c), vb.dtype(), vb.device())?, None)?.flatten_all()?.to_vec1()?;
+        let rel = |name: &str| -> Result<Vec<f32>> {
+            let t = attn.get(&[2 * side - 1, d], name)?;
+            Ok(rel_pos_table(&t.flatten_all()?.to_vec1()?, d, side, side))
+        };
+        Ok(Self {
+            norm1: LayerNorm::load(&vb.pp("norm1"), c, cfg.layer_norm_eps)?,
+            qkv,
+            qkv_pad,
+            proj: Linear::load(&attn.pp("proj"), c, c, true)?,
+            rel_h: rel("rel_pos_h")?,
+            rel_w: rel("rel_pos_w")?,
+            window,
+            heads: cfg.num_heads,
+            norm2: LayerNorm::load(&vb.pp("norm2"), c, cfg.layer_norm_eps)?,
+            lin1: Linear::load(&vb.pp("mlp").pp("lin1"), c, cfg.mlp_dim, true)?,
+            lin2: Linear::load(&vb.pp("mlp").pp("lin2"), cfg.mlp_dim, c, true)?,
+        })
+    }
+
+    /// # Shapes
+    /// `[B, H, W, C] -> [B, H, W, C]`
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, h, w, c) = x.dims4()?;
+        let d = c / self.heads;
+        let scale = (d as f32).powf(-0.5);
+        let qkv = self.qkv.forward_act(&self.norm1.forward(x)?, None)?;
+        let attn = if self.window > 0 {
+            let ws = self.window;
+            let flat = qkv.flatten_all()?.to_vec1::<f32>()?;
+            let (wins, (nh, nw)) = window_partition(&flat, (b, h, w), 3 * c, ws, &self.qkv_pad);
+            let wins = Tensor::from_vec(wins, (b * nh * nw, ws * ws, 3 * c), &Device::Cpu)?;
+            let bias = ScoreBias::DecomposedRelPos { grid: (ws, ws), rel_h: &self.rel_h, rel_w: &self.rel_w };
+            let out = cpu::attention_biased(&wins, self.heads, scale, bias)?;
+            let out = window_unpartition(&out.flatten_all()?.to_vec1::<f32>()?, (b, h, w), c, ws);
+            Tensor::from_vec(out, (b, h, w, c), &Device::Cpu)?
+        } else {
+            let bias = ScoreBias::DecomposedRelPos { grid: (h, w), rel_h: &self.rel_h, rel_w: &self.rel_w };
+            cpu::attention_biased(&qkv.reshape((b, h * w, 3 * c))?, self.heads, scale, bias)?.reshape((b, h, w, c))?
+        };
+        // The output projection is per token, so it runs after dropping the window padding.
+        let attn = self.proj.forward_act(&attn, None)?;
+        let (x, xn) = self.norm2.add_forward(x, &attn)?;
+        let hidden = self.lin1.forward_act(&xn, Some(Activation::Gelu))?;
+        cpu::add(&x, &self.lin2.forward_act(&hidden, None)?)
+    }
+}
+
+/// `ImageEncoderViT`.
+pub struct VitEncoder {
+    patch_embed: Conv2d,
+    pos_embed: Tensor,
+    blocks: Vec<Block>,
+    neck: Neck,
+}
+
+impl VitEncoder {
+    pub fn load(vb: &Vb, cfg: &VitConfig) -> Result<Self> {
+        let (c, p) = (cfg.embed_dim, cfg.patch_size);
+        let grid = cfg.image_size / p;
+        let pe = vb.pp("patch_embed").pp("proj");
+        let patch_embed = Conv2d::new(&pe.get(&[c, 3, p, p], "weight")?, Some(pe.get(&[c], "bias")?), p, 0)?;
+        let blocks = (0..cfg.depth)
+            .map(|i| {
+                let window = if cfg.global_attn_indexes.contains(&i) { 0 } else { cfg.window_size };
+                Block::load(&vb.pp("blocks").pp(i), cfg, window)
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            patch_embed,
+            pos_embed: vb.get(&[1, grid, grid, c], "pos_embed")?,
+            blocks,
+            neck: Neck::load(&vb.pp("neck"), c, cfg.out_chans)?,
+        })
+    }
+
+    /// # Shapes
+    /// `pixels: [B, S, S, 3]` (normalised, padded) -> `[B, S/p, S/p, out_chans]`
+    pub fn forward(&self, pixels: &Tensor, mut taps: Option<&mut Taps>) -> Result<Tensor> {
+        let x = self.patch_embed.forward(pixels)?;
+        tap(&mut taps, "enc.patch_embed", &x);
+        let mut x = x.broadcast_add(&self.pos_embed)?;
+        tap(&mut taps, "enc.pos_added", &x);
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = block.forward(&x)?;
+            tap(&mut taps, format!("enc.block.{i}"), &x);
+        }
+        self.neck.forward(&x)
+    }
+}

@@ -1,0 +1,127 @@
+//! SAM's mask decoder (`segment_anything/modeling/mask_decoder.py`): an IoU token and one
+//! token per mask output join the prompt tokens in the two-way transformer; the image tokens
+//! are up-sampled ×4 by two transposed convolutions; each mask token's hypernetwork MLP gives the
+//! weights that turn the up-sampled features into that mask's logits; the IoU head scores them.
+
+use candle_core::{Device, Module, Tensor};
+
+use super::config::DecoderConfig;
+use super::transformer::TwoWayTransformer;
+use crate::nn::conv::ConvTranspose2x2;
+use crate::nn::{Activation, LayerNorm, Linear};
+use crate::weights::Vb;
+use crate::Result;
+
+/// The decoder's `MLP`: linear layers with ReLU between them.
+struct HeadMlp {
+    layers: Vec<Linear>,
+}
+
+impl HeadMlp {
+    fn load(vb: &Vb, input: usize, hidden: usize, output: usize, depth: usize) -> Result<Self> {
+        let layers = (0..depth)
+            .map(|i| {
+                let (a, b) = (if i == 0 { input } else { hidden }, if i + 1 == depth { output } else { hidden });
+                Linear::load(&vb.pp("layers").pp(i), a, b, true)
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { layers })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut x = x.clone();
+        for (i, l) in self.layers.iter().enumerate() {
+            let act = (i + 1 < self.layers.len()).then_some(Activation::Relu);
+            x = l.forward_act(&x, act)?;
+        }
+        Ok(x)
+    }
+}
+
+/// What the dense prompt adds to every image token.
+pub enum DensePrompt<'a> {
+    /// `no_mask_embed`, the same `[C]` vector everywhere.
+    NoMask(&'a [f32]),
+    /// Embedded mask inputs, `[B, h, w, C]`.
+    Masks(&'a Tensor),
+}
+
+/// `MaskDecoder`.
+pub struct MaskDecoder {
+    /// `[iou_token; mask_tokens]`, `[1 + M, C]`.
+    output_tokens: Tensor,
+    transformer: TwoWayTransformer,
+    up1: ConvTranspose2x2,
+    up_norm: LayerNorm,
+    up2: ConvTranspose2x2,
+    hypernetworks: Vec<HeadMlp>,
+    iou_head: HeadMlp,
+}
+
+impl MaskDecoder {
+    pub fn load(vb: &Vb, cfg: &DecoderConfig) -> Result<Self> {
+        let c = cfg.dim;
+        let m = cfg.num_multimask_outputs + 1;
+        let iou = vb.pp("iou_token").get(&[1, c], "weight")?;
+        let masks = vb.pp("mask_tokens").get(&[m, c], "weight")?;
+        let up = vb.pp("output_upscaling");
+        let up1 = ConvTranspose2x2::new(&up.pp(0).get(&[c, c / 4, 2, 2], "weight")?, &up.pp(0).get(&[c / 4], "bias")?)?;
+        let up2 =
+            ConvTranspose2x2::new(&up.pp(3).get(&[c / 4, c / 8, 2, 2], "weight")?, &up.pp(3).get(&[c / 8], "bias")?)?;
+        Ok(Self {
+            output_tokens: Tensor::cat(&[iou, masks], 0)?,
+            transformer: TwoWayTransformer::load(&vb.pp("transformer"), cfg)?,
+            up1,
+            up_norm: LayerNorm::load(&up.pp(1), c / 4, 1e-6)?,
+            up2,
+            hypernetworks: (0..m)
+                .map(|i| HeadMlp::load(&vb.pp("output_hypernetworks_mlps").pp(i), c, c, c / 8, 3))
+                .collect::<Result<_>>()?,
+            iou_head: HeadMlp::load(&vb.pp("iou_prediction_head"), c, cfg.iou_head_hidden_dim, m, cfg.iou_head_depth)?,
+        })
+    }
+
+    /// Predicts every mask output for a batch of prompt sets on one image; the caller picks
+    /// the multimask outputs (`1..`) or the single one (`0`).
+    ///
+    /// # Shapes
+    /// `image: [h·w, C]`, `image_pe: [h·w, C]`, `sparse: [B, T, C]` ->
+    /// (`low_res: [B, M, 4h, 4w]`, `iou: [B, M]`)
+    pub fn forward(
+        &self,
+        image: &Tensor,
+        grid: (usize, usize),
+        image_pe: &Tensor,
+        sparse: &Tensor,
+        dense: DensePrompt<'_>,
+    ) -> Result<(Tensor, Tensor)> {
+        let (b, _, c) = sparse.dims3()?;
+        let (h, w) = grid;
+        let m = self.hypernetworks.len();
+        let out_tokens = self.output_tokens.unsqueeze(0)?.broadcast_as((b, m + 1, c))?;
+        let tokens = Tensor::cat(&[&out_tokens, sparse], 1)?.contiguous()?;
+        let src = match dense {
+            DensePrompt::NoMask(v) => {
+                let v = Tensor::from_slice(v, (1, c), &Device::Cpu)?;
+                image.broadcast_add(&v)?.unsqueeze(0)?.broadcast_as((b, h * w, c))?.contiguous()?
+            }
+            DensePrompt::Masks(d) => d.reshape((b, h * w, c))?.broadcast_add(&image.unsqueeze(0)?)?,
+        };
+        let (hs, src) = self.transformer.forward(&src, image_pe, &tokens)?;
+
+        let x = self.up1.forward(&src.reshape((b, h, w, c))?)?;
+        let x = Activation::Gelu.forward(&self.up_norm.forward(&x)?)?;
+        let x = Activation::Gelu.forward(&self.up2.forward(&x)?)?; // [B, 4h, 4w, C/8]
+        let x = x.reshape((b, 16 * h * w, c / 8))?;
+        let hyper = self
+            .hypernetworks
+            .iter()
+            .enumerate()
+            .map(|(i, mlp)| mlp.forward(&hs.narrow(1, 1 + i, 1)?))
+            .collect::<Result<Vec<_>>>()?;
+        let hyper = Tensor::cat(&hyper, 1)?; // [B, M, C/8]
+        let masks = hyper.matmul(&x.transpose(1, 2)?)?.reshape((b, m, 4 * h, 4 * w))?;
+        let iou = self.iou_head.forward(&hs.narrow(1, 0, 1)?.squeeze(1)?)?;
+        Ok((masks, iou))
+    }
+}
