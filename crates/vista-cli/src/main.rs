@@ -26,6 +26,17 @@ enum Command {
     Search(cmd::search::Args),
     /// Groups of near-duplicate images in an index.
     Dupes(cmd::dupes::Args),
+    /// Segment an object with SAM from points, boxes or a previous mask.
+    Segment(cmd::segment::Args),
+    /// SAM utilities.
+    #[command(subcommand)]
+    Sam(SamCommand),
+}
+
+#[derive(Subcommand)]
+enum SamCommand {
+    /// Pre-encode images (fills the embedding cache, so later prompts are instant).
+    Encode(cmd::segment::EncodeArgs),
 }
 
 /// Exit codes: 0 all done, 1 failed, 2 finished but some inputs were skipped.
@@ -40,6 +51,8 @@ fn main() -> ExitCode {
         Command::Index(a) => cmd::index::run(a),
         Command::Search(a) => cmd::search::run(a),
         Command::Dupes(a) => cmd::dupes::run(a),
+        Command::Segment(a) => cmd::segment::run(a),
+        Command::Sam(SamCommand::Encode(a)) => cmd::segment::encode(a),
     };
     match result {
         Ok(code) => code,

@@ -40,6 +40,9 @@ pub enum Error {
     #[error("{path}: index database: {message}")]
     Index { path: PathBuf, message: String },
 
+    #[error("{path}: embedding cache: {message}")]
+    Cache { path: PathBuf, message: String },
+
     #[error("tokenizer: {0}")]
     Tokenizer(String),
 

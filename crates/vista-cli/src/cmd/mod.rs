@@ -4,3 +4,4 @@ pub mod dupes;
 pub mod embed;
 pub mod index;
 pub mod search;
+pub mod segment;

@@ -4,8 +4,10 @@
 pub mod classify;
 pub mod clip_pipeline;
 pub mod files;
+pub mod masks;
 pub mod npy;
 pub mod query;
+pub mod segment;
 
 pub use classify::{Prediction, Templates, ZeroShotClassifier};
 pub use clip_pipeline::{ClipPipeline, ImageEmbedding};

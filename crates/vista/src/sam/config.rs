@@ -266,7 +266,10 @@ impl SamConfig {
         }
         match &self.encoder {
             EncoderConfig::Vit(v) => {
-                if v.num_heads == 0 || !v.image_size.is_multiple_of(v.patch_size) || !v.embed_dim.is_multiple_of(v.num_heads) {
+                if v.num_heads == 0
+                    || !v.image_size.is_multiple_of(v.patch_size)
+                    || !v.embed_dim.is_multiple_of(v.num_heads)
+                {
                     return Err(format!("inconsistent ViT: {v:?}"));
                 }
             }
