@@ -6,6 +6,7 @@
 pub mod apps;
 pub mod clip;
 pub mod device;
+pub mod dino;
 pub mod error;
 pub mod image;
 pub mod index;

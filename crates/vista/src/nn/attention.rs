@@ -50,4 +50,20 @@ impl FusedQkvAttention {
         let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, n, c))?;
         self.proj.forward_act(&out, None)
     }
+
+    /// Self-attention that also returns the attention probabilities `[B, H, N, N]` (for
+    /// attention maps; the plain [`forward`](Self::forward) never materialises them all).
+    pub fn forward_with_probs(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, n, c) = x.dims3()?;
+        let h = self.num_heads;
+        let d = c / h;
+        let qkv = self.qkv.forward_act(x, None)?.reshape((b, n, 3, h, d))?.permute((2, 0, 3, 1, 4))?;
+        let q = qkv.get(0)?.contiguous()?;
+        let k = qkv.get(1)?.contiguous()?;
+        let v = qkv.get(2)?.contiguous()?;
+        let attn = (q.matmul(&k.t()?)? * self.scale)?;
+        let probs = candle_nn::ops::softmax_last_dim(&attn)?;
+        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, c))?;
+        Ok((self.proj.forward_act(&out, None)?, probs))
+    }
 }

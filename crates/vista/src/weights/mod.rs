@@ -11,6 +11,7 @@
 //! * [`hub`] turns a model argument (a file, a folder or a Hugging Face id) into local files.
 
 pub mod clip;
+pub mod dino;
 pub mod formats;
 pub mod hub;
 pub mod sam;

@@ -1,0 +1,10 @@
+//! DINO (Caron et al., 2021) and DINOv2 (Oquab et al., 2023) backbones: CLS and patch features,
+//! register tokens and attention maps at any input size.
+
+pub mod config;
+pub mod loader;
+pub mod vit;
+
+pub use config::{DinoConfig, Ffn, PosInterpolation};
+pub use loader::{load_model, LoadOptions, Loaded};
+pub use vit::{DinoOutput, DinoVit};

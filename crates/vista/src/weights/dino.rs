@@ -1,0 +1,205 @@
+//! DINO / DINOv2 checkpoint families and their mapping onto the canonical names.
+//!
+//! Canonical naming is DINOv2's original one (a superset of DINO's): `cls_token`, `pos_embed`,
+//! `register_tokens`, `patch_embed.proj.*`, `blocks.N.{norm1, attn.qkv, attn.proj, ls1.gamma,
+//! norm2, mlp.fc1, mlp.fc2 | mlp.w12, mlp.w3, ls2.gamma}`, `norm.*`.
+//!
+//! * Official releases (`dino_deitsmall16_pretrain.pth`, `dinov2_vits14_pretrain.pth`, ...) use
+//!   it directly. DINO's full training checkpoints nest a `teacher` and a `student` dict whose keys
+//!   carry `backbone.` (and, for the student, `module.`) prefixes; the DINO head next to the
+//!   backbone is skipped. DINOv2's FSDP layout `blocks.C.N.` (block chunks) is flattened.
+//! * transformers' `ViTModel` (`facebook/dino-vits16`) and `Dinov2Model` /
+//!   `Dinov2WithRegistersModel` (`facebook/dinov2-*`) split q/k/v and rename the rest; both are
+//!   mapped here, q/k/v fused into one `[3C, C]` projection.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+
+use super::store::TensorStore;
+use crate::{Error, Result};
+
+/// Which naming a DINO checkpoint uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum DinoFamily {
+    /// `facebookresearch/dino` and `facebookresearch/dinov2` releases.
+    Official,
+    /// transformers `ViTModel` / `Dinov2Model` / `Dinov2WithRegistersModel`.
+    HuggingFace,
+}
+
+pub fn detect<'a>(names: impl IntoIterator<Item = &'a String>) -> Option<DinoFamily> {
+    for n in names {
+        if n.starts_with("embeddings.") || n.contains(".embeddings.patch_embeddings.") {
+            return Some(DinoFamily::HuggingFace);
+        }
+        if n == "cls_token" || n.ends_with("patch_embed.proj.weight") {
+            return Some(DinoFamily::Official);
+        }
+    }
+    None
+}
+
+/// Strips wrapper prefixes (`module.`, `backbone.`, transformers' task-model `vit.` / `dinov2.`)
+/// and flattens DINOv2's chunked blocks.
+fn strip(name: &str) -> String {
+    let mut n = name;
+    for p in ["module.", "backbone.", "vit.", "dinov2.", "model."] {
+        if let Some(r) = n.strip_prefix(p) {
+            n = r;
+        }
+    }
+    // blocks.C.N.rest -> blocks.N.rest when the third part is also an index.
+    if let Some(rest) = n.strip_prefix("blocks.") {
+        let parts: Vec<&str> = rest.splitn(3, '.').collect();
+        if parts.len() == 3 && parts[0].parse::<usize>().is_ok() && parts[1].parse::<usize>().is_ok() {
+            return format!("blocks.{}.{}", parts[1], parts[2]);
+        }
+    }
+    n.to_string()
+}
+
+/// Entries that hold no backbone weights.
+fn is_ignored(name: &str) -> bool {
+    name.starts_with("head.")
+        || name == "mask_token"
+        || name == "embeddings.mask_token"
+        || name.starts_with("pooler.")
+        || name.starts_with("classifier.")
+        || name.ends_with("position_ids")
+}
+
+const HF_RENAMES: &[(&str, &str)] = &[
+    ("embeddings.cls_token", "cls_token"),
+    ("embeddings.register_tokens", "register_tokens"),
+    ("embeddings.position_embeddings", "pos_embed"),
+    ("embeddings.patch_embeddings.projection.", "patch_embed.proj."),
+    ("encoder.layer.", "blocks."),
+    (".layernorm_before.", ".norm1."),
+    (".layernorm_after.", ".norm2."),
+    (".attention.output.dense.", ".attn.proj."),
+    (".intermediate.dense.", ".mlp.fc1."),
+    (".output.dense.", ".mlp.fc2."),
+    (".layer_scale1.lambda1", ".ls1.gamma"),
+    (".layer_scale2.lambda1", ".ls2.gamma"),
+    (".mlp.weights_in.", ".mlp.w12."),
+    (".mlp.weights_out.", ".mlp.w3."),
+];
+
+fn rename_hf(name: &str) -> String {
+    if let Some(rest) = name.strip_prefix("layernorm.") {
+        return format!("norm.{rest}");
+    }
+    let mut out = name.to_string();
+    for (hf, c) in HF_RENAMES {
+        out = out.replace(hf, c);
+    }
+    out
+}
+
+fn canonical_to_hf(name: &str) -> String {
+    if let Some(rest) = name.strip_prefix("norm.") {
+        return format!("layernorm.{rest}");
+    }
+    if let Some(stem) = name.strip_suffix(".attn.qkv.weight") {
+        return format!("{}.attention.attention.{{query,key,value}}.weight", canonical_to_hf(stem));
+    }
+    if let Some(stem) = name.strip_suffix(".attn.qkv.bias") {
+        return format!("{}.attention.attention.{{query,key,value}}.bias", canonical_to_hf(stem));
+    }
+    let mut out = name.to_string();
+    for (hf, c) in HF_RENAMES.iter().rev() {
+        out = out.replace(c, hf);
+    }
+    out
+}
+
+/// Puts a DINO checkpoint's tensors under canonical names.
+pub fn into_store(
+    path: &Path,
+    tensors: HashMap<String, Tensor>,
+    device: &Device,
+    dtype: DType,
+) -> Result<(TensorStore, DinoFamily)> {
+    let tensors: HashMap<String, Tensor> = tensors.into_iter().map(|(k, v)| (strip(&k), v)).collect();
+    let family = detect(tensors.keys()).ok_or_else(|| Error::Checkpoint {
+        path: path.to_path_buf(),
+        message: "not a DINO / ViT checkpoint: found neither `cls_token` + `patch_embed.proj.*` (official) nor \
+                  `embeddings.*` (Hugging Face) tensors"
+            .into(),
+    })?;
+    let mut store = TensorStore::new(path, device, dtype);
+    match family {
+        DinoFamily::Official => {
+            for (name, t) in tensors {
+                if is_ignored(&name) {
+                    store.ignore(name);
+                } else {
+                    store.insert(name.clone(), name, t);
+                }
+            }
+        }
+        DinoFamily::HuggingFace => {
+            store.set_file_namer(canonical_to_hf);
+            let mut tensors = tensors;
+            let stems: Vec<String> = tensors
+                .keys()
+                .filter_map(|k| k.strip_suffix(".attention.attention.query.weight").map(str::to_string))
+                .collect();
+            for stem in stems {
+                for leaf in ["weight", "bias"] {
+                    let names: Vec<String> = ["query", "key", "value"]
+                        .iter()
+                        .map(|w| format!("{stem}.attention.attention.{w}.{leaf}"))
+                        .collect();
+                    if !names.iter().any(|n| tensors.contains_key(n)) {
+                        continue;
+                    }
+                    let mut parts = Vec::new();
+                    for n in &names {
+                        parts.push(tensors.remove(n).ok_or_else(|| Error::MissingTensor {
+                            path: path.to_path_buf(),
+                            name: n.clone(),
+                            hint: " (query, key and value are fused into one projection)".into(),
+                        })?);
+                    }
+                    let canonical = format!("{}.attn.qkv.{leaf}", rename_hf(&stem));
+                    store.insert(canonical, names.join(" + "), Tensor::cat(&parts, 0)?);
+                }
+            }
+            for (name, t) in tensors {
+                if is_ignored(&name) {
+                    store.ignore(name);
+                    continue;
+                }
+                // HF keeps cls/register tokens as [1, 1, C] / [1, R, C] and the position
+                // embedding as [1, 1 + N, C], like the originals.
+                store.insert(rename_hf(&name), name, t);
+            }
+        }
+    }
+    Ok((store, family))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_map_both_ways() {
+        assert_eq!(strip("module.backbone.blocks.3.attn.qkv.weight"), "blocks.3.attn.qkv.weight");
+        assert_eq!(strip("blocks.1.7.norm1.weight"), "blocks.7.norm1.weight");
+        assert_eq!(strip("blocks.7.norm1.weight"), "blocks.7.norm1.weight");
+        assert_eq!(rename_hf("encoder.layer.2.layernorm_before.bias"), "blocks.2.norm1.bias");
+        assert_eq!(rename_hf("encoder.layer.0.output.dense.weight"), "blocks.0.mlp.fc2.weight");
+        assert_eq!(rename_hf("encoder.layer.0.attention.output.dense.weight"), "blocks.0.attn.proj.weight");
+        assert_eq!(rename_hf("encoder.layer.1.layer_scale2.lambda1"), "blocks.1.ls2.gamma");
+        assert_eq!(rename_hf("layernorm.weight"), "norm.weight");
+        assert_eq!(canonical_to_hf("blocks.0.mlp.fc2.weight"), "encoder.layer.0.output.dense.weight");
+        assert_eq!(
+            canonical_to_hf("blocks.4.attn.qkv.bias"),
+            "encoder.layer.4.attention.attention.{query,key,value}.bias"
+        );
+    }
+}
