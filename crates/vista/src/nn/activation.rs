@@ -30,6 +30,12 @@ impl Activation {
 
 impl Module for Activation {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if super::cpu::eligible(x) {
+            // The fused CPU kernel (parallel, the same formulas as below).
+            let mut v = x.flatten_all()?.to_vec1::<f32>()?;
+            super::cpu::apply_activation(&mut v, *self);
+            return Tensor::from_vec(v, x.shape(), x.device());
+        }
         match self {
             Self::QuickGelu => x * candle_nn::ops::sigmoid(&(x * 1.702)?)?,
             Self::Gelu => x.gelu_erf(),

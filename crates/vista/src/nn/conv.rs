@@ -160,27 +160,29 @@ impl DepthwiseConv2d {
         let src = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
         let mut out = vec![0f32; b * ho * wo * c];
         out.par_chunks_mut(wo * c).enumerate().for_each(|(bo, dst)| {
-            let (bi, oy) = (bo / ho, bo % ho);
-            for (ox, o) in dst.chunks_exact_mut(c).enumerate() {
-                o.copy_from_slice(&self.bias);
-                for ky in 0..k {
-                    let iy = (oy * s + ky) as isize - p as isize;
-                    if iy < 0 || iy >= h as isize {
-                        continue;
-                    }
-                    for kx in 0..k {
-                        let ix = (ox * s + kx) as isize - p as isize;
-                        if ix < 0 || ix >= w as isize {
+            super::cpu::with_simd(|| {
+                let (bi, oy) = (bo / ho, bo % ho);
+                for (ox, o) in dst.chunks_exact_mut(c).enumerate() {
+                    o.copy_from_slice(&self.bias);
+                    for ky in 0..k {
+                        let iy = (oy * s + ky) as isize - p as isize;
+                        if iy < 0 || iy >= h as isize {
                             continue;
                         }
-                        let from = ((bi * h + iy as usize) * w + ix as usize) * c;
-                        let tap = &self.weight[(ky * k + kx) * c..(ky * k + kx + 1) * c];
-                        for ((o, xv), wv) in o.iter_mut().zip(&src[from..from + c]).zip(tap) {
-                            *o += xv * wv;
+                        for kx in 0..k {
+                            let ix = (ox * s + kx) as isize - p as isize;
+                            if ix < 0 || ix >= w as isize {
+                                continue;
+                            }
+                            let from = ((bi * h + iy as usize) * w + ix as usize) * c;
+                            let tap = &self.weight[(ky * k + kx) * c..(ky * k + kx + 1) * c];
+                            for ((o, xv), wv) in o.iter_mut().zip(&src[from..from + c]).zip(tap) {
+                                *o += xv * wv;
+                            }
                         }
                     }
                 }
-            }
+            })
         });
         Ok(Tensor::from_vec(out, (b, ho, wo, c), &Device::Cpu)?)
     }
@@ -206,11 +208,13 @@ impl ConvTranspose2x2 {
         Ok(Self { linear: Linear::new(w, Some(b))?, cout })
     }
 
+    /// `act(convT(x))`, the activation fused into the GEMM's output pass.
+    ///
     /// # Shapes
     /// `[B, H, W, Cin] -> [B, 2H, 2W, Cout]`
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, act: Option<super::Activation>) -> Result<Tensor> {
         let (b, h, w, _) = nhwc(x)?;
-        let y = self.linear.forward_act(x, None)?; // [B, H, W, 4·Cout]
+        let y = self.linear.forward_act(x, act)?; // [B, H, W, 4·Cout]
         let y = y.reshape((b, h, w, 2, 2, self.cout))?.permute((0, 1, 3, 2, 4, 5))?.contiguous()?;
         Ok(y.reshape((b, 2 * h, 2 * w, self.cout))?)
     }
@@ -265,7 +269,7 @@ mod tests {
         let b = Tensor::randn(0f32, 1., 3, &dev).unwrap();
         let want =
             x.conv_transpose2d(&w, 0, 0, 2, 1).unwrap().broadcast_add(&b.reshape((1, 3, 1, 1)).unwrap()).unwrap();
-        let ours = ConvTranspose2x2::new(&w, &b).unwrap().forward(&to_nhwc(&x)).unwrap();
+        let ours = ConvTranspose2x2::new(&w, &b).unwrap().forward(&to_nhwc(&x), None).unwrap();
         assert!(max_diff(&ours, &to_nhwc(&want)) < 1e-5);
     }
 

@@ -109,9 +109,9 @@ impl MaskDecoder {
         };
         let (hs, src) = self.transformer.forward(&src, image_pe, &tokens)?;
 
-        let x = self.up1.forward(&src.reshape((b, h, w, c))?)?;
+        let x = self.up1.forward(&src.reshape((b, h, w, c))?, None)?;
         let x = Activation::Gelu.forward(&self.up_norm.forward(&x)?)?;
-        let x = Activation::Gelu.forward(&self.up2.forward(&x)?)?; // [B, 4h, 4w, C/8]
+        let x = self.up2.forward(&x, Some(Activation::Gelu))?; // [B, 4h, 4w, C/8]
         let x = x.reshape((b, 16 * h * w, c / 8))?;
         let hyper = self
             .hypernetworks

@@ -96,9 +96,12 @@ pub struct Session {
     input_size: (usize, usize),
 }
 
-/// Prompt sets decoded together; bounds the decoder's memory (each set carries its own copy of
-/// the `h·w × C` image tokens through the two-way transformer).
-const DECODER_CHUNK: usize = 16;
+/// Bytes of image-token activations one decoder pass may hold per tensor. Each prompt set
+/// carries its own copy of the `h·w × C` image tokens through the two-way transformer (and twice
+/// that after up-sampling); keeping each tensor under glibc's largest mmap threshold (32 MiB)
+/// lets the allocator reuse heap memory between passes instead of faulting in fresh pages,
+/// which cost more than the arithmetic at 64 boxes.
+const DECODER_CHUNK_BYTES: usize = 32 << 20;
 
 impl Predictor {
     pub fn new(model: Arc<Sam>) -> Self {
@@ -232,7 +235,9 @@ impl Session {
         let (range_start, per_set) = if p.multimask { (1, model.config.decoder.num_multimask_outputs) } else { (0, 1) };
         let mut low_res = Vec::new();
         let mut iou = Vec::new();
-        for chunk in boxes.chunks(DECODER_CHUNK) {
+        let set_bytes = 2 * gh * gw * c * std::mem::size_of::<f32>();
+        let chunk_len = (DECODER_CHUNK_BYTES / set_bytes.max(1)).max(1);
+        for chunk in boxes.chunks(chunk_len) {
             let sparse: Vec<f32> = chunk.iter().flat_map(|b| model.prompt_encoder.sparse(&points, *b)).collect();
             let t = sparse.len() / c / chunk.len();
             let sparse = Tensor::from_vec(sparse, (chunk.len(), t, c), &Device::Cpu)?;

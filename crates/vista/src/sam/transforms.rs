@@ -83,6 +83,7 @@ fn linear_taps(in_len: usize, out_len: usize, count: usize) -> Vec<(usize, usize
 
 /// `F.interpolate(x, (out_h, out_w), mode="bilinear", align_corners=False)` of one plane,
 /// computing only the top-left `keep_h × keep_w` outputs (the reference's crop that follows).
+#[inline(always)]
 fn bilinear(src: &[f32], (ih, iw): (usize, usize), (oh, ow): (usize, usize), (kh, kw): (usize, usize)) -> Vec<f32> {
     let ty = linear_taps(ih, oh, kh);
     let tx = linear_taps(iw, ow, kw);
@@ -113,8 +114,10 @@ pub fn postprocess_masks(
     let (oh, ow) = original_size;
     let mut out = vec![0f32; low_res.len() / plane * oh * ow];
     out.par_chunks_mut(oh * ow).zip(low_res.par_chunks(plane)).for_each(|(dst, src)| {
-        let padded = bilinear(src, low_size, (image_size, image_size), input_size);
-        dst.copy_from_slice(&bilinear(&padded, input_size, original_size, original_size));
+        crate::nn::cpu::with_simd(|| {
+            let padded = bilinear(src, low_size, (image_size, image_size), input_size);
+            dst.copy_from_slice(&bilinear(&padded, input_size, original_size, original_size));
+        })
     });
     out
 }
