@@ -31,6 +31,14 @@ enum Command {
     /// SAM utilities.
     #[command(subcommand)]
     Sam(SamCommand),
+    /// DINO / DINOv2 CLS and patch features of images (.npy, .safetensors or JSON lines).
+    Features(cmd::dino::FeaturesArgs),
+    /// Draw a DINO model's last-layer CLS attention, one panel per head, as a PNG.
+    Attention(cmd::dino::AttentionArgs),
+    /// Weighted k-NN accuracy of DINO features on a labelled image set (as DINO's eval_knn.py).
+    Knn(cmd::dino::KnnArgs),
+    /// Linear-probe accuracy of DINO features on a labelled image set.
+    LinearProbe(cmd::dino::LinearProbeArgs),
 }
 
 #[derive(Subcommand)]
@@ -53,6 +61,10 @@ fn main() -> ExitCode {
         Command::Dupes(a) => cmd::dupes::run(a),
         Command::Segment(a) => cmd::segment::run(a),
         Command::Sam(SamCommand::Encode(a)) => cmd::segment::encode(a),
+        Command::Features(a) => cmd::dino::features(a),
+        Command::Attention(a) => cmd::dino::attention(a),
+        Command::Knn(a) => cmd::dino::knn(a),
+        Command::LinearProbe(a) => cmd::dino::linear_probe(a),
     };
     match result {
         Ok(code) => code,

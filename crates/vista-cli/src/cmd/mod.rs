@@ -1,5 +1,6 @@
 pub mod classify;
 pub mod common;
+pub mod dino;
 pub mod dupes;
 pub mod embed;
 pub mod index;

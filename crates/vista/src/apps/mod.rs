@@ -3,7 +3,11 @@
 
 pub mod classify;
 pub mod clip_pipeline;
+pub mod dataset;
+pub mod dino_pipeline;
 pub mod files;
+pub mod knn;
+pub mod linear_probe;
 pub mod masks;
 pub mod npy;
 pub mod query;

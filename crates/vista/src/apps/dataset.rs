@@ -1,0 +1,321 @@
+//! Labelled image sets for evaluating frozen features (k-NN, linear probe), read as the DINO
+//! evaluation scripts read them: a folder with one sub-folder per class (torchvision's
+//! `ImageFolder`), or the IDX files MNIST and Fashion-MNIST ship as.
+//!
+//! Items are cheap handles: a folder item is a path decoded on [`Item::load`], an IDX item holds
+//! its 8-bit greyscale pixels, replicated to RGB on load (as Pillow's `convert("RGB")` does).
+
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use ::image::{GrayImage, RgbImage};
+
+use crate::apps::files::has_image_extension;
+use crate::image::{load_rgb, DecodeOptions};
+use crate::{Error, Result};
+
+/// Fashion-MNIST's class names, in label order (from the dataset's README).
+pub const FASHION_MNIST_CLASSES: [&str; 10] =
+    ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
+
+/// Where Debian's `dataset-fashion-mnist` package installs the four `.gz` IDX files.
+pub const DEBIAN_FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
+
+/// IDX magic of an unsigned-byte 3-D array (images: count × rows × columns).
+pub const IDX_IMAGES_MAGIC: u32 = 0x0000_0803;
+/// IDX magic of an unsigned-byte 1-D array (labels).
+pub const IDX_LABELS_MAGIC: u32 = 0x0000_0801;
+
+/// The pixels of one item.
+#[derive(Debug, Clone)]
+pub enum ItemImage {
+    /// An image file, decoded by [`load_rgb`] when the item is loaded.
+    File(PathBuf),
+    /// 8-bit greyscale held in memory (an IDX image).
+    Gray(GrayImage),
+}
+
+/// One labelled image.
+#[derive(Debug, Clone)]
+pub struct Item {
+    /// Where the pixels come from.
+    pub image: ItemImage,
+    /// Index into [`LabelledSet::classes`].
+    pub label: usize,
+}
+
+impl Item {
+    /// The image as 8-bit RGB: a file is decoded with `options` (errors name it), greyscale is
+    /// replicated to three channels.
+    pub fn load(&self, options: &DecodeOptions) -> Result<RgbImage> {
+        match &self.image {
+            ItemImage::File(path) => load_rgb(path, options),
+            ItemImage::Gray(gray) => Ok(::image::DynamicImage::ImageLuma8(gray.clone()).to_rgb8()),
+        }
+    }
+
+    /// The file the item is read from, if any.
+    pub fn path(&self) -> Option<&Path> {
+        match &self.image {
+            ItemImage::File(p) => Some(p),
+            ItemImage::Gray(_) => None,
+        }
+    }
+}
+
+/// Which half of an IDX dataset: `train-*` or `t10k-*` files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// `train-images-idx3-ubyte` / `train-labels-idx1-ubyte` (60,000 items in (Fashion-)MNIST).
+    Train,
+    /// `t10k-images-idx3-ubyte` / `t10k-labels-idx1-ubyte` (10,000 items).
+    Test,
+}
+
+impl Split {
+    /// The file-name prefix MNIST and Fashion-MNIST use for this split.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Test => "t10k",
+        }
+    }
+}
+
+/// A labelled image set: items in a fixed order and the class names their labels index.
+#[derive(Debug, Clone, Default)]
+pub struct LabelledSet {
+    /// The items, in the reference's order.
+    pub items: Vec<Item>,
+    /// Class names; an item's label indexes this list.
+    pub classes: Vec<String>,
+}
+
+impl LabelledSet {
+    /// Number of items.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// True without items.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Every item's label, in item order.
+    pub fn labels(&self) -> Vec<usize> {
+        self.items.iter().map(|i| i.label).collect()
+    }
+
+    /// A folder with one sub-folder per class, read as torchvision's `ImageFolder` reads it, so
+    /// the label ids and the item order are the reference's: classes are the sub-folder names
+    /// sorted (by code point, as Python's `sorted`), label = position in that list; each class's
+    /// files are found by walking its folder recursively (following links), folders visited in
+    /// sorted-path order and files sorted within each, keeping image extensions
+    /// ([`has_image_extension`]). As in torchvision, hidden entries are not skipped, files
+    /// directly in `root` are ignored, and a class folder without any image is an error (it names
+    /// the folder: often a stray `.ipynb_checkpoints`).
+    pub fn from_dir(root: &Path) -> Result<Self> {
+        let entries = std::fs::read_dir(root).map_err(|e| Error::io(root, e))?;
+        let mut classes = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(root, e))?;
+            let path = entry.path();
+            if path.is_dir() {
+                let name = entry.file_name().into_string().map_err(|n| {
+                    Error::arg("dataset", format!("{}: class folder name {n:?} is not UTF-8", root.display()))
+                })?;
+                classes.push(name);
+            }
+        }
+        classes.sort();
+        if classes.is_empty() {
+            return Err(Error::arg("dataset", format!("{}: no class sub-folders", root.display())));
+        }
+        let mut items = Vec::new();
+        for (label, class) in classes.iter().enumerate() {
+            let class_dir = root.join(class);
+            let mut dirs = Vec::new();
+            collect_dirs(&class_dir, &mut dirs, 0)?;
+            // Python sorts os.walk's (root, dirs, files) tuples: by the folder path string.
+            dirs.sort_by(|a, b| a.as_os_str().as_encoded_bytes().cmp(b.as_os_str().as_encoded_bytes()));
+            let before = items.len();
+            for dir in dirs {
+                let mut files = Vec::new();
+                for entry in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
+                    let entry = entry.map_err(|e| Error::io(&dir, e))?;
+                    let path = entry.path();
+                    if !path.is_dir() && has_image_extension(&path) {
+                        files.push(path);
+                    }
+                }
+                files.sort_by(|a, b| a.as_os_str().as_encoded_bytes().cmp(b.as_os_str().as_encoded_bytes()));
+                items.extend(files.into_iter().map(|p| Item { image: ItemImage::File(p), label }));
+            }
+            if items.len() == before {
+                return Err(Error::arg(
+                    "dataset",
+                    format!("{}: class folder `{class}` holds no image file", class_dir.display()),
+                ));
+            }
+        }
+        Ok(Self { items, classes })
+    }
+
+    /// An IDX image file (magic 0x00000803: count × rows × columns unsigned bytes) and its IDX
+    /// label file (magic 0x00000801), either possibly gzipped (detected from the content). Only
+    /// the first `limit` items are read when given. Class names are Fashion-MNIST's when
+    /// `images` has "fashion" in its path (any case), else "0", "1", …, at least ten of them.
+    /// Errors name the file: a bad magic, a truncated file, image and label counts that differ,
+    /// a Fashion-MNIST label over 9.
+    pub fn from_idx(images: &Path, labels: &Path, limit: Option<usize>) -> Result<Self> {
+        let (image_dims, mut image_reader) = open_idx(images, IDX_IMAGES_MAGIC)?;
+        let (label_dims, mut label_reader) = open_idx(labels, IDX_LABELS_MAGIC)?;
+        let (count, rows, cols) = (image_dims[0], image_dims[1], image_dims[2]);
+        if label_dims[0] != count {
+            return Err(Error::arg(
+                "idx",
+                format!(
+                    "{} holds {count} images but {} holds {} labels",
+                    images.display(),
+                    labels.display(),
+                    label_dims[0]
+                ),
+            ));
+        }
+        if rows == 0 || cols == 0 {
+            return Err(Error::arg("idx", format!("{}: images of {rows}x{cols} pixels", images.display())));
+        }
+        let n = limit.map_or(count, |l| l.min(count));
+        let mut label_bytes = vec![0u8; n];
+        read_exact(&mut label_reader, &mut label_bytes, labels, n)?;
+        let size = rows * cols;
+        let mut pixels = vec![0u8; n * size];
+        read_exact(&mut image_reader, &mut pixels, images, n * size)?;
+        let fashion = images.to_string_lossy().to_lowercase().contains("fashion");
+        let max_label = label_bytes.iter().copied().max().unwrap_or(0) as usize;
+        let classes: Vec<String> = if fashion {
+            if max_label >= FASHION_MNIST_CLASSES.len() {
+                return Err(Error::arg(
+                    "idx",
+                    format!("{}: label {max_label} in a Fashion-MNIST file (labels are 0-9)", labels.display()),
+                ));
+            }
+            FASHION_MNIST_CLASSES.iter().map(|s| s.to_string()).collect()
+        } else {
+            (0..(max_label + 1).max(10)).map(|i| i.to_string()).collect()
+        };
+        let items = pixels
+            .chunks_exact(size)
+            .zip(&label_bytes)
+            .map(|(px, &label)| {
+                let gray = GrayImage::from_raw(cols as u32, rows as u32, px.to_vec()).expect("rows × cols bytes");
+                Item { image: ItemImage::Gray(gray), label: label as usize }
+            })
+            .collect();
+        Ok(Self { items, classes })
+    }
+
+    /// The `split` pair of a folder holding MNIST-style files: `train-images-idx3-ubyte` +
+    /// `train-labels-idx1-ubyte` or `t10k-images-idx3-ubyte` + `t10k-labels-idx1-ubyte`, each
+    /// possibly with `.gz`, and with `.` for the last `-` as some mirrors name them
+    /// (`train-images.idx3-ubyte`). Fashion-MNIST names apply when `dir` contains "fashion"
+    /// (Debian's package: [`DEBIAN_FASHION_MNIST_DIR`]).
+    pub fn from_idx_dir(dir: &Path, split: Split, limit: Option<usize>) -> Result<Self> {
+        let images = find_idx(dir, split, "images-idx3-ubyte")?;
+        let labels = find_idx(dir, split, "labels-idx1-ubyte")?;
+        Self::from_idx(&images, &labels, limit)
+    }
+}
+
+fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) -> Result<()> {
+    // Following links (as `os.walk(followlinks=True)`) could loop forever on a link to a parent.
+    if depth > 64 {
+        return Err(Error::arg("dataset", format!("{}: folders nested over 64 deep (a link loop?)", dir.display())));
+    }
+    out.push(dir.to_path_buf());
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let path = entry.path();
+        if path.is_dir() {
+            collect_dirs(&path, out, depth + 1)?;
+        }
+    }
+    Ok(())
+}
+
+fn find_idx(dir: &Path, split: Split, stem: &str) -> Result<PathBuf> {
+    let dotted = stem.replacen('-', ".", 1);
+    let candidates: Vec<PathBuf> = [stem, dotted.as_str()]
+        .iter()
+        .flat_map(|s| {
+            let base = format!("{}-{s}", split.prefix());
+            [dir.join(&base), dir.join(format!("{base}.gz"))]
+        })
+        .collect();
+    candidates.iter().find(|p| p.is_file()).cloned().ok_or_else(|| {
+        Error::arg(
+            "idx",
+            format!("{}: no {}-{stem}[.gz] file (looked for {})", dir.display(), split.prefix(), names(&candidates)),
+        )
+    })
+}
+
+fn names(paths: &[PathBuf]) -> String {
+    paths.iter().filter_map(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).collect::<Vec<_>>().join(", ")
+}
+
+/// Opens an IDX file (gzipped or not), checks its magic and returns its dimensions and a reader
+/// positioned at the data.
+fn open_idx(path: &Path, magic: u32) -> Result<(Vec<usize>, Box<dyn Read>)> {
+    let mut file = BufReader::new(std::fs::File::open(path).map_err(|e| Error::io(path, e))?);
+    let mut head = [0u8; 2];
+    let got = read_up_to(&mut file, &mut head).map_err(|e| Error::io(path, e))?;
+    let rest: Box<dyn Read> = Box::new(file);
+    let prefix = std::io::Cursor::new(head[..got].to_vec());
+    let mut reader: Box<dyn Read> = if got == 2 && head == [0x1f, 0x8b] {
+        Box::new(flate2::read::MultiGzDecoder::new(prefix.chain(rest)))
+    } else {
+        Box::new(prefix.chain(rest))
+    };
+    let mut m = [0u8; 4];
+    read_exact(&mut reader, &mut m, path, 4)?;
+    let found = u32::from_be_bytes(m);
+    if found != magic {
+        let what =
+            if magic == IDX_IMAGES_MAGIC { "images (3-D unsigned bytes)" } else { "labels (1-D unsigned bytes)" };
+        return Err(Error::arg(
+            "idx",
+            format!("{}: bad magic 0x{found:08x}, expected 0x{magic:08x} for IDX {what}", path.display()),
+        ));
+    }
+    let ndims = (magic & 0xff) as usize;
+    let mut dims = Vec::with_capacity(ndims);
+    for _ in 0..ndims {
+        let mut d = [0u8; 4];
+        read_exact(&mut reader, &mut d, path, 4)?;
+        dims.push(u32::from_be_bytes(d) as usize);
+    }
+    Ok((dims, reader))
+}
+
+fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+fn read_exact(r: &mut impl Read, buf: &mut [u8], path: &Path, wanted: usize) -> Result<()> {
+    let got = read_up_to(r, buf).map_err(|e| Error::io(path, e))?;
+    if got < buf.len() {
+        return Err(Error::arg("idx", format!("{}: truncated: {got} of {wanted} expected bytes", path.display())));
+    }
+    Ok(())
+}
