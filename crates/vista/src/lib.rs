@@ -12,6 +12,7 @@ pub mod image;
 pub mod index;
 pub mod nn;
 pub mod sam;
+pub mod train;
 pub mod weights;
 
 pub use error::{Error, Result};

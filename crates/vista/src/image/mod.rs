@@ -68,6 +68,7 @@
 //! statistics; SAM resizes the longest side ([`longest_side_size`]) with [`resize_exact`] and
 //! pads.
 
+pub mod augment;
 mod decode;
 mod preprocess;
 pub mod resize;
