@@ -146,9 +146,11 @@ impl DepthwiseConv2d {
         Ok(Self { weight: w, bias, k, stride, pad })
     }
 
+    /// `act(conv(x))`, the activation applied as each output row is finished.
+    ///
     /// # Shapes
     /// `[B, H, W, C] -> [B, H', W', C]`
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, act: Option<super::Activation>) -> Result<Tensor> {
         let (b, h, w, c) = nhwc(x)?;
         let (k, s, p) = (self.k, self.stride, self.pad);
         if c != self.bias.len() {
@@ -160,29 +162,35 @@ impl DepthwiseConv2d {
         let src = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
         let mut out = vec![0f32; b * ho * wo * c];
         out.par_chunks_mut(wo * c).enumerate().for_each(|(bo, dst)| {
-            super::cpu::with_simd(|| {
-                let (bi, oy) = (bo / ho, bo % ho);
-                for (ox, o) in dst.chunks_exact_mut(c).enumerate() {
-                    o.copy_from_slice(&self.bias);
-                    for ky in 0..k {
-                        let iy = (oy * s + ky) as isize - p as isize;
-                        if iy < 0 || iy >= h as isize {
-                            continue;
-                        }
-                        for kx in 0..k {
-                            let ix = (ox * s + kx) as isize - p as isize;
-                            if ix < 0 || ix >= w as isize {
+            super::cpu::with_simd(
+                #[inline(always)]
+                || {
+                    let (bi, oy) = (bo / ho, bo % ho);
+                    for (ox, o) in dst.chunks_exact_mut(c).enumerate() {
+                        o.copy_from_slice(&self.bias);
+                        for ky in 0..k {
+                            let iy = (oy * s + ky) as isize - p as isize;
+                            if iy < 0 || iy >= h as isize {
                                 continue;
                             }
-                            let from = ((bi * h + iy as usize) * w + ix as usize) * c;
-                            let tap = &self.weight[(ky * k + kx) * c..(ky * k + kx + 1) * c];
-                            for ((o, xv), wv) in o.iter_mut().zip(&src[from..from + c]).zip(tap) {
-                                *o += xv * wv;
+                            for kx in 0..k {
+                                let ix = (ox * s + kx) as isize - p as isize;
+                                if ix < 0 || ix >= w as isize {
+                                    continue;
+                                }
+                                let from = ((bi * h + iy as usize) * w + ix as usize) * c;
+                                let tap = &self.weight[(ky * k + kx) * c..(ky * k + kx + 1) * c];
+                                for ((o, xv), wv) in o.iter_mut().zip(&src[from..from + c]).zip(tap) {
+                                    *o += xv * wv;
+                                }
                             }
                         }
                     }
-                }
-            })
+                    if let Some(act) = act {
+                        dst.iter_mut().for_each(|v| *v = super::cpu::activate(*v, act));
+                    }
+                },
+            )
         });
         Ok(Tensor::from_vec(out, (b, ho, wo, c), &Device::Cpu)?)
     }
@@ -256,7 +264,7 @@ mod tests {
             let w = Tensor::randn(0f32, 1., (4, 1, 3, 3), &dev).unwrap();
             let b = Tensor::randn(0f32, 1., 4, &dev).unwrap();
             let want = x.conv2d(&w, p, s, 1, 4).unwrap().broadcast_add(&b.reshape((1, 4, 1, 1)).unwrap()).unwrap();
-            let ours = DepthwiseConv2d::new(&w, Some(&b), s, p).unwrap().forward(&to_nhwc(&x)).unwrap();
+            let ours = DepthwiseConv2d::new(&w, Some(&b), s, p).unwrap().forward(&to_nhwc(&x), None).unwrap();
             assert!(max_diff(&ours, &to_nhwc(&want)) < 1e-5, "s{s}");
         }
     }

@@ -130,22 +130,59 @@ pub fn linear(x: &Tensor, wt: &Tensor, b: Option<&Tensor>, act: Option<Activatio
     Ok(Tensor::from_vec(dst, (m, n), &Device::Cpu)?)
 }
 
+/// One activation value, as the references define it (GELU through [`erf_fast`]).
+#[inline(always)]
+pub fn activate(v: f32, act: Activation) -> f32 {
+    match act {
+        Activation::QuickGelu => v * (1.0 / (1.0 + exp_fast(-1.702 * v))),
+        Activation::Gelu => 0.5 * v * (1.0 + erf_fast(v * std::f32::consts::FRAC_1_SQRT_2)),
+        Activation::GeluTanh => {
+            0.5 * v * (1.0 + ((2.0 / std::f32::consts::PI).sqrt() * (v + 0.044715 * v * v * v)).tanh())
+        }
+        Activation::Relu => v.max(0.0),
+    }
+}
+
 /// In-place activation, chunked over threads.
 pub fn apply_activation(xs: &mut [f32], act: Activation) {
     const CHUNK: usize = 16 * 1024;
     xs.par_chunks_mut(CHUNK).for_each(|c| {
-        with_simd(|| match act {
-            Activation::QuickGelu => c.iter_mut().for_each(|v| *v *= 1.0 / (1.0 + (-1.702 * *v).exp())),
-            Activation::Gelu => {
-                c.iter_mut().for_each(|v| *v = 0.5 * *v * (1.0 + erf_fast(*v * std::f32::consts::FRAC_1_SQRT_2)))
-            }
-            Activation::GeluTanh => c.iter_mut().for_each(|v| {
-                let x = *v;
-                *v = 0.5 * x * (1.0 + ((2.0 / std::f32::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())
-            }),
-            Activation::Relu => c.iter_mut().for_each(|v| *v = v.max(0.0)),
-        })
+        with_simd(
+            #[inline(always)]
+            || match act {
+                // Each arm is its own loop so the match is hoisted out of it.
+                Activation::QuickGelu => c.iter_mut().for_each(|v| *v = activate(*v, Activation::QuickGelu)),
+                Activation::Gelu => c.iter_mut().for_each(|v| *v = activate(*v, Activation::Gelu)),
+                Activation::GeluTanh => c.iter_mut().for_each(|v| *v = activate(*v, Activation::GeluTanh)),
+                Activation::Relu => c.iter_mut().for_each(|v| *v = activate(*v, Activation::Relu)),
+            },
+        )
     });
+}
+
+/// `act(x + y)`, elementwise, same shapes.
+pub fn add_act(x: &Tensor, y: &Tensor, act: Activation) -> Result<Tensor> {
+    if x.shape() != y.shape() {
+        return Err(candle_core::Error::Msg(format!("add: shapes {:?} and {:?}", x.dims(), y.dims())).into());
+    }
+    let mut out = vec![0f32; x.elem_count()];
+    with_slice(x, |xs| {
+        with_slice(y, |ys| {
+            out.par_chunks_mut(16 * 1024).zip(xs.par_chunks(16 * 1024).zip(ys.par_chunks(16 * 1024))).for_each(
+                |(o, (x, y))| {
+                    with_simd(
+                        #[inline(always)]
+                        || {
+                            for (oi, (xi, yi)) in o.iter_mut().zip(x.iter().zip(y)) {
+                                *oi = activate(xi + yi, act);
+                            }
+                        },
+                    )
+                },
+            );
+        })
+    })??;
+    Ok(Tensor::from_vec(out, x.shape(), &Device::Cpu)?)
 }
 
 /// `e^x` in f32 without a libm call, so loops over it vectorise: `2^n · p(r)` with
@@ -155,13 +192,17 @@ pub fn apply_activation(xs: &mut [f32], act: Activation) {
 pub fn exp_fast(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
-    let x = x.clamp(-87.0, 88.0);
-    // Round to nearest with the 1.5·2²³ trick: no libm `floorf` call, so it vectorises.
+    let x = x.max(-87.0).min(88.0);
+    // Round to nearest with the 1.5·2²³ trick: no libm `floorf` call and no saturating
+    // float-to-int conversion, so the loop vectorises. `shifted`'s low mantissa bits hold n.
     const MAGIC: f32 = 12_582_912.0;
-    let n = (x * std::f32::consts::LOG2_E + MAGIC) - MAGIC;
+    let shifted = x * std::f32::consts::LOG2_E + MAGIC;
+    let n = shifted - MAGIC;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2^n: n + 127 into the exponent field (|n| ≤ 127 after the clamp).
+    let biased = shifted.to_bits().wrapping_sub(MAGIC.to_bits()).wrapping_add(127);
+    p * f32::from_bits(biased << 23)
 }
 
 /// erf in f32 as PyTorch's vectorised CPU kernels compute it (`Vectorized<float>::erf`,
@@ -205,11 +246,14 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor
             with_slice(x, |xs| {
                 let rows = rows_per_task(c);
                 out.par_chunks_mut(rows * c).zip(xs.par_chunks(rows * c)).for_each(|(o, x)| {
-                    with_simd(|| {
-                        for (o, x) in o.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
-                            layer_norm_row(x, w, b, eps, o);
-                        }
-                    })
+                    with_simd(
+                        #[inline(always)]
+                        || {
+                            for (o, x) in o.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+                                layer_norm_row(x, w, b, eps, o);
+                            }
+                        },
+                    )
                 });
             })
         })
@@ -240,11 +284,14 @@ pub fn add_layer_norm(x: &Tensor, y: &Tensor, w: &Tensor, b: &Tensor, eps: f32) 
                             for (si, (xi, yi)) in s.iter_mut().zip(x.iter().zip(y)) {
                                 *si = xi + yi;
                             }
-                            with_simd(|| {
-                                for (s, o) in s.chunks_exact(c).zip(o.chunks_exact_mut(c)) {
-                                    layer_norm_row(s, w, b, eps, o);
-                                }
-                            })
+                            with_simd(
+                                #[inline(always)]
+                                || {
+                                    for (s, o) in s.chunks_exact(c).zip(o.chunks_exact_mut(c)) {
+                                        layer_norm_row(s, w, b, eps, o);
+                                    }
+                                },
+                            )
                         });
                 })
             })
@@ -340,16 +387,19 @@ pub fn attention(qkv: &Tensor, heads: usize, scale: f32, mask: Option<&Tensor>) 
                         Parallelism::None,
                     );
                 }
-                with_simd(|| {
-                    for (i, row) in scores.chunks_exact_mut(n).enumerate() {
-                        if let Some(m) = &mask_data {
-                            for (s, mv) in row.iter_mut().zip(&m[i * n..(i + 1) * n]) {
-                                *s += mv;
+                with_simd(
+                    #[inline(always)]
+                    || {
+                        for (i, row) in scores.chunks_exact_mut(n).enumerate() {
+                            if let Some(m) = &mask_data {
+                                for (s, mv) in row.iter_mut().zip(&m[i * n..(i + 1) * n]) {
+                                    *s += mv;
+                                }
                             }
+                            softmax_in_place(row);
                         }
-                        softmax_in_place(row);
-                    }
-                });
+                    },
+                );
                 let o = out_ptr.get();
                 unsafe {
                     // out[bi, :, h, :] = P V   [N, N] x [N, D]
@@ -479,33 +529,40 @@ pub fn attention_biased(qkv: &Tensor, heads: usize, scale: f32, bias: ScoreBias<
                         Parallelism::None,
                     );
                 }
-                with_simd(|| {
-                    for (ri, row) in scores.chunks_exact_mut(n).enumerate() {
-                        let i = r0 + ri;
-                        match bias {
-                            ScoreBias::None => {}
-                            ScoreBias::PerHead(t) => {
-                                let t = &t[(h * n + i) * n..(h * n + i + 1) * n];
-                                row.iter_mut().zip(t).for_each(|(s, v)| *s += v);
-                            }
-                            ScoreBias::DecomposedRelPos { grid: (gh, gw), rel_h, rel_w } => {
-                                let q = &src[base + i * c3..base + i * c3 + d];
-                                let (y, x) = (i / gw, i % gw);
-                                rel.clear();
-                                rel.extend((0..gh).map(|ky| dot(q, &rel_h[(y * gh + ky) * d..(y * gh + ky + 1) * d])));
-                                rel.extend((0..gw).map(|kx| dot(q, &rel_w[(x * gw + kx) * d..(x * gw + kx + 1) * d])));
-                                let (rh, rw) = rel.split_at(gh);
-                                // The reference's order: (attn + rel_h) + rel_w.
-                                for (ky, srow) in row.chunks_exact_mut(gw).enumerate() {
-                                    for (s, w) in srow.iter_mut().zip(rw) {
-                                        *s = (*s + rh[ky]) + w;
+                with_simd(
+                    #[inline(always)]
+                    || {
+                        for (ri, row) in scores.chunks_exact_mut(n).enumerate() {
+                            let i = r0 + ri;
+                            match bias {
+                                ScoreBias::None => {}
+                                ScoreBias::PerHead(t) => {
+                                    let t = &t[(h * n + i) * n..(h * n + i + 1) * n];
+                                    row.iter_mut().zip(t).for_each(|(s, v)| *s += v);
+                                }
+                                ScoreBias::DecomposedRelPos { grid: (gh, gw), rel_h, rel_w } => {
+                                    let q = &src[base + i * c3..base + i * c3 + d];
+                                    let (y, x) = (i / gw, i % gw);
+                                    rel.clear();
+                                    rel.extend(
+                                        (0..gh).map(|ky| dot(q, &rel_h[(y * gh + ky) * d..(y * gh + ky + 1) * d])),
+                                    );
+                                    rel.extend(
+                                        (0..gw).map(|kx| dot(q, &rel_w[(x * gw + kx) * d..(x * gw + kx + 1) * d])),
+                                    );
+                                    let (rh, rw) = rel.split_at(gh);
+                                    // The reference's order: (attn + rel_h) + rel_w.
+                                    for (ky, srow) in row.chunks_exact_mut(gw).enumerate() {
+                                        for (s, w) in srow.iter_mut().zip(rw) {
+                                            *s = (*s + rh[ky]) + w;
+                                        }
                                     }
                                 }
                             }
+                            softmax_in_place(row);
                         }
-                        softmax_in_place(row);
-                    }
-                });
+                    },
+                );
                 let o = out_ptr.get();
                 unsafe {
                     gemm(
@@ -539,11 +596,16 @@ pub fn attention_biased(qkv: &Tensor, heads: usize, scale: f32, bias: ScoreBias<
 #[inline(always)]
 fn softmax_in_place(row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for s in row.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s;
+    row.iter_mut().for_each(|s| *s = exp_fast(*s - max));
+    // Sixteen partial sums: vectorises (a single running sum cannot be reordered).
+    let mut acc = [0f32; 16];
+    let mut chunks = row.chunks_exact(16);
+    for c in &mut chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
     }
+    let sum = acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>();
     let inv = 1.0 / sum;
     row.iter_mut().for_each(|s| *s *= inv);
 }

@@ -57,9 +57,9 @@ struct MbConv {
 impl MbConv {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.conv1.forward_act(x, Some(Activation::Gelu))?;
-        let h = gelu(&self.conv2.forward(&h)?)?;
+        let h = self.conv2.forward(&h, Some(Activation::Gelu))?;
         let h = self.conv3.forward_act(&h, None)?;
-        gelu(&cpu::add(&h, x)?)
+        cpu::add_act(&h, x, Activation::Gelu)
     }
 }
 
@@ -83,7 +83,7 @@ impl PatchMerging {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.conv1.forward_act(x, Some(Activation::Gelu))?;
-        let h = gelu(&self.conv2.forward(&h)?)?;
+        let h = self.conv2.forward(&h, Some(Activation::Gelu))?;
         self.conv3.forward_act(&h, None)
     }
 }
@@ -154,7 +154,7 @@ impl TinyBlock {
         let out = cpu::attention_biased(&wins, self.heads, scale, ScoreBias::PerHead(&self.bias))?;
         let out = window_unpartition(&out.flatten_all()?.to_vec1()?, (b, h, w), c, ws);
         let out = self.proj.forward_act(&Tensor::from_vec(out, (b, h, w, c), &Device::Cpu)?, None)?;
-        let x = self.local_conv.forward(&cpu::add(x, &out)?)?;
+        let x = self.local_conv.forward(&cpu::add(x, &out)?, None)?;
         let hidden = self.fc1.forward_act(&self.mlp_norm.forward(&x)?, Some(Activation::Gelu))?;
         cpu::add(&x, &self.fc2.forward_act(&hidden, None)?)
     }

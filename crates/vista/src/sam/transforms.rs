@@ -114,10 +114,13 @@ pub fn postprocess_masks(
     let (oh, ow) = original_size;
     let mut out = vec![0f32; low_res.len() / plane * oh * ow];
     out.par_chunks_mut(oh * ow).zip(low_res.par_chunks(plane)).for_each(|(dst, src)| {
-        crate::nn::cpu::with_simd(|| {
-            let padded = bilinear(src, low_size, (image_size, image_size), input_size);
-            dst.copy_from_slice(&bilinear(&padded, input_size, original_size, original_size));
-        })
+        crate::nn::cpu::with_simd(
+            #[inline(always)]
+            || {
+                let padded = bilinear(src, low_size, (image_size, image_size), input_size);
+                dst.copy_from_slice(&bilinear(&padded, input_size, original_size, original_size));
+            },
+        )
     });
     out
 }
