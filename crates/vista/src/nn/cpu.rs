@@ -192,7 +192,7 @@ pub fn add_act(x: &Tensor, y: &Tensor, act: Activation) -> Result<Tensor> {
 pub fn exp_fast(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
-    let x = x.max(-87.0).min(88.0);
+    let x = x.clamp(-87.0, 88.0);
     // Round to nearest with the 1.5·2²³ trick: no libm `floorf` call and no saturating
     // float-to-int conversion, so the loop vectorises. `shifted`'s low mantissa bits hold n.
     const MAGIC: f32 = 12_582_912.0;
