@@ -7,6 +7,7 @@
 //! The multi-crop data augmentation (`DataAugmentationDINO`) lives with the other image code,
 //! in [`crate::image::augment`].
 
+pub mod dino;
 pub mod schedule;
 
 pub use schedule::{cosine_scheduler, linspace, teacher_temp_schedule, DinoScheduleConfig, DinoSchedules};

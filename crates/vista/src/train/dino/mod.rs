@@ -1,0 +1,171 @@
+//! DINO's training step, differentiable with candle's autograd, numerically as
+//! facebookresearch/dino computes it (`main_dino.py`, `utils.py`, `vision_transformer.py`).
+//!
+//! * [`head`]: [`DinoHead`], the projection head (`vision_transformer.DINOHead`, GELU MLP,
+//!   L2 normalisation, weight-normalised last layer), with DINO's init and its state-dict names.
+//! * [`loss`]: [`DinoLoss`] (`main_dino.DINOLoss`): cross-entropy between the centred, sharpened
+//!   teacher and the student over all (teacher view, other student view) pairs, and the centre
+//!   EMA; plus collapse diagnostics (teacher entropy, KL(teacher ‖ student)).
+//! * [`optim`]: `utils.get_params_groups`, `torch.optim.AdamW` ([`AdamW`]),
+//!   `utils.clip_gradients`, `utils.cancel_gradients_last_layer`.
+//! * [`ema`]: the teacher update of `train_one_epoch`.
+//!
+//! Parameters are named candle [`Var`]s ([`Param`]); the gradients of one backward pass are a
+//! [`Grads`], ordered as the parameters, where a parameter without gradient (`p.grad is None` in
+//! PyTorch: frozen, unused, or cancelled by the last-layer freeze) is absent.
+//!
+//! One iteration of `train_one_epoch` (one process, fp32):
+//!
+//! ```no_run
+//! # use vista::train::dino::*;
+//! # use candle_core::{Device, Tensor};
+//! # fn step(student: &DinoHead, teacher: &DinoHead, loss_fn: &mut DinoLoss, opt: &mut AdamW,
+//! #         x_student: &Tensor, x_teacher: &Tensor, epoch: usize, lr: f64, wd: f64, m: f64)
+//! #         -> vista::Result<()> {
+//! opt.set_dino_schedule(lr, wd); // lr of every group, weight decay of the first
+//! let teacher_output = teacher.forward(x_teacher)?; // the 2 global views
+//! let student_output = student.forward(x_student)?; // all crops
+//! let out = loss_fn.forward(&student_output, &teacher_output, epoch)?; // also updates the centre
+//! let mut grads = Grads::from_backward(student.params(), &out.loss.backward()?);
+//! clip_gradients(&mut grads, 3.0)?;
+//! cancel_gradients_last_layer(epoch, &mut grads, 1);
+//! opt.step(&grads)?;
+//! ema_update(teacher.params(), student.params(), m)?;
+//! # Ok(()) }
+//! ```
+//!
+//! Agreement with PyTorch: `tests/dino_train_parity.rs` (goldens from
+//! `tools/reference/gen_dino_loss.py`).
+
+pub mod ema;
+pub mod head;
+pub mod loss;
+pub mod optim;
+
+use candle_core::backprop::GradStore;
+use candle_core::{Tensor, Var};
+
+pub use ema::ema_update;
+pub use head::{DinoHead, DinoHeadConfig};
+pub use loss::{DinoLoss, DinoLossConfig, DinoLossOutput};
+pub use optim::{
+    cancel_gradients_last_layer, clip_gradients, get_params_groups, AdamW, AdamWConfig, OptimGroup, ParamGroup,
+};
+
+/// A named trainable tensor: a candle [`Var`] (gradients are tracked through it) and PyTorch's
+/// `requires_grad` flag. When `requires_grad` is false the owning module reads the variable
+/// detached, so it never receives a gradient.
+///
+/// Cloning shares the variable (as PyTorch's parameter objects are shared).
+#[derive(Debug, Clone)]
+pub struct Param {
+    name: String,
+    var: Var,
+    requires_grad: bool,
+}
+
+impl Param {
+    pub fn new(name: impl Into<String>, var: Var, requires_grad: bool) -> Self {
+        Self { name: name.into(), var, requires_grad }
+    }
+
+    /// The state-dict name, e.g. `mlp.0.weight`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn var(&self) -> &Var {
+        &self.var
+    }
+
+    pub fn requires_grad(&self) -> bool {
+        self.requires_grad
+    }
+
+    pub fn set_requires_grad(&mut self, requires_grad: bool) {
+        self.requires_grad = requires_grad;
+    }
+
+    /// The tensor a forward pass should use: the variable itself (gradient tracked) when
+    /// `requires_grad`, else a detached view of it.
+    pub fn value(&self) -> Tensor {
+        if self.requires_grad {
+            self.var.as_tensor().clone()
+        } else {
+            self.var.as_detached_tensor()
+        }
+    }
+
+    /// A detached copy of the current value (later updates of the variable do not change it).
+    pub fn snapshot(&self) -> candle_core::Result<Tensor> {
+        self.var.as_detached_tensor().copy()
+    }
+}
+
+/// The gradients of named parameters, in parameter order; a parameter without gradient is
+/// absent (PyTorch's `p.grad is None`).
+#[derive(Debug, Clone, Default)]
+pub struct Grads {
+    entries: Vec<(String, Tensor)>,
+}
+
+impl Grads {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The gradients `loss.backward()` gave to `params`: those with `requires_grad` that the loss
+    /// depends on, in the order of `params`.
+    pub fn from_backward(params: &[Param], store: &GradStore) -> Self {
+        let entries = params
+            .iter()
+            .filter(|p| p.requires_grad)
+            .filter_map(|p| store.get(p.var.as_tensor()).map(|g| (p.name.clone(), g.detach())))
+            .collect();
+        Self { entries }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Tensor> {
+        self.entries.iter().find(|(n, _)| n == name).map(|(_, g)| g)
+    }
+
+    /// Sets the gradient of `name` (replacing it, or appending a new entry).
+    pub fn insert(&mut self, name: impl Into<String>, grad: Tensor) {
+        let name = name.into();
+        match self.entries.iter_mut().find(|(n, _)| *n == name) {
+            Some(e) => e.1 = grad,
+            None => self.entries.push((name, grad)),
+        }
+    }
+
+    /// Removes the gradient of `name` (PyTorch's `p.grad = None`).
+    pub fn remove(&mut self, name: &str) -> Option<Tensor> {
+        let i = self.entries.iter().position(|(n, _)| n == name)?;
+        Some(self.entries.remove(i).1)
+    }
+
+    /// Keeps only the entries for which `keep(name)` holds.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.entries.retain(|(n, _)| keep(n));
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Tensor)> {
+        self.entries.iter().map(|(n, g)| (n.as_str(), g))
+    }
+
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (&str, &mut Tensor)> {
+        self.entries.iter_mut().map(|(n, g)| (n.as_str(), g))
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|(n, _)| n.as_str())
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}

@@ -1,0 +1,223 @@
+//! DINO's optimisation utilities (`utils.py`) and `torch.optim.AdamW`.
+//!
+//! * [`get_params_groups`]: `[{params: regularized}, {params: not_regularized,
+//!   weight_decay: 0.}]`, skipping parameters without `requires_grad`; a parameter is not
+//!   regularised when its name ends with `.bias` or it has one dimension (norms). Everything else
+//!   is regularised — including the head's `last_layer.weight_g`, which is `[out_dim, 1]`, when
+//!   it is trainable (`norm_last_layer = false`).
+//! * [`AdamW`]: PyTorch's algorithm (decoupled weight decay; `amsgrad = false`), step for step:
+//!   `p ← p·(1 − lr·wd)`; `m ← lerp(m, g, 1 − β₁)`; `v ← v·β₂ + (1 − β₂)·g²`;
+//!   `p ← p − lr/(1 − β₁ᵗ) · m / (√v / √(1 − β₂ᵗ) + ε)`, with `t` counted per parameter. A
+//!   parameter without gradient is skipped entirely (no decay, no moment update, no step count).
+//!   [`AdamW::set_dino_schedule`] sets the learning rate of every group and the weight decay of
+//!   the first, as `train_one_epoch` does each iteration.
+//! * [`clip_gradients`]: per parameter, `clip_coef = clip / (‖g‖₂ + 1e-6)`, and `g ← g·clip_coef`
+//!   when `clip_coef < 1`; returns the norms.
+//! * [`cancel_gradients_last_layer`]: while `epoch < freeze_last_layer`, drops the gradients of
+//!   the parameters whose name contains `last_layer` (`p.grad = None`), so that the optimiser
+//!   leaves them untouched.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Tensor, Var};
+
+use super::{Grads, Param};
+use crate::{Error, Result};
+
+/// One parameter group as given to the optimiser: the parameter names and optional overrides
+/// of the optimiser's defaults (a key absent from PyTorch's group dict).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamGroup {
+    pub names: Vec<String>,
+    pub lr: Option<f64>,
+    pub weight_decay: Option<f64>,
+}
+
+/// `utils.get_params_groups(model)`: the regularised group (default weight decay) then the
+/// not-regularised one (weight decay 0), in parameter order.
+pub fn get_params_groups(params: &[Param]) -> Vec<ParamGroup> {
+    let mut regularized = Vec::new();
+    let mut not_regularized = Vec::new();
+    for p in params.iter().filter(|p| p.requires_grad()) {
+        if p.name().ends_with(".bias") || p.var().rank() == 1 {
+            not_regularized.push(p.name().to_string());
+        } else {
+            regularized.push(p.name().to_string());
+        }
+    }
+    vec![
+        ParamGroup { names: regularized, lr: None, weight_decay: None },
+        ParamGroup { names: not_regularized, lr: None, weight_decay: Some(0.0) },
+    ]
+}
+
+/// `torch.optim.AdamW`'s hyper-parameters; [`Default`] is PyTorch's defaults.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWConfig {
+    pub lr: f64,
+    pub betas: (f64, f64),
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        Self { lr: 1e-3, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 1e-2 }
+    }
+}
+
+/// A parameter group inside the optimiser, with its current learning rate and weight decay.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OptimGroup {
+    pub names: Vec<String>,
+    pub lr: f64,
+    pub weight_decay: f64,
+}
+
+#[derive(Debug, Clone)]
+struct AdamState {
+    step: u64,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+}
+
+/// `torch.optim.AdamW(params_groups, **config)`; updates the parameters' variables in place.
+#[derive(Debug, Clone)]
+pub struct AdamW {
+    cfg: AdamWConfig,
+    groups: Vec<OptimGroup>,
+    vars: HashMap<String, Var>,
+    state: HashMap<String, AdamState>,
+}
+
+impl AdamW {
+    /// Every name in `groups` must be one of `params`, and appear once.
+    pub fn new(params: &[Param], groups: Vec<ParamGroup>, cfg: AdamWConfig) -> Result<Self> {
+        let mut vars = HashMap::new();
+        let mut out = Vec::with_capacity(groups.len());
+        for g in groups {
+            for name in &g.names {
+                let p = params
+                    .iter()
+                    .find(|p| p.name() == name)
+                    .ok_or_else(|| Error::arg("groups", format!("no parameter named `{name}`")))?;
+                if !p.var().dtype().is_float() {
+                    return Err(Error::arg("groups", format!("`{name}` is not a float tensor")));
+                }
+                if vars.insert(name.clone(), p.var().clone()).is_some() {
+                    return Err(Error::arg("groups", format!("`{name}` appears in more than one group")));
+                }
+            }
+            out.push(OptimGroup {
+                names: g.names,
+                lr: g.lr.unwrap_or(cfg.lr),
+                weight_decay: g.weight_decay.unwrap_or(cfg.weight_decay),
+            });
+        }
+        Ok(Self { cfg, groups: out, vars, state: HashMap::new() })
+    }
+
+    pub fn config(&self) -> &AdamWConfig {
+        &self.cfg
+    }
+
+    pub fn groups(&self) -> &[OptimGroup] {
+        &self.groups
+    }
+
+    pub fn groups_mut(&mut self) -> &mut [OptimGroup] {
+        &mut self.groups
+    }
+
+    /// `train_one_epoch`: `param_group["lr"] = lr` for every group, and
+    /// `param_group["weight_decay"] = wd` for the first ("only the first group is regularized").
+    pub fn set_dino_schedule(&mut self, lr: f64, weight_decay: f64) {
+        for (i, g) in self.groups.iter_mut().enumerate() {
+            g.lr = lr;
+            if i == 0 {
+                g.weight_decay = weight_decay;
+            }
+        }
+    }
+
+    /// The step count and the two moments of `name`, once it has been stepped.
+    pub fn state(&self, name: &str) -> Option<(u64, &Tensor, &Tensor)> {
+        self.state.get(name).map(|s| (s.step, &s.exp_avg, &s.exp_avg_sq))
+    }
+
+    /// One optimiser step with `grads` (parameters without a gradient are skipped; gradients of
+    /// parameters outside the groups are ignored).
+    pub fn step(&mut self, grads: &Grads) -> Result<()> {
+        let (beta1, beta2) = self.cfg.betas;
+        let eps = self.cfg.eps;
+        for group in &self.groups {
+            let (lr, wd) = (group.lr, group.weight_decay);
+            for name in &group.names {
+                let Some(grad) = grads.get(name) else { continue };
+                let var = &self.vars[name];
+                if grad.dims() != var.dims() {
+                    return Err(Error::arg(
+                        "grads",
+                        format!("`{name}`: gradient {:?} for a parameter {:?}", grad.dims(), var.dims()),
+                    ));
+                }
+                let grad = grad.detach().to_dtype(var.dtype())?.to_device(var.device())?;
+                if !self.state.contains_key(name) {
+                    let zeros = var.as_detached_tensor().zeros_like()?;
+                    let st = AdamState { step: 0, exp_avg: zeros.clone(), exp_avg_sq: zeros };
+                    self.state.insert(name.clone(), st);
+                }
+                let st = self.state.get_mut(name).expect("state inserted above");
+                st.step += 1;
+                let p = var.as_detached_tensor();
+                // Decoupled weight decay.
+                let p = if wd != 0.0 { p.affine(1.0 - lr * wd, 0.0)? } else { p };
+                // exp_avg.lerp_(grad, 1 - beta1) (weight < 0.5: self + w (end - self)).
+                st.exp_avg = st.exp_avg.add(&grad.sub(&st.exp_avg)?.affine(1.0 - beta1, 0.0)?)?;
+                // exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2).
+                st.exp_avg_sq = st.exp_avg_sq.affine(beta2, 0.0)?.add(&grad.sqr()?.affine(1.0 - beta2, 0.0)?)?;
+                let t = st.step as i32;
+                let bias_correction1 = 1.0 - beta1.powi(t);
+                let bias_correction2 = 1.0 - beta2.powi(t);
+                let step_size = lr / bias_correction1;
+                let bias_correction2_sqrt = bias_correction2.sqrt();
+                let denom = div_scalar(&st.exp_avg_sq.sqrt()?, bias_correction2_sqrt)?.affine(1.0, eps)?;
+                let p = p.sub(&st.exp_avg.div(&denom)?.affine(step_size, 0.0)?)?;
+                var.set(&p)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `x / s` with `s` rounded to `x`'s dtype (PyTorch's `tensor / float`).
+fn div_scalar(x: &Tensor, s: f64) -> Result<Tensor> {
+    let s = Tensor::new(s, x.device())?.to_dtype(x.dtype())?;
+    Ok(x.broadcast_div(&s)?)
+}
+
+/// `utils.clip_gradients(model, clip)`: for each gradient, `clip_coef = clip / (‖g‖₂ + 1e-6)`
+/// (in the gradient's dtype, f32 for f32), and `g ← g·clip_coef` when `clip_coef < 1`. Returns
+/// the norms before clipping, in gradient order.
+pub fn clip_gradients(grads: &mut Grads, clip: f64) -> Result<Vec<f32>> {
+    let mut norms = Vec::with_capacity(grads.len());
+    for (_, g) in grads.iter_mut() {
+        let norm = g.sqr()?.sum_all()?.sqrt()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        norms.push(norm);
+        let clip_coef = clip as f32 / (norm + 1e-6);
+        if clip_coef < 1.0 {
+            *g = g.affine(clip_coef as f64, 0.0)?;
+        }
+    }
+    Ok(norms)
+}
+
+/// `utils.cancel_gradients_last_layer(epoch, model, freeze_last_layer)`: while
+/// `epoch < freeze_last_layer`, removes the gradient of every parameter whose name contains
+/// `last_layer`.
+pub fn cancel_gradients_last_layer(epoch: usize, grads: &mut Grads, freeze_last_layer: usize) {
+    if epoch >= freeze_last_layer {
+        return;
+    }
+    grads.retain(|name| !name.contains("last_layer"));
+}
