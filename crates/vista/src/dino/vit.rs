@@ -50,32 +50,44 @@ impl Block {
         let eps = cfg.layer_norm_eps;
         let attn = vb.pp("attn");
         let mlp = vb.pp("mlp");
+        // Layer scale multiplies the output of `attn.proj` and of the last FFN layer per channel:
+        // folded into their weights and biases at load (γ·(Wx + b) = (γW)x + γb), it costs
+        // nothing at run time.
+        let ls = |name: &str| -> Result<Option<Tensor>> {
+            Ok(if cfg.layer_scale { Some(vb.pp(name).get(&[c], "gamma")?) } else { None })
+        };
+        let (g1, g2) = (ls("ls1")?, ls("ls2")?);
+        let scaled = |vb: &Vb, din: usize, dout: usize, gamma: &Option<Tensor>| -> Result<Linear> {
+            let w = vb.get(&[dout, din], "weight")?;
+            let b = vb.get(&[dout], "bias")?;
+            match gamma {
+                Some(g) => Linear::new(w.broadcast_mul(&g.unsqueeze(1)?)?, Some((b * g)?)),
+                None => Linear::new(w, Some(b)),
+            }
+        };
         let ffn = match cfg.ffn {
             Ffn::Mlp => FeedForward::Mlp {
                 fc1: Linear::load(&mlp.pp("fc1"), c, cfg.ffn_hidden, true)?,
-                fc2: Linear::load(&mlp.pp("fc2"), cfg.ffn_hidden, c, true)?,
+                fc2: scaled(&mlp.pp("fc2"), cfg.ffn_hidden, c, &g2)?,
             },
             Ffn::SwiGlu => FeedForward::SwiGlu {
                 w12: Linear::load(&mlp.pp("w12"), c, 2 * cfg.ffn_hidden, true)?,
-                w3: Linear::load(&mlp.pp("w3"), cfg.ffn_hidden, c, true)?,
+                w3: scaled(&mlp.pp("w3"), cfg.ffn_hidden, c, &g2)?,
                 hidden: cfg.ffn_hidden,
             },
-        };
-        let ls = |name: &str| -> Result<Option<Tensor>> {
-            Ok(if cfg.layer_scale { Some(vb.pp(name).get(&[c], "gamma")?) } else { None })
         };
         Ok(Self {
             norm1: LayerNorm::load(&vb.pp("norm1"), c, eps)?,
             attn: FusedQkvAttention::new(
                 Linear::load(&attn.pp("qkv"), c, 3 * c, cfg.qkv_bias)?,
-                Linear::load(&attn.pp("proj"), c, c, true)?,
+                scaled(&attn.pp("proj"), c, c, &g1)?,
                 cfg.num_heads,
                 c,
             ),
-            ls1: ls("ls1")?,
+            ls1: None,
             norm2: LayerNorm::load(&vb.pp("norm2"), c, eps)?,
             ffn,
-            ls2: ls("ls2")?,
+            ls2: None,
         })
     }
 
@@ -153,6 +165,8 @@ pub struct DinoVit {
     register_tokens: Option<Tensor>,
     blocks: Vec<Block>,
     norm: LayerNorm,
+    /// Resampled position embeddings by (grid h, grid w, square pixel input).
+    pos_cache: std::sync::Mutex<std::collections::HashMap<(usize, usize, bool), Tensor>>,
 }
 
 impl DinoVit {
@@ -172,6 +186,7 @@ impl DinoVit {
             register_tokens,
             blocks: (0..config.depth).map(|i| Block::load(&vb.pp("blocks").pp(i), &config)).collect::<Result<_>>()?,
             norm: LayerNorm::load(&vb.pp("norm"), c, config.layer_norm_eps)?,
+            pos_cache: Default::default(),
             config,
         })
     }
@@ -220,7 +235,18 @@ impl DinoVit {
         let c = self.config.embed_dim;
         let x = self.patch_embed.forward(pixels)?; // [B, h, w, C]
         let (_, h, w, _) = x.dims4()?;
-        let pos = self.interpolate_pos_embed(h, w, (ph, pw))?;
+        let key = (h, w, ph == pw);
+        let cached = self.pos_cache.lock().ok().and_then(|c| c.get(&key).cloned());
+        let pos = match cached {
+            Some(p) => p,
+            None => {
+                let p = self.interpolate_pos_embed(h, w, (ph, pw))?;
+                if let Ok(mut c) = self.pos_cache.lock() {
+                    c.insert(key, p.clone());
+                }
+                p
+            }
+        };
         let patches = x.reshape((b, h * w, c))?.broadcast_add(&pos.unsqueeze(0)?)?;
         let cls_pos = Tensor::from_slice(&self.pos_embed[..c], (1, c), &Device::Cpu)?;
         let cls = (&self.cls_token + cls_pos)?.unsqueeze(0)?.broadcast_as((b, 1, c))?;
