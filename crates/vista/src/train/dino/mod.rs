@@ -37,6 +37,7 @@
 //! Agreement with PyTorch: `tests/dino_train_parity.rs` (goldens from
 //! `tools/reference/gen_dino_loss.py`).
 
+pub mod backbone;
 pub mod ema;
 pub mod head;
 pub mod loss;
@@ -45,6 +46,7 @@ pub mod optim;
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
+pub use backbone::TrainVit;
 pub use ema::ema_update;
 pub use head::{DinoHead, DinoHeadConfig};
 pub use loss::{DinoLoss, DinoLossConfig, DinoLossOutput};

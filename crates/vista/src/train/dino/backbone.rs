@@ -1,0 +1,237 @@
+//! The DINO / DINOv2 ViT as a trainable network: the same computation as the inference
+//! [`crate::dino::DinoVit`], written with differentiable candle ops only (LayerNorm, softmax and
+//! GELU composed from elementary ops, no fused kernels), on [`Param`]s named as the official
+//! checkpoints (`cls_token`, `pos_embed`, `patch_embed.proj.*`, `blocks.N.*`, `norm.*`).
+//!
+//! Position embeddings for another grid (DINO's local crops) are resampled with the reference's
+//! bicubic recipe expressed as a fixed `[N_out, N_in]` matrix (built once per grid by resampling
+//! the identity), so the resampling is a matmul and the gradient flows back to `pos_embed`.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use candle_core::{Device, Tensor, Var, D};
+
+use super::head::gelu;
+use super::Param;
+use crate::dino::{DinoConfig, Ffn, PosInterpolation};
+use crate::nn::interpolate::{bicubic, Resample};
+use crate::{Error, Result};
+
+/// A trainable DINO backbone.
+pub struct TrainVit {
+    pub config: DinoConfig,
+    params: Vec<Param>,
+    index: HashMap<String, usize>,
+    /// Position-resampling matrices by patch grid.
+    resample: Mutex<HashMap<(usize, usize), Tensor>>,
+}
+
+fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let centred = x.broadcast_sub(&mean)?;
+    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = centred.broadcast_div(&(var + eps)?.sqrt()?)?;
+    Ok(normed.broadcast_mul(w)?.broadcast_add(b)?)
+}
+
+fn softmax(x: &Tensor) -> Result<Tensor> {
+    let z = x.broadcast_sub(&x.max_keepdim(D::Minus1)?.detach())?;
+    let e = z.exp()?;
+    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+}
+
+/// `x Wᵀ + b` over the last dimension of `x: [..., in]`, `w: [out, in]`.
+fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let rows: usize = dims[..dims.len() - 1].iter().product();
+    let y = x.reshape((rows, dims[dims.len() - 1]))?.matmul(&w.t()?)?;
+    let y = match b {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    };
+    let mut out = dims;
+    *out.last_mut().expect("non-empty") = w.dim(0)?;
+    Ok(y.reshape(out)?)
+}
+
+impl TrainVit {
+    /// From canonical tensors (an official checkpoint, or a snapshot of another network).
+    pub fn from_tensors(config: DinoConfig, tensors: &HashMap<String, Tensor>) -> Result<Self> {
+        let mut params = Vec::new();
+        for (name, shape) in Self::param_shapes(&config) {
+            let t = tensors.get(&name).ok_or_else(|| Error::arg("tensors", format!("missing `{name}`")))?;
+            if t.dims() != shape.as_slice() {
+                return Err(Error::arg("tensors", format!("`{name}` has shape {:?}, expected {shape:?}", t.dims())));
+            }
+            params.push(Param::new(name, Var::from_tensor(&t.to_dtype(candle_core::DType::F32)?)?, true));
+        }
+        let index = params.iter().enumerate().map(|(i, p)| (p.name().to_string(), i)).collect();
+        Ok(Self { config, params, index, resample: Mutex::new(HashMap::new()) })
+    }
+
+    /// Every parameter's canonical name and shape, in a fixed order.
+    pub fn param_shapes(cfg: &DinoConfig) -> Vec<(String, Vec<usize>)> {
+        let (c, p, m, h) = (cfg.embed_dim, cfg.patch_size, cfg.grid(), cfg.ffn_hidden);
+        let mut v: Vec<(String, Vec<usize>)> = vec![
+            ("cls_token".into(), vec![1, 1, c]),
+            ("pos_embed".into(), vec![1, 1 + m * m, c]),
+            ("patch_embed.proj.weight".into(), vec![c, 3, p, p]),
+            ("patch_embed.proj.bias".into(), vec![c]),
+        ];
+        if cfg.num_register_tokens > 0 {
+            v.push(("register_tokens".into(), vec![1, cfg.num_register_tokens, c]));
+        }
+        for i in 0..cfg.depth {
+            let b = |n: &str| format!("blocks.{i}.{n}");
+            v.push((b("norm1.weight"), vec![c]));
+            v.push((b("norm1.bias"), vec![c]));
+            v.push((b("attn.qkv.weight"), vec![3 * c, c]));
+            if cfg.qkv_bias {
+                v.push((b("attn.qkv.bias"), vec![3 * c]));
+            }
+            v.push((b("attn.proj.weight"), vec![c, c]));
+            v.push((b("attn.proj.bias"), vec![c]));
+            if cfg.layer_scale {
+                v.push((b("ls1.gamma"), vec![c]));
+                v.push((b("ls2.gamma"), vec![c]));
+            }
+            v.push((b("norm2.weight"), vec![c]));
+            v.push((b("norm2.bias"), vec![c]));
+            match cfg.ffn {
+                Ffn::Mlp => {
+                    v.push((b("mlp.fc1.weight"), vec![h, c]));
+                    v.push((b("mlp.fc1.bias"), vec![h]));
+                    v.push((b("mlp.fc2.weight"), vec![c, h]));
+                    v.push((b("mlp.fc2.bias"), vec![c]));
+                }
+                Ffn::SwiGlu => {
+                    v.push((b("mlp.w12.weight"), vec![2 * h, c]));
+                    v.push((b("mlp.w12.bias"), vec![2 * h]));
+                    v.push((b("mlp.w3.weight"), vec![c, h]));
+                    v.push((b("mlp.w3.bias"), vec![c]));
+                }
+            }
+        }
+        v.push(("norm.weight".into(), vec![c]));
+        v.push(("norm.bias".into(), vec![c]));
+        v
+    }
+
+    pub fn params(&self) -> &[Param] {
+        &self.params
+    }
+
+    fn p(&self, name: &str) -> Result<Tensor> {
+        let i = self.index.get(name).ok_or_else(|| Error::arg("param", format!("no parameter `{name}`")))?;
+        Ok(self.params[*i].value())
+    }
+
+    /// The `[gh·gw, M²]` matrix that resamples the trained position grid to `gh × gw` with the
+    /// checkpoint's recipe (identity for the trained grid).
+    fn resample_matrix(&self, gh: usize, gw: usize, square_pixels: bool) -> Result<Option<Tensor>> {
+        let m = self.config.grid();
+        if gh * gw == m * m && square_pixels {
+            return Ok(None);
+        }
+        if let Some(t) = self.resample.lock().ok().and_then(|c| c.get(&(gh, gw)).cloned()) {
+            return Ok(Some(t));
+        }
+        let n = m * m;
+        let mut eye = vec![0f32; n * n];
+        for i in 0..n {
+            eye[i * n + i] = 1.0;
+        }
+        let (out, (oh, ow)) = match self.config.interpolation {
+            PosInterpolation::ScaleFactorOffset { offset, antialias } => bicubic(
+                &eye,
+                (m, m),
+                n,
+                Resample::ScaleFactor((gh as f64 + offset) / m as f64, (gw as f64 + offset) / m as f64),
+                antialias,
+            ),
+            PosInterpolation::Size { antialias } => bicubic(&eye, (m, m), n, Resample::Size(gh, gw), antialias),
+        };
+        if (oh, ow) != (gh, gw) {
+            return Err(Error::arg("image", format!("position grid resampled to {oh}x{ow}, wanted {gh}x{gw}")));
+        }
+        let t = Tensor::from_vec(out, (gh * gw, n), &Device::Cpu)?;
+        if let Ok(mut c) = self.resample.lock() {
+            c.insert((gh, gw), t.clone());
+        }
+        Ok(Some(t))
+    }
+
+    /// All tokens after the final norm, `[B, 1 + R + h·w, C]`.
+    ///
+    /// # Shapes
+    /// `pixels: [B, H, W, 3]` channels-last, normalised; H and W multiples of the patch size.
+    pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        let cfg = &self.config;
+        let (b, ph, pw, _) = pixels.dims4()?;
+        let (p, c) = (cfg.patch_size, cfg.embed_dim);
+        if ph % p != 0 || pw % p != 0 {
+            return Err(Error::arg("pixels", format!("{pw}x{ph} is not a multiple of the {p}-pixel patch")));
+        }
+        let (gh, gw) = (ph / p, pw / p);
+        let patches =
+            pixels.reshape((b, gh, p, gw, p, 3))?.permute((0, 1, 3, 2, 4, 5))?.reshape((b * gh * gw, p * p * 3))?;
+        let w = self.p("patch_embed.proj.weight")?.permute((0, 2, 3, 1))?.reshape((c, p * p * 3))?;
+        let x = linear(&patches, &w, Some(&self.p("patch_embed.proj.bias")?))?.reshape((b, gh * gw, c))?;
+        let pos = self.p("pos_embed")?.squeeze(0)?; // [1 + M², C]
+        let cls_pos = pos.narrow(0, 0, 1)?;
+        let grid_pos = pos.narrow(0, 1, pos.dim(0)? - 1)?;
+        let grid_pos = match self.resample_matrix(gh, gw, ph == pw)? {
+            Some(r) => r.matmul(&grid_pos)?,
+            None => grid_pos,
+        };
+        let x = x.broadcast_add(&grid_pos.unsqueeze(0)?)?;
+        let cls = self.p("cls_token")?.reshape((1, c))?.add(&cls_pos)?.unsqueeze(0)?.broadcast_as((b, 1, c))?;
+        let mut parts = vec![cls.contiguous()?];
+        if cfg.num_register_tokens > 0 {
+            let r = self.p("register_tokens")?;
+            parts.push(r.broadcast_as((b, cfg.num_register_tokens, c))?.contiguous()?);
+        }
+        parts.push(x);
+        let mut x = Tensor::cat(&parts, 1)?;
+        let (heads, d) = (cfg.num_heads, c / cfg.num_heads);
+        let scale = 1.0 / (d as f64).sqrt();
+        let eps = cfg.layer_norm_eps;
+        for i in 0..cfg.depth {
+            let q = |n: &str| self.p(&format!("blocks.{i}.{n}"));
+            let n = x.dim(1)?;
+            let h = layer_norm(&x, &q("norm1.weight")?, &q("norm1.bias")?, eps)?;
+            let qkv_b = if cfg.qkv_bias { Some(q("attn.qkv.bias")?) } else { None };
+            let qkv = linear(&h, &q("attn.qkv.weight")?, qkv_b.as_ref())?
+                .reshape((b, n, 3, heads, d))?
+                .permute((2, 0, 3, 1, 4))?;
+            let (qq, kk, vv) = (qkv.get(0)?.contiguous()?, qkv.get(1)?.contiguous()?, qkv.get(2)?.contiguous()?);
+            let attn = softmax(&(qq.matmul(&kk.t()?)? * scale)?)?;
+            let a = attn.matmul(&vv)?.transpose(1, 2)?.reshape((b, n, c))?;
+            let mut a = linear(&a, &q("attn.proj.weight")?, Some(&q("attn.proj.bias")?))?;
+            if cfg.layer_scale {
+                a = a.broadcast_mul(&q("ls1.gamma")?)?;
+            }
+            x = (x + a)?;
+            let h = layer_norm(&x, &q("norm2.weight")?, &q("norm2.bias")?, eps)?;
+            let mut f = match cfg.ffn {
+                Ffn::Mlp => {
+                    let h = gelu(&linear(&h, &q("mlp.fc1.weight")?, Some(&q("mlp.fc1.bias")?))?)?;
+                    linear(&h, &q("mlp.fc2.weight")?, Some(&q("mlp.fc2.bias")?))?
+                }
+                Ffn::SwiGlu => {
+                    let x12 = linear(&h, &q("mlp.w12.weight")?, Some(&q("mlp.w12.bias")?))?;
+                    let hid = cfg.ffn_hidden;
+                    let (x1, x2) = (x12.narrow(D::Minus1, 0, hid)?, x12.narrow(D::Minus1, hid, hid)?);
+                    let silu = x1.broadcast_div(&(x1.neg()?.exp()? + 1.0)?)?;
+                    linear(&(silu * x2)?, &q("mlp.w3.weight")?, Some(&q("mlp.w3.bias")?))?
+                }
+            };
+            if cfg.layer_scale {
+                f = f.broadcast_mul(&q("ls2.gamma")?)?;
+            }
+            x = (x + f)?;
+        }
+        layer_norm(&x, &self.p("norm.weight")?, &self.p("norm.bias")?, eps)
+    }
+}
