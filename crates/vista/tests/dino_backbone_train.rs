@@ -56,3 +56,26 @@ fn trainable_dinov2_swiglu_registers_matches_the_reference_and_gets_every_gradie
 fn trainable_dinov2_mlp_matches_the_reference() {
     check("v2_official_mlp", "dinov2_vit_tiny_pretrain.pth");
 }
+
+#[test]
+fn multi_crop_forward_equals_one_pass_per_crop() {
+    use vista::train::dino::{multi_crop_forward, DinoHead, DinoHeadConfig};
+    let model = trainable("v1_official", "dino_vit_tiny_pretrain.pth");
+    let mut cfg = DinoHeadConfig::new(32, 24);
+    cfg.hidden_dim = 16;
+    cfg.bottleneck_dim = 8;
+    let head = DinoHead::new(cfg, 7, &Device::Cpu).unwrap();
+    let crop = |seed: u64, side: usize| {
+        let n = 2 * side * side * 3;
+        let v: Vec<f32> = (0..n).map(|i| (((i as u64 * 2654435761 + seed * 97) % 1000) as f32 / 500.0) - 1.0).collect();
+        Tensor::from_vec(v, (2, side, side, 3), &Device::Cpu).unwrap()
+    };
+    // Two globals at 32 px, three locals at 16 px: two backbone passes.
+    let crops = vec![crop(1, 32), crop(2, 32), crop(3, 16), crop(4, 16), crop(5, 16)];
+    let all = multi_crop_forward(&model, &head, &crops).unwrap();
+    assert_eq!(all.dims(), &[10, 24]);
+    for (i, c) in crops.iter().enumerate() {
+        let one = multi_crop_forward(&model, &head, std::slice::from_ref(c)).unwrap();
+        assert_close(&format!("crop {i}"), &all.narrow(0, 2 * i, 2).unwrap(), &one, 1e-5);
+    }
+}

@@ -41,6 +41,7 @@ pub mod backbone;
 pub mod ema;
 pub mod head;
 pub mod loss;
+pub mod multicrop;
 pub mod optim;
 
 use candle_core::backprop::GradStore;
@@ -50,6 +51,7 @@ pub use backbone::TrainVit;
 pub use ema::ema_update;
 pub use head::{DinoHead, DinoHeadConfig};
 pub use loss::{DinoLoss, DinoLossConfig, DinoLossOutput};
+pub use multicrop::multi_crop_forward;
 pub use optim::{
     cancel_gradients_last_layer, clip_gradients, get_params_groups, AdamW, AdamWConfig, OptimGroup, ParamGroup,
 };
