@@ -332,109 +332,25 @@ impl SyncPtr {
     }
 }
 
-/// Multi-head self-attention from a fused projection.
+/// Multi-head self-attention from a fused projection: [`attention_biased`] with an optional
+/// additive `[N, N]` mask shared by every head.
 ///
 /// # Shapes
 /// `qkv: [B, N, 3C]` laid out `[B, N, 3, H, D]` (q, k, v; heads inside) -> `[B, N, C]`,
 /// `mask: [N, N]` added to the scaled scores.
 pub fn attention(qkv: &Tensor, heads: usize, scale: f32, mask: Option<&Tensor>) -> Result<Tensor> {
-    let (b, n, c3) = qkv.dims3()?;
-    let c = c3 / 3;
-    let d = c / heads;
-    let mask_data: Option<Vec<f32>> = match mask {
-        Some(m) => Some(with_slice(m, |s| s.to_vec())?),
-        None => None,
-    };
-    if let Some(m) = &mask_data {
-        if m.len() != n * n {
-            return Err(candle_core::Error::Msg(format!("attention mask has {} values for {n}x{n}", m.len())).into());
-        }
+    match mask {
+        Some(m) => with_slice(m, |m| attention_biased(qkv, heads, scale, ScoreBias::Shared(m)))?,
+        None => attention_biased(qkv, heads, scale, ScoreBias::None),
     }
-    let mut out = vec![0f32; b * n * c];
-    let out_ptr = SyncPtr(out.as_mut_ptr());
-    with_slice(qkv, |src| {
-        (0..b * heads).into_par_iter().for_each_init(
-            || vec![0f32; n * n],
-            |scores, bh| {
-                let (bi, h) = (bh / heads, bh % heads);
-                let base = bi * n * c3 + h * d;
-                let q = src[base..].as_ptr();
-                let k = src[base + c..].as_ptr();
-                let v = src[base + 2 * c..].as_ptr();
-                // SAFETY: q/k/v rows are `3C` apart within this batch item; the score buffer is
-                // n×n; the output block [bi, :, h, :] is written by this task only.
-                unsafe {
-                    // scores = scale · Q Kᵀ   [N, D] x [D, N]
-                    gemm(
-                        n,
-                        n,
-                        d,
-                        scores.as_mut_ptr(),
-                        1,
-                        n as isize,
-                        false,
-                        q,
-                        1,
-                        c3 as isize,
-                        k,
-                        c3 as isize,
-                        1,
-                        0.0,
-                        scale,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    );
-                }
-                with_simd(
-                    #[inline(always)]
-                    || {
-                        for (i, row) in scores.chunks_exact_mut(n).enumerate() {
-                            if let Some(m) = &mask_data {
-                                for (s, mv) in row.iter_mut().zip(&m[i * n..(i + 1) * n]) {
-                                    *s += mv;
-                                }
-                            }
-                            softmax_in_place(row);
-                        }
-                    },
-                );
-                let o = out_ptr.get();
-                unsafe {
-                    // out[bi, :, h, :] = P V   [N, N] x [N, D]
-                    gemm(
-                        n,
-                        d,
-                        n,
-                        o.add(bi * n * c + h * d),
-                        1,
-                        c as isize,
-                        false,
-                        scores.as_ptr(),
-                        1,
-                        n as isize,
-                        v,
-                        1,
-                        c3 as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    );
-                }
-            },
-        );
-    })?;
-    Ok(Tensor::from_vec(out, (b, n, c), &Device::Cpu)?)
 }
 
 /// What is added to the scaled attention scores before the softmax, per head.
 #[derive(Clone, Copy)]
 pub enum ScoreBias<'a> {
     None,
+    /// One `[N, N]` table for every head (CLIP's causal mask).
+    Shared(&'a [f32]),
     /// A learned table per head, `[H, N, N]` (TinyViT's gathered `attention_biases`).
     PerHead(&'a [f32]),
     /// Segment Anything's decomposed relative positions (`add_decomposed_rel_pos`): the `N`
@@ -481,6 +397,10 @@ pub fn attention_biased(qkv: &Tensor, heads: usize, scale: f32, bias: ScoreBias<
     let bad = |m: String| -> Result<Tensor> { Err(candle_core::Error::Msg(m).into()) };
     match bias {
         ScoreBias::None => {}
+        ScoreBias::Shared(t) if t.len() != n * n => {
+            return bad(format!("attention mask has {} values for {n}x{n}", t.len()))
+        }
+        ScoreBias::Shared(_) => {}
         ScoreBias::PerHead(t) if t.len() != heads * n * n => {
             return bad(format!("attention bias has {} values for {heads}x{n}x{n}", t.len()))
         }
@@ -536,6 +456,10 @@ pub fn attention_biased(qkv: &Tensor, heads: usize, scale: f32, bias: ScoreBias<
                             let i = r0 + ri;
                             match bias {
                                 ScoreBias::None => {}
+                                ScoreBias::Shared(t) => {
+                                    let t = &t[i * n..(i + 1) * n];
+                                    row.iter_mut().zip(t).for_each(|(s, v)| *s += v);
+                                }
                                 ScoreBias::PerHead(t) => {
                                     let t = &t[(h * n + i) * n..(h * n + i + 1) * n];
                                     row.iter_mut().zip(t).for_each(|(s, v)| *s += v);
