@@ -35,18 +35,23 @@ impl ModelArgs {
         let device = vista::device::select(&self.device)?;
         let mut p = ClipPipeline::load(&self.model, self.arch.as_deref(), &device)
             .with_context(|| format!("loading CLIP model `{}`", self.model))?;
-        if !p.report.unused.is_empty() {
-            eprintln!(
-                "warning: {} tensors of {} were not used: {}",
-                p.report.unused.len(),
-                p.report.checkpoint.display(),
-                p.report.unused.join(", ")
-            );
-        }
+        warn_unused(&p.report);
         if let Some(m) = self.max_pixels {
             p.decode = vista::image::DecodeOptions::with_max_pixels(m);
         }
         Ok(p)
+    }
+}
+
+/// Says which checkpoint tensors a model did not use (loading is loud, never silent).
+pub fn warn_unused(report: &vista::weights::LoadReport) {
+    if !report.unused.is_empty() {
+        eprintln!(
+            "warning: {} tensors of {} were not used: {}",
+            report.unused.len(),
+            report.checkpoint.display(),
+            report.unused.join(", ")
+        );
     }
 }
 

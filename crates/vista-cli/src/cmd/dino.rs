@@ -91,14 +91,7 @@ impl DinoModelArgs {
         };
         let mut p = DinoPipeline::load(&self.model, &options)
             .with_context(|| format!("loading DINO model `{}`", self.model))?;
-        if !p.report.unused.is_empty() {
-            eprintln!(
-                "warning: {} tensors of {} were not used: {}",
-                p.report.unused.len(),
-                p.report.checkpoint.display(),
-                p.report.unused.join(", ")
-            );
-        }
+        super::common::warn_unused(&p.report);
         p.preprocess = preprocess;
         if let Some(m) = self.max_pixels {
             p.decode = vista::image::DecodeOptions::with_max_pixels(m);

@@ -44,14 +44,7 @@ impl SamModelArgs {
         let cache = if self.no_cache { None } else { Some(self.cache_dir.clone().unwrap_or_else(default_cache_dir)) };
         let mut p = SegmentPipeline::load(&self.model, &options, cache.as_deref())
             .with_context(|| format!("loading SAM model `{}`", self.model))?;
-        if !p.report.unused.is_empty() {
-            eprintln!(
-                "warning: {} tensors of {} were not used: {}",
-                p.report.unused.len(),
-                p.report.checkpoint.display(),
-                p.report.unused.join(", ")
-            );
-        }
+        super::common::warn_unused(&p.report);
         if let Some(m) = self.max_pixels {
             p.decode = vista::image::DecodeOptions::with_max_pixels(m);
         }

@@ -84,15 +84,7 @@ pub fn into_store(
     let tensors: HashMap<String, Tensor> =
         tensors.into_iter().map(|(k, v)| (k.strip_prefix("module.").map(str::to_string).unwrap_or(k), v)).collect();
     match family {
-        ClipFamily::OpenClip => {
-            for (name, t) in tensors {
-                if is_ignored(&name) {
-                    store.ignore(name);
-                } else {
-                    store.insert(name.clone(), name, t);
-                }
-            }
-        }
+        ClipFamily::OpenClip => store.insert_as_named(tensors, is_ignored),
         ClipFamily::HuggingFace => {
             store.set_file_namer(canonical_to_hf);
             map_hf(path, tensors, &mut store)?

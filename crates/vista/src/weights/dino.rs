@@ -131,15 +131,7 @@ pub fn into_store(
     })?;
     let mut store = TensorStore::new(path, device, dtype);
     match family {
-        DinoFamily::Official => {
-            for (name, t) in tensors {
-                if is_ignored(&name) {
-                    store.ignore(name);
-                } else {
-                    store.insert(name.clone(), name, t);
-                }
-            }
-        }
+        DinoFamily::Official => store.insert_as_named(tensors, is_ignored),
         DinoFamily::HuggingFace => {
             store.set_file_namer(canonical_to_hf);
             let mut tensors = tensors;

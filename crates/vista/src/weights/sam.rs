@@ -143,15 +143,7 @@ pub fn into_store(
     })?;
     let mut store = TensorStore::new(path, device, dtype);
     match family {
-        SamFamily::Official => {
-            for (name, t) in tensors {
-                if is_ignored(&name) {
-                    store.ignore(name);
-                } else {
-                    store.insert(name.clone(), name, t);
-                }
-            }
-        }
+        SamFamily::Official => store.insert_as_named(tensors, is_ignored),
         SamFamily::HuggingFace => {
             store.set_file_namer(canonical_to_hf);
             // Depth of each MLP head: proj_in + layers + proj_out.

@@ -99,6 +99,18 @@ impl TensorStore {
         self.file_namer = Some(namer);
     }
 
+    /// Adds every tensor under its own name (a family whose naming is the canonical one),
+    /// recording those `ignored` says hold no weights as skipped on purpose.
+    pub fn insert_as_named(&mut self, tensors: HashMap<String, Tensor>, ignored: impl Fn(&str) -> bool) {
+        for (name, t) in tensors {
+            if ignored(&name) {
+                self.ignore(name);
+            } else {
+                self.insert(name.clone(), name, t);
+            }
+        }
+    }
+
     /// Records a file entry that is skipped on purpose.
     pub fn ignore(&mut self, original: impl Into<String>) {
         self.ignored.push(original.into());
