@@ -132,8 +132,9 @@ fn cached_embeddings_give_the_same_masks_and_survive_corruption() {
     let cached = p.encode_file(&img_path).unwrap();
     assert!(cached.cached);
     let (a, b) = (fresh.session.predict(&prompts).unwrap(), cached.session.predict(&prompts).unwrap());
-    // f16 storage: the logits move by rounding only; the masks stay.
-    assert!(max_diff(&a.low_res, &b.low_res) < 2e-2);
+    // f16 storage: the logits move by rounding only (3.9e-3 measured on logits of O(1-10)); the
+    // masks stay.
+    assert!(max_diff(&a.low_res, &b.low_res) < 1e-2);
     let same = a.masks.iter().zip(&b.masks).filter(|(x, y)| x == y).count();
     assert!(same as f64 >= 0.999 * a.masks.len() as f64);
     // A copy under another name hits the same entry; no temporary files are left behind.

@@ -207,7 +207,8 @@ pub fn exp_fast(x: f32) -> f32 {
 
 /// erf in f32 as PyTorch's vectorised CPU kernels compute it (`Vectorized<float>::erf`,
 /// Abramowitz & Stegun 7.1.26: `1 − (a₁t + … + a₅t⁵)·e^{−x²}`, `t = 1/(1 + p|x|)`, absolute
-/// error < 1.5e-7): what torch's `nn.GELU()` uses on contiguous float tensors, and branch-free.
+/// error < 1.5e-7 in exact arithmetic, 6.4e-7 measured in f32 against glibc's `erf`): what
+/// torch's `nn.GELU()` uses on contiguous float tensors, and branch-free.
 #[inline(always)]
 pub fn erf_fast(x: f32) -> f32 {
     let a = x.abs();
@@ -601,7 +602,8 @@ mod tests {
             let want = unsafe { erf(x as f64) };
             worst = worst.max((erf_fast(x) as f64 - want).abs());
         }
-        assert!(worst < 1e-6, "erf error {worst}");
+        // A&S 7.1.26 is within 1.5e-7 in exact arithmetic; evaluated in f32, 6.4e-7 measured.
+        assert!(worst < 7e-7, "erf error {worst}");
         for i in -870..=880 {
             let x = i as f32 * 0.1;
             let (got, want) = (exp_fast(x) as f64, (x as f64).exp());
