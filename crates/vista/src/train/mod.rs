@@ -8,6 +8,7 @@
 //! in [`crate::image::augment`].
 
 pub mod dino;
+pub mod ops;
 pub mod schedule;
 
 pub use schedule::{cosine_scheduler, linspace, teacher_temp_schedule, DinoScheduleConfig, DinoSchedules};

@@ -10,6 +10,8 @@
 //! Every parameter, frozen ones included (`parameters()` ignores `requires_grad`): with
 //! `norm_last_layer = false` the teacher's `weight_g` follows the student's.
 
+use candle_core::Tensor;
+
 use super::Param;
 use crate::{Error, Result};
 
@@ -39,8 +41,38 @@ pub fn ema_update(teacher: &[Param], student: &[Param], momentum: f64) -> Result
         }
         let kt = k.var().as_detached_tensor();
         let qt = q.var().as_detached_tensor().to_dtype(kt.dtype())?.to_device(kt.device())?;
-        let updated = kt.affine(momentum, 0.0)?.add(&qt.affine(1.0 - momentum, 0.0)?)?;
+        let updated = if crate::nn::cpu::eligible(&kt) {
+            fused_ema(&kt, &qt, momentum)?
+        } else {
+            kt.affine(momentum, 0.0)?.add(&qt.affine(1.0 - momentum, 0.0)?)?
+        };
         k.var().set(&updated)?;
     }
     Ok(())
+}
+
+/// `k·m + q·(1 − m)` for f32 CPU tensors in one pass, the same f32 operations as the tensor
+/// path (`affine` then `add`), so the same bits.
+fn fused_ema(k: &Tensor, q: &Tensor, momentum: f64) -> Result<Tensor> {
+    use crate::nn::cpu::{with_simd, with_slice};
+    use rayon::prelude::*;
+    let (a, b) = (momentum as f32, (1.0 - momentum) as f32);
+    let mut out = vec![0f32; k.elem_count()];
+    with_slice(k, |ks| {
+        with_slice(q, |qs| {
+            out.par_chunks_mut(16 * 1024).zip(ks.par_chunks(16 * 1024).zip(qs.par_chunks(16 * 1024))).for_each(
+                |(o, (k, q))| {
+                    with_simd(
+                        #[inline(always)]
+                        || {
+                            for ((o, k), q) in o.iter_mut().zip(k).zip(q) {
+                                *o = (k * a + 0.0) + (q * b + 0.0);
+                            }
+                        },
+                    )
+                },
+            )
+        })
+    })??;
+    Ok(Tensor::from_vec(out, k.shape(), k.device())?)
 }

@@ -5,10 +5,9 @@
 //! Built from plain candle ops on [`Var`]s so that every step records its backward (the inference
 //! layers of [`crate::nn`] use fused CPU kernels that do not):
 //!
-//! * linear: `x.matmul(Wᵀ) + b`;
-//! * GELU (exact, PyTorch's default): `0.5 x (1 + erf(x / √2))` composed from `erf` (whose
-//!   backward is `2/√π e^{-x²}`), rather than candle's `gelu_erf`, whose backward uses the
-//!   6-digit constant 0.398942 for 1/√(2π);
+//! * linear: `x.matmul(Wᵀ) + b` (the bias through [`crate::train::ops::add_bias`]);
+//! * GELU (exact, PyTorch's default): `0.5 x (1 + erf(x / √2))`, one fused op with its
+//!   backward `Φ(x) + x φ(x)` ([`crate::train::ops::gelu`]);
 //! * `F.normalize`: `x / max(‖x‖₂, 1e-12)`, as `x / sqrt(max(Σx², 1e-24))` (see [`normalize`]);
 //! * weight norm (`dim=0`): `W = g · v / ‖v‖` with the norm of each output row over the input
 //!   dimension, `g` `[out, 1]`; no epsilon, as `torch._weight_norm`.
@@ -240,7 +239,7 @@ impl DinoHead {
         for i in 0..n {
             let w = self.params[2 * i].value();
             let b = self.params[2 * i + 1].value();
-            h = h.matmul(&w.t()?)?.broadcast_add(&b)?;
+            h = crate::train::ops::add_bias(&h.matmul(&w.t()?)?, &b)?;
             if i + 1 < n {
                 h = gelu(&h)?;
             }
@@ -264,10 +263,9 @@ impl DinoHead {
     }
 }
 
-/// Exact GELU, `0.5 x (1 + erf(x / √2))`, from differentiable ops.
+/// Exact GELU, `0.5 x (1 + erf(x / √2))`, differentiable ([`crate::train::ops::gelu`]).
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    let e = x.affine(std::f64::consts::FRAC_1_SQRT_2, 0.0)?.erf()?;
-    Ok(x.mul(&e.affine(0.5, 0.5)?)?)
+    crate::train::ops::gelu(x)
 }
 
 /// `F.normalize(x, dim=-1, p=2, eps)`: `x / max(‖x‖₂, eps)`, differentiable.
@@ -281,13 +279,13 @@ pub fn normalize(x: &Tensor, eps: f64) -> Result<Tensor> {
 }
 
 /// Uniform in `[0, 1)` from the top 53 bits of one `u64`.
-fn uniform01(rng: &mut ChaCha8Rng) -> f64 {
+pub(crate) fn uniform01(rng: &mut ChaCha8Rng) -> f64 {
     (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
 }
 
 /// A normal draw (Box–Muller) restricted to `[a, b]` by rejection: the distribution of DINO's
 /// `trunc_normal_(tensor, mean, std, a, b)`.
-fn trunc_normal(rng: &mut ChaCha8Rng, mean: f64, std: f64, a: f64, b: f64) -> f64 {
+pub(crate) fn trunc_normal(rng: &mut ChaCha8Rng, mean: f64, std: f64, a: f64, b: f64) -> f64 {
     loop {
         let u1 = 1.0 - uniform01(rng); // (0, 1]
         let u2 = uniform01(rng);

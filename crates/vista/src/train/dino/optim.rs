@@ -145,6 +145,31 @@ impl AdamW {
         self.state.get(name).map(|s| (s.step, &s.exp_avg, &s.exp_avg_sq))
     }
 
+    /// Every stepped parameter's `(name, step, exp_avg, exp_avg_sq)`, sorted by name (the
+    /// optimiser's `state_dict()["state"]`).
+    pub fn state_entries(&self) -> Vec<(&str, u64, &Tensor, &Tensor)> {
+        let mut v: Vec<_> = self.state.iter().map(|(n, s)| (n.as_str(), s.step, &s.exp_avg, &s.exp_avg_sq)).collect();
+        v.sort_by(|a, b| a.0.cmp(b.0));
+        v
+    }
+
+    /// Restores one parameter's state (`load_state_dict`): the moments must have the
+    /// parameter's shape.
+    pub fn set_state(&mut self, name: &str, step: u64, exp_avg: Tensor, exp_avg_sq: Tensor) -> Result<()> {
+        let var = self.vars.get(name).ok_or_else(|| Error::arg("state", format!("no parameter named `{name}`")))?;
+        for (what, t) in [("exp_avg", &exp_avg), ("exp_avg_sq", &exp_avg_sq)] {
+            if t.dims() != var.dims() {
+                return Err(Error::arg(
+                    "state",
+                    format!("`{name}`: {what} has shape {:?}, the parameter {:?}", t.dims(), var.dims()),
+                ));
+            }
+        }
+        let (exp_avg, exp_avg_sq) = (exp_avg.to_dtype(var.dtype())?, exp_avg_sq.to_dtype(var.dtype())?);
+        self.state.insert(name.to_string(), AdamState { step, exp_avg, exp_avg_sq });
+        Ok(())
+    }
+
     /// One optimiser step with `grads` (parameters without a gradient are skipped; gradients of
     /// parameters outside the groups are ignored).
     pub fn step(&mut self, grads: &Grads) -> Result<()> {
@@ -169,6 +194,19 @@ impl AdamW {
                 }
                 let st = self.state.get_mut(name).expect("state inserted above");
                 st.step += 1;
+                let t = st.step as i32;
+                let bias_correction1 = 1.0 - beta1.powi(t);
+                let bias_correction2 = 1.0 - beta2.powi(t);
+                let step_size = lr / bias_correction1;
+                let bias_correction2_sqrt = bias_correction2.sqrt();
+                if crate::nn::cpu::eligible(&grad) && crate::nn::cpu::eligible(var.as_tensor()) {
+                    let h = AdamHyper { lr, wd, beta1, beta2, eps, step_size, bias_correction2_sqrt };
+                    let (p, m, v) = fused_adamw(&var.as_detached_tensor(), &grad, &st.exp_avg, &st.exp_avg_sq, &h)?;
+                    st.exp_avg = m;
+                    st.exp_avg_sq = v;
+                    var.set(&p)?;
+                    continue;
+                }
                 let p = var.as_detached_tensor();
                 // Decoupled weight decay.
                 let p = if wd != 0.0 { p.affine(1.0 - lr * wd, 0.0)? } else { p };
@@ -176,11 +214,6 @@ impl AdamW {
                 st.exp_avg = st.exp_avg.add(&grad.sub(&st.exp_avg)?.affine(1.0 - beta1, 0.0)?)?;
                 // exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2).
                 st.exp_avg_sq = st.exp_avg_sq.affine(beta2, 0.0)?.add(&grad.sqr()?.affine(1.0 - beta2, 0.0)?)?;
-                let t = st.step as i32;
-                let bias_correction1 = 1.0 - beta1.powi(t);
-                let bias_correction2 = 1.0 - beta2.powi(t);
-                let step_size = lr / bias_correction1;
-                let bias_correction2_sqrt = bias_correction2.sqrt();
                 let denom = div_scalar(&st.exp_avg_sq.sqrt()?, bias_correction2_sqrt)?.affine(1.0, eps)?;
                 let p = p.sub(&st.exp_avg.div(&denom)?.affine(step_size, 0.0)?)?;
                 var.set(&p)?;
@@ -188,6 +221,69 @@ impl AdamW {
         }
         Ok(())
     }
+}
+
+struct AdamHyper {
+    lr: f64,
+    wd: f64,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    step_size: f64,
+    bias_correction2_sqrt: f64,
+}
+
+/// One AdamW update of an f32 CPU parameter in a single pass over its four arrays, with the
+/// same f32 operations in the same order as the tensor-op path above (so the same bits):
+/// returns the new `(param, exp_avg, exp_avg_sq)`.
+fn fused_adamw(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, h: &AdamHyper) -> Result<(Tensor, Tensor, Tensor)> {
+    use crate::nn::cpu::{with_simd, with_slice};
+    use rayon::prelude::*;
+    let n = p.elem_count();
+    let (mut po, mut mo, mut vo) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+    // The scalars as candle's f32 `affine` rounds them.
+    let decay = (1.0 - h.lr * h.wd) as f32;
+    let (w1, b2, w2) = ((1.0 - h.beta1) as f32, h.beta2 as f32, (1.0 - h.beta2) as f32);
+    let (bc2, eps, step) = (h.bias_correction2_sqrt as f32, h.eps as f32, h.step_size as f32);
+    let apply_decay = h.wd != 0.0;
+    const CHUNK: usize = 16 * 1024;
+    with_slice(p, |ps| {
+        with_slice(g, |gs| {
+            with_slice(m, |ms| {
+                with_slice(v, |vs| {
+                    po.par_chunks_mut(CHUNK)
+                        .zip(mo.par_chunks_mut(CHUNK))
+                        .zip(vo.par_chunks_mut(CHUNK))
+                        .enumerate()
+                        .for_each(|(c, ((po, mo), vo))| {
+                            let r = c * CHUNK..(c * CHUNK + po.len());
+                            let (ps, gs, ms, vs) = (&ps[r.clone()], &gs[r.clone()], &ms[r.clone()], &vs[r]);
+                            with_simd(
+                                #[inline(always)]
+                                || {
+                                    for i in 0..po.len() {
+                                        let p = if apply_decay { ps[i] * decay + 0.0 } else { ps[i] };
+                                        let gi = gs[i];
+                                        let mi = ms[i] + ((gi - ms[i]) * w1 + 0.0);
+                                        let vi = (vs[i] * b2 + 0.0) + (gi * gi * w2 + 0.0);
+                                        let denom = (vi.sqrt() / bc2) * 1.0 + eps;
+                                        po[i] = p - ((mi / denom) * step + 0.0);
+                                        mo[i] = mi;
+                                        vo[i] = vi;
+                                    }
+                                },
+                            )
+                        })
+                })
+            })
+        })
+    })????;
+    let dev = p.device();
+    Ok((
+        Tensor::from_vec(po, p.shape(), dev)?,
+        Tensor::from_vec(mo, p.shape(), dev)?,
+        Tensor::from_vec(vo, p.shape(), dev)?,
+    ))
 }
 
 /// `x / s` with `s` rounded to `x`'s dtype (PyTorch's `tensor / float`).

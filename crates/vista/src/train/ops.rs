@@ -1,0 +1,374 @@
+//! Fused, differentiable CPU ops for training: candle's own LayerNorm and softmax record no
+//! backward, and composing them from elementary ops costs a dozen tensor passes and
+//! allocations each way. Each op here is one pass forward and one backward, row-parallel, with
+//! its gradient written out by hand:
+//!
+//! * [`layer_norm`]: `y = (x − μ) / √(σ² + ε) · w + b` over the last dimension (biased
+//!   variance, as torch); `dx = r (g − mean(g) − x̂ mean(g x̂))` with `g = dy·w`, `r = 1/√(σ²+ε)`,
+//!   `dw = Σ dy x̂`, `db = Σ dy`.
+//! * [`softmax_last`]: `dx = y (dy − Σ dy y)`.
+//! * [`gelu`]: exact GELU `x Φ(x)`, `dx = dy (Φ(x) + x φ(x))`; Φ through the vectorisable
+//!   Abramowitz–Stegun erf that torch's vectorised GELU uses ([`crate::nn::cpu::erf_fast`],
+//!   error 6.4e-7).
+//! * [`add_bias`]: `x + b` over the last dimension, `db` = column sums of `dy`.
+//!
+//! Agreement with the composed ops (values and gradients) is tested in `tests/train_ops.rs`.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::nn::cpu::{erf_fast, exp_fast, with_simd};
+use crate::Result;
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => Err(candle_core::Error::Msg("fused training op: input is not contiguous".into())),
+    }
+}
+
+/// The contiguous f32 values of `t`, copied out (backward passes read their saved tensors so).
+fn values(t: &Tensor) -> candle_core::Result<Vec<f32>> {
+    t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
+}
+
+/// Rows per parallel task: about 16 Ki values.
+fn rows_per_task(width: usize) -> usize {
+    (16 * 1024 / width.max(1)).max(1)
+}
+
+fn check_cpu_f32(t: &Tensor, what: &str) -> Result<()> {
+    if !t.device().is_cpu() || t.dtype() != DType::F32 {
+        return Err(crate::Error::arg(what, "fused training ops run on f32 CPU tensors"));
+    }
+    Ok(())
+}
+
+struct LayerNormOp {
+    eps: f32,
+}
+
+#[inline(always)]
+fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
+    let n = x.len() as f32;
+    let mean = x.iter().sum::<f32>() / n;
+    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "vista-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w, b) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let c = w.len();
+        let eps = self.eps;
+        let mut out = vec![0f32; x.len()];
+        let rows = rows_per_task(c);
+        out.par_chunks_mut(rows * c).zip(x.par_chunks(rows * c)).for_each(|(o, x)| {
+            with_simd(
+                #[inline(always)]
+                || {
+                    for (o, x) in o.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+                        let (mean, r) = row_stats(x, eps);
+                        for (((o, v), wi), bi) in o.iter_mut().zip(x).zip(w).zip(b) {
+                            *o = (v - mean) * r * wi + bi;
+                        }
+                    }
+                },
+            )
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (xv, wv, dyv) = (values(x)?, values(w)?, values(dy)?);
+        let c = wv.len();
+        let eps = self.eps;
+        let mut dx = vec![0f32; xv.len()];
+        let rows = rows_per_task(c).max(8);
+        let partial: Vec<(Vec<f32>, Vec<f32>)> = dx
+            .par_chunks_mut(rows * c)
+            .zip(xv.par_chunks(rows * c).zip(dyv.par_chunks(rows * c)))
+            .map(|(dx, (x, dy))| {
+                let mut dw = vec![0f32; c];
+                let mut db = vec![0f32; c];
+                with_simd(
+                    #[inline(always)]
+                    || {
+                        let mut xhat = vec![0f32; c];
+                        let mut g = vec![0f32; c];
+                        for ((dx, x), dy) in dx.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(dy.chunks_exact(c)) {
+                            let (mean, r) = row_stats(x, eps);
+                            let (mut sg, mut sgx) = (0f32, 0f32);
+                            for i in 0..c {
+                                xhat[i] = (x[i] - mean) * r;
+                                g[i] = dy[i] * wv[i];
+                                sg += g[i];
+                                sgx += g[i] * xhat[i];
+                                dw[i] += dy[i] * xhat[i];
+                                db[i] += dy[i];
+                            }
+                            let (mg, mgx) = (sg / c as f32, sgx / c as f32);
+                            for i in 0..c {
+                                dx[i] = r * (g[i] - mg - xhat[i] * mgx);
+                            }
+                        }
+                    },
+                );
+                (dw, db)
+            })
+            .collect();
+        let mut dw = vec![0f32; c];
+        let mut db = vec![0f32; c];
+        for (pw, pb) in partial {
+            for i in 0..c {
+                dw[i] += pw[i];
+                db[i] += pb[i];
+            }
+        }
+        let dev = &Device::Cpu;
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), dev)?),
+            Some(Tensor::from_vec(dw, w.shape(), dev)?),
+            Some(Tensor::from_vec(db, c, dev)?),
+        ))
+    }
+}
+
+/// LayerNorm over the last dimension, differentiable in `x`, `w` and `b`.
+///
+/// # Shapes
+/// `x: [..., C]`, `w, b: [C]` -> `[..., C]`
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    check_cpu_f32(x, "x")?;
+    let c = x.dim(candle_core::D::Minus1)?;
+    if w.dims() != [c] || b.dims() != [c] {
+        return Err(crate::Error::arg(
+            "w",
+            format!("LayerNorm of width {c} with weight {:?} and bias {:?}", w.dims(), b.dims()),
+        ));
+    }
+    Ok(x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, LayerNormOp { eps: eps as f32 })?)
+}
+
+struct SoftmaxOp;
+
+impl CustomOp1 for SoftmaxOp {
+    fn name(&self) -> &'static str {
+        "vista-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l)?;
+        let c = l.dims().last().copied().unwrap_or(1).max(1);
+        let mut out = vec![0f32; x.len()];
+        let rows = rows_per_task(c);
+        out.par_chunks_mut(rows * c).zip(x.par_chunks(rows * c)).for_each(|(o, x)| {
+            with_simd(
+                #[inline(always)]
+                || {
+                    for (o, x) in o.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+                        let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                        let mut sum = 0f32;
+                        for (o, v) in o.iter_mut().zip(x) {
+                            *o = exp_fast(v - max);
+                            sum += *o;
+                        }
+                        let inv = 1.0 / sum;
+                        for o in o.iter_mut() {
+                            *o *= inv;
+                        }
+                    }
+                },
+            )
+        });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let (yv, dyv) = (values(y)?, values(dy)?);
+        let c = y.dims().last().copied().unwrap_or(1).max(1);
+        let mut dx = vec![0f32; yv.len()];
+        let rows = rows_per_task(c);
+        dx.par_chunks_mut(rows * c).zip(yv.par_chunks(rows * c).zip(dyv.par_chunks(rows * c))).for_each(
+            |(dx, (y, dy))| {
+                with_simd(
+                    #[inline(always)]
+                    || {
+                        for ((dx, y), dy) in dx.chunks_exact_mut(c).zip(y.chunks_exact(c)).zip(dy.chunks_exact(c)) {
+                            let dot: f32 = y.iter().zip(dy).map(|(a, b)| a * b).sum();
+                            for ((d, y), g) in dx.iter_mut().zip(y).zip(dy) {
+                                *d = y * (g - dot);
+                            }
+                        }
+                    },
+                )
+            },
+        );
+        Ok(Some(Tensor::from_vec(dx, y.shape(), &Device::Cpu)?))
+    }
+}
+
+/// Softmax over the last dimension, differentiable.
+pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    check_cpu_f32(x, "x")?;
+    Ok(x.contiguous()?.apply_op1(SoftmaxOp)?)
+}
+
+struct GeluOp;
+
+const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+/// 1 / √(2π).
+const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
+
+impl CustomOp1 for GeluOp {
+    fn name(&self) -> &'static str {
+        "vista-gelu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l)?;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(16 * 1024).zip(x.par_chunks(16 * 1024)).for_each(|(o, x)| {
+            with_simd(
+                #[inline(always)]
+                || {
+                    for (o, &v) in o.iter_mut().zip(x) {
+                        *o = 0.5 * v * (1.0 + erf_fast(v * FRAC_1_SQRT_2));
+                    }
+                },
+            )
+        });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let (xv, dyv) = (values(x)?, values(dy)?);
+        let mut dx = vec![0f32; xv.len()];
+        dx.par_chunks_mut(16 * 1024).zip(xv.par_chunks(16 * 1024).zip(dyv.par_chunks(16 * 1024))).for_each(
+            |(d, (x, g))| {
+                with_simd(
+                    #[inline(always)]
+                    || {
+                        for ((d, &v), &g) in d.iter_mut().zip(x).zip(g) {
+                            let cdf = 0.5 * (1.0 + erf_fast(v * FRAC_1_SQRT_2));
+                            let pdf = FRAC_1_SQRT_2PI * exp_fast(-0.5 * v * v);
+                            *d = g * (cdf + v * pdf);
+                        }
+                    },
+                )
+            },
+        );
+        Ok(Some(Tensor::from_vec(dx, x.shape(), &Device::Cpu)?))
+    }
+}
+
+/// Exact (erf) GELU, differentiable.
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    check_cpu_f32(x, "x")?;
+    Ok(x.contiguous()?.apply_op1(GeluOp)?)
+}
+
+struct AddBiasOp;
+
+impl CustomOp2 for AddBiasOp {
+    fn name(&self) -> &'static str {
+        "vista-add-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, b) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        let c = b.len().max(1);
+        let mut out = vec![0f32; x.len()];
+        let rows = rows_per_task(c);
+        out.par_chunks_mut(rows * c).zip(x.par_chunks(rows * c)).for_each(|(o, x)| {
+            with_simd(
+                #[inline(always)]
+                || {
+                    for (o, x) in o.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+                        for ((o, v), bi) in o.iter_mut().zip(x).zip(b) {
+                            *o = v + bi;
+                        }
+                    }
+                },
+            )
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let dyv = values(dy)?;
+        let c = b.elem_count().max(1);
+        let rows = rows_per_task(c).max(8);
+        let db = dyv
+            .par_chunks(rows * c)
+            .map(|chunk| {
+                let mut acc = vec![0f32; c];
+                with_simd(
+                    #[inline(always)]
+                    || {
+                        for row in chunk.chunks_exact(c) {
+                            for (a, v) in acc.iter_mut().zip(row) {
+                                *a += v;
+                            }
+                        }
+                    },
+                );
+                acc
+            })
+            .reduce(
+                || vec![0f32; c],
+                |mut a, b| {
+                    for (x, y) in a.iter_mut().zip(&b) {
+                        *x += y;
+                    }
+                    a
+                },
+            );
+        Ok((Some(dy.clone()), Some(Tensor::from_vec(db, b.shape(), &Device::Cpu)?)))
+    }
+}
+
+/// `x + b` with `b` broadcast over the last dimension, differentiable.
+///
+/// # Shapes
+/// `x: [..., C]`, `b: [C]` -> `[..., C]`
+pub fn add_bias(x: &Tensor, b: &Tensor) -> Result<Tensor> {
+    check_cpu_f32(x, "x")?;
+    let c = x.dim(candle_core::D::Minus1)?;
+    if b.dims() != [c] {
+        return Err(crate::Error::arg("b", format!("bias {:?} for rows of width {c}", b.dims())));
+    }
+    Ok(x.contiguous()?.apply_op2(&b.contiguous()?, AddBiasOp)?)
+}
