@@ -72,10 +72,10 @@ fn multi_crop_forward_equals_one_pass_per_crop() {
     };
     // Two globals at 32 px, three locals at 16 px: two backbone passes.
     let crops = vec![crop(1, 32), crop(2, 32), crop(3, 16), crop(4, 16), crop(5, 16)];
-    let all = multi_crop_forward(&model, &head, &crops).unwrap();
+    let all = multi_crop_forward(&model, &head, &crops, None).unwrap();
     assert_eq!(all.dims(), &[10, 24]);
     for (i, c) in crops.iter().enumerate() {
-        let one = multi_crop_forward(&model, &head, std::slice::from_ref(c)).unwrap();
+        let one = multi_crop_forward(&model, &head, std::slice::from_ref(c), None).unwrap();
         assert_close(&format!("crop {i}"), &all.narrow(0, 2 * i, 2).unwrap(), &one, 1e-5);
     }
 }

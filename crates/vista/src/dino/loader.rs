@@ -89,6 +89,16 @@ pub fn load(files: &DinoFiles, options: &LoadOptions) -> Result<Loaded> {
             }
         }
     }
+    // A backbone exported by `vista train dino` records its heads in the metadata.
+    if options.num_heads.is_none() && matches!(formats::detect(&files.weights), Ok(formats::Format::Safetensors)) {
+        let meta = formats::safetensors_metadata(&files.weights)?;
+        if let Some(h) = meta.get("num_heads") {
+            config.num_heads = h.parse().map_err(|_| Error::Config {
+                path: files.weights.clone(),
+                message: format!("metadata num_heads = {h:?} is not a number"),
+            })?;
+        }
+    }
     if let Some(h) = options.num_heads {
         config.num_heads = h;
     }

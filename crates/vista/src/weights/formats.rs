@@ -79,6 +79,27 @@ pub fn read_tensors(path: &Path, key: Option<&str>, device: &Device) -> Result<H
     }
 }
 
+/// The `__metadata__` map of a safetensors file (empty when it has none); reads the header only.
+pub fn safetensors_metadata(path: &Path) -> Result<HashMap<String, String>> {
+    let bad = |m: String| Error::Checkpoint { path: path.to_path_buf(), message: m };
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let size = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut len8 = [0u8; 8];
+    f.read_exact(&mut len8).map_err(|e| Error::io(path, e))?;
+    let header_len = u64::from_le_bytes(len8);
+    if header_len > 100_000_000 || 8 + header_len > size {
+        return Err(bad(format!("corrupt safetensors header length {header_len}")));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    f.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("corrupt safetensors header: {e}")))?;
+    Ok(header["__metadata__"]
+        .as_object()
+        .map(|m| m.iter().filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string()))).collect())
+        .unwrap_or_default())
+}
+
 /// Reads a safetensors file tensor by tensor with plain reads rather than a memory map: a mapped
 /// file's touched pages count in the process's resident memory alongside the copies we make, which
 /// doubled peak RSS; reading each tensor straight into its buffer keeps the peak at the model's size.

@@ -10,9 +10,11 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use candle_core::{Device, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, Var, D};
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 
-use super::head::gelu;
+use super::head::{gelu, trunc_normal, uniform01};
 use super::Param;
 use crate::dino::{DinoConfig, Ffn, PosInterpolation};
 use crate::nn::interpolate::{bicubic, Resample};
@@ -23,23 +25,14 @@ pub struct TrainVit {
     pub config: DinoConfig,
     params: Vec<Param>,
     index: HashMap<String, usize>,
+    /// Stochastic-depth rate of the last block (`drop_path_rate`); block `i` drops its residual
+    /// branches with probability `rate · i / (depth − 1)` (`torch.linspace(0, rate, depth)`).
+    drop_path_rate: f64,
     /// Position-resampling matrices by patch grid.
     resample: Mutex<HashMap<(usize, usize), Tensor>>,
 }
 
-fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
-    let mean = x.mean_keepdim(D::Minus1)?;
-    let centred = x.broadcast_sub(&mean)?;
-    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-    let normed = centred.broadcast_div(&(var + eps)?.sqrt()?)?;
-    Ok(normed.broadcast_mul(w)?.broadcast_add(b)?)
-}
-
-fn softmax(x: &Tensor) -> Result<Tensor> {
-    let z = x.broadcast_sub(&x.max_keepdim(D::Minus1)?.detach())?;
-    let e = z.exp()?;
-    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
-}
+use crate::train::ops::{add_bias, layer_norm, softmax_last as softmax};
 
 /// `x Wᵀ + b` over the last dimension of `x: [..., in]`, `w: [out, in]`.
 fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
@@ -47,7 +40,7 @@ fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let rows: usize = dims[..dims.len() - 1].iter().product();
     let y = x.reshape((rows, dims[dims.len() - 1]))?.matmul(&w.t()?)?;
     let y = match b {
-        Some(b) => y.broadcast_add(b)?,
+        Some(b) => add_bias(&y, b)?,
         None => y,
     };
     let mut out = dims;
@@ -67,7 +60,90 @@ impl TrainVit {
             params.push(Param::new(name, Var::from_tensor(&t.to_dtype(candle_core::DType::F32)?)?, true));
         }
         let index = params.iter().enumerate().map(|(i, p)| (p.name().to_string(), i)).collect();
-        Ok(Self { config, params, index, resample: Mutex::new(HashMap::new()) })
+        Ok(Self { config, params, index, drop_path_rate: 0.0, resample: Mutex::new(HashMap::new()) })
+    }
+
+    /// DINO's initialisation (`VisionTransformer.__init__`), f32, from a seeded ChaCha8 stream:
+    /// `pos_embed`, `cls_token` (and registers) and every linear weight `trunc_normal_(std=.02)`,
+    /// linear biases 0, LayerNorm weights 1 and biases 0 (`_init_weights`); the patch
+    /// convolution keeps `nn.Conv2d`'s default, kaiming-uniform with a = √5, i.e. weight and bias
+    /// `U(−1/√fan_in, 1/√fan_in)` with `fan_in = 3·p²`; layer-scale gammas 1.
+    pub fn init(config: DinoConfig, seed: u64) -> Result<Self> {
+        config.validate().map_err(|m| Error::arg("config", m))?;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let fan_in = 3 * config.patch_size * config.patch_size;
+        let bound = 1.0 / (fan_in as f64).sqrt();
+        let mut tensors = HashMap::new();
+        for (name, shape) in Self::param_shapes(&config) {
+            let numel: usize = shape.iter().product();
+            let data: Vec<f32> = if name.starts_with("patch_embed.") {
+                (0..numel).map(|_| (-bound + 2.0 * bound * uniform01(&mut rng)) as f32).collect()
+            } else if name.contains("norm") && name.ends_with(".weight") || name.ends_with(".gamma") {
+                vec![1.0; numel]
+            } else if name.ends_with(".bias") {
+                vec![0.0; numel]
+            } else {
+                (0..numel).map(|_| trunc_normal(&mut rng, 0.0, 0.02, -2.0, 2.0) as f32).collect()
+            };
+            tensors.insert(name, Tensor::from_vec(data, shape, &Device::Cpu)?);
+        }
+        Self::from_tensors(config, &tensors)
+    }
+
+    /// Sets the stochastic-depth rate (`drop_path_rate`; DINO's student uses 0.1, the teacher 0).
+    pub fn with_drop_path(mut self, rate: f64) -> Result<Self> {
+        if !(0.0..1.0).contains(&rate) {
+            return Err(Error::arg("drop_path", format!("rate {rate} is not in [0, 1)")));
+        }
+        self.drop_path_rate = rate;
+        Ok(self)
+    }
+
+    pub fn drop_path_rate(&self) -> f64 {
+        self.drop_path_rate
+    }
+
+    /// `requires_grad` of every parameter (false for the teacher).
+    pub fn set_requires_grad(&mut self, requires_grad: bool) {
+        for p in &mut self.params {
+            p.set_requires_grad(requires_grad);
+        }
+    }
+
+    /// Copies of the current values, in parameter order, official names.
+    pub fn state_dict(&self) -> Result<Vec<(String, Tensor)>> {
+        self.params.iter().map(|p| Ok((p.name().to_string(), p.snapshot()?))).collect()
+    }
+
+    /// Overwrites every parameter in place; names and shapes must match exactly.
+    pub fn load_state_dict<'a>(&self, tensors: impl IntoIterator<Item = (&'a str, &'a Tensor)>) -> Result<()> {
+        let tensors: HashMap<&str, &Tensor> = tensors.into_iter().collect();
+        if let Some(extra) = tensors.keys().find(|k| !self.index.contains_key(**k)) {
+            return Err(Error::arg("state_dict", format!("unexpected tensor `{extra}` for this backbone")));
+        }
+        for p in &self.params {
+            let t = tensors
+                .get(p.name())
+                .ok_or_else(|| Error::arg("state_dict", format!("missing tensor `{}`", p.name())))?;
+            let v = p.var();
+            if t.dims() != v.dims() {
+                return Err(Error::arg(
+                    "state_dict",
+                    format!("`{}` has shape {:?}, expected {:?}", p.name(), t.dims(), v.dims()),
+                ));
+            }
+            v.set(&t.to_dtype(DType::F32)?.copy()?)?;
+        }
+        Ok(())
+    }
+
+    /// DINO's `drop_path` for one block: a per-sample `[B, 1, 1]` factor, 0 with probability
+    /// `p` and `1 / (1 − p)` otherwise (`floor(keep_prob + U[0, 1))` / keep_prob).
+    fn drop_path_mask(b: usize, p: f64, rng: &mut ChaCha8Rng) -> Result<Tensor> {
+        let keep = 1.0 - p;
+        let v: Vec<f32> =
+            (0..b).map(|_| if (keep + uniform01(rng)).floor() >= 1.0 { (1.0 / keep) as f32 } else { 0.0 }).collect();
+        Ok(Tensor::from_vec(v, (b, 1, 1), &Device::Cpu)?)
     }
 
     /// Every parameter's canonical name and shape, in a fixed order.
@@ -167,6 +243,13 @@ impl TrainVit {
     /// # Shapes
     /// `pixels: [B, H, W, 3]` channels-last, normalised; H and W multiples of the patch size.
     pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        self.forward_train(pixels, None)
+    }
+
+    /// [`forward`](Self::forward) in training mode: with `drop_path` a random stream, each
+    /// block's residual branches are dropped per sample at the block's stochastic-depth rate
+    /// (one mask for the attention branch, another for the MLP branch, as two `DropPath` calls).
+    pub fn forward_train(&self, pixels: &Tensor, mut drop_path: Option<&mut ChaCha8Rng>) -> Result<Tensor> {
         let cfg = &self.config;
         let (b, ph, pw, _) = pixels.dims4()?;
         let (p, c) = (cfg.patch_size, cfg.embed_dim);
@@ -212,6 +295,10 @@ impl TrainVit {
             if cfg.layer_scale {
                 a = a.broadcast_mul(&q("ls1.gamma")?)?;
             }
+            let rate = if cfg.depth > 1 { self.drop_path_rate * i as f64 / (cfg.depth - 1) as f64 } else { 0.0 };
+            if let (Some(rng), true) = (drop_path.as_deref_mut(), rate > 0.0) {
+                a = a.broadcast_mul(&Self::drop_path_mask(b, rate, rng)?)?;
+            }
             x = (x + a)?;
             let h = layer_norm(&x, &q("norm2.weight")?, &q("norm2.bias")?, eps)?;
             let mut f = match cfg.ffn {
@@ -229,6 +316,9 @@ impl TrainVit {
             };
             if cfg.layer_scale {
                 f = f.broadcast_mul(&q("ls2.gamma")?)?;
+            }
+            if let (Some(rng), true) = (drop_path.as_deref_mut(), rate > 0.0) {
+                f = f.broadcast_mul(&Self::drop_path_mask(b, rate, rng)?)?;
             }
             x = (x + f)?;
         }

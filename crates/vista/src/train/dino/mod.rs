@@ -38,11 +38,13 @@
 //! `tools/reference/gen_dino_loss.py`).
 
 pub mod backbone;
+pub mod data;
 pub mod ema;
 pub mod head;
 pub mod loss;
 pub mod multicrop;
 pub mod optim;
+pub mod trainer;
 
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
@@ -55,6 +57,7 @@ pub use multicrop::multi_crop_forward;
 pub use optim::{
     cancel_gradients_last_layer, clip_gradients, get_params_groups, AdamW, AdamWConfig, OptimGroup, ParamGroup,
 };
+pub use trainer::{run, CollapseMonitor, DinoTrainConfig, DinoTrainer, Event, RunOptions, StepMetrics};
 
 /// A named trainable tensor: a candle [`Var`] (gradients are tracked through it) and PyTorch's
 /// `requires_grad` flag. When `requires_grad` is false the owning module reads the variable

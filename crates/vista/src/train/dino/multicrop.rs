@@ -3,16 +3,23 @@
 //! CLS outputs are concatenated in crop order, and the head runs once on all of them.
 
 use candle_core::Tensor;
+use rand_chacha::ChaCha8Rng;
 
 use super::backbone::TrainVit;
 use super::head::DinoHead;
 use crate::{Error, Result};
 
-/// Student or teacher forward over a list of crops, each `[B, H, W, 3]`.
+/// Student or teacher forward over a list of crops, each `[B, H, W, 3]`; with `drop_path` a
+/// random stream, the backbone runs in training mode (stochastic depth, the student's).
 ///
 /// Returns the head's output `[ncrops · B, out_dim]`, rows grouped by crop as the reference
 /// (`torch.cat` of per-resolution chunks, then the head).
-pub fn multi_crop_forward(backbone: &TrainVit, head: &DinoHead, crops: &[Tensor]) -> Result<Tensor> {
+pub fn multi_crop_forward(
+    backbone: &TrainVit,
+    head: &DinoHead,
+    crops: &[Tensor],
+    mut drop_path: Option<&mut ChaCha8Rng>,
+) -> Result<Tensor> {
     if crops.is_empty() {
         return Err(Error::arg("crops", "no crops"));
     }
@@ -27,7 +34,7 @@ pub fn multi_crop_forward(backbone: &TrainVit, head: &DinoHead, crops: &[Tensor]
             end += 1;
         }
         let batch = Tensor::cat(&crops[start..end], 0)?;
-        let tokens = backbone.forward(&batch)?;
+        let tokens = backbone.forward_train(&batch, drop_path.as_deref_mut())?;
         outputs.push(tokens.narrow(1, 0, 1)?.squeeze(1)?);
         start = end;
     }
