@@ -39,6 +39,15 @@ enum Command {
     Knn(cmd::dino::KnnArgs),
     /// Linear-probe accuracy of DINO features on a labelled image set.
     LinearProbe(cmd::dino::LinearProbeArgs),
+    /// Train a model.
+    #[command(subcommand)]
+    Train(TrainCommand),
+}
+
+#[derive(Subcommand)]
+enum TrainCommand {
+    /// Self-supervised DINO training of a ViT on unlabelled images (main_dino.py's recipe).
+    Dino(Box<cmd::train::DinoArgs>),
 }
 
 #[derive(Subcommand)]
@@ -65,6 +74,7 @@ fn main() -> ExitCode {
         Command::Attention(a) => cmd::dino::attention(a),
         Command::Knn(a) => cmd::dino::knn(a),
         Command::LinearProbe(a) => cmd::dino::linear_probe(a),
+        Command::Train(TrainCommand::Dino(a)) => cmd::train::dino(*a),
     };
     match result {
         Ok(code) => code,

@@ -374,7 +374,7 @@ pub struct DatasetArgs {
     pub no_cache: bool,
 }
 
-fn is_idx_dir(dir: &Path, split: Split) -> bool {
+pub(crate) fn is_idx_dir(dir: &Path, split: Split) -> bool {
     let Ok(entries) = std::fs::read_dir(dir) else { return false };
     entries.filter_map(|e| e.ok()).any(|e| {
         let n = e.file_name().to_string_lossy().to_string();
@@ -382,7 +382,7 @@ fn is_idx_dir(dir: &Path, split: Split) -> bool {
     })
 }
 
-fn load_set(path: &Path, split: Split, limit: Option<usize>) -> Result<LabelledSet> {
+pub(crate) fn load_set(path: &Path, split: Split, limit: Option<usize>) -> Result<LabelledSet> {
     let what = || format!("reading data set {}", path.display());
     if path.is_file() {
         let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
