@@ -56,7 +56,8 @@ def vista_epochs(run_dir: pathlib.Path):
     rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if l.strip()]
     steps = [r for r in rows if "loss" in r]
     knn = [r["knn_top1"] for r in rows if "knn_top1" in r]
-    return steps, (knn[-1] if knn else None)
+    init = [r["knn_top1_init"] for r in rows if "knn_top1_init" in r]
+    return steps, (knn[-1] if knn else None), (init[0] if init else None)
 
 
 def main() -> None:
@@ -88,7 +89,7 @@ def main() -> None:
         code, _, vista_rss = peak_rss_mb(cmd, env=env, log=args.out_dir / "vista.log")
         if code != 0:
             sys.exit(f"vista failed ({code}); see {args.out_dir / 'vista.log'}")
-    steps, vista_knn = vista_epochs(vdir)
+    steps, vista_knn, vista_init = vista_epochs(vdir)
 
     if args.torch_json:
         tj = json.loads(args.torch_json.read_text())
@@ -117,7 +118,8 @@ def main() -> None:
     k = tj.get("knn", {})
     if vista_knn is not None and k:
         lines.append(f"| k-NN top-1 (k = 20) after {args.epochs} epochs, % | {vista_knn:.2f} | {k.get('trained_teacher', float('nan')):.2f} |")
-        lines.append(f"| random-init backbone, % | | {k.get('random_init', float('nan')):.2f} |")
+        vi = f"{vista_init:.2f}" if vista_init is not None else ""
+        lines.append(f"| random-init backbone (each its own seeded init), % | {vi} | {k.get('random_init', float('nan')):.2f} |")
         lines.append(f"| raw pixels, % | {k.get('raw_pixels', float('nan')):.2f} | |")
     lines.append(END)
     block = "\n".join(lines) + "\n"

@@ -122,3 +122,76 @@ fn train_dino_names_a_bad_argument() {
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(err.contains("global_size") && err.contains("16-pixel patch"), "{err}");
 }
+
+fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut v: Vec<(String, Vec<u8>)> = st.tensors().into_iter().map(|(n, t)| (n, t.data().to_vec())).collect();
+    v.sort();
+    v
+}
+
+/// `kill -9` in the middle of an epoch, then the same command again: the run goes on from the
+/// last step saved and ends with exactly the tensors of a run that was never interrupted.
+#[test]
+fn train_dino_killed_midway_resumes_to_the_same_bits() {
+    let dir = tmpdir("train-dino-kill");
+    let imgs = dir.join("imgs");
+    std::fs::create_dir_all(&imgs).unwrap();
+    for i in 0..48u32 {
+        RgbImage::from_fn(36, 36, |x, y| Rgb([(x * 5 + i * 9) as u8, (y * 7 + i) as u8, (i * 5) as u8]))
+            .save(imgs.join(format!("img{i:02}.png")))
+            .unwrap();
+    }
+    let args = |out: &Path| -> Vec<String> {
+        let mut a: Vec<String> = train_args(s(&imgs), s(out), "9").into_iter().map(String::from).collect();
+        let e = a.iter().position(|x| x == "--epochs").unwrap();
+        a[e + 1] = "3".into();
+        a.extend(["--save-every-steps", "1"].map(String::from));
+        a
+    };
+    let straight = dir.join("straight");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_vista")).args(args(&straight)).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let killed = dir.join("killed");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vista"))
+        .args(args(&killed))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until some steps of the second epoch are saved, then kill -9.
+    let state = killed.join("checkpoint.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let mut was_killed = false;
+    loop {
+        let it = std::fs::read_to_string(&state)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["iteration"].as_u64())
+            .unwrap_or(0);
+        if it >= 8 {
+            was_killed = child.kill().is_ok() && child.wait().map(|s| !s.success()).unwrap_or(false);
+            break;
+        }
+        if child.try_wait().unwrap().is_some() || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let _ = child.wait();
+    eprintln!("killed midway: {was_killed}");
+    assert!(was_killed, "the run ended before it could be killed midway");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_vista")).args(args(&killed)).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (a, b) = (tensors(&straight.join("checkpoint.safetensors")), tensors(&killed.join("checkpoint.safetensors")));
+    assert_eq!(a.len(), b.len());
+    for ((na, da), (nb, db)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        assert!(da == db, "`{na}` differs after the kill and resume");
+    }
+    let steps = |p: &Path| {
+        std::fs::read_to_string(p.join("metrics.jsonl")).unwrap().lines().filter(|l| l.contains("\"loss\"")).count()
+    };
+    assert_eq!(steps(&killed), steps(&straight), "one metrics line per step, none lost or doubled");
+}

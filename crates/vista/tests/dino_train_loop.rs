@@ -40,6 +40,7 @@ fn options(output: &Path) -> RunOptions {
         prefetch: 2,
         decode: Default::default(),
         save_every: 0,
+        save_every_steps: 0,
         knn: None,
         max_epochs: None,
     }

@@ -118,6 +118,9 @@ pub struct DinoArgs {
     /// Keep a numbered checkpoint every N epochs (0: only the latest).
     #[arg(long, default_value_t = 0)]
     pub save_every: usize,
+    /// Also save the checkpoint every N steps within an epoch (0: at epoch ends only).
+    #[arg(long, default_value_t = 0)]
+    pub save_every_steps: usize,
     /// Stop after N epochs in this call (the schedule still spans --epochs; run again to go on).
     #[arg(long)]
     pub max_epochs: Option<usize>,
@@ -225,6 +228,7 @@ pub fn dino(args: DinoArgs) -> Result<ExitCode> {
         prefetch: 2 * args.workers.max(1),
         decode,
         save_every: args.save_every,
+        save_every_steps: args.save_every_steps,
         knn: knn.map(|(tr, te)| (tr, te, args.knn_k, args.knn_every)),
         max_epochs: args.max_epochs,
     };
@@ -243,8 +247,10 @@ pub fn dino(args: DinoArgs) -> Result<ExitCode> {
     let mut skipped = 0usize;
     let mut bar: Option<indicatif::ProgressBar> = None;
     let result = run(config, items, &options, |event| match event {
-        Event::EpochStart { epoch, batches } => {
-            bar = Some(crate::progress::bar(batches, &format!("epoch {epoch}")));
+        Event::EpochStart { epoch, first, batches } => {
+            let b = crate::progress::bar(batches, &format!("epoch {epoch}"));
+            b.set_position(first as u64);
+            bar = Some(b);
         }
         Event::Step(m) => {
             if let Some(b) = &bar {
@@ -267,6 +273,7 @@ pub fn dino(args: DinoArgs) -> Result<ExitCode> {
             eprintln!("epoch {epoch}: {seconds:.1} s, mean loss {mean_loss:.4}{knn}");
         }
         Event::Saved(_) => {}
+        Event::InitialKnn(a) => eprintln!("k-NN top-1 at initialisation: {a:.2} %"),
     });
     if let Some(b) = bar.take() {
         b.finish_and_clear();

@@ -32,7 +32,7 @@ pub struct TrainVit {
     resample: Mutex<HashMap<(usize, usize), Tensor>>,
 }
 
-use crate::train::ops::{add_bias, layer_norm, softmax_last as softmax};
+use crate::train::ops::{add_bias, layer_norm, softmax_last};
 
 /// `x Wᵀ + b` over the last dimension of `x: [..., in]`, `w: [out, in]`.
 fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
@@ -282,14 +282,13 @@ impl TrainVit {
         let eps = cfg.layer_norm_eps;
         for i in 0..cfg.depth {
             let q = |n: &str| self.p(&format!("blocks.{i}.{n}"));
-            let n = x.dim(1)?;
             let h = layer_norm(&x, &q("norm1.weight")?, &q("norm1.bias")?, eps)?;
             let qkv_b = if cfg.qkv_bias { Some(q("attn.qkv.bias")?) } else { None };
-            let qkv = linear(&h, &q("attn.qkv.weight")?, qkv_b.as_ref())?
-                .reshape((b, n, 3, heads, d))?
-                .permute((2, 0, 3, 1, 4))?;
-            let (qq, kk, vv) = (qkv.get(0)?.contiguous()?, qkv.get(1)?.contiguous()?, qkv.get(2)?.contiguous()?);
-            let attn = softmax(&(qq.matmul(&kk.t()?)? * scale)?)?;
+            let qkv = linear(&h, &q("attn.qkv.weight")?, qkv_b.as_ref())?;
+            let n = x.dim(1)?;
+            let t = qkv.reshape((b, n, 3, heads, d))?.permute((2, 0, 3, 1, 4))?;
+            let (qq, kk, vv) = (t.get(0)?.contiguous()?, t.get(1)?.contiguous()?, t.get(2)?.contiguous()?);
+            let attn = softmax_last(&(qq.matmul(&kk.t()?)? * scale)?)?;
             let a = attn.matmul(&vv)?.transpose(1, 2)?.reshape((b, n, c))?;
             let mut a = linear(&a, &q("attn.proj.weight")?, Some(&q("attn.proj.bias")?))?;
             if cfg.layer_scale {

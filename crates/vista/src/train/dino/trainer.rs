@@ -660,9 +660,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// What a run reports as it goes.
 pub enum Event<'a> {
-    /// An epoch starts (`resumed_at`: the first batch, 0 unless resuming).
+    /// An epoch starts at batch `first` (0 unless resuming midway) of `batches`.
     EpochStart {
         epoch: usize,
+        first: usize,
         batches: usize,
     },
     Step(&'a StepMetrics),
@@ -676,6 +677,8 @@ pub enum Event<'a> {
         mean_loss: f64,
         knn_top1: Option<f64>,
     },
+    /// The k-NN top-1 of the teacher at initialisation (a fresh run with k-NN evaluation).
+    InitialKnn(f64),
     Saved(&'a Path),
 }
 
@@ -689,6 +692,9 @@ pub struct RunOptions {
     pub decode: DecodeOptions,
     /// Keep a numbered copy of the checkpoint every this many epochs (0: never).
     pub save_every: usize,
+    /// Also write the checkpoint every this many steps within an epoch (0: only at epoch ends),
+    /// so a long epoch interrupted midway resumes from its last saved step.
+    pub save_every_steps: usize,
     /// k-NN evaluation of the teacher: `(train, test, k, every)`, after every `every` epochs
     /// and after the last.
     pub knn: Option<(LabelledSet, LabelledSet, usize, usize)>,
@@ -755,14 +761,23 @@ pub fn run(
         Some(m) => (trainer.epoch + m).min(trainer.config.epochs),
         None => trainer.config.epochs,
     };
+    if let (Some((train, test, k, _)), 0) = (&options.knn, trainer.iteration) {
+        let acc = knn_top1(&trainer.teacher_pipeline()?, train, test, *k, knn::DEFAULT_TEMPERATURE)?;
+        let line = serde_json::json!({"knn_k": k, "knn_top1_init": acc}).to_string();
+        writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
+        on_event(Event::InitialKnn(acc));
+    }
     while trainer.epoch < last {
         let epoch = trainer.epoch;
         let start = Instant::now();
-        let batches = EpochBatches::new(items.clone(), aug.clone(), &loader, epoch, 0);
-        on_event(Event::EpochStart { epoch, batches: batches.len() });
+        // Resuming from a checkpoint written within this epoch: its first batches are done.
+        let first = trainer.iteration.saturating_sub(epoch * trainer.niter_per_ep).min(trainer.niter_per_ep);
+        let batches = EpochBatches::new(items.clone(), aug.clone(), &loader, epoch, first);
+        on_event(Event::EpochStart { epoch, first, batches: batches.len() });
         let (mut loss_sum, mut steps) = (0.0, 0usize);
-        for (it, batch) in batches.enumerate() {
+        for batch in batches {
             let batch = batch?;
+            let it = batch.index;
             if !batch.failed.is_empty() {
                 on_event(Event::Skipped(&batch.failed));
             }
@@ -788,6 +803,12 @@ pub fn run(
                 let line = serde_json::json!({"warning": w, "iteration": m.iteration}).to_string();
                 writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
                 on_event(Event::Collapse(&w));
+            }
+            let every = options.save_every_steps;
+            if every > 0 && (it + 1) % every == 0 && it + 1 < trainer.niter_per_ep {
+                metrics.flush().map_err(|e| Error::io(&metrics_path, e))?;
+                trainer.save(&ckpt)?;
+                on_event(Event::Saved(&ckpt));
             }
         }
         let seconds = start.elapsed().as_secs_f64();
