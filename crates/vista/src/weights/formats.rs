@@ -79,32 +79,8 @@ pub fn read_tensors(path: &Path, key: Option<&str>, device: &Device) -> Result<H
     }
 }
 
-/// The `__metadata__` map of a safetensors file (empty when it has none); reads the header only.
-pub fn safetensors_metadata(path: &Path) -> Result<HashMap<String, String>> {
-    let bad = |m: String| Error::Checkpoint { path: path.to_path_buf(), message: m };
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let size = f.metadata().map_err(|e| Error::io(path, e))?.len();
-    let mut len8 = [0u8; 8];
-    f.read_exact(&mut len8).map_err(|e| Error::io(path, e))?;
-    let header_len = u64::from_le_bytes(len8);
-    if header_len > 100_000_000 || 8 + header_len > size {
-        return Err(bad(format!("corrupt safetensors header length {header_len}")));
-    }
-    let mut header = vec![0u8; header_len as usize];
-    f.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
-    let header: serde_json::Value =
-        serde_json::from_slice(&header).map_err(|e| bad(format!("corrupt safetensors header: {e}")))?;
-    Ok(header["__metadata__"]
-        .as_object()
-        .map(|m| m.iter().filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string()))).collect())
-        .unwrap_or_default())
-}
-
-/// Reads a safetensors file tensor by tensor with plain reads rather than a memory map: a mapped
-/// file's touched pages count in the process's resident memory alongside the copies we make, which
-/// doubled peak RSS; reading each tensor straight into its buffer keeps the peak at the model's size.
-fn read_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
-    use std::io::{Seek, SeekFrom};
+/// Opens a safetensors file and reads its JSON header: `(file, header, data start, file size)`.
+fn open_safetensors(path: &Path) -> Result<(std::fs::File, serde_json::Map<String, serde_json::Value>, u64, u64)> {
     let bad = |m: String| Error::Checkpoint { path: path.to_path_buf(), message: m };
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let size = f.metadata().map_err(|e| Error::io(path, e))?.len();
@@ -118,7 +94,26 @@ fn read_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, Tens
     f.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
     let header: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(&header).map_err(|e| bad(format!("corrupt safetensors header: {e}")))?;
-    let data_start = 8 + header_len;
+    Ok((f, header, 8 + header_len, size))
+}
+
+/// The `__metadata__` map of a safetensors file (empty when it has none); reads the header only.
+pub fn safetensors_metadata(path: &Path) -> Result<HashMap<String, String>> {
+    let (_, header, _, _) = open_safetensors(path)?;
+    Ok(header
+        .get("__metadata__")
+        .and_then(|m| m.as_object())
+        .map(|m| m.iter().filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string()))).collect())
+        .unwrap_or_default())
+}
+
+/// Reads a safetensors file tensor by tensor with plain reads rather than a memory map: a mapped
+/// file's touched pages count in the process's resident memory alongside the copies we make, which
+/// doubled peak RSS; reading each tensor straight into its buffer keeps the peak at the model's size.
+fn read_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    use std::io::{Seek, SeekFrom};
+    let bad = |m: String| Error::Checkpoint { path: path.to_path_buf(), message: m };
+    let (mut f, header, data_start, size) = open_safetensors(path)?;
     let mut out = HashMap::with_capacity(header.len());
     for (name, info) in header {
         if name == "__metadata__" {

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{Device, Tensor, Var, D};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -117,24 +117,7 @@ impl TrainVit {
 
     /// Overwrites every parameter in place; names and shapes must match exactly.
     pub fn load_state_dict<'a>(&self, tensors: impl IntoIterator<Item = (&'a str, &'a Tensor)>) -> Result<()> {
-        let tensors: HashMap<&str, &Tensor> = tensors.into_iter().collect();
-        if let Some(extra) = tensors.keys().find(|k| !self.index.contains_key(**k)) {
-            return Err(Error::arg("state_dict", format!("unexpected tensor `{extra}` for this backbone")));
-        }
-        for p in &self.params {
-            let t = tensors
-                .get(p.name())
-                .ok_or_else(|| Error::arg("state_dict", format!("missing tensor `{}`", p.name())))?;
-            let v = p.var();
-            if t.dims() != v.dims() {
-                return Err(Error::arg(
-                    "state_dict",
-                    format!("`{}` has shape {:?}, expected {:?}", p.name(), t.dims(), v.dims()),
-                ));
-            }
-            v.set(&t.to_dtype(DType::F32)?.copy()?)?;
-        }
-        Ok(())
+        super::load_params(&self.params, tensors, "this backbone")
     }
 
     /// DINO's `drop_path` for one block: a per-sample `[B, 1, 1]` factor, 0 with probability

@@ -194,24 +194,7 @@ impl DinoHead {
     /// Overwrites every parameter in place (`load_state_dict(strict=True)`): `main_dino.py`
     /// initialises the teacher so, from the student's state dict.
     pub fn load_state_dict<'a>(&self, tensors: impl IntoIterator<Item = (&'a str, &'a Tensor)>) -> Result<()> {
-        let tensors: HashMap<&str, &Tensor> = tensors.into_iter().collect();
-        if let Some(extra) = tensors.keys().find(|k| self.param(k).is_none()) {
-            return Err(Error::arg("state_dict", format!("unexpected tensor `{extra}` for a DINO head")));
-        }
-        for p in &self.params {
-            let t = tensors
-                .get(p.name())
-                .ok_or_else(|| Error::arg("state_dict", format!("missing tensor `{}`", p.name())))?;
-            let v = p.var();
-            if t.dims() != v.dims() {
-                return Err(Error::arg(
-                    "state_dict",
-                    format!("`{}` has shape {:?}, expected {:?}", p.name(), t.dims(), v.dims()),
-                ));
-            }
-            v.set(&t.to_dtype(v.dtype())?.to_device(v.device())?.copy()?)?;
-        }
-        Ok(())
+        super::load_params(&self.params, tensors, "a DINO head")
     }
 
     /// The effective last-layer weight `g · v / ‖v‖` (`[out_dim, bottleneck_dim]`).

@@ -109,6 +109,34 @@ impl Param {
     }
 }
 
+/// Overwrites every parameter of `params` in place from `tensors` (`load_state_dict(strict=True)`):
+/// an extra, missing or misshapen tensor is an error naming it (and both shapes); values are
+/// converted to each parameter's dtype and device.
+pub(crate) fn load_params<'a>(
+    params: &[Param],
+    tensors: impl IntoIterator<Item = (&'a str, &'a Tensor)>,
+    what: &str,
+) -> crate::Result<()> {
+    use crate::Error;
+    let tensors: std::collections::HashMap<&str, &Tensor> = tensors.into_iter().collect();
+    if let Some(extra) = tensors.keys().find(|k| !params.iter().any(|p| p.name() == **k)) {
+        return Err(Error::arg("state_dict", format!("unexpected tensor `{extra}` for {what}")));
+    }
+    for p in params {
+        let t =
+            tensors.get(p.name()).ok_or_else(|| Error::arg("state_dict", format!("missing tensor `{}`", p.name())))?;
+        let v = p.var();
+        if t.dims() != v.dims() {
+            return Err(Error::arg(
+                "state_dict",
+                format!("`{}` has shape {:?}, expected {:?}", p.name(), t.dims(), v.dims()),
+            ));
+        }
+        v.set(&t.to_dtype(v.dtype())?.to_device(v.device())?.copy()?)?;
+    }
+    Ok(())
+}
+
 /// The gradients of named parameters, in parameter order; a parameter without gradient is
 /// absent (PyTorch's `p.grad is None`).
 #[derive(Debug, Clone, Default)]
