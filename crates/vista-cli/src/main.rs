@@ -1,5 +1,6 @@
 //! `vista`: CLIP, DINO and SAM on your own machine. Parse → resolve → call the library.
 
+mod args;
 mod cmd;
 mod progress;
 
@@ -32,13 +33,13 @@ enum Command {
     #[command(subcommand)]
     Sam(SamCommand),
     /// DINO / DINOv2 CLS and patch features of images (.npy, .safetensors or JSON lines).
-    Features(cmd::dino::FeaturesArgs),
+    Features(cmd::features::Args),
     /// Draw a DINO model's last-layer CLS attention, one panel per head, as a PNG.
-    Attention(cmd::dino::AttentionArgs),
+    Attention(cmd::attention::Args),
     /// Weighted k-NN accuracy of DINO features on a labelled image set (as DINO's eval_knn.py).
-    Knn(cmd::dino::KnnArgs),
+    Knn(cmd::knn::Args),
     /// Linear-probe accuracy of DINO features on a labelled image set.
-    LinearProbe(cmd::dino::LinearProbeArgs),
+    LinearProbe(cmd::linear_probe::Args),
     /// Train a model.
     #[command(subcommand)]
     Train(TrainCommand),
@@ -47,21 +48,38 @@ enum Command {
 #[derive(Subcommand)]
 enum TrainCommand {
     /// Self-supervised DINO training of a ViT on unlabelled images (main_dino.py's recipe).
-    Dino(Box<cmd::train::DinoArgs>),
+    Dino(Box<cmd::train_dino::Args>),
 }
 
 #[derive(Subcommand)]
 enum SamCommand {
     /// Pre-encode images (fills the embedding cache, so later prompts are instant).
-    Encode(cmd::segment::EncodeArgs),
+    Encode(cmd::sam_encode::Args),
 }
 
 /// Exit codes: 0 all done, 1 failed, 2 finished but some inputs were skipped.
 pub const EXIT_SKIPPED: u8 = 2;
 
+/// `vista search "red saree" -kurta`: a negative term looks like an option to any argument parser.
+/// Before parsing, every `-word` argument of `search` that is not one of its short flags or a
+/// number is turned into `--term=-word`.
+fn rewrite_negative_terms(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    if args.get(1).map(|a| a != "search").unwrap_or(true) {
+        return args;
+    }
+    args.into_iter()
+        .map(|a| match a.to_str() {
+            Some(s) if s.len() > 2 && s.starts_with('-') && !s.starts_with("--") && s.parse::<f64>().is_err() => {
+                format!("--term={s}").into()
+            }
+            _ => a,
+        })
+        .collect()
+}
+
 fn main() -> ExitCode {
     vista::device::init_process();
-    let cli = Cli::parse_from(cmd::search::rewrite_negative_terms(std::env::args_os().collect()));
+    let cli = Cli::parse_from(rewrite_negative_terms(std::env::args_os().collect()));
     let result = match cli.command {
         Command::Embed(a) => cmd::embed::run(a),
         Command::Classify(a) => cmd::classify::run(a),
@@ -69,12 +87,12 @@ fn main() -> ExitCode {
         Command::Search(a) => cmd::search::run(a),
         Command::Dupes(a) => cmd::dupes::run(a),
         Command::Segment(a) => cmd::segment::run(a),
-        Command::Sam(SamCommand::Encode(a)) => cmd::segment::encode(a),
-        Command::Features(a) => cmd::dino::features(a),
-        Command::Attention(a) => cmd::dino::attention(a),
-        Command::Knn(a) => cmd::dino::knn(a),
-        Command::LinearProbe(a) => cmd::dino::linear_probe(a),
-        Command::Train(TrainCommand::Dino(a)) => cmd::train::dino(*a),
+        Command::Sam(SamCommand::Encode(a)) => cmd::sam_encode::run(a),
+        Command::Features(a) => cmd::features::run(a),
+        Command::Attention(a) => cmd::attention::run(a),
+        Command::Knn(a) => cmd::knn::run(a),
+        Command::LinearProbe(a) => cmd::linear_probe::run(a),
+        Command::Train(TrainCommand::Dino(a)) => cmd::train_dino::run_dino(*a),
     };
     match result {
         Ok(code) => code,

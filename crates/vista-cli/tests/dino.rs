@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use common::{fixtures, tmpdir, vista};
-use vista::apps::npy;
+use vista::data::npy;
 use vista::image::{Rgb, RgbImage};
 
 /// DINO ViT, 2 heads (not in the file: `--num-heads 2`), patch 8, width 32.

@@ -170,7 +170,7 @@ fn search_results_equal_a_brute_force_reference_and_dupes_find_copies() {
     assert_eq!(got.len(), 5);
 
     // Reference: the same query computed here, scored against every stored vector by hand.
-    let p = vista::apps::ClipPipeline::load(&model(), None, &candle_core::Device::Cpu).unwrap();
+    let p = vista::clip::ClipPipeline::load(&model(), None, &candle_core::Device::Cpu).unwrap();
     use vista::apps::query::{embed, parse_image, parse_text};
     let terms = vec![
         parse_text("a red saree").unwrap(),

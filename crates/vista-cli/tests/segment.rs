@@ -62,8 +62,8 @@ fn segment_writes_every_format_and_the_rle_decodes_to_the_png() {
     let anns = coco["annotations"].as_array().unwrap();
     assert_eq!(anns.len(), 6);
     for (m, ann) in masks.iter().zip(anns) {
-        let png = vista::apps::masks::Mask::from_png(m["png"].as_str().unwrap()).unwrap();
-        let rle = vista::apps::masks::Rle::from_json(&ann["segmentation"]).unwrap();
+        let png = vista::apps::segment::Mask::from_png(m["png"].as_str().unwrap()).unwrap();
+        let rle = vista::apps::segment::Rle::from_json(&ann["segmentation"]).unwrap();
         assert_eq!(rle.decode(), png, "RLE and PNG of mask {m}");
         assert_eq!(ann["area"].as_u64().unwrap(), png.area());
         assert!(m["score"].is_f64());
@@ -118,7 +118,11 @@ fn segment_errors_name_the_argument() {
     let o = run(&["--point", "60,5"]);
     assert!(!o.status.success() && stderr(&o).contains("outside the 50x37 image"), "{}", stderr(&o));
     let o = run(&["--box", "1,2,3"]);
-    assert!(!o.status.success() && stderr(&o).contains("--box `1,2,3`: expected 4"), "{}", stderr(&o));
+    assert!(
+        !o.status.success() && stderr(&o).contains("'1,2,3' for '--box") && stderr(&o).contains("expected 4"),
+        "{}",
+        stderr(&o)
+    );
     let o = run(&["--point", "1,2,maybe"]);
     assert!(!o.status.success() && stderr(&o).contains("maybe"), "{}", stderr(&o));
     let o = run(&[]);

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 
 use common::{tmpdir, vista};
-use vista::apps::npy;
+use vista::data::npy;
 use vista::image::{Rgb, RgbImage};
 
 fn s(p: &Path) -> &str {

@@ -40,7 +40,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use image::codecs::png::{CompressionType, FilterType, PngEncoder};
 use image::{ImageEncoder, Rgb, RgbImage};
-use vista::apps::dataset::{LabelledSet, Split, DEBIAN_FASHION_MNIST_DIR};
+use vista::data::dataset::{LabelledSet, Split, DEBIAN_FASHION_MNIST_DIR};
 use vista::image::augment::{sample_rng, DataAugmentationDino, DinoAugmentConfig, JitterOp, ViewParams};
 use vista::image::{load_rgb, resize_exact, DecodeOptions, Filter};
 

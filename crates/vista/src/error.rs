@@ -46,6 +46,19 @@ pub enum Error {
     #[error("tokenizer: {0}")]
     Tokenizer(String),
 
+    #[error(
+        "the loss is {loss} at epoch {epoch}, iteration {iteration}: training stopped (lower the learning \
+         rate or raise --clip-grad){}",
+        kept.as_ref().map(|p| format!("; the last good checkpoint is kept: {}", p.display())).unwrap_or_default()
+    )]
+    NonFiniteLoss { loss: f64, epoch: usize, iteration: usize, kept: Option<PathBuf> },
+
+    #[error("data loading: {0}")]
+    DataWorker(String),
+
+    #[error("{item}: the batch holding it failed in the model: {message}")]
+    BatchFailed { item: String, message: String },
+
     #[error("invalid argument `{name}`: {message}")]
     InvalidArgument { name: String, message: String },
 

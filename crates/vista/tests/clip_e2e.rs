@@ -6,7 +6,8 @@ mod common;
 
 use candle_core::{DType, Device};
 use common::*;
-use vista::apps::{ClipPipeline, Templates, ZeroShotClassifier};
+use vista::apps::{Templates, ZeroShotClassifier};
+use vista::clip::ClipPipeline;
 use vista::image;
 
 fn strings(v: &serde_json::Value) -> Vec<String> {

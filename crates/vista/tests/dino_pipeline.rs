@@ -9,12 +9,15 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use common::{fixtures, load_golden};
-use vista::apps::dataset::LabelledSet;
-use vista::apps::dino_pipeline::{
-    panel_grid, render_attention, save_features_safetensors, threshold_attention, DinoPipeline, DinoPreprocess,
-    RenderOptions, Upsample, FEATURES_FORMAT,
+use vista::apps::attention::{
+    panel_grid, render_attention, threshold_attention, threshold_masks, RenderOptions, Upsample,
 };
+use vista::apps::features::save_features_safetensors;
+use vista::data::dataset::LabelledSet;
+use vista::dino::pipeline::FEATURES_FORMAT;
 use vista::dino::LoadOptions;
+use vista::dino::{DinoPipeline, DinoPreprocess};
+use vista::eval::{dataset_features, FeatureCache};
 use vista::image::{load_rgb, DecodeOptions, Rgb, RgbImage};
 
 /// DINOv2 with 4 registers, SwiGLU, 4 heads, patch 7 (transformers format with config.json).
@@ -182,7 +185,7 @@ fn attention_maps_are_the_cls_row_over_patches_and_the_threshold_keeps_the_mass(
         assert!(sum > 0.0 && sum <= 1.0 + 1e-5, "head {head}: {sum}");
     }
     for t in [0.3f32, 0.6, 0.9] {
-        let masks = maps.threshold_masks(t).unwrap();
+        let masks = threshold_masks(&maps, t).unwrap();
         assert_eq!(masks.len(), 4);
         for (head, mask) in masks.iter().enumerate() {
             let map = maps.head(head);
@@ -198,8 +201,8 @@ fn attention_maps_are_the_cls_row_over_patches_and_the_threshold_keeps_the_mass(
             assert!(min_kept >= max_dropped, "t {t} head {head}");
         }
     }
-    assert!(maps.threshold_masks(0.0).is_err());
-    assert!(maps.threshold_masks(1.5).is_err());
+    assert!(threshold_masks(&maps, 0.0).is_err());
+    assert!(threshold_masks(&maps, 1.5).is_err());
     assert_eq!(threshold_attention(&[0.25; 4], 0.5), vec![false, false, true, true]);
 }
 
@@ -308,17 +311,19 @@ fn dataset_features_are_extracted_once_then_read_from_the_cache() {
     assert_eq!(set.len(), 7);
     let p = v1();
     let cache = dir.join("cache");
-    assert!(p.load_cached(&cache, &set).is_none());
-    let first = p.dataset_features(&set, 4, Some(&cache), |_| {}).unwrap();
+    let cache_root = cache;
+    let cache = FeatureCache::new(&cache_root);
+    assert!(cache.load(&p, &set).is_none());
+    let first = dataset_features(&p, &set, 4, Some(&cache), |_| {}).unwrap();
     assert!(!first.from_cache);
     assert_eq!((first.len(), first.dim), (6, 32));
     assert_eq!(first.labels, vec![0, 0, 0, 1, 1, 1]);
     assert_eq!(first.skipped.len(), 1);
     assert!(first.skipped[0].contains("9-broken.jpg"), "{}", first.skipped[0]);
     let file = first.cache.clone().unwrap();
-    assert!(file.starts_with(cache.join(p.model_key())), "{}", file.display());
+    assert!(file.starts_with(cache_root.join(p.model_key())), "{}", file.display());
     assert!(file.is_file());
-    let second = p.dataset_features(&set, 4, Some(&cache), |_| panic!("extracted again")).unwrap();
+    let second = dataset_features(&p, &set, 4, Some(&cache), |_| panic!("extracted again")).unwrap();
     assert!(second.from_cache);
     assert_eq!((&second.features, &second.labels, &second.skipped), (&first.features, &first.labels, &first.skipped));
     // The features are each image's CLS.
@@ -327,10 +332,10 @@ fn dataset_features_are_extracted_once_then_read_from_the_cache() {
     // Another preprocessing is another data-set key.
     let mut whole = v1();
     whole.preprocess = DinoPreprocess::whole(None);
-    assert_ne!(whole.dataset_key(&set), p.dataset_key(&set));
-    assert!(whole.load_cached(&cache, &set).is_none());
+    assert_ne!(FeatureCache::dataset_key(&whole, &set), FeatureCache::dataset_key(&p, &set));
+    assert!(cache.load(&whole, &set).is_none());
     // Without a cache nothing is written.
-    let uncached = p.dataset_features(&set, 4, None, |_| {}).unwrap();
+    let uncached = dataset_features(&p, &set, 4, None, |_| {}).unwrap();
     assert!(uncached.cache.is_none() && !uncached.from_cache);
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use vista::apps::dataset::{Item, ItemImage, LabelledSet, Split};
-use vista::apps::dino_pipeline::{DinoPipeline, DinoPreprocess};
+use vista::data::dataset::{Item, ItemImage, LabelledSet, Split};
 use vista::dino::LoadOptions;
+use vista::dino::{DinoPipeline, DinoPreprocess};
 use vista::train::dino::{run, CollapseMonitor, DinoTrainConfig, DinoTrainer, Event, RunOptions, StepMetrics};
 use vista::weights::formats;
 

@@ -164,7 +164,6 @@ impl Case {
         AdamWConfig {
             betas: (b[0].as_f64().unwrap(), b[1].as_f64().unwrap()),
             eps: a["eps"].as_f64().unwrap(),
-            ..AdamWConfig::default()
         }
     }
 }

@@ -8,12 +8,13 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Tensor};
 use proptest::prelude::*;
-use vista::apps::dataset::{LabelledSet, Split, FASHION_MNIST_CLASSES};
-use vista::apps::knn::{
+use vista::data::dataset::{LabelledSet, Split, FASHION_MNIST_CLASSES};
+use vista::eval::knn::{
     class_votes, knn_classifier, knn_predict, nearest_neighbours, normalize_rows, rank_classes, ClassTies, KnnOptions,
 };
-use vista::apps::linear_probe::{cosine_lr, AdamW, FeatureNorm, LinearProbe, LinearProbeConfig, SplitMix64};
+use vista::eval::linear_probe::{FeatureNorm, LinearProbe, LinearProbeConfig, SplitMix64};
 use vista::image::DecodeOptions;
+use vista::optim::{AdamW, AdamWConfig};
 
 // ---------------------------------------------------------------------------------------------
 // k-NN: the golden from `tools/reference/gen_dino.py` (DINO's knn_classifier, verbatim, torch CPU)
@@ -197,7 +198,7 @@ fn knn_rejects_bad_arguments() {
     let train = [1.0, 0.0, 0.0, 1.0];
     let labels = [0, 1];
     let ok = KnnOptions { ks: vec![1], ..KnnOptions::default() };
-    let err = |r: vista::Result<Vec<vista::apps::knn::KnnPredictions>>| r.unwrap_err().to_string();
+    let err = |r: vista::Result<Vec<vista::eval::knn::KnnPredictions>>| r.unwrap_err().to_string();
     assert!(err(knn_predict(&train, &labels, &[1.0, 0.0], 2, 2, &KnnOptions::default())).contains("k = "));
     assert!(err(knn_predict(&train, &[0, 2], &[1.0, 0.0], 2, 2, &ok)).contains("not below num_classes"));
     assert!(err(knn_predict(&train, &labels, &[1.0, f32::NAN], 2, 2, &ok)).contains("non-finite"));
@@ -401,7 +402,7 @@ fn adamw_matches_torch() {
             -0.27922356128692627,
         ],
     ];
-    let mut opt = AdamW::new(6, 0.9, 0.999, 1e-8, 0.1);
+    let mut opt = AdamW::new(6, AdamWConfig { betas: (0.9, 0.999), eps: 1e-8 }, 0.1);
     for (step, (g, want)) in grads.iter().zip(&torch).enumerate() {
         opt.step(&mut p, g, 0.01);
         if step == 0 {
@@ -419,19 +420,6 @@ fn adamw_matches_torch() {
         }
     }
     assert_eq!(opt.steps(), 3);
-}
-
-#[test]
-fn cosine_schedule() {
-    assert_eq!(cosine_lr(0, 100, 0, 1.0, 0.0), 1.0);
-    assert!((cosine_lr(50, 100, 0, 1.0, 0.0) - 0.5).abs() < 1e-12);
-    assert!(cosine_lr(99, 100, 0, 1.0, 0.1) > 0.1);
-    assert_eq!(cosine_lr(100, 100, 0, 1.0, 0.1), 0.1);
-    // Warmup: linear up to the base rate, then the cosine from it.
-    assert_eq!(cosine_lr(0, 110, 10, 1.0, 0.0), 0.1);
-    assert_eq!(cosine_lr(9, 110, 10, 1.0, 0.0), 1.0);
-    assert_eq!(cosine_lr(10, 110, 10, 1.0, 0.0), 1.0);
-    assert!((cosine_lr(60, 110, 10, 1.0, 0.0) - 0.5).abs() < 1e-12);
 }
 
 /// Gaussian blobs around well-separated centres, offset and scaled so normalisation matters.
@@ -631,7 +619,7 @@ fn image_folders_are_read_as_torchvision_does() {
 fn debian_fashion_mnist_if_installed() {
     let dir = std::env::var_os("VISTA_FASHION_MNIST")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(vista::apps::dataset::DEBIAN_FASHION_MNIST_DIR));
+        .unwrap_or_else(|| PathBuf::from(vista::data::dataset::DEBIAN_FASHION_MNIST_DIR));
     if !dir.is_dir() {
         eprintln!("skipped: no {}", dir.display());
         return;

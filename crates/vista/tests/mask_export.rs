@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
 use serde_json::Value;
-use vista::apps::masks::{mask_color, overlay, Mask, PolygonOptions, Rle};
+use vista::apps::segment::overlay::{mask_color, overlay};
+use vista::apps::segment::{Mask, PolygonOptions, Rle};
 use vista::image::RgbImage;
 use vista::Error;
 

@@ -8,7 +8,8 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use vista::train::{cosine_scheduler, linspace, teacher_temp_schedule, DinoScheduleConfig, DinoSchedules};
+use vista::optim::{cosine_scheduler, linspace};
+use vista::train::dino::{teacher_temp_schedule, DinoScheduleConfig, DinoSchedules};
 
 const TOL: f64 = 1e-12;
 

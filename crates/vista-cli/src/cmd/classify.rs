@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use vista::apps::{files, Prediction, Templates, ZeroShotClassifier};
+use vista::apps::{Prediction, Templates, ZeroShotClassifier};
+use vista::data::files;
 
-use super::common::{read_lines, ModelArgs};
+use crate::args::{read_lines, ClipArgs};
 use crate::progress;
 
 #[derive(clap::Args, Debug)]
@@ -35,9 +36,10 @@ pub struct Args {
     #[arg(long)]
     pub csv: bool,
     #[command(flatten)]
-    pub model: ModelArgs,
+    pub model: ClipArgs,
 }
 
+/// `vista classify`.
 pub fn run(args: Args) -> Result<ExitCode> {
     let labels: Vec<String> = match (&args.labels, &args.labels_file) {
         (Some(l), _) => l.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),

@@ -6,9 +6,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use vista::index::vectors;
 
-use super::common::ModelArgs;
-use super::index::model_id;
-use super::search::IndexArgs;
+use crate::args::{ClipArgs, IndexArgs};
 
 /// Cosine similarity from which two images count as near-duplicates. Provisional: re-encodes,
 /// resizes and small crops of one photo score well above it with CLIP ViT-B/32, distinct shots of
@@ -26,15 +24,16 @@ pub struct Args {
     #[command(flatten)]
     pub index: IndexArgs,
     #[command(flatten)]
-    pub model: ModelArgs,
+    pub model: ClipArgs,
 }
 
+/// `vista dupes`.
 pub fn run(args: Args) -> Result<ExitCode> {
     if !(-1.0..=1.0).contains(&args.threshold) {
         bail!("--threshold {} is not a cosine similarity (between -1 and 1)", args.threshold);
     }
-    let (db, _pipeline) = args.index.open_updated(&args.model)?;
-    let (paths, set) = db.load_vectors(&model_id(&args.model.model), None)?;
+    let (db, model, _pipeline) = args.index.open_updated(&args.model)?;
+    let (paths, set) = db.load_vectors(&model.id, None)?;
     let groups = vectors::near_duplicate_groups(&set, args.threshold);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for g in &groups {

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use vista::apps::{files, npy};
+use vista::data::{files, npy};
 
-use super::common::{read_lines, ModelArgs};
+use crate::args::{read_lines, ClipArgs};
 use crate::progress;
 
 #[derive(clap::Args, Debug)]
@@ -28,9 +28,10 @@ pub struct Args {
     #[arg(long)]
     pub no_normalize: bool,
     #[command(flatten)]
-    pub model: ModelArgs,
+    pub model: ClipArgs,
 }
 
+/// `vista embed`.
 pub fn run(args: Args) -> Result<ExitCode> {
     let mut texts = args.texts.clone();
     if let Some(f) = &args.texts_file {

@@ -1,14 +1,12 @@
 //! `vista index`: build or update the photo index of folders.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use vista::apps::ClipPipeline;
-use vista::index::{self, IndexDb, IndexOptions, IndexReport, Progress, ScanOptions};
+use vista::index::{self, IndexDb, ScanOptions};
 
-use super::common::ModelArgs;
-use crate::progress;
+use crate::args::{update_index, ClipArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -26,11 +24,11 @@ pub struct Args {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
-    pub model: ModelArgs,
+    pub model: ClipArgs,
 }
 
 /// Absolute, canonical folder paths, so the index means the same from any working directory.
-pub fn canonical_dirs(dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+fn canonical_dirs(dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     dirs.iter()
         .map(|d| {
             let c = std::fs::canonicalize(d).with_context(|| format!("{}", d.display()))?;
@@ -42,50 +40,14 @@ pub fn canonical_dirs(dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
         .collect()
 }
 
-/// The id embeddings are stored under: a hub id as given, a local path made absolute.
-pub fn model_id(model: &str) -> String {
-    let p = Path::new(model);
-    if p.exists() {
-        std::fs::canonicalize(p).map(|c| c.display().to_string()).unwrap_or_else(|_| model.to_string())
-    } else {
-        model.to_string()
-    }
-}
-
-/// Runs an update with a progress bar; shared by `index`, `search` and `dupes`.
-pub fn run_update(
-    pipeline: &ClipPipeline,
-    model: &str,
-    db: &mut IndexDb,
-    roots: &[PathBuf],
-    scan: &ScanOptions,
-    batch: usize,
-) -> Result<IndexReport> {
-    let opts = IndexOptions { batch, ..Default::default() };
-    let mut bar: Option<indicatif::ProgressBar> = None;
-    let report = index::update(pipeline, &model_id(model), db, roots, scan, &opts, &mut |p| match p {
-        Progress::Scanned { to_embed, .. } if to_embed > 0 => bar = Some(progress::bar(to_embed, "indexing")),
-        Progress::Scanned { .. } => {}
-        Progress::Embedded { n } => {
-            if let Some(b) = &bar {
-                b.inc(n as u64)
-            }
-        }
-    })
-    .with_context(|| format!("updating the index {}", db.path().display()))?;
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
-    Ok(report)
-}
-
+/// `vista index`.
 pub fn run(args: Args) -> Result<ExitCode> {
     let roots = canonical_dirs(&args.dirs)?;
     let db_path = args.db.clone().unwrap_or_else(|| index::default_db_path(&roots[0]));
     let mut db = IndexDb::open(&db_path)?;
     let scan = ScanOptions::new(&args.exclude)?;
     let pipeline = args.model.load()?;
-    let report = run_update(&pipeline, &args.model.model, &mut db, &roots, &scan, args.model.batch)?;
+    let report = update_index(&pipeline, &args.model.indexed(), &mut db, &roots, &scan, args.model.batch)?;
     for (p, e) in &report.problems {
         eprintln!("skipped: {}: {e}", p.display());
     }

@@ -1,9 +1,15 @@
+//! One module per subcommand; each parses its arguments, resolves them through [`crate::args`]
+//! and calls the library. No subcommand imports another.
+
+pub mod attention;
 pub mod classify;
-pub mod common;
-pub mod dino;
 pub mod dupes;
 pub mod embed;
+pub mod features;
 pub mod index;
+pub mod knn;
+pub mod linear_probe;
+pub mod sam_encode;
 pub mod search;
 pub mod segment;
-pub mod train;
+pub mod train_dino;

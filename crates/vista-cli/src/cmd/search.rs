@@ -6,54 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use vista::apps::query::{self, Term};
-use vista::apps::{ClipPipeline, Templates};
-use vista::index::{self, IndexDb, ScanOptions};
+use vista::apps::Templates;
 
-use super::common::ModelArgs;
-use super::index::{model_id, run_update};
-
-#[derive(clap::Args, Debug)]
-pub struct IndexArgs {
-    /// The index database (default: the `.vista/index.sqlite` of the current folder or the
-    /// nearest parent that has one).
-    #[arg(long)]
-    pub db: Option<PathBuf>,
-    /// Search the index as it is, without first picking up new, changed and deleted files.
-    #[arg(long)]
-    pub no_update: bool,
-}
-
-impl IndexArgs {
-    pub fn open(&self) -> Result<IndexDb> {
-        let path = match &self.db {
-            Some(p) => p.clone(),
-            None => {
-                let cwd = std::env::current_dir()?;
-                index::find_db(&cwd).with_context(|| {
-                    format!(
-                        "no index found for {} or its parents: run `vista index DIR` first, or pass --db",
-                        cwd.display()
-                    )
-                })?
-            }
-        };
-        if !path.is_file() {
-            bail!("{}: no such index (run `vista index DIR` first)", path.display());
-        }
-        Ok(IndexDb::open(&path)?)
-    }
-
-    /// Opens the index and the model, and brings the index up to date unless `--no-update`.
-    pub fn open_updated(&self, model: &ModelArgs) -> Result<(IndexDb, ClipPipeline)> {
-        let mut db = self.open()?;
-        let pipeline = model.load()?;
-        if !self.no_update {
-            let roots = db.roots()?;
-            run_update(&pipeline, &model.model, &mut db, &roots, &ScanOptions::default(), model.batch)?;
-        }
-        Ok((db, pipeline))
-    }
-}
+use crate::args::{ClipArgs, IndexArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -86,9 +41,10 @@ pub struct Args {
     #[command(flatten)]
     pub index: IndexArgs,
     #[command(flatten)]
-    pub model: ModelArgs,
+    pub model: ClipArgs,
 }
 
+/// `vista search`.
 pub fn run(args: Args) -> Result<ExitCode> {
     let mut terms: Vec<Term> =
         args.query.iter().chain(&args.terms).map(|q| query::parse_text(q)).collect::<vista::Result<_>>()?;
@@ -97,22 +53,22 @@ pub fn run(args: Args) -> Result<ExitCode> {
         bail!("give a text query, --image PATH, or both");
     }
     let templates = if args.no_templates { Templates::None } else { Templates::parse(&args.templates)? };
-    let (db, pipeline) = args.index.open_updated(&args.model)?;
+    let (db, model, pipeline) = args.index.open_updated(&args.model)?;
     let q = query::embed(&pipeline, &terms, &templates)?;
     let under = match &args.under {
         Some(u) => Some(std::fs::canonicalize(u).with_context(|| format!("--under {}", u.display()))?),
         None => None,
     };
-    let (paths, vectors) = db.load_vectors(&model_id(&args.model.model), under.as_deref())?;
+    let (paths, vectors) = db.load_vectors(&model.id, under.as_deref())?;
     if vectors.is_empty() {
-        bail!("the index {} holds no images embedded with `{}`", db.path().display(), args.model.model);
+        bail!("the index {} holds no images embedded with `{}`", db.path().display(), model.id);
     }
     if q.len() != vectors.dim() {
         bail!(
             "the index {} stores {}-d vectors for `{}` but the model gives {}-d: re-index (the checkpoint changed?)",
             db.path().display(),
             vectors.dim(),
-            args.model.model,
+            model.id,
             q.len()
         );
     }
@@ -128,21 +84,4 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// `vista search "red saree" -kurta`: a negative term looks like an option to any argument parser.
-/// Before parsing, every `-word` argument of `search` that is not one of its short flags or a
-/// number is turned into `--term=-word`.
-pub fn rewrite_negative_terms(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
-    if args.get(1).map(|a| a != "search").unwrap_or(true) {
-        return args;
-    }
-    args.into_iter()
-        .map(|a| match a.to_str() {
-            Some(s) if s.len() > 2 && s.starts_with('-') && !s.starts_with("--") && s.parse::<f64>().is_err() => {
-                format!("--term={s}").into()
-            }
-            _ => a,
-        })
-        .collect()
 }

@@ -7,8 +7,8 @@ use std::path::Path;
 
 use candle_core::{Tensor, D};
 
-use super::clip_pipeline::ClipPipeline;
 use crate::clip::l2_normalize;
+use crate::clip::ClipPipeline;
 use crate::{Error, Result};
 
 /// The 80 ImageNet prompt templates of the CLIP paper (open_clip `zero_shot_metadata.py`

@@ -1,17 +1,17 @@
-//! What the CLI (and later the server) calls. These take paths, strings and labels and give back
-//! plain vectors and scores; tensors stay inside.
+//! Applications: what the CLI (and later the server) calls. These take paths, strings and
+//! labels and give back plain vectors, scores, pictures and files; tensors stay inside.
+//!
+//! * [`classify`]: CLIP zero-shot classification ([`ZeroShotClassifier`]).
+//! * [`query`]: weighted text / image search queries.
+//! * [`segment`]: SAM on image files with an embedding cache, and the mask exports (PNG, COCO
+//!   RLE, polygons, overlays).
+//! * [`attention`]: pictures of DINO's attention maps.
+//! * [`features`]: DINO features written as `.npy`, `.safetensors` or JSON lines.
 
+pub mod attention;
 pub mod classify;
-pub mod clip_pipeline;
-pub mod dataset;
-pub mod dino_pipeline;
-pub mod files;
-pub mod knn;
-pub mod linear_probe;
-pub mod masks;
-pub mod npy;
+pub mod features;
 pub mod query;
 pub mod segment;
 
 pub use classify::{Prediction, Templates, ZeroShotClassifier};
-pub use clip_pipeline::{ClipPipeline, ImageEmbedding};

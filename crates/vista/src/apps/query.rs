@@ -7,8 +7,8 @@
 use std::path::PathBuf;
 
 use super::classify::Templates;
-use super::clip_pipeline::ClipPipeline;
 use crate::clip::l2_normalize;
+use crate::clip::ClipPipeline;
 use crate::{Error, Result};
 
 #[derive(Debug, Clone, PartialEq)]

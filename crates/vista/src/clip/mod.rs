@@ -5,6 +5,7 @@
 pub mod config;
 pub mod loader;
 pub mod model;
+pub mod pipeline;
 pub mod text;
 pub mod tokenizer;
 pub mod transformer;
@@ -13,3 +14,4 @@ pub mod vision;
 pub use config::ClipConfig;
 pub use loader::{load_model, Loaded};
 pub use model::{l2_normalize, ClipModel};
+pub use pipeline::{ClipPipeline, ImageEmbedding};

@@ -3,8 +3,12 @@
 
 pub mod config;
 pub mod loader;
+pub mod pipeline;
+pub mod preprocess;
 pub mod vit;
 
 pub use config::{DinoConfig, Ffn, PosInterpolation};
 pub use loader::{load_model, LoadOptions, Loaded};
+pub use pipeline::{AttentionMaps, DinoFeatures, DinoPipeline};
+pub use preprocess::{DinoPreprocess, Mode};
 pub use vit::{DinoOutput, DinoVit};

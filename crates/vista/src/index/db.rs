@@ -28,6 +28,28 @@ pub type Hash = [u8; 32];
 
 const SCHEMA_VERSION: i64 = 1;
 
+/// A model an index is built with: the id its embeddings are stored under ([`model_id`]: a hub
+/// id as given, a local path made absolute — which also loads it again) and the `--arch` preset
+/// a bare checkpoint file needed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexedModel {
+    /// The model argument, normalised by [`model_id`].
+    pub id: String,
+    /// The architecture preset given with it, if any.
+    pub arch: Option<String>,
+}
+
+/// The id embeddings are stored under: a hub id as given, a local path made absolute, so the
+/// index means the same model from any working directory.
+pub fn model_id(model: &str) -> String {
+    let p = Path::new(model);
+    if p.exists() {
+        std::fs::canonicalize(p).map(|c| c.display().to_string()).unwrap_or_else(|_| model.to_string())
+    } else {
+        model.to_string()
+    }
+}
+
 /// What the index knows of one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileRow {
@@ -84,6 +106,10 @@ impl IndexDb {
                      dim INTEGER NOT NULL,
                      vector BLOB NOT NULL,
                      PRIMARY KEY (hash, model)
+                 );
+                 CREATE TABLE IF NOT EXISTS models (
+                     id TEXT PRIMARY KEY,
+                     arch TEXT
                  );
                  CREATE TABLE IF NOT EXISTS failures (
                      hash BLOB PRIMARY KEY,
@@ -281,6 +307,67 @@ impl IndexDb {
             self.conn.prepare("SELECT DISTINCT model FROM embeddings ORDER BY model").map_err(|e| self.err(e))?;
         let rows = st.query_map([], |r| r.get::<_, String>(0)).map_err(|e| self.err(e))?;
         rows.map(|r| r.map_err(|e| self.err(e))).collect()
+    }
+
+    /// Records that the index is built with `model` (idempotent).
+    pub fn record_model(&self, model: &IndexedModel) -> Result<()> {
+        self.conn
+            .execute("INSERT OR REPLACE INTO models (id, arch) VALUES (?1, ?2)", params![model.id, model.arch])
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The models the index was built with, by id: those recorded, and any other with embeddings
+    /// (an index made before models were recorded), without an architecture.
+    pub fn indexed_models(&self) -> Result<Vec<IndexedModel>> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT id, arch FROM models
+                 UNION SELECT DISTINCT model, NULL FROM embeddings WHERE model NOT IN (SELECT id FROM models)
+                 ORDER BY 1",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows =
+            st.query_map([], |r| Ok(IndexedModel { id: r.get(0)?, arch: r.get(1)? })).map_err(|e| self.err(e))?;
+        rows.map(|r| r.map_err(|e| self.err(e))).collect()
+    }
+
+    /// The model to search this index with. `requested` (a model argument as given, and its
+    /// `--arch`) must be one the index was built with; without it the index's one model is used
+    /// (an index built with several asks which).
+    pub fn search_model(&self, requested: Option<&str>, arch: Option<&str>) -> Result<IndexedModel> {
+        let models = self.indexed_models()?;
+        let listed = || models.iter().map(|m| format!("`{}`", m.id)).collect::<Vec<_>>().join(", ");
+        match requested {
+            Some(r) => {
+                let id = model_id(r);
+                match models.iter().find(|m| m.id == id) {
+                    Some(m) => Ok(IndexedModel { id, arch: arch.map(str::to_string).or_else(|| m.arch.clone()) }),
+                    None if models.is_empty() => {
+                        Err(self.index_error("holds no embeddings yet: run `vista index DIR`"))
+                    }
+                    None => Err(self.index_error(&format!(
+                        "was built with {}, not `{id}`: search with that model, or index with this one first",
+                        listed()
+                    ))),
+                }
+            }
+            None => match models.as_slice() {
+                [one] => {
+                    Ok(IndexedModel { id: one.id.clone(), arch: arch.map(str::to_string).or_else(|| one.arch.clone()) })
+                }
+                [] => Err(self.index_error("holds no embeddings yet: run `vista index DIR`")),
+                _ => {
+                    Err(self
+                        .index_error(&format!("was built with several models ({}): choose one with --model", listed())))
+                }
+            },
+        }
+    }
+
+    fn index_error(&self, message: &str) -> Error {
+        Error::Index { path: self.path.clone(), message: message.to_string() }
     }
 }
 

@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 
-use super::db::{Hash, IndexDb};
+use super::db::{Hash, IndexDb, IndexedModel};
 use super::scan::{self, ScanOptions};
-use crate::apps::ClipPipeline;
+use crate::clip::ClipPipeline;
 use crate::image::{self, RgbImage};
 use crate::Result;
 
@@ -54,10 +54,10 @@ pub enum Progress {
     Embedded { n: usize },
 }
 
-/// Scans `roots` and embeds every image the index lacks for `model_id`.
+/// Scans `roots` and embeds every image the index lacks for `model` (recording the model).
 pub fn update(
     pipeline: &ClipPipeline,
-    model_id: &str,
+    model: &IndexedModel,
     db: &mut IndexDb,
     roots: &[PathBuf],
     scan_opts: &ScanOptions,
@@ -65,6 +65,8 @@ pub fn update(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<IndexReport> {
     db.add_roots(roots)?;
+    db.record_model(model)?;
+    let model_id = model.id.as_str();
     let (found, mut problems) = scan::walk(roots, scan_opts);
     let known = db.files()?;
     let files = found.len();

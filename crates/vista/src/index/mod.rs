@@ -6,7 +6,7 @@ pub mod indexer;
 pub mod scan;
 pub mod vectors;
 
-pub use db::IndexDb;
+pub use db::{model_id, IndexDb, IndexedModel};
 pub use indexer::{update, IndexOptions, IndexReport, Progress};
 pub use scan::ScanOptions;
 pub use vectors::{Hit, VectorSet};

@@ -8,7 +8,7 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use rayon::prelude::*;
 
 use super::db::{FileRow, Hash};
-use crate::apps::files::has_image_extension;
+use crate::data::files::has_image_extension;
 use crate::{Error, Result};
 
 /// The name of the folder an index keeps inside the tree it indexes; never indexed itself.

@@ -11,8 +11,8 @@
 //! These record no backward op: inference only. Callers fall back to candle ops for other devices
 //! and dtypes (see [`super::Linear`], [`super::FusedQkvAttention`]).
 
+use super::gemm::{matmul, MatMut, MatRef, Parallelism};
 use candle_core::{DType, Device, Layout, Storage, Tensor};
-use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
 use super::Activation;
@@ -98,30 +98,14 @@ pub fn linear(x: &Tensor, wt: &Tensor, b: Option<&Tensor>, act: Option<Activatio
     };
     with_slice(x, |xs| {
         with_slice(wt, |ws| {
-            // SAFETY: all three buffers are contiguous row-major, sized m×k, k×n and m×n.
-            unsafe {
-                gemm(
-                    m,
-                    n,
-                    k,
-                    dst.as_mut_ptr(),
-                    1,
-                    n as isize,
-                    read_dst,
-                    xs.as_ptr(),
-                    1,
-                    k as isize,
-                    ws.as_ptr(),
-                    1,
-                    n as isize,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    parallelism(),
-                )
-            }
+            matmul(
+                MatMut::row_major(&mut dst, m, n),
+                MatRef::row_major(xs, m, k),
+                MatRef::row_major(ws, k, n),
+                1.0,
+                read_dst,
+                parallelism(),
+            )
         })
     })??;
     if let Some(act) = act {
@@ -425,31 +409,15 @@ pub fn attention_biased(qkv: &Tensor, heads: usize, scale: f32, bias: ScoreBias<
                 let rows = ATTENTION_ROW_BLOCK.min(n - r0);
                 let scores = &mut scores[..rows * n];
                 let base = bi * n * c3 + h * d;
-                // SAFETY: q/k/v rows are `3C` apart within this batch item; the score buffer is
-                // rows×n; the output block [bi, r0.., h, :] is written by this task only.
-                unsafe {
-                    gemm(
-                        rows,
-                        n,
-                        d,
-                        scores.as_mut_ptr(),
-                        1,
-                        n as isize,
-                        false,
-                        src[base + r0 * c3..].as_ptr(),
-                        1,
-                        c3 as isize,
-                        src[base + c..].as_ptr(),
-                        c3 as isize,
-                        1,
-                        0.0,
-                        scale,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    );
-                }
+                // q, k and v rows are `3C` apart within this batch item: scores = scale · q·kᵀ.
+                matmul(
+                    MatMut::row_major(scores, rows, n),
+                    MatRef::strided(&src[base + r0 * c3..], rows, d, c3, 1),
+                    MatRef::strided(&src[base + c..], n, d, c3, 1).t(),
+                    scale,
+                    false,
+                    Parallelism::None,
+                );
                 with_simd(
                     #[inline(always)]
                     || {
@@ -489,29 +457,17 @@ pub fn attention_biased(qkv: &Tensor, heads: usize, scale: f32, bias: ScoreBias<
                     },
                 );
                 let o = out_ptr.get();
-                unsafe {
-                    gemm(
-                        rows,
-                        d,
-                        n,
-                        o.add((bi * n + r0) * c + h * d),
-                        1,
-                        c as isize,
-                        false,
-                        scores.as_ptr(),
-                        1,
-                        n as isize,
-                        src[base + 2 * c..].as_ptr(),
-                        1,
-                        c3 as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    );
-                }
+                // SAFETY: the output block [bi, r0..r0 + rows, h·d..(h + 1)·d] lies in `out` and is written
+                // by this task only.
+                let dst = unsafe { MatMut::from_raw(o.add((bi * n + r0) * c + h * d), rows, d, c, 1) };
+                matmul(
+                    dst,
+                    MatRef::row_major(scores, rows, n),
+                    MatRef::strided(&src[base + 2 * c..], n, d, c3, 1),
+                    1.0,
+                    false,
+                    Parallelism::None,
+                );
             },
         );
     })?;

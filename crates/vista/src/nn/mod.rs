@@ -7,6 +7,7 @@ pub mod activation;
 pub mod attention;
 pub mod conv;
 pub mod cpu;
+pub mod gemm;
 pub mod interpolate;
 pub mod linear;
 pub mod mlp;

@@ -1,10 +1,11 @@
-//! Reading tensors from checkpoint files: safetensors and PyTorch zip-pickles.
+//! Tensor files: reading checkpoints (safetensors and PyTorch zip-pickles) and the one
+//! safetensors writer, atomic, that every cache, checkpoint and export of vista goes through.
 
 use std::collections::HashMap;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use crate::{Error, Result};
 
@@ -51,7 +52,7 @@ pub fn detect(path: &Path) -> Result<Format> {
 pub fn read_tensors(path: &Path, key: Option<&str>, device: &Device) -> Result<HashMap<String, Tensor>> {
     let ckpt_err = |e: candle_core::Error| Error::Checkpoint { path: path.to_path_buf(), message: e.to_string() };
     match detect(path)? {
-        Format::Safetensors => read_safetensors(path, device),
+        Format::Safetensors => Ok(read_safetensors(path, device)?.0),
         Format::TorchZip => {
             let keys: Vec<Option<&str>> = match key {
                 Some(k) => vec![Some(k)],
@@ -100,20 +101,28 @@ fn open_safetensors(path: &Path) -> Result<(std::fs::File, serde_json::Map<Strin
 /// The `__metadata__` map of a safetensors file (empty when it has none); reads the header only.
 pub fn safetensors_metadata(path: &Path) -> Result<HashMap<String, String>> {
     let (_, header, _, _) = open_safetensors(path)?;
-    Ok(header
+    Ok(metadata_of(&header))
+}
+
+fn metadata_of(header: &serde_json::Map<String, serde_json::Value>) -> HashMap<String, String> {
+    header
         .get("__metadata__")
         .and_then(|m| m.as_object())
         .map(|m| m.iter().filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string()))).collect())
-        .unwrap_or_default())
+        .unwrap_or_default()
 }
 
-/// Reads a safetensors file tensor by tensor with plain reads rather than a memory map: a mapped
-/// file's touched pages count in the process's resident memory alongside the copies we make, which
-/// doubled peak RSS; reading each tensor straight into its buffer keeps the peak at the model's size.
-fn read_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+/// Every tensor of a safetensors file (dtypes as stored) and its `__metadata__` map.
+///
+/// Reads tensor by tensor with plain reads rather than a memory map: a mapped file's touched
+/// pages count in the process's resident memory alongside the copies we make, which doubled peak
+/// RSS; reading each tensor straight into its buffer keeps the peak at the model's size. Every
+/// header field is checked against the file's size before anything is allocated.
+pub fn read_safetensors(path: &Path, device: &Device) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
     use std::io::{Seek, SeekFrom};
     let bad = |m: String| Error::Checkpoint { path: path.to_path_buf(), message: m };
     let (mut f, header, data_start, size) = open_safetensors(path)?;
+    let metadata = metadata_of(&header);
     let mut out = HashMap::with_capacity(header.len());
     for (name, info) in header {
         if name == "__metadata__" {
@@ -157,5 +166,79 @@ fn read_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, Tens
             Tensor::from_raw_buffer(&bytes, dtype, &shape, device).map_err(|e| bad(format!("tensor `{name}`: {e}")))?;
         out.insert(name, t);
     }
-    Ok(out)
+    Ok((out, metadata))
+}
+
+/// Writes `tensors` (each in its own dtype) and `metadata` to a safetensors file atomically: a
+/// temporary file in the same folder, synced, then renamed over `path`, so a reader — or a run
+/// killed midway — sees the old file or the new one, never a torn one.
+pub fn write_safetensors<'a>(
+    path: &Path,
+    tensors: impl IntoIterator<Item = (&'a str, &'a Tensor)>,
+    metadata: &HashMap<String, String>,
+) -> Result<()> {
+    let bad = |m: String| Error::Checkpoint { path: path.to_path_buf(), message: m };
+    let data = tensors
+        .into_iter()
+        .map(|(name, t)| {
+            let (dtype, bytes) = le_bytes(t).map_err(|e| bad(format!("tensor `{name}`: {e}")))?;
+            Ok((name, dtype, t.dims().to_vec(), bytes))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let views = data
+        .iter()
+        .map(|(name, dtype, shape, bytes)| {
+            safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes)
+                .map(|v| (name.to_string(), v))
+                .map_err(|e| bad(format!("tensor `{name}`: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let bytes = safetensors::serialize(views, Some(metadata.clone())).map_err(|e| bad(e.to_string()))?;
+    write_atomic(path, &bytes)
+}
+
+/// A tensor's values as little-endian bytes, with its safetensors dtype.
+fn le_bytes(t: &Tensor) -> candle_core::Result<(safetensors::Dtype, Vec<u8>)> {
+    use safetensors::Dtype as D;
+    let t = t.flatten_all()?;
+    fn bytes<T: candle_core::WithDType, const N: usize>(
+        t: &Tensor,
+        f: impl Fn(T) -> [u8; N],
+    ) -> candle_core::Result<Vec<u8>> {
+        Ok(t.to_vec1::<T>()?.into_iter().flat_map(f).collect())
+    }
+    Ok(match t.dtype() {
+        DType::F32 => (D::F32, bytes(&t, f32::to_le_bytes)?),
+        DType::F16 => (D::F16, bytes(&t, half::f16::to_le_bytes)?),
+        DType::BF16 => (D::BF16, bytes(&t, half::bf16::to_le_bytes)?),
+        DType::F64 => (D::F64, bytes(&t, f64::to_le_bytes)?),
+        DType::I64 => (D::I64, bytes(&t, i64::to_le_bytes)?),
+        DType::U32 => (D::U32, bytes(&t, u32::to_le_bytes)?),
+        DType::U8 => (D::U8, t.to_vec1::<u8>()?),
+        other => return Err(candle_core::Error::Msg(format!("cannot store dtype {other:?}"))),
+    })
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder (created with the
+/// folder if needed), synced, then renamed: a reader sees the old file or the new one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
+    tmp.write_all(bytes).map_err(|e| Error::io(tmp.path(), e))?;
+    tmp.as_file().sync_all().map_err(|e| Error::io(tmp.path(), e))?;
+    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    Ok(())
+}
+
+/// A cache key for a model: the checkpoint's canonical path, size and modification time (see
+/// [`crate::data::files::hash_file_stamp`]) and `architecture` (the resolved config, as JSON),
+/// as 20 hex digits. Embedding and feature caches live under it.
+pub fn checkpoint_key(checkpoint: &Path, architecture: &str) -> String {
+    let mut h = blake3::Hasher::new();
+    let canonical = checkpoint.canonicalize().unwrap_or_else(|_| checkpoint.to_path_buf());
+    h.update(canonical.to_string_lossy().as_bytes());
+    crate::data::files::hash_file_stamp(&mut h, checkpoint);
+    h.update(architecture.as_bytes());
+    h.finalize().to_hex()[..20].to_string()
 }

@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 
 use candle_core::{Device, Tensor};
 
-use crate::apps::dataset::{Item, ItemImage};
+use crate::data::{Item, ItemImage};
 use crate::image::augment::{below, sample_rng, DataAugmentationDino};
 use crate::image::DecodeOptions;
 use crate::Result;
@@ -106,6 +106,7 @@ pub struct EpochBatches {
     seed: u64,
     epoch: usize,
     nbatches: usize,
+    first: usize,
     next: usize,
     pending: BTreeMap<usize, Result<Batch>>,
     rx: Option<Receiver<(usize, Result<Batch>)>>,
@@ -149,6 +150,7 @@ impl EpochBatches {
             seed: options.seed,
             epoch,
             nbatches,
+            first: start,
             next: start,
             pending: BTreeMap::new(),
             rx: None,
@@ -193,8 +195,14 @@ impl EpochBatches {
         self.nbatches
     }
 
+    /// True when the epoch has no full batch.
     pub fn is_empty(&self) -> bool {
         self.nbatches == 0
+    }
+
+    /// The batch the epoch starts at (0 unless resuming midway).
+    pub fn first(&self) -> usize {
+        self.first
     }
 }
 
@@ -220,7 +228,7 @@ impl Iterator for EpochBatches {
                     self.pending.insert(i, b);
                 }
                 Err(_) => {
-                    return Some(Err(crate::Error::arg("data", "the data-loading threads stopped unexpectedly")));
+                    return Some(Err(crate::Error::DataWorker("the data-loading threads stopped unexpectedly".into())));
                 }
             }
         };

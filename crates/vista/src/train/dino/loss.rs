@@ -2,7 +2,7 @@
 //! the student's, over every pair (teacher global view `iq`, student view `v ≠ iq`), and the EMA
 //! of the centre.
 //!
-//! For `epoch`, with `T = teacher_temp_schedule[epoch]` ([`crate::train::teacher_temp_schedule`]):
+//! For `epoch`, with `T = teacher_temp_schedule[epoch]` ([`super::schedule::teacher_temp_schedule`]):
 //!
 //! * student: `s = student_output / student_temp`, chunked into `ncrops` views of `B` rows;
 //! * teacher: `q = softmax((teacher_output − center) / T)`, detached, chunked into 2 views;
@@ -24,7 +24,7 @@
 
 use candle_core::{DType, Device, Tensor, D};
 
-use crate::train::teacher_temp_schedule;
+use super::schedule::teacher_temp_schedule;
 use crate::{Error, Result};
 
 /// The arguments of `DINOLoss(out_dim, ncrops, warmup_teacher_temp, teacher_temp,

@@ -38,26 +38,35 @@
 //! `tools/reference/gen_dino_loss.py`).
 
 pub mod backbone;
+pub mod checkpoint;
+pub mod config;
 pub mod data;
 pub mod ema;
 pub mod head;
 pub mod loss;
+pub mod monitor;
 pub mod multicrop;
 pub mod optim;
+pub mod run;
+pub mod schedule;
 pub mod trainer;
 
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
 pub use backbone::TrainVit;
+pub use config::DinoTrainConfig;
 pub use ema::ema_update;
 pub use head::{DinoHead, DinoHeadConfig};
 pub use loss::{DinoLoss, DinoLossConfig, DinoLossOutput};
+pub use monitor::{CollapseMonitor, MetricsLog, StepMetrics};
 pub use multicrop::multi_crop_forward;
-pub use optim::{
-    cancel_gradients_last_layer, clip_gradients, get_params_groups, AdamW, AdamWConfig, OptimGroup, ParamGroup,
-};
-pub use trainer::{run, CollapseMonitor, DinoTrainConfig, DinoTrainer, Event, RunOptions, StepMetrics};
+pub use optim::{cancel_gradients_last_layer, clip_gradients, get_params_groups, AdamW, OptimGroup, ParamGroup};
+pub use run::{run, Event, KnnEval, RunOptions};
+pub use schedule::{teacher_temp_schedule, DinoScheduleConfig, DinoSchedules};
+pub use trainer::DinoTrainer;
+
+pub use crate::optim::AdamWConfig;
 
 /// A named trainable tensor: a candle [`Var`] (gradients are tracked through it) and PyTorch's
 /// `requires_grad` flag. When `requires_grad` is false the owning module reads the variable

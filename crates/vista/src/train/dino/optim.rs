@@ -22,7 +22,13 @@ use std::collections::HashMap;
 use candle_core::{DType, Tensor, Var};
 
 use super::{Grads, Param};
+use crate::optim::adamw::{self, AdamWConfig, Scalars};
 use crate::{Error, Result};
+
+/// `torch.optim.AdamW`'s default learning rate: a group's until the schedule sets it.
+pub const TORCH_DEFAULT_LR: f64 = 1e-3;
+/// `torch.optim.AdamW`'s default weight decay: a group's unless it sets its own.
+pub const TORCH_DEFAULT_WEIGHT_DECAY: f64 = 1e-2;
 
 /// One parameter group as given to the optimiser: the parameter names and optional overrides
 /// of the optimiser's defaults (a key absent from PyTorch's group dict).
@@ -51,21 +57,6 @@ pub fn get_params_groups(params: &[Param]) -> Vec<ParamGroup> {
     ]
 }
 
-/// `torch.optim.AdamW`'s hyper-parameters; [`Default`] is PyTorch's defaults.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct AdamWConfig {
-    pub lr: f64,
-    pub betas: (f64, f64),
-    pub eps: f64,
-    pub weight_decay: f64,
-}
-
-impl Default for AdamWConfig {
-    fn default() -> Self {
-        Self { lr: 1e-3, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 1e-2 }
-    }
-}
-
 /// A parameter group inside the optimiser, with its current learning rate and weight decay.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OptimGroup {
@@ -91,7 +82,9 @@ pub struct AdamW {
 }
 
 impl AdamW {
-    /// Every name in `groups` must be one of `params`, and appear once.
+    /// `torch.optim.AdamW(groups, betas=…, eps=…)` with torch's default learning rate and weight
+    /// decay for the groups that set none. Every name in `groups` must be one of `params`, and
+    /// appear once.
     pub fn new(params: &[Param], groups: Vec<ParamGroup>, cfg: AdamWConfig) -> Result<Self> {
         let mut vars = HashMap::new();
         let mut out = Vec::with_capacity(groups.len());
@@ -110,21 +103,24 @@ impl AdamW {
             }
             out.push(OptimGroup {
                 names: g.names,
-                lr: g.lr.unwrap_or(cfg.lr),
-                weight_decay: g.weight_decay.unwrap_or(cfg.weight_decay),
+                lr: g.lr.unwrap_or(TORCH_DEFAULT_LR),
+                weight_decay: g.weight_decay.unwrap_or(TORCH_DEFAULT_WEIGHT_DECAY),
             });
         }
         Ok(Self { cfg, groups: out, vars, state: HashMap::new() })
     }
 
+    /// β and ε.
     pub fn config(&self) -> &AdamWConfig {
         &self.cfg
     }
 
+    /// The groups with their current learning rate and weight decay.
     pub fn groups(&self) -> &[OptimGroup] {
         &self.groups
     }
 
+    /// The groups, to set their learning rate and weight decay.
     pub fn groups_mut(&mut self) -> &mut [OptimGroup] {
         &mut self.groups
     }
@@ -195,18 +191,19 @@ impl AdamW {
                 let st = self.state.get_mut(name).expect("state inserted above");
                 st.step += 1;
                 let t = st.step as i32;
-                let bias_correction1 = 1.0 - beta1.powi(t);
-                let bias_correction2 = 1.0 - beta2.powi(t);
-                let step_size = lr / bias_correction1;
-                let bias_correction2_sqrt = bias_correction2.sqrt();
                 if crate::nn::cpu::eligible(&grad) && crate::nn::cpu::eligible(var.as_tensor()) {
-                    let h = AdamHyper { lr, wd, beta1, beta2, eps, step_size, bias_correction2_sqrt };
-                    let (p, m, v) = fused_adamw(&var.as_detached_tensor(), &grad, &st.exp_avg, &st.exp_avg_sq, &h)?;
+                    let scalars = Scalars::new(&self.cfg, lr, wd, st.step);
+                    let (p, m, v) =
+                        fused_adamw(&var.as_detached_tensor(), &grad, &st.exp_avg, &st.exp_avg_sq, &scalars)?;
                     st.exp_avg = m;
                     st.exp_avg_sq = v;
                     var.set(&p)?;
                     continue;
                 }
+                let bias_correction1 = 1.0 - beta1.powi(t);
+                let bias_correction2 = 1.0 - beta2.powi(t);
+                let step_size = lr / bias_correction1;
+                let bias_correction2_sqrt = bias_correction2.sqrt();
                 let p = var.as_detached_tensor();
                 // Decoupled weight decay.
                 let p = if wd != 0.0 { p.affine(1.0 - lr * wd, 0.0)? } else { p };
@@ -223,61 +220,13 @@ impl AdamW {
     }
 }
 
-struct AdamHyper {
-    lr: f64,
-    wd: f64,
-    beta1: f64,
-    beta2: f64,
-    eps: f64,
-    step_size: f64,
-    bias_correction2_sqrt: f64,
-}
-
-/// One AdamW update of an f32 CPU parameter in a single pass over its four arrays, with the
+/// One AdamW update of an f32 CPU parameter with the shared kernel ([`adamw::update`]), the
 /// same f32 operations in the same order as the tensor-op path above (so the same bits):
 /// returns the new `(param, exp_avg, exp_avg_sq)`.
-fn fused_adamw(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, h: &AdamHyper) -> Result<(Tensor, Tensor, Tensor)> {
-    use crate::nn::cpu::{with_simd, with_slice};
-    use rayon::prelude::*;
-    let n = p.elem_count();
-    let (mut po, mut mo, mut vo) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
-    // The scalars as candle's f32 `affine` rounds them.
-    let decay = (1.0 - h.lr * h.wd) as f32;
-    let (w1, b2, w2) = ((1.0 - h.beta1) as f32, h.beta2 as f32, (1.0 - h.beta2) as f32);
-    let (bc2, eps, step) = (h.bias_correction2_sqrt as f32, h.eps as f32, h.step_size as f32);
-    let apply_decay = h.wd != 0.0;
-    const CHUNK: usize = 16 * 1024;
-    with_slice(p, |ps| {
-        with_slice(g, |gs| {
-            with_slice(m, |ms| {
-                with_slice(v, |vs| {
-                    po.par_chunks_mut(CHUNK)
-                        .zip(mo.par_chunks_mut(CHUNK))
-                        .zip(vo.par_chunks_mut(CHUNK))
-                        .enumerate()
-                        .for_each(|(c, ((po, mo), vo))| {
-                            let r = c * CHUNK..(c * CHUNK + po.len());
-                            let (ps, gs, ms, vs) = (&ps[r.clone()], &gs[r.clone()], &ms[r.clone()], &vs[r]);
-                            with_simd(
-                                #[inline(always)]
-                                || {
-                                    for i in 0..po.len() {
-                                        let p = if apply_decay { ps[i] * decay + 0.0 } else { ps[i] };
-                                        let gi = gs[i];
-                                        let mi = ms[i] + ((gi - ms[i]) * w1 + 0.0);
-                                        let vi = (vs[i] * b2 + 0.0) + (gi * gi * w2 + 0.0);
-                                        let denom = (vi.sqrt() / bc2) * 1.0 + eps;
-                                        po[i] = p - ((mi / denom) * step + 0.0);
-                                        mo[i] = mi;
-                                        vo[i] = vi;
-                                    }
-                                },
-                            )
-                        })
-                })
-            })
-        })
-    })????;
+fn fused_adamw(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, s: &Scalars) -> Result<(Tensor, Tensor, Tensor)> {
+    let flat = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
+    let (mut po, gs, mut mo, mut vo) = (flat(p)?, flat(g)?, flat(m)?, flat(v)?);
+    adamw::update(&mut po, &gs, &mut mo, &mut vo, s);
     let dev = p.device();
     Ok((
         Tensor::from_vec(po, p.shape(), dev)?,

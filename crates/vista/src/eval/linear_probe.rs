@@ -6,7 +6,8 @@
 //! averaged over the batch, and its exact gradient written out — `∂L/∂z = (softmax(z) −
 //! onehot(y)) / B`, `∂L/∂W = (∂L/∂z)ᵀ·x`, `∂L/∂b = Σᵢ ∂L/∂zᵢ`. Parameters as DINO initialises
 //! them (weights `N(0, 0.01²)`, bias 0); optimiser [`AdamW`] as `torch.optim.AdamW`; learning rate
-//! on a cosine schedule over every step ([`cosine_lr`]), optionally after a linear warmup;
+//! on DINO's cosine schedule over every step ([`cosine_scheduler`]), optionally after a linear
+//! warmup;
 //! mini-batches from a seeded shuffle ([`SplitMix64`]), the last one partial (`drop_last=False`).
 //!
 //! Where this departs from `eval_linear.py` (which uses SGD with momentum 0.9, no weight decay,
@@ -14,8 +15,8 @@
 //! cosine is stepped per mini-batch, and features are standardised by default
 //! ([`FeatureNorm`]), which makes one learning rate fit features of any scale.
 
-use gemm::{gemm, Parallelism};
-
+use crate::nn::gemm::{matmul, MatMut, MatRef, Parallelism};
+use crate::optim::{cosine_scheduler, AdamW, AdamWConfig};
 use crate::{Error, Result};
 
 /// SplitMix64 (Steele, Lea & Flood 2014; the generator `java.util.SplittableRandom` and the
@@ -65,90 +66,6 @@ impl SplitMix64 {
             v.swap(i, self.below(i + 1));
         }
     }
-}
-
-/// `torch.optim.AdamW` (Loshchilov & Hutter's decoupled weight decay), the single-tensor CPU
-/// path with `amsgrad=False`, `maximize=False`. Per step `t` (from 1), for parameters `p` and
-/// gradients `g`:
-///
-/// ```text
-/// p ← p · (1 − lr·λ)                      decoupled weight decay
-/// m ← m + (1 − β₁)(g − m)                 (torch: exp_avg.lerp_(g, 1 − β₁))
-/// v ← β₂·v + (1 − β₂)·g²
-/// p ← p − lr / (1 − β₁ᵗ) · m / (√v / √(1 − β₂ᵗ) + ε)
-/// ```
-///
-/// The scalars are formed in f64 and rounded to f32 as torch forms them from Python floats;
-/// the element-wise updates are f32 in torch's operation order. Results agree with torch's to a
-/// few ulp, not bit for bit: torch's CPU kernels fuse the moment updates into FMAs (plain
-/// multiply-adds here, which vectorise) and take the square root from MKL, ±1 ulp off the
-/// correctly rounded one used here.
-#[derive(Debug, Clone)]
-pub struct AdamW {
-    /// First-moment decay β₁.
-    pub beta1: f64,
-    /// Second-moment decay β₂.
-    pub beta2: f64,
-    /// ε added to the denominator.
-    pub eps: f64,
-    /// Decoupled weight decay λ (multiplied by the step's learning rate).
-    pub weight_decay: f64,
-    step: u64,
-    exp_avg: Vec<f32>,
-    exp_avg_sq: Vec<f32>,
-}
-
-impl AdamW {
-    /// State for `len` parameters (moments at zero, no step taken).
-    pub fn new(len: usize, beta1: f64, beta2: f64, eps: f64, weight_decay: f64) -> Self {
-        Self { beta1, beta2, eps, weight_decay, step: 0, exp_avg: vec![0.0; len], exp_avg_sq: vec![0.0; len] }
-    }
-
-    /// torch's defaults: β = (0.9, 0.999), ε = 1e-8, weight decay 0.01.
-    pub fn torch_default(len: usize) -> Self {
-        Self::new(len, 0.9, 0.999, 1e-8, 0.01)
-    }
-
-    /// Steps taken so far.
-    pub fn steps(&self) -> u64 {
-        self.step
-    }
-
-    /// One update of `params` from `grads` at learning rate `lr`.
-    pub fn step(&mut self, params: &mut [f32], grads: &[f32], lr: f64) {
-        assert_eq!(params.len(), self.exp_avg.len(), "AdamW: parameter count changed");
-        assert_eq!(grads.len(), params.len(), "AdamW: one gradient per parameter");
-        self.step += 1;
-        let t = self.step as f64;
-        let decay = (1.0 - lr * self.weight_decay) as f32;
-        let w1 = (1.0 - self.beta1) as f32;
-        let b2 = self.beta2 as f32;
-        let w2 = (1.0 - self.beta2) as f32;
-        let bias_correction1 = 1.0 - self.beta1.powf(t);
-        let bias_correction2 = 1.0 - self.beta2.powf(t);
-        let step_size = (-(lr / bias_correction1)) as f32;
-        let bc2_sqrt = bias_correction2.sqrt() as f32;
-        let eps = self.eps as f32;
-        for (((p, &g), m), v) in params.iter_mut().zip(grads).zip(&mut self.exp_avg).zip(&mut self.exp_avg_sq) {
-            *p *= decay;
-            *m += w1 * (g - *m);
-            *v = *v * b2 + w2 * g * g;
-            let denom = v.sqrt() / bc2_sqrt + eps;
-            *p += step_size * *m / denom;
-        }
-    }
-}
-
-/// The learning rate at `step` (0-based) of `total`: linear warmup from `base / warmup` to
-/// `base` over the first `warmup` steps, then a half cosine from `base` down to `min`, reaching
-/// `min` after the last step (as `CosineAnnealingLR` with `T_max` = the steps after warmup).
-pub fn cosine_lr(step: usize, total: usize, warmup: usize, base: f64, min: f64) -> f64 {
-    if step < warmup {
-        return base * (step + 1) as f64 / warmup as f64;
-    }
-    let span = total.saturating_sub(warmup).max(1) as f64;
-    let progress = ((step - warmup) as f64 / span).min(1.0);
-    min + 0.5 * (base - min) * (1.0 + (std::f64::consts::PI * progress).cos())
 }
 
 /// How features are transformed before the classifier (fitted on the training features, then
@@ -294,10 +211,11 @@ impl LinearProbe {
         let n_w = num_classes * dim;
         let mut params = [probe.weights.as_slice(), probe.bias.as_slice()].concat();
         let mut grads = vec![0f32; params.len()];
-        let mut opt = AdamW::new(params.len(), config.beta1, config.beta2, config.eps, config.weight_decay);
+        let adam = AdamWConfig { betas: (config.beta1, config.beta2), eps: config.eps };
+        let mut opt = AdamW::new(params.len(), adam, config.weight_decay);
         let steps_per_epoch = n.div_ceil(config.batch_size);
-        let total = steps_per_epoch * config.epochs;
-        let warmup = steps_per_epoch * config.warmup_epochs;
+        let lrs =
+            cosine_scheduler(config.lr, config.min_lr, config.epochs, steps_per_epoch, config.warmup_epochs, 0.0)?;
 
         let mut order: Vec<usize> = (0..n).collect();
         let mut xb = vec![0f32; config.batch_size * dim];
@@ -332,38 +250,21 @@ impl LinearProbe {
                     row[y] -= 1.0 / b as f32;
                 }
                 let (gw, gb) = grads.split_at_mut(n_w);
-                // ∂W = ∂zᵀ · x: [C, B] · [B, D].
-                // SAFETY: z is b × C row-major (read transposed), xb b × D row-major, gw C × D.
-                unsafe {
-                    gemm(
-                        num_classes,
-                        dim,
-                        b,
-                        gw.as_mut_ptr(),
-                        1,
-                        dim as isize,
-                        false,
-                        z.as_ptr(),
-                        num_classes as isize,
-                        1,
-                        xb.as_ptr(),
-                        1,
-                        dim as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    );
-                }
+                matmul(
+                    MatMut::row_major(gw, num_classes, dim),
+                    MatRef::row_major(z, b, num_classes).t(),
+                    MatRef::row_major(&xb[..b * dim], b, dim),
+                    1.0,
+                    false,
+                    Parallelism::None,
+                );
                 gb.fill(0.0);
                 for row in z.chunks_exact(num_classes) {
                     for (g, &d) in gb.iter_mut().zip(row) {
                         *g += d;
                     }
                 }
-                opt.step(&mut params, &grads, cosine_lr(step, total, warmup, config.lr, config.min_lr));
+                opt.step(&mut params, &grads, lrs[step]);
                 step += 1;
             }
             epoch_losses.push(loss_sum / n as f64);
@@ -420,7 +321,7 @@ impl LinearProbe {
         let mut x = features.to_vec();
         match self.normalization {
             FeatureNorm::None => {}
-            FeatureNorm::L2 => crate::apps::knn::normalize_rows(&mut x, self.dim),
+            FeatureNorm::L2 => super::knn::normalize_rows(&mut x, self.dim),
             FeatureNorm::Standardize => {
                 for row in x.chunks_exact_mut(self.dim) {
                     for ((v, m), s) in row.iter_mut().zip(&self.mean).zip(&self.scale) {
@@ -474,27 +375,12 @@ fn logits_into(x: &[f32], w: &[f32], bias: &[f32], dim: usize, num_classes: usiz
     }
     // SAFETY: x is rows × dim row-major, w num_classes × dim row-major (read transposed), z rows ×
     // num_classes row-major.
-    unsafe {
-        gemm(
-            rows,
-            num_classes,
-            dim,
-            z.as_mut_ptr(),
-            1,
-            num_classes as isize,
-            true,
-            x.as_ptr(),
-            1,
-            dim as isize,
-            w.as_ptr(),
-            dim as isize,
-            1,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        );
-    }
+    matmul(
+        MatMut::row_major(z, rows, num_classes),
+        MatRef::row_major(x, rows, dim),
+        MatRef::row_major(w, num_classes, dim).t(),
+        1.0,
+        true,
+        Parallelism::None,
+    );
 }

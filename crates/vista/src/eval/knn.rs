@@ -46,7 +46,7 @@
 //! 60,000 × 10,000 features of 384 dimensions take one 2.3e11-flop product and one pass of
 //! top-k selection over the 6e8 similarities: about 3 s on two cores.
 
-use gemm::{gemm, Parallelism};
+use crate::nn::gemm::{matmul, MatMut, MatRef, Parallelism};
 use rayon::prelude::*;
 
 use crate::{Error, Result};
@@ -364,29 +364,14 @@ fn similarities(test: &[f32], train: &[f32], dim: usize, rows: usize, n_train: u
     // SAFETY: `test` is rows × dim row-major, `train` n_train × dim row-major (read as its
     // transpose, dim × n_train, with column stride dim), `out` rows × n_train row-major; the
     // lengths are checked by the caller.
-    unsafe {
-        gemm(
-            rows,
-            n_train,
-            dim,
-            out.as_mut_ptr(),
-            1,
-            n_train as isize,
-            false,
-            test.as_ptr(),
-            1,
-            dim as isize,
-            train.as_ptr(),
-            dim as isize,
-            1,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
+    matmul(
+        MatMut::row_major(out, rows, n_train),
+        MatRef::row_major(test, rows, dim),
+        MatRef::row_major(train, n_train, dim).t(),
+        1.0,
+        false,
+        parallelism,
+    )
 }
 
 /// A candidate neighbour ordered by "worse": lower similarity, then higher index. The heap's

@@ -7,6 +7,7 @@ use crate::{Error, Result};
 /// Extensions decoded by [`crate::image::load_rgb`], lower-case.
 pub const IMAGE_EXTENSIONS: [&str; 9] = ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "jfif"];
 
+/// True when `p` ends in one of [`IMAGE_EXTENSIONS`] (any case).
 pub fn has_image_extension(p: &Path) -> bool {
     p.extension()
         .and_then(|e| e.to_str())
@@ -49,4 +50,17 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Feeds a file's identity without reading it — size and modification time (nanoseconds) — to
+/// `h`; nothing for a file that cannot be stat'ed. Cache keys use it where hashing the content
+/// (gigabytes of weights, thousands of images) on every start would cost more than it saves.
+pub fn hash_file_stamp(h: &mut blake3::Hasher, path: &Path) {
+    if let Ok(m) = std::fs::metadata(path) {
+        h.update(&m.len().to_le_bytes());
+        if let Ok(t) = m.modified() {
+            let ns = t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+            h.update(&ns.to_le_bytes());
+        }
+    }
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use ::image::{GrayImage, RgbImage};
 
-use crate::apps::files::has_image_extension;
+use super::files::{collect_images, has_image_extension};
 use crate::image::{load_rgb, DecodeOptions};
 use crate::{Error, Result};
 
@@ -226,6 +226,79 @@ impl LabelledSet {
         let labels = find_idx(dir, split, "labels-idx1-ubyte")?;
         Self::from_idx(&images, &labels, limit)
     }
+
+    /// A labelled set from what a user names (the `--train` / `--test` of `vista knn`):
+    ///
+    /// * an IDX images file (`*-images-idx3-ubyte[.gz]`), its labels file found by name;
+    /// * a folder of MNIST-style IDX files ([`is_idx_dir`]): its `split` pair;
+    /// * otherwise an `ImageFolder` ([`from_dir`](Self::from_dir)).
+    ///
+    /// `limit` keeps at most that many items: the first of an IDX file, evenly spaced through a
+    /// folder's sorted items (so every class keeps its share).
+    pub fn open(path: &Path, split: Split, limit: Option<usize>) -> Result<Self> {
+        if path.is_file() {
+            let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            let labels_name = name.replace("images-idx3", "labels-idx1").replace("images.idx3", "labels.idx1");
+            if labels_name == name {
+                return Err(Error::arg(
+                    "dataset",
+                    format!(
+                        "{}: an IDX images file is named *-images-idx3-ubyte[.gz]; give a folder otherwise",
+                        path.display()
+                    ),
+                ));
+            }
+            return Self::from_idx(path, &path.with_file_name(labels_name), limit);
+        }
+        if is_idx_dir(path, split) {
+            return Self::from_idx_dir(path, split, limit);
+        }
+        let mut set = Self::from_dir(path)?;
+        if let Some(n) = limit {
+            let len = set.items.len();
+            if n < len {
+                set.items = (0..n).map(|i| set.items[i * len / n].clone()).collect();
+            }
+        }
+        Ok(set)
+    }
+
+    /// The test set that goes with a `train` path when none is named: the `t10k-*` pair of an
+    /// IDX folder holding both splits (`None` for anything else).
+    pub fn default_test_path(train: &Path) -> Option<PathBuf> {
+        (train.is_dir() && is_idx_dir(train, Split::Test)).then(|| train.to_path_buf())
+    }
+}
+
+/// True when `dir` holds MNIST-style IDX image files of `split` (`train-*` / `t10k-*`).
+pub fn is_idx_dir(dir: &Path, split: Split) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else { return false };
+    entries.filter_map(|e| e.ok()).any(|e| {
+        let n = e.file_name().to_string_lossy().to_string();
+        n.starts_with(split.prefix()) && n.contains("idx3")
+    })
+}
+
+/// Unlabelled training images from what a user names (`vista train --data`): the `train-*`
+/// images of an IDX folder or an IDX images file, or every image file under a folder (walked
+/// recursively, see [`collect_images`]); at most the first `limit`. No images is an error.
+pub fn unlabelled_items(path: &Path, limit: Option<usize>) -> Result<Vec<Item>> {
+    let idx = path.is_file() && !has_image_extension(path) || path.is_dir() && is_idx_dir(path, Split::Train);
+    let mut items = if idx {
+        LabelledSet::open(path, Split::Train, limit)?.items
+    } else {
+        collect_images(&[path.to_path_buf()])?
+            .into_iter()
+            .map(|p| Item { image: ItemImage::File(p), label: 0 })
+            .collect()
+    };
+    if let Some(n) = limit {
+        items.truncate(n);
+    }
+    if items.is_empty() {
+        return Err(Error::arg("data", format!("{}: no images to train on", path.display())));
+    }
+    Ok(items)
 }
 
 fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) -> Result<()> {

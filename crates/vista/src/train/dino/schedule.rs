@@ -1,82 +1,13 @@
-//! DINO's training schedules, computed once into per-iteration (or per-epoch) arrays, as
-//! `main_dino.py` / `utils.py` of facebookresearch/dino compute them with numpy (f64).
-//!
-//! * [`cosine_scheduler`] is `utils.cosine_scheduler` operation for operation: a linear warmup
-//!   (`np.linspace(start_warmup_value, base_value, warmup_iters)`, last value exactly
-//!   `base_value`) followed by the half cosine
-//!   `final + 0.5 (base - final) (1 + cos(pi i / n))`, `i = 0..n`, `n` the iterations after the
-//!   warmup. The last value is therefore *not* `final_value` but one step before it.
-//! * [`teacher_temp_schedule`] is `DINOLoss.teacher_temp_schedule`: a per-*epoch* linear warmup
-//!   from `warmup_teacher_temp` to `teacher_temp` over `warmup_teacher_temp_epochs` epochs,
-//!   then constant.
-//! * [`DinoSchedules`] builds the four arrays `main_dino.py` uses from a [`DinoScheduleConfig`]
-//!   (defaults: `main_dino.py`'s argument defaults): learning rate with the linear scaling rule
-//!   `lr * batch_size_total / 256`, weight decay 0.04 → 0.4, teacher EMA momentum 0.996 → 1,
-//!   teacher temperature.
-//!
-//! Agreement with numpy (`tests/train_schedule.rs`, goldens from
-//! `tools/reference/gen_dino_train.py`): every value within 1e-12 absolute (the only possible
-//! difference is the last bit of `cos`, between numpy's and the platform's libm).
+//! DINO's training schedules, computed once, as `main_dino.py` computes them with numpy:
+//! [`DinoSchedules`] builds the four arrays (learning rate with the linear scaling rule
+//! `lr * batch_size_total / 256`, weight decay 0.04 → 0.4, teacher EMA momentum 0.996 → 1,
+//! teacher temperature) from a [`DinoScheduleConfig`]; [`teacher_temp_schedule`] is
+//! `DINOLoss.teacher_temp_schedule`: a per-*epoch* linear warmup from `warmup_teacher_temp` to
+//! `teacher_temp` over `warmup_teacher_temp_epochs` epochs, then constant.
 
+use super::config::DinoTrainConfig;
+use crate::optim::schedule::{cosine_scheduler, linspace};
 use crate::{Error, Result};
-
-/// `np.linspace(start, stop, num)` (endpoint included), with numpy's exact arithmetic:
-/// `i * ((stop - start) / (num - 1)) + start`, the last value set to `stop`; `[start]` when
-/// `num == 1`.
-pub fn linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
-    if num == 0 {
-        return Vec::new();
-    }
-    let delta = stop - start;
-    if num == 1 {
-        // div <= 0: y = arange(1) * delta + start.
-        return vec![0.0 * delta + start];
-    }
-    let div = (num - 1) as f64;
-    let step = delta / div;
-    let mut y: Vec<f64> = if step == 0.0 {
-        // numpy's special case for denormal steps: y / div * delta.
-        (0..num).map(|i| i as f64 / div * delta + start).collect()
-    } else {
-        (0..num).map(|i| i as f64 * step + start).collect()
-    };
-    y[num - 1] = stop;
-    y
-}
-
-/// `utils.cosine_scheduler(base_value, final_value, epochs, niter_per_ep, warmup_epochs,
-/// start_warmup_value)`: `epochs * niter_per_ep` values, one per training iteration.
-///
-/// Errors when the warmup is longer than the training (numpy's assertion).
-pub fn cosine_scheduler(
-    base_value: f64,
-    final_value: f64,
-    epochs: usize,
-    niter_per_ep: usize,
-    warmup_epochs: usize,
-    start_warmup_value: f64,
-) -> Result<Vec<f64>> {
-    let total = epochs
-        .checked_mul(niter_per_ep)
-        .ok_or_else(|| Error::arg("epochs", format!("{epochs} epochs x {niter_per_ep} iterations overflows")))?;
-    let warmup_iters = warmup_epochs.saturating_mul(niter_per_ep);
-    if warmup_iters > total {
-        return Err(Error::arg(
-            "warmup_epochs",
-            format!("warmup of {warmup_epochs} epochs is longer than the {epochs} epochs of training"),
-        ));
-    }
-    let mut schedule = Vec::with_capacity(total);
-    if warmup_epochs > 0 {
-        schedule.extend(linspace(start_warmup_value, base_value, warmup_iters));
-    }
-    let n = total - warmup_iters;
-    let half_range = 0.5 * (base_value - final_value);
-    let len = n as f64;
-    schedule.extend((0..n).map(|i| final_value + half_range * (1.0 + (std::f64::consts::PI * i as f64 / len).cos())));
-    debug_assert_eq!(schedule.len(), total);
-    Ok(schedule)
-}
 
 /// `DINOLoss.teacher_temp_schedule`: one value per epoch,
 /// `concat(linspace(warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs),
@@ -133,21 +64,9 @@ pub struct DinoScheduleConfig {
 }
 
 impl Default for DinoScheduleConfig {
+    /// `main_dino.py`'s defaults ([`DinoTrainConfig::preset`]) with one iteration per epoch.
     fn default() -> Self {
-        Self {
-            epochs: 100,
-            niter_per_ep: 1,
-            batch_size_total: 64,
-            lr: 0.0005,
-            min_lr: 1e-6,
-            warmup_epochs: 10,
-            weight_decay: 0.04,
-            weight_decay_end: 0.4,
-            momentum_teacher: 0.996,
-            warmup_teacher_temp: 0.04,
-            teacher_temp: 0.04,
-            warmup_teacher_temp_epochs: 0,
-        }
+        DinoTrainConfig::preset("vit_small").expect("a known preset").schedule(1)
     }
 }
 
@@ -176,6 +95,7 @@ pub struct DinoSchedules {
 }
 
 impl DinoSchedules {
+    /// The four schedules of `cfg`.
     pub fn new(cfg: &DinoScheduleConfig) -> Result<Self> {
         let (e, n) = (cfg.epochs, cfg.niter_per_ep);
         Ok(Self {
@@ -196,6 +116,7 @@ impl DinoSchedules {
         self.lr.len()
     }
 
+    /// True for a run without iterations.
     pub fn is_empty(&self) -> bool {
         self.lr.is_empty()
     }

@@ -1,0 +1,237 @@
+//! A loaded DINO / DINOv2 backbone with its preprocessing ([`DinoPipeline`]): images in — files,
+//! dataset items or images in memory, any [`ImageSource`] — CLS and patch features and
+//! last-block attention maps out, in batches, one bad image never stopping the rest.
+//!
+//! Preprocessing is [`DinoPreprocess`] (see [`super::preprocess`]). [`DinoPipeline::attention_maps`]
+//! gives, per head, the CLS row of the last block's attention over the patch tokens (the CLS
+//! and register columns left out), as DINO's `visualize_attention.py`;
+//! `apps::attention` thresholds and draws them.
+
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use super::loader::{self, LoadOptions, Loaded};
+use super::preprocess::DinoPreprocess;
+use super::DinoVit;
+use crate::data::ImageSource;
+use crate::image::{self, DecodeOptions, RgbImage};
+use crate::weights::dino::DinoFamily;
+use crate::weights::formats::checkpoint_key;
+use crate::weights::LoadReport;
+use crate::{Error, Result};
+
+/// `format` metadata of the feature files and caches written from DINO features.
+pub const FEATURES_FORMAT: &str = "vista-dino-features-1";
+
+/// One image's features.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DinoFeatures {
+    /// The CLS token after the final norm, `[C]`.
+    pub cls: Vec<f32>,
+    /// Patch tokens `[h·w, C]`, row-major over the grid; empty unless asked for.
+    pub patches: Vec<f32>,
+    /// Patch grid `(h, w)` (rows, columns).
+    pub grid: (usize, usize),
+    /// Register tokens `[R, C]` (empty without registers).
+    pub registers: Vec<f32>,
+    /// `(width, height)` of the model input.
+    pub input_size: (u32, u32),
+}
+
+impl DinoFeatures {
+    /// Feature width `C`.
+    pub fn dim(&self) -> usize {
+        self.cls.len()
+    }
+}
+
+/// One file's outcome: its features, or why it was skipped.
+pub struct FileFeatures {
+    pub path: PathBuf,
+    pub features: Result<DinoFeatures>,
+}
+
+/// A loaded DINO / DINOv2 backbone with its preprocessing.
+pub struct DinoPipeline {
+    pub model: DinoVit,
+    pub preprocess: DinoPreprocess,
+    pub decode: DecodeOptions,
+    pub family: DinoFamily,
+    pub report: LoadReport,
+}
+
+impl DinoPipeline {
+    /// Loads a model argument (file, folder or hub id) with DINO's evaluation preprocessing.
+    pub fn load(model: &str, options: &LoadOptions) -> Result<Self> {
+        Ok(Self::new(loader::load_model(model, options)?))
+    }
+
+    /// Wraps a loaded backbone, with DINO's evaluation preprocessing.
+    pub fn new(loaded: Loaded) -> Self {
+        let Loaded { model, family, report } = loaded;
+        Self { model, preprocess: DinoPreprocess::eval(), decode: DecodeOptions::default(), family, report }
+    }
+
+    pub fn patch_size(&self) -> usize {
+        self.model.config.patch_size
+    }
+
+    /// The 8-bit image the model sees for `img`.
+    pub fn prepare(&self, img: &RgbImage) -> Result<RgbImage> {
+        self.preprocess.prepare(img, self.patch_size())
+    }
+
+    /// Features of images already [`prepare`](Self::prepare)d, all of one size, in one forward
+    /// pass; patch tokens only when `patches`.
+    pub fn features_of_prepared(&self, imgs: &[&RgbImage], patches: bool) -> Result<Vec<DinoFeatures>> {
+        if imgs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let input_size = imgs[0].dimensions();
+        let pixels = self.preprocess.pixels(imgs)?;
+        let out = self.model.forward(&pixels, false, false)?;
+        let (b, n, c) = out.tokens.dims3()?;
+        let r = out.registers;
+        let all: Vec<f32> = out.tokens.flatten_all()?.to_vec1()?;
+        Ok((0..b)
+            .map(|i| {
+                let t = &all[i * n * c..(i + 1) * n * c];
+                DinoFeatures {
+                    cls: t[..c].to_vec(),
+                    registers: t[c..(1 + r) * c].to_vec(),
+                    patches: if patches { t[(1 + r) * c..].to_vec() } else { Vec::new() },
+                    grid: out.grid,
+                    input_size,
+                }
+            })
+            .collect())
+    }
+
+    /// Features of one image.
+    pub fn features(&self, img: &RgbImage, patches: bool) -> Result<DinoFeatures> {
+        let p = self.prepare(img)?;
+        Ok(self.features_of_prepared(&[&p], patches)?.remove(0))
+    }
+
+    /// Features of one image file.
+    pub fn features_file(&self, path: &Path, patches: bool) -> Result<DinoFeatures> {
+        self.features(&image::load_rgb(path, &self.decode)?, patches)
+    }
+
+    /// Features of many images, `batch` per chunk: each chunk is decoded and resized in parallel
+    /// (rayon), then its images of equal input size go through the model together (in
+    /// [`Mode::Whole`] images of other sizes form their own batches). A source that fails to
+    /// load gets its error in its slot and the rest go on; a model error is reported on every
+    /// image of the failed batch, naming it. `progress` gets the number of sources done.
+    pub fn extract<S: ImageSource>(
+        &self,
+        sources: &[S],
+        batch: usize,
+        patches: bool,
+        mut progress: impl FnMut(usize),
+    ) -> Vec<Result<DinoFeatures>> {
+        let batch = batch.max(1);
+        let mut out = Vec::with_capacity(sources.len());
+        for chunk in sources.chunks(batch) {
+            let prepared: Vec<Result<RgbImage>> =
+                chunk.par_iter().map(|s| s.load_image(&self.decode).and_then(|im| self.prepare(&im))).collect();
+            let mut groups: Vec<((u32, u32), Vec<usize>)> = Vec::new();
+            for (i, img) in prepared.iter().enumerate().filter_map(|(i, p)| Some((i, p.as_ref().ok()?))) {
+                let d = img.dimensions();
+                match groups.iter_mut().find(|(size, _)| *size == d) {
+                    Some((_, members)) => members.push(i),
+                    None => groups.push((d, vec![i])),
+                }
+            }
+            let mut slots: Vec<Option<Result<DinoFeatures>>> = (0..chunk.len()).map(|_| None).collect();
+            for (_, members) in &groups {
+                let imgs: Vec<&RgbImage> = members.iter().filter_map(|&i| prepared[i].as_ref().ok()).collect();
+                match self.features_of_prepared(&imgs, patches) {
+                    Ok(feats) => {
+                        for (&i, f) in members.iter().zip(feats) {
+                            slots[i] = Some(Ok(f));
+                        }
+                    }
+                    Err(e) => {
+                        for &i in members {
+                            slots[i] =
+                                Some(Err(Error::BatchFailed { item: chunk[i].describe(), message: e.to_string() }));
+                        }
+                    }
+                }
+            }
+            for (slot, p) in slots.into_iter().zip(prepared) {
+                out.push(match (slot, p) {
+                    (Some(r), _) => r,
+                    (None, Err(e)) => Err(e),
+                    (None, Ok(_)) => unreachable!("every prepared image is in a group"),
+                });
+            }
+            progress(chunk.len());
+        }
+        out
+    }
+
+    /// [`extract`](Self::extract) over image files, each result with its path.
+    pub fn extract_files(
+        &self,
+        paths: &[PathBuf],
+        batch: usize,
+        patches: bool,
+        progress: impl FnMut(usize),
+    ) -> Vec<FileFeatures> {
+        let results = self.extract(paths, batch, patches, progress);
+        paths.iter().zip(results).map(|(p, features)| FileFeatures { path: p.clone(), features }).collect()
+    }
+
+    /// The last block's attention from the CLS token to every patch, per head (see
+    /// [`AttentionMaps`]).
+    pub fn attention_maps(&self, img: &RgbImage) -> Result<AttentionMaps> {
+        let prepared = self.prepare(img)?;
+        let pixels = self.preprocess.pixels(&[&prepared])?;
+        let out = self.model.forward(&pixels, true, false)?;
+        let attn = out.attention.as_ref().ok_or_else(|| Error::arg("attention", "the model gave no attention"))?;
+        let (_, heads, n, _) = attn.dims4()?;
+        let (h, w) = out.grid;
+        let start = 1 + out.registers;
+        if start + h * w != n {
+            return Err(Error::arg("attention", format!("{n} tokens for 1 + {} registers + {h}x{w}", out.registers)));
+        }
+        let maps: Vec<f32> = attn.narrow(2, 0, 1)?.narrow(3, start, h * w)?.flatten_all()?.to_vec1()?;
+        Ok(AttentionMaps { image: prepared, heads, grid: (h, w), patch_size: self.patch_size(), maps })
+    }
+
+    /// [`attention_maps`](Self::attention_maps) of an image file.
+    pub fn attention_maps_file(&self, path: &Path) -> Result<AttentionMaps> {
+        self.attention_maps(&image::load_rgb(path, &self.decode)?)
+    }
+
+    /// The cache key of the model ([`checkpoint_key`]: its checkpoint and architecture).
+    pub fn model_key(&self) -> String {
+        checkpoint_key(&self.report.checkpoint, &serde_json::to_string(&self.model.config).unwrap_or_default())
+    }
+}
+
+/// Per head, the CLS token's attention to every patch in the last block.
+#[derive(Debug, Clone)]
+pub struct AttentionMaps {
+    /// The 8-bit image the model saw (after preprocessing); patch `(r, c)` covers pixels
+    /// `[c·p, (c+1)·p) × [r·p, (r+1)·p)`.
+    pub image: RgbImage,
+    pub heads: usize,
+    /// Patch grid `(h, w)` (rows, columns).
+    pub grid: (usize, usize),
+    pub patch_size: usize,
+    /// `[heads, h, w]`: attention probabilities of the CLS row over the patch columns (the CLS
+    /// and register columns excluded, so a head's map sums to one minus what it puts there).
+    pub maps: Vec<f32>,
+}
+
+impl AttentionMaps {
+    /// Head `i`'s map, `[h·w]` row-major.
+    pub fn head(&self, i: usize) -> &[f32] {
+        let n = self.grid.0 * self.grid.1;
+        &self.maps[i * n..(i + 1) * n]
+    }
+}

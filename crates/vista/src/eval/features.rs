@@ -1,0 +1,191 @@
+//! CLS features of a labelled set, extracted once and cached on disk: k-NN, linear probes and
+//! the trainer's evaluation all score the same frozen features, so they are computed once per
+//! (model, data set, preprocessing) and read back after.
+//!
+//! A cache entry is one safetensors file `root/<model key>/<data set key>.safetensors` holding
+//! `features` (f32 `[n, dim]`) and `labels` (i64 `[n]`), with the classes and the skipped items
+//! in its metadata. The model key is [`DinoPipeline::model_key`]; the data set key
+//! ([`FeatureCache::dataset_key`]) hashes the preprocessing, the decode options, the classes,
+//! and per item its label and either its file (canonical path, size, modification time) or its
+//! pixels — so a changed file or setting misses, and an unreadable entry counts as a miss.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+
+use crate::data::files::hash_file_stamp;
+use crate::data::{ItemImage, LabelledSet};
+use crate::dino::pipeline::{DinoPipeline, FEATURES_FORMAT};
+use crate::weights::formats::{read_safetensors, write_safetensors};
+use crate::Result;
+
+/// CLS features of a labelled set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatasetFeatures {
+    /// Feature width.
+    pub dim: usize,
+    /// `[n, dim]` row-major, raw (not normalised), one row per item that loaded, in item order.
+    pub features: Vec<f32>,
+    /// The label of each row.
+    pub labels: Vec<usize>,
+    /// One message per item that could not be loaded.
+    pub skipped: Vec<String>,
+    /// The cache file read or written.
+    pub cache: Option<PathBuf>,
+    /// Whether the features came from the cache.
+    pub from_cache: bool,
+    /// Why the features could not be stored in the cache, if they could not.
+    pub cache_error: Option<String>,
+}
+
+impl DatasetFeatures {
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// True without rows.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+}
+
+/// The on-disk cache of dataset features below a root folder.
+#[derive(Debug, Clone)]
+pub struct FeatureCache {
+    root: PathBuf,
+}
+
+impl FeatureCache {
+    /// A cache below `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The default root: the user's cache folder, `vista/features`.
+    pub fn default_root() -> PathBuf {
+        dirs::cache_dir().unwrap_or_else(std::env::temp_dir).join("vista").join("features")
+    }
+
+    /// The root folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The key of a labelled set under `pipeline`'s preprocessing and decode options.
+    pub fn dataset_key(pipeline: &DinoPipeline, set: &LabelledSet) -> String {
+        let mut h = blake3::Hasher::new();
+        h.update(FEATURES_FORMAT.as_bytes());
+        h.update(pipeline.preprocess.describe().as_bytes());
+        h.update(format!("{:?}", pipeline.decode).as_bytes());
+        h.update(serde_json::to_string(&set.classes).unwrap_or_default().as_bytes());
+        h.update(&(set.items.len() as u64).to_le_bytes());
+        for item in &set.items {
+            h.update(&(item.label as u64).to_le_bytes());
+            match &item.image {
+                ItemImage::File(p) => {
+                    let canonical = p.canonicalize().unwrap_or_else(|_| p.clone());
+                    h.update(canonical.to_string_lossy().as_bytes());
+                    h.update(b"\0");
+                    hash_file_stamp(&mut h, p);
+                }
+                ItemImage::Gray(g) => {
+                    h.update(&g.width().to_le_bytes());
+                    h.update(&g.height().to_le_bytes());
+                    h.update(g.as_raw());
+                }
+            }
+        }
+        h.finalize().to_hex()[..32].to_string()
+    }
+
+    /// Where the features of `set` under `pipeline` are stored.
+    pub fn path(&self, pipeline: &DinoPipeline, set: &LabelledSet) -> PathBuf {
+        self.root.join(pipeline.model_key()).join(format!("{}.safetensors", Self::dataset_key(pipeline, set)))
+    }
+
+    /// The cached features of `set`, if present, readable and consistent with the set.
+    pub fn load(&self, pipeline: &DinoPipeline, set: &LabelledSet) -> Option<DatasetFeatures> {
+        let path = self.path(pipeline, set);
+        let mut f = read_entry(&path)?;
+        if f.labels.len() + f.skipped.len() != set.len() {
+            return None;
+        }
+        f.cache = Some(path);
+        f.from_cache = true;
+        Some(f)
+    }
+
+    fn store(&self, path: &Path, f: &DatasetFeatures, classes: &[String]) -> Result<()> {
+        let features = Tensor::from_slice(&f.features, (f.len(), f.dim), &Device::Cpu)?;
+        let labels: Vec<i64> = f.labels.iter().map(|&l| l as i64).collect();
+        let labels = Tensor::from_vec(labels, f.len(), &Device::Cpu)?;
+        let metadata: HashMap<String, String> = [
+            ("format".to_string(), FEATURES_FORMAT.to_string()),
+            ("classes".to_string(), serde_json::to_string(classes).unwrap_or_default()),
+            ("skipped".to_string(), serde_json::to_string(&f.skipped).unwrap_or_default()),
+        ]
+        .into();
+        write_safetensors(path, [("features", &features), ("labels", &labels)], &metadata)
+    }
+}
+
+fn read_entry(path: &Path) -> Option<DatasetFeatures> {
+    let (tensors, meta) = read_safetensors(path, &Device::Cpu).ok()?;
+    if meta.get("format").map(String::as_str) != Some(FEATURES_FORMAT) {
+        return None;
+    }
+    let skipped: Vec<String> = serde_json::from_str(meta.get("skipped")?).ok()?;
+    let (feats, labels) = (tensors.get("features")?, tensors.get("labels")?);
+    let ((n, dim), m) = (feats.dims2().ok()?, labels.dims1().ok()?);
+    if n != m {
+        return None;
+    }
+    let features = feats.to_dtype(candle_core::DType::F32).ok()?.flatten_all().ok()?.to_vec1().ok()?;
+    let labels = labels.to_vec1::<i64>().ok()?.into_iter().map(|l| usize::try_from(l).ok()).collect::<Option<_>>()?;
+    Some(DatasetFeatures { dim, features, labels, skipped, cache: None, from_cache: false, cache_error: None })
+}
+
+/// CLS features of every item of `set` (in item order; items that fail to load are left out and
+/// listed in [`DatasetFeatures::skipped`]), read from `cache` when there, else extracted (`batch`
+/// images per forward pass) and stored there. A cache that cannot be written does not throw the
+/// features away ([`DatasetFeatures::cache_error`]).
+pub fn dataset_features(
+    pipeline: &DinoPipeline,
+    set: &LabelledSet,
+    batch: usize,
+    cache: Option<&FeatureCache>,
+    progress: impl FnMut(usize),
+) -> Result<DatasetFeatures> {
+    if let Some(hit) = cache.and_then(|c| c.load(pipeline, set)) {
+        return Ok(hit);
+    }
+    let results = pipeline.extract(&set.items, batch, false, progress);
+    let mut features = Vec::new();
+    let mut labels = Vec::new();
+    let mut skipped = Vec::new();
+    let mut dim = 0;
+    for (i, (item, r)) in set.items.iter().zip(results).enumerate() {
+        match r {
+            Ok(f) => {
+                dim = f.dim();
+                features.extend_from_slice(&f.cls);
+                labels.push(item.label);
+            }
+            Err(e) => skipped.push(match item.image {
+                ItemImage::File(_) => e.to_string(),
+                ItemImage::Gray(_) => format!("item {i}: {e}"),
+            }),
+        }
+    }
+    let mut out = DatasetFeatures { dim, features, labels, skipped, cache: None, from_cache: false, cache_error: None };
+    if let Some(c) = cache {
+        let path = c.path(pipeline, set);
+        match c.store(&path, &out, &set.classes) {
+            Ok(()) => out.cache = Some(path),
+            Err(e) => out.cache_error = Some(e.to_string()),
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,240 @@
+//! [`DinoTrainConfig`]: everything that defines a DINO run — `main_dino.py`'s arguments that
+//! change the result — with its defaults written once, in [`DinoTrainConfig::preset`].
+
+use serde::{Deserialize, Serialize};
+
+use super::schedule::DinoScheduleConfig;
+use super::{DinoHeadConfig, DinoLossConfig};
+use crate::dino::{DinoConfig, Ffn, PosInterpolation};
+use crate::image::augment::DinoAugmentConfig;
+use crate::{Error, Result};
+
+/// Everything that defines a run (`main_dino.py`'s arguments that change the result).
+/// [`DinoTrainConfig::preset`] gives `main_dino.py`'s defaults for an architecture.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DinoTrainConfig {
+    /// DINO's architecture name (`vit_tiny`, `vit_small`, `vit_base`), as recorded.
+    pub arch: String,
+    pub embed_dim: usize,
+    pub depth: usize,
+    pub num_heads: usize,
+    pub patch_size: usize,
+    /// Stochastic depth of the student (`--drop_path_rate`, 0.1).
+    pub drop_path: f64,
+    /// `--out_dim` (65536).
+    pub out_dim: usize,
+    /// Hidden width of the head's MLP (2048).
+    pub head_hidden: usize,
+    /// The head's bottleneck (256).
+    pub bottleneck: usize,
+    /// Linear layers of the head (3).
+    pub head_layers: usize,
+    /// `--norm_last_layer` (true).
+    pub norm_last_layer: bool,
+    /// Global crop side (224); also the side the position embedding is made for.
+    pub global_size: u32,
+    /// Local crop side (96).
+    pub local_size: u32,
+    /// `--global_crops_scale` (0.4, 1).
+    pub global_scale: (f64, f64),
+    /// `--local_crops_scale` (0.05, 0.4).
+    pub local_scale: (f64, f64),
+    /// `--local_crops_number` (8).
+    pub local_crops: usize,
+    /// `--epochs` (100).
+    pub epochs: usize,
+    /// Images per step (`--batch_size_per_gpu` × GPUs, 64).
+    pub batch_size: usize,
+    /// `--lr` for 256 images (0.0005), scaled by `batch_size / 256`.
+    pub lr: f64,
+    /// `--min_lr` (1e-6).
+    pub min_lr: f64,
+    /// `--warmup_epochs` (10).
+    pub warmup_epochs: usize,
+    /// `--weight_decay` (0.04) → `--weight_decay_end` (0.4).
+    pub weight_decay: f64,
+    pub weight_decay_end: f64,
+    /// `--momentum_teacher` (0.996), to 1 on a cosine.
+    pub momentum_teacher: f64,
+    /// `--warmup_teacher_temp` (0.04) → `--teacher_temp` (0.04) over
+    /// `--warmup_teacher_temp_epochs` (0).
+    pub warmup_teacher_temp: f64,
+    pub teacher_temp: f64,
+    pub warmup_teacher_temp_epochs: usize,
+    /// `--clip_grad` (3.0; 0 disables).
+    pub clip_grad: f64,
+    /// `--freeze_last_layer` (1).
+    pub freeze_last_layer: usize,
+    /// Seed of the initialisation and of every random draw.
+    pub seed: u64,
+}
+
+impl DinoTrainConfig {
+    /// `main_dino.py`'s defaults with DINO's `vit_tiny` (192 wide, 12 deep, 3 heads),
+    /// `vit_small` (384, 12, 6) or `vit_base` (768, 12, 12); patch 16.
+    pub fn preset(arch: &str) -> Option<Self> {
+        let (embed_dim, depth, num_heads) = match arch {
+            "vit_tiny" => (192, 12, 3),
+            "vit_small" => (384, 12, 6),
+            "vit_base" => (768, 12, 12),
+            _ => return None,
+        };
+        Some(Self {
+            arch: arch.to_string(),
+            embed_dim,
+            depth,
+            num_heads,
+            patch_size: 16,
+            drop_path: 0.1,
+            out_dim: 65536,
+            head_hidden: 2048,
+            bottleneck: 256,
+            head_layers: 3,
+            norm_last_layer: true,
+            global_size: 224,
+            local_size: 96,
+            global_scale: (0.4, 1.0),
+            local_scale: (0.05, 0.4),
+            local_crops: 8,
+            epochs: 100,
+            batch_size: 64,
+            lr: 0.0005,
+            min_lr: 1e-6,
+            warmup_epochs: 10,
+            weight_decay: 0.04,
+            weight_decay_end: 0.4,
+            momentum_teacher: 0.996,
+            warmup_teacher_temp: 0.04,
+            teacher_temp: 0.04,
+            warmup_teacher_temp_epochs: 0,
+            clip_grad: 3.0,
+            freeze_last_layer: 1,
+            seed: 0,
+        })
+    }
+
+    /// The architectures [`preset`](Self::preset) knows.
+    pub const ARCHS: [&'static str; 3] = ["vit_tiny", "vit_small", "vit_base"];
+
+    /// The backbone: DINO's `VisionTransformer` (MLP ratio 4, qkv bias, LayerNorm ε 1e-6), its
+    /// position embedding made for the global crop, resampled for the locals with DINO's
+    /// `interpolate_pos_encoding`.
+    pub fn backbone(&self) -> DinoConfig {
+        DinoConfig {
+            image_size: self.global_size as usize,
+            patch_size: self.patch_size,
+            embed_dim: self.embed_dim,
+            depth: self.depth,
+            num_heads: self.num_heads,
+            ffn_hidden: 4 * self.embed_dim,
+            ffn: Ffn::Mlp,
+            layer_scale: false,
+            num_register_tokens: 0,
+            qkv_bias: true,
+            layer_norm_eps: 1e-6,
+            interpolation: PosInterpolation::ScaleFactorOffset { offset: 0.1, antialias: false },
+        }
+    }
+
+    pub fn head(&self) -> DinoHeadConfig {
+        DinoHeadConfig {
+            in_dim: self.embed_dim,
+            out_dim: self.out_dim,
+            norm_last_layer: self.norm_last_layer,
+            nlayers: self.head_layers,
+            hidden_dim: self.head_hidden,
+            bottleneck_dim: self.bottleneck,
+        }
+    }
+
+    pub fn augment(&self) -> DinoAugmentConfig {
+        DinoAugmentConfig::dino(
+            self.global_size,
+            self.local_size,
+            self.global_scale,
+            self.local_scale,
+            self.local_crops,
+        )
+    }
+
+    pub fn schedule(&self, niter_per_ep: usize) -> DinoScheduleConfig {
+        DinoScheduleConfig {
+            epochs: self.epochs,
+            niter_per_ep,
+            batch_size_total: self.batch_size,
+            lr: self.lr,
+            min_lr: self.min_lr,
+            warmup_epochs: self.warmup_epochs,
+            weight_decay: self.weight_decay,
+            weight_decay_end: self.weight_decay_end,
+            momentum_teacher: self.momentum_teacher,
+            warmup_teacher_temp: self.warmup_teacher_temp,
+            teacher_temp: self.teacher_temp,
+            warmup_teacher_temp_epochs: self.warmup_teacher_temp_epochs,
+        }
+    }
+
+    pub fn loss(&self) -> DinoLossConfig {
+        DinoLossConfig::new(
+            self.out_dim,
+            self.local_crops + 2,
+            self.warmup_teacher_temp,
+            self.teacher_temp,
+            self.warmup_teacher_temp_epochs,
+            self.epochs,
+        )
+    }
+
+    /// Checks every value, naming the argument at fault.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("embed_dim", self.embed_dim),
+            ("depth", self.depth),
+            ("num_heads", self.num_heads),
+            ("patch", self.patch_size),
+            ("out_dim", self.out_dim),
+            ("head_hidden", self.head_hidden),
+            ("bottleneck", self.bottleneck),
+            ("head_layers", self.head_layers),
+            ("epochs", self.epochs),
+            ("batch", self.batch_size),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(Error::arg(name, "must be positive"));
+            }
+        }
+        if !self.embed_dim.is_multiple_of(self.num_heads) {
+            return Err(Error::arg(
+                "num_heads",
+                format!("width {} is not divisible by {} heads", self.embed_dim, self.num_heads),
+            ));
+        }
+        for (name, size) in [("global_size", self.global_size), ("local_size", self.local_size)] {
+            if !(size as usize).is_multiple_of(self.patch_size) || size == 0 {
+                return Err(Error::arg(
+                    name,
+                    format!("crop side {size} is not a positive multiple of the {}-pixel patch", self.patch_size),
+                ));
+            }
+        }
+        if self.warmup_epochs > self.epochs {
+            return Err(Error::arg("warmup_epochs", format!("{} > {} epochs", self.warmup_epochs, self.epochs)));
+        }
+        if !(0.0..1.0).contains(&self.drop_path) {
+            return Err(Error::arg("drop_path", format!("{} is not in [0, 1)", self.drop_path)));
+        }
+        for (name, v) in
+            [("lr", self.lr), ("teacher_temp", self.teacher_temp), ("warmup_teacher_temp", self.warmup_teacher_temp)]
+        {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(Error::arg(name, format!("{v} must be positive")));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.momentum_teacher) {
+            return Err(Error::arg("momentum_teacher", format!("{} is not in [0, 1]", self.momentum_teacher)));
+        }
+        self.augment().validate()?;
+        self.backbone().validate().map_err(|m| Error::arg("arch", m))
+    }
+}
