@@ -161,10 +161,7 @@ impl Case {
         let a = &self.cfg()["adamw"];
         assert!(!a["amsgrad"].as_bool().unwrap());
         let b = a["betas"].as_array().unwrap();
-        AdamWConfig {
-            betas: (b[0].as_f64().unwrap(), b[1].as_f64().unwrap()),
-            eps: a["eps"].as_f64().unwrap(),
-        }
+        AdamWConfig { betas: (b[0].as_f64().unwrap(), b[1].as_f64().unwrap()), eps: a["eps"].as_f64().unwrap() }
     }
 }
 
