@@ -6,66 +6,165 @@ use std::path::PathBuf;
 /// Errors returned by the vista library.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A file or folder could not be read or written.
     #[error("{path}: {source}")]
     Io {
+        /// The file at fault.
         path: PathBuf,
+        /// The underlying I/O error.
         #[source]
         source: std::io::Error,
     },
 
+    /// An image could not be decoded: unknown format, truncated or corrupt data, or a decoder
+    /// panic.
     #[error("{path}: cannot decode image: {message}")]
-    ImageDecode { path: PathBuf, message: String },
+    ImageDecode {
+        /// The image file at fault.
+        path: PathBuf,
+        /// What the decoder reported.
+        message: String,
+    },
 
+    /// An image has more pixels than the decode limit allows (checked from the header, before
+    /// decoding).
     #[error(
         "{path}: image is {width}x{height} = {pixels} pixels, over the limit of {limit} pixels \
          (a possible decompression bomb; raise the limit if the image is trusted)"
     )]
-    ImageTooLarge { path: PathBuf, width: u32, height: u32, pixels: u64, limit: u64 },
+    ImageTooLarge {
+        /// The image file at fault.
+        path: PathBuf,
+        /// The image's width in pixels.
+        width: u32,
+        /// The image's height in pixels.
+        height: u32,
+        /// `width * height`.
+        pixels: u64,
+        /// The limit it went over.
+        limit: u64,
+    },
 
+    /// A checkpoint could not be read or written: unknown format, corrupt header or tensor, or a
+    /// family that cannot be detected.
     #[error("{path}: cannot read checkpoint: {message}")]
-    Checkpoint { path: PathBuf, message: String },
+    Checkpoint {
+        /// The checkpoint file at fault.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
 
+    /// A tensor the model needs is not in the checkpoint.
     #[error("{path}: missing tensor `{name}`{hint}")]
-    MissingTensor { path: PathBuf, name: String, hint: String },
+    MissingTensor {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// The tensor's name as the checkpoint spells it.
+        name: String,
+        /// A note appended to the message (empty, or starting with a space).
+        hint: String,
+    },
 
+    /// A checkpoint tensor's shape differs from the one the model expects.
     #[error("{path}: tensor `{name}` has shape {found:?}, the model expects {expected:?}")]
-    ShapeMismatch { path: PathBuf, name: String, expected: Vec<usize>, found: Vec<usize> },
+    ShapeMismatch {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// The tensor's name as the checkpoint spells it.
+        name: String,
+        /// The shape the model expects.
+        expected: Vec<usize>,
+        /// The shape stored in the checkpoint.
+        found: Vec<usize>,
+    },
 
+    /// A model configuration is unreadable or invalid (from a config file, or inferred from the
+    /// checkpoint).
     #[error("{path}: {message}")]
-    Config { path: PathBuf, message: String },
+    Config {
+        /// The config or checkpoint file at fault.
+        path: PathBuf,
+        /// What is wrong with the configuration.
+        message: String,
+    },
 
+    /// A model argument (file, folder or Hugging Face id) could not be resolved to its files.
     #[error("cannot resolve model `{model}`: {message}")]
-    Resolve { model: String, message: String },
+    Resolve {
+        /// The model as given: a path or a hub repository id.
+        model: String,
+        /// Why it could not be resolved, and what to do about it.
+        message: String,
+    },
 
+    /// The photo index database failed (SQLite error or incompatible contents).
     #[error("{path}: index database: {message}")]
-    Index { path: PathBuf, message: String },
+    Index {
+        /// The database file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
 
+    /// An embedding could not be written to the on-disk embedding cache.
     #[error("{path}: embedding cache: {message}")]
-    Cache { path: PathBuf, message: String },
+    Cache {
+        /// The cache folder.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
 
+    /// The CLIP tokenizer's vocabulary could not be read or parsed.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
 
+    /// Training produced a NaN or infinite loss and stopped.
     #[error(
         "the loss is {loss} at epoch {epoch}, iteration {iteration}: training stopped (lower the learning \
          rate or raise --clip-grad){}",
         kept.as_ref().map(|p| format!("; the last good checkpoint is kept: {}", p.display())).unwrap_or_default()
     )]
-    NonFiniteLoss { loss: f64, epoch: usize, iteration: usize, kept: Option<PathBuf> },
+    NonFiniteLoss {
+        /// The loss value.
+        loss: f64,
+        /// The epoch it happened in.
+        epoch: usize,
+        /// The global iteration it happened at.
+        iteration: usize,
+        /// The last good checkpoint, kept on disk, if there is one.
+        kept: Option<PathBuf>,
+    },
 
+    /// The data-loading threads stopped unexpectedly.
     #[error("data loading: {0}")]
     DataWorker(String),
 
+    /// A batch failed in the model; returned for each item of that batch.
     #[error("{item}: the batch holding it failed in the model: {message}")]
-    BatchFailed { item: String, message: String },
+    BatchFailed {
+        /// The item, as its source names it (a path, or an in-memory image).
+        item: String,
+        /// The model's error.
+        message: String,
+    },
 
+    /// An argument is out of range or inconsistent with the others.
     #[error("invalid argument `{name}`: {message}")]
-    InvalidArgument { name: String, message: String },
+    InvalidArgument {
+        /// The argument's name.
+        name: String,
+        /// What is wrong with it.
+        message: String,
+    },
 
+    /// A tensor operation failed in candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
 
+/// `Result` with the library's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {

@@ -81,6 +81,8 @@
 //! A module uses only lower layers; `nn` reads weights through [`weights::Vb`], as candle-nn
 //! holds its VarBuilder, and `optim` runs its update through `nn`'s SIMD dispatch.
 
+#![warn(missing_docs)]
+
 pub mod apps;
 pub mod clip;
 pub mod data;

@@ -57,6 +57,7 @@ pub enum Upsample {
 pub struct RenderOptions {
     /// Draw [`threshold_attention`] masks at this threshold instead of heat maps.
     pub threshold: Option<f32>,
+    /// How patch maps are scaled to the image.
     pub upsample: Upsample,
     /// Panels per row (default: `ceil(sqrt(heads + 1))`).
     pub columns: Option<usize>,

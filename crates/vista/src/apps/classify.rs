@@ -24,6 +24,7 @@ pub enum Templates {
     ImageNet80,
     /// The label as written.
     None,
+    /// Templates read from a file (each holding `{}`).
     Custom(Vec<String>),
 }
 
@@ -38,6 +39,7 @@ impl Templates {
         }
     }
 
+    /// Reads one template per non-empty line; each must hold `{}`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let lines: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
@@ -53,6 +55,7 @@ impl Templates {
         Ok(Self::Custom(lines))
     }
 
+    /// The templates.
     pub fn list(&self) -> Vec<String> {
         match self {
             Self::Default => vec!["a photo of a {}.".into()],
@@ -71,7 +74,9 @@ impl Templates {
 /// One label and its probability.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Prediction {
+    /// The label.
     pub label: String,
+    /// Its probability (softmax over all labels).
     pub prob: f32,
 }
 
@@ -84,6 +89,8 @@ pub struct ZeroShotClassifier {
 }
 
 impl ZeroShotClassifier {
+    /// Embeds every label through `templates` (each label's prompts averaged and normalised).
+    /// Errors without labels or with a label given twice.
     pub fn new(pipeline: &ClipPipeline, labels: &[String], templates: &Templates) -> Result<Self> {
         if labels.is_empty() {
             return Err(Error::arg("labels", "give at least one label"));
@@ -106,6 +113,7 @@ impl ZeroShotClassifier {
         })
     }
 
+    /// The labels, in the order given.
     pub fn labels(&self) -> &[String] {
         &self.labels
     }

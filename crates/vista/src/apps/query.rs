@@ -11,10 +11,23 @@ use crate::clip::l2_normalize;
 use crate::clip::ClipPipeline;
 use crate::{Error, Result};
 
+/// One term of a query: a text or an image, with its weight.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Term {
-    Text { text: String, weight: f32 },
-    Image { path: PathBuf, weight: f32 },
+    /// A text, embedded through the prompt templates.
+    Text {
+        /// The text.
+        text: String,
+        /// Its weight (negative to steer away).
+        weight: f32,
+    },
+    /// An image file.
+    Image {
+        /// The image file.
+        path: PathBuf,
+        /// Its weight (negative to steer away).
+        weight: f32,
+    },
 }
 
 /// Splits an optional `W:` weight prefix (`2:red saree`, `-0.5:kurta`) off `arg`.

@@ -22,19 +22,29 @@ pub enum TextPooling {
     FirstEos(u32),
 }
 
+/// The image tower's dimensions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VisionConfig {
+    /// Input side in pixels (`image_size`).
     pub image_size: usize,
+    /// Patch side in pixels (`patch_size`).
     pub patch_size: usize,
+    /// Token width (transformers `hidden_size`, open_clip `width`).
     pub width: usize,
+    /// Transformer blocks (`num_hidden_layers`, open_clip `layers`).
     pub layers: usize,
+    /// Attention heads (`num_attention_heads`; open_clip `width / head_width`).
     pub heads: usize,
+    /// Hidden width of each block's MLP (`intermediate_size`; open_clip `width * mlp_ratio`).
     pub mlp_dim: usize,
+    /// The MLP activation (`hidden_act`; open_clip `quick_gelu`).
     pub act: Activation,
+    /// LayerNorm epsilon (`layer_norm_eps`).
     pub eps: f64,
 }
 
 impl VisionConfig {
+    /// The transformer dimensions of this tower.
     pub fn tower(&self) -> TowerDims {
         TowerDims {
             width: self.width,
@@ -57,20 +67,32 @@ impl VisionConfig {
     }
 }
 
+/// The text tower's dimensions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TextConfig {
+    /// Tokens per text, including start and end (`max_position_embeddings`, open_clip
+    /// `context_length`).
     pub context_length: usize,
+    /// Vocabulary size (`vocab_size`).
     pub vocab_size: usize,
+    /// Token width (transformers `hidden_size`, open_clip `width`).
     pub width: usize,
+    /// Transformer blocks (`num_hidden_layers`, open_clip `layers`).
     pub layers: usize,
+    /// Attention heads (`num_attention_heads`, open_clip `heads`).
     pub heads: usize,
+    /// Hidden width of each block's MLP (`intermediate_size`; open_clip `width * mlp_ratio`).
     pub mlp_dim: usize,
+    /// The MLP activation (`hidden_act`; open_clip `quick_gelu`).
     pub act: Activation,
+    /// LayerNorm epsilon (`layer_norm_eps`).
     pub eps: f64,
+    /// Where the sequence summary is read (from `eos_token_id`).
     pub pooling: TextPooling,
 }
 
 impl TextConfig {
+    /// The transformer dimensions of this tower.
     pub fn tower(&self) -> TowerDims {
         TowerDims {
             width: self.width,
@@ -89,22 +111,33 @@ pub struct PreprocessConfig {
     /// The shortest side is resized to this (bicubic), then the centre is cropped to
     /// `VisionConfig::image_size`.
     pub resize: usize,
+    /// Per-channel mean subtracted after scaling to `[0, 1]` (`image_mean`).
     pub mean: [f32; 3],
+    /// Per-channel standard deviation the centred values are divided by (`image_std`).
     pub std: [f32; 3],
     /// Hugging Face's `CLIPImageProcessor` centres crops with `(h - c) // 2`; torchvision (OpenAI,
     /// open_clip) with `int(round((h - c) / 2))`.
     pub hf_crop: bool,
 }
 
+/// A CLIP model's architecture and preprocessing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClipConfig {
+    /// Width of the shared image–text embedding space (transformers `projection_dim`, open_clip
+    /// `embed_dim`).
     pub embed_dim: usize,
+    /// The image tower.
     pub vision: VisionConfig,
+    /// The text tower.
     pub text: TextConfig,
+    /// How images are prepared for the image tower.
     pub preprocess: PreprocessConfig,
 }
 
+/// OpenAI CLIP's per-channel normalisation mean, the default when a config gives none.
 pub const OPENAI_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+/// OpenAI CLIP's per-channel normalisation standard deviation, the default when a config gives
+/// none.
 pub const OPENAI_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
 
 struct Tower {
@@ -173,6 +206,7 @@ impl ClipConfig {
         })
     }
 
+    /// The canonical names of the presets [`ClipConfig::preset`] knows.
     pub const PRESETS: [&'static str; 6] =
         ["ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-L-14-336", "ViT-B-32-laion", "ViT-H-14"];
 

@@ -15,14 +15,22 @@ use crate::{Error, Result};
 /// The files a CLIP model is read from.
 #[derive(Debug, Clone)]
 pub struct ClipFiles {
+    /// The checkpoint.
     pub weights: PathBuf,
+    /// Where the architecture comes from.
     pub config: ConfigSource,
 }
 
+/// Where a CLIP model's architecture comes from.
 #[derive(Debug, Clone)]
 pub enum ConfigSource {
     /// transformers `config.json`, with `preprocessor_config.json` when present.
-    HuggingFace { config: PathBuf, preprocessor: Option<PathBuf> },
+    HuggingFace {
+        /// The `config.json`.
+        config: PathBuf,
+        /// The `preprocessor_config.json`, if present.
+        preprocessor: Option<PathBuf>,
+    },
     /// open_clip `open_clip_config.json` or a `model_configs/*.json`.
     OpenClip(PathBuf),
     /// A named preset ([`ClipConfig::preset`]).
@@ -106,8 +114,11 @@ fn sidecar_config(weights: &Path) -> Option<ConfigSource> {
 
 /// A loaded model with what the load found.
 pub struct Loaded {
+    /// The model.
     pub model: ClipModel,
+    /// The naming of the checkpoint.
     pub family: ClipFamily,
+    /// What the load did.
     pub report: LoadReport,
 }
 

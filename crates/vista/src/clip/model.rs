@@ -9,6 +9,7 @@ use super::vision::VisionTransformer;
 use crate::weights::TensorStore;
 use crate::Result;
 
+/// CLIP's two towers and the logit scale (`CLIP` / `CLIPModel`).
 #[derive(Debug, Clone)]
 pub struct ClipModel {
     cfg: ClipConfig,
@@ -33,10 +34,12 @@ impl ClipModel {
         })
     }
 
+    /// The architecture.
     pub fn config(&self) -> &ClipConfig {
         &self.cfg
     }
 
+    /// The device the weights are on.
     pub fn device(&self) -> &Device {
         &self.device
     }

@@ -15,18 +15,27 @@ use crate::weights::clip::ClipFamily;
 use crate::weights::LoadReport;
 use crate::{Error, Result};
 
+/// A loaded CLIP with its tokenizer, image preprocessing and decode options.
 pub struct ClipPipeline {
+    /// The model.
     pub model: ClipModel,
+    /// The tokenizer (shared, it is read-only).
     pub tokenizer: Arc<ClipTokenizer>,
+    /// How images are resized, cropped and normalised, from the checkpoint's config.
     pub preprocess: ClipPreprocess,
+    /// How image files are decoded (pixel limit, EXIF orientation).
     pub decode: DecodeOptions,
+    /// The naming of the checkpoint the model was loaded from.
     pub family: ClipFamily,
+    /// What the load did.
     pub report: LoadReport,
 }
 
 /// One image's outcome: its embedding, or why it was skipped.
 pub struct ImageEmbedding {
+    /// The image file.
     pub path: PathBuf,
+    /// Its normalised embedding `[D]`, or the error that stopped it.
     pub embedding: Result<Vec<f32>>,
 }
 
@@ -61,6 +70,7 @@ impl ClipPipeline {
         Ok(Self { model, tokenizer, preprocess, decode: DecodeOptions::default(), family, report })
     }
 
+    /// The device the model runs on.
     pub fn device(&self) -> &Device {
         self.model.device()
     }

@@ -9,6 +9,7 @@ use crate::nn::LayerNorm;
 use crate::weights::Vb;
 use crate::{Error, Result};
 
+/// CLIP's text tower: token and position embeddings, transformer, final norm and projection.
 #[derive(Debug, Clone)]
 pub struct TextTransformer {
     cfg: TextConfig,
@@ -33,6 +34,7 @@ impl TextTransformer {
         })
     }
 
+    /// The tower's dimensions.
     pub fn config(&self) -> &TextConfig {
         &self.cfg
     }

@@ -16,6 +16,8 @@ pub(crate) fn record(trace: &mut Option<&mut Trace>, name: impl Into<String>, t:
     }
 }
 
+/// One pre-norm transformer block (open_clip's `ResidualAttentionBlock`,
+/// `transformer.resblocks.N`).
 #[derive(Debug, Clone)]
 pub struct ResidualAttentionBlock {
     ln_1: LayerNorm,
@@ -25,6 +27,7 @@ pub struct ResidualAttentionBlock {
 }
 
 impl ResidualAttentionBlock {
+    /// Reads the block's weights below `vb`.
     pub fn load(vb: &Vb, width: usize, heads: usize, mlp_dim: usize, act: Activation, eps: f64) -> Result<Self> {
         let a = vb.pp("attn");
         let qkv =
@@ -51,24 +54,31 @@ impl ResidualAttentionBlock {
     }
 }
 
-/// `transformer.resblocks.N`.
 /// The shape of one tower's transformer, as both tower configs give it.
 #[derive(Debug, Clone, Copy)]
 pub struct TowerDims {
+    /// Token width.
     pub width: usize,
+    /// Number of blocks.
     pub layers: usize,
+    /// Attention heads.
     pub heads: usize,
+    /// Hidden width of each block's MLP.
     pub mlp_dim: usize,
+    /// The MLP activation.
     pub act: Activation,
+    /// LayerNorm epsilon.
     pub eps: f64,
 }
 
+/// A tower's stack of blocks (open_clip's `Transformer`).
 #[derive(Debug, Clone)]
 pub struct Transformer {
     blocks: Vec<ResidualAttentionBlock>,
 }
 
 impl Transformer {
+    /// Reads the blocks below `vb` (`resblocks.N`).
     pub fn load(vb: &Vb, t: &TowerDims) -> Result<Self> {
         let vb = vb.pp("resblocks");
         let blocks = (0..t.layers)

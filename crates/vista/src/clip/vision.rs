@@ -10,6 +10,7 @@ use crate::nn::{LayerNorm, Linear};
 use crate::weights::Vb;
 use crate::{Error, Result};
 
+/// CLIP's image tower (open_clip's `VisionTransformer`, `visual.*`).
 #[derive(Debug, Clone)]
 pub struct VisionTransformer {
     cfg: VisionConfig,
@@ -41,6 +42,7 @@ impl VisionTransformer {
         })
     }
 
+    /// The tower's dimensions.
     pub fn config(&self) -> &VisionConfig {
         &self.cfg
     }

@@ -24,30 +24,47 @@ pub enum PosInterpolation {
     /// DINO's and DINOv2's own code (no registers): bicubic with `scale_factor = ((h0 + offset)
     /// / M, (w0 + offset) / M)` for the grid's rows and columns (the source scale is then
     /// `M / (g + offset)`, not `M / g`), no antialiasing; `offset` is 0.1 in both.
-    ScaleFactorOffset { offset: f64, antialias: bool },
+    ScaleFactorOffset {
+        /// Added to the target grid side before dividing (`interpolate_offset`).
+        offset: f64,
+        /// Resample with antialiasing (`interpolate_antialias`).
+        antialias: bool,
+    },
     /// bicubic to `size = (h0, w0)`, `align_corners=False`: transformers' `ViTModel` and
     /// `Dinov2Model` without antialiasing; DINOv2's register models (the hub builds them with
     /// `interpolate_offset=0, interpolate_antialias=True`) and `Dinov2WithRegistersModel` with it.
-    Size { antialias: bool },
+    Size {
+        /// Resample with antialiasing (`antialias=True`).
+        antialias: bool,
+    },
 }
 
+/// A DINO or DINOv2 ViT's architecture.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DinoConfig {
     /// Side of the square the position embedding was trained for (grid × patch).
     pub image_size: usize,
+    /// Patch side in pixels (`patch_size`).
     pub patch_size: usize,
+    /// Token width (`embed_dim`).
     pub embed_dim: usize,
+    /// Transformer blocks (`depth`).
     pub depth: usize,
+    /// Attention heads (`num_heads`).
     pub num_heads: usize,
     /// Hidden width of the feed-forward network.
     pub ffn_hidden: usize,
+    /// The kind of feed-forward network (`ffn_layer`).
     pub ffn: Ffn,
     /// DINOv2's per-channel residual scales (`ls1.gamma`, `ls2.gamma`).
     pub layer_scale: bool,
     /// DINOv2 "registers" (0, or 4 for the `_reg` models).
     pub num_register_tokens: usize,
+    /// Whether the `qkv` projection has a bias (`qkv_bias`).
     pub qkv_bias: bool,
+    /// The ε of the LayerNorms (1e-6 in both references).
     pub layer_norm_eps: f64,
+    /// How the position embedding is resampled for other grids.
     pub interpolation: PosInterpolation,
 }
 
@@ -100,6 +117,7 @@ impl DinoConfig {
         })
     }
 
+    /// The names [`DinoConfig::preset`] accepts, each also with a `_reg` suffix for DINOv2.
     pub const PRESETS: [&'static str; 8] = [
         "dino_vits16",
         "dino_vits8",
@@ -159,6 +177,7 @@ impl DinoConfig {
         })
     }
 
+    /// Checks the heads divide the width and the patches fit the image.
     pub fn validate(&self) -> std::result::Result<(), String> {
         if self.num_heads == 0 || !self.embed_dim.is_multiple_of(self.num_heads) {
             return Err(format!("{} heads do not divide width {}", self.num_heads, self.embed_dim));

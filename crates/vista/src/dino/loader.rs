@@ -12,8 +12,10 @@ use crate::weights::hub::{self, Source};
 use crate::weights::{formats, LoadReport};
 use crate::{Error, Result};
 
+/// The files a DINO backbone is read from.
 #[derive(Debug, Clone)]
 pub struct DinoFiles {
+    /// The checkpoint.
     pub weights: PathBuf,
     /// transformers `config.json`, for Hugging Face checkpoints.
     pub hf_config: Option<PathBuf>,
@@ -34,6 +36,8 @@ pub struct LoadOptions {
 
 const HF_WEIGHTS: [&str; 2] = ["model.safetensors", "pytorch_model.bin"];
 
+/// Finds the checkpoint (and a transformers `config.json` beside it) for a model argument (file,
+/// folder or hub id).
 pub fn resolve(model: &str) -> Result<DinoFiles> {
     let source = Source::parse(model)?;
     if let Source::File(path) = &source {
@@ -49,9 +53,13 @@ pub fn resolve(model: &str) -> Result<DinoFiles> {
     Err(hub::not_found(&source, &HF_WEIGHTS))
 }
 
+/// A loaded backbone with what the load found.
 pub struct Loaded {
+    /// The backbone.
     pub model: DinoVit,
+    /// The naming of the checkpoint.
     pub family: DinoFamily,
+    /// What the load did.
     pub report: LoadReport,
 }
 
@@ -68,6 +76,8 @@ fn read(path: &Path, key: Option<&str>) -> Result<std::collections::HashMap<Stri
     }
 }
 
+/// Loads a backbone from resolved files (on the CPU, f32): the architecture from `options.arch`
+/// or the tensor shapes, refined by the `config.json` and `options.num_heads`.
 pub fn load(files: &DinoFiles, options: &LoadOptions) -> Result<Loaded> {
     let tensors = read(&files.weights, options.checkpoint_key.as_deref())?;
     let (store, family) = family::into_store(&files.weights, tensors, &Device::Cpu, DType::F32)?;
@@ -108,6 +118,7 @@ pub fn load(files: &DinoFiles, options: &LoadOptions) -> Result<Loaded> {
     Ok(Loaded { model, family, report })
 }
 
+/// Resolves a model argument (file, folder or hub id) and loads it.
 pub fn load_model(model: &str, options: &LoadOptions) -> Result<Loaded> {
     load(&resolve(model)?, options)
 }

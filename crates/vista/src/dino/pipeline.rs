@@ -48,16 +48,23 @@ impl DinoFeatures {
 
 /// One file's outcome: its features, or why it was skipped.
 pub struct FileFeatures {
+    /// The image file.
     pub path: PathBuf,
+    /// Its features, or the error that stopped it.
     pub features: Result<DinoFeatures>,
 }
 
 /// A loaded DINO / DINOv2 backbone with its preprocessing.
 pub struct DinoPipeline {
+    /// The backbone.
     pub model: DinoVit,
+    /// How images are brought to the model's input (evaluation preprocessing by default).
     pub preprocess: DinoPreprocess,
+    /// How image files are decoded (pixel limit, EXIF orientation).
     pub decode: DecodeOptions,
+    /// The naming of the checkpoint the backbone was loaded from.
     pub family: DinoFamily,
+    /// What the load did.
     pub report: LoadReport,
 }
 
@@ -73,6 +80,7 @@ impl DinoPipeline {
         Self { model, preprocess: DinoPreprocess::eval(), decode: DecodeOptions::default(), family, report }
     }
 
+    /// Patch side in pixels.
     pub fn patch_size(&self) -> usize {
         self.model.config.patch_size
     }
@@ -121,9 +129,10 @@ impl DinoPipeline {
 
     /// Features of many images, `batch` per chunk: each chunk is decoded and resized in parallel
     /// (rayon), then its images of equal input size go through the model together (in
-    /// [`Mode::Whole`] images of other sizes form their own batches). A source that fails to
-    /// load gets its error in its slot and the rest go on; a model error is reported on every
-    /// image of the failed batch, naming it. `progress` gets the number of sources done.
+    /// [`Mode::Whole`](super::preprocess::Mode::Whole) images of other sizes form their own
+    /// batches). A source that fails to load gets its error in its slot and the rest go on; a
+    /// model error is reported on every image of the failed batch, naming it. `progress` gets the
+    /// number of sources done.
     pub fn extract<S: ImageSource>(
         &self,
         sources: &[S],
@@ -219,9 +228,11 @@ pub struct AttentionMaps {
     /// The 8-bit image the model saw (after preprocessing); patch `(r, c)` covers pixels
     /// `[c·p, (c+1)·p) × [r·p, (r+1)·p)`.
     pub image: RgbImage,
+    /// Number of attention heads.
     pub heads: usize,
     /// Patch grid `(h, w)` (rows, columns).
     pub grid: (usize, usize),
+    /// Patch side in pixels.
     pub patch_size: usize,
     /// `[heads, h, w]`: attention probabilities of the CLS row over the patch columns (the CLS
     /// and register columns excluded, so a head's map sums to one minus what it puts there).

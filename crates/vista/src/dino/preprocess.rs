@@ -34,17 +34,28 @@ pub const DEFAULT_MAX_SIDE: u32 = 448;
 pub enum Mode {
     /// Shortest side to `resize_shortest` (bicubic), then a `crop` × `crop` centre crop
     /// (torchvision's rounding); DINO: 256 / 224.
-    Eval { resize_shortest: u32, crop: u32 },
+    Eval {
+        /// Target of the shortest side.
+        resize_shortest: u32,
+        /// Side of the centre crop.
+        crop: u32,
+    },
     /// The whole image, longest side at `max_side` (`None`: as it is), each side rounded down
     /// to a multiple of the patch size (see the module docs).
-    Whole { max_side: Option<u32> },
+    Whole {
+        /// Longest side after resizing (`None`: the image's own size).
+        max_side: Option<u32>,
+    },
 }
 
 /// DINO preprocessing: a [`Mode`], then `(v / 255 - mean) / std`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DinoPreprocess {
+    /// How the image is resized and cropped.
     pub mode: Mode,
+    /// Normalisation mean (RGB, in `[0, 1]` units).
     pub mean: [f32; 3],
+    /// Normalisation standard deviation (RGB, in `[0, 1]` units).
     pub std: [f32; 3],
     /// Resampling filter of the resize (DINO: bicubic).
     pub filter: Filter,

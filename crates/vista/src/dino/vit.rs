@@ -157,6 +157,7 @@ impl DinoOutput {
 
 /// The backbone.
 pub struct DinoVit {
+    /// The architecture.
     pub config: DinoConfig,
     patch_embed: Conv2d,
     cls_token: Tensor,
@@ -170,6 +171,7 @@ pub struct DinoVit {
 }
 
 impl DinoVit {
+    /// Reads the backbone below `vb` (canonical names).
     pub fn load(vb: &Vb, config: DinoConfig) -> Result<Self> {
         let (c, p, m) = (config.embed_dim, config.patch_size, config.grid());
         let pe = vb.pp("patch_embed").pp("proj");

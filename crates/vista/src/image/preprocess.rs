@@ -63,8 +63,11 @@ pub struct ClipPreprocess {
     pub size: u32,
     /// The shortest side is resized to this first (CLIP: `size`; DINO: 256 for 224).
     pub resize_shortest: u32,
+    /// Normalisation mean (RGB, in `[0, 1]` units).
     pub mean: [f32; 3],
+    /// Normalisation standard deviation (RGB, in `[0, 1]` units).
     pub std: [f32; 3],
+    /// How the centre crop's offset is rounded (the references differ by one pixel).
     pub crop: CropRounding,
     /// Pillow filter of the resize (CLIP: bicubic).
     pub filter: Filter,

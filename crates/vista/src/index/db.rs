@@ -53,11 +53,15 @@ pub fn model_id(model: &str) -> String {
 /// What the index knows of one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileRow {
+    /// Size in bytes.
     pub size: u64,
+    /// Modification time in nanoseconds since the Unix epoch.
     pub mtime_ns: i64,
+    /// blake3 of the content.
     pub hash: Hash,
 }
 
+/// A photo index: an SQLite database of files, their content hashes and their embeddings per model.
 pub struct IndexDb {
     conn: Connection,
     path: PathBuf,
@@ -77,6 +81,7 @@ impl IndexDb {
         Ok(db)
     }
 
+    /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -149,6 +154,7 @@ impl IndexDb {
         rows.map(|r| r.map(PathBuf::from).map_err(|e| self.err(e))).collect()
     }
 
+    /// Adds folders to those the index covers (those already there are kept).
     pub fn add_roots(&self, roots: &[PathBuf]) -> Result<()> {
         for r in roots {
             self.conn

@@ -14,6 +14,7 @@ use crate::clip::ClipPipeline;
 use crate::image::{self, RgbImage};
 use crate::Result;
 
+/// How [`update`] embeds.
 #[derive(Debug, Clone)]
 pub struct IndexOptions {
     /// Images per forward pass (and per committed transaction).
@@ -32,11 +33,17 @@ impl Default for IndexOptions {
 /// What an update did.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct IndexReport {
+    /// Image files found under the roots.
     pub files: usize,
+    /// Files whose size and modification time are unchanged (not re-read).
     pub unchanged: usize,
+    /// Files new to the index.
     pub new: usize,
+    /// Known files whose size or modification time changed (re-hashed).
     pub changed: usize,
+    /// New paths whose content the index already had under a path that is now gone.
     pub renamed: usize,
+    /// Known files under the roots that are gone.
     pub deleted: usize,
     /// Images embedded in this run.
     pub embedded: usize,
@@ -49,9 +56,17 @@ pub struct IndexReport {
 /// Progress events for a bar.
 pub enum Progress {
     /// The scan is done: `to_embed` images will be embedded.
-    Scanned { files: usize, to_embed: usize },
+    Scanned {
+        /// Image files found.
+        files: usize,
+        /// Images to embed.
+        to_embed: usize,
+    },
     /// `n` more images are done.
-    Embedded { n: usize },
+    Embedded {
+        /// Images done in this step.
+        n: usize,
+    },
 }
 
 /// Scans `roots` and embeds every image the index lacks for `model` (recording the model).

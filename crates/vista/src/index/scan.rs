@@ -45,8 +45,11 @@ impl ScanOptions {
 /// An image file found on disk.
 #[derive(Debug, Clone)]
 pub struct Found {
+    /// Absolute path.
     pub path: PathBuf,
+    /// Size in bytes.
     pub size: u64,
+    /// Modification time in nanoseconds since the Unix epoch (0 when unknown).
     pub mtime_ns: i64,
 }
 
@@ -135,8 +138,11 @@ pub struct ScanDiff {
     pub upserts: Vec<(PathBuf, FileRow)>,
     /// Known files under the roots that are gone.
     pub deletes: Vec<PathBuf>,
+    /// Files whose size and modification time are unchanged (not re-read).
     pub unchanged: usize,
+    /// Files new to the index.
     pub new: usize,
+    /// Known files whose size or modification time changed.
     pub changed: usize,
     /// New paths whose content the index already had under a path that is now gone.
     pub renamed: usize,

@@ -2,6 +2,7 @@
 
 use candle_core::{Module, Tensor};
 
+/// An activation function, named as the references name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Activation {

@@ -6,6 +6,8 @@ use candle_core::Tensor;
 use super::{cpu, Linear};
 use crate::Result;
 
+/// Multi-head self-attention with one fused `qkv` projection (CLIP's `nn.MultiheadAttention`,
+/// DINO's `Attention`).
 #[derive(Debug, Clone)]
 pub struct FusedQkvAttention {
     qkv: Linear,
@@ -15,6 +17,8 @@ pub struct FusedQkvAttention {
 }
 
 impl FusedQkvAttention {
+    /// From the fused projection `qkv` (`[3C, C]`) and the output projection `proj`, for
+    /// `num_heads` heads over width `dim`.
     pub fn new(qkv: Linear, proj: Linear, num_heads: usize, dim: usize) -> Self {
         let head_dim = dim / num_heads;
         Self { qkv, proj, num_heads, scale: 1.0 / (head_dim as f64).sqrt() }

@@ -19,10 +19,15 @@ use crate::Result;
 /// A `torch.nn.BatchNorm2d` in eval mode, to be folded into the convolution before it.
 #[derive(Debug, Clone)]
 pub struct BatchNorm {
+    /// Scale γ `[C]`.
     pub weight: Tensor,
+    /// Shift β `[C]`.
     pub bias: Tensor,
+    /// Running mean `[C]`.
     pub running_mean: Tensor,
+    /// Running variance `[C]`.
     pub running_var: Tensor,
+    /// Epsilon added to the variance.
     pub eps: f64,
 }
 

@@ -333,6 +333,7 @@ pub fn attention(qkv: &Tensor, heads: usize, scale: f32, mask: Option<&Tensor>) 
 /// What is added to the scaled attention scores before the softmax, per head.
 #[derive(Clone, Copy)]
 pub enum ScoreBias<'a> {
+    /// Nothing is added.
     None,
     /// One `[N, N]` table for every head (CLIP's causal mask).
     Shared(&'a [f32]),
@@ -343,8 +344,11 @@ pub enum ScoreBias<'a> {
     /// gets `q·rel_h[y, ky] + q·rel_w[x, kx]` with the **unscaled** query;
     /// `rel_h: [gh, gh, D]`, `rel_w: [gw, gw, D]`.
     DecomposedRelPos {
+        /// The token grid `(gh, gw)`.
         grid: (usize, usize),
+        /// `[gh, gh, D]`, row-major.
         rel_h: &'a [f32],
+        /// `[gw, gw, D]`, row-major.
         rel_w: &'a [f32],
     },
 }

@@ -6,6 +6,7 @@ use super::{cpu, Activation};
 use crate::weights::Vb;
 use crate::Result;
 
+/// `torch.nn.Linear`, its weight held transposed.
 #[derive(Debug, Clone)]
 pub struct Linear {
     /// Wᵀ, `[in, out]`, contiguous: transposed once at load so every product reads the weight

@@ -7,6 +7,7 @@ use super::{Activation, Linear};
 use crate::weights::Vb;
 use crate::Result;
 
+/// Two linear layers with an activation between them.
 #[derive(Debug, Clone)]
 pub struct Mlp {
     fc1: Linear,

@@ -6,6 +6,7 @@ use super::cpu;
 use crate::weights::Vb;
 use crate::Result;
 
+/// `torch.nn.LayerNorm` over the last dimension, with weight and bias.
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
     weight: Tensor,
@@ -14,6 +15,7 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
+    /// Loads `weight` and `bias` `[dim]` below `vb`.
     pub fn load(vb: &Vb, dim: usize, eps: f64) -> Result<Self> {
         Ok(Self { weight: vb.get(&[dim], "weight")?, bias: vb.get(&[dim], "bias")?, eps })
     }

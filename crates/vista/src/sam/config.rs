@@ -9,11 +9,17 @@ use crate::{Error, Result};
 /// SAM's image encoder, a plain ViT with windowed attention (`ImageEncoderViT`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct VitConfig {
+    /// Side of the square, padded input (`img_size`, 1024).
     pub image_size: usize,
+    /// Patch side in pixels (16).
     pub patch_size: usize,
+    /// Token width (`embed_dim`).
     pub embed_dim: usize,
+    /// Transformer blocks (`depth`).
     pub depth: usize,
+    /// Attention heads (`num_heads`).
     pub num_heads: usize,
+    /// Hidden width of each block's MLP (`embed_dim · mlp_ratio`).
     pub mlp_dim: usize,
     /// Window side for the windowed blocks (14 in every release).
     pub window_size: usize,
@@ -21,27 +27,36 @@ pub struct VitConfig {
     pub global_attn_indexes: Vec<usize>,
     /// Channels of the neck, i.e. of the image embedding.
     pub out_chans: usize,
+    /// The ε of the blocks' LayerNorms (1e-6 in `build_sam.py`).
     pub layer_norm_eps: f64,
 }
 
 /// MobileSAM's TinyViT image encoder (`tiny_vit_sam.py`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TinyVitConfig {
+    /// Side of the square, padded input (`img_size`, 1024).
     pub image_size: usize,
+    /// Channels of each stage (`embed_dims`).
     pub embed_dims: Vec<usize>,
+    /// Blocks in each stage (`depths`).
     pub depths: Vec<usize>,
     /// Heads of the attention stages (stage 0 is convolutional; its entry is unused).
     pub num_heads: Vec<usize>,
+    /// Attention window side of each stage (`window_sizes`; stage 0's entry is unused).
     pub window_sizes: Vec<usize>,
     /// Hidden width of each stage's MLP (`dim · mlp_ratio`; stage 0: the MBConv hidden width).
     pub hidden_dims: Vec<usize>,
+    /// Channels of the neck, i.e. of the image embedding.
     pub out_chans: usize,
 }
 
+/// The image encoder's architecture.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum EncoderConfig {
+    /// SAM's ViT-B/L/H encoder.
     Vit(VitConfig),
+    /// MobileSAM's TinyViT encoder.
     TinyVit(TinyVitConfig),
 }
 
@@ -63,6 +78,7 @@ impl EncoderConfig {
         }
     }
 
+    /// Channels of the image embedding.
     pub fn out_chans(&self) -> usize {
         match self {
             Self::Vit(c) => c.out_chans,
@@ -78,12 +94,21 @@ pub struct DecoderConfig {
     pub dim: usize,
     /// Hidden channels of the mask-input downscaling convolutions.
     pub mask_in_chans: usize,
+    /// Blocks of the two-way transformer (`depth`, 2).
     pub depth: usize,
+    /// Attention heads of the two-way transformer (8).
     pub num_heads: usize,
+    /// Hidden width of the two-way blocks' MLPs (`mlp_dim`, 2048).
     pub mlp_dim: usize,
+    /// The cross-attention projections narrow `dim` by this factor (`attention_downsample_rate`,
+    /// 2).
     pub attention_downsample_rate: usize,
+    /// Masks predicted in multimask mode (`num_multimask_outputs`, 3); a further token gives the
+    /// single mask.
     pub num_multimask_outputs: usize,
+    /// Layers of the IoU prediction head (`iou_head_depth`, 3).
     pub iou_head_depth: usize,
+    /// Hidden width of the IoU prediction head (`iou_head_hidden_dim`, 256).
     pub iou_head_hidden_dim: usize,
     /// The ε of the two-way transformer blocks' LayerNorms: PyTorch's default 1e-5 in the
     /// reference, 1e-6 in transformers' port (its `mask_decoder_config.layer_norm_eps`); the
@@ -91,16 +116,22 @@ pub struct DecoderConfig {
     pub layer_norm_eps: f64,
 }
 
+/// A SAM model's architecture (image encoder, prompt encoder, mask decoder) and its pixel
+/// normalisation.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SamConfig {
+    /// The image encoder.
     pub encoder: EncoderConfig,
+    /// The prompt encoder and mask decoder.
     pub decoder: DecoderConfig,
     /// In 0–255 units, as `Sam.pixel_mean` / `pixel_std`.
     pub pixel_mean: [f32; 3],
+    /// In 0–255 units, as `Sam.pixel_std`.
     pub pixel_std: [f32; 3],
 }
 
 impl SamConfig {
+    /// The names [`SamConfig::preset`] accepts (besides the alias `mobile_sam`).
     pub const PRESETS: [&'static str; 4] = ["vit_b", "vit_l", "vit_h", "vit_t"];
 
     /// `build_sam.py`'s `build_sam_vit_b|l|h` and MobileSAM's `build_sam_vit_t` ("mobile_sam"
@@ -285,6 +316,7 @@ impl SamConfig {
 
 /// ImageNet mean and std in 0–255 units (`Sam.pixel_mean`, `Sam.pixel_std`).
 pub const PIXEL_MEAN: [f32; 3] = [123.675, 116.28, 103.53];
+/// ImageNet std in 0–255 units (`Sam.pixel_std`).
 pub const PIXEL_STD: [f32; 3] = [58.395, 57.12, 57.375];
 
 impl DecoderConfig {

@@ -33,6 +33,7 @@ pub struct Neck {
 }
 
 impl Neck {
+    /// Reads the neck below `vb`: `cin` channels in, `cout` out.
     pub fn load(vb: &Vb, cin: usize, cout: usize) -> Result<Self> {
         let conv1 = vb.pp(0).get(&[cout, cin, 1, 1], "weight")?.reshape((cout, cin))?;
         let conv2 = vb.pp(2).get(&[cout, cout, 3, 3], "weight")?;
@@ -135,6 +136,7 @@ pub struct VitEncoder {
 }
 
 impl VitEncoder {
+    /// Reads the encoder below `vb`.
     pub fn load(vb: &Vb, cfg: &VitConfig) -> Result<Self> {
         let (c, p) = (cfg.embed_dim, cfg.patch_size);
         let grid = cfg.image_size / p;

@@ -15,6 +15,7 @@ use crate::{Error, Result};
 /// The files a SAM model is read from.
 #[derive(Debug, Clone)]
 pub struct SamFiles {
+    /// The checkpoint.
     pub weights: PathBuf,
     /// transformers `config.json`, for Hugging Face checkpoints.
     pub hf_config: Option<PathBuf>,
@@ -59,8 +60,11 @@ fn sidecar_hf_config(weights: &Path) -> Option<PathBuf> {
 
 /// A loaded model with what the load found.
 pub struct Loaded {
+    /// The model.
     pub model: Sam,
+    /// The naming of the checkpoint.
     pub family: SamFamily,
+    /// What the load did.
     pub report: LoadReport,
 }
 

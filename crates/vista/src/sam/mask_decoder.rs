@@ -59,6 +59,7 @@ pub struct MaskDecoder {
 }
 
 impl MaskDecoder {
+    /// Reads the decoder below `vb`.
     pub fn load(vb: &Vb, cfg: &DecoderConfig) -> Result<Self> {
         let c = cfg.dim;
         let m = cfg.num_multimask_outputs + 1;

@@ -12,12 +12,17 @@ use crate::image::RgbImage;
 use crate::weights::Vb;
 use crate::Result;
 
+/// SAM's image encoder, by kind.
 pub enum ImageEncoder {
+    /// SAM's ViT (`ImageEncoderViT`).
     Vit(VitEncoder),
+    /// MobileSAM's TinyViT.
     TinyVit(TinyVitEncoder),
 }
 
+/// Segment Anything: image encoder, prompt encoder and mask decoder (`Sam`).
 pub struct Sam {
+    /// The architecture.
     pub config: SamConfig,
     encoder: ImageEncoder,
     pub(crate) prompt_encoder: PromptEncoder,
@@ -27,6 +32,7 @@ pub struct Sam {
 }
 
 impl Sam {
+    /// Reads the model below `vb` (`image_encoder`, `prompt_encoder`, `mask_decoder`).
     pub fn load(vb: &Vb, config: SamConfig) -> Result<Self> {
         let enc = vb.pp("image_encoder");
         let encoder = match &config.encoder {
@@ -78,6 +84,7 @@ impl Sam {
         }
     }
 
+    /// The prompt encoder.
     pub fn prompt_encoder(&self) -> &PromptEncoder {
         &self.prompt_encoder
     }

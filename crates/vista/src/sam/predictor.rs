@@ -18,7 +18,9 @@ use crate::{Error, Result};
 /// A click on the image, in original pixel coordinates (`x` right, `y` down).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Point {
+    /// Horizontal position in pixels.
     pub x: f32,
+    /// Vertical position in pixels.
     pub y: f32,
     /// Foreground (`true`, label 1) or background (`false`, label 0).
     pub positive: bool,
@@ -27,6 +29,7 @@ pub struct Point {
 /// Everything one call may say about the object(s) wanted.
 #[derive(Debug, Clone, Default)]
 pub struct Prompts {
+    /// Clicks, shared by every box.
     pub points: Vec<Point>,
     /// `[x0, y0, x1, y1]` in original pixel coordinates; each box gets its own mask set.
     pub boxes: Vec<[f32; 4]>,
@@ -42,10 +45,13 @@ pub struct Prompts {
 /// Masks for `sets` prompt sets (one per box, or one), `per_set` masks each.
 #[derive(Debug, Clone)]
 pub struct Prediction {
+    /// Number of prompt sets: one per box, or one without boxes.
     pub sets: usize,
+    /// Masks per set: `num_multimask_outputs` (3) with `multimask`, else 1.
     pub per_set: usize,
-    /// Original image size.
+    /// Original image height.
     pub height: usize,
+    /// Original image width.
     pub width: usize,
     /// `[sets, per_set, H, W]`, 1 where the logit is > 0.
     pub masks: Vec<u8>,
@@ -65,6 +71,7 @@ impl Prediction {
         &self.masks[i * n..(i + 1) * n]
     }
 
+    /// The predicted IoU of mask `m` of set `s`.
     pub fn score(&self, s: usize, m: usize) -> f32 {
         self.iou[s * self.per_set + m]
     }
@@ -104,10 +111,12 @@ pub struct Session {
 const DECODER_CHUNK_BYTES: usize = 32 << 20;
 
 impl Predictor {
+    /// A predictor over a loaded model.
     pub fn new(model: Arc<Sam>) -> Self {
         Self { model }
     }
 
+    /// The model.
     pub fn model(&self) -> &Arc<Sam> {
         &self.model
     }
@@ -156,6 +165,7 @@ impl Session {
         Ok(self.embedding.reshape((h, w, ()))?.permute((2, 0, 1))?.contiguous()?)
     }
 
+    /// The model.
     pub fn model(&self) -> &Arc<Sam> {
         &self.model
     }

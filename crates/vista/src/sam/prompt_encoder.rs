@@ -50,6 +50,8 @@ fn vec1(vb: &Vb, shape: &[usize], name: &str) -> Result<Vec<f32>> {
 }
 
 impl PromptEncoder {
+    /// Reads the prompt encoder below `vb` for a `grid` × `grid` embedding of an `image_size` ×
+    /// `image_size` input.
     pub fn load(vb: &Vb, cfg: &DecoderConfig, grid: usize, image_size: usize) -> Result<Self> {
         let c = cfg.dim;
         let m = cfg.mask_in_chans;
@@ -79,6 +81,7 @@ impl PromptEncoder {
         })
     }
 
+    /// Width of the prompt embeddings (`DecoderConfig::dim`).
     pub fn dim(&self) -> usize {
         self.dim
     }

@@ -174,6 +174,7 @@ pub struct TinyVitEncoder {
 }
 
 impl TinyVitEncoder {
+    /// Reads the encoder below `vb`.
     pub fn load(vb: &Vb, cfg: &TinyVitConfig) -> Result<Self> {
         let dims = &cfg.embed_dims;
         let seq = vb.pp("patch_embed").pp("seq");

@@ -98,6 +98,7 @@ pub struct TwoWayTransformer {
 }
 
 impl TwoWayTransformer {
+    /// Reads the transformer below `vb`.
     pub fn load(vb: &Vb, cfg: &DecoderConfig) -> Result<Self> {
         let (c, h, ds, eps) = (cfg.dim, cfg.num_heads, cfg.attention_downsample_rate, cfg.layer_norm_eps);
         let layers = (0..cfg.depth)

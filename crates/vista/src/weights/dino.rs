@@ -29,6 +29,7 @@ pub enum DinoFamily {
     HuggingFace,
 }
 
+/// Guesses the family from the tensor names.
 pub fn detect<'a>(names: impl IntoIterator<Item = &'a String>) -> Option<DinoFamily> {
     for n in names {
         if n.starts_with("embeddings.") || n.contains(".embeddings.patch_embeddings.") {

@@ -14,7 +14,12 @@ pub enum Source {
     /// A folder holding a checkpoint and its config files.
     Dir(PathBuf),
     /// A Hugging Face model id such as `openai/clip-vit-base-patch32`, optionally `@revision`.
-    Hub { repo: String, revision: Option<String> },
+    Hub {
+        /// The repository id, `owner/name`.
+        repo: String,
+        /// The revision after `@`, if given.
+        revision: Option<String>,
+    },
 }
 
 impl Source {

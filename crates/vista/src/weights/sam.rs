@@ -4,7 +4,7 @@
 //! (`image_encoder.blocks.N.attn.rel_pos_h`, `prompt_encoder.pe_layer.…`,
 //! `mask_decoder.transformer.layers.N.…`); MobileSAM's `mobile_sam.pt` uses it too, with
 //! TinyViT's names under `image_encoder.`. Hugging Face transformers' `SamModel`
-//! (`facebook/sam-vit-base|large|huge`) renames nearly everything; [`HF_RENAMES`] undoes it.
+//! (`facebook/sam-vit-base|large|huge`) renames nearly everything; `HF_RENAMES` undoes it.
 
 use std::collections::HashMap;
 use std::path::Path;

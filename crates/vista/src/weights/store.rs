@@ -38,7 +38,9 @@ pub struct TensorStore {
 /// (otherwise loading failed); these are the rest.
 #[derive(Debug, Clone)]
 pub struct LoadReport {
+    /// The checkpoint file.
     pub checkpoint: PathBuf,
+    /// Number of tensors the model took.
     pub loaded: usize,
     /// Tensors present in the checkpoint that the model did not use, in the file's naming.
     pub unused: Vec<String>,
@@ -47,6 +49,7 @@ pub struct LoadReport {
 }
 
 impl TensorStore {
+    /// An empty store for the checkpoint at `path`, handing out tensors as `dtype` on `device`.
     pub fn new(path: impl Into<PathBuf>, device: &Device, dtype: DType) -> Self {
         Self {
             path: path.into(),
@@ -62,14 +65,17 @@ impl TensorStore {
         }
     }
 
+    /// The checkpoint file.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// The device tensors are moved to.
     pub fn device(&self) -> &Device {
         &self.device
     }
 
+    /// The dtype tensors are converted to.
     pub fn dtype(&self) -> DType {
         self.dtype
     }
@@ -116,6 +122,7 @@ impl TensorStore {
         self.ignored.push(original.into());
     }
 
+    /// Whether a tensor of that canonical name is present (taken or not).
     pub fn contains(&self, canonical: &str) -> bool {
         self.shapes.contains_key(canonical)
     }
@@ -125,6 +132,7 @@ impl TensorStore {
         self.shapes.get(canonical).cloned()
     }
 
+    /// Every canonical name, taken or not, in no particular order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.shapes.keys().map(|s| s.as_str())
     }
@@ -234,14 +242,17 @@ impl<'a> Vb<'a> {
         self.store.get(&self.full(name), shape)
     }
 
+    /// Whether the tensor `name` below this position is present.
     pub fn contains(&self, name: &str) -> bool {
         self.store.contains(&self.full(name))
     }
 
+    /// The device tensors are moved to.
     pub fn device(&self) -> &Device {
         self.store.device()
     }
 
+    /// The dtype tensors are converted to.
     pub fn dtype(&self) -> DType {
         self.store.dtype()
     }

@@ -47,6 +47,7 @@ impl EmbeddingCache {
         Self { dir: root.as_ref().join(model_key) }
     }
 
+    /// The model's folder of the cache.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -55,6 +56,7 @@ impl EmbeddingCache {
         self.dir.join(format!("{image_key}.safetensors"))
     }
 
+    /// Whether an embedding is stored for `image_key`.
     pub fn contains(&self, image_key: &str) -> bool {
         self.path(image_key).is_file()
     }

@@ -114,8 +114,9 @@ impl Mask {
     }
 
     /// Tight bounding box of the foreground as COCO `[x, y, width, height]`, `[0, 0, 0, 0]` for
-    /// an empty mask: what pycocotools' `toBbox` gives for [`Rle::encode`] of this mask (it
-    /// returns the same integers as float64).
+    /// an empty mask: what pycocotools' `toBbox` gives for
+    /// [`Rle::encode`](super::rle::Rle::encode) of this mask (it returns the same integers as
+    /// float64).
     pub fn bbox(&self) -> [u32; 4] {
         let (w, h) = (self.width as usize, self.height as usize);
         let (mut x0, mut y0, mut x1, mut y1) = (usize::MAX, usize::MAX, 0, 0);

@@ -25,15 +25,21 @@ use crate::{Error, Result};
 
 /// A loaded SAM with decoding options and an optional embedding cache.
 pub struct SegmentPipeline {
+    /// The model, shared by the sessions.
     pub predictor: Predictor,
+    /// The embedding cache, if enabled.
     pub cache: Option<EmbeddingCache>,
+    /// How image files are decoded (pixel limit, EXIF orientation).
     pub decode: DecodeOptions,
+    /// What the load did.
     pub report: crate::weights::LoadReport,
 }
 
 /// An encoded image file.
 pub struct EncodedImage {
+    /// The image's session, ready for prompts.
     pub session: Session,
+    /// The decoded image.
     pub image: RgbImage,
     /// True when the embedding came from the cache.
     pub cached: bool,
@@ -49,6 +55,7 @@ impl SegmentPipeline {
         Ok(Self { predictor: Predictor::new(model), cache, decode: DecodeOptions::default(), report: loaded.report })
     }
 
+    /// The model.
     pub fn model(&self) -> &Arc<Sam> {
         self.predictor.model()
     }

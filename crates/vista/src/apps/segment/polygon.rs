@@ -15,7 +15,8 @@ impl Mask {
     /// polygon and merges a list by *union*, so a hole polygon would add area, not remove it),
     /// so each component is exported as its outer boundary and the union of the polygons is
     /// [`Mask::fill_holes`] of the kept components. A component lying in a hole of a kept
-    /// component is therefore redundant and omitted. Use [`Rle`] where holes matter.
+    /// component is therefore redundant and omitted. Use [`Rle`](super::rle::Rle) where holes
+    /// matter.
     ///
     /// Components with fewer than [`PolygonOptions::min_area`] pixels are dropped first. With
     /// [`PolygonOptions::tolerance`] 0 the polygons are exact: they keep only the corners of

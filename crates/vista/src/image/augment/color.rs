@@ -152,9 +152,13 @@ pub fn hflip(img: &mut RgbImage) {
 /// factor in `[max(0, 1 - x), 1 + x]`, hue in `[-hue, hue]`; 0 disables an adjustment.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ColorJitter {
+    /// Brightness jitter: the factor is drawn from `[max(0, 1 - brightness), 1 + brightness]`.
     pub brightness: f32,
+    /// Contrast jitter: the factor is drawn from `[max(0, 1 - contrast), 1 + contrast]`.
     pub contrast: f32,
+    /// Saturation jitter: the factor is drawn from `[max(0, 1 - saturation), 1 + saturation]`.
     pub saturation: f32,
+    /// Hue jitter, in `[0, 0.5]`: the shift is drawn from `[-hue, hue]`.
     pub hue: f32,
 }
 
@@ -198,9 +202,13 @@ impl ColorJitter {
 /// One of the four colour-jitter adjustments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JitterOp {
+    /// [`adjust_brightness`].
     Brightness,
+    /// [`adjust_contrast`].
     Contrast,
+    /// [`adjust_saturation`].
     Saturation,
+    /// [`adjust_hue`].
     Hue,
 }
 
@@ -220,10 +228,15 @@ impl JitterOp {
 /// that adjustment is disabled).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct JitterParams {
+    /// The order the adjustments are applied in.
     pub order: [JitterOp; 4],
+    /// Brightness factor.
     pub brightness: Option<f32>,
+    /// Contrast factor.
     pub contrast: Option<f32>,
+    /// Saturation factor.
     pub saturation: Option<f32>,
+    /// Hue shift, as a fraction of the hue circle.
     pub hue: Option<f32>,
 }
 

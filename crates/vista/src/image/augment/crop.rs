@@ -5,9 +5,13 @@ use super::{below, uniform, RngCore};
 /// A crop rectangle in source pixels, `(i, j, h, w)` in torchvision's terms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CropBox {
+    /// Top edge (`i`).
     pub top: u32,
+    /// Left edge (`j`).
     pub left: u32,
+    /// Height (`h`).
     pub height: u32,
+    /// Width (`w`).
     pub width: u32,
 }
 

@@ -147,6 +147,7 @@ pub struct ViewConfig {
     pub ratio: (f64, f64),
     /// `RandomHorizontalFlip(p)`.
     pub flip_p: f64,
+    /// `ColorJitter(brightness, contrast, saturation, hue)`.
     pub jitter: ColorJitter,
     /// `RandomApply([ColorJitter], p)`.
     pub jitter_p: f64,
@@ -194,6 +195,7 @@ impl ViewConfig {
         Self::dino(size, scale, 0.5, 0.0)
     }
 
+    /// Checks the sizes, ranges and probabilities.
     pub fn validate(&self) -> Result<()> {
         if self.size == 0 {
             return Err(Error::arg("size", "view size must be > 0"));
@@ -246,13 +248,17 @@ impl ViewConfig {
 pub struct ViewParams {
     /// Output side.
     pub size: u32,
+    /// The crop, in the source image's pixels.
     pub crop: CropBox,
+    /// Mirror horizontally.
     pub flip: bool,
     /// `None`: the colour jitter was not applied (`RandomApply`).
     pub jitter: Option<JitterParams>,
+    /// Convert to grayscale (`L` on all three channels).
     pub grayscale: bool,
     /// `Some(radius)`: Gaussian blur with that radius.
     pub blur_radius: Option<f32>,
+    /// Solarize (threshold 128).
     pub solarize: bool,
 }
 
@@ -299,12 +305,17 @@ impl ViewParams {
 /// scale (0.4, 1), local scale (0.05, 0.4), 8 local crops, ImageNet normalisation).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DinoAugmentConfig {
+    /// The first global view (`global_transfo1`).
     pub global1: ViewConfig,
+    /// The second global view (`global_transfo2`).
     pub global2: ViewConfig,
+    /// The local views (`local_transfo`).
     pub local: ViewConfig,
     /// Number of local views (`--local_crops_number`); 0 disables multi-crop.
     pub n_local: usize,
+    /// Normalisation mean (RGB, in `[0, 1]` units).
     pub mean: [f32; 3],
+    /// Normalisation standard deviation (RGB, in `[0, 1]` units).
     pub std: [f32; 3],
 }
 
@@ -328,6 +339,7 @@ impl DinoAugmentConfig {
         }
     }
 
+    /// Checks every view and the normalisation.
     pub fn validate(&self) -> Result<()> {
         self.global1.validate()?;
         self.global2.validate()?;
@@ -351,8 +363,11 @@ impl Default for DinoAugmentConfig {
 /// One normalised view: channels-last `[height, width, 3]` f32.
 #[derive(Debug, Clone, PartialEq)]
 pub struct View {
+    /// The pixels, row-major, three channels each.
     pub data: Vec<f32>,
+    /// Height in pixels.
     pub height: usize,
+    /// Width in pixels.
     pub width: usize,
 }
 
@@ -360,7 +375,9 @@ pub struct View {
 /// (student only), in `DataAugmentationDINO.__call__`'s order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Views {
+    /// The two global views.
     pub globals: Vec<View>,
+    /// The local views.
     pub locals: Vec<View>,
 }
 
@@ -373,6 +390,7 @@ pub struct DataAugmentationDino {
 }
 
 impl DataAugmentationDino {
+    /// The augmentation for `cfg`; errors if `cfg` does not validate.
     pub fn new(cfg: DinoAugmentConfig) -> Result<Self> {
         cfg.validate()?;
         let mut lut = [[0f32; 256]; 3];
@@ -384,6 +402,7 @@ impl DataAugmentationDino {
         Ok(Self { cfg, lut })
     }
 
+    /// Returns the configuration.
     pub fn config(&self) -> &DinoAugmentConfig {
         &self.cfg
     }

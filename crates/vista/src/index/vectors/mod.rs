@@ -65,7 +65,9 @@ pub struct VectorSet {
 /// One search result: a row index and its score (dot product with the query).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Hit {
+    /// The row's index in the set.
     pub index: usize,
+    /// Dot product of the row with the query.
     pub score: f32,
 }
 
@@ -91,14 +93,17 @@ impl VectorSet {
         VectorSet { dim, len: 0, rows: Vec::with_capacity(dim * rows), q8: OnceLock::new() }
     }
 
+    /// Dimension of each row.
     pub fn dim(&self) -> usize {
         self.dim
     }
 
+    /// Number of rows.
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// Whether the set has no rows.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

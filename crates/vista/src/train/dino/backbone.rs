@@ -22,6 +22,7 @@ use crate::{Error, Result};
 
 /// A trainable DINO backbone.
 pub struct TrainVit {
+    /// The architecture.
     pub config: DinoConfig,
     params: Vec<Param>,
     index: HashMap<String, usize>,
@@ -99,6 +100,7 @@ impl TrainVit {
         Ok(self)
     }
 
+    /// The stochastic-depth rate of the last block (`drop_path_rate`).
     pub fn drop_path_rate(&self) -> f64 {
         self.drop_path_rate
     }
@@ -177,6 +179,7 @@ impl TrainVit {
         v
     }
 
+    /// Every parameter, in state-dict order.
     pub fn params(&self) -> &[Param] {
         &self.params
     }

@@ -15,9 +15,13 @@ use crate::{Error, Result};
 pub struct DinoTrainConfig {
     /// DINO's architecture name (`vit_tiny`, `vit_small`, `vit_base`), as recorded.
     pub arch: String,
+    /// Token width of the backbone.
     pub embed_dim: usize,
+    /// Transformer blocks of the backbone.
     pub depth: usize,
+    /// Attention heads of the backbone.
     pub num_heads: usize,
+    /// `--patch_size` (16).
     pub patch_size: usize,
     /// Stochastic depth of the student (`--drop_path_rate`, 0.1).
     pub drop_path: f64,
@@ -53,13 +57,16 @@ pub struct DinoTrainConfig {
     pub warmup_epochs: usize,
     /// `--weight_decay` (0.04) → `--weight_decay_end` (0.4).
     pub weight_decay: f64,
+    /// `--weight_decay_end` (0.4), the end of the weight-decay cosine.
     pub weight_decay_end: f64,
     /// `--momentum_teacher` (0.996), to 1 on a cosine.
     pub momentum_teacher: f64,
     /// `--warmup_teacher_temp` (0.04) → `--teacher_temp` (0.04) over
     /// `--warmup_teacher_temp_epochs` (0).
     pub warmup_teacher_temp: f64,
+    /// `--teacher_temp` (0.04), the teacher temperature after the warm-up.
     pub teacher_temp: f64,
+    /// `--warmup_teacher_temp_epochs` (0), the epochs of the linear temperature warm-up.
     pub warmup_teacher_temp_epochs: usize,
     /// `--clip_grad` (3.0; 0 disables).
     pub clip_grad: f64,
@@ -136,6 +143,7 @@ impl DinoTrainConfig {
         }
     }
 
+    /// The projection head (`DINOHead`).
     pub fn head(&self) -> DinoHeadConfig {
         DinoHeadConfig {
             in_dim: self.embed_dim,
@@ -147,6 +155,7 @@ impl DinoTrainConfig {
         }
     }
 
+    /// The multi-crop augmentation.
     pub fn augment(&self) -> DinoAugmentConfig {
         DinoAugmentConfig::dino(
             self.global_size,
@@ -157,6 +166,8 @@ impl DinoTrainConfig {
         )
     }
 
+    /// The lr, weight-decay, momentum and teacher-temperature schedules, for `niter_per_ep`
+    /// iterations per epoch.
     pub fn schedule(&self, niter_per_ep: usize) -> DinoScheduleConfig {
         DinoScheduleConfig {
             epochs: self.epochs,
@@ -174,6 +185,7 @@ impl DinoTrainConfig {
         }
     }
 
+    /// The loss (`DINOLoss`), over `local_crops + 2` crops.
     pub fn loss(&self) -> DinoLossConfig {
         DinoLossConfig::new(
             self.out_dim,

@@ -118,12 +118,15 @@ pub struct EpochBatches {
 /// Options of [`EpochBatches::new`].
 #[derive(Debug, Clone)]
 pub struct LoaderOptions {
+    /// Images per batch.
     pub batch_size: usize,
+    /// Seed of the sample order and of the augmentations.
     pub seed: u64,
     /// Worker threads (0: decode and augment in the training thread).
     pub workers: usize,
     /// Batches prepared ahead of the one being trained on.
     pub prefetch: usize,
+    /// How image files are decoded (pixel limit, EXIF orientation).
     pub decode: DecodeOptions,
 }
 

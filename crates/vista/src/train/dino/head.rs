@@ -32,7 +32,9 @@ use crate::{Error, Result};
 /// Batch norm in the head (`use_bn_in_head`) is not supported.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DinoHeadConfig {
+    /// Input width, the backbone's embedding width (`in_dim`).
     pub in_dim: usize,
+    /// Output width, the number of prototypes (`out_dim`, `--out_dim`).
     pub out_dim: usize,
     /// Freeze the last layer's norm `weight_g` at 1 (`--norm_last_layer`, default true).
     pub norm_last_layer: bool,
@@ -158,6 +160,7 @@ impl DinoHead {
         Ok(Self { cfg, params })
     }
 
+    /// Returns the configuration.
     pub fn config(&self) -> &DinoHeadConfig {
         &self.cfg
     }
@@ -172,6 +175,7 @@ impl DinoHead {
         self.params.iter().filter(|p| p.requires_grad())
     }
 
+    /// The parameter named `name`, if there is one.
     pub fn param(&self, name: &str) -> Option<&Param> {
         self.params.iter().find(|p| p.name() == name)
     }

@@ -31,14 +31,21 @@ use crate::{Error, Result};
 /// warmup_teacher_temp_epochs, nepochs, student_temp=0.1, center_momentum=0.9)`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DinoLossConfig {
+    /// Width of the head's output, the number of prototypes (`out_dim`).
     pub out_dim: usize,
     /// Total crops per image: 2 global + the local ones (`local_crops_number + 2`).
     pub ncrops: usize,
+    /// Teacher temperature at the start of the warm-up (`--warmup_teacher_temp`).
     pub warmup_teacher_temp: f64,
+    /// Teacher temperature after the warm-up (`--teacher_temp`).
     pub teacher_temp: f64,
+    /// Epochs of the linear temperature warm-up (`--warmup_teacher_temp_epochs`).
     pub warmup_teacher_temp_epochs: usize,
+    /// Epochs of the run (`nepochs`), the length of the temperature schedule.
     pub nepochs: usize,
+    /// Student temperature (`student_temp`, 0.1).
     pub student_temp: f64,
+    /// EMA momentum of the centre (`center_momentum`, 0.9).
     pub center_momentum: f64,
 }
 
@@ -87,6 +94,8 @@ pub struct DinoLoss {
 }
 
 impl DinoLoss {
+    /// The loss with a zero centre on `device`. Errors when `out_dim` is 0, `ncrops` < 2 or the
+    /// temperature warm-up is longer than the run.
     pub fn new(cfg: DinoLossConfig, device: &Device) -> Result<Self> {
         if cfg.out_dim == 0 {
             return Err(Error::arg("out_dim", "must be positive"));
@@ -104,6 +113,7 @@ impl DinoLoss {
         Ok(Self { cfg, center, temps })
     }
 
+    /// Returns the configuration.
     pub fn config(&self) -> &DinoLossConfig {
         &self.cfg
     }

@@ -81,6 +81,7 @@ pub struct Param {
 }
 
 impl Param {
+    /// A parameter named `name` (its state-dict name) over `var`.
     pub fn new(name: impl Into<String>, var: Var, requires_grad: bool) -> Self {
         Self { name: name.into(), var, requires_grad }
     }
@@ -90,14 +91,17 @@ impl Param {
         &self.name
     }
 
+    /// The variable.
     pub fn var(&self) -> &Var {
         &self.var
     }
 
+    /// Whether the parameter is trained (PyTorch's `requires_grad`).
     pub fn requires_grad(&self) -> bool {
         self.requires_grad
     }
 
+    /// Sets whether the parameter is trained; a frozen one is read detached.
     pub fn set_requires_grad(&mut self, requires_grad: bool) {
         self.requires_grad = requires_grad;
     }
@@ -154,6 +158,7 @@ pub struct Grads {
 }
 
 impl Grads {
+    /// An empty set of gradients.
     pub fn new() -> Self {
         Self::default()
     }
@@ -169,6 +174,7 @@ impl Grads {
         Self { entries }
     }
 
+    /// The gradient of `name`, if it has one.
     pub fn get(&self, name: &str) -> Option<&Tensor> {
         self.entries.iter().find(|(n, _)| n == name).map(|(_, g)| g)
     }
@@ -193,6 +199,7 @@ impl Grads {
         self.entries.retain(|(n, _)| keep(n));
     }
 
+    /// `(name, gradient)` pairs, in parameter order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Tensor)> {
         self.entries.iter().map(|(n, g)| (n.as_str(), g))
     }
@@ -201,14 +208,17 @@ impl Grads {
         self.entries.iter_mut().map(|(n, g)| (n.as_str(), g))
     }
 
+    /// The names of the parameters that have a gradient, in parameter order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.entries.iter().map(|(n, _)| n.as_str())
     }
 
+    /// Number of parameters that have a gradient.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    /// Whether no parameter has a gradient.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

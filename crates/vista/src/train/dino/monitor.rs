@@ -15,13 +15,19 @@ use crate::{Error, Result};
 /// One training step's numbers (one line of `metrics.jsonl`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepMetrics {
+    /// Epoch (from 0).
     pub epoch: usize,
     /// Global iteration (`epoch · niter_per_ep + it`).
     pub iteration: usize,
+    /// The DINO loss.
     pub loss: f64,
+    /// Learning rate of the step.
     pub lr: f64,
+    /// Weight decay of the regularised group.
     pub wd: f64,
+    /// Teacher EMA momentum.
     pub momentum: f64,
+    /// Teacher temperature.
     pub teacher_temp: f64,
     /// Mean entropy of the sharpened, centred teacher distribution (nats; ln out_dim is uniform).
     pub teacher_entropy: f64,

@@ -34,8 +34,11 @@ pub const TORCH_DEFAULT_WEIGHT_DECAY: f64 = 1e-2;
 /// of the optimiser's defaults (a key absent from PyTorch's group dict).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParamGroup {
+    /// The state-dict names of the group's parameters.
     pub names: Vec<String>,
+    /// The group's learning rate (`None`: the optimiser's default).
     pub lr: Option<f64>,
+    /// The group's weight decay (`None`: the optimiser's default).
     pub weight_decay: Option<f64>,
 }
 
@@ -60,8 +63,11 @@ pub fn get_params_groups(params: &[Param]) -> Vec<ParamGroup> {
 /// A parameter group inside the optimiser, with its current learning rate and weight decay.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OptimGroup {
+    /// The state-dict names of the group's parameters.
     pub names: Vec<String>,
+    /// Current learning rate.
     pub lr: f64,
+    /// Current weight decay.
     pub weight_decay: f64,
 }
 

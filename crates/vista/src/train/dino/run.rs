@@ -1,6 +1,6 @@
 //! `main_dino.py` end to end, as named phases: resume or start ([`DinoTrainer`]), open the
 //! metrics log, build the data, evaluate at initialisation, then per epoch train
-//! ([`train_one_epoch`]) and close the epoch (checkpoint, backbone export, k-NN evaluation).
+//! (`train_one_epoch`) and close the epoch (checkpoint, backbone export, k-NN evaluation).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

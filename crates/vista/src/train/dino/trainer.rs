@@ -23,6 +23,7 @@ use crate::{Error, Result};
 
 /// The networks, optimiser and loss state of a run.
 pub struct DinoTrainer {
+    /// The run's configuration.
     pub config: DinoTrainConfig,
     pub(super) student: TrainVit,
     pub(super) student_head: DinoHead,
@@ -92,14 +93,17 @@ impl DinoTrainer {
         self.niter_per_ep
     }
 
+    /// The per-iteration schedules of the run.
     pub fn schedules(&self) -> &DinoSchedules {
         &self.schedules
     }
 
+    /// The student backbone.
     pub fn student(&self) -> &TrainVit {
         &self.student
     }
 
+    /// The teacher backbone.
     pub fn teacher(&self) -> &TrainVit {
         &self.teacher
     }
