@@ -17,11 +17,13 @@
 //! last end-of-text token) and `text_b32_trim` (the ids already cut to the longest prompt, as
 //! every engine gets them in that workload). Repeat `--workload`, or `all`.
 
-use std::collections::HashMap;
+mod common;
+
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
+use common::{emit, max_abs_diff, peak_rss_mb, thread_env, time_calls, Flags, Inputs};
 use serde_json::json;
 
 struct Args {
@@ -33,26 +35,19 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args> {
-    let mut a = Args { model: String::new(), inputs: String::new(), workloads: vec![], warmup: 2, iters: 10 };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut val = || it.next().ok_or_else(|| anyhow!("{flag} needs a value"));
-        match flag.as_str() {
-            "--model" => a.model = val()?,
-            "--inputs" => a.inputs = val()?,
-            "--workload" => a.workloads.push(val()?),
-            "--warmup" => a.warmup = val()?.parse()?,
-            "--iters" => a.iters = val()?.parse()?,
-            "-h" | "--help" => {
-                println!("bench_clip --model DIR --inputs FILE [--workload image_b1|image_b32|text_b32|text_b32_trim|all]... [--warmup N] [--iters N]");
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument `{other}`"),
-        }
-    }
-    if a.model.is_empty() || a.inputs.is_empty() {
-        bail!("--model and --inputs are required");
-    }
+    let mut f = Flags::from_env(
+        "bench_clip --model DIR --inputs FILE [--workload image_b1|image_b32|text_b32|text_b32_trim|all]... \
+         [--warmup N] [--iters N]",
+        &[],
+    )?;
+    let mut a = Args {
+        model: f.req("--model")?,
+        inputs: f.req("--inputs")?,
+        workloads: f.many("--workload"),
+        warmup: f.or("--warmup", 2)?,
+        iters: f.or("--iters", 10)?,
+    };
+    f.finish()?;
     if a.iters == 0 {
         bail!("--iters must be at least 1");
     }
@@ -60,13 +55,6 @@ fn parse_args() -> Result<Args> {
         a.workloads = vec!["image_b1".into(), "image_b32".into(), "text_b32".into(), "text_b32_trim".into()];
     }
     Ok(a)
-}
-
-/// Linear interpolation between closest ranks (numpy's default), `q` in [0, 1].
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    let pos = q * (sorted.len() - 1) as f64;
-    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
 }
 
 /// One past the last pooled position over the batch: the pooled token is the largest id (the
@@ -81,21 +69,6 @@ fn trimmed_len(ids: &[Vec<u32>]) -> usize {
         .unwrap_or(1)
 }
 
-/// This process's peak resident set (VmHWM), in MB.
-fn peak_rss_mb() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
-    if a.dims() != b.dims() {
-        bail!("shape {:?} vs reference {:?}", a.dims(), b.dims());
-    }
-    Ok(a.sub(b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
-}
-
 fn main() -> Result<()> {
     // vista's process set-up (allocator tuning), as the CLI does; before any thread starts.
     vista::device::init_process();
@@ -108,9 +81,8 @@ fn main() -> Result<()> {
     let load_s = t0.elapsed().as_secs_f64();
     let model = loaded.model;
 
-    let inputs: HashMap<String, Tensor> =
-        candle_core::safetensors::load(&args.inputs, &device).with_context(|| format!("reading {}", args.inputs))?;
-    let get = |k: &str| inputs.get(k).cloned().ok_or_else(|| anyhow!("{} has no `{k}`", args.inputs));
+    let inputs = Inputs::load(&args.inputs)?;
+    let get = |k: &str| inputs.get(k);
     let pixels = get("pixel_values")?.to_dtype(DType::F32)?;
     let ids_i64 = get("input_ids")?.to_dtype(DType::I64)?.to_vec2::<i64>()?;
     let ids: Vec<Vec<u32>> = ids_i64
@@ -151,38 +123,12 @@ fn main() -> Result<()> {
 
         let first = run()?;
         let diff = max_abs_diff(&first, &reference)?;
-        for _ in 1..args.warmup {
-            run()?;
-        }
-        let mut ms = Vec::with_capacity(args.iters);
-        for _ in 0..args.iters {
-            let t = Instant::now();
-            let out = run()?;
-            // The CPU backend is synchronous; touching the result keeps the work honest anyway.
-            std::hint::black_box(&out);
-            ms.push(t.elapsed().as_secs_f64() * 1e3);
-        }
-        let times_ms = ms.clone();
-        ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        let median = percentile(&ms, 0.5);
-        let line = json!({
-            "engine": "vista",
-            "workload": workload,
-            "batch": batch,
-            "median_ms": median,
-            "p10": percentile(&ms, 0.1),
-            "p90": percentile(&ms, 0.9),
-            "items_per_s": batch as f64 * 1e3 / median,
-            "max_abs_diff_vs_torch": diff,
-            "iters": args.iters,
-            "warmup": args.warmup.max(1),
-            "load_s": load_s,
-            "peak_rss_mb": peak_rss_mb(),
-            "threads": std::env::var("RAYON_NUM_THREADS").ok(),
-            "candle_barrier_pool_spin_limit": std::env::var("CANDLE_BARRIER_POOL_SPIN_LIMIT").ok(),
-            "times_ms": times_ms,
+        let timing = time_calls(args.warmup.saturating_sub(1), args.iters, || Ok(run()?))?;
+        let base = json!({
+            "engine": "vista", "workload": workload, "batch": batch, "max_abs_diff_vs_torch": diff,
+            "warmup": args.warmup.max(1), "load_s": load_s, "peak_rss_mb": peak_rss_mb(),
         });
-        println!("{line}");
+        emit(base, &[timing.json(Some(batch)), thread_env()]);
     }
     Ok(())
 }

@@ -22,11 +22,13 @@
 //! `pos_{model}` (PyTorch's resampled patch position embedding, DINOv2 at a grid other than the
 //! trained one) the first call's `DinoOutput::pos_embed` is compared with it too.
 
-use std::collections::HashMap;
+mod common;
+
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::DType;
+use common::{emit, max_abs_diff, peak_rss_mb, thread_env, time_calls, Flags, Inputs};
 use serde_json::json;
 use vista::dino::loader::{load_model, LoadOptions};
 
@@ -40,69 +42,29 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args> {
-    let mut a = Args {
-        model: String::new(),
-        heads: None,
-        inputs: String::new(),
-        workload: String::new(),
-        warmup: 2,
-        iters: 10,
+    let mut f = Flags::from_env(
+        "bench_dino --model FILE [--heads N] --inputs FILE --workload MODEL_bN [--warmup N] [--iters N]",
+        &[],
+    )?;
+    let a = Args {
+        model: f.req("--model")?,
+        heads: f.opt("--heads")?,
+        inputs: f.req("--inputs")?,
+        workload: f.req("--workload")?,
+        warmup: f.or("--warmup", 2)?,
+        iters: f.or("--iters", 10)?,
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut val = || it.next().ok_or_else(|| anyhow!("{flag} needs a value"));
-        match flag.as_str() {
-            "--model" => a.model = val()?,
-            "--heads" => a.heads = Some(val()?.parse()?),
-            "--inputs" => a.inputs = val()?,
-            "--workload" => a.workload = val()?,
-            "--warmup" => a.warmup = val()?.parse()?,
-            "--iters" => a.iters = val()?.parse()?,
-            "-h" | "--help" => {
-                println!(
-                    "bench_dino --model FILE [--heads N] --inputs FILE --workload MODEL_bN [--warmup N] [--iters N]"
-                );
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument `{other}`"),
-        }
-    }
-    if a.model.is_empty() || a.inputs.is_empty() || a.workload.is_empty() {
-        bail!("--model, --inputs and --workload are required");
-    }
+    f.finish()?;
     if a.iters == 0 {
         bail!("--iters must be at least 1");
     }
     Ok(a)
 }
 
-/// Linear interpolation between closest ranks (numpy's default), `q` in [0, 1].
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    let pos = q * (sorted.len() - 1) as f64;
-    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
-}
-
-/// This process's peak resident set (VmHWM), in MB.
-fn peak_rss_mb() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
-    if a.dims() != b.dims() {
-        bail!("shape {:?} vs reference {:?}", a.dims(), b.dims());
-    }
-    Ok(a.sub(b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
-}
-
 fn main() -> Result<()> {
     // vista's process set-up (allocator tuning), as the CLI does; before any thread starts.
     vista::device::init_process();
     let args = parse_args()?;
-    let device = Device::Cpu;
 
     let (model_key, batch) = args
         .workload
@@ -116,9 +78,8 @@ fn main() -> Result<()> {
     let load_s = t0.elapsed().as_secs_f64();
     let model = loaded.model;
 
-    let inputs: HashMap<String, Tensor> =
-        candle_core::safetensors::load(&args.inputs, &device).with_context(|| format!("reading {}", args.inputs))?;
-    let get = |k: &str| inputs.get(k).cloned().ok_or_else(|| anyhow!("{} has no `{k}`", args.inputs));
+    let inputs = Inputs::load(&args.inputs)?;
+    let get = |k: &str| inputs.get(k);
     let pixels_nchw = get("pixel_values")?.to_dtype(DType::F32)?;
     if batch == 0 || batch > pixels_nchw.dim(0)? {
         bail!("batch {batch}: the inputs hold {} images", pixels_nchw.dim(0)?);
@@ -130,7 +91,7 @@ fn main() -> Result<()> {
     } else {
         get(&format!("cls_{model_key}"))?.narrow(0, 0, batch)?
     };
-    let pos_reference = inputs.get(&format!("pos_{model_key}")).cloned();
+    let pos_reference = inputs.maybe(&format!("pos_{model_key}"));
 
     let run = || -> Result<vista::dino::DinoOutput> { Ok(model.forward(&pixels, false, false)?) };
 
@@ -141,40 +102,12 @@ fn main() -> Result<()> {
         None => None,
     };
     drop(first);
-    for _ in 1..args.warmup {
-        run()?;
-    }
-    let mut ms = Vec::with_capacity(args.iters);
-    for _ in 0..args.iters {
-        let t = Instant::now();
-        let out = run()?.cls()?;
-        // The CPU backend is synchronous; touching the result keeps the work honest anyway.
-        std::hint::black_box(&out);
-        ms.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    let times_ms = ms.clone();
-    ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let median = percentile(&ms, 0.5);
-    let line = json!({
-        "engine": "vista",
-        "workload": args.workload,
-        "batch": batch,
-        "median_ms": median,
-        "p10": percentile(&ms, 0.1),
-        "p90": percentile(&ms, 0.9),
-        "items_per_s": batch as f64 * 1e3 / median,
-        "max_abs_diff_vs_torch": diff,
-        "pos_max_abs_diff": pos_diff,
-        "iters": args.iters,
-        "warmup": args.warmup.max(1),
-        "load_s": load_s,
-        "peak_rss_mb": peak_rss_mb(),
-        "threads": std::env::var("RAYON_NUM_THREADS").ok(),
-        "candle_barrier_pool_spin_limit": std::env::var("CANDLE_BARRIER_POOL_SPIN_LIMIT").ok(),
-        "family": format!("{:?}", loaded.family),
-        "config": &model.config,
-        "times_ms": times_ms,
+    let timing = time_calls(args.warmup.saturating_sub(1), args.iters, || Ok(run()?.cls()?))?;
+    let base = json!({
+        "engine": "vista", "workload": args.workload, "batch": batch, "max_abs_diff_vs_torch": diff,
+        "pos_max_abs_diff": pos_diff, "warmup": args.warmup.max(1), "load_s": load_s,
+        "peak_rss_mb": peak_rss_mb(), "family": format!("{:?}", loaded.family), "config": &model.config,
     });
-    println!("{line}");
+    emit(base, &[timing.json(Some(batch)), thread_env()]);
     Ok(())
 }

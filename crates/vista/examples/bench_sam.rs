@@ -25,12 +25,14 @@
 //! `--stages` (encoder workloads) also prints the per-call time of `set_image` (preprocess +
 //! encoder, the API a user calls).
 
-use std::collections::HashMap;
+mod common;
+
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Context, Result};
-use candle_core::{DType, Device, Tensor};
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Tensor};
+use common::{emit, max_abs_diff, ms_since, peak_rss_mb, thread_env, Flags, Inputs, Timing};
 use serde_json::json;
 use vista::sam::loader::{self, LoadOptions};
 use vista::sam::{Point, Predictor, Prompts};
@@ -46,76 +48,31 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args> {
-    let mut a = Args {
-        model: String::new(),
-        inputs: String::new(),
-        image: String::new(),
-        workload: String::new(),
-        warmup: 1,
-        iters: 3,
-        stages: false,
+    let mut f = Flags::from_env(
+        "bench_sam --model FILE --inputs FILE --image FILE --workload enc_vit_b|enc_vit_t|dec_point|dec_box64 \
+         [--warmup N] [--iters N] [--stages]",
+        &["--stages"],
+    )?;
+    let a = Args {
+        model: f.req("--model")?,
+        inputs: f.req("--inputs")?,
+        image: f.req("--image")?,
+        workload: f.req("--workload")?,
+        warmup: f.or("--warmup", 1)?,
+        iters: f.or("--iters", 3)?,
+        stages: f.switch("--stages"),
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut val = || it.next().ok_or_else(|| anyhow!("{flag} needs a value"));
-        match flag.as_str() {
-            "--model" => a.model = val()?,
-            "--inputs" => a.inputs = val()?,
-            "--image" => a.image = val()?,
-            "--workload" => a.workload = val()?,
-            "--warmup" => a.warmup = val()?.parse()?,
-            "--iters" => a.iters = val()?.parse()?,
-            "--stages" => a.stages = true,
-            "-h" | "--help" => {
-                println!(
-                    "bench_sam --model FILE --inputs FILE --image FILE --workload enc_vit_b|enc_vit_t|dec_point|dec_box64 \
-                     [--warmup N] [--iters N] [--stages]"
-                );
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument `{other}`"),
-        }
-    }
-    if a.model.is_empty() || a.inputs.is_empty() || a.image.is_empty() || a.workload.is_empty() {
-        bail!("--model, --inputs, --image and --workload are required");
-    }
+    f.finish()?;
     if a.iters == 0 {
         bail!("--iters must be at least 1");
     }
     Ok(a)
 }
 
-/// Linear interpolation between closest ranks (numpy's default), `q` in [0, 1].
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    let pos = q * (sorted.len() - 1) as f64;
-    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
-}
-
-/// This process's peak resident set (VmHWM), in MB.
-fn peak_rss_mb() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
-    if a.dims() != b.dims() {
-        bail!("shape {:?} vs reference {:?}", a.dims(), b.dims());
-    }
-    Ok(a.sub(b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
-}
-
-fn ms_since(t: Instant) -> f64 {
-    t.elapsed().as_secs_f64() * 1e3
-}
-
 fn main() -> Result<()> {
     // vista's process set-up (allocator tuning), as the CLI does; before any thread starts.
     vista::device::init_process();
     let args = parse_args()?;
-    let device = Device::Cpu;
 
     let t0 = Instant::now();
     let loaded = loader::load_model(&args.model, &LoadOptions { arch: None, image_size: None })
@@ -124,9 +81,8 @@ fn main() -> Result<()> {
     let predictor = Predictor::new(model.clone());
     let load_s = t0.elapsed().as_secs_f64();
 
-    let inputs: HashMap<String, Tensor> =
-        candle_core::safetensors::load(&args.inputs, &device).with_context(|| format!("reading {}", args.inputs))?;
-    let get = |k: &str| inputs.get(k).cloned().ok_or_else(|| anyhow!("{} has no `{k}`", args.inputs));
+    let inputs = Inputs::load(&args.inputs)?;
+    let get = |k: &str| inputs.get(k);
     let img = vista::image::load_rgb(&args.image, &vista::image::DecodeOptions::default())?;
     let size = (img.height() as usize, img.width() as usize);
 
@@ -206,27 +162,11 @@ fn main() -> Result<()> {
             }
         }
     }
-    let times_ms = ms.clone();
-    ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let median = percentile(&ms, 0.5);
-    let line = json!({
-        "engine": "vista",
-        "workload": args.workload,
-        "median_ms": median,
-        "p10": percentile(&ms, 0.1),
-        "p90": percentile(&ms, 0.9),
-        "max_abs_diff_vs_torch": diff,
-        "iters": args.iters,
-        "warmup": args.warmup.max(1),
-        "load_s": load_s,
-        "peak_rss_mb": peak_rss_mb(),
-        "threads": std::env::var("RAYON_NUM_THREADS").ok(),
-        "candle_barrier_pool_spin_limit": std::env::var("CANDLE_BARRIER_POOL_SPIN_LIMIT").ok(),
-        "times_ms": times_ms,
-        "pre_times_ms": pre_ms,
-        "pre_max_abs_diff": pre_diff,
-        "set_image_times_ms": set_image_ms,
+    let base = json!({
+        "engine": "vista", "workload": args.workload, "max_abs_diff_vs_torch": diff,
+        "warmup": args.warmup.max(1), "load_s": load_s, "peak_rss_mb": peak_rss_mb(),
+        "pre_times_ms": pre_ms, "pre_max_abs_diff": pre_diff, "set_image_times_ms": set_image_ms,
     });
-    println!("{line}");
+    emit(base, &[Timing { times_ms: ms }.json(None), thread_env()]);
     Ok(())
 }

@@ -19,11 +19,14 @@
 //! `--dupes THRESHOLD` instead times `near_duplicate_groups` over the rows once and prints
 //! `{"engine":"vista","task":"dupes","rows":..,"threshold":..,"seconds":..,"groups":..,"grouped_rows":..}`.
 
+mod common;
+
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
+use common::{peak_rss_mb, percentile, Flags};
 use serde_json::json;
 use vista::index::vectors::{near_duplicate_groups, Scan, VectorSet};
 
@@ -39,57 +42,34 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args> {
-    let mut a = Args {
-        base: String::new(),
-        dim: 512,
-        rows: 0,
-        queries: String::new(),
-        k: 10,
-        scan: Scan::F16,
-        warmup: 5,
-        dupes: None,
+    let mut f = Flags::from_env(
+        "bench_search --base FILE.f16 --dim D --rows N (--queries FILE.f32 [--k K] [--scan f16|int8] [--warmup N] | \
+         --dupes THRESHOLD)",
+        &[],
+    )?;
+    let scan = match f.or("--scan", "f16".to_string())?.as_str() {
+        "f16" => Scan::F16,
+        "int8" => Scan::Int8,
+        other => bail!("--scan {other}: expected f16 or int8"),
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut val = || it.next().ok_or_else(|| anyhow!("{flag} needs a value"));
-        match flag.as_str() {
-            "--base" => a.base = val()?,
-            "--dim" => a.dim = val()?.parse()?,
-            "--rows" => a.rows = val()?.parse()?,
-            "--queries" => a.queries = val()?,
-            "--k" => a.k = val()?.parse()?,
-            "--scan" => {
-                a.scan = match val()?.as_str() {
-                    "f16" => Scan::F16,
-                    "int8" => Scan::Int8,
-                    other => bail!("--scan {other}: expected f16 or int8"),
-                }
-            }
-            "--warmup" => a.warmup = val()?.parse()?,
-            "--dupes" => a.dupes = Some(val()?.parse()?),
-            "-h" | "--help" => {
-                println!(
-                    "bench_search --base FILE.f16 --dim D --rows N (--queries FILE.f32 [--k K] [--scan f16|int8] [--warmup N] | --dupes THRESHOLD)"
-                );
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument `{other}`"),
-        }
-    }
-    if a.base.is_empty() || a.rows == 0 {
-        bail!("--base and --rows are required");
+    let a = Args {
+        base: f.req("--base")?,
+        dim: f.or("--dim", 512)?,
+        rows: f.req("--rows")?,
+        queries: f.or("--queries", String::new())?,
+        k: f.or("--k", 10)?,
+        scan,
+        warmup: f.or("--warmup", 5)?,
+        dupes: f.opt("--dupes")?,
+    };
+    f.finish()?;
+    if a.rows == 0 {
+        bail!("--rows must be positive");
     }
     if a.queries.is_empty() && a.dupes.is_none() {
         bail!("--queries (search) or --dupes (grouping) is required");
     }
     Ok(a)
-}
-
-/// This process's peak resident set (VmHWM), in MB.
-fn peak_rss_mb() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    Some(line.split_whitespace().nth(1)?.parse::<f64>().ok()? / 1024.0)
 }
 
 /// CPU time (user + system) this process has used, in seconds (`/proc/self/stat`, clock ticks
@@ -101,13 +81,6 @@ fn cpu_seconds() -> Option<f64> {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
     Some(ticks / 100.0)
-}
-
-/// Linear interpolation between closest ranks (numpy's default), as `bench_search.py` computes it.
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    let pos = q * (sorted.len() - 1) as f64;
-    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
 }
 
 fn load_base(path: &str, dim: usize, rows: usize) -> Result<VectorSet> {

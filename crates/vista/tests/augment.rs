@@ -542,19 +542,6 @@ fn invalid_configurations_are_errors() {
     assert!(DataAugmentationDino::new(c).is_err());
 }
 
-#[test]
-fn speed_report() {
-    // Not an assertion: one core, default configuration (2 x 224 + 8 x 96) on a 512 x 512 photo.
-    let img = load_rgb(fixtures().join("preprocess/astronaut.png"), &DecodeOptions::default()).unwrap();
-    let aug = DataAugmentationDino::new(DinoAugmentConfig::default()).unwrap();
-    let n = 20;
-    let t = std::time::Instant::now();
-    for i in 0..n {
-        std::hint::black_box(aug.augment_sample(&img, 0, i, 0).unwrap());
-    }
-    println!("DataAugmentationDino default, 512x512: {:.2} ms / image", t.elapsed().as_secs_f64() * 1e3 / n as f64);
-}
-
 /// Small PNGs for the docs (best compression, adaptive filters).
 fn save_png(img: &RgbImage, path: &Path) {
     use ::image::codecs::png::{CompressionType, FilterType, PngEncoder};

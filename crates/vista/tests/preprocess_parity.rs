@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use candle_core::Device;
 use serde_json::Value;
@@ -295,49 +294,4 @@ fn resize_region_equals_crop_of_full_resize() {
     assert!(resize_exact(&img, 301, 199, Filter::Bicubic).unwrap() == img);
     assert!(resize_exact(&img, 0, 5, Filter::Bicubic).is_err());
     assert!(resize_region(&img, 10, 10, Region { x: 5, y: 0, width: 6, height: 1 }, Filter::Bicubic).is_err());
-}
-
-/// Rough timing (printed, not asserted): the 512x512 astronaut to a normalised 224 tensor.
-#[test]
-fn timing_512_to_224() {
-    let img = load("astronaut.png");
-    let p = ClipPreprocess::openai(224);
-    let mut buf = vec![0f32; 3 * 224 * 224];
-    for _ in 0..5 {
-        p.normalize_into(&p.resize_crop(&img), &mut buf).unwrap();
-    }
-    let n = 50;
-    let t0 = Instant::now();
-    for _ in 0..n {
-        let crop = p.resize_crop(&img);
-        p.normalize_into(&crop, &mut buf).unwrap();
-    }
-    let per = t0.elapsed().as_secs_f64() / n as f64;
-    let t0 = Instant::now();
-    for _ in 0..n {
-        std::hint::black_box(p.resize_crop(&img));
-    }
-    let resize = t0.elapsed().as_secs_f64() / n as f64;
-    let coffee = load("coffee.png");
-    let t0 = Instant::now();
-    for _ in 0..n {
-        std::hint::black_box(p.resize_crop(&coffee));
-    }
-    let coffee_t = t0.elapsed().as_secs_f64() / n as f64;
-    // a 12 MP phone photo
-    let big =
-        RgbImage::from_fn(4032, 3024, |x, y| ::image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x ^ y) % 239) as u8]));
-    let t0 = Instant::now();
-    for _ in 0..3 {
-        std::hint::black_box(p.resize_crop(&big));
-    }
-    let big_t = t0.elapsed().as_secs_f64() / 3.0;
-    println!(
-        "512x512 -> 224: resize+crop+normalise {:.3} ms (resize+crop {:.3} ms); 600x400 -> 224 resize+crop {:.3} ms; \
-         4032x3024 -> 224 resize+crop {:.1} ms",
-        per * 1e3,
-        resize * 1e3,
-        coffee_t * 1e3,
-        big_t * 1e3
-    );
 }
