@@ -145,7 +145,10 @@ pub fn run(
                 }
                 e => e,
             })?;
+        // The epoch's wall time: loader start, data waits and steps; not the checkpoint or the
+        // evaluation (the span tools/bench/bench_dino_train.py compares with PyTorch's epoch).
         let seconds = start.elapsed().as_secs_f64();
+        metrics.write(&json!({"epoch": epoch, "epoch_seconds": seconds}))?;
         let knn_top1 = end_epoch(&mut trainer, &mut metrics, options, last, &mut on_event)?;
         on_event(Event::EpochEnd { epoch, seconds, mean_loss, knn_top1 });
     }
