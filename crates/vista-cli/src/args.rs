@@ -351,12 +351,18 @@ pub fn update_index(
 ) -> Result<IndexReport> {
     let opts = IndexOptions { batch, ..Default::default() };
     let mut bar: Option<indicatif::ProgressBar> = None;
+    let freeze_after = freeze_point("index-batches");
+    let mut batches = 0usize;
     let report = index::update(pipeline, model, db, roots, scan, &opts, &mut |p| match p {
         Progress::Scanned { to_embed, .. } if to_embed > 0 => bar = Some(progress::bar(to_embed, "indexing")),
         Progress::Scanned { .. } => {}
         Progress::Embedded { n } => {
             if let Some(b) = &bar {
                 b.inc(n as u64)
+            }
+            batches += 1;
+            if freeze_after == Some(batches) {
+                freeze();
             }
         }
     })
@@ -365,6 +371,27 @@ pub fn update_index(
         b.finish_and_clear();
     }
     Ok(report)
+}
+
+/// A crash-test point: `VISTA_FREEZE_AT=<name>:<n>` makes the process stop in its tracks
+/// ([`freeze`]) at the `n`-th event `name`, so a test can `kill -9` it at a known moment instead
+/// of racing it. Points: `index-batches` (after the n-th committed batch of `vista index`),
+/// `train-saves` (after the n-th checkpoint `vista train` writes).
+pub fn freeze_point(name: &str) -> Option<usize> {
+    let spec = std::env::var("VISTA_FREEZE_AT").ok()?;
+    let (point, n) = spec.split_once(':')?;
+    if point != name {
+        return None;
+    }
+    n.parse().ok()
+}
+
+/// Stops making progress forever (the process waits to be killed); see [`freeze_point`].
+pub fn freeze() -> ! {
+    eprintln!("frozen (VISTA_FREEZE_AT)");
+    loop {
+        std::thread::park();
+    }
 }
 
 /// Says which checkpoint tensors a model did not use (loading is loud, never silent).

@@ -79,35 +79,33 @@ fn new_changed_deleted_and_renamed_files_are_handled_incrementally() {
 #[test]
 fn kill_9_mid_run_keeps_committed_batches_and_a_rerun_finishes_the_rest() {
     let dir = tmpdir("kill");
-    // Many small images, one per transaction: the run lasts long enough (~1 s) for the kill to
-    // land mid-way, however fast the machine.
-    let n = 1200;
+    let n = 40;
     for i in 0..n {
-        picture(i, 96).save(dir.join(format!("img{i:04}.png"))).unwrap();
+        picture(i, 48).save(dir.join(format!("img{i:04}.png"))).unwrap();
     }
     let db_path = dir.join(".vista/index.sqlite");
+    // The run freezes right after its 5th committed batch (VISTA_FREEZE_AT), so the kill lands
+    // mid-run at a known point, whatever the machine's speed.
     let mut child = Command::new(env!("CARGO_BIN_EXE_vista"))
         .args(["index", dir.to_str().unwrap(), "--model", &model(), "--batch", "1", "--json"])
+        .env("VISTA_FREEZE_AT", "index-batches:5")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    // Kill as soon as some batches are committed, while the run is still going.
     let start = Instant::now();
     let mut committed = 0;
-    while start.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(5));
+    while committed < 5 {
+        assert!(start.elapsed() < Duration::from_secs(120), "no 5 batches committed in 2 minutes");
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before its freeze point");
+        std::thread::sleep(Duration::from_millis(20));
         if let Ok(db) = IndexDb::open(&db_path) {
             committed = db.count_embeddings(&model()).unwrap_or(0);
-            if committed >= 5 {
-                break;
-            }
         }
     }
-    assert!(child.try_wait().unwrap().is_none(), "the run finished before it could be killed");
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    assert!(committed >= 5, "no batch was committed before the kill");
+    assert_eq!(committed, 5, "the run froze after its 5th batch");
     let db = IndexDb::open(&db_path).expect("the database opens after kill -9");
     let kept = db.count_embeddings(&model()).unwrap();
     assert!(kept >= committed && kept < n as usize, "kept {kept} of {n} (committed {committed} when killed)");

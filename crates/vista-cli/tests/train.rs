@@ -155,15 +155,16 @@ fn train_dino_killed_midway_resumes_to_the_same_bits() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
     let killed = dir.join("killed");
+    // The run freezes right after its 8th checkpoint (VISTA_FREEZE_AT: a step in the second
+    // epoch), so the kill lands there whatever the machine's speed.
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vista"))
         .args(args(&killed))
+        .env("VISTA_FREEZE_AT", "train-saves:8")
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // Wait until some steps of the second epoch are saved, then kill -9.
     let state = killed.join("checkpoint.json");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    let mut was_killed = false;
     loop {
         let it = std::fs::read_to_string(&state)
             .ok()
@@ -171,17 +172,14 @@ fn train_dino_killed_midway_resumes_to_the_same_bits() {
             .and_then(|v| v["iteration"].as_u64())
             .unwrap_or(0);
         if it >= 8 {
-            was_killed = child.kill().is_ok() && child.wait().map(|s| !s.success()).unwrap_or(false);
             break;
         }
-        if child.try_wait().unwrap().is_some() || std::time::Instant::now() > deadline {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before its freeze point");
+        assert!(std::time::Instant::now() < deadline, "no 8 steps saved in 2 minutes");
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let _ = child.wait();
-    eprintln!("killed midway: {was_killed}");
-    assert!(was_killed, "the run ended before it could be killed midway");
+    child.kill().unwrap(); // SIGKILL
+    assert!(!child.wait().unwrap().success());
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_vista")).args(args(&killed)).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let (a, b) = (tensors(&straight.join("checkpoint.safetensors")), tensors(&killed.join("checkpoint.safetensors")));

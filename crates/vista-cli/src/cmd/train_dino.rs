@@ -12,7 +12,7 @@ use vista::data::{is_idx_dir, unlabelled_items, LabelledSet, Split};
 use vista::image::DecodeOptions;
 use vista::train::dino::{run, DinoTrainConfig, Event, KnnEval, RunOptions};
 
-use crate::args::parse_pair;
+use crate::args::{freeze, freeze_point, parse_pair};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -254,6 +254,7 @@ pub fn run_dino(args: Args) -> Result<ExitCode> {
     );
     let mut skipped = 0usize;
     let mut bar: Option<indicatif::ProgressBar> = None;
+    let (freeze_after, mut saves) = (freeze_point("train-saves"), 0usize);
     let result = run(config, items, &options, |event| match event {
         Event::EpochStart { epoch, first, batches } => {
             let b = crate::progress::bar(batches, &format!("epoch {epoch}"));
@@ -280,7 +281,12 @@ pub fn run_dino(args: Args) -> Result<ExitCode> {
             let knn = knn_top1.map(|a| format!(", k-NN top-1 {a:.2} %")).unwrap_or_default();
             eprintln!("epoch {epoch}: {seconds:.1} s, mean loss {mean_loss:.4}{knn}");
         }
-        Event::Saved(_) => {}
+        Event::Saved(_) => {
+            saves += 1;
+            if freeze_after == Some(saves) {
+                freeze();
+            }
+        }
         Event::InitialKnn(a) => eprintln!("k-NN top-1 at initialisation: {a:.2} %"),
     });
     if let Some(b) = bar.take() {

@@ -35,7 +35,8 @@ pub struct StepMetrics {
     pub kl: f64,
     /// Images in the step.
     pub images: usize,
-    /// Wall time of the step (seconds), data waiting included.
+    /// Wall time of the step in seconds: forward, backward and update (the wait for the batch
+    /// is not included; see the epoch lines of `metrics.jsonl` for wall time with data loading).
     pub seconds: f64,
 }
 
