@@ -1,6 +1,8 @@
 //! CLIP configuration: one struct, presets that cite their source, and readers for the two config
 //! formats checkpoints ship with (transformers `config.json`, open_clip `open_clip_config.json`).
 
+// OpenAI CLIP's normalisation statistics, the default when a config gives none.
+use crate::image::{OPENAI_CLIP_MEAN as OPENAI_MEAN, OPENAI_CLIP_STD as OPENAI_STD};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -133,12 +135,6 @@ pub struct ClipConfig {
     /// How images are prepared for the image tower.
     pub preprocess: PreprocessConfig,
 }
-
-/// OpenAI CLIP's per-channel normalisation mean, the default when a config gives none.
-pub const OPENAI_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
-/// OpenAI CLIP's per-channel normalisation standard deviation, the default when a config gives
-/// none.
-pub const OPENAI_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
 
 struct Tower {
     width: usize,
