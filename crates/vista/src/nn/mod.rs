@@ -11,6 +11,7 @@ pub mod interpolate;
 pub mod linear;
 pub mod mlp;
 pub mod norm;
+pub mod portable;
 pub mod window;
 
 pub use activation::Activation;
@@ -18,3 +19,4 @@ pub use attention::FusedQkvAttention;
 pub use linear::Linear;
 pub use mlp::Mlp;
 pub use norm::LayerNorm;
+pub use portable::{add, add_act};
