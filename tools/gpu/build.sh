@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds vista with `--features cuda` on a machine with no CUDA toolkit and no GPU.
 #
-#   tools/gpu/build.sh check     cargo check --features cuda (all targets): CI keeps the CUDA code compiling
+#   tools/gpu/build.sh check     cargo check --release --all-targets --features cuda: CI keeps the CUDA code compiling
 #   tools/gpu/build.sh release   stripped `vista` CLI and `gpu_check` example, --release --features cuda, into .gpu/
 #   tools/gpu/build.sh env       print the environment the builds use (eval "$(tools/gpu/build.sh env)")
 #
@@ -120,7 +120,9 @@ case "$MODE" in
   check)
     ensure_toolkit
     setup_env
-    cargo check --locked --all-targets --features vista/cuda,vista-cli/cuda
+    # --release: the build scripts' outputs (nvcc's PTX and libmoe.a) live per profile, so the
+    # check shares them with `release` and with CI's `cargo test --release` profile.
+    cargo check --locked --release --all-targets --features vista/cuda,vista-cli/cuda
     ;;
   release)
     ensure_toolkit
