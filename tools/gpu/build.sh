@@ -2,7 +2,7 @@
 # Builds vista with `--features cuda` on a machine with no CUDA toolkit and no GPU.
 #
 #   tools/gpu/build.sh check     cargo check --release --all-targets --features cuda: CI keeps the CUDA code compiling
-#   tools/gpu/build.sh release   stripped `vista` CLI and `gpu_check` example, --release --features cuda, into .gpu/
+#   tools/gpu/build.sh release   stripped, xz-compressed `vista` CLI and `gpu_check` example (--release --features cuda) in .gpu/
 #   tools/gpu/build.sh env       print the environment the builds use (eval "$(tools/gpu/build.sh env)")
 #
 # What it needs and where it comes from (tools/gpu/README.md has the why):
@@ -128,16 +128,23 @@ case "$MODE" in
     ensure_toolkit
     ensure_stubs
     setup_env
-    cargo build --locked --release -p vista-cli --features cuda
-    cargo build --locked --release -p vista --features cuda --example gpu_check
+    # One invocation for both: cargo resolves features per invocation, and two (the CLI alone, the
+    # example with vista's dev-dependencies) would build candle-kernels twice, nvcc and all.
+    cargo build --locked --release --features vista/cuda,vista-cli/cuda --bin vista --example gpu_check
     out=$REPO/.gpu
     exclude=$(git rev-parse --git-path info/exclude)
     mkdir -p "$(dirname "$exclude")"
     grep -qxF '/.gpu/' "$exclude" 2>/dev/null || echo '/.gpu/' >>"$exclude"
     mkdir -p "$out/lib"
     target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+    # Stripped and xz-compressed: candle-kernels links its unused quantised-MoE kernels (32 MB of
+    # machine code) and every PTX file into each binary, 60-70 MB stripped, 8-12 MB compressed;
+    # .gpu travels to the GPU machine, which takes 64 MiB with the repository. check.sh unpacks.
+    rm -f "$out/vista" "$out/gpu_check"
     for bin in "$target/release/vista" "$target/release/examples/gpu_check"; do
-      strip -o "$out/$(basename "$bin")" "$bin"
+      strip -o "$out/$(basename "$bin").tmp" "$bin"
+      xz -T0 -6 -c "$out/$(basename "$bin").tmp" >"$out/$(basename "$bin").xz"
+      rm "$out/$(basename "$bin").tmp"
     done
     cp -L "$CU/lib/libcudart.so.13" "$out/lib/"
     # segment_anything is not installed on the GPU machine: its pure-Python wheel travels (36 kB);

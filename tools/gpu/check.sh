@@ -17,7 +17,7 @@
 # reported and the others still run. The exit status is gpu_check's (non-zero when parity fails).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-OUT=${OUT:-$PWD/.gpu/out}
+OUT=${OUT:-${VISTA_GPU_WORK:-/tmp/vista-gpu}/out}
 mkdir -p "$OUT"
 LOG=$OUT/gpu_check.log
 exec > >(tee "$LOG") 2>&1
@@ -26,7 +26,7 @@ export PYTHONUNBUFFERED=1
 DEVICE=${VISTA_DEVICE:-cuda}
 WORK=${VISTA_GPU_WORK:-/tmp/vista-gpu}
 PY=${PYTHON:-python3}
-BIN=.gpu/gpu_check
+BIN=$WORK/bin/gpu_check
 SIZE_ARGS=()
 [ "$DEVICE" = cpu ] && SIZE_ARGS=(--tiny)
 START=$(date +%s)
@@ -72,6 +72,20 @@ if [ "${#LIBDIRS[@]}" -gt 0 ]; then
   export LD_LIBRARY_PATH
 fi
 echo "  LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
+# build.sh ships the binaries xz-compressed (.gpu travels within 64 MiB): unpack them outside the
+# repository (so that .gpu stays small if it is carried again).
+mkdir -p "$WORK/bin"
+for name in gpu_check vista; do
+  if [ -f ".gpu/$name.xz" ] && { [ ! -x "$WORK/bin/$name" ] || [ ".gpu/$name.xz" -nt "$WORK/bin/$name" ]; }; then
+    if command -v xz >/dev/null; then
+      xz -dc ".gpu/$name.xz" >"$WORK/bin/$name"
+    else
+      "$PY" -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+        ".gpu/$name.xz" "$WORK/bin/$name"
+    fi
+    chmod +x "$WORK/bin/$name"
+  fi
+done
 if [ ! -x "$BIN" ]; then
   echo "ERROR: $BIN is missing: build it with tools/gpu/build.sh release and carry .gpu"
   exit 2
@@ -90,7 +104,9 @@ timeout 300 "$PY" tools/gpu/torch_bench.py --out "$WORK" --device "$DEVICE" "${S
 stamp "vista: parity, GEMM, timings"
 TORCH_ARGS=()
 [ -f "$TORCH_JSON" ] && TORCH_ARGS=(--torch "$TORCH_JSON")
-timeout 360 "$BIN" --device "$DEVICE" --models "$WORK" "${TORCH_ARGS[@]}" --out "$OUT/gpu_report.json" "${SIZE_ARGS[@]}"
+# shellcheck disable=SC2086 # VISTA_CHECK_ARGS: extra flags, word-split on purpose (e.g. --dtypes f32)
+timeout 360 "$BIN" --device "$DEVICE" --models "$WORK" "${TORCH_ARGS[@]}" --out "$OUT/gpu_report.json" \
+  "${SIZE_ARGS[@]}" ${VISTA_CHECK_ARGS:-}
 STATUS=$?
 echo "gpu_check exited with $STATUS"
 if [ "$STATUS" -ne 0 ] && [ "$STATUS" -ne 1 ] && [ ! -f "$OUT/gpu_report.json" ]; then
@@ -100,4 +116,5 @@ if [ "$STATUS" -ne 0 ] && [ "$STATUS" -ne 1 ] && [ ! -f "$OUT/gpu_report.json" ]
 fi
 stamp "done: $OUT/gpu_report.json"
 ls -la "$OUT"
+sleep 1 # let tee flush the log
 exit "$STATUS"

@@ -177,7 +177,10 @@ struct Limits {
 
 fn limits(t: &Target) -> Limits {
     if t.low_precision() {
-        Limits { cosine: 0.999, mask_fraction: 0.01, iou_abs: 0.05 }
+        // Measured on the CPU (bf16, the fixtures' tiny random models): worst mask 0.99 % (TinyViT),
+        // IoU 0.010, cosines >= 0.9991, DINO attention 1.5e-2; the limits leave room for another
+        // summation order.
+        Limits { cosine: 0.999, mask_fraction: 0.02, iou_abs: 0.05 }
     } else {
         Limits { cosine: 0.99999, mask_fraction: 0.001, iou_abs: 1e-3 }
     }
@@ -288,7 +291,7 @@ pub fn dino(report: &mut Report, target: &Target) -> Result<()> {
                 &label,
                 "last attention max abs diff",
                 attn,
-                if target.low_precision() { 2e-2 } else { 1e-5 },
+                if target.low_precision() { 5e-2 } else { 1e-5 },
                 false,
             );
             if !target.low_precision() {

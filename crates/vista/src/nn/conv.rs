@@ -28,13 +28,16 @@ pub struct BatchNorm {
 
 /// Folds an eval-mode BatchNorm into the convolution weight `[Cout, ...]` before it, as
 /// TinyViT's `Conv2d_BN.fuse` does: `w' = w·γ/√(var+ε)`, `b' = β − mean·γ/√(var+ε)`.
+/// Computed in f32 whatever the weights' dtype (bf16 weights are folded, then rounded once).
 pub fn fold_batch_norm(weight: &Tensor, bn: &BatchNorm) -> Result<(Tensor, Tensor)> {
-    let scale = (&bn.weight / (&bn.running_var + bn.eps)?.sqrt()?)?;
+    let dtype = weight.dtype();
+    let f = |t: &Tensor| t.to_dtype(candle_core::DType::F32);
+    let scale = (f(&bn.weight)? / (f(&bn.running_var)? + bn.eps)?.sqrt()?)?;
     let mut shape = vec![weight.dim(0)?];
     shape.extend(std::iter::repeat_n(1, weight.rank() - 1));
-    let w = weight.broadcast_mul(&scale.reshape(shape)?)?;
-    let b = (&bn.bias - (&bn.running_mean * &scale)?)?;
-    Ok((w, b))
+    let w = f(weight)?.broadcast_mul(&scale.reshape(shape)?)?;
+    let b = (f(&bn.bias)? - (f(&bn.running_mean)? * &scale)?)?;
+    Ok((w.to_dtype(dtype)?, b.to_dtype(dtype)?))
 }
 
 fn nhwc(x: &Tensor) -> Result<(usize, usize, usize, usize)> {

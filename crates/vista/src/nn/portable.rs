@@ -171,16 +171,20 @@ pub fn depthwise_conv(
     act: Option<Activation>,
 ) -> Result<Tensor> {
     let c = x.dim(3)?;
-    let (xp, out) = pad_for_taps(x, k, s, pad)?;
+    // The k² products are summed in f32 for bf16/f16 inputs, as cuDNN accumulates a convolution.
+    let dtype = x.dtype();
+    let (x, weight, bias) = (x.to_dtype(DType::F32)?, weight.to_dtype(DType::F32)?, bias.to_dtype(DType::F32)?);
+    let (xp, out) = pad_for_taps(&x, k, s, pad)?;
     let mut acc = bias.reshape((1, 1, 1, c))?;
     for i in 0..k * k {
         let w = weight.narrow(0, i, 1)?.reshape((1, 1, 1, c))?;
         acc = acc.broadcast_add(&tap(&xp, (i / k, i % k), s, out)?.broadcast_mul(&w)?)?;
     }
-    Ok(match act {
+    let acc = match act {
         Some(a) => candle_core::Module::forward(&a, &acc)?,
         None => acc,
-    })
+    };
+    Ok(acc.to_dtype(dtype)?)
 }
 
 /// One axis of a bilinear resampling as gather indices and weights: `(i0, i1, w0, w1)` tensors of
