@@ -97,7 +97,7 @@ mkdir -p "$WORK"
 TORCH_JSON=$WORK/torch.json
 rm -f "$TORCH_JSON"
 # shellcheck disable=SC2086 # VISTA_TORCH_ARGS: extra flags, word-split on purpose (e.g. --no-timing)
-timeout 300 "$PY" tools/gpu/torch_bench.py --out "$WORK" --device "$DEVICE" "${SIZE_ARGS[@]}" ${VISTA_TORCH_ARGS:-} \
+timeout 240 "$PY" tools/gpu/torch_bench.py --out "$WORK" --device "$DEVICE" "${SIZE_ARGS[@]}" ${VISTA_TORCH_ARGS:-} \
   || echo "torch_bench.py exited with $?"
 [ -f "$TORCH_JSON" ] && cp "$TORCH_JSON" "$OUT/torch.json"
 
@@ -105,10 +105,11 @@ stamp "vista: parity, GEMM, timings"
 TORCH_ARGS=()
 [ -f "$TORCH_JSON" ] && TORCH_ARGS=(--torch "$TORCH_JSON")
 # shellcheck disable=SC2086 # VISTA_CHECK_ARGS: extra flags, word-split on purpose (e.g. --dtypes f32)
-timeout 360 "$BIN" --device "$DEVICE" --models "$WORK" "${TORCH_ARGS[@]}" --out "$OUT/gpu_report.json" \
+timeout 300 "$BIN" --device "$DEVICE" --models "$WORK" "${TORCH_ARGS[@]}" --out "$OUT/gpu_report.json" \
   "${SIZE_ARGS[@]}" ${VISTA_CHECK_ARGS:-}
 STATUS=$?
 echo "gpu_check exited with $STATUS"
+# gpu_check saves its report after each part, so a timeout keeps what was done ("complete" absent).
 if [ "$STATUS" -ne 0 ] && [ "$STATUS" -ne 1 ] && [ ! -f "$OUT/gpu_report.json" ]; then
   # A crash or a timeout: at least the parity, alone, for the report.
   stamp "vista: parity only, after the failure"

@@ -430,6 +430,14 @@ fn compare(vista_rows: &[Value], torch: &Value) -> Vec<Value> {
     out
 }
 
+/// Writes the report as it stands, so that a run stopped by a timeout still leaves its results.
+fn save(out: &Path, report: &Value) -> Result<()> {
+    let tmp = out.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(report)?)?;
+    std::fs::rename(&tmp, out)?;
+    Ok(())
+}
+
 fn main() -> Result<()> {
     vista::device::init_process();
     let args = parse_args()?;
@@ -470,11 +478,14 @@ fn main() -> Result<()> {
             );
         }
         report["parity"] = Value::Object(parity_out);
+        report["passed_parity"] = json!(ok);
+        save(&args.out, &report)?;
     }
 
     if args.parts.iter().any(|p| p == "gemm") {
         println!("gemm:");
         report["gemm"] = json!(gemm(&dev, args.tiny));
+        save(&args.out, &report)?;
     }
 
     if args.parts.iter().any(|p| p == "bench") {
@@ -510,6 +521,9 @@ fn main() -> Result<()> {
                         t.elapsed().as_secs_f64(),
                         used_mib(&dev)
                     );
+                    report["bench"] = json!(bench.rows);
+                    report["bench_errors"] = json!(bench.errors);
+                    save(&args.out, &report)?;
                 }
                 if let Err(e) = bench.train() {
                     bench.errors.push(format!("dino train: {e:#}"));
@@ -549,7 +563,8 @@ fn main() -> Result<()> {
 
     report["passed_parity"] = json!(ok);
     report["seconds"] = json!(started.elapsed().as_secs_f64());
-    std::fs::write(&args.out, serde_json::to_string_pretty(&report)?)?;
+    report["complete"] = json!(true);
+    save(&args.out, &report)?;
     println!(
         "report: {} ({:.1} s); parity {}",
         args.out.display(),
