@@ -22,6 +22,8 @@ mkdir -p "$OUT"
 LOG=$OUT/gpu_check.log
 exec > >(tee "$LOG") 2>&1
 export PYTHONUNBUFFERED=1
+# The fixtures of this copy of the repository (the binary was built in another folder).
+export VISTA_FIXTURES=$PWD/crates/vista/tests/fixtures
 
 DEVICE=${VISTA_DEVICE:-cuda}
 WORK=${VISTA_GPU_WORK:-/tmp/vista-gpu}

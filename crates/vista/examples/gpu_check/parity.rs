@@ -119,11 +119,17 @@ impl Report {
     }
 }
 
+/// `$VISTA_FIXTURES`, else the source tree this was built from, else `crates/vista/tests/fixtures`
+/// below the working directory (a binary built here and run in a copy of the repository elsewhere).
 pub fn fixtures_dir() -> PathBuf {
     if let Ok(d) = std::env::var("VISTA_FIXTURES") {
         return PathBuf::from(d);
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    if built.is_dir() {
+        return built;
+    }
+    PathBuf::from("crates/vista/tests/fixtures")
 }
 
 fn host(t: &Tensor) -> Result<Vec<f32>> {
