@@ -35,8 +35,73 @@ pub fn select(name: &str) -> Result<Device> {
             if !cfg!(feature = "cuda") {
                 return Err(Error::arg("device", "this build has no CUDA support (build with `--features cuda`)"));
             }
-            Ok(Device::new_cuda(ordinal.unwrap_or(0))?)
+            let device = Device::new_cuda(ordinal.unwrap_or(0))?;
+            // A tuning, not a requirement: a device without memory pools runs as it is.
+            #[cfg(feature = "cuda")]
+            let _ = cuda::keep_freed_memory(&device);
+            Ok(device)
         }
         other => Err(Error::arg("device", format!("unknown device `{other}` (cpu, cuda, cuda:N)"))),
+    }
+}
+
+/// CUDA memory: candle allocates with `cuMemAllocAsync` from the device's default memory pool.
+#[cfg(feature = "cuda")]
+pub mod cuda {
+    use candle_core::cuda_backend::cudarc::driver::sys;
+    use candle_core::Device;
+
+    use crate::{Error, Result};
+
+    fn default_pool(device: &Device) -> Result<sys::CUmemoryPool> {
+        let dev = device.as_cuda_device()?;
+        let stream = dev.cuda_stream();
+        let ctx = stream.context();
+        ctx.bind_to_thread().map_err(candle_core::Error::wrap)?;
+        let mut pool = std::ptr::null_mut();
+        // SAFETY: a valid device handle and an out-pointer for the pool.
+        unsafe { sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()).result() }
+            .map_err(candle_core::Error::wrap)?;
+        Ok(pool)
+    }
+
+    fn attr(device: &Device, attr: sys::CUmemPool_attribute, set: Option<u64>) -> Result<u64> {
+        let pool = default_pool(device)?;
+        let mut v: u64 = set.unwrap_or(0);
+        let p = &mut v as *mut u64 as *mut std::ffi::c_void;
+        // SAFETY: every attribute used here is a 64-bit value.
+        let r = unsafe {
+            match set {
+                Some(_) => sys::cuMemPoolSetAttribute(pool, attr, p),
+                None => sys::cuMemPoolGetAttribute(pool, attr, p),
+            }
+        };
+        r.result().map_err(|e| Error::arg("device", format!("CUDA memory pool: {e:?}")))?;
+        Ok(v)
+    }
+
+    /// Keeps memory freed by tensors in the pool instead of returning it to the driver at every
+    /// synchronisation (the pool's default release threshold is 0), so that the next forward pass
+    /// reuses it, as PyTorch's caching allocator does. Called by [`super::select`].
+    pub fn keep_freed_memory(device: &Device) -> Result<()> {
+        attr(device, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, Some(u64::MAX)).map(|_| ())
+    }
+
+    /// Restarts the count behind [`peak_bytes`].
+    pub fn reset_peak(device: &Device) -> Result<()> {
+        attr(device, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, Some(0)).map(|_| ())
+    }
+
+    /// The most bytes of device memory that tensors held at once since [`reset_peak`] (the
+    /// pool's used-memory high-water mark; what `torch.cuda.max_memory_allocated` reports).
+    pub fn peak_bytes(device: &Device) -> Result<u64> {
+        attr(device, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, None)
+    }
+
+    /// `(free, total)` bytes on the device, as the driver reports them.
+    pub fn mem_info(device: &Device) -> Result<(usize, usize)> {
+        let dev = device.as_cuda_device()?;
+        let stream = dev.cuda_stream();
+        Ok(stream.context().mem_get_info().map_err(candle_core::Error::wrap)?)
     }
 }

@@ -1,6 +1,6 @@
 //! The two towers and the learned temperature: OpenAI `clip/model.py::CLIP`.
 
-use candle_core::{Device, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 
 use super::config::ClipConfig;
 use super::text::TextTransformer;
@@ -24,7 +24,7 @@ impl ClipModel {
     /// Builds the model from canonically named tensors (see [`crate::weights::clip`]).
     pub fn from_store(cfg: &ClipConfig, store: &TensorStore) -> Result<Self> {
         let vb = store.root();
-        let logit_scale = vb.get(&[], "logit_scale")?.to_scalar::<f32>()?;
+        let logit_scale = vb.get(&[], "logit_scale")?.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
         Ok(Self {
             cfg: cfg.clone(),
             visual: VisionTransformer::load(&vb.pp("visual"), &cfg.vision, cfg.embed_dim)?,
@@ -49,21 +49,30 @@ impl ClipModel {
         self.logit_scale.exp()
     }
 
+    /// The dtype the weights were loaded in (activations run in it; embeddings come out f32).
+    pub fn dtype(&self) -> DType {
+        self.visual.dtype()
+    }
+
+    /// `pixels` (on any device, any float dtype) moves to the model's device and dtype first.
+    ///
     /// # Shapes
-    /// `pixels: [B, 3, S, S] -> [B, D]`, not normalised.
+    /// `pixels: [B, 3, S, S] -> [B, D]` f32, not normalised.
     pub fn encode_image(&self, pixels: &Tensor) -> Result<Tensor> {
-        self.visual.forward(pixels, None)
+        let pixels = pixels.to_device(&self.device)?.to_dtype(self.dtype())?;
+        Ok(self.visual.forward(&pixels, None)?.to_dtype(DType::F32)?)
     }
 
     /// Token ids (each `context_length` long, as [`super::tokenizer::ClipTokenizer::tokenize`]
-    /// makes them) to embeddings `[B, D]`, not normalised.
+    /// makes them) to embeddings `[B, D]` f32, not normalised.
     pub fn encode_text(&self, ids: &[Vec<u32>]) -> Result<Tensor> {
-        self.text.forward(ids, true, None, &self.device)
+        Ok(self.text.forward(ids, true, None, &self.device)?.to_dtype(DType::F32)?)
     }
 
     /// Like [`Self::encode_image`], recording every intermediate named as the parity fixtures are.
     pub fn encode_image_traced(&self, pixels: &Tensor, trace: &mut Trace) -> Result<Tensor> {
-        self.visual.forward(pixels, Some(trace))
+        let pixels = pixels.to_device(&self.device)?.to_dtype(self.dtype())?;
+        self.visual.forward(&pixels, Some(trace))
     }
 
     /// Like [`Self::encode_text`] at full length, recording every intermediate.

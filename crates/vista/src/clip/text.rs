@@ -1,7 +1,7 @@
 //! CLIP's text tower: OpenAI `clip/model.py::CLIP.encode_text` — token and position embeddings, a
 //! causally masked transformer, `ln_final`, the end-of-text token's features, `text_projection`.
 
-use candle_core::{DType, Device, IndexOp, Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 
 use super::config::{TextConfig, TextPooling};
 use super::transformer::{record, Trace, Transformer};
@@ -97,13 +97,14 @@ impl TextTransformer {
         let x = self.token_embedding.index_select(&flat, 0)?.reshape((b, len, w))?;
         let x = x.broadcast_add(&self.positional_embedding.narrow(0, 0, len)?)?;
         record(&mut trace, "text.embeddings", &x);
-        let mask = causal_mask(len, device)?;
+        let mask = causal_mask(len, device, x.dtype())?;
         let x = self.transformer.forward(&x, Some(&mask), "text", trace.as_deref_mut())?;
         let x = self.ln_final.forward(&x)?;
         record(&mut trace, "text.ln_final", &x);
-        // Gather [B, L, W] at the pooled positions -> [B, W]
-        let rows = pos.iter().enumerate().map(|(i, &p)| x.i((i, p))).collect::<candle_core::Result<Vec<_>>>()?;
-        let pooled = Tensor::stack(&rows, 0)?;
+        // Gather [B, L, W] at the pooled positions -> [B, W], one index_select on [B·L, W].
+        let rows: Vec<u32> = pos.iter().enumerate().map(|(i, &p)| (i * len + p) as u32).collect();
+        let rows = Tensor::from_vec(rows, b, device)?;
+        let pooled = x.reshape((b * len, w))?.index_select(&rows, 0)?;
         record(&mut trace, "text.pooled", &pooled);
         let out = pooled.matmul(&self.text_projection)?;
         record(&mut trace, "text_embeds", &out);
@@ -111,9 +112,10 @@ impl TextTransformer {
     }
 }
 
-/// `[L, L]` additive mask, `-inf` above the diagonal (`clip/model.py::build_attention_mask`).
-fn causal_mask(len: usize, device: &Device) -> Result<Tensor> {
+/// `[L, L]` additive mask, `-inf` above the diagonal (`clip/model.py::build_attention_mask`), in
+/// the activations' dtype.
+fn causal_mask(len: usize, device: &Device, dtype: DType) -> Result<Tensor> {
     let m: Vec<f32> =
         (0..len).flat_map(|i| (0..len).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
-    Ok(Tensor::from_vec(m, (len, len), device)?.to_dtype(DType::F32)?)
+    Ok(Tensor::from_vec(m, (len, len), device)?.to_dtype(dtype)?)
 }

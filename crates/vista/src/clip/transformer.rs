@@ -47,10 +47,7 @@ impl ResidualAttentionBlock {
         let a = self.attn.forward(&self.ln_1.forward(x)?, mask)?;
         let (x, h) = self.ln_2.add_forward(x, &a)?;
         let m = self.mlp.forward(&h)?;
-        if crate::nn::cpu::eligible(&x) {
-            return crate::nn::cpu::add(&x, &m);
-        }
-        Ok((&x + &m)?)
+        crate::nn::add(&x, &m)
     }
 }
 

@@ -47,6 +47,11 @@ impl VisionTransformer {
         &self.cfg
     }
 
+    /// The dtype of the weights (and of the activations).
+    pub fn dtype(&self) -> candle_core::DType {
+        self.class_embedding.dtype()
+    }
+
     /// Image embeddings (not normalised).
     ///
     /// # Shapes

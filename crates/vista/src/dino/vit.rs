@@ -7,12 +7,12 @@
 //! `register_tokens`, `patch_embed.proj.*`, `blocks.N.{norm1, attn.qkv, attn.proj, ls1.gamma,
 //! norm2, mlp.fc1, mlp.fc2 | mlp.w12, mlp.w3, ls2.gamma}`, `norm.*`.
 
-use candle_core::{Device, Module, Tensor, D};
+use candle_core::{DType, Device, Module, Tensor, D};
 
 use super::config::{DinoConfig, Ffn, PosInterpolation};
 use crate::nn::conv::Conv2d;
 use crate::nn::interpolate::{bicubic, Resample};
-use crate::nn::{cpu, Activation, FusedQkvAttention, LayerNorm, Linear};
+use crate::nn::{Activation, FusedQkvAttention, LayerNorm, Linear};
 use crate::weights::Vb;
 use crate::{Error, Result};
 
@@ -115,10 +115,7 @@ impl Block {
 }
 
 fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if cpu::eligible(a) && cpu::eligible(b) && a.shape() == b.shape() {
-        return cpu::add(a, b);
-    }
-    Ok(a.broadcast_add(b)?)
+    crate::nn::add(a, b)
 }
 
 /// What one forward pass gives back.
@@ -160,8 +157,10 @@ pub struct DinoVit {
     /// The architecture.
     pub config: DinoConfig,
     patch_embed: Conv2d,
-    cls_token: Tensor,
-    /// `[1 + M·M, C]`: the CLS position, then the trained grid.
+    /// `cls_token + pos_embed[0]`, `[1, C]`, on the model's device and dtype.
+    cls: Tensor,
+    /// `[1 + M·M, C]`: the CLS position, then the trained grid (host copy, f32: position
+    /// embeddings for other grids are resampled from it once per grid and cached on the device).
     pos_embed: Vec<f32>,
     register_tokens: Option<Tensor>,
     blocks: Vec<Block>,
@@ -181,10 +180,14 @@ impl DinoVit {
         } else {
             None
         };
+        let cls_token = vb.get(&[1, 1, c], "cls_token")?.reshape((1, c))?;
+        let pos = vb.get(&[1, 1 + m * m, c], "pos_embed")?;
+        let cls = (&cls_token + pos.squeeze(0)?.narrow(0, 0, 1)?)?;
+        let pos_embed = pos.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
         Ok(Self {
             patch_embed,
-            cls_token: vb.get(&[1, 1, c], "cls_token")?.reshape((1, c))?,
-            pos_embed: vb.get(&[1, 1 + m * m, c], "pos_embed")?.flatten_all()?.to_vec1()?,
+            cls,
+            pos_embed,
             register_tokens,
             blocks: (0..config.depth).map(|i| Block::load(&vb.pp("blocks").pp(i), &config)).collect::<Result<_>>()?,
             norm: LayerNorm::load(&vb.pp("norm"), c, config.layer_norm_eps)?,
@@ -193,9 +196,25 @@ impl DinoVit {
         })
     }
 
+    /// The device and dtype of the weights.
+    pub fn device(&self) -> &Device {
+        self.cls.device()
+    }
+
+    /// The dtype of the weights (and of the activations).
+    pub fn dtype(&self) -> DType {
+        self.cls.dtype()
+    }
+
     /// The patch position embedding for an `h × w` patch grid of a `pixels = (H, W)` input,
-    /// `[h·w, C]`, resampled as the checkpoint's reference does (see [`PosInterpolation`]).
+    /// `[h·w, C]` on the model's device and dtype, resampled as the checkpoint's reference does
+    /// (see [`PosInterpolation`]). Computed on the host from the host copy of the trained grid.
     pub fn interpolate_pos_embed(&self, h: usize, w: usize, pixels: (usize, usize)) -> Result<Tensor> {
+        let host = self.interpolate_pos_embed_host(h, w, pixels)?;
+        Ok(host.to_device(self.device())?.to_dtype(self.dtype())?)
+    }
+
+    fn interpolate_pos_embed_host(&self, h: usize, w: usize, pixels: (usize, usize)) -> Result<Tensor> {
         let c = self.config.embed_dim;
         let m = self.config.grid();
         let grid = &self.pos_embed[c..];
@@ -228,7 +247,11 @@ impl DinoVit {
     /// # Shapes
     /// `pixels: [B, H, W, 3]` channels-last (H, W: any size ≥ one patch; the remainder beyond a
     /// multiple of the patch size is dropped, as the strided convolution does)
+    ///
+    /// `pixels` (any device, any float dtype) moves to the model's device and dtype first; the
+    /// outputs are in the model's dtype.
     pub fn forward(&self, pixels: &Tensor, want_attention: bool, want_blocks: bool) -> Result<DinoOutput> {
+        let pixels = &pixels.to_device(self.device())?.to_dtype(self.dtype())?;
         let (b, ph, pw, _) = pixels.dims4()?;
         let p = self.config.patch_size;
         if ph < p || pw < p {
@@ -250,8 +273,7 @@ impl DinoVit {
             }
         };
         let patches = x.reshape((b, h * w, c))?.broadcast_add(&pos.unsqueeze(0)?)?;
-        let cls_pos = Tensor::from_slice(&self.pos_embed[..c], (1, c), &Device::Cpu)?;
-        let cls = (&self.cls_token + cls_pos)?.unsqueeze(0)?.broadcast_as((b, 1, c))?;
+        let cls = self.cls.unsqueeze(0)?.broadcast_as((b, 1, c))?;
         let mut parts = vec![cls];
         if let Some(r) = &self.register_tokens {
             parts.push(r.unsqueeze(0)?.broadcast_as((b, r.dim(0)?, c))?);

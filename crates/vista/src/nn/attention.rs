@@ -3,7 +3,7 @@
 
 use candle_core::Tensor;
 
-use super::{cpu, Linear};
+use super::{cpu, portable, Linear};
 use crate::Result;
 
 /// Multi-head self-attention with one fused `qkv` projection (CLIP's `nn.MultiheadAttention`,
@@ -29,29 +29,17 @@ impl FusedQkvAttention {
     /// # Shapes
     /// `x: [B, N, C] -> [B, N, C]`
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let (b, n, c) = x.dims3()?;
-        let h = self.num_heads;
-        let d = c / h;
         let qkv = self.qkv.forward_act(x, None)?;
-        if cpu::eligible(&qkv) && mask.map(cpu::eligible).unwrap_or(true) {
-            let out = cpu::attention(&qkv, h, self.scale as f32, mask)?;
-            return self.proj.forward_act(&out, None);
-        }
-        // [B, N, 3C] -> [B, N, 3, H, D] -> [3, B, H, N, D]
-        let qkv = qkv.reshape((b, n, 3, h, d))?.permute((2, 0, 3, 1, 4))?;
-        // Scaling q before the product, as torch's scaled_dot_product_attention does.
-        let q = (qkv.get(0)?.contiguous()? * self.scale)?;
-        let k = qkv.get(1)?.contiguous()?;
-        let v = qkv.get(2)?.contiguous()?;
-        // [B, H, N, D] x [B, H, D, N] -> [B, H, N, N]
-        let attn = q.matmul(&k.t()?)?;
-        let attn = match mask {
-            Some(m) => attn.broadcast_add(m)?,
-            None => attn,
+        let h = self.num_heads;
+        let out = if cpu::eligible(&qkv) && mask.map(cpu::eligible).unwrap_or(true) {
+            cpu::attention(&qkv, h, self.scale as f32, mask)?
+        } else {
+            let bias = match mask {
+                Some(m) => portable::Bias::Shared(m),
+                None => portable::Bias::None,
+            };
+            portable::attention(&qkv, h, self.scale, bias)?
         };
-        let attn = candle_nn::ops::softmax_last_dim(&attn)?;
-        // [B, H, N, N] x [B, H, N, D] -> [B, H, N, D] -> [B, N, H, D] -> [B, N, C]
-        let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, n, c))?;
         self.proj.forward_act(&out, None)
     }
 

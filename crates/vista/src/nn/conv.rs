@@ -33,13 +33,16 @@ pub struct BatchNorm {
 
 /// Folds an eval-mode BatchNorm into the convolution weight `[Cout, ...]` before it, as
 /// TinyViT's `Conv2d_BN.fuse` does: `w' = w·γ/√(var+ε)`, `b' = β − mean·γ/√(var+ε)`.
+/// Computed in f32 whatever the weights' dtype (bf16 weights are folded, then rounded once).
 pub fn fold_batch_norm(weight: &Tensor, bn: &BatchNorm) -> Result<(Tensor, Tensor)> {
-    let scale = (&bn.weight / (&bn.running_var + bn.eps)?.sqrt()?)?;
+    let dtype = weight.dtype();
+    let f = |t: &Tensor| t.to_dtype(candle_core::DType::F32);
+    let scale = (f(&bn.weight)? / (f(&bn.running_var)? + bn.eps)?.sqrt()?)?;
     let mut shape = vec![weight.dim(0)?];
     shape.extend(std::iter::repeat_n(1, weight.rank() - 1));
-    let w = weight.broadcast_mul(&scale.reshape(shape)?)?;
-    let b = (&bn.bias - (&bn.running_mean * &scale)?)?;
-    Ok((w, b))
+    let w = f(weight)?.broadcast_mul(&scale.reshape(shape)?)?;
+    let b = (f(&bn.bias)? - (f(&bn.running_mean)? * &scale)?)?;
+    Ok((w.to_dtype(dtype)?, b.to_dtype(dtype)?))
 }
 
 fn nhwc(x: &Tensor) -> Result<(usize, usize, usize, usize)> {
@@ -86,8 +89,10 @@ impl Conv2d {
         } else if k == s && p == 0 && h % k == 0 && w % k == 0 {
             // Non-overlapping patches: a reshape, no gather.
             x.reshape((b, ho, k, wo, k, cin))?.permute((0, 1, 3, 2, 4, 5))?.contiguous()?
-        } else {
+        } else if super::cpu::eligible(x) {
             im2col(x, k, s, p)?
+        } else {
+            super::portable::im2col(x, k, s, p)?
         };
         let y = self.linear.forward_act(&cols.reshape((b * ho * wo, k * k * cin))?, None)?;
         Ok(y.reshape((b, ho, wo, ()))?)
@@ -128,9 +133,12 @@ fn im2col(x: &Tensor, k: usize, s: usize, p: usize) -> Result<Tensor> {
 /// A depthwise 2-D convolution (`groups = C`), channels-last.
 #[derive(Debug, Clone)]
 pub struct DepthwiseConv2d {
-    /// `[k·k, C]`, tap-major, so one tap is a contiguous channel vector.
+    /// `[k·k, C]`, tap-major, so one tap is a contiguous channel vector (the CPU kernel's copy).
     weight: Vec<f32>,
     bias: Vec<f32>,
+    /// The same on the weights' device and dtype, for the device path.
+    weight_t: Tensor,
+    bias_t: Tensor,
     k: usize,
     stride: usize,
     pad: usize,
@@ -143,12 +151,15 @@ impl DepthwiseConv2d {
         if one != 1 {
             return Err(candle_core::Error::Msg(format!("depthwise conv: weight has {one} inputs per group")).into());
         }
-        let w = weight.reshape((c, k * k))?.t()?.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let bias = match bias {
-            Some(b) => b.to_vec1::<f32>()?,
-            None => vec![0.0; c],
+        let weight_t = weight.reshape((c, k * k))?.t()?.contiguous()?;
+        let bias_t = match bias {
+            Some(b) => b.clone(),
+            None => weight_t.zeros_like()?.narrow(0, 0, 1)?.squeeze(0)?,
         };
-        Ok(Self { weight: w, bias, k, stride, pad })
+        let host = |t: &Tensor| -> Result<Vec<f32>> {
+            Ok(t.to_device(&Device::Cpu)?.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+        };
+        Ok(Self { weight: host(&weight_t)?, bias: host(&bias_t)?, weight_t, bias_t, k, stride, pad })
     }
 
     /// `act(conv(x))`, the activation applied as each output row is finished.
@@ -162,6 +173,9 @@ impl DepthwiseConv2d {
             return Err(
                 candle_core::Error::Msg(format!("depthwise conv: {c} channels, weight {}", self.bias.len())).into()
             );
+        }
+        if !super::cpu::eligible(x) {
+            return super::portable::depthwise_conv(x, &self.weight_t, &self.bias_t, (k, s, p), act);
         }
         let (ho, wo) = (out_size(h, k, s, p), out_size(w, k, s, p));
         let src = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;

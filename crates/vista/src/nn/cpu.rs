@@ -47,9 +47,30 @@ pub fn with_simd<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// True when `t` can take the fast path: an f32 tensor on the CPU.
+/// True when `t` can take the fast path: an f32 tensor on the CPU (and the fast paths are not
+/// switched off on this thread, see [`with_portable_paths`]).
 pub fn eligible(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == DType::F32
+    t.device().is_cpu() && t.dtype() == DType::F32 && FAST_PATHS.with(|f| f.get())
+}
+
+thread_local! {
+    static FAST_PATHS: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
+
+/// Runs `f` with this thread's fast CPU kernels switched off, so every layer takes its device
+/// path ([`super::portable`]: candle ops, what runs on CUDA and for bf16/f16) even on f32 CPU
+/// tensors. For tests and diagnosis: it is how the device paths are checked against the CPU
+/// kernels on a machine without a GPU (`tests/device_fallback.rs`). Nests; restores the previous
+/// setting when `f` returns or panics.
+pub fn with_portable_paths<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            FAST_PATHS.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(FAST_PATHS.with(|c| c.replace(false)));
+    f()
 }
 
 /// Runs `f` on the contiguous f32 data of `t`.

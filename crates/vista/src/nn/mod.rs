@@ -12,6 +12,7 @@ pub mod interpolate;
 pub mod linear;
 pub mod mlp;
 pub mod norm;
+pub mod portable;
 pub mod window;
 
 pub use activation::Activation;
@@ -19,3 +20,4 @@ pub use attention::FusedQkvAttention;
 pub use linear::Linear;
 pub use mlp::Mlp;
 pub use norm::LayerNorm;
+pub use portable::{add, add_act};

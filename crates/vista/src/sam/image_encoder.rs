@@ -9,7 +9,7 @@ use super::config::VitConfig;
 use crate::nn::conv::Conv2d;
 use crate::nn::cpu::{self, ScoreBias};
 use crate::nn::window::{rel_pos_table, window_partition, window_unpartition};
-use crate::nn::{Activation, LayerNorm, Linear};
+use crate::nn::{portable, Activation, LayerNorm, Linear};
 use crate::weights::Vb;
 use crate::Result;
 
@@ -56,12 +56,17 @@ impl Neck {
 struct Block {
     norm1: LayerNorm,
     qkv: Linear,
-    /// What `qkv` gives a zero (padding) token: the window padding's projection.
+    /// What `qkv` gives a zero (padding) token: the window padding's projection (host copy for
+    /// the CPU kernel, and `[3C]` on the weights' device for the device path).
     qkv_pad: Vec<f32>,
+    qkv_pad_t: Tensor,
     proj: Linear,
-    /// Gathered relative positions, `[g, g, D]` for the grid side `g` this block attends over.
+    /// Gathered relative positions, `[g, g, D]` for the grid side `g` this block attends over
+    /// (host copies, and the same on the weights' device).
     rel_h: Vec<f32>,
     rel_w: Vec<f32>,
+    rel_h_t: Tensor,
+    rel_w_t: Tensor,
     /// Window side; 0 = global attention.
     window: usize,
     heads: usize,
@@ -78,19 +83,26 @@ impl Block {
         let side = if window > 0 { window } else { grid };
         let attn = vb.pp("attn");
         let qkv = Linear::load(&attn.pp("qkv"), c, 3 * c, true)?;
-        let qkv_pad =
-            qkv.forward_act(&Tensor::zeros((1, c), vb.dtype(), vb.device())?, None)?.flatten_all()?.to_vec1()?;
-        let rel = |name: &str| -> Result<Vec<f32>> {
+        let like = (vb.device(), vb.dtype());
+        let qkv_pad_t = qkv.forward_act(&Tensor::zeros((1, c), vb.dtype(), vb.device())?, None)?.flatten_all()?;
+        let qkv_pad = host_f32(&qkv_pad_t)?;
+        let rel = |name: &str| -> Result<(Vec<f32>, Tensor)> {
             let t = attn.get(&[2 * side - 1, d], name)?;
-            Ok(rel_pos_table(&t.flatten_all()?.to_vec1()?, d, side, side))
+            let table = rel_pos_table(&host_f32(&t)?, d, side, side);
+            let on_device = portable::upload(&table, &[side, side, d], like)?;
+            Ok((table, on_device))
         };
+        let ((rel_h, rel_h_t), (rel_w, rel_w_t)) = (rel("rel_pos_h")?, rel("rel_pos_w")?);
         Ok(Self {
             norm1: LayerNorm::load(&vb.pp("norm1"), c, cfg.layer_norm_eps)?,
             qkv,
             qkv_pad,
+            qkv_pad_t,
             proj: Linear::load(&attn.pp("proj"), c, c, true)?,
-            rel_h: rel("rel_pos_h")?,
-            rel_w: rel("rel_pos_w")?,
+            rel_h,
+            rel_w,
+            rel_h_t,
+            rel_w_t,
             window,
             heads: cfg.num_heads,
             norm2: LayerNorm::load(&vb.pp("norm2"), c, cfg.layer_norm_eps)?,
@@ -106,7 +118,9 @@ impl Block {
         let d = c / self.heads;
         let scale = (d as f32).powf(-0.5);
         let qkv = self.qkv.forward_act(&self.norm1.forward(x)?, None)?;
-        let attn = if self.window > 0 {
+        let attn = if !cpu::eligible(&qkv) {
+            self.attention_portable(&qkv)?
+        } else if self.window > 0 {
             let ws = self.window;
             let flat = qkv.flatten_all()?.to_vec1::<f32>()?;
             let (wins, (nh, nw)) = window_partition(&flat, (b, h, w), 3 * c, ws, &self.qkv_pad);
@@ -123,8 +137,34 @@ impl Block {
         let attn = self.proj.forward_act(&attn, None)?;
         let (x, xn) = self.norm2.add_forward(x, &attn)?;
         let hidden = self.lin1.forward_act(&xn, Some(Activation::Gelu))?;
-        cpu::add(&x, &self.lin2.forward_act(&hidden, None)?)
+        crate::nn::add(&x, &self.lin2.forward_act(&hidden, None)?)
     }
+
+    /// The attention of [`Self::forward`] on the device: window partition, attention with the
+    /// decomposed relative positions and unpartition as candle ops.
+    ///
+    /// # Shapes
+    /// `qkv: [B, H, W, 3C]` -> `[B, H, W, C]`
+    fn attention_portable(&self, qkv: &Tensor) -> Result<Tensor> {
+        let (b, h, w, c3) = qkv.dims4()?;
+        let c = c3 / 3;
+        let scale = ((c / self.heads) as f64).powf(-0.5);
+        if self.window > 0 {
+            let ws = self.window;
+            let (wins, _) = portable::window_partition(qkv, ws, &self.qkv_pad_t)?;
+            let bias = portable::Bias::DecomposedRelPos { grid: (ws, ws), rel_h: &self.rel_h_t, rel_w: &self.rel_w_t };
+            let out = portable::attention(&wins, self.heads, scale, bias)?;
+            portable::window_unpartition(&out, (b, h, w), ws)
+        } else {
+            let bias = portable::Bias::DecomposedRelPos { grid: (h, w), rel_h: &self.rel_h_t, rel_w: &self.rel_w_t };
+            Ok(portable::attention(&qkv.reshape((b, h * w, c3))?, self.heads, scale, bias)?.reshape((b, h, w, c))?)
+        }
+    }
+}
+
+/// The values of `t` as host `f32` (load-time copies for the CPU kernels).
+pub(crate) fn host_f32(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.to_device(&Device::Cpu)?.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?)
 }
 
 /// `ImageEncoderViT`.

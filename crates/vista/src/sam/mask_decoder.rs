@@ -3,7 +3,7 @@
 //! are up-sampled ×4 by two transposed convolutions; each mask token's hypernetwork MLP gives the
 //! weights that turn the up-sampled features into that mask's logits; the IoU head scores them.
 
-use candle_core::{Device, Module, Tensor};
+use candle_core::{Module, Tensor};
 
 use super::config::DecoderConfig;
 use super::transformer::TwoWayTransformer;
@@ -40,8 +40,8 @@ impl HeadMlp {
 
 /// What the dense prompt adds to every image token.
 pub enum DensePrompt<'a> {
-    /// `no_mask_embed`, the same `[C]` vector everywhere.
-    NoMask(&'a [f32]),
+    /// `no_mask_embed`, the same `[1, C]` vector everywhere (on the weights' device and dtype).
+    NoMask(&'a Tensor),
     /// Embedded mask inputs, `[B, h, w, C]`.
     Masks(&'a Tensor),
 }
@@ -103,8 +103,7 @@ impl MaskDecoder {
         let tokens = Tensor::cat(&[&out_tokens, sparse], 1)?.contiguous()?;
         let src = match dense {
             DensePrompt::NoMask(v) => {
-                let v = Tensor::from_slice(v, (1, c), &Device::Cpu)?;
-                image.broadcast_add(&v)?.unsqueeze(0)?.broadcast_as((b, h * w, c))?.contiguous()?
+                image.broadcast_add(&v.reshape((1, c))?)?.unsqueeze(0)?.broadcast_as((b, h * w, c))?.contiguous()?
             }
             DensePrompt::Masks(d) => d.reshape((b, h * w, c))?.broadcast_add(&image.unsqueeze(0)?)?,
         };

@@ -73,14 +73,26 @@ impl Sam {
         super::transforms::pixel_input(img, self.image_size(), self.config.pixel_mean, self.config.pixel_std)
     }
 
-    /// Runs the image encoder, optionally recording intermediate activations.
+    /// The device and dtype of the weights (and of the image embeddings).
+    pub fn device(&self) -> &candle_core::Device {
+        self.prompt_encoder.device()
+    }
+
+    /// The dtype of the weights (and of the activations).
+    pub fn dtype(&self) -> candle_core::DType {
+        self.prompt_encoder.dtype()
+    }
+
+    /// Runs the image encoder, optionally recording intermediate activations. `pixels` (any
+    /// device, any float dtype) moves to the model's device and dtype first.
     ///
     /// # Shapes
     /// `[B, S, S, 3]` -> `[B, h, w, C]` channels-last
     pub fn encode(&self, pixels: &Tensor, taps: Option<&mut Taps>) -> Result<Tensor> {
+        let pixels = pixels.to_device(self.device())?.to_dtype(self.dtype())?;
         match &self.encoder {
-            ImageEncoder::Vit(e) => e.forward(pixels, taps),
-            ImageEncoder::TinyVit(e) => e.forward(pixels, taps),
+            ImageEncoder::Vit(e) => e.forward(&pixels, taps),
+            ImageEncoder::TinyVit(e) => e.forward(&pixels, taps),
         }
     }
 
@@ -102,7 +114,7 @@ impl Sam {
     pub fn decode(&self, embedding: &Tensor, sparse: &Tensor, masks: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
         let dense = match masks {
             Some(m) => DensePrompt::Masks(m),
-            None => DensePrompt::NoMask(self.prompt_encoder.no_mask()),
+            None => DensePrompt::NoMask(self.prompt_encoder.no_mask_tensor()),
         };
         self.mask_decoder.forward(embedding, self.grid(), &self.dense_pe, sparse, dense)
     }

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Tensor};
 
 use super::model::Sam;
 use super::prompt_encoder::PointLabel;
@@ -83,7 +83,7 @@ impl Prediction {
 
     /// Low-resolution logits of mask `m` of set `s` (to feed back as a mask input).
     pub fn low_res_plane(&self, s: usize, m: usize) -> Result<Vec<f32>> {
-        Ok(self.low_res.get(s)?.get(m)?.flatten_all()?.to_vec1()?)
+        Ok(self.low_res.get(s)?.get(m)?.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?)
     }
 }
 
@@ -109,6 +109,9 @@ pub struct Session {
 /// lets the allocator reuse heap memory between passes instead of faulting in fresh pages,
 /// which cost more than the arithmetic at 64 boxes.
 const DECODER_CHUNK_BYTES: usize = 32 << 20;
+
+/// The same bound on a GPU: 2 GiB per tensor (256 prompt sets of a 64×64×256 embedding).
+const DEVICE_DECODER_CHUNK_BYTES: usize = 2 << 30;
 
 impl Predictor {
     /// A predictor over a loaded model.
@@ -148,7 +151,11 @@ impl Predictor {
             return Err(Error::arg("embedding", "the stored image size is empty"));
         }
         let input_size = transforms::preprocess_shape(original_size.0, original_size.1, self.model.image_size());
-        let embedding = embedding_chw.to_dtype(candle_core::DType::F32)?.permute((1, 2, 0))?.reshape((h * w, c))?;
+        let embedding = embedding_chw
+            .to_device(self.model.device())?
+            .to_dtype(self.model.dtype())?
+            .permute((1, 2, 0))?
+            .reshape((h * w, c))?;
         Ok(Session { model: self.model.clone(), embedding: embedding.contiguous()?, original_size, input_size })
     }
 }
@@ -237,7 +244,7 @@ impl Session {
         let c = model.embed_dim();
         let dense = match &p.mask_input {
             Some(m) => {
-                let m = Tensor::from_slice(m, (1, 4 * gh, 4 * gw), &Device::Cpu)?;
+                let m = Tensor::from_slice(m, (1, 4 * gh, 4 * gw), model.device())?;
                 Some(model.prompt_encoder.embed_masks(&m)?)
             }
             None => None,
@@ -246,11 +253,13 @@ impl Session {
         let mut low_res = Vec::new();
         let mut iou = Vec::new();
         let set_bytes = 2 * gh * gw * c * std::mem::size_of::<f32>();
-        let chunk_len = (DECODER_CHUNK_BYTES / set_bytes.max(1)).max(1);
+        // The CPU reason for small chunks (above) does not apply on a GPU, where one larger batch
+        // keeps the device busy; still bounded, for memory.
+        let budget = if model.device().is_cpu() { DECODER_CHUNK_BYTES } else { DEVICE_DECODER_CHUNK_BYTES };
+        let chunk_len = (budget / set_bytes.max(1)).max(1);
         for chunk in boxes.chunks(chunk_len) {
-            let sparse: Vec<f32> = chunk.iter().flat_map(|b| model.prompt_encoder.sparse(&points, *b)).collect();
-            let t = sparse.len() / c / chunk.len();
-            let sparse = Tensor::from_vec(sparse, (chunk.len(), t, c), &Device::Cpu)?;
+            let sets: Vec<_> = chunk.iter().map(|b| (points.as_slice(), *b)).collect();
+            let sparse = model.prompt_encoder.sparse_batch(&sets)?;
             let dense = match &dense {
                 Some(d) => Some(d.broadcast_as((chunk.len(), gh, gw, c))?.contiguous()?),
                 None => None,
@@ -260,24 +269,25 @@ impl Session {
             iou.push(scores.narrow(1, range_start, per_set)?);
         }
         let low_res = Tensor::cat(&low_res, 0)?.contiguous()?;
-        let iou: Vec<f32> = Tensor::cat(&iou, 0)?.flatten_all()?.to_vec1()?;
-        let logits = transforms::postprocess_masks(
-            &low_res.flatten_all()?.to_vec1()?,
-            (4 * gh, 4 * gw),
-            size,
-            self.input_size,
-            orig,
-        );
-        let masks = logits.iter().map(|v| u8::from(*v > 0.0)).collect();
-        Ok(Prediction {
-            sets: boxes.len(),
-            per_set,
-            height: orig.0,
-            width: orig.1,
-            masks,
-            iou,
-            low_res,
-            logits: p.return_logits.then_some(logits),
-        })
+        let iou: Vec<f32> = Tensor::cat(&iou, 0)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let (masks, logits) = if crate::nn::cpu::eligible(&low_res) {
+            let logits = transforms::postprocess_masks(
+                &low_res.flatten_all()?.to_vec1()?,
+                (4 * gh, 4 * gw),
+                size,
+                self.input_size,
+                orig,
+            );
+            (logits.iter().map(|v| u8::from(*v > 0.0)).collect(), p.return_logits.then_some(logits))
+        } else {
+            // On the device: up-sample there, and bring back one byte per pixel (and the logits
+            // only when asked for).
+            let planes = low_res.reshape((boxes.len() * per_set, 4 * gh, 4 * gw))?;
+            let full = transforms::postprocess_masks_tensor(&planes, size, self.input_size, orig)?;
+            let masks = full.gt(0.0)?.flatten_all()?.to_vec1::<u8>()?;
+            let logits = if p.return_logits { Some(full.flatten_all()?.to_vec1::<f32>()?) } else { None };
+            (masks, logits)
+        };
+        Ok(Prediction { sets: boxes.len(), per_set, height: orig.0, width: orig.1, masks, iou, low_res, logits })
     }
 }

@@ -6,11 +6,11 @@
 //! prompts. A low-resolution mask becomes a dense embedding through two stride-2 convolutions;
 //! without one, a learned "no mask" vector fills the grid.
 
-use candle_core::{Device, Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 
 use super::config::DecoderConfig;
 use crate::nn::conv::Conv2d;
-use crate::nn::{Activation, LayerNorm, Linear};
+use crate::nn::{portable, Activation, LayerNorm, Linear};
 use crate::weights::Vb;
 use crate::Result;
 
@@ -25,6 +25,10 @@ pub enum PointLabel {
     Positive,
 }
 
+/// One prompt set for [`PromptEncoder::sparse_batch`]: points (input-frame coordinates) and an
+/// optional box.
+pub type PromptSet<'a> = (&'a [([f32; 2], PointLabel)], Option<[f32; 4]>);
+
 /// `PromptEncoder`.
 pub struct PromptEncoder {
     dim: usize,
@@ -34,6 +38,8 @@ pub struct PromptEncoder {
     point_embeddings: [Vec<f32>; 4],
     not_a_point: Vec<f32>,
     no_mask: Vec<f32>,
+    /// `no_mask_embed` as `[1, C]` on the weights' device and dtype.
+    no_mask_t: Tensor,
     down1: Conv2d,
     ln1: LayerNorm,
     down2: Conv2d,
@@ -43,10 +49,12 @@ pub struct PromptEncoder {
     grid: (usize, usize),
     /// `(H, W)` of the padded encoder input the coordinates refer to.
     input_size: (usize, usize),
+    device: Device,
+    dtype: DType,
 }
 
 fn vec1(vb: &Vb, shape: &[usize], name: &str) -> Result<Vec<f32>> {
-    Ok(vb.get(shape, name)?.flatten_all()?.to_vec1()?)
+    super::image_encoder::host_f32(&vb.get(shape, name)?)
 }
 
 impl PromptEncoder {
@@ -57,12 +65,14 @@ impl PromptEncoder {
         let m = cfg.mask_in_chans;
         let md = vb.pp("mask_downscaling");
         let pe = |i: usize| vec1(&vb.pp("point_embeddings").pp(i), &[1, c], "weight");
+        let no_mask = vec1(&vb.pp("no_mask_embed"), &[1, c], "weight")?;
         Ok(Self {
             dim: c,
             gaussian: vec1(&vb.pp("pe_layer"), &[2, c / 2], "positional_encoding_gaussian_matrix")?,
             point_embeddings: [pe(0)?, pe(1)?, pe(2)?, pe(3)?],
             not_a_point: vec1(&vb.pp("not_a_point_embed"), &[1, c], "weight")?,
-            no_mask: vec1(&vb.pp("no_mask_embed"), &[1, c], "weight")?,
+            no_mask_t: portable::upload(&no_mask, &[1, c], (vb.device(), vb.dtype()))?,
+            no_mask,
             down1: Conv2d::new(
                 &md.pp(0).get(&[m / 4, 1, 2, 2], "weight")?,
                 Some(md.pp(0).get(&[m / 4], "bias")?),
@@ -78,7 +88,19 @@ impl PromptEncoder {
             )?,
             grid: (grid, grid),
             input_size: (image_size, image_size),
+            device: vb.device().clone(),
+            dtype: vb.dtype(),
         })
+    }
+
+    /// The device of the weights, which the prompt tensors must be on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The dtype of the weights, which the prompt tensors must have.
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// Width of the prompt embeddings (`DecoderConfig::dim`).
@@ -104,7 +126,8 @@ impl PromptEncoder {
         }
     }
 
-    /// `get_dense_pe()`: the encoding of every grid cell centre, channels-last `[h·w, C]`.
+    /// `get_dense_pe()`: the encoding of every grid cell centre, channels-last `[h·w, C]`, on the
+    /// weights' device and dtype (computed on the host, once per model).
     pub fn dense_pe(&self) -> Result<Tensor> {
         let (h, w) = self.grid;
         let mut out = vec![0f32; h * w * self.dim];
@@ -115,7 +138,16 @@ impl PromptEncoder {
                 self.pe_encoding(fx, fy, &mut out[i..i + self.dim]);
             }
         }
-        Ok(Tensor::from_vec(out, (h * w, self.dim), &Device::Cpu)?)
+        portable::upload(&out, &[h * w, self.dim], (&self.device, self.dtype))
+    }
+
+    /// [`Self::sparse`] for a batch of prompt sets with the same token count, as `[B, T, C]` on
+    /// the weights' device and dtype (the host-side encoding uploaded once).
+    pub fn sparse_batch(&self, sets: &[PromptSet<'_>]) -> Result<Tensor> {
+        let c = self.dim;
+        let flat: Vec<f32> = sets.iter().flat_map(|(p, b)| self.sparse(p, *b)).collect();
+        let t = flat.len() / c / sets.len().max(1);
+        portable::upload(&flat, &[sets.len(), t, c], (&self.device, self.dtype))
     }
 
     /// One point in input-frame coordinates (already `apply_coords`-transformed).
@@ -165,7 +197,7 @@ impl PromptEncoder {
     /// `masks: [B, 4h, 4w]` -> `[B, h, w, C]`
     pub fn embed_masks(&self, masks: &Tensor) -> Result<Tensor> {
         let (b, mh, mw) = masks.dims3()?;
-        let x = masks.reshape((b, mh, mw, 1))?;
+        let x = masks.to_device(&self.device)?.to_dtype(self.dtype)?.reshape((b, mh, mw, 1))?;
         let x = Activation::Gelu.forward(&self.ln1.forward(&self.down1.forward(&x)?)?)?;
         let x = Activation::Gelu.forward(&self.ln2.forward(&self.down2.forward(&x)?)?)?;
         self.down3.forward_act(&x, None)
@@ -174,5 +206,10 @@ impl PromptEncoder {
     /// `no_mask_embed` as a `[C]` vector, broadcast over the grid when no mask is given.
     pub fn no_mask(&self) -> &[f32] {
         &self.no_mask
+    }
+
+    /// `no_mask_embed` as `[1, C]` on the weights' device and dtype.
+    pub fn no_mask_tensor(&self) -> &Tensor {
+        &self.no_mask_t
     }
 }

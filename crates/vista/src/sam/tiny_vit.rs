@@ -7,14 +7,14 @@
 //! and SAM's neck. Every `Conv2d_BN` has its eval-mode BatchNorm folded into the convolution at
 //! load, as `Conv2d_BN.fuse` does. Tokens stay channels-last (`[B, H, W, C]`) throughout.
 
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{Device, Module, Tensor};
 
 use super::config::TinyVitConfig;
-use super::image_encoder::{tap, Neck, Taps};
+use super::image_encoder::{host_f32, tap, Neck, Taps};
 use crate::nn::conv::{fold_batch_norm, BatchNorm, Conv2d, DepthwiseConv2d};
 use crate::nn::cpu::{self, ScoreBias};
 use crate::nn::window::{attention_bias_index, window_partition, window_unpartition};
-use crate::nn::{Activation, LayerNorm, Linear};
+use crate::nn::{portable, Activation, LayerNorm, Linear};
 use crate::weights::Vb;
 use crate::Result;
 
@@ -59,7 +59,7 @@ impl MbConv {
         let h = self.conv1.forward_act(x, Some(Activation::Gelu))?;
         let h = self.conv2.forward(&h, Some(Activation::Gelu))?;
         let h = self.conv3.forward_act(&h, None)?;
-        cpu::add_act(&h, x, Activation::Gelu)
+        crate::nn::add_act(&h, x, Activation::Gelu)
     }
 }
 
@@ -94,11 +94,15 @@ struct TinyBlock {
     norm: LayerNorm,
     /// Rows reordered from TinyViT's per-head `[q, k, v]` to `[3, H, D]`.
     qkv: Linear,
-    /// The projection of a zero (padding) token after the attention's LayerNorm.
+    /// The projection of a zero (padding) token after the attention's LayerNorm (host copy,
+    /// and `[3C]` on the weights' device).
     qkv_pad: Vec<f32>,
+    qkv_pad_t: Tensor,
     proj: Linear,
-    /// `[H, ws², ws²]`, gathered from `attention_biases` by offset.
+    /// `[H, ws², ws²]`, gathered from `attention_biases` by offset (host copy, and on the
+    /// weights' device).
     bias: Vec<f32>,
+    bias_t: Tensor,
     heads: usize,
     window: usize,
     local_conv: DepthwiseConv2d,
@@ -116,22 +120,27 @@ impl TinyBlock {
         let order: Vec<u32> = (0..3)
             .flat_map(|s| (0..heads).flat_map(move |h| (0..d).map(move |j| (h * 3 * d + s * d + j) as u32)))
             .collect();
-        let order = Tensor::new(order.as_slice(), &Device::Cpu)?;
+        let order = Tensor::new(order.as_slice(), vb.device())?;
         let w = attn.pp("qkv").get(&[3 * dim, dim], "weight")?.index_select(&order, 0)?;
         let b = attn.pp("qkv").get(&[3 * dim], "bias")?.index_select(&order, 0)?;
         let qkv = Linear::new(w, Some(b))?;
-        let zero = Tensor::zeros((1, dim), DType::F32, &Device::Cpu)?;
-        let qkv_pad = qkv.forward_act(&norm.forward(&zero)?, None)?.flatten_all()?.to_vec1()?;
+        let zero = Tensor::zeros((1, dim), vb.dtype(), vb.device())?;
+        let qkv_pad_t = qkv.forward_act(&norm.forward(&zero)?, None)?.flatten_all()?;
+        let qkv_pad = host_f32(&qkv_pad_t)?;
         let n = window * window;
-        let table = attn.get(&[heads, n], "attention_biases")?.to_vec2::<f32>()?;
+        let table = host_f32(&attn.get(&[heads, n], "attention_biases")?)?;
         let idx = attention_bias_index(window);
-        let bias = table.iter().flat_map(|row| idx.iter().map(move |&i| row[i])).collect();
+        let bias: Vec<f32> =
+            (0..heads).flat_map(|h| idx.iter().map(move |&i| (h, i))).map(|(h, i)| table[h * n + i]).collect();
+        let bias_t = portable::upload(&bias, &[heads, n, n], (vb.device(), vb.dtype()))?;
         Ok(Self {
             norm,
             qkv,
             qkv_pad,
+            qkv_pad_t,
             proj: Linear::load(&attn.pp("proj"), dim, dim, true)?,
             bias,
+            bias_t,
             heads,
             window,
             local_conv: depthwise(&vb.pp("local_conv"), dim, 1)?,
@@ -149,14 +158,22 @@ impl TinyBlock {
         // projection is `qkv_pad`, so normalising and projecting the real tokens first is exact.
         // When the grid equals the window there is one window and no padding, as its fast path.
         let qkv = self.qkv.forward_act(&self.norm.forward(x)?, None)?;
-        let (wins, (nh, nw)) = window_partition(&qkv.flatten_all()?.to_vec1()?, (b, h, w), 3 * c, ws, &self.qkv_pad);
-        let wins = Tensor::from_vec(wins, (b * nh * nw, ws * ws, 3 * c), &Device::Cpu)?;
-        let out = cpu::attention_biased(&wins, self.heads, scale, ScoreBias::PerHead(&self.bias))?;
-        let out = window_unpartition(&out.flatten_all()?.to_vec1()?, (b, h, w), c, ws);
-        let out = self.proj.forward_act(&Tensor::from_vec(out, (b, h, w, c), &Device::Cpu)?, None)?;
-        let x = self.local_conv.forward(&cpu::add(x, &out)?, None)?;
+        let out = if cpu::eligible(&qkv) {
+            let (wins, (nh, nw)) =
+                window_partition(&qkv.flatten_all()?.to_vec1()?, (b, h, w), 3 * c, ws, &self.qkv_pad);
+            let wins = Tensor::from_vec(wins, (b * nh * nw, ws * ws, 3 * c), &Device::Cpu)?;
+            let out = cpu::attention_biased(&wins, self.heads, scale, ScoreBias::PerHead(&self.bias))?;
+            let out = window_unpartition(&out.flatten_all()?.to_vec1()?, (b, h, w), c, ws);
+            Tensor::from_vec(out, (b, h, w, c), &Device::Cpu)?
+        } else {
+            let (wins, _) = portable::window_partition(&qkv, ws, &self.qkv_pad_t)?;
+            let out = portable::attention(&wins, self.heads, scale as f64, portable::Bias::PerHead(&self.bias_t))?;
+            portable::window_unpartition(&out, (b, h, w), ws)?
+        };
+        let out = self.proj.forward_act(&out, None)?;
+        let x = self.local_conv.forward(&crate::nn::add(x, &out)?, None)?;
         let hidden = self.fc1.forward_act(&self.mlp_norm.forward(&x)?, Some(Activation::Gelu))?;
-        cpu::add(&x, &self.fc2.forward_act(&hidden, None)?)
+        crate::nn::add(&x, &self.fc2.forward_act(&hidden, None)?)
     }
 }
 

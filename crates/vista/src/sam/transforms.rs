@@ -125,6 +125,38 @@ pub fn postprocess_masks(
     out
 }
 
+/// [`postprocess_masks`] on the planes' device (the device path: two gathers and a weighted sum
+/// per axis, the same products and sums as the CPU loop, so the same values), in f32.
+///
+/// # Shapes
+/// `low_res: [N, lh, lw]` -> `[N, H, W]` f32
+pub fn postprocess_masks_tensor(
+    low_res: &Tensor,
+    image_size: usize,
+    input_size: (usize, usize),
+    original_size: (usize, usize),
+) -> Result<Tensor> {
+    use crate::nn::portable::{gather_taps, resample_planes};
+    let low_res = low_res.to_dtype(candle_core::DType::F32)?;
+    let (n, lh, lw) = low_res.dims3()?;
+    let (oh, ow) = original_size;
+    let (kh, kw) = input_size;
+    let up_rows = gather_taps(&linear_taps(lh, image_size, kh), &low_res)?;
+    let up_cols = gather_taps(&linear_taps(lw, image_size, kw), &low_res)?;
+    let down_rows = gather_taps(&linear_taps(kh, oh, oh), &low_res)?;
+    let down_cols = gather_taps(&linear_taps(kw, ow, ow), &low_res)?;
+    // Planes per pass: keep each pass's intermediates near 1 GiB of f32.
+    let per_plane = 4 * (lh * kw + kh * kw + kh * ow + oh * ow);
+    let chunk = ((1usize << 30) / per_plane.max(1)).clamp(1, n.max(1));
+    let mut out = Vec::with_capacity(n.div_ceil(chunk));
+    for start in (0..n).step_by(chunk) {
+        let planes = low_res.narrow(0, start, chunk.min(n - start))?;
+        let padded = resample_planes(&planes, &up_rows, &up_cols)?;
+        out.push(resample_planes(&padded, &down_rows, &down_cols)?);
+    }
+    Ok(if out.len() == 1 { out.pop().expect("one chunk") } else { Tensor::cat(&out, 0)? })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

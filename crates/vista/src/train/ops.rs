@@ -13,6 +13,11 @@
 //! * [`add_bias`]: `x + b` over the last dimension, `db` = column sums of `dy`.
 //!
 //! Agreement with the composed ops (values and gradients) is tested in `tests/train_ops.rs`.
+//!
+//! Device path (CUDA, or any dtype other than f32): LayerNorm and softmax run candle's fused
+//! forward kernels (which record no backward) and get the same backward formulas as candle ops
+//! (`Attach`); GELU and the bias add are candle's own differentiable ops. Nothing leaves the
+//! device. `tests/device_fallback.rs` checks values and gradients against the CPU kernels.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -38,11 +43,158 @@ fn rows_per_task(width: usize) -> usize {
     (16 * 1024 / width.max(1)).max(1)
 }
 
-fn check_cpu_f32(t: &Tensor, what: &str) -> Result<()> {
-    if !t.device().is_cpu() || t.dtype() != DType::F32 {
-        return Err(crate::Error::arg(what, "fused training ops run on f32 CPU tensors"));
+/// Whether the fused CPU kernels apply: every tensor f32 on the CPU (and the fast paths on).
+fn on_cpu_kernels(ts: &[&Tensor]) -> bool {
+    ts.iter().all(|t| crate::nn::cpu::eligible(t))
+}
+
+fn check_float(t: &Tensor, what: &str) -> Result<()> {
+    if !t.dtype().is_float() {
+        return Err(crate::Error::arg(what, format!("training ops need a float tensor, got {:?}", t.dtype())));
     }
     Ok(())
+}
+
+/// What an [`Attach`] op differentiates.
+enum AttachKind {
+    /// LayerNorm over the last dimension with this ε; inputs `(x, w, b)`.
+    LayerNorm(f64),
+    /// Softmax over the last dimension; input `x`.
+    Softmax,
+}
+
+/// A forward value computed by one of candle's fused kernels (which record no backward),
+/// returned as the output of a custom op whose backward is the op's gradient written with
+/// candle ops: the forward costs the fused kernel and one copy, and the whole op runs on any
+/// device and dtype.
+struct Attach {
+    y: Tensor,
+    kind: AttachKind,
+}
+
+impl Attach {
+    fn copy_of_y<S: candle_core::backend::BackendStorage>(
+        &self,
+        pick: impl FnOnce(&candle_core::Storage) -> Option<&S>,
+    ) -> candle_core::Result<(S, Shape)> {
+        let (storage, layout) = self.y.storage_and_layout();
+        if !layout.is_contiguous() || layout.start_offset() != 0 {
+            return Err(candle_core::Error::Msg("attach: the fused output is not a fresh contiguous tensor".into()));
+        }
+        let s =
+            pick(&storage).ok_or_else(|| candle_core::Error::Msg("attach: the fused output is elsewhere".into()))?;
+        Ok((s.try_clone(layout)?, layout.shape().clone()))
+    }
+
+    fn cpu(&self) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.copy_of_y(|s| match s {
+            candle_core::Storage::Cpu(c) => Some(c),
+            _ => None,
+        })
+    }
+
+    fn cuda(&self) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        self.copy_of_y(|s| match s {
+            candle_core::Storage::Cuda(c) => Some(c),
+            _ => None,
+        })
+    }
+
+    /// `dx = y (dy − Σ dy y)`.
+    fn softmax_bwd(y: &Tensor, dy: &Tensor) -> candle_core::Result<Tensor> {
+        let yd = (dy * y)?.sum_keepdim(candle_core::D::Minus1)?;
+        y * dy.broadcast_sub(&yd)?
+    }
+
+    /// `dx = r (g − mean(g) − x̂ mean(g x̂))`, `dw = Σ_rows dy x̂`, `db = Σ_rows dy` with
+    /// `g = dy·w`, `x̂ = (x − μ) r`, `r = 1/√(σ² + ε)`.
+    fn layer_norm_bwd(x: &Tensor, w: &Tensor, dy: &Tensor, eps: f64) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        use candle_core::D;
+        let c = x.dim(D::Minus1)?;
+        let xc = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+        let r = (xc.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
+        let xhat = xc.broadcast_mul(&r)?;
+        let g = dy.broadcast_mul(w)?;
+        let mg = g.mean_keepdim(D::Minus1)?;
+        let mgx = (&g * &xhat)?.mean_keepdim(D::Minus1)?;
+        let dx = g.broadcast_sub(&mg)?.sub(&xhat.broadcast_mul(&mgx)?)?.broadcast_mul(&r)?;
+        let rows = dy.elem_count() / c.max(1);
+        let dw = (dy * &xhat)?.reshape((rows, c))?.sum(0)?;
+        let db = dy.reshape((rows, c))?.sum(0)?;
+        Ok((dx, dw, db))
+    }
+}
+
+impl CustomOp1 for Attach {
+    fn name(&self) -> &'static str {
+        "vista-fused-forward"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.cpu()
+    }
+
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        self.cuda()
+    }
+
+    fn bwd(&self, _x: &Tensor, y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        match self.kind {
+            AttachKind::Softmax => Ok(Some(Self::softmax_bwd(y, dy)?)),
+            AttachKind::LayerNorm(_) => Err(candle_core::Error::Msg("attach: LayerNorm has three inputs".into())),
+        }
+    }
+}
+
+impl CustomOp3 for Attach {
+    fn name(&self) -> &'static str {
+        "vista-fused-forward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.cpu()
+    }
+
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        self.cuda()
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        match self.kind {
+            AttachKind::LayerNorm(eps) => {
+                let (dx, dw, db) = Self::layer_norm_bwd(x, w, dy, eps)?;
+                Ok((Some(dx), Some(dw), Some(db)))
+            }
+            AttachKind::Softmax => Err(candle_core::Error::Msg("attach: softmax has one input".into())),
+        }
+    }
 }
 
 struct LayerNormOp {
@@ -203,7 +355,7 @@ impl CustomOp3 for LayerNormOp {
 /// # Shapes
 /// `x: [..., C]`, `w, b: [C]` -> `[..., C]`
 pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
-    check_cpu_f32(x, "x")?;
+    check_float(x, "x")?;
     let c = x.dim(candle_core::D::Minus1)?;
     if w.dims() != [c] || b.dims() != [c] {
         return Err(crate::Error::arg(
@@ -211,7 +363,12 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor
             format!("LayerNorm of width {c} with weight {:?} and bias {:?}", w.dims(), b.dims()),
         ));
     }
-    Ok(x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, LayerNormOp { eps: eps as f32 })?)
+    let (x, w, b) = (x.contiguous()?, w.contiguous()?, b.contiguous()?);
+    if on_cpu_kernels(&[&x, &w, &b]) {
+        return Ok(x.apply_op3(&w, &b, LayerNormOp { eps: eps as f32 })?);
+    }
+    let y = candle_nn::ops::layer_norm(&x, &w, &b, eps as f32)?.contiguous()?;
+    Ok(x.apply_op3(&w, &b, Attach { y, kind: AttachKind::LayerNorm(eps) })?)
 }
 
 struct SoftmaxOp;
@@ -272,8 +429,13 @@ impl CustomOp1 for SoftmaxOp {
 
 /// Softmax over the last dimension, differentiable.
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
-    check_cpu_f32(x, "x")?;
-    Ok(x.contiguous()?.apply_op1(SoftmaxOp)?)
+    check_float(x, "x")?;
+    let x = x.contiguous()?;
+    if on_cpu_kernels(&[&x]) {
+        return Ok(x.apply_op1(SoftmaxOp)?);
+    }
+    let y = candle_nn::ops::softmax_last_dim(&x)?.contiguous()?;
+    Ok(x.apply_op1(Attach { y, kind: AttachKind::Softmax })?)
 }
 
 struct GeluOp;
@@ -326,7 +488,11 @@ impl CustomOp1 for GeluOp {
 
 /// Exact (erf) GELU, differentiable.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    check_cpu_f32(x, "x")?;
+    check_float(x, "x")?;
+    if !on_cpu_kernels(&[x]) {
+        // candle's exact GELU records its own backward (erf-based, as this op's).
+        return Ok(x.gelu_erf()?);
+    }
     Ok(x.contiguous()?.apply_op1(GeluOp)?)
 }
 
@@ -407,10 +573,13 @@ impl CustomOp2 for AddBiasOp {
 /// # Shapes
 /// `x: [..., C]`, `b: [C]` -> `[..., C]`
 pub fn add_bias(x: &Tensor, b: &Tensor) -> Result<Tensor> {
-    check_cpu_f32(x, "x")?;
+    check_float(x, "x")?;
     let c = x.dim(candle_core::D::Minus1)?;
     if b.dims() != [c] {
         return Err(crate::Error::arg("b", format!("bias {:?} for rows of width {c}", b.dims())));
+    }
+    if !on_cpu_kernels(&[x, b]) {
+        return Ok(x.broadcast_add(b)?);
     }
     Ok(x.contiguous()?.apply_op2(&b.contiguous()?, AddBiasOp)?)
 }

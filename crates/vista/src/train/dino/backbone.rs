@@ -124,11 +124,12 @@ impl TrainVit {
 
     /// DINO's `drop_path` for one block: a per-sample `[B, 1, 1]` factor, 0 with probability
     /// `p` and `1 / (1 − p)` otherwise (`floor(keep_prob + U[0, 1))` / keep_prob).
-    fn drop_path_mask(b: usize, p: f64, rng: &mut ChaCha8Rng) -> Result<Tensor> {
+    /// The factors are drawn on the host (the same stream on every device) and placed on `device`.
+    fn drop_path_mask(b: usize, p: f64, rng: &mut ChaCha8Rng, device: &Device) -> Result<Tensor> {
         let keep = 1.0 - p;
         let v: Vec<f32> =
             (0..b).map(|_| if (keep + uniform01(rng)).floor() >= 1.0 { (1.0 / keep) as f32 } else { 0.0 }).collect();
-        Ok(Tensor::from_vec(v, (b, 1, 1), &Device::Cpu)?)
+        Ok(Tensor::from_vec(v, (b, 1, 1), device)?)
     }
 
     /// Every parameter's canonical name and shape, in a fixed order.
@@ -190,8 +191,9 @@ impl TrainVit {
     }
 
     /// The `[gh·gw, M²]` matrix that resamples the trained position grid to `gh × gw` with the
-    /// checkpoint's recipe (identity for the trained grid).
-    fn resample_matrix(&self, gh: usize, gw: usize, square_pixels: bool) -> Result<Option<Tensor>> {
+    /// checkpoint's recipe (identity for the trained grid), on `device` (built on the host once
+    /// per grid, then cached there).
+    fn resample_matrix(&self, gh: usize, gw: usize, square_pixels: bool, device: &Device) -> Result<Option<Tensor>> {
         let m = self.config.grid();
         if gh * gw == m * m && square_pixels {
             return Ok(None);
@@ -217,7 +219,7 @@ impl TrainVit {
         if (oh, ow) != (gh, gw) {
             return Err(Error::arg("image", format!("position grid resampled to {oh}x{ow}, wanted {gh}x{gw}")));
         }
-        let t = Tensor::from_vec(out, (gh * gw, n), &Device::Cpu)?;
+        let t = Tensor::from_vec(out, (gh * gw, n), device)?;
         if let Ok(mut c) = self.resample.lock() {
             c.insert((gh, gw), t.clone());
         }
@@ -250,7 +252,7 @@ impl TrainVit {
         let pos = self.p("pos_embed")?.squeeze(0)?; // [1 + M², C]
         let cls_pos = pos.narrow(0, 0, 1)?;
         let grid_pos = pos.narrow(0, 1, pos.dim(0)? - 1)?;
-        let grid_pos = match self.resample_matrix(gh, gw, ph == pw)? {
+        let grid_pos = match self.resample_matrix(gh, gw, ph == pw, pos.device())? {
             Some(r) => r.matmul(&grid_pos)?,
             None => grid_pos,
         };
@@ -282,7 +284,7 @@ impl TrainVit {
             }
             let rate = if cfg.depth > 1 { self.drop_path_rate * i as f64 / (cfg.depth - 1) as f64 } else { 0.0 };
             if let (Some(rng), true) = (drop_path.as_deref_mut(), rate > 0.0) {
-                a = a.broadcast_mul(&Self::drop_path_mask(b, rate, rng)?)?;
+                a = a.broadcast_mul(&Self::drop_path_mask(b, rate, rng, x.device())?)?;
             }
             x = (x + a)?;
             let h = layer_norm(&x, &q("norm2.weight")?, &q("norm2.bias")?, eps)?;
@@ -303,7 +305,7 @@ impl TrainVit {
                 f = f.broadcast_mul(&q("ls2.gamma")?)?;
             }
             if let (Some(rng), true) = (drop_path.as_deref_mut(), rate > 0.0) {
-                f = f.broadcast_mul(&Self::drop_path_mask(b, rate, rng)?)?;
+                f = f.broadcast_mul(&Self::drop_path_mask(b, rate, rng, x.device())?)?;
             }
             x = (x + f)?;
         }

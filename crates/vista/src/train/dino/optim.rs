@@ -251,6 +251,9 @@ fn div_scalar(x: &Tensor, s: f64) -> Result<Tensor> {
 /// (in the gradient's dtype, f32 for f32), and `g ← g·clip_coef` when `clip_coef < 1`. Returns
 /// the norms before clipping, in gradient order.
 pub fn clip_gradients(grads: &mut Grads, clip: f64) -> Result<Vec<f32>> {
+    if grads.iter().any(|(_, g)| !g.device().is_cpu()) {
+        return clip_gradients_on_device(grads, clip);
+    }
     let mut norms = Vec::with_capacity(grads.len());
     for (_, g) in grads.iter_mut() {
         let norm = g.sqr()?.sum_all()?.sqrt()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
@@ -261,6 +264,24 @@ pub fn clip_gradients(grads: &mut Grads, clip: f64) -> Result<Vec<f32>> {
         }
     }
     Ok(norms)
+}
+
+/// [`clip_gradients`] without a round trip to the host per gradient: each norm and coefficient
+/// stays on the gradient's device, `g ← g·min(clip_coef, 1)` (multiplying by 1 changes nothing),
+/// and the norms come back in one transfer at the end.
+fn clip_gradients_on_device(grads: &mut Grads, clip: f64) -> Result<Vec<f32>> {
+    let mut norms = Vec::with_capacity(grads.len());
+    for (_, g) in grads.iter_mut() {
+        let norm = g.sqr()?.sum_all()?.sqrt()?.to_dtype(DType::F32)?;
+        let clip_t = Tensor::new(clip as f32, g.device())?;
+        let coef = clip_t.broadcast_div(&(&norm + 1e-6)?)?.minimum(1f32)?;
+        *g = g.broadcast_mul(&coef.to_dtype(g.dtype())?)?;
+        norms.push(norm);
+    }
+    if norms.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(Tensor::stack(&norms, 0)?.to_vec1::<f32>()?)
 }
 
 /// `utils.cancel_gradients_last_layer(epoch, model, freeze_last_layer)`: while
