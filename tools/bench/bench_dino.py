@@ -29,22 +29,14 @@ The same file is also the set-up, PyTorch and ONNX Runtime worker (``--worker se
 
 from __future__ import annotations
 
-import argparse
-import datetime as _dt
 import json
-import os
 import pathlib
-import shlex
-import subprocess
 import sys
 import time
 
-HERE = pathlib.Path(__file__).resolve().parent
-REPO_ROOT = HERE.parents[1]
-sys.path.insert(0, str(HERE))
-from benchlib import versions as benchlib_versions, vm_hwm_mb, write_marked_section  # noqa: E402
-from bench_clip import fmt_ms, loadavg, machine_info, percentile  # noqa: E402  (stdlib only)
-from bench_index import cpu_totals, wait_quiet  # noqa: E402  (stdlib only)
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import benchlib  # noqa: E402  (stdlib only)
+from benchlib import fmt_ms  # noqa: E402
 
 # model key: (timm name, timm kwargs, heads, title, official hub name)
 MODELS = {
@@ -62,8 +54,11 @@ ENGINE_NAMES = {"vista": "vista", "torch": "PyTorch", "ort": "ONNX Runtime"}
 FULL_ITERS = {"vits16_b1": (3, 40), "vits16_b32": (1, 6), "vitb16_b1": (3, 20), "vitb16_b32": (1, 4),
               "v2s14_b1": (3, 40), "v2s14_b32": (1, 6)}
 QUICK_ITERS = {w: (1, 2) for w in WORKLOADS}
-PY_ENV_DROP = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+TITLE = "## DINO / DINOv2 on CPU: vista vs PyTorch vs ONNX Runtime"
 BEGIN, END = "<!-- bench_dino:begin -->", "<!-- bench_dino:end -->"
+PACKAGES = ("torch", "timm", "onnxruntime", "onnx", "numpy", "safetensors")
+THREADS = ["vista `RAYON_NUM_THREADS`", "PyTorch `torch.set_num_threads`, `set_num_interop_threads(1)`",
+           "ONNX Runtime `intra_op_num_threads`, `inter_op_num_threads=1`, sequential, `ORT_ENABLE_ALL`"]
 
 SIZE = 224
 N_IMAGES = 32
@@ -163,8 +158,7 @@ def setup(args) -> int:
     import torch
     from safetensors.numpy import save_file
 
-    _quiet()
-    torch.set_num_threads(args.threads)
+    benchlib.torch_threads(args.threads)
     out = args.out
     p = paths(out)
     (out / "dino-onnx").mkdir(parents=True, exist_ok=True)
@@ -271,7 +265,6 @@ def worker(args) -> int:
     from safetensors.numpy import load_file
 
     _quiet()
-    threads = args.threads
     key, batch = WORKLOADS[args.workload]
     p = paths(args.out)
     data = load_file(str(p["inputs"]))
@@ -280,10 +273,9 @@ def worker(args) -> int:
 
     t0 = time.perf_counter()
     if args.worker == "torch":
+        extra = benchlib.torch_threads(args.threads)
         import torch
 
-        torch.set_num_threads(threads)
-        torch.set_num_interop_threads(1)
         model = build_torch(key, p[key])
         xt = torch.from_numpy(x)
 
@@ -291,125 +283,26 @@ def worker(args) -> int:
             with torch.inference_mode():
                 return model(xt).numpy()
 
-        extra = dict(torch_threads=torch.get_num_threads(), interop_threads=torch.get_num_interop_threads(),
-                     fused_attn=bool(getattr(model.blocks[0].attn, "fused_attn", False)),
-                     omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"))
-    elif args.worker == "ort":
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if os.environ.get("BENCH_PASSIVE_WAIT") == "1":
-            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        extra["fused_attn"] = bool(getattr(model.blocks[0].attn, "fused_attn", False))
+    else:
         path = p[f"onnx_{key}"]
         if not path.exists():
             raise SystemExit(f"{path.name} is missing (its export failed: see {p['setup'].name})")
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        sess, extra = benchlib.ort_session(path, args.threads)
 
         def run():
             return sess.run(None, {"pixel_values": x})[0]
-
-        extra = dict(onnx=path.name, providers=sess.get_providers(),
-                     allow_spinning=os.environ.get("BENCH_PASSIVE_WAIT") != "1")
-    else:
-        raise SystemExit(f"unknown worker {args.worker}")
-    load_s = time.perf_counter() - t0
-
-    first = run()
-    diff = float(np.abs(first - ref).max())
-    for _ in range(1, args.warmup):
-        run()
-    ms = []
-    for _ in range(args.iters):
-        t = time.perf_counter()
-        run()
-        ms.append((time.perf_counter() - t) * 1e3)
-    times_ms = list(ms)
-    ms.sort()
-    median = percentile(ms, 0.5)
-    print(json.dumps(dict(
-        engine=args.worker, workload=args.workload, batch=batch, median_ms=median, p10=percentile(ms, 0.1),
-        p90=percentile(ms, 0.9), items_per_s=batch * 1e3 / median, max_abs_diff_vs_torch=diff,
-        iters=args.iters, warmup=max(1, args.warmup), load_s=load_s, peak_rss_mb=vm_hwm_mb(), threads=threads,
-        times_ms=times_ms, **extra,
-    )), flush=True)
-    return 0
+    return benchlib.measure(args, run, ref, t0, batch, extra)
 
 
 # ----------------------------------------------------------------------------------------------
 # Orchestrator
 # ----------------------------------------------------------------------------------------------
-def versions(python: str) -> dict:
-    return benchlib_versions(
-        python, ("torch", "timm", "onnxruntime", "onnx", "numpy", "safetensors"), ("candle-core", "gemm"), REPO_ROOT,
-    )
-
-
-def run_child(cmd, env) -> tuple[list, float, int, float]:
-    """Runs one engine process; returns its JSON lines, its own peak RSS (MB), exit code and the
-    cores other processes used meanwhile (machine busy time from /proc/stat minus the child's)."""
-    b0, j0 = cpu_totals()
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)
-    lines = []
-    for line in proc.stdout:
-        line = line.strip()
-        if line.startswith("{"):
-            lines.append(json.loads(line))
-        elif line:
-            print(f"    {line}", file=sys.stderr)
-    _, status, ru = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    b1, j1 = cpu_totals()
-    machine = (b1 - b0) / max(1, j1 - j0) * (os.cpu_count() or 1)
-    others = max(0.0, machine - (ru.ru_utime + ru.ru_stime) / max(wall, 1e-9))
-    return lines, ru.ru_maxrss / 1024.0, os.waitstatus_to_exitcode(status), others
-
-
-def merge(rows) -> dict:
-    ms = sorted(t for r in rows for t in r["times_ms"])
-    median = percentile(ms, 0.5)
-    pos = [r["pos_max_abs_diff"] for r in rows if r.get("pos_max_abs_diff") is not None]
-    return dict(
-        rows[0], median_ms=median, p10=percentile(ms, 0.1), p90=percentile(ms, 0.9), min_ms=ms[0],
-        items_per_s=rows[0]["batch"] * 1e3 / median, iters=len(ms), rounds=len(rows),
-        round_medians_ms=[r["median_ms"] for r in rows],
-        max_abs_diff_vs_torch=max(r["max_abs_diff_vs_torch"] for r in rows),
-        pos_max_abs_diff=max(pos) if pos else None,
-        rss_mb=max(r["rss_mb"] for r in rows), load_s=percentile(sorted(r["load_s"] for r in rows), 0.5),
-        times_ms=ms, others=sum(r["others"] for r in rows) / len(rows), round_others=[r["others"] for r in rows],
-    )
-
-
 def render(results, meta) -> str:
-    by = {(r["engine"], r["workload"]): r for r in results}
-    ver, m, s = meta["versions"], meta["machine"], meta["setup"]
-    ex = s.get("export", {})
+    by = benchlib.by_key(results)
     lines = [
-        BEGIN,
-        "<!-- Generated by tools/bench/bench_dino.py; edit outside the markers. -->",
-        "",
-        "## DINO / DINOv2 on CPU: vista vs PyTorch vs ONNX Runtime",
-        "",
-        f"Run: {meta['date']} · command: `{meta['command']}` ({meta['wall_s']:.0f} s)",
-        "",
-        f"Machine: **{m['cpu']}** (family {m['cpu_family']}, model {m['cpu_model']}), {m['cpus']} CPUs, "
-        f"{m['hypervisor'] + ' VM, ' if m['hypervisor'] else ''}SIMD: {m['simd']}, L2 {m['l2']}, L3 {m['l3']}, "
-        f"{m['mem_gb']} GB RAM, {m['os']}, Linux {m['kernel']}. Load average before / after: "
-        f"{meta['load_before']} / {meta['load_after']}.",
-        "",
-        "Versions: " + ", ".join(f"{k} {v}" for k, v in ver.items() if v) + ".",
-        "",
-        f"Threads: {meta['threads']} per engine (vista `RAYON_NUM_THREADS={meta['threads']}`; PyTorch "
-        f"`torch.set_num_threads({meta['threads']})`, `set_num_interop_threads(1)`; ONNX Runtime "
-        f"`intra_op_num_threads={meta['threads']}`, `inter_op_num_threads=1`, sequential, `ORT_ENABLE_ALL`). "
-        + meta["env_note"],
-        "",
-        "What is measured (float32, CPU, **random weights** in the official architectures: no checkpoint "
-        "is reachable here; the cost does not depend on the values): the CLS feature (after the final "
+        *benchlib.header_lines(meta, "bench_dino.py", THREADS, TITLE, begin=BEGIN),
+        f"What is measured ({benchlib.RANDOM_WEIGHTS}): the CLS feature (after the final "
         "norm) of 1 or 32 preprocessed 224×224 images (`[B,3,224,224]`, uniform random 8-bit RGB normalised "
         "with ImageNet's mean / std; read by every engine from `bench-out/dino-inputs.safetensors`, vista "
         "converts them once, untimed, to its channels-last layout). Models: timm `vit_small_patch16_224` "
@@ -460,15 +353,11 @@ def render(results, meta) -> str:
                      + (f"{v['max_abs_diff_vs_torch']:.1e}" if v else "—") + " |")
     lines.append("")
     for wl, (key, batch) in WORKLOADS.items():
-        present = [e for e in ENGINES if (e, wl) in by]
-        notes = [f for f in meta["failures"] if f.split("/")[1].split(" ")[0] == wl]
-        if not present and not notes:
+        head = benchlib.workload_heading(by, meta, ENGINES, wl, f"{MODELS[key][3]}, batch {batch}, 224×224")
+        if head is None:
             continue
-        lines += [f"### {MODELS[key][3]}, batch {batch}, 224×224", ""]
-        if present:
-            it = by[(present[0], wl)]
-            lines += [f"`{wl}`: {it['iters']} timed calls per engine in {it['rounds']} round"
-                      f"{'s' if it['rounds'] != 1 else ''} (warm-up {it['warmup']} per process).", ""]
+        present, notes, more = head
+        lines += more
         lines += ["| engine | median ms | p10-p90 ms | images/s | vs vista | peak RSS MB | load s | max abs diff "
                   "| others | per-round medians ms (others) |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
@@ -478,197 +367,32 @@ def render(results, meta) -> str:
             diff = f"{r['max_abs_diff_vs_torch']:.1e}"
             if r.get("pos_max_abs_diff") is not None:
                 diff += f" (pos diff {r['pos_max_abs_diff']:.1e})"
-            ro = r.get("round_others") or [None] * len(r["round_medians_ms"])
             lines.append(
                 f"| {ENGINE_NAMES[e]} | **{fmt_ms(r['median_ms'])}** | {fmt_ms(r['p10'])}-{fmt_ms(r['p90'])} | "
-                f"{r['items_per_s']:.1f} | {(v['median_ms'] / r['median_ms']) if v else float('nan'):.2f} | "
-                f"{r['rss_mb']:.0f} | {r['load_s']:.2f} | {diff} | {r['others']:.2f} | "
-                + ", ".join(fmt_ms(x) + (f" ({o:.1f})" if o is not None else "")
-                            for x, o in zip(r["round_medians_ms"], ro)) + " |")
-        for f in notes:
-            lines.append(f"| {ENGINE_NAMES[f.split('/')[0]]} | failed: {f} | | | | | | | | |")
+                f"{r['items_per_s']:.1f} | {benchlib.vs_vista(v, r)} | {r['rss_mb']:.0f} | {r['load_s']:.2f} | "
+                f"{diff} | {r['others']:.2f} | {benchlib.round_cell(r)} |")
+        lines += [f"| {ENGINE_NAMES[f.split('/')[0]]} | failed: {f} | | | | | | | | |" for f in notes]
         lines.append("")
-    exports = []
-    for key in MODELS:
-        e = ex.get(key)
-        if not e:
-            continue
-        if e["ok"]:
-            exports.append(f"{MODELS[key][3]} {e['mb']} MB in {e['seconds']} s (ORT vs PyTorch max|diff| "
-                           f"{s['ort_vs_torch'][key]:.1e})")
-        else:
-            exports.append(f"{MODELS[key][3]} **failed** after {e['seconds']} s: `{e['error']}`")
-    lines += ["ONNX exports (`torch.onnx.export`, opset 17, `dynamo=False`, dynamic batch): " + "; ".join(exports)
-              + ".", "",
-              "Output magnitudes (max |CLS| of PyTorch's batch-32 outputs): " + ", ".join(
-                  f"{MODELS[k][3]} {v:.2f}" for k, v in s.get("max_abs", {}).items()) + ".", "", END]
-    return "\n".join(lines) + "\n"
+    names = {k: MODELS[k][3] for k in MODELS}
+    lines += benchlib.setup_notes(meta["setup"], names, "`torch.onnx.export`, opset 17, `dynamo=False`, dynamic batch",
+                                  "max |CLS| of PyTorch's batch-32 outputs", names)
+    return "\n".join(lines + [END]) + "\n"
 
 
-def orchestrate(args) -> int:
-    python = args.python or sys.executable
-    out = args.out
-    engines = [e for e in args.engines.split(",") if e]
-    workloads = [w for w in args.workloads.split(",") if w]
-    for e in engines:
-        if e not in ENGINES:
-            raise SystemExit(f"unknown engine {e} ({', '.join(ENGINES)})")
-    for w in workloads:
-        if w not in WORKLOADS:
-            raise SystemExit(f"unknown workload {w} ({', '.join(WORKLOADS)})")
-    iters = dict(QUICK_ITERS if args.quick else FULL_ITERS)
-    if args.iters is not None:
-        iters = {w: (iters[w][0], args.iters) for w in iters}
-    if args.warmup is not None:
-        iters = {w: (args.warmup, iters[w][1]) for w in iters}
-
-    t_start = time.time()
-    base_env = dict(os.environ)
-    py_env = {k: v for k, v in base_env.items() if k not in PY_ENV_DROP}
-    dropped = [f"{k}={base_env[k]}" for k in PY_ENV_DROP if k in base_env]
-    py_env["OMP_NUM_THREADS"] = str(args.threads)
-    py_env["MKL_NUM_THREADS"] = str(args.threads)
-    vista_env = dict(base_env, RAYON_NUM_THREADS=str(args.threads))
-    if args.passive_wait:
-        py_env["OMP_WAIT_POLICY"] = "PASSIVE"
-        py_env["BENCH_PASSIVE_WAIT"] = "1"
-        vista_env["CANDLE_BARRIER_POOL_SPIN_LIMIT"] = "0"
-
-    # (a) models, inputs, references, ONNX
-    if args.setup or not setup_complete(out):
-        print("== set-up: models, inputs, PyTorch references, ONNX exports", flush=True)
-        subprocess.run([python, str(pathlib.Path(__file__).resolve()), "--worker", "setup", "--out", str(out),
-                        "--threads", str(args.threads)], check=True, cwd=REPO_ROOT, env=py_env)
-    setup_info = json.loads(paths(out)["setup"].read_text())
-
-    # (b) vista binary
-    exe = REPO_ROOT / "target" / "release" / "examples" / "bench_dino"
-    if "vista" in engines and not args.no_build:
-        print("== cargo build --release -p vista --example bench_dino", flush=True)
-        subprocess.run(["cargo", "build", "--release", "-p", "vista", "--example", "bench_dino"],
-                       check=True, cwd=REPO_ROOT)
-    if "vista" in engines:
-        # Run a private copy: a cargo build or test elsewhere in the workspace can replace the
-        # example binary in target/ while the benchmark runs.
-        import shutil
-
-        private = out / "bench_dino.vista-bin"
-        shutil.copy2(exe, private)
-        exe = private
-    env_note = (
-        f"Environment: `OMP_NUM_THREADS={args.threads}`, `MKL_NUM_THREADS={args.threads}` for the Python engines"
-        + (f"; removed {', '.join(f'`{d}`' for d in dropped)} from their environment (OpenBLAS only)" if dropped else "")
-        + "."
-        + (" **Passive waiting** (`--passive-wait`): PyTorch `OMP_WAIT_POLICY=PASSIVE`, ONNX Runtime "
-           "`session.intra_op.allow_spinning=0`, vista `CANDLE_BARRIER_POOL_SPIN_LIMIT=0`."
-           if args.passive_wait else " Default thread waiting (pool threads spin a while when idle).")
-    )
-    load_before = loadavg()
-    rounds = max(1, args.rounds if args.rounds is not None else (1 if args.quick else 2))
-    p = paths(out)
-    samples, failures = {}, []
-    for rnd in range(rounds):
-        for wl in workloads:
-            key, _ = WORKLOADS[wl]
-            warmup, total = iters[wl]
-            n = max(1, -(-total // rounds))
-            # Rotate the engine order every round so no engine always runs first (or last).
-            order = engines[rnd % len(engines):] + engines[: rnd % len(engines)]
-            for e in order:
-                if e == "vista":
-                    cmd = [str(exe), "--model", str(p[key]), "--heads", str(MODELS[key][2]), "--inputs",
-                           str(p["inputs"]), "--workload", wl, "--warmup", str(warmup), "--iters", str(n)]
-                    env = vista_env
-                else:
-                    cmd = [python, str(pathlib.Path(__file__).resolve()), "--worker", e, "--workload", wl,
-                           "--warmup", str(warmup), "--iters", str(n), "--threads", str(args.threads),
-                           "--out", str(out)]
-                    env = py_env
-                print(f"== round {rnd + 1}/{rounds}: {wl} / {ENGINE_NAMES[e]} (warm-up {warmup}, {n} calls)", flush=True)
-                if args.wait_quiet:
-                    wait_quiet(args.wait_quiet, 0.3)
-                rows, rss, rc, others = run_child(cmd, env)
-                if rc != 0 or not rows:
-                    tag = f"{e}/{wl} round {rnd + 1} (exit {rc})"
-                    if not any(f.startswith(f"{e}/{wl} ") for f in failures):
-                        failures.append(tag)
-                    print(f"   FAILED (exit {rc})", flush=True)
-                    continue
-                for r in rows:
-                    r["rss_mb"] = rss
-                    r["others"] = others
-                    samples.setdefault((e, wl), []).append(r)
-                    pos = f", pos diff {r['pos_max_abs_diff']:.2e}" if r.get("pos_max_abs_diff") is not None else ""
-                    print(f"   median {fmt_ms(r['median_ms'])} ms (p10 {fmt_ms(r['p10'])}, p90 {fmt_ms(r['p90'])}), "
-                          f"peak RSS {rss:.0f} MB, load {r['load_s']:.2f} s, max|diff| vs torch "
-                          f"{r['max_abs_diff_vs_torch']:.2e}{pos}, others {others:.2f} cores", flush=True)
-    results = [merge(rs) for (e, wl), rs in sorted(
-        samples.items(), key=lambda kv: (workloads.index(kv[0][1]), engines.index(kv[0][0])))]
-    load_after = loadavg()
-
-    print()
-    print(f"{'workload':<11} {'engine':<13} {'median ms':>10} {'p10':>9} {'p90':>9} {'img/s':>8} {'RSS MB':>7} "
-          f"{'vs vista':>9} {'max|diff|':>10} {'others':>7}")
-    for wl in workloads:
-        v = next((r for r in results if r["engine"] == "vista" and r["workload"] == wl), None)
-        for r in (r for r in results if r["workload"] == wl):
-            ratio = f"{v['median_ms'] / r['median_ms']:.2f}x" if v else "-"
-            print(f"{wl:<11} {ENGINE_NAMES[r['engine']]:<13} {fmt_ms(r['median_ms']):>10} {fmt_ms(r['p10']):>9} "
-                  f"{fmt_ms(r['p90']):>9} {r['items_per_s']:>8.1f} {r['rss_mb']:>7.0f} {ratio:>9} "
-                  f"{r['max_abs_diff_vs_torch']:>10.2e} {r['others']:>7.2f}")
-    print("(vs vista = vista median time / this engine's; < 1 means vista is faster)")
-
-    command = args.command or "python tools/bench/bench_dino.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    meta = dict(
-        date=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), command=command.strip(),
-        machine=machine_info(), versions=versions(python), threads=args.threads, env_note=env_note,
-        load_before=load_before, load_after=load_after, setup=setup_info,
-        wall_s=round(time.time() - t_start, 1), failures=failures,
-        quiet_note=(f" Each process started once the others had used under 0.3 cores for 2 s, or after "
-                    f"{args.wait_quiet:.0f} s of waiting (`--wait-quiet`)." if args.wait_quiet else ""),
-    )
-    (out / "bench_dino_results.json").write_text(json.dumps(dict(meta=meta, results=results), indent=2) + "\n")
-    print(f"\nraw results: {out / 'bench_dino_results.json'} (wall {meta['wall_s']} s)")
-    if failures:
-        print("FAILED: " + ", ".join(failures), file=sys.stderr)
-    if not args.no_write:
-        write_marked_section(args.report, render(results, meta), BEGIN, END)
-        print(f"report: {args.report}")
-    return 1 if failures and not results else 0
-
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=pathlib.Path, default=REPO_ROOT / "bench-out",
-                    help="models, inputs and raw results folder (default bench-out/)")
-    ap.add_argument("--threads", type=int, default=2, help="threads per engine (default 2)")
-    ap.add_argument("--engines", default=",".join(ENGINES), help="comma list of " + ",".join(ENGINES))
-    ap.add_argument("--workloads", default=",".join(WORKLOADS), help="comma list of " + ",".join(WORKLOADS))
-    ap.add_argument("--quick", action="store_true", help="a few calls only (smoke test)")
-    ap.add_argument("--iters", type=int, help="timed calls for every workload (overrides the defaults)")
-    ap.add_argument("--warmup", type=int, help="warm-up calls for every workload")
-    ap.add_argument("--rounds", type=int, help="fresh processes per engine and workload (default 2, --quick 1)")
-    ap.add_argument("--passive-wait", action="store_true",
-                    help="idle PyTorch/ORT/candle pool threads sleep instead of spinning (for a busy, shared machine)")
-    ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
-                    help="on a shared machine, wait up to S seconds before each process for other processes to go idle")
-    ap.add_argument("--setup", action="store_true", help="redo the models, inputs, references and ONNX exports")
-    ap.add_argument("--python", help="interpreter for the set-up / PyTorch / ORT workers (default: this one)")
-    ap.add_argument("--no-build", action="store_true", help="do not run cargo build first")
-    ap.add_argument("--no-write", action="store_true", help="do not write BENCHMARKS.md")
-    ap.add_argument("--report", type=pathlib.Path, default=REPO_ROOT / "BENCHMARKS.md")
-    ap.add_argument("--command", help=argparse.SUPPRESS)
-    ap.add_argument("--worker", choices=("setup", "torch", "ort"), help=argparse.SUPPRESS)
-    ap.add_argument("--workload", choices=tuple(WORKLOADS), help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    if args.worker == "setup":
-        return setup(args)
-    if args.worker:
-        args.warmup = 1 if args.warmup is None else args.warmup
-        args.iters = 3 if args.iters is None else args.iters
-        return worker(args)
-    return orchestrate(args)
+SPEC = benchlib.WorkloadBench(
+    script="bench_dino.py", description=__doc__.split("\n")[0], engines=ENGINES, names=ENGINE_NAMES, workloads=WORKLOADS, full=FULL_ITERS,
+    quick=QUICK_ITERS, rounds=2, packages=PACKAGES, example="bench_dino",
+    vista_args=lambda args, wl: ["--model", paths(args.out)[WORKLOADS[wl][0]], "--heads", MODELS[WORKLOADS[wl][0]][2],
+                                 "--inputs", paths(args.out)["inputs"]],
+    setup_needed=lambda args: not setup_complete(args.out),
+    setup_cmd=lambda args: [args.python, pathlib.Path(__file__).resolve(), "--worker", "setup", "--out", args.out,
+                            "--threads", args.threads],
+    worker=worker, setup_worker=setup, render=render, begin=BEGIN, end=END,
+    meta_extra=lambda args: dict(setup=json.loads(paths(args.out)["setup"].read_text())),
+    describe=lambda r: f", pos diff {r['pos_max_abs_diff']:.2e}" if r.get("pos_max_abs_diff") is not None else "",
+    columns=(("img/s", 8, lambda r: f"{r['items_per_s']:.1f}"),),
+)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(benchlib.workload_main(SPEC))

@@ -35,11 +35,9 @@ CPU time is sampled from ``/proc`` during the run. Results: a table on stdout,
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
 import pathlib
-import shlex
 import shutil
 import subprocess
 import sys
@@ -47,14 +45,20 @@ import threading
 import time
 
 HERE = pathlib.Path(__file__).resolve().parent
-REPO_ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
+import benchlib  # noqa: E402  (stdlib only)
 import make_model  # noqa: E402  (stdlib only at import time)
-from bench_clip import PY_ENV_DROP, loadavg, machine_info, sh  # noqa: E402  (stdlib only)
-from benchlib import versions as benchlib_versions, vm_hwm_mb, write_marked_section  # noqa: E402
+from benchlib import REPO_ROOT, median, sh, vm_hwm_mb  # noqa: E402
 
+TITLE = "## Indexing throughput: `vista index` vs a Python reference loop"
 BEGIN, END = "<!-- bench_index:begin -->", "<!-- bench_index:end -->"
 DEFAULT_IMAGES = 2000
+QUICK_IMAGES = 64
+PACKAGES = ("torch", "torchvision", "transformers", "open_clip_torch", "pillow", "numpy")
+CRATES = ("candle-core", "gemm", "image", "zune-jpeg", "rusqlite", "libsqlite3-sys")
+SQLITE_VERSION = "import sqlite3; out['sqlite (python)'] = sqlite3.sqlite_version\n"
+THREADS = ["vista `RAYON_NUM_THREADS` for the forward pass, plus its decode threads",
+           "Python loop `torch.set_num_threads`, `set_num_interop_threads(1)`, plus the prefetch pool's threads"]
 # Bumped whenever the generated images change (the folder is then regenerated).
 IMAGES_FORMAT = 1
 IMAGE_SEED = 20261127
@@ -313,14 +317,6 @@ def _submit(fn, arg):
 # ----------------------------------------------------------------------------------------------
 # Process monitoring
 # ----------------------------------------------------------------------------------------------
-def cpu_totals():
-    """(busy, total) jiffies of the whole machine, from /proc/stat."""
-    with open("/proc/stat") as f:
-        vals = [int(v) for v in f.readline().split()[1:]]
-    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
-    return sum(vals) - idle, sum(vals)
-
-
 def thread_cpu(pid: int) -> dict:
     """{tid: (comm, cpu seconds)} of a process's live threads."""
     out = {}
@@ -386,98 +382,6 @@ def vista_thread_labels(threads: int):
     return label
 
 
-def wait_quiet(max_wait: float, threshold: float = 0.4) -> float:
-    """Waits (up to `max_wait` s) until other processes use under `threshold` cores over 2 s."""
-    t0 = time.time()
-    ncpu = os.cpu_count() or 1
-    while True:
-        b0, t_0 = cpu_totals()
-        time.sleep(2.0)
-        b1, t_1 = cpu_totals()
-        busy = (b1 - b0) / max(1, t_1 - t_0) * ncpu
-        if busy < threshold or time.time() - t0 >= max_wait:
-            return busy
-        print(f"  machine busy ({busy:.2f} cores used by other processes); waiting", file=sys.stderr)
-        time.sleep(8.0)
-
-
-def run_child(cmd, env, top_at=None, label=None) -> dict:
-    """Runs one process; returns wall, rusage peak RSS / CPU, its JSON lines and thread CPU."""
-    busy0, total0 = cpu_totals()
-    t0 = time.perf_counter()
-    import tempfile
-
-    with tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=err, text=True, cwd=REPO_ROOT)
-        mon = Monitor(proc.pid, top_at, label=label)
-        # Read stdout to its end, then wait4 (not communicate(), which would reap the child) for
-        # its rusage.
-        out_text = proc.stdout.read()
-        _, status, ru = os.wait4(proc.pid, 0)
-        err.seek(0)
-        err_text = err.read()
-    wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    busy1, total1 = cpu_totals()
-    mstats = mon.finish()
-    lines = [json.loads(l) for l in out_text.splitlines() if l.strip().startswith("{")]
-    if proc.returncode != 0:
-        raise SystemExit(f"{shlex.join(map(str, cmd))} failed ({proc.returncode}):\n{err_text[-3000:]}\n{out_text[-2000:]}")
-    ncpu = os.cpu_count() or 1
-    cpu_s = ru.ru_utime + ru.ru_stime
-    machine_busy_cores = (busy1 - busy0) / max(1, total1 - total0) * ncpu
-    return dict(
-        wall_s=wall, rss_mb=ru.ru_maxrss / 1024.0, cpu_s=cpu_s, cores_used=cpu_s / wall,
-        machine_busy_cores=machine_busy_cores, others_cores=max(0.0, machine_busy_cores - cpu_s / wall),
-        json=lines, stderr_tail=err_text[-2000:], **mstats,
-    )
-
-
-# ----------------------------------------------------------------------------------------------
-# Orchestrator
-# ----------------------------------------------------------------------------------------------
-def vista_env(threads: int) -> dict:
-    env = dict(os.environ)
-    env["RAYON_NUM_THREADS"] = str(threads)
-    return env
-
-
-def python_env(threads: int) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in PY_ENV_DROP}
-    env["OMP_NUM_THREADS"] = str(threads)
-    env["MKL_NUM_THREADS"] = str(threads)
-    return env
-
-
-def run_vista(args, folder: pathlib.Path, db: pathlib.Path, expect: int, top_at=None) -> dict:
-    for suffix in ("", "-wal", "-shm"):
-        p = pathlib.Path(str(db) + suffix)
-        if p.exists():
-            p.unlink()
-    cmd = [str(args.vista), "index", str(folder), "--model", str(args.model_dir), "--db", str(db),
-           "--json", "--batch", str(args.batch)]
-    r = run_child(cmd, vista_env(args.threads), top_at=top_at, label=vista_thread_labels(args.threads))
-    rep = r["json"][-1]["report"]
-    if rep["embedded"] != expect or rep["failed"] or rep["problems"]:
-        raise SystemExit(f"vista index embedded {rep['embedded']} of {expect}: {rep}")
-    r.update(engine="vista", images=expect, report=rep, command=shlex.join(map(str, cmd)))
-    return r
-
-
-def run_python(args, folder: pathlib.Path, db: pathlib.Path, expect: int, prefetch: bool, top_at=None) -> dict:
-    cmd = [args.python, str(pathlib.Path(__file__).resolve()), "--worker", "--images-dir", str(folder),
-           "--model-dir", str(args.model_dir), "--db", str(db), "--batch", str(args.batch),
-           "--threads", str(args.threads), "--preprocess", args.preprocess]
-    if prefetch:
-        cmd.append("--prefetch")
-    r = run_child(cmd, python_env(args.threads), top_at=top_at)
-    w = r["json"][-1]
-    if w["embedded"] != expect:
-        raise SystemExit(f"python worker embedded {w['embedded']} of {expect}")
-    r.update(engine=w["engine"], images=expect, worker=w)
-    return r
-
-
 def parity(vista_db: pathlib.Path, py_db: pathlib.Path) -> dict:
     """Cosine similarity of vista's stored (f16) vector and Python's (f32) for every file."""
     import sqlite3
@@ -503,20 +407,39 @@ def parity(vista_db: pathlib.Path, py_db: pathlib.Path) -> dict:
                 other_cos_mean=float(other.mean()), max_abs_diff=float(np.abs(a - b).max()))
 
 
-def py_versions(python: str) -> dict:
-    return benchlib_versions(
-        python,
-        ("torch", "torchvision", "transformers", "open_clip_torch", "pillow", "numpy"),
-        ("candle-core", "gemm", "image", "zune-jpeg", "rusqlite", "libsqlite3-sys"),
-        REPO_ROOT,
-        extra_code="import sqlite3; out['sqlite (python)'] = sqlite3.sqlite_version\n",
-    )
+# ----------------------------------------------------------------------------------------------
+# Orchestrator
+# ----------------------------------------------------------------------------------------------
+def run_vista(bench, args, exe, folder: pathlib.Path, db: pathlib.Path, expect: int, tag: str) -> dict | None:
+    for suffix in ("", "-wal", "-shm"):
+        p = pathlib.Path(str(db) + suffix)
+        if p.exists():
+            p.unlink()
+    cmd = [exe, "index", folder, "--model", args.model_dir, "--db", db, "--json", "--batch", args.batch]
+    label = vista_thread_labels(args.threads)
+    r = bench.run(cmd, "vista", tag, quiet=True, watch=lambda pid: Monitor(pid, args.top_at, label=label))
+    if r is None:
+        return None
+    rep = r["json"][-1]["report"]
+    if rep["embedded"] != expect or rep["failed"] or rep["problems"]:
+        raise SystemExit(f"vista index embedded {rep['embedded']} of {expect}: {rep}")
+    r.update(engine="vista", images=expect, report=rep)
+    return r
 
 
-def median(xs):
-    s = sorted(xs)
-    n = len(s)
-    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
+def run_python(bench, args, folder: pathlib.Path, db: pathlib.Path, expect: int, prefetch: bool, tag: str) -> dict | None:
+    cmd = [args.python, pathlib.Path(__file__).resolve(), "--worker", "--images-dir", folder, "--model-dir",
+           args.model_dir, "--db", db, "--batch", args.batch, "--threads", args.threads, "--preprocess", args.preprocess]
+    if prefetch:
+        cmd.append("--prefetch")
+    r = bench.run(cmd, "python", tag, quiet=True, watch=lambda pid: Monitor(pid, args.top_at))
+    if r is None:
+        return None
+    w = r["json"][-1]
+    if w["embedded"] != expect:
+        raise SystemExit(f"python worker embedded {w['embedded']} of {expect}")
+    r.update(engine=w["engine"], images=expect, worker=w)
+    return r
 
 
 def summarize(runs: list, load_runs: list) -> list:
@@ -531,8 +454,7 @@ def summarize(runs: list, load_runs: list) -> list:
         wall = median([r["wall_s"] for r in rs])
         row = dict(engine=e, name=ENGINE_NAMES[e], images=n, rounds=len(rs), process_wall_s=wall,
                    rss_mb=max(r["rss_mb"] for r in rs), cpu_s=median([r["cpu_s"] for r in rs]),
-                   cores_used=median([r["cores_used"] for r in rs]),
-                   others_cores=median([r["others_cores"] for r in rs]),
+                   cores_used=median([r["cores_used"] for r in rs]), others_cores=median([r["others"] for r in rs]),
                    round_walls=[r["wall_s"] for r in rs])
         if e == "vista":
             row["load_s"] = vista_load
@@ -559,40 +481,26 @@ def thread_summary(run: dict) -> str:
     return ", ".join(parts)
 
 
-def print_table(rows, meta):
-    print()
-    print(f"{meta['images']} images, batch {meta['batch']}, {meta['threads']} compute threads; "
-          f"vista load (empty folder) {meta['vista_load_s']:.2f} s" if meta.get("vista_load_s") is not None else "")
-    hdr = f"{'engine':34} {'img/s net':>9} {'net s':>7} {'load s':>6} {'proc s':>7} {'img/s all':>9} {'RSS MB':>7} {'CPU s':>6} {'cores':>5} {'others':>6}"
-    print(hdr)
-    print("-" * len(hdr))
-    for r in rows:
-        print(f"{r['name']:34} {r['ips_net']:9.1f} {r['net_s']:7.1f} {r['load_s']:6.2f} {r['process_wall_s']:7.1f} "
-              f"{r['ips_total']:9.1f} {r['rss_mb']:7.0f} {r['cpu_s']:6.1f} {r['cores_used']:5.2f} {r['others_cores']:6.2f}")
+def print_summary(rows, meta):
+    if meta.get("vista_load_s") is not None:
+        print(f"\n{meta['images']} images, batch {meta['batch']}, {meta['threads']} compute threads; "
+              f"vista load (empty folder) {meta['vista_load_s']:.2f} s")
+    benchlib.print_table([
+        ("engine", -34, lambda r: r["name"]), ("img/s net", 9, lambda r: f"{r['ips_net']:.1f}"),
+        ("net s", 7, lambda r: f"{r['net_s']:.1f}"), ("load s", 6, lambda r: f"{r['load_s']:.2f}"),
+        ("proc s", 7, lambda r: f"{r['process_wall_s']:.1f}"), ("img/s all", 9, lambda r: f"{r['ips_total']:.1f}"),
+        ("RSS MB", 7, lambda r: f"{r['rss_mb']:.0f}"), ("CPU s", 6, lambda r: f"{r['cpu_s']:.1f}"),
+        ("cores", 5, lambda r: f"{r['cores_used']:.2f}"), ("others", 6, lambda r: f"{r['others_cores']:.2f}"),
+    ], rows)
     print()
 
 
 def render(rows, runs, meta) -> str:
-    m = meta["machine"]
-    ver = meta["versions"]
     by = {r["engine"]: r for r in rows}
     info = meta["image_info"]
     dims = ", ".join(f"{v} × {k}" for k, v in sorted(info["dims"].items(), key=lambda kv: -kv[1]))
     lines = [
-        BEGIN,
-        "<!-- Generated by tools/bench/bench_index.py; edit outside the markers. -->",
-        "",
-        "## Indexing throughput: `vista index` vs a Python reference loop",
-        "",
-        f"Run: {meta['date']} · command: `{meta['command']}`",
-        "",
-        f"Machine: **{m['cpu']}** (family {m['cpu_family']}, model {m['cpu_model']}), {m['cpus']} CPUs, "
-        f"{m['hypervisor'] + ' VM, ' if m['hypervisor'] else ''}SIMD: {m['simd']}, L2 {m['l2']}, L3 {m['l3']}, "
-        f"{m['mem_gb']} GB RAM, {m['os']}, Linux {m['kernel']}. Load average before / after: "
-        f"{meta['load_before']} / {meta['load_after']}.",
-        "",
-        "Versions: " + ", ".join(f"{k} {v}" for k, v in ver.items() if v) + ".",
-        "",
+        *benchlib.header_lines(meta, "bench_index.py", THREADS, TITLE, begin=BEGIN),
         f"Images: {info['count']} generated JPEGs (`bench-out/index-photos/`, seeded, quality 90: {dims}; "
         f"smooth gradients, blurred shapes, texture and sensor-like noise; {info['mean_kb']:.0f} KB on average, "
         f"{info['min_kb']:.0f}-{info['max_kb']:.0f} KB, {info['total_mb']:.0f} MB in all), in the page cache "
@@ -611,7 +519,7 @@ def render(rows, runs, meta) -> str:
         "*proc s* is the process wall-clock from spawn to exit: process start, model load, the folder walk, "
         "blake3 hash of every file (embeddings are keyed by content), decode, preprocessing, forward passes, "
         f"f16 vectors stored per batch. *load s* is the same command on an empty folder "
-        f"({meta['vista_load_s']:.2f} s: process start, model load, database creation, nothing to embed); "
+        f"({benchlib.fmt(meta['vista_load_s'])} s: process start, model load, database creation, nothing to embed); "
         "*net s* = proc s − load s.",
         f"* **Python loop** (`--worker python` of the script, its own process): transformers `CLIPModel` "
         f"(`torch.set_num_threads({meta['threads']})`, `set_num_interop_threads(1)`, eager, `inference_mode`), "
@@ -630,7 +538,7 @@ def render(rows, runs, meta) -> str:
         "",
         "*img/s net* = images / net s (the throughput target); *img/s all* = images / proc s. Peak RSS is the "
         "whole process (`wait4`); CPU s is its user + system time; *cores* = CPU s / proc s; *others* = cores "
-        "busy with other processes on the machine during the run (from `/proc/stat`).",
+        "busy with other processes on the machine during the run (from `/proc/stat`)." + meta.get("quiet_note", ""),
         "",
         "| engine | img/s net | net s | load s | proc s | img/s all | peak RSS MB | CPU s | cores | others | per-round net s |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
@@ -640,6 +548,7 @@ def render(rows, runs, meta) -> str:
             f"| {r['name']} | **{r['ips_net']:.1f}** | {r['net_s']:.1f} | {r['load_s']:.2f} | {r['process_wall_s']:.1f} | "
             f"{r['ips_total']:.1f} | {r['rss_mb']:.0f} | {r['cpu_s']:.1f} | {r['cores_used']:.2f} | "
             f"{r['others_cores']:.2f} | {', '.join(f'{x:.1f}' for x in r['round_net'])} |")
+    lines += [f"| failed: {f} | | | | | | | | | | |" for f in meta.get("failures", [])]
     lines.append("")
     if "vista" in by:
         v = by["vista"]
@@ -698,10 +607,6 @@ def render(rows, runs, meta) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(path: pathlib.Path, block: str) -> None:
-    write_marked_section(path, block, BEGIN, END)
-
-
 def orchestrate(args) -> int:
     out = args.out
     if args.from_results:
@@ -710,124 +615,109 @@ def orchestrate(args) -> int:
         if args.no_write:
             print(block)
         else:
-            write_report(args.report, block)
+            benchlib.write_marked_section(args.report, block, BEGIN, END)
             print(f"wrote {args.report} from {args.from_results}", file=sys.stderr)
         return 0
+    engines = benchlib.parse_list(args.engines, ENGINES, "engine")
+    bench = benchlib.Bench("bench_index.py", args, packages=PACKAGES, crates=CRATES, extra_code=SQLITE_VERSION)
     if not (args.model_dir / "model.safetensors").exists():
-        print("model missing: running make_model.py", file=sys.stderr)
-        subprocess.run([args.python, str(HERE / "make_model.py"), "--out", str(out)], check=True, cwd=REPO_ROOT)
-    if not args.no_build:
-        print("building: cargo build --release -p vista-cli", file=sys.stderr)
-        subprocess.run(["cargo", "build", "--release", "-p", "vista-cli"], check=True, cwd=REPO_ROOT)
-    if not args.vista.exists():
-        raise SystemExit(f"{args.vista} missing (build with cargo build --release -p vista-cli)")
-    folder = ensure_images(out, args.images)
-    info = images_info(folder)
+        print("== model missing: running make_model.py", flush=True)
+        subprocess.run([args.python, str(HERE / "make_model.py"), "--out", str(out)], check=True, cwd=REPO_ROOT,
+                       env=bench.env["python"])
+    exe = benchlib.vista_binary(args, "bin", "vista", override=args.vista) if "vista" in engines else None
+    # Images (and later the parity check) in the workers' interpreter: numpy and PIL.
+    info = json.loads(subprocess.run(
+        [args.python, str(pathlib.Path(__file__).resolve()), "--make-images", str(args.images), "--out", str(out)],
+        check=True, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True, env=bench.env["python"]).stdout.splitlines()[-1])
+    folder = images_dir(out, args.images)
     if info["count"] != args.images:
         raise SystemExit(f"{folder} holds {info['count']} images, expected {args.images}")
+    print(f"images: {info}", flush=True)
     empty = out / "index-empty"
     if empty.exists():
         shutil.rmtree(empty)
     empty.mkdir(parents=True)
     dbs = out / "index-dbs"
     dbs.mkdir(parents=True, exist_ok=True)
-    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
-    for e in engines:
-        if e not in ENGINES:
-            raise SystemExit(f"unknown engine {e} (choose from {', '.join(ENGINES)})")
 
-    meta = dict(
-        date=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        command="python tools/bench/bench_index.py" + (" " + shlex.join(sys.argv[1:]) if sys.argv[1:] else ""),
-        machine=machine_info(), versions=py_versions(args.python), load_before=loadavg(),
-        images=args.images, batch=args.batch, threads=args.threads, rounds=args.rounds,
-        engines=[ENGINE_NAMES[e] for e in engines],
-        decode_threads=max(1, min(8, os.cpu_count() or 2)), image_info=info,
-    )
-    print(f"images: {info}", file=sys.stderr)
     runs, load_runs = [], []
-    for rnd in range(args.rounds):
-        order = engines[rnd % len(engines):] + engines[:rnd % len(engines)]
-        # Model load of vista, measured on an empty folder (nothing to embed), every round.
-        if args.wait_quiet:
-            wait_quiet(args.wait_quiet)
-        r = run_vista(args, empty, dbs / "vista-empty.sqlite", 0)
-        load_runs.append(r)
-        print(f"round {rnd + 1}: vista load (empty folder) {r['wall_s']:.2f} s, peak RSS {r['rss_mb']:.0f} MB", file=sys.stderr)
-        for e in order:
-            if args.wait_quiet:
-                wait_quiet(args.wait_quiet)
-            top_at = args.top_at
-            if e == "vista":
-                r = run_vista(args, folder, dbs / "vista.sqlite", args.images, top_at=top_at)
-            else:
-                r = run_python(args, folder, dbs / f"{e}.sqlite", args.images, prefetch=e == "python-prefetch",
-                               top_at=top_at)
-            r["round"] = rnd + 1
-            runs.append(r)
-            extra = ""
-            if "worker" in r:
-                w = r["worker"]
-                extra = (f"; loop {w['wall_s']:.1f} s = decode {w['decode_s']:.1f} + model {w['model_s']:.1f} "
-                         f"+ sqlite {w['store_s']:.2f}; load {w['import_s']:.1f} + {w['load_s']:.1f} s")
-            print(f"round {rnd + 1}: {ENGINE_NAMES[e]}: process {r['wall_s']:.1f} s, peak RSS {r['rss_mb']:.0f} MB, "
-                  f"CPU {r['cpu_s']:.1f} s ({r['cores_used']:.2f} cores; others {r['others_cores']:.2f}){extra}",
-                  file=sys.stderr)
-            print(f"    threads: {thread_summary(r)}", file=sys.stderr)
-            if r.get("top") and args.show_top:
-                print("    top -H (during the run):\n" + "\n".join("      " + l for l in r["top"].splitlines()[:20]),
-                      file=sys.stderr)
-    meta["load_after"] = loadavg()
-    meta["vista_load_s"] = median([r["wall_s"] for r in load_runs])
-    meta["vista_command"] = (f"vista index bench-out/index-photos --model bench-out/clip-vit-b32-random "
-                             f"--db FRESH.sqlite --json --batch {args.batch}")
-    pr = [r for r in runs if "worker" in r]
-    meta["preprocess_desc"] = pr[0]["worker"]["preprocess"] if pr else args.preprocess
+    # Every round: vista's model load on an empty folder (nothing to embed), then the engines on
+    # the photos in that round's (rotated) order.
+    eligible = {"empty": ["vista"] if "vista" in engines else [], "photos": engines}
+    for rnd, group, e in benchlib.schedule(args.rounds, ("empty", "photos"), engines, eligible.get):
+        tag = f"{e}/{group}"
+        if group == "empty":
+            r = run_vista(bench, args, exe, empty, dbs / "vista-empty.sqlite", 0, tag)
+            if r is not None:
+                load_runs.append(r)
+                print(f"round {rnd + 1}: vista load (empty folder) {r['wall_s']:.2f} s, peak RSS {r['rss_mb']:.0f} MB",
+                      flush=True)
+            continue
+        if e == "vista":
+            r = run_vista(bench, args, exe, folder, dbs / "vista.sqlite", args.images, tag)
+        else:
+            r = run_python(bench, args, folder, dbs / f"{e}.sqlite", args.images, e == "python-prefetch", tag)
+        if r is None:
+            continue
+        r["round"] = rnd + 1
+        runs.append(r)
+        extra = ""
+        if "worker" in r:
+            w = r["worker"]
+            extra = (f"; loop {w['wall_s']:.1f} s = decode {w['decode_s']:.1f} + model {w['model_s']:.1f} "
+                     f"+ sqlite {w['store_s']:.2f}; load {w['import_s']:.1f} + {w['load_s']:.1f} s")
+        print(f"round {rnd + 1}: {ENGINE_NAMES[e]}: process {r['wall_s']:.1f} s, peak RSS {r['rss_mb']:.0f} MB, "
+              f"CPU {r['cpu_s']:.1f} s ({r['cores_used']:.2f} cores; others {r['others']:.2f}){extra}", flush=True)
+        print(f"    threads: {thread_summary(r)}", flush=True)
+        if r.get("top") and args.show_top:
+            print("    top -H (during the run):\n" + "\n".join("      " + line for line in r["top"].splitlines()[:20]),
+                  flush=True)
+    parity = None
     if "vista" in engines and "python" in engines:
-        meta["parity"] = parity(dbs / "vista.sqlite", dbs / "python.sqlite")
-        print(f"parity: {meta['parity']}", file=sys.stderr)
-    if args.notes:
-        meta["notes"] = args.notes
+        parity = json.loads(subprocess.run(
+            [args.python, str(pathlib.Path(__file__).resolve()), "--parity", str(dbs / "vista.sqlite"),
+             str(dbs / "python.sqlite")], check=True, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True,
+            env=bench.env["python"]).stdout.splitlines()[-1])
+        print(f"parity: {parity}", flush=True)
+    pr = [r for r in runs if "worker" in r]
+    meta = bench.meta(
+        images=args.images, batch=args.batch, engines=[ENGINE_NAMES[e] for e in engines],
+        decode_threads=max(1, min(8, os.cpu_count() or 2)), image_info=info,
+        vista_load_s=median([r["wall_s"] for r in load_runs]) if load_runs else None,
+        vista_command=(f"vista index bench-out/index-photos --model bench-out/clip-vit-b32-random "
+                       f"--db FRESH.sqlite --json --batch {args.batch}"),
+        preprocess_desc=pr[0]["worker"]["preprocess"] if pr else args.preprocess, parity=parity, notes=args.notes)
     rows = summarize(runs, load_runs)
-    print_table(rows, meta)
+    print_summary(rows, meta)
     # A smaller validation run (--images 64) must not overwrite the full run's results.
-    res = out / ("bench_index_results.json" if args.images == DEFAULT_IMAGES else f"bench_index_results-{args.images}.json")
-    res.write_text(json.dumps(dict(meta=meta, rows=rows, runs=runs, load_runs=load_runs), indent=2, default=str) + "\n")
-    print(f"results: {res}", file=sys.stderr)
-    if not args.no_write:
-        write_report(args.report, render(rows, runs, meta))
-        print(f"wrote {args.report} (between the bench_index markers)", file=sys.stderr)
-    return 0
+    name = "bench_index_results.json" if args.images == DEFAULT_IMAGES else f"bench_index_results-{args.images}.json"
+    return bench.finish(name, dict(meta=meta, rows=rows, runs=runs, load_runs=load_runs),
+                        lambda: render(rows, runs, meta), BEGIN, END)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--images", type=int, default=DEFAULT_IMAGES, help="number of JPEGs (default 2000)")
-    ap.add_argument("--rounds", type=int, default=1, help="rounds (each engine once per round)")
+    benchlib.add_common_args(ap, rounds=1, quick=f"--images {QUICK_IMAGES}, 1 round (end-to-end check)")
+    ap.add_argument("--images", type=int, default=None, help=f"number of JPEGs (default {DEFAULT_IMAGES})")
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=2, help="compute threads per engine (default 2)")
-    ap.add_argument("--engines", default="vista,python,python-prefetch", help=f"comma-separated: {', '.join(ENGINES)}")
+    ap.add_argument("--engines", default=",".join(ENGINES), help=f"comma list of {', '.join(ENGINES)}")
     ap.add_argument("--preprocess", choices=("open_clip", "hf"), default="open_clip",
                     help="Python preprocessing: open_clip's transform (PIL resize) or transformers' CLIPImageProcessor")
-    ap.add_argument("--out", type=pathlib.Path, default=REPO_ROOT / "bench-out")
-    ap.add_argument("--python", default=sys.executable, help="interpreter for the Python worker")
-    ap.add_argument("--vista", type=pathlib.Path, default=REPO_ROOT / "target" / "release" / "vista")
-    ap.add_argument("--no-build", action="store_true")
-    ap.add_argument("--no-write", action="store_true", help="do not write BENCHMARKS.md")
-    ap.add_argument("--report", type=pathlib.Path, default=REPO_ROOT / "BENCHMARKS.md")
+    ap.add_argument("--vista", type=pathlib.Path, default=None,
+                    help="run this vista binary (default: target/release/vista, built unless --no-build)")
     ap.add_argument("--top-at", type=float, default=8.0, help="seconds into each run to take a `top -H` snapshot")
     ap.add_argument("--show-top", action="store_true", help="print the `top -H` snapshots")
     ap.add_argument("--notes", default="", help="a paragraph added to the report")
-    ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
-                    help="before each timed run, wait up to S seconds for other processes to go idle")
     ap.add_argument("--from-results", type=pathlib.Path, metavar="JSON",
                     help="only re-render the report from a results file (bench-out/bench_index_results.json)")
-    # worker mode
+    # worker modes
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--prefetch", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--images-dir", type=pathlib.Path, help=argparse.SUPPRESS)
     ap.add_argument("--model-dir", type=pathlib.Path, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--db", type=pathlib.Path, help=argparse.SUPPRESS)
+    ap.add_argument("--make-images", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--parity", nargs=2, type=pathlib.Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.model_dir is None:
         args.model_dir = make_model.paths(args.out)["model"]
@@ -835,6 +725,15 @@ def main(argv=None) -> int:
         args.images = args.images_dir
         args.model = args.model_dir
         return worker(args)
+    if args.make_images is not None:
+        print(json.dumps(images_info(ensure_images(args.out, args.make_images))))
+        return 0
+    if args.parity:
+        print(json.dumps(parity(*args.parity)))
+        return 0
+    if args.images is None:
+        args.images = QUICK_IMAGES if args.quick else DEFAULT_IMAGES
+    benchlib.resolve_common(args)
     return orchestrate(args)
 
 

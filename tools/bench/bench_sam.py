@@ -28,22 +28,14 @@ The same file is also the set-up, PyTorch and ONNX Runtime worker (``--worker se
 
 from __future__ import annotations
 
-import argparse
-import datetime as _dt
 import json
-import os
 import pathlib
-import shlex
-import subprocess
 import sys
 import time
 
-HERE = pathlib.Path(__file__).resolve().parent
-REPO_ROOT = HERE.parents[1]
-sys.path.insert(0, str(HERE))
-from benchlib import versions as benchlib_versions, vm_hwm_mb, write_marked_section  # noqa: E402
-from bench_clip import fmt_ms, loadavg, machine_info, percentile  # noqa: E402  (stdlib only)
-from bench_index import cpu_totals, wait_quiet  # noqa: E402  (stdlib only)
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import benchlib  # noqa: E402  (stdlib only)
+from benchlib import fmt_ms  # noqa: E402
 
 # name: (kind, model / prompt)
 WORKLOADS = {"enc_vit_b": ("encoder", "vit_b"), "enc_vit_t": ("encoder", "vit_t"),
@@ -63,8 +55,13 @@ ENGINE_WORKLOADS = {"ort_seq": ("dec_box64",)}
 # over the rounds (each round is a fresh process per engine).
 FULL_ITERS = {"enc_vit_b": (1, 3), "enc_vit_t": (2, 9), "dec_point": (3, 30), "dec_box64": (1, 6)}
 QUICK_ITERS = {"enc_vit_b": (1, 1), "enc_vit_t": (1, 2), "dec_point": (1, 3), "dec_box64": (1, 1)}
-PY_ENV_DROP = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+EXPORTS = {"enc_onnx_vit_b": "ViT-B encoder", "enc_onnx_vit_t": "MobileSAM encoder",
+           "dec_onnx_multi": "decoder, multimask", "dec_onnx_single": "decoder, single mask"}
+TITLE = "## SAM on CPU: vista vs PyTorch vs ONNX Runtime"
 BEGIN, END = "<!-- bench_sam:begin -->", "<!-- bench_sam:end -->"
+PACKAGES = ("torch", "segment-anything", "mobilesam-mirror", "onnxruntime", "onnx", "numpy", "pillow", "scikit-image")
+THREADS = ["vista `RAYON_NUM_THREADS`", "PyTorch `torch.set_num_threads`, `set_num_interop_threads(1)`",
+           "ONNX Runtime `intra_op_num_threads`, `inter_op_num_threads=1`, sequential, `ORT_ENABLE_ALL`"]
 
 PHOTO_SIZE = (1536, 1024)  # (W, H): a 3:2 photo with the long side over 1024
 N_BOXES = 64
@@ -192,8 +189,8 @@ def setup(args) -> int:
     import torch
     from safetensors.numpy import save_file
 
+    benchlib.torch_threads(args.threads)
     _quiet()
-    torch.set_num_threads(args.threads)
     out = args.out
     p = paths(out)
     (out / "sam-onnx").mkdir(parents=True, exist_ok=True)
@@ -338,7 +335,6 @@ def worker(args) -> int:
     from safetensors.numpy import load_file
 
     _quiet()
-    threads = args.threads
     kind, what = WORKLOADS[args.workload]
     p = paths(args.out)
     data = load_file(str(p["inputs"]))
@@ -351,10 +347,9 @@ def worker(args) -> int:
 
     t0 = time.perf_counter()
     if args.worker == "torch":
+        extra = benchlib.torch_threads(args.threads)
         import torch
 
-        torch.set_num_threads(threads)
-        torch.set_num_interop_threads(1)
         sam = build_torch(what if kind == "encoder" else "vit_b", p["vit_t" if what == "vit_t" else "vit_b"])
         pred = predictor_for(sam, what if kind == "encoder" else "vit_b")
         if kind == "encoder":
@@ -385,26 +380,16 @@ def worker(args) -> int:
                         masks, iou, low = pred.predict_torch(None, None, boxes=bt, multimask_output=False)
                         return low.numpy()
                 ref = data["box_low_res"]
-        extra = dict(torch_threads=torch.get_num_threads(), interop_threads=torch.get_num_interop_threads(),
-                     omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"))
-    elif args.worker in ("ort", "ort_seq"):
-        import onnxruntime as ort
+    else:
         from segment_anything.utils.transforms import ResizeLongestSide
 
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if os.environ.get("BENCH_PASSIVE_WAIT") == "1":
-            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if kind == "encoder":
             path = p[f"enc_onnx_{what}"]
         else:
             path = p["dec_onnx_multi" if what == "point" else "dec_onnx_single"]
         if not path.exists():
             raise SystemExit(f"{path.name} is missing (its export failed: see {p['setup'].name})")
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        sess, extra = benchlib.ort_session(path, args.threads)
         if kind == "encoder":
             tr = ResizeLongestSide(1024)
             ref = data[f"embeds_{what}"]
@@ -431,109 +416,17 @@ def worker(args) -> int:
                         lows.append(low)
                     return np.concatenate(lows)
             ref = data["point_low_res" if what == "point" else "box_low_res"]
-        extra = dict(onnx=path.name, providers=sess.get_providers(),
-                     allow_spinning=os.environ.get("BENCH_PASSIVE_WAIT") != "1")
-    else:
-        raise SystemExit(f"unknown worker {args.worker}")
-    load_s = time.perf_counter() - t0
-
-    first = run()
-    diff = float(np.abs(first - ref).max())
-    pre_diff = float(np.abs(pre() - pixels).max()) if pre else None
-    for _ in range(1, args.warmup):
-        run()
-    ms, pre_ms = [], []
-    for _ in range(args.iters):
-        t = time.perf_counter()
-        run()
-        ms.append((time.perf_counter() - t) * 1e3)
-        if pre:
-            t = time.perf_counter()
-            pre()
-            pre_ms.append((time.perf_counter() - t) * 1e3)
-    times_ms = list(ms)
-    ms.sort()
-    median = percentile(ms, 0.5)
-    print(json.dumps(dict(
-        engine=args.worker, workload=args.workload, median_ms=median, p10=percentile(ms, 0.1),
-        p90=percentile(ms, 0.9), max_abs_diff_vs_torch=diff, iters=args.iters, warmup=max(1, args.warmup),
-        load_s=load_s, peak_rss_mb=vm_hwm_mb(), threads=threads, times_ms=times_ms,
-        pre_times_ms=pre_ms, pre_max_abs_diff=pre_diff, **extra,
-    )), flush=True)
-    return 0
+    return benchlib.measure(args, run, ref, t0, None, extra, pre=pre, pre_ref=pixels)
 
 
 # ----------------------------------------------------------------------------------------------
 # Orchestrator
 # ----------------------------------------------------------------------------------------------
-def versions(python: str) -> dict:
-    return benchlib_versions(
-        python, ("torch", "segment-anything", "mobilesam-mirror", "onnxruntime", "onnx", "numpy", "pillow"),
-        ("candle-core", "gemm"), REPO_ROOT,
-    )
-
-
-def run_child(cmd, env) -> tuple[list, float, int, float]:
-    """Runs one engine process; returns its JSON lines, its own peak RSS (MB), exit code and the
-    cores other processes used meanwhile (machine busy time from /proc/stat minus the child's)."""
-    b0, j0 = cpu_totals()
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)
-    lines = []
-    for line in proc.stdout:
-        line = line.strip()
-        if line.startswith("{"):
-            lines.append(json.loads(line))
-        elif line:
-            print(f"    {line}", file=sys.stderr)
-    _, status, ru = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    b1, j1 = cpu_totals()
-    machine = (b1 - b0) / max(1, j1 - j0) * (os.cpu_count() or 1)
-    others = max(0.0, machine - (ru.ru_utime + ru.ru_stime) / max(wall, 1e-9))
-    return lines, ru.ru_maxrss / 1024.0, os.waitstatus_to_exitcode(status), others
-
-
-def merge(rows) -> dict:
-    ms = sorted(t for r in rows for t in r["times_ms"])
-    pre = sorted(t for r in rows for t in r.get("pre_times_ms") or [])
-    median = percentile(ms, 0.5)
-    return dict(
-        rows[0], median_ms=median, p10=percentile(ms, 0.1), p90=percentile(ms, 0.9), min_ms=ms[0],
-        iters=len(ms), rounds=len(rows), round_medians_ms=[r["median_ms"] for r in rows],
-        max_abs_diff_vs_torch=max(r["max_abs_diff_vs_torch"] for r in rows),
-        rss_mb=max(r["rss_mb"] for r in rows), load_s=percentile(sorted(r["load_s"] for r in rows), 0.5),
-        pre_median_ms=percentile(pre, 0.5) if pre else None, times_ms=ms, pre_times_ms=pre,
-        others=sum(r["others"] for r in rows) / len(rows), round_others=[r["others"] for r in rows],
-    )
-
-
 def render(results, meta) -> str:
-    by = {(r["engine"], r["workload"]): r for r in results}
-    ver, m, s = meta["versions"], meta["machine"], meta["setup"]
-    ex = s.get("export", {})
+    by, s = benchlib.by_key(results), meta["setup"]
     lines = [
-        BEGIN,
-        "<!-- Generated by tools/bench/bench_sam.py; edit outside the markers. -->",
-        "",
-        "## SAM on CPU: vista vs PyTorch vs ONNX Runtime",
-        "",
-        f"Run: {meta['date']} · command: `{meta['command']}` ({meta['wall_s']:.0f} s)",
-        "",
-        f"Machine: **{m['cpu']}** (family {m['cpu_family']}, model {m['cpu_model']}), {m['cpus']} CPUs, "
-        f"{m['hypervisor'] + ' VM, ' if m['hypervisor'] else ''}SIMD: {m['simd']}, L2 {m['l2']}, L3 {m['l3']}, "
-        f"{m['mem_gb']} GB RAM, {m['os']}, Linux {m['kernel']}. Load average before / after: "
-        f"{meta['load_before']} / {meta['load_after']}.",
-        "",
-        "Versions: " + ", ".join(f"{k} {v}" for k, v in ver.items() if v) + ".",
-        "",
-        f"Threads: {meta['threads']} per engine (vista `RAYON_NUM_THREADS={meta['threads']}`; PyTorch "
-        f"`torch.set_num_threads({meta['threads']})`, `set_num_interop_threads(1)`; ONNX Runtime "
-        f"`intra_op_num_threads={meta['threads']}`, `inter_op_num_threads=1`, sequential, `ORT_ENABLE_ALL`). "
-        + meta["env_note"],
-        "",
-        "What is measured (float32, CPU, **random weights** in the official architectures: no checkpoint "
-        "is reachable here; the cost does not depend on the values). Models: `segment_anything."
+        *benchlib.header_lines(meta, "bench_sam.py", THREADS, TITLE, begin=BEGIN),
+        f"What is measured ({benchlib.RANDOM_WEIGHTS}). Models: `segment_anything."
         "build_sam_vit_b()` and `mobile_sam.build_sam_vit_t()`, seeded, saved with `torch.save(state_dict)` "
         "to `bench-out/sam_vit_b_random.pth` / `bench-out/mobile_sam_random.pt`, which vista loads as it loads "
         f"the official checkpoints. Photo: {s.get('photo_source', '?')} (`bench-out/sam-photo.png`), so the "
@@ -566,16 +459,12 @@ def render(results, meta) -> str:
         "",
     ]
     for wl in WORKLOADS:
-        present = [e for e in ENGINES if (e, wl) in by]
-        notes = [f for f in meta["failures"] if f.split("/")[1].split(" ")[0] == wl]
-        if not present and not notes:
+        head = benchlib.workload_heading(by, meta, ENGINES, wl, TITLES[wl])
+        if head is None:
             continue
+        present, notes, more = head
+        lines += more
         enc = WORKLOADS[wl][0] == "encoder"
-        lines += [f"### {TITLES[wl]}", ""]
-        if present:
-            it = by[(present[0], wl)]
-            lines += [f"`{wl}`: {it['iters']} timed calls per engine in {it['rounds']} round"
-                      f"{'s' if it['rounds'] != 1 else ''} (warm-up {it['warmup']} per process).", ""]
         head = "| engine | median ms | p10-p90 ms | vs vista | peak RSS MB | load s | max abs diff | others |"
         rule = "|---|---:|---:|---:|---:|---:|---:|---:|"
         if enc:
@@ -586,202 +475,37 @@ def render(results, meta) -> str:
         for e in present:
             r = by[(e, wl)]
             row = (f"| {ENGINE_NAMES[e]} | **{fmt_ms(r['median_ms'])}** | {fmt_ms(r['p10'])}-{fmt_ms(r['p90'])} | "
-                   f"{(v['median_ms'] / r['median_ms']) if v else float('nan'):.2f} | {r['rss_mb']:.0f} | "
+                   f"{benchlib.vs_vista(v, r)} | {r['rss_mb']:.0f} | "
                    f"{r['load_s']:.2f} | {r['max_abs_diff_vs_torch']:.1e} | {r['others']:.2f} |")
             if enc:
                 pm = r.get("pre_median_ms")
                 pd = r.get("pre_max_abs_diff")
                 row += f" {fmt_ms(pm) if pm is not None else '—'} | {f'{pd:.1e}' if pd is not None else '—'} |"
-            ro = r.get("round_others") or [None] * len(r["round_medians_ms"])
-            lines.append(row + " " + ", ".join(fmt_ms(x) + (f" ({o:.1f})" if o is not None else "")
-                                               for x, o in zip(r["round_medians_ms"], ro)) + " |")
+            lines.append(row + f" {benchlib.round_cell(r)} |")
         for f in notes:
             lines.append(f"| {ENGINE_NAMES[f.split('/')[0]]} | failed: {f} | | | | | | |" + (" | |" if enc else "")
                          + " |")
         lines.append("")
-    exports = []
-    for key, label in (("enc_onnx_vit_b", "ViT-B encoder"), ("enc_onnx_vit_t", "MobileSAM encoder"),
-                       ("dec_onnx_multi", "decoder, multimask"), ("dec_onnx_single", "decoder, single mask")):
-        e = ex.get(key)
-        if not e:
-            continue
-        if e["ok"]:
-            exports.append(f"{label} {e['mb']} MB in {e['seconds']} s (ORT vs PyTorch max|diff| "
-                           f"{s['ort_vs_torch'][key]:.1e})")
-        else:
-            exports.append(f"{label} **failed** after {e['seconds']} s: `{e['error']}`")
-    lines += ["ONNX exports (`torch.onnx.export`, opset 17, `dynamo=False`): " + "; ".join(exports) + ".", "",
-              "Output magnitudes (max |x| of PyTorch's outputs): " + ", ".join(
-                  f"{k} {v:.2f}" for k, v in s.get("max_abs", {}).items()) + ".", "", END]
-    return "\n".join(lines) + "\n"
+    lines += benchlib.setup_notes(s, EXPORTS, "`torch.onnx.export`, opset 17, `dynamo=False`",
+                                  "max |x| of PyTorch's outputs")
+    return "\n".join(lines + [END]) + "\n"
 
 
-def orchestrate(args) -> int:
-    python = args.python or sys.executable
-    out = args.out
-    engines = [e for e in args.engines.split(",") if e]
-    workloads = [w for w in args.workloads.split(",") if w]
-    for e in engines:
-        if e not in ENGINES:
-            raise SystemExit(f"unknown engine {e} ({', '.join(ENGINES)})")
-    for w in workloads:
-        if w not in WORKLOADS:
-            raise SystemExit(f"unknown workload {w} ({', '.join(WORKLOADS)})")
-    iters = dict(QUICK_ITERS if args.quick else FULL_ITERS)
-    if args.iters is not None:
-        iters = {w: (iters[w][0], args.iters) for w in iters}
-    if args.warmup is not None:
-        iters = {w: (args.warmup, iters[w][1]) for w in iters}
-
-    t_start = time.time()
-    base_env = dict(os.environ)
-    py_env = {k: v for k, v in base_env.items() if k not in PY_ENV_DROP}
-    dropped = [f"{k}={base_env[k]}" for k in PY_ENV_DROP if k in base_env]
-    py_env["OMP_NUM_THREADS"] = str(args.threads)
-    py_env["MKL_NUM_THREADS"] = str(args.threads)
-    vista_env = dict(base_env, RAYON_NUM_THREADS=str(args.threads))
-    if args.passive_wait:
-        py_env["OMP_WAIT_POLICY"] = "PASSIVE"
-        py_env["BENCH_PASSIVE_WAIT"] = "1"
-        vista_env["CANDLE_BARRIER_POOL_SPIN_LIMIT"] = "0"
-
-    # (a) models, photo, references, ONNX
-    if args.setup or not setup_complete(out):
-        print("== set-up: models, photo, PyTorch references, ONNX exports", flush=True)
-        subprocess.run([python, str(pathlib.Path(__file__).resolve()), "--worker", "setup", "--out", str(out),
-                        "--threads", str(args.threads)], check=True, cwd=REPO_ROOT, env=py_env)
-    setup_info = json.loads(paths(out)["setup"].read_text())
-
-    # (b) vista binary
-    exe = REPO_ROOT / "target" / "release" / "examples" / "bench_sam"
-    if "vista" in engines and not args.no_build:
-        print("== cargo build --release -p vista --example bench_sam", flush=True)
-        subprocess.run(["cargo", "build", "--release", "-p", "vista", "--example", "bench_sam"],
-                       check=True, cwd=REPO_ROOT)
-
-    if "vista" in engines:
-        # Run a private copy: a cargo build or test elsewhere in the workspace can replace the
-        # example binary in target/ while the benchmark runs.
-        import shutil
-
-        private = out / "bench_sam.vista-bin"
-        shutil.copy2(exe, private)
-        exe = private
-    env_note = (
-        f"Environment: `OMP_NUM_THREADS={args.threads}`, `MKL_NUM_THREADS={args.threads}` for the Python engines"
-        + (f"; removed {', '.join(f'`{d}`' for d in dropped)} from their environment (OpenBLAS only)" if dropped else "")
-        + "."
-        + (" **Passive waiting** (`--passive-wait`): PyTorch `OMP_WAIT_POLICY=PASSIVE`, ONNX Runtime "
-           "`session.intra_op.allow_spinning=0`, vista `CANDLE_BARRIER_POOL_SPIN_LIMIT=0`."
-           if args.passive_wait else " Default thread waiting (pool threads spin a while when idle).")
-    )
-    load_before = loadavg()
-    rounds = max(1, args.rounds if args.rounds is not None else (1 if args.quick else 3))
-    p = paths(out)
-    samples, failures = {}, []
-    for rnd in range(rounds):
-        for wl in workloads:
-            warmup, total = iters[wl]
-            n = max(1, -(-total // rounds))
-            eng = [e for e in engines if wl in ENGINE_WORKLOADS.get(e, (wl,))]
-            order = eng[rnd % len(eng):] + eng[: rnd % len(eng)]
-            for e in order:
-                if e == "vista":
-                    model = p["vit_t"] if wl == "enc_vit_t" else p["vit_b"]
-                    cmd = [str(exe), "--model", str(model), "--inputs", str(p["inputs"]), "--image", str(p["photo"]),
-                           "--workload", wl, "--warmup", str(warmup), "--iters", str(n)]
-                    env = vista_env
-                else:
-                    cmd = [python, str(pathlib.Path(__file__).resolve()), "--worker", e, "--workload", wl,
-                           "--warmup", str(warmup), "--iters", str(n), "--threads", str(args.threads),
-                           "--out", str(out)]
-                    env = py_env
-                print(f"== round {rnd + 1}/{rounds}: {wl} / {ENGINE_NAMES[e]} (warm-up {warmup}, {n} calls)", flush=True)
-                if args.wait_quiet:
-                    wait_quiet(args.wait_quiet, 0.3)
-                rows, rss, rc, others = run_child(cmd, env)
-                if rc != 0 or not rows:
-                    tag = f"{e}/{wl} round {rnd + 1} (exit {rc})"
-                    if not any(f.startswith(f"{e}/{wl} ") for f in failures):
-                        failures.append(tag)
-                    print(f"   FAILED (exit {rc})", flush=True)
-                    continue
-                for r in rows:
-                    r["rss_mb"] = rss
-                    r["others"] = others
-                    samples.setdefault((e, wl), []).append(r)
-                    pre = (f", preprocess {fmt_ms(percentile(sorted(r['pre_times_ms']), 0.5))} ms"
-                           if r.get("pre_times_ms") else "")
-                    print(f"   median {fmt_ms(r['median_ms'])} ms (p10 {fmt_ms(r['p10'])}, p90 {fmt_ms(r['p90'])}){pre}, "
-                          f"peak RSS {rss:.0f} MB, load {r['load_s']:.2f} s, max|diff| vs torch "
-                          f"{r['max_abs_diff_vs_torch']:.2e}, others {others:.2f} cores", flush=True)
-    results = [merge(rs) for (e, wl), rs in sorted(
-        samples.items(), key=lambda kv: (workloads.index(kv[0][1]), engines.index(kv[0][0])))]
-    load_after = loadavg()
-
-    print()
-    print(f"{'workload':<10} {'engine':<32} {'median ms':>10} {'p10':>9} {'p90':>9} {'pre ms':>8} {'RSS MB':>7} "
-          f"{'vs vista':>9} {'max|diff|':>10}")
-    for wl in workloads:
-        v = next((r for r in results if r["engine"] == "vista" and r["workload"] == wl), None)
-        for r in (r for r in results if r["workload"] == wl):
-            ratio = f"{v['median_ms'] / r['median_ms']:.2f}x" if v else "-"
-            pre = fmt_ms(r["pre_median_ms"]) if r.get("pre_median_ms") is not None else "-"
-            print(f"{wl:<10} {ENGINE_NAMES[r['engine']]:<32} {fmt_ms(r['median_ms']):>10} {fmt_ms(r['p10']):>9} "
-                  f"{fmt_ms(r['p90']):>9} {pre:>8} {r['rss_mb']:>7.0f} {ratio:>9} {r['max_abs_diff_vs_torch']:>10.2e}")
-    print("(vs vista = vista median time / this engine's; < 1 means vista is faster)")
-
-    command = args.command or "python tools/bench/bench_sam.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    meta = dict(
-        date=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), command=command.strip(),
-        machine=machine_info(), versions=versions(python), threads=args.threads, env_note=env_note,
-        load_before=load_before, load_after=load_after, setup=setup_info,
-        wall_s=round(time.time() - t_start, 1), failures=failures,
-        quiet_note=(f" Each process started once the others had used under 0.3 cores for 2 s, or after "
-                    f"{args.wait_quiet:.0f} s of waiting (`--wait-quiet`)." if args.wait_quiet else ""),
-    )
-    (out / "bench_sam_results.json").write_text(json.dumps(dict(meta=meta, results=results), indent=2) + "\n")
-    print(f"\nraw results: {out / 'bench_sam_results.json'} (wall {meta['wall_s']} s)")
-    if failures:
-        print("FAILED: " + ", ".join(failures), file=sys.stderr)
-    if not args.no_write:
-        write_marked_section(args.report, render(results, meta), BEGIN, END)
-        print(f"report: {args.report}")
-    return 1 if failures and not results else 0
-
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=pathlib.Path, default=REPO_ROOT / "bench-out",
-                    help="models, inputs and raw results folder (default bench-out/)")
-    ap.add_argument("--threads", type=int, default=2, help="threads per engine (default 2)")
-    ap.add_argument("--engines", default=",".join(ENGINES), help="comma list of " + ",".join(ENGINES))
-    ap.add_argument("--workloads", default=",".join(WORKLOADS), help="comma list of " + ",".join(WORKLOADS))
-    ap.add_argument("--quick", action="store_true", help="a few calls only (smoke test)")
-    ap.add_argument("--iters", type=int, help="timed calls for every workload (overrides the defaults)")
-    ap.add_argument("--warmup", type=int, help="warm-up calls for every workload")
-    ap.add_argument("--rounds", type=int, help="fresh processes per engine and workload (default 3, --quick 1)")
-    ap.add_argument("--passive-wait", action="store_true",
-                    help="idle PyTorch/ORT/candle pool threads sleep instead of spinning (for a busy, shared machine)")
-    ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
-                    help="on a shared machine, wait up to S seconds before each process for other processes to go idle")
-    ap.add_argument("--setup", action="store_true", help="redo the models, photo, references and ONNX exports")
-    ap.add_argument("--python", help="interpreter for the set-up / PyTorch / ORT workers (default: this one)")
-    ap.add_argument("--no-build", action="store_true", help="do not run cargo build first")
-    ap.add_argument("--no-write", action="store_true", help="do not write BENCHMARKS.md")
-    ap.add_argument("--report", type=pathlib.Path, default=REPO_ROOT / "BENCHMARKS.md")
-    ap.add_argument("--command", help=argparse.SUPPRESS)
-    ap.add_argument("--worker", choices=("setup", "torch", "ort", "ort_seq"), help=argparse.SUPPRESS)
-    ap.add_argument("--workload", choices=tuple(WORKLOADS), help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    if args.worker == "setup":
-        return setup(args)
-    if args.worker:
-        args.warmup = 1 if args.warmup is None else args.warmup
-        args.iters = 3 if args.iters is None else args.iters
-        return worker(args)
-    return orchestrate(args)
+SPEC = benchlib.WorkloadBench(
+    script="bench_sam.py", description=__doc__.split("\n")[0], engines=ENGINES, names=ENGINE_NAMES, workloads=WORKLOADS, full=FULL_ITERS,
+    quick=QUICK_ITERS, rounds=3, packages=PACKAGES, example="bench_sam",
+    vista_args=lambda args, wl: ["--model", paths(args.out)["vit_t" if wl == "enc_vit_t" else "vit_b"],
+                                 "--inputs", paths(args.out)["inputs"], "--image", paths(args.out)["photo"]],
+    setup_needed=lambda args: not setup_complete(args.out),
+    setup_cmd=lambda args: [args.python, pathlib.Path(__file__).resolve(), "--worker", "setup", "--out", args.out,
+                            "--threads", args.threads],
+    worker=worker, setup_worker=setup, workers=("torch", "ort", "ort_seq"), render=render, begin=BEGIN, end=END,
+    meta_extra=lambda args: dict(setup=json.loads(paths(args.out)["setup"].read_text())),
+    eligible=lambda engines, wl: [e for e in engines if wl in ENGINE_WORKLOADS.get(e, (wl,))],
+    describe=lambda r: f", preprocess {fmt_ms(benchlib.median(r['pre_times_ms']))} ms" if r.get("pre_times_ms") else "",
+    columns=(("pre ms", 8, lambda r: fmt_ms(r["pre_median_ms"]) if r.get("pre_median_ms") is not None else "-"),),
+)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(benchlib.workload_main(SPEC))

@@ -32,20 +32,16 @@ The same file is the numpy and faiss worker (``--worker numpy|faiss``).
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
 import pathlib
-import shlex
 import subprocess
 import sys
 import time
 
-HERE = pathlib.Path(__file__).resolve().parent
-REPO_ROOT = HERE.parents[1]
-sys.path.insert(0, str(HERE))
-from bench_clip import loadavg, machine_info, percentile  # noqa: E402  (stdlib only at import)
-from benchlib import versions as benchlib_versions, vm_hwm_mb, write_marked_section  # noqa: E402
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import benchlib  # noqa: E402  (stdlib only)
+from benchlib import REPO_ROOT, fmt, median, percentile, vm_hwm_mb  # noqa: E402
 
 DIM = 512
 SEED = 20261127
@@ -55,8 +51,11 @@ BATCH_REPS = 3
 ENGINES = ("vista_f16", "vista_int8", "numpy", "faiss")
 ENGINE_NAMES = {"vista_f16": "vista, f16 scan", "vista_int8": "vista, int8 scan + f16 rescoring",
                 "numpy": "numpy (float32 sgemv + argpartition)", "faiss": "faiss IndexFlatIP (float32)"}
-PY_ENV_DROP = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+TITLE = "## Exact vector search: vista vs numpy vs faiss"
 BEGIN, END = "<!-- bench_search:begin -->", "<!-- bench_search:end -->"
+PACKAGES = ("numpy", "faiss-cpu", "threadpoolctl")
+THREADS = ["vista `RAYON_NUM_THREADS`", "numpy `threadpoolctl.threadpool_limits` (and the BLAS variables below)",
+           "faiss `faiss.omp_set_num_threads`"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -95,14 +94,19 @@ def make_data(out: pathlib.Path, rows: int) -> None:
     p["meta"].write_text(json.dumps(dict(rows=rows, dim=DIM, seed=SEED, queries=N_QUERIES)))
 
 
-def truth(out: pathlib.Path, rows: int, k: int):
-    """The exact top-k ids of every query over the first `rows` float32 vectors (float64 dots)."""
+def truth_path(out: pathlib.Path, rows: int, k: int) -> pathlib.Path:
+    return paths(out)["dir"] / f"truth_{rows}_k{k}.json"
+
+
+def truth(out: pathlib.Path, rows: int, k: int) -> None:
+    """Writes the exact top-k ids of every query over the first `rows` float32 vectors (float64
+    dots) to `truth_path` (JSON, for the orchestrator)."""
     import numpy as np
 
     p = paths(out)
-    cache = p["dir"] / f"truth_{rows}_k{k}.npy"
+    cache = truth_path(out, rows, k)
     if cache.exists():
-        return np.load(cache)
+        return
     x = np.load(p["f32"], mmap_mode="r")
     q = np.fromfile(p["queries"], dtype="<f4").reshape(-1, DIM).astype(np.float64)
     best_s = np.full((len(q), 0), -np.inf)
@@ -114,8 +118,7 @@ def truth(out: pathlib.Path, rows: int, k: int):
         top = np.argsort(-cand_s, axis=1, kind="stable")[:, :k]
         best_s = np.take_along_axis(cand_s, top, 1)
         best_i = np.take_along_axis(cand_i, top, 1)
-    np.save(cache, best_i)
-    return best_i
+    cache.write_text(json.dumps(best_i.tolist()))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -198,74 +201,15 @@ def worker(args) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
-# Orchestration
+# Orchestrator
 # ----------------------------------------------------------------------------------------------
-def run_child(cmd, env) -> tuple[dict, float, int]:
-    """Runs one engine process; returns its JSON line, its own peak RSS (MB) and exit code."""
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)
-    result = None
-    for line in proc.stdout:
-        line = line.strip()
-        if line.startswith("{"):
-            result = json.loads(line)
-        elif line:
-            print(f"    {line}", file=sys.stderr)
-    _, status, rusage = os.wait4(proc.pid, 0)
-    return result, rusage.ru_maxrss / 1024.0, os.waitstatus_to_exitcode(status)
-
-
-def cpu_busy(interval: float = 1.0) -> float:
-    """Cores' worth of CPU the whole machine used over `interval` seconds (/proc/stat)."""
-    def sample():
-        f = [int(x) for x in open("/proc/stat").readline().split()[1:]]
-        return sum(f), f[3] + f[4]  # total, idle + iowait
-    (t0, i0), _ = sample(), time.sleep(interval)
-    t1, i1 = sample()
-    cores = os.cpu_count() or 1
-    return cores * (1 - (i1 - i0) / max(1, t1 - t0))
-
-
-def wait_quiet(max_wait_s: float = 900, busy_limit: float = 0.3) -> float:
-    """Waits (up to `max_wait_s`) until other processes on this shared machine use less than
-    `busy_limit` cores for two consecutive seconds; returns the time waited."""
-    t = time.time()
-    quiet = 0
-    while time.time() - t < max_wait_s and quiet < 2:
-        quiet = quiet + 1 if cpu_busy() < busy_limit else 0
-    return max(0.0, time.time() - t - 2.0)
-
-
 def recall(ids, want) -> float:
-    return sum(len(set(a) & set(map(int, b))) for a, b in zip(ids, want)) / want.size
-
-
-def versions(python: str) -> dict:
-    return benchlib_versions(python, ("numpy", "faiss-cpu", "threadpoolctl"), (), REPO_ROOT)
-
-
-def fmt(x, digits=2):
-    return "—" if x is None else f"{x:.{digits}f}"
+    return sum(len(set(a) & set(map(int, b))) for a, b in zip(ids, want)) / sum(len(b) for b in want)
 
 
 def render(results, dupes, meta) -> str:
-    m = meta["machine"]
     lines = [
-        BEGIN,
-        "<!-- Generated by tools/bench/bench_search.py; edit outside the markers. -->",
-        "",
-        "## Exact vector search: vista vs numpy vs faiss",
-        "",
-        f"Run: {meta['date']} · command: `{meta['command']}`",
-        "",
-        f"Machine: **{m['cpu']}** (family {m['cpu_family']}, model {m['cpu_model']}), {m['cpus']} CPUs, "
-        f"{m['hypervisor'] + ' VM, ' if m['hypervisor'] else ''}SIMD: {m['simd']}, L2 {m['l2']}, "
-        f"L3 {m['l3']}, {m['mem_gb']} GB RAM. Load average before / after: {meta['load_before']} / "
-        f"{meta['load_after']}. The machine is shared: each process started only once the others "
-        f"had used under 0.3 cores for 2 s (waited {meta['waited_s']:.0f} s in all), but other work "
-        "can still start during a run; the rounds and medians are there to absorb it.",
-        "",
-        "Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v) + ".",
-        "",
+        *benchlib.header_lines(meta, "bench_search.py", THREADS, TITLE, begin=BEGIN),
         f"What is measured: top-{meta['k']} of a single {DIM}-d query by dot product over N random "
         f"L2-normalised vectors (seed {SEED}), {N_QUERIES} queries, each timed alone after {WARMUP} "
         f"warm-up queries, in {meta['rounds']} round{'s' if meta['rounds'] != 1 else ''} (a fresh "
@@ -276,23 +220,22 @@ def render(results, dupes, meta) -> str:
         "(interpreter, libraries and vectors included) before any batch call. \"Batch\" is one call with all "
         f"{N_QUERIES} queries (a matrix product), per query: throughput, not latency (vista's API "
         "takes one query). CPU use is CPU time over wall time during the single-query loop "
-        f"(2.0 = both cores busy). {meta['threads']} threads for every engine; {meta['env_note']}",
+        f"(2.0 = both cores busy). *others*: cores used by other processes during that engine's runs "
+        "(mean over rounds)." + meta["quiet_note"],
         "",
         f"BLAS: numpy {meta['blas'].get('numpy', '?')}; faiss {meta['blas'].get('faiss', '?')}.",
         "",
         "| N | engine | median ms / query | p10-p90 | batch ms / query | recall@10 | CPU use | "
-        "peak RSS MB | load s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "peak RSS MB | load s | others |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for n in meta["sizes"]:
-        for e in meta["engines"]:
-            r = results.get((n, e))
-            if not r:
-                continue
-            lines.append(
-                f"| {n:,} | {ENGINE_NAMES[e]} | **{fmt(r['median_ms'])}** | {fmt(r['p10'])}-{fmt(r['p90'])} | "
-                f"{fmt(r.get('batch_ms_per_query'))} | {r['recall']:.4f} | {fmt(r.get('cpu_util'))} | "
-                f"{r['peak_rss_mb']:.0f} | {fmt(r.get('load_s'), 1)} |")
+    present = [(n, e, results[(n, e)]) for n in meta["sizes"] for e in meta["engines"] if (n, e) in results]
+    for n, e, r in present:
+        lines.append(
+            f"| {n:,} | {ENGINE_NAMES[e]} | **{fmt(r['median_ms'])}** | {fmt(r['p10'])}-{fmt(r['p90'])} | "
+            f"{fmt(r.get('batch_ms_per_query'))} | {r['recall']:.4f} | {fmt(r.get('cpu_util'))} | "
+            f"{r['peak_rss_mb']:.0f} | {fmt(r.get('load_s'), 1)} | {r['others']:.2f} |")
+    lines += [f"| | failed: {f} | | | | | | | | |" for f in meta["failures"]]
     lines.append("")
     big = max(meta["sizes"])
     f16, i8 = results.get((big, "vista_f16")), results.get((big, "vista_int8"))
@@ -310,11 +253,8 @@ def render(results, dupes, meta) -> str:
             "at 1M with room to spare.",
             "",
         ]
-    for n in meta["sizes"]:
-        for e in meta["engines"]:
-            r = results.get((n, e))
-            if r and r.get("identical_to_f16") is False:
-                lines += [f"**Warning**: at N={n:,} {ENGINE_NAMES[e]} differs from the f16 scan.", ""]
+    lines += [line for n, e, r in present if r.get("identical_to_f16") is False
+              for line in (f"**Warning**: at N={n:,} {ENGINE_NAMES[e]} differs from the f16 scan.", "")]
     if dupes:
         lines += [
             f"Near-duplicate grouping (`near_duplicate_groups`, all {dupes['rows']:,}² / 2 pairs by blocked "
@@ -327,109 +267,82 @@ def render(results, dupes, meta) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(path: pathlib.Path, block: str) -> None:
-    write_marked_section(path, block, BEGIN, END)
+def merge(rs, want) -> dict:
+    t = sorted(x for r in rs for x in r["times_ms"])
+    first = rs[0]
+    res = dict(median_ms=percentile(t, 0.5), p10=percentile(t, 0.1), p90=percentile(t, 0.9),
+               recall=recall(first["ids"], want), peak_rss_mb=max(r["peak_rss_mb"] for r in rs),
+               load_s=median([r["load_s"] for r in rs]), rounds=len(rs), times=len(t),
+               others=sum(r["others"] for r in rs) / len(rs))
+    if first.get("cpu_util") is not None:
+        res["cpu_util"] = median([r["cpu_util"] for r in rs])
+    if "batch_ms" in first:
+        res["batch_ms_per_query"] = median([x for r in rs for x in r["batch_ms"]]) / N_QUERIES
+    if "prepare_s" in first:
+        res["prepare_s"] = median([r["prepare_s"] for r in rs])
+    return res
+
+
+def blas_text(first) -> str:
+    text = ", ".join(f"{b['api']} {b['version']} `{b['arch']}` kernels, {b['threads']} threads ({b['lib']})"
+                     for b in first["blas"] if b.get("api") in ("openblas", "mkl", "blis"))
+    if first.get("faiss_simd"):
+        text += f"; faiss compiled with `{first['faiss_simd'].strip()}`"
+    return text
 
 
 def orchestrate(args) -> int:
-    python = args.python or sys.executable
     out = args.out
     sizes = [int(s) for s in args.sizes.split(",") if s]
-    engines = [e for e in args.engines.split(",") if e]
-    for e in engines:
-        if e not in ENGINES:
-            raise SystemExit(f"unknown engine {e} ({', '.join(ENGINES)})")
-    load_before = loadavg()
-    t_start = time.time()
+    engines = benchlib.parse_list(args.engines, ENGINES, "engine")
+    bench = benchlib.Bench("bench_search.py", args, packages=PACKAGES, crates=())
 
-    # (a) data and the exact answers
-    subprocess.run([python, __file__, "--make-data", "--rows", str(max(sizes + [args.dupes_rows])),
-                    "--out", str(out)], check=True, cwd=REPO_ROOT)
+    # (a) data and the exact answers (in the workers' interpreter: numpy)
+    subprocess.run([args.python, __file__, "--make-data", "--rows", str(max(sizes + [args.dupes_rows])),
+                    "--sizes", ",".join(map(str, sizes)), "--k", str(args.k), "--out", str(out)],
+                   check=True, cwd=REPO_ROOT, env=bench.env["python"])
     p = paths(out)
+    vista = any(e.startswith("vista") for e in engines)
+    exe = benchlib.vista_binary(args, "example", "bench_search") if vista else None
 
-    # (b) vista binary
-    exe = REPO_ROOT / "target" / "release" / "examples" / "bench_search"
-    if any(e.startswith("vista") for e in engines) and not args.no_build:
-        print("== cargo build --release -p vista --example bench_search", flush=True)
-        subprocess.run(["cargo", "build", "--release", "-p", "vista", "--example", "bench_search"],
-                       check=True, cwd=REPO_ROOT)
-
-    base_env = dict(os.environ)
-    py_env = {k: v for k, v in base_env.items() if k not in PY_ENV_DROP}
-    dropped = [f"{k}={base_env[k]}" for k in PY_ENV_DROP if k in base_env]
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        py_env[var] = str(args.threads)
-    vista_env = dict(base_env, RAYON_NUM_THREADS=str(args.threads))
-    env_note = ("the Python workers ran without " + ", ".join(f"`{d}`" for d in dropped)
-                + " (set in this machine's environment)." if dropped else "no OpenBLAS overrides were set.")
-
-    # (c) one process per (round, size, engine), each started on a quiet machine
+    # (b) one process per (round, size, engine)
     rows = {}
-    total_wait = 0.0
-    for rnd in range(args.rounds):
-        order = engines[rnd % len(engines):] + engines[:rnd % len(engines)]
-        for n in sizes:
-            for e in order:
-                if e.startswith("vista"):
-                    cmd = [str(exe), "--base", str(p["f16"]), "--dim", str(DIM), "--rows", str(n),
-                           "--queries", str(p["queries"]), "--k", str(args.k), "--scan", e.split("_")[1],
-                           "--warmup", str(WARMUP)]
-                    env = vista_env
-                else:
-                    cmd = [python, __file__, "--worker", e, "--rows", str(n), "--k", str(args.k),
-                           "--threads", str(args.threads), "--out", str(out)]
-                    env = py_env
-                waited = wait_quiet()
-                total_wait += waited
-                if waited > 1:
-                    print(f"   (waited {waited:.0f} s for other processes to quiet down)", flush=True)
-                print(f"== round {rnd + 1}/{args.rounds}: N={n} {ENGINE_NAMES[e]} (load {loadavg()})", flush=True)
-                r, rss, rc = run_child(cmd, env)
-                if rc != 0 or r is None:
-                    raise SystemExit(f"{e} at N={n} failed (exit {rc}): {shlex.join(cmd)}")
-                r["peak_rss_mb"] = r.get("peak_rss_mb") or rss
-                t = sorted(r["times_ms"])
-                print(f"   median {percentile(t, 0.5):.2f} ms/query, peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
-                rows.setdefault((n, e), []).append(r)
+    for rnd, n, e in benchlib.schedule(args.rounds, sizes, engines):
+        if e.startswith("vista"):
+            cmd = [exe, "--base", p["f16"], "--dim", DIM, "--rows", n, "--queries", p["queries"], "--k", args.k,
+                   "--scan", e.split("_")[1], "--warmup", WARMUP]
+        else:
+            cmd = [args.python, __file__, "--worker", e, "--rows", n, "--k", args.k, "--threads", args.threads,
+                   "--out", out]
+        print(f"== round {rnd + 1}/{args.rounds}: N={n} {ENGINE_NAMES[e]} (load {benchlib.loadavg()})", flush=True)
+        res = bench.run(cmd, e, f"{e}/N={n}")
+        if res is None:
+            continue
+        r = res["json"][-1]
+        r.update(peak_rss_mb=r.get("peak_rss_mb") or res["rss_mb"], others=res["others"], round=rnd + 1)
+        print(f"   median {percentile(sorted(r['times_ms']), 0.5):.2f} ms/query, peak RSS {r['peak_rss_mb']:.0f} MB, "
+              f"others {res['others']:.2f} cores", flush=True)
+        rows.setdefault((n, e), []).append(r)
 
     dupes = None
-    if args.dupes_rows and any(e.startswith("vista") for e in engines):
+    if args.dupes_rows and vista:
         print(f"== near_duplicate_groups over {args.dupes_rows} rows", flush=True)
-        cmd = [str(exe), "--base", str(p["f16"]), "--dim", str(DIM), "--rows", str(args.dupes_rows),
-               "--dupes", str(args.dupes_threshold)]
-        wait_quiet()
-        dupes, rss, rc = run_child(cmd, vista_env)
-        if rc != 0 or dupes is None:
-            raise SystemExit(f"dupes failed (exit {rc}): {shlex.join(cmd)}")
-        dupes["peak_rss_mb"] = max(rss, dupes.get("peak_rss_mb") or 0)
-        print(f"   {dupes['seconds']:.1f} s, {dupes['groups']} groups", flush=True)
+        res = bench.run([exe, "--base", p["f16"], "--dim", DIM, "--rows", args.dupes_rows, "--dupes",
+                         args.dupes_threshold], "vista", "vista/dupes")
+        if res is not None:
+            dupes = res["json"][-1]
+            dupes["peak_rss_mb"] = max(res["rss_mb"], dupes.get("peak_rss_mb") or 0)
+            print(f"   {dupes['seconds']:.1f} s, {dupes['groups']} groups", flush=True)
 
-    # (d) merge, recall, report
-    import numpy as np  # noqa: F401  (truth() needs it; only the orchestrator's parent imports it)
-
+    # (c) merge, recall, report
     results, blas, identical = {}, {}, []
     for (n, e), rs in rows.items():
-        want = truth(out, n, args.k)
-        t = sorted(x for r in rs for x in r["times_ms"])
-        first = rs[0]
-        res = dict(median_ms=percentile(t, 0.5), p10=percentile(t, 0.1), p90=percentile(t, 0.9),
-                   recall=recall(first["ids"], want), peak_rss_mb=max(r["peak_rss_mb"] for r in rs),
-                   load_s=sorted(r["load_s"] for r in rs)[len(rs) // 2], rounds=len(rs), times=len(t))
-        if first.get("cpu_util") is not None:
-            res["cpu_util"] = sorted(r["cpu_util"] for r in rs)[len(rs) // 2]
-        if "batch_ms" in first:
-            b = sorted(x for r in rs for x in r["batch_ms"])
-            res["batch_ms_per_query"] = percentile(b, 0.5) / N_QUERIES
-        if "prepare_s" in first:
-            res["prepare_s"] = sorted(r["prepare_s"] for r in rs)[len(rs) // 2]
-        if "blas" in first:
-            blas[e] = ", ".join(f"{b['api']} {b['version']} `{b['arch']}` kernels, {b['threads']} threads ({b['lib']})"
-                                for b in first["blas"] if b.get("api") in ("openblas", "mkl", "blis"))
-            if first.get("faiss_simd"):
-                blas[e] += f"; faiss compiled with `{first['faiss_simd'].strip()}`" 
-        results[(n, e)] = res
+        want = json.loads(truth_path(out, n, args.k).read_text())
+        results[(n, e)] = merge(rs, want)
+        if "blas" in rs[0]:
+            blas[e] = blas_text(rs[0])
         # Every round returns the same ids (deterministic engines); check, to catch a flaky one.
-        if any(r["ids"] != first["ids"] for r in rs[1:]):
+        if any(r["ids"] != rs[0]["ids"] for r in rs[1:]):
             print(f"   warning: {e} at N={n} returned different ids in different rounds", file=sys.stderr)
     for n in sizes:
         a, b = rows.get((n, "vista_f16")), rows.get((n, "vista_int8"))
@@ -437,46 +350,28 @@ def orchestrate(args) -> int:
             same = a[0]["ids"] == b[0]["ids"]
             results[(n, "vista_int8")]["identical_to_f16"] = same
             identical.append(f"N={n:,} {'yes' if same else 'NO'}")
-
-    meta = dict(
-        date=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        command="python tools/bench/bench_search.py" + (" " + shlex.join(sys.argv[1:]) if sys.argv[1:] else ""),
-        machine=machine_info(), versions=versions(python), sizes=sizes, engines=engines, k=args.k,
-        rounds=args.rounds, threads=args.threads, env_note=env_note, blas=blas,
-        identical=", ".join(identical) or "not measured", load_before=load_before, load_after=loadavg(),
-        waited_s=total_wait,
-    )
-    print()
-    print(f"{'N':>9}  {'engine':<38} {'median ms':>10} {'batch ms/q':>11} {'recall@10':>10} {'RSS MB':>8}")
-    for n in sizes:
-        for e in engines:
-            r = results.get((n, e))
-            if r:
-                print(f"{n:>9}  {ENGINE_NAMES[e]:<38} {r['median_ms']:>10.2f} {fmt(r.get('batch_ms_per_query')):>11} "
-                      f"{r['recall']:>10.4f} {r['peak_rss_mb']:>8.0f}")
-    print(f"(total {time.time() - t_start:.0f} s)")
-    (out / "bench_search_results.json").write_text(json.dumps(
-        dict(meta=meta, results={f"{n}/{e}": r for (n, e), r in results.items()}, dupes=dupes), indent=1))
-    if not args.no_write:
-        write_report(REPO_ROOT / "BENCHMARKS.md", render(results, dupes, meta))
-        print("BENCHMARKS.md updated (bench_search section)")
-    return 0
+    benchlib.print_table([
+        ("N", 9, lambda k: str(k[0])), ("engine", -38, lambda k: ENGINE_NAMES[k[1]]),
+        ("median ms", 10, lambda k: f"{results[k]['median_ms']:.2f}"),
+        ("batch ms/q", 11, lambda k: fmt(results[k].get("batch_ms_per_query"))),
+        ("recall@10", 10, lambda k: f"{results[k]['recall']:.4f}"),
+        ("RSS MB", 8, lambda k: f"{results[k]['peak_rss_mb']:.0f}"),
+        ("others", 7, lambda k: f"{results[k]['others']:.2f}"),
+    ], [(n, e) for n in sizes for e in engines if (n, e) in results])
+    meta = bench.meta(sizes=sizes, engines=engines, k=args.k, blas=blas, identical=", ".join(identical) or "not measured")
+    payload = dict(meta=meta, results={f"{n}/{e}": r for (n, e), r in results.items()}, dupes=dupes)
+    return bench.finish("bench_search_results.json", payload, lambda: render(results, dupes, meta), BEGIN, END)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=pathlib.Path, default=REPO_ROOT / "bench-out")
+    benchlib.add_common_args(ap, rounds=3, wait_quiet=900,
+                             quick="10k and 100k only, one round, no near-duplicate timing (smoke test)")
     ap.add_argument("--sizes", default="10000,100000,1000000")
-    ap.add_argument("--engines", default=",".join(ENGINES))
+    ap.add_argument("--engines", default=",".join(ENGINES), help="comma list of " + ",".join(ENGINES))
     ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--dupes-rows", type=int, default=50_000, help="0 to skip the near-duplicate timing")
     ap.add_argument("--dupes-threshold", type=float, default=0.95)
-    ap.add_argument("--quick", action="store_true", help="10k and 100k only, one round, no dupes timing")
-    ap.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
-    ap.add_argument("--no-build", action="store_true", help="use the existing bench_search binary")
-    ap.add_argument("--python", help="interpreter for the workers (default: this one)")
     ap.add_argument("--worker", choices=("numpy", "faiss"), help=argparse.SUPPRESS)
     ap.add_argument("--make-data", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--rows", type=int, help=argparse.SUPPRESS)
@@ -485,9 +380,12 @@ def main(argv=None) -> int:
         return worker(args)
     if args.make_data:
         make_data(args.out, args.rows)
+        for n in (int(s) for s in args.sizes.split(",") if s):
+            truth(args.out, n, args.k)
         return 0
     if args.quick:
-        args.sizes, args.rounds, args.dupes_rows = "10000,100000", 1, 0
+        args.sizes, args.dupes_rows = "10000,100000", 0
+    benchlib.resolve_common(args)
     return orchestrate(args)
 
 
