@@ -22,9 +22,14 @@ Differences from main_dino.py (all forced by the setting, none changes the math)
   * Python's `random` (used by GaussianBlur / Solarization in the main process when --workers 0) is seeded too;
     DataLoader workers seed it themselves from torch's RNG.
 
-Usage:
-  /work/venv/ref/bin/python tools/reference/train_dino_fmnist.py --quick
-  /work/venv/ref/bin/python tools/reference/train_dino_fmnist.py --epochs 10 --out /tmp/dino_fmnist_ref.json
+Timing (the same spans as `vista train dino`'s metrics.jsonl): each epoch's `seconds` is its wall time from before
+the DataLoader is iterated (worker start-up, data waits and every step; no k-NN, no checkpoint), and `step_seconds`
+lists each step's time from the batch in hand to the optimiser and EMA updates done (data loading not included).
+
+Usage (from the repository root, with the reference environment of tools/reference/requirements.txt):
+  .venv/bin/python tools/reference/train_dino_fmnist.py --data /usr/share/datasets/fashion-mnist --quick
+  .venv/bin/python tools/reference/train_dino_fmnist.py --data DIR --epochs 10 --out bench-out/dino_fmnist_ref.json
+(tools/bench/bench_dino_train.py runs it against `vista train dino` with the same flags.)
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import argparse
 import gzip
 import json
 import math
+import os
 import pathlib
 import platform
 import random
@@ -342,8 +348,8 @@ def knn_eval(train_feats, train_labels, test_feats, test_labels, k, T) -> dict:
 # ----------------------------------------------------------------------------
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("train_dino_fmnist", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=pathlib.Path, default=pathlib.Path("/usr/share/datasets/fashion-mnist"),
-                   help="folder with {train,t10k}-{images-idx3,labels-idx1}-ubyte.gz")
+    p.add_argument("--data", type=pathlib.Path, default=os.environ.get("FASHION_MNIST_DIR"),
+                   help="folder with {train,t10k}-{images-idx3,labels-idx1}-ubyte.gz (default: $FASHION_MNIST_DIR)")
     p.add_argument("--limit", type=int, default=5000, help="first N train images: training set and k-NN train bank")
     p.add_argument("--test-limit", type=int, default=2000, help="first M t10k images: k-NN test set (>= 100)")
     p.add_argument("--arch", default="vit_tiny", choices=sorted(ARCHS))
@@ -408,6 +414,9 @@ def main(argv=None) -> dict:
         args.limit, args.test_limit, args.epochs = 256, 256, 1
         args.warmup_epochs = min(args.warmup_epochs, args.epochs)
         args.warmup_teacher_temp_epochs = min(args.warmup_teacher_temp_epochs, args.epochs)
+    if args.data is None:
+        fail("--data DIR: the folder of the Fashion-MNIST IDX files (or set FASHION_MNIST_DIR)")
+    args.data = pathlib.Path(args.data)
     embed_dim, depth, num_heads = ARCHS[args.arch]
     embed_dim = args.embed_dim or embed_dim
     depth = args.depth or depth
@@ -505,9 +514,10 @@ def main(argv=None) -> dict:
     epochs_out = []
     for epoch in range(args.epochs):
         sampler.set_epoch(epoch)
-        losses = []
+        losses, step_seconds = [], []
         t_start = time.perf_counter()
         for it, (images, _) in enumerate(data_loader):
+            t_step = time.perf_counter()  # the batch is in hand: the step's time starts here
             # update weight decay and learning rate according to their schedule
             it = len(data_loader) * epoch + it  # global training iteration
             for i, param_group in enumerate(optimizer.param_groups):
@@ -536,6 +546,7 @@ def main(argv=None) -> dict:
                 m = momentum_schedule[it]  # momentum parameter
                 for param_q, param_k in zip(student.parameters(), teacher.parameters()):
                     param_k.data.mul_(m).add_((1 - m) * param_q.detach().data)
+            step_seconds.append(time.perf_counter() - t_step)
 
             losses.append(loss.item())
             i_ep = it - len(data_loader) * epoch
@@ -548,9 +559,11 @@ def main(argv=None) -> dict:
         seconds = time.perf_counter() - t_start
         n_img = niter_per_ep * args.batch
         ep = {"epoch": epoch, "seconds": seconds, "images_per_s": n_img / seconds,
+              "step_seconds_median": float(np.median(step_seconds)), "step_seconds": step_seconds,
               "loss_mean": float(np.mean(losses)), "loss_last": losses[-1]}
         epochs_out.append(ep)
-        log(f"[epoch {epoch}] {seconds:.2f}s  {ep['images_per_s']:.1f} img/s  loss mean {ep['loss_mean']:.6f} "
+        log(f"[epoch {epoch}] {seconds:.2f}s (step median {ep['step_seconds_median']:.3f}s)  "
+            f"{ep['images_per_s']:.1f} img/s  loss mean {ep['loss_mean']:.6f} "
             f"last {ep['loss_last']:.6f}")
 
     t0 = time.perf_counter()
