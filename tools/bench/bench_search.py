@@ -367,10 +367,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     benchlib.add_common_args(ap, rounds=3, wait_quiet=900,
                              quick="10k and 100k only, one round, no near-duplicate timing (smoke test)")
-    ap.add_argument("--sizes", default="10000,100000,1000000")
+    ap.add_argument("--sizes", default=None, help="comma list of vector counts (default 10000,100000,1000000; --quick "
+                    "10000,100000)")
     ap.add_argument("--engines", default=",".join(ENGINES), help="comma list of " + ",".join(ENGINES))
     ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--dupes-rows", type=int, default=50_000, help="0 to skip the near-duplicate timing")
+    ap.add_argument("--dupes-rows", type=int, default=None,
+                    help="rows of the near-duplicate timing (default 50000; --quick 0: skipped)")
     ap.add_argument("--dupes-threshold", type=float, default=0.95)
     ap.add_argument("--worker", choices=("numpy", "faiss"), help=argparse.SUPPRESS)
     ap.add_argument("--make-data", action="store_true", help=argparse.SUPPRESS)
@@ -383,8 +385,8 @@ def main(argv=None) -> int:
         for n in (int(s) for s in args.sizes.split(",") if s):
             truth(args.out, n, args.k)
         return 0
-    if args.quick:
-        args.sizes, args.dupes_rows = "10000,100000", 0
+    args.sizes = args.sizes or ("10000,100000" if args.quick else "10000,100000,1000000")
+    args.dupes_rows = (0 if args.quick else 50_000) if args.dupes_rows is None else args.dupes_rows
     benchlib.resolve_common(args)
     return orchestrate(args)
 
