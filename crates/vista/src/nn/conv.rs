@@ -249,9 +249,10 @@ impl ConvTranspose2x2 {
 
 #[cfg(test)]
 mod tests {
-    use candle_core::{Device, Tensor};
+    use candle_core::Tensor;
 
     use super::*;
+    use crate::nn::testing::randn;
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
@@ -263,11 +264,10 @@ mod tests {
 
     #[test]
     fn dense_convolutions_equal_candle_for_every_shape_class() {
-        let dev = Device::Cpu;
-        let x = Tensor::randn(0f32, 1., (2, 5, 9, 7), &dev).unwrap();
+        let x = randn(1, 0f32, 1., (2, 5, 9, 7));
         for (k, s, p) in [(1, 1, 0), (3, 1, 1), (3, 2, 1), (2, 2, 0), (3, 3, 0)] {
-            let w = Tensor::randn(0f32, 1., (6, 5, k, k), &dev).unwrap();
-            let b = Tensor::randn(0f32, 1., 6, &dev).unwrap();
+            let w = randn(2, 0f32, 1., (6, 5, k, k));
+            let b = randn(3, 0f32, 1., 6);
             let want = x.conv2d(&w, p, s, 1, 1).unwrap().broadcast_add(&b.reshape((1, 6, 1, 1)).unwrap()).unwrap();
             let conv = Conv2d::new(&w, Some(b.clone()), s, p).unwrap();
             let ours = conv.forward(&to_nhwc(&x)).unwrap();
@@ -277,11 +277,10 @@ mod tests {
 
     #[test]
     fn depthwise_convolution_equals_grouped_candle_conv() {
-        let dev = Device::Cpu;
-        let x = Tensor::randn(0f32, 1., (2, 4, 7, 6), &dev).unwrap();
+        let x = randn(4, 0f32, 1., (2, 4, 7, 6));
         for (s, p) in [(1, 1), (2, 1)] {
-            let w = Tensor::randn(0f32, 1., (4, 1, 3, 3), &dev).unwrap();
-            let b = Tensor::randn(0f32, 1., 4, &dev).unwrap();
+            let w = randn(5, 0f32, 1., (4, 1, 3, 3));
+            let b = randn(6, 0f32, 1., 4);
             let want = x.conv2d(&w, p, s, 1, 4).unwrap().broadcast_add(&b.reshape((1, 4, 1, 1)).unwrap()).unwrap();
             let ours = DepthwiseConv2d::new(&w, Some(&b), s, p).unwrap().forward(&to_nhwc(&x), None).unwrap();
             assert!(max_diff(&ours, &to_nhwc(&want)) < 1e-5, "s{s}");
@@ -290,10 +289,9 @@ mod tests {
 
     #[test]
     fn transposed_convolution_equals_candle() {
-        let dev = Device::Cpu;
-        let x = Tensor::randn(0f32, 1., (2, 5, 3, 4), &dev).unwrap();
-        let w = Tensor::randn(0f32, 1., (5, 3, 2, 2), &dev).unwrap();
-        let b = Tensor::randn(0f32, 1., 3, &dev).unwrap();
+        let x = randn(7, 0f32, 1., (2, 5, 3, 4));
+        let w = randn(8, 0f32, 1., (5, 3, 2, 2));
+        let b = randn(9, 0f32, 1., 3);
         let want =
             x.conv_transpose2d(&w, 0, 0, 2, 1).unwrap().broadcast_add(&b.reshape((1, 3, 1, 1)).unwrap()).unwrap();
         let ours = ConvTranspose2x2::new(&w, &b).unwrap().forward(&to_nhwc(&x), None).unwrap();
@@ -302,14 +300,13 @@ mod tests {
 
     #[test]
     fn folding_batch_norm_equals_applying_it() {
-        let dev = Device::Cpu;
-        let x = Tensor::randn(0f32, 1., (1, 3, 5, 5), &dev).unwrap();
-        let w = Tensor::randn(0f32, 1., (4, 3, 3, 3), &dev).unwrap();
+        let x = randn(10, 0f32, 1., (1, 3, 5, 5));
+        let w = randn(11, 0f32, 1., (4, 3, 3, 3));
         let bn = BatchNorm {
-            weight: Tensor::randn(1f32, 0.2, 4, &dev).unwrap(),
-            bias: Tensor::randn(0f32, 0.2, 4, &dev).unwrap(),
-            running_mean: Tensor::randn(0f32, 0.5, 4, &dev).unwrap(),
-            running_var: Tensor::randn(0f32, 1., 4, &dev).unwrap().abs().unwrap(),
+            weight: randn(12, 1f32, 0.2, 4),
+            bias: randn(13, 0f32, 0.2, 4),
+            running_mean: randn(14, 0f32, 0.5, 4),
+            running_var: randn(15, 0f32, 1., 4).abs().unwrap(),
             eps: 1e-5,
         };
         let y = x.conv2d(&w, 1, 1, 1, 1).unwrap();

@@ -521,6 +521,7 @@ mod tests {
     use candle_core::{Device, Module, Tensor, D};
 
     use super::*;
+    use crate::nn::testing::randn;
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
@@ -528,10 +529,9 @@ mod tests {
 
     #[test]
     fn fused_linear_equals_separate_ops_for_every_activation() {
-        let dev = Device::Cpu;
-        let x = Tensor::randn(0f32, 1., (7, 13), &dev).unwrap();
-        let w = Tensor::randn(0f32, 1., (11, 13), &dev).unwrap();
-        let b = Tensor::randn(0f32, 1., 11, &dev).unwrap();
+        let x = randn(1, 0f32, 1., (7, 13));
+        let w = randn(2, 0f32, 1., (11, 13));
+        let b = randn(3, 0f32, 1., 11);
         let reference = x.matmul(&w.t().unwrap()).unwrap().broadcast_add(&b).unwrap();
         let wt = w.t().unwrap().contiguous().unwrap();
         let plain = linear(&x, &wt, Some(&b), None).unwrap();
@@ -550,7 +550,7 @@ mod tests {
         let dev = Device::Cpu;
         let (b, n, h, d) = (3, 9, 4, 5);
         let c = h * d;
-        let qkv = Tensor::randn(0f32, 1., (b, n, 3 * c), &dev).unwrap();
+        let qkv = randn(4, 0f32, 1., (b, n, 3 * c));
         let scale = 1.0 / (d as f32).sqrt();
         let mask: Vec<f32> = (0..n * n).map(|i| if i % n > i / n { f32::NEG_INFINITY } else { 0.0 }).collect();
         let mask = Tensor::from_vec(mask, (n, n), &dev).unwrap();
@@ -594,12 +594,11 @@ mod tests {
 
     #[test]
     fn biased_attention_equals_the_reference_formulas() {
-        let dev = Device::Cpu;
         // 300 tokens: more than one row block.
         let (b, gh, gw, h, d) = (2, 15, 20, 3, 4);
         let n = gh * gw;
         let c = h * d;
-        let qkv = Tensor::randn(0f32, 1., (b, n, 3 * c), &dev).unwrap();
+        let qkv = randn(5, 0f32, 1., (b, n, 3 * c));
         let scale = 0.37;
         let t = qkv.reshape((b, n, 3, h, d)).unwrap().permute((2, 0, 3, 1, 4)).unwrap();
         let (q, k, v) = (t.get(0).unwrap().contiguous().unwrap(), t.get(1).unwrap(), t.get(2).unwrap());
@@ -609,13 +608,13 @@ mod tests {
             p.matmul(&v.contiguous().unwrap()).unwrap().transpose(1, 2).unwrap().reshape((b, n, c)).unwrap()
         };
         // Per-head table.
-        let table = Tensor::randn(0f32, 1., (h, n, n), &dev).unwrap();
+        let table = randn(6, 0f32, 1., (h, n, n));
         let tv: Vec<f32> = table.flatten_all().unwrap().to_vec1().unwrap();
         let ours = attention_biased(&qkv, h, scale, ScoreBias::PerHead(&tv)).unwrap();
         assert!(max_diff(&ours, &finish(s.broadcast_add(&table).unwrap())) < 1e-5);
         // Decomposed relative positions: q·Rh[y, ky] + q·Rw[x, kx] with the unscaled q.
-        let rh = Tensor::randn(0f32, 1., (gh, gh, d), &dev).unwrap();
-        let rw = Tensor::randn(0f32, 1., (gw, gw, d), &dev).unwrap();
+        let rh = randn(7, 0f32, 1., (gh, gh, d));
+        let rw = randn(8, 0f32, 1., (gw, gw, d));
         let rq = q.reshape((b, h, gh, gw, d)).unwrap();
         // rel_h[b,h,y,x,ky] = sum_d q[b,h,y,x,d] rh[y,ky,d]
         let rel_h =
@@ -641,11 +640,10 @@ mod tests {
 
     #[test]
     fn fused_add_and_layer_norm_equal_candle() {
-        let dev = Device::Cpu;
-        let x = Tensor::randn(0f32, 1., (2, 37, 24), &dev).unwrap();
-        let y = Tensor::randn(0f32, 1., (2, 37, 24), &dev).unwrap();
-        let w = Tensor::randn(1f32, 0.1, 24, &dev).unwrap();
-        let b = Tensor::randn(0f32, 0.1, 24, &dev).unwrap();
+        let x = randn(9, 0f32, 1., (2, 37, 24));
+        let y = randn(10, 0f32, 1., (2, 37, 24));
+        let w = randn(11, 1f32, 0.1, 24);
+        let b = randn(12, 0f32, 0.1, 24);
         let s = (&x + &y).unwrap();
         let want = candle_nn::ops::layer_norm_slow(&s, &w, &b, 1e-5).unwrap();
         let (sum, normed) = add_layer_norm(&x, &y, &w, &b, 1e-5).unwrap();

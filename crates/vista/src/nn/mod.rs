@@ -21,3 +21,24 @@ pub use linear::Linear;
 pub use mlp::Mlp;
 pub use norm::LayerNorm;
 pub use portable::{add, add_act};
+
+/// Test data: candle's CPU generator cannot be seeded, so unit tests draw from this one.
+#[cfg(test)]
+pub(crate) mod testing {
+    use candle_core::{Device, Shape, Tensor};
+    use rand_chacha::rand_core::{RngCore, SeedableRng};
+
+    /// `N(mean, std²)` values (Box–Muller over a ChaCha8 stream keyed by `seed`), on the CPU.
+    pub fn randn(seed: u64, mean: f32, std: f32, shape: impl Into<Shape>) -> Tensor {
+        let shape = shape.into();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut u = || ((rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+        let v: Vec<f32> = (0..shape.elem_count())
+            .map(|_| {
+                let (u1, u2) = (u(), u());
+                mean + std * ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+            })
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).expect("shape and values agree")
+    }
+}
