@@ -57,137 +57,78 @@ SENSITIVITY_MIN = 100 * TOL_INTERMEDIATE
 # ----------------------------------------------------------------------------
 # Case definitions
 # ----------------------------------------------------------------------------
+def hf_case(name: str, seed: int, act: str, image_size: int, patch_size: int, vision_layers: int) -> dict:
+    """A transformers CLIPModel case: widths 32, 4 heads, text 2 layers, projection 16."""
+    return dict(
+        name=name,
+        kind="hf",
+        seed=seed,
+        text=dict(
+            vocab_size=1000, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, max_position_embeddings=CONTEXT_LENGTH, hidden_act=act,
+        ),
+        vision=dict(
+            image_size=image_size, patch_size=patch_size, hidden_size=32, intermediate_size=128,
+            num_hidden_layers=vision_layers, num_attention_heads=4, hidden_act=act,
+        ),
+        projection_dim=16,
+    )
+
+
+def openclip_case(name: str, seed: int, weights_file: str, image_size: int, patch_size: int, width: int,
+                  text_layers: int, quick_gelu: bool) -> dict:
+    """An open_clip CLIP case: embed_dim 16, vision 2 layers, 4 heads of width / 4, mlp_ratio 4.
+
+    Without quick_gelu the config has no "quick_gelu" key: like the real (non -quickgelu) hub configs, the
+    default (nn.GELU, exact erf) applies.
+    """
+    model_cfg = {"embed_dim": 16, **({"quick_gelu": True} if quick_gelu else {})}
+    model_cfg["vision_cfg"] = {"image_size": image_size, "layers": 2, "width": width, "patch_size": patch_size,
+                               "head_width": width // 4, "mlp_ratio": 4.0}
+    model_cfg["text_cfg"] = {"context_length": CONTEXT_LENGTH, "vocab_size": 1000, "width": width, "heads": 4,
+                             "layers": text_layers}
+    return dict(name=name, kind="openclip", seed=seed, model_cfg=model_cfg, weights_file=weights_file)
+
+
 CASES: List[dict] = [
-    dict(
-        name="hf_quickgelu",
-        kind="hf",
-        seed=1001,
-        text=dict(
-            vocab_size=1000, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, max_position_embeddings=CONTEXT_LENGTH, hidden_act="quick_gelu",
-        ),
-        vision=dict(
-            image_size=32, patch_size=8, hidden_size=32, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, hidden_act="quick_gelu",
-        ),
-        projection_dim=16,
-    ),
-    dict(
-        name="hf_gelu",
-        kind="hf",
-        seed=1002,
-        text=dict(
-            vocab_size=1000, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, max_position_embeddings=CONTEXT_LENGTH, hidden_act="gelu",
-        ),
-        vision=dict(
-            image_size=35, patch_size=7, hidden_size=32, intermediate_size=128, num_hidden_layers=3,
-            num_attention_heads=4, hidden_act="gelu",
-        ),
-        projection_dim=16,
-    ),
-    dict(
-        name="openclip_quickgelu",
-        kind="openclip",
-        seed=1003,
-        model_cfg={
-            "embed_dim": 16,
-            "quick_gelu": True,
-            "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 8,
-                           "mlp_ratio": 4.0},
-            "text_cfg": {"context_length": CONTEXT_LENGTH, "vocab_size": 1000, "width": 32, "heads": 4,
-                         "layers": 2},
-        },
-        weights_file="open_clip_pytorch_model.bin",
-    ),
-    dict(
-        name="openclip_gelu",
-        kind="openclip",
-        seed=1004,
-        # No "quick_gelu" key: like the real (non -quickgelu) hub configs, the
-        # default (nn.GELU, exact erf) applies.
-        model_cfg={
-            "embed_dim": 16,
-            "vision_cfg": {"image_size": 30, "layers": 2, "width": 48, "patch_size": 6, "head_width": 12,
-                           "mlp_ratio": 4.0},
-            "text_cfg": {"context_length": CONTEXT_LENGTH, "vocab_size": 1000, "width": 48, "heads": 4,
-                         "layers": 3},
-        },
-        weights_file="open_clip_model.safetensors",
-    ),
+    hf_case("hf_quickgelu", 1001, "quick_gelu", image_size=32, patch_size=8, vision_layers=2),
+    hf_case("hf_gelu", 1002, "gelu", image_size=35, patch_size=7, vision_layers=3),
+    openclip_case("openclip_quickgelu", 1003, "open_clip_pytorch_model.bin", image_size=32, patch_size=8, width=32,
+                  text_layers=2, quick_gelu=True),
+    openclip_case("openclip_gelu", 1004, "open_clip_model.safetensors", image_size=30, patch_size=6, width=48,
+                  text_layers=3, quick_gelu=False),
 ]
 
 
 # ----------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------
+def _draw(full: str, mod_name: str, module: nn.Module, p_name: str, p: torch.Tensor, g: torch.Generator) -> str:
+    if isinstance(module, nn.LayerNorm):
+        return common.draw_layernorm(p, p_name, g, LN_STD)
+    if p_name == "logit_scale":
+        p.fill_(LOGIT_SCALE)
+        return "logit_scale"
+    if p_name in ("class_embedding", "positional_embedding") or mod_name.endswith("position_embedding"):
+        common.draw_normal(p, g, EMBED_STD)
+        return "embed"
+    if mod_name.endswith("token_embedding"):
+        common.draw_normal(p, g, TOKEN_EMBED_STD)
+        return "token_embed"
+    if p.ndim == 1:
+        common.draw_normal(p, g, BIAS_STD)
+        return "bias"
+    if p.ndim >= 2:
+        # open_clip's proj / text_projection is used as x @ P, P is [in, out];
+        # nn.Linear / Conv2d / in_proj weights are [out, in, ...]
+        common.draw_fan_in(p, g, WEIGHT_GAIN, p.shape[0] if p_name in ("proj", "text_projection") else None)
+        return "weight"
+    raise RuntimeError(f"unhandled parameter {full} {tuple(p.shape)}")
+
+
 def rerandomise(model: nn.Module, g: torch.Generator) -> Dict[str, str]:
     """Overwrite every parameter with a seeded value; returns name -> rule used."""
-    rules = {}
-    with torch.no_grad():
-        for mod_name, module in model.named_modules():
-            for p_name, p in module.named_parameters(recurse=False):
-                full = f"{mod_name}.{p_name}" if mod_name else p_name
-                if isinstance(module, nn.LayerNorm):
-                    if p_name == "weight":
-                        p.copy_(common.randn(p.shape, g, std=LN_STD, mean=1.0))
-                        rules[full] = "ln_weight"
-                    else:
-                        p.copy_(common.randn(p.shape, g, std=LN_STD))
-                        rules[full] = "ln_bias"
-                elif p_name == "logit_scale":
-                    p.fill_(LOGIT_SCALE)
-                    rules[full] = "logit_scale"
-                elif p_name in ("class_embedding", "positional_embedding") or mod_name.endswith("position_embedding"):
-                    p.copy_(common.randn(p.shape, g, std=EMBED_STD))
-                    rules[full] = "embed"
-                elif mod_name.endswith("token_embedding"):
-                    p.copy_(common.randn(p.shape, g, std=TOKEN_EMBED_STD))
-                    rules[full] = "token_embed"
-                elif p.ndim == 1:
-                    p.copy_(common.randn(p.shape, g, std=BIAS_STD))
-                    rules[full] = "bias"
-                elif p.ndim >= 2:
-                    if p_name in ("proj", "text_projection"):
-                        fan_in = p.shape[0]  # open_clip: used as x @ P, P is [in, out]
-                    else:
-                        fan_in = p[0].numel()  # nn.Linear / Conv2d / in_proj: [out, in, ...]
-                    p.copy_(common.randn(p.shape, g, std=WEIGHT_GAIN / math.sqrt(fan_in)))
-                    rules[full] = "weight"
-                else:
-                    raise RuntimeError(f"unhandled parameter {full} {tuple(p.shape)}")
-    return rules
-
-
-class Capture:
-    """Forward / forward-pre hooks that store a tensor per key (each key once per run)."""
-
-    def __init__(self):
-        self.out: Dict[str, torch.Tensor] = {}
-        self.handles = []
-
-    def _store(self, key, t):
-        if key in self.out:
-            raise RuntimeError(f"hook {key} fired twice")
-        self.out[key] = t.detach().clone().contiguous()
-
-    def fwd(self, module: nn.Module, key: str, fn: Callable = lambda t: t):
-        def hook(_m, _inp, out):
-            t = out[0] if isinstance(out, (tuple, list)) else out
-            self._store(key, fn(t))
-
-        self.handles.append(module.register_forward_hook(hook))
-
-    def pre(self, module: nn.Module, key: str, fn: Callable = lambda t: t):
-        def hook(_m, inp):
-            self._store(key, fn(inp[0]))
-
-        self.handles.append(module.register_forward_pre_hook(hook))
-
-    def remove(self):
-        for h in self.handles:
-            h.remove()
-        self.handles = []
+    return common.rerandomise(model, g, lambda *a: _draw(*a, g))
 
 
 def make_inputs(image_size: int, seed: int):
@@ -299,7 +240,7 @@ def config_summary(**kw) -> dict:
 # transformers CLIPModel
 # ----------------------------------------------------------------------------
 def hf_capture(model, pixel_values, input_ids):
-    cap = Capture()
+    cap = common.Capture()
     vm, tm = model.vision_model, model.text_model
     cap.fwd(vm.embeddings, "vision.embeddings")
     cap.fwd(vm.pre_layrnorm, "vision.ln_pre")
@@ -479,7 +420,7 @@ def _bf(t: torch.Tensor, batch_first: bool) -> torch.Tensor:
 
 
 def oc_capture(model, pixel_values, input_ids):
-    cap = Capture()
+    cap = common.Capture()
     vis = model.visual
     vbf = getattr(vis.transformer, "batch_first", False)
     tbf = getattr(model.transformer, "batch_first", False)

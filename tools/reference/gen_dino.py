@@ -19,7 +19,8 @@ Writes, under <out_dir>/ (out_dir = crates/vista/tests/fixtures/dino):
   v2_hf_reg4_swiglu/        transformers Dinov2WithRegistersModel(use_swiglu_ffn=True), v2_official_swiglu_reg4 weights
   preprocess/               DINO eval transform (Resize(256, interpolation=3), CenterCrop(224), ToTensor, Normalize)
                             on two real photos: the uint8 crop (exact) + a float32 corner patch of the normalised tensor
-  knn/                      eval_knn.knn_classifier (reproduced verbatim) on random clustered features
+  knn/                      eval_knn.knn_classifier (reproduced verbatim, plus a read-only per-chunk `record`
+                            hook) on random clustered features
 
 Every model folder has golden.safetensors with, per input size S = "<H>x<W>" (native, larger square, non-square with
 one grid dim below and one above the native grid): x.S, tokens_in.S, block.<i>.S, final.S, cls.S, patch.S,
@@ -119,13 +120,15 @@ def sz(hw: Tuple[int, int]) -> str:
 # drop_path_rate = 0 so DropPath is nn.Identity; weights are re-drawn anyway)
 # ============================================================================
 class DinoMlp(nn.Module):
-    def __init__(self, in_features, hidden_features=None, out_features=None, act_layer=nn.GELU, drop=0.):
+    # `bias` is DINOv2's addition (dinov2/layers/mlp.py is this class with it; V2Mlp below); True is DINO's layout.
+    def __init__(self, in_features, hidden_features=None, out_features=None, act_layer=nn.GELU, drop=0.,
+                 bias=True):
         super().__init__()
         out_features = out_features or in_features
         hidden_features = hidden_features or in_features
-        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.fc1 = nn.Linear(in_features, hidden_features, bias=bias)
         self.act = act_layer()
-        self.fc2 = nn.Linear(hidden_features, out_features)
+        self.fc2 = nn.Linear(hidden_features, out_features, bias=bias)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x):
@@ -304,27 +307,11 @@ def build_v1() -> DinoVisionTransformer:
 # ============================================================================
 # DINOv2: facebookresearch/dinov2 dinov2/models/vision_transformer.py + dinov2/layers/*.py, the paths taken without
 # xFormers (XFORMERS_AVAILABLE = False: MemEffAttention.forward == Attention.forward, SwiGLUFFNFused subclasses
-# SwiGLUFFN), eval mode, drop_path 0. Verbatim except: Attention keeps its softmax output (`keep_attn`, no effect on
-# the math), and the block_chunks > 0 / nested-tensor / training branches are left out (block_chunks=0 as the hub).
+# SwiGLUFFN), eval mode, drop_path 0. Verbatim except: Mlp is DinoMlp above (the same code), Attention keeps its
+# softmax output (`keep_attn`, no effect on the math), and the block_chunks > 0 / nested-tensor / training branches
+# are left out (block_chunks=0 as the hub).
 # ============================================================================
-class V2Mlp(nn.Module):
-    def __init__(self, in_features, hidden_features=None, out_features=None, act_layer=nn.GELU, drop=0.0,
-                 bias=True):
-        super().__init__()
-        out_features = out_features or in_features
-        hidden_features = hidden_features or in_features
-        self.fc1 = nn.Linear(in_features, hidden_features, bias=bias)
-        self.act = act_layer()
-        self.fc2 = nn.Linear(hidden_features, out_features, bias=bias)
-        self.drop = nn.Dropout(drop)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.fc1(x)
-        x = self.act(x)
-        x = self.drop(x)
-        x = self.fc2(x)
-        x = self.drop(x)
-        return x
+V2Mlp = DinoMlp  # dinov2/layers/mlp.py Mlp: DINO's with the `bias` flag
 
 
 class V2SwiGLUFFN(nn.Module):
@@ -624,43 +611,34 @@ def build_v2(variant: str) -> DinoV2VisionTransformer:
 # ----------------------------------------------------------------------------
 # Re-randomisation
 # ----------------------------------------------------------------------------
+# Tensors drawn N(mean, std) by parameter name: name -> (rule, std, mean)
+NAMED_DRAW = {
+    "cls_token": ("cls_token", CLS_STD, 0.0),
+    "pos_embed": ("pos_embed", POS_STD, 0.0), "position_embeddings": ("pos_embed", POS_STD, 0.0),
+    "register_tokens": ("register_tokens", REG_STD, 0.0),
+    "mask_token": ("mask_token", MASK_STD, 0.0),
+    "gamma": ("layer_scale", LS_STD, LS_MEAN), "lambda1": ("layer_scale", LS_STD, LS_MEAN),
+}
+
+
+def _draw(full: str, mod_name: str, module: nn.Module, p_name: str, p: Tensor, g: torch.Generator) -> str:
+    if isinstance(module, nn.LayerNorm):
+        return common.draw_layernorm(p, p_name, g, LN_STD)
+    if p_name in NAMED_DRAW:
+        rule, std, mean = NAMED_DRAW[p_name]
+        common.draw_normal(p, g, std, mean=mean)
+        return rule
+    if p.ndim >= 2:
+        common.draw_fan_in(p, g, WEIGHT_GAIN)
+        return "weight"
+    if p.ndim == 1:
+        common.draw_normal(p, g, BIAS_STD)
+        return "bias"
+    raise RuntimeError(f"unhandled parameter {full} {tuple(p.shape)}")
+
+
 def rerandomise(model: nn.Module, g: torch.Generator) -> Dict[str, str]:
-    rules: Dict[str, str] = {}
-    with torch.no_grad():
-        for mod_name, module in model.named_modules():
-            for p_name, p in module.named_parameters(recurse=False):
-                full = f"{mod_name}.{p_name}" if mod_name else p_name
-                if isinstance(module, nn.LayerNorm):
-                    if p_name == "weight":
-                        p.copy_(common.randn(p.shape, g, std=LN_STD, mean=1.0))
-                    else:
-                        p.copy_(common.randn(p.shape, g, std=LN_STD))
-                    rule = f"ln_{p_name}"
-                elif p_name == "cls_token":
-                    p.copy_(common.randn(p.shape, g, std=CLS_STD))
-                    rule = "cls_token"
-                elif p_name in ("pos_embed", "position_embeddings"):
-                    p.copy_(common.randn(p.shape, g, std=POS_STD))
-                    rule = "pos_embed"
-                elif p_name == "register_tokens":
-                    p.copy_(common.randn(p.shape, g, std=REG_STD))
-                    rule = "register_tokens"
-                elif p_name == "mask_token":
-                    p.copy_(common.randn(p.shape, g, std=MASK_STD))
-                    rule = "mask_token"
-                elif p_name in ("gamma", "lambda1"):
-                    p.copy_(common.randn(p.shape, g, std=LS_STD, mean=LS_MEAN))
-                    rule = "layer_scale"
-                elif p.ndim >= 2:
-                    p.copy_(common.randn(p.shape, g, std=WEIGHT_GAIN / math.sqrt(p[0].numel())))
-                    rule = "weight"
-                elif p.ndim == 1:
-                    p.copy_(common.randn(p.shape, g, std=BIAS_STD))
-                    rule = "bias"
-                else:
-                    raise RuntimeError(f"unhandled parameter {full} {tuple(p.shape)}")
-                rules[full] = rule
-    return rules
+    return common.rerandomise(model, g, lambda *a: _draw(*a, g))
 
 
 def clone_sd(sd: Dict[str, Tensor]) -> Dict[str, Tensor]:
@@ -1062,12 +1040,22 @@ def recipe_hf(kind: str) -> dict:
 # ----------------------------------------------------------------------------
 # HF conversion (official -> HF in-memory names of transformers 5.24 -> saved (legacy) names)
 # ----------------------------------------------------------------------------
-def v1_official_to_hf_memory(sd: Dict[str, Tensor]) -> Dict[str, Tensor]:
+def official_to_hf(sd: Dict[str, Tensor], layer_prefix: str, split: Dict[str, Tuple[str, ...]],
+                   rename: Dict[str, str], clone: bool, drop_registers: bool = False) -> Dict[str, Tensor]:
+    """Official DINO / DINOv2 state dict -> HF names.
+
+    Block tensors blocks.{i}.<mod>.<weight|bias|gamma> go to <layer_prefix>.{i}.<new>.<weight|bias>: split[mod]
+    chunks the tensor along dim 0 into len(names) equal parts (q, k, v; SwiGLU gate, up), rename[mod] renames it,
+    ls{1,2}.gamma become layer_scale{1,2}.lambda1. clone: every tensor (and chunk) gets its own copy.
+    """
     out = {}
     for k, v in sd.items():
-        v = v.detach().clone()
-        if k == "cls_token":
-            out["embeddings.cls_token"] = v
+        if clone:
+            v = v.detach().clone()
+        if k in ("cls_token", "mask_token", "register_tokens"):
+            if k == "register_tokens" and drop_registers:
+                continue
+            out[f"embeddings.{k}"] = v
         elif k == "pos_embed":
             out["embeddings.position_embeddings"] = v
         elif k.startswith("patch_embed.proj."):
@@ -1075,19 +1063,27 @@ def v1_official_to_hf_memory(sd: Dict[str, Tensor]) -> Dict[str, Tensor]:
         elif k.startswith("norm."):
             out["layernorm." + k.rsplit(".", 1)[1]] = v
         else:
-            m = re.match(r"blocks\.(\d+)\.(.+)\.(weight|bias)$", k)
+            m = re.match(r"blocks\.(\d+)\.(.+)\.(weight|bias|gamma)$", k)
             i, mod, wb = m.group(1), m.group(2), m.group(3)
-            pre = f"layers.{i}."
-            if mod == "attn.qkv":
-                q, kk, vv = v.chunk(3, dim=0)
-                out[pre + f"attention.q_proj.{wb}"] = q.clone()
-                out[pre + f"attention.k_proj.{wb}"] = kk.clone()
-                out[pre + f"attention.v_proj.{wb}"] = vv.clone()
+            pre = f"{layer_prefix}.{i}."
+            if mod in split:
+                for name, t in zip(split[mod], v.chunk(len(split[mod]), dim=0)):
+                    out[pre + f"{name}.{wb}"] = t.clone() if clone else t
+            elif mod in ("ls1", "ls2"):
+                out[pre + f"layer_scale{mod[-1]}.lambda1"] = v
             else:
-                name = {"norm1": "layernorm_before", "norm2": "layernorm_after", "attn.proj": "attention.o_proj",
-                        "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}[mod]
-                out[pre + f"{name}.{wb}"] = v
+                out[pre + f"{rename[mod]}.{wb}"] = v
     return out
+
+
+QKV_MEMORY = {"attn.qkv": ("attention.q_proj", "attention.k_proj", "attention.v_proj")}
+QKV_DISK = {"attn.qkv": ("attention.attention.query", "attention.attention.key", "attention.attention.value")}
+
+
+def v1_official_to_hf_memory(sd: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    return official_to_hf(sd, "layers", QKV_MEMORY, {
+        "norm1": "layernorm_before", "norm2": "layernorm_after", "attn.proj": "attention.o_proj",
+        "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}, clone=True)
 
 
 V1_OFFICIAL_TO_HF_DISK = [
@@ -1107,64 +1103,15 @@ V1_OFFICIAL_TO_HF_DISK = [
 
 
 def v1_official_to_hf_disk(sd: Dict[str, Tensor]) -> Dict[str, Tensor]:
-    out = {}
-    for k, v in sd.items():
-        if k == "cls_token":
-            out["embeddings.cls_token"] = v
-        elif k == "pos_embed":
-            out["embeddings.position_embeddings"] = v
-        elif k.startswith("patch_embed.proj."):
-            out["embeddings.patch_embeddings.projection." + k.rsplit(".", 1)[1]] = v
-        elif k.startswith("norm."):
-            out["layernorm." + k.rsplit(".", 1)[1]] = v
-        else:
-            m = re.match(r"blocks\.(\d+)\.(.+)\.(weight|bias)$", k)
-            i, mod, wb = m.group(1), m.group(2), m.group(3)
-            pre = f"encoder.layer.{i}."
-            if mod == "attn.qkv":
-                for name, t in zip(("query", "key", "value"), v.chunk(3, dim=0)):
-                    out[pre + f"attention.attention.{name}.{wb}"] = t
-            else:
-                name = {"norm1": "layernorm_before", "norm2": "layernorm_after", "attn.proj": "attention.output.dense",
-                        "mlp.fc1": "intermediate.dense", "mlp.fc2": "output.dense"}[mod]
-                out[pre + f"{name}.{wb}"] = v
-    return out
+    return official_to_hf(sd, "encoder.layer", QKV_DISK, {
+        "norm1": "layernorm_before", "norm2": "layernorm_after", "attn.proj": "attention.output.dense",
+        "mlp.fc1": "intermediate.dense", "mlp.fc2": "output.dense"}, clone=False)
 
 
 def v2_official_to_hf_memory(sd: Dict[str, Tensor], drop_registers: bool = False) -> Dict[str, Tensor]:
-    out = {}
-    for k, v in sd.items():
-        v = v.detach().clone()
-        if k in ("cls_token", "mask_token", "register_tokens"):
-            if k == "register_tokens" and drop_registers:
-                continue
-            out[f"embeddings.{k}"] = v
-        elif k == "pos_embed":
-            out["embeddings.position_embeddings"] = v
-        elif k.startswith("patch_embed.proj."):
-            out["embeddings.patch_embeddings.projection." + k.rsplit(".", 1)[1]] = v
-        elif k.startswith("norm."):
-            out["layernorm." + k.rsplit(".", 1)[1]] = v
-        else:
-            m = re.match(r"blocks\.(\d+)\.(.+)\.(weight|bias|gamma)$", k)
-            i, mod, wb = m.group(1), m.group(2), m.group(3)
-            pre = f"encoder.layer.{i}."
-            if mod == "attn.qkv":
-                q, kk, vv = v.chunk(3, dim=0)
-                out[pre + f"attention.q_proj.{wb}"] = q.clone()
-                out[pre + f"attention.k_proj.{wb}"] = kk.clone()
-                out[pre + f"attention.v_proj.{wb}"] = vv.clone()
-            elif mod == "mlp.w12":
-                a, b = v.chunk(2, dim=0)
-                out[pre + f"mlp.gate_proj.{wb}"] = a.clone()
-                out[pre + f"mlp.up_proj.{wb}"] = b.clone()
-            elif mod in ("ls1", "ls2"):
-                out[pre + f"layer_scale{mod[-1]}.lambda1"] = v
-            else:
-                name = {"norm1": "norm1", "norm2": "norm2", "attn.proj": "attention.o_proj", "mlp.fc1": "mlp.fc1",
-                        "mlp.fc2": "mlp.fc2", "mlp.w3": "mlp.down_proj"}[mod]
-                out[pre + f"{name}.{wb}"] = v
-    return out
+    return official_to_hf(sd, "encoder.layer", QKV_MEMORY | {"mlp.w12": ("mlp.gate_proj", "mlp.up_proj")}, {
+        "norm1": "norm1", "norm2": "norm2", "attn.proj": "attention.o_proj", "mlp.fc1": "mlp.fc1",
+        "mlp.fc2": "mlp.fc2", "mlp.w3": "mlp.down_proj"}, clone=True, drop_registers=drop_registers)
 
 
 V2_OFFICIAL_TO_HF_DISK = [
@@ -1192,33 +1139,10 @@ V2_OFFICIAL_TO_HF_DISK = [
 
 
 def v2_official_to_hf_disk(sd: Dict[str, Tensor], drop_registers: bool = False) -> Dict[str, Tensor]:
-    out = {}
-    for k, v in sd.items():
-        if k in ("cls_token", "mask_token", "register_tokens"):
-            if k == "register_tokens" and drop_registers:
-                continue
-            out[f"embeddings.{k}"] = v
-        elif k == "pos_embed":
-            out["embeddings.position_embeddings"] = v
-        elif k.startswith("patch_embed.proj."):
-            out["embeddings.patch_embeddings.projection." + k.rsplit(".", 1)[1]] = v
-        elif k.startswith("norm."):
-            out["layernorm." + k.rsplit(".", 1)[1]] = v
-        else:
-            m = re.match(r"blocks\.(\d+)\.(.+)\.(weight|bias|gamma)$", k)
-            i, mod, wb = m.group(1), m.group(2), m.group(3)
-            pre = f"encoder.layer.{i}."
-            if mod == "attn.qkv":
-                for name, t in zip(("query", "key", "value"), v.chunk(3, dim=0)):
-                    out[pre + f"attention.attention.{name}.{wb}"] = t
-            elif mod in ("ls1", "ls2"):
-                out[pre + f"layer_scale{mod[-1]}.lambda1"] = v
-            else:
-                name = {"norm1": "norm1", "norm2": "norm2", "attn.proj": "attention.output.dense",
-                        "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2", "mlp.w12": "mlp.weights_in",
-                        "mlp.w3": "mlp.weights_out"}[mod]
-                out[pre + f"{name}.{wb}"] = v
-    return out
+    return official_to_hf(sd, "encoder.layer", QKV_DISK, {
+        "norm1": "norm1", "norm2": "norm2", "attn.proj": "attention.output.dense", "mlp.fc1": "mlp.fc1",
+        "mlp.fc2": "mlp.fc2", "mlp.w12": "mlp.weights_in", "mlp.w3": "mlp.weights_out"}, clone=False,
+        drop_registers=drop_registers)
 
 
 @torch.no_grad()
@@ -1516,6 +1440,53 @@ def rule_counts(rules: Dict[str, str]) -> Dict[str, int]:
     return {r: sum(1 for v in rules.values() if v == r) for r in sorted(set(rules.values()))}
 
 
+def convert_save_reload(d: pathlib.Path, model, mem: Dict[str, Tensor], disk: Dict[str, Tensor], cls, kind: str,
+                        xs, g_off: Dict[str, Tensor], native_hw, **reload_kw):
+    """Load the converted weights (mem), save them (the file must hold disk), reload with eager attention and run.
+
+    Returns (memory_keys, disk_keys, goldens, reload max_abs, cross-check vs g_off grouped by size); the HF model
+    must equal the official one at the native size.
+    """
+    model.load_state_dict(mem, strict=True)
+    memory_keys = {k: list(v.shape) for k, v in model.state_dict().items()}
+    disk_keys = save_hf_case(d, model, disk)
+    reloaded = hf_eager(cls, d, **reload_kw)
+    g = run_hf(reloaded, xs, kind)
+    rt = state_dict_max_abs(model, reloaded)
+    cross = group_by_size(compare_goldens(g_off, g))
+    for k, v in cross[sz(native_hw)].items():
+        if v > tol_for(k) * 0.1:
+            raise AssertionError(f"HF vs official at the native size: {k} {v}")
+    return memory_keys, disk_keys, g, rt, cross
+
+
+def hf_files_naming(disk_keys: List[str], note: str, memory_keys: Dict[str, list], official_to_disk, **more) -> dict:
+    """The "files" and "naming" entries of an HF case's manifest."""
+    return {
+        "files": {"config": "config.json", "weights": "model.safetensors", "golden": "golden.safetensors"},
+        "naming": {
+            "safetensors_keys (on disk)": disk_keys,
+            "note": note,
+            "in_memory_keys (transformers 5.24 modules)": memory_keys,
+            "official_to_disk": [{"official": a, "hf": b, "op": o} for a, b, o in official_to_disk],
+            **more,
+        },
+    }
+
+
+def hf_manifest_tail(tokens_in: str, block: str, final: str, summary, rt: float, stats) -> dict:
+    """The "golden_keys", "keys", "tolerances" and "checks" entries of an HF case's manifest."""
+    return {
+        "golden_keys": GOLDEN_KEYS_DOC | {
+            "tokens_in.S": tokens_in, "block.<i>.S": block, "final.S": final, "attn_last.S": "attentions[-1]",
+            "pos_embed_interp.S": "embeddings.interpolate_pos_encoding(cat(cls, patches), H, W)[:, 1:]",
+        },
+        "keys": summary,
+        "tolerances": TOLERANCE_TABLE,
+        "checks": {"reloaded_state_dict_vs_converted_max_abs": rt, "activity": stats},
+    }
+
+
 def gen_v1_hf(d: pathlib.Path, sd_off: Dict[str, Tensor], xs, g_off):
     from transformers import ViTConfig, ViTModel
 
@@ -1529,19 +1500,10 @@ def gen_v1_hf(d: pathlib.Path, sd_off: Dict[str, Tensor], xs, g_off):
                        image_size=c["img_size"], patch_size=c["patch_size"], num_channels=3, qkv_bias=True)
     config.architectures = ["ViTModel"]
     model = ViTModel(config, add_pooling_layer=False).float().eval()
-    mem = v1_official_to_hf_memory(sd_off)
-    model.load_state_dict(mem, strict=True)
-    memory_keys = {k: list(v.shape) for k, v in model.state_dict().items()}
-    disk_keys = save_hf_case(d, model, v1_official_to_hf_disk(sd_off))
-    reloaded = hf_eager(ViTModel, d, add_pooling_layer=False)
-    g = run_hf(reloaded, xs, "vit")
-    rt = state_dict_max_abs(model, reloaded)
     # cross-check vs the official model (same weights) and vs the official with eps 1e-12
-    cross = group_by_size(compare_goldens(g_off, g))
-    native = sz(V1_SIZES[0])
-    for k, v in cross[native].items():
-        if v > tol_for(k) * 0.1:
-            raise AssertionError(f"HF vs official at the native size: {k} {v}")
+    memory_keys, disk_keys, g, rt, cross = convert_save_reload(
+        d, model, v1_official_to_hf_memory(sd_off), v1_official_to_hf_disk(sd_off), ViTModel, "vit", xs, g_off,
+        V1_SIZES[0], add_pooling_layer=False)
     rep = recipe_report("v1_hf", sd_off["pos_embed"], g, V1_SIZES, c["img_size"] // c["patch_size"])
     summary = golden_files(d, g, V1_SIZES, "v1_hf")
     stats = activity_stats(g, V1_SIZES)
@@ -1562,18 +1524,14 @@ def gen_v1_hf(d: pathlib.Path, sd_off: Dict[str, Tensor], xs, g_off):
             "hidden_act": "gelu (exact erf)",
             "pooler": "none (add_pooling_layer=False; config.json still has pooler_output_size / pooler_act)",
         },
-        "files": {"config": "config.json", "weights": "model.safetensors", "golden": "golden.safetensors"},
-        "naming": {
-            "safetensors_keys (on disk)": disk_keys,
-            "note": "transformers 5.24 renames the modules in memory (layers.{i}.attention.q_proj, "
-                    "layers.{i}.mlp.fc1, ...) but save_pretrained (save_original_format=True) reverts to the legacy "
-                    "names used by every checkpoint on the Hub; from_pretrained converts back. The file holds the "
-                    "legacy names.",
-            "in_memory_keys (transformers 5.24 modules)": memory_keys,
-            "official_to_disk": [{"official": a, "hf": b, "op": o} for a, b, o in V1_OFFICIAL_TO_HF_DISK],
-            "layer_structure": "layernorm_before -> attention -> + residual; layernorm_after -> intermediate.dense "
-                               "-> gelu -> output.dense -> + residual; final layernorm",
-        },
+        **hf_files_naming(
+            disk_keys,
+            "transformers 5.24 renames the modules in memory (layers.{i}.attention.q_proj, layers.{i}.mlp.fc1, ...) "
+            "but save_pretrained (save_original_format=True) reverts to the legacy names used by every checkpoint on "
+            "the Hub; from_pretrained converts back. The file holds the legacy names.",
+            memory_keys, V1_OFFICIAL_TO_HF_DISK,
+            layer_structure="layernorm_before -> attention -> + residual; layernorm_after -> intermediate.dense "
+                            "-> gelu -> output.dense -> + residual; final layernorm"),
         "interpolation": recipe_hf("vit"),
         "recipe_check": rep,
         "cross_check_vs_v1_official_max_abs": cross,
@@ -1581,15 +1539,9 @@ def gen_v1_hf(d: pathlib.Path, sd_off: Dict[str, Tensor], xs, g_off):
                             "1e-6). Non-native sizes differ because HF resamples with size=(H/p, W/p) while the "
                             "official code uses scale_factor=(g+0.1)/M (the kernel then maps coordinates with "
                             "M/(g+0.1) instead of M/g).",
-        "golden_keys": GOLDEN_KEYS_DOC | {
-            "tokens_in.S": "hidden_states[0] (embeddings output)",
-            "block.<i>.S": "hidden_states[i+1] (checked equal to the output of layers[i])",
-            "final.S": "last_hidden_state", "attn_last.S": "attentions[-1]",
-            "pos_embed_interp.S": "embeddings.interpolate_pos_encoding(cat(cls, patches), H, W)[:, 1:]",
-        },
-        "keys": summary,
-        "tolerances": TOLERANCE_TABLE,
-        "checks": {"reloaded_state_dict_vs_converted_max_abs": rt, "activity": stats},
+        **hf_manifest_tail("hidden_states[0] (embeddings output)",
+                           "hidden_states[i+1] (checked equal to the output of layers[i])", "last_hidden_state",
+                           summary, rt, stats),
     }
     common.write_json(d / "manifest.json", manifest)
     return cross
@@ -1786,18 +1738,9 @@ def gen_v2_hf(d: pathlib.Path, kind: str, sd_off: Dict[str, Tensor], xs, g_off_s
         cls = Dinov2WithRegistersModel
     config.architectures = [cls.__name__]
     model = cls(config).float().eval()
-    mem = v2_official_to_hf_memory(sd_off, drop_registers=drop_registers)
-    model.load_state_dict(mem, strict=True)
-    memory_keys = {k: list(v.shape) for k, v in model.state_dict().items()}
-    disk_keys = save_hf_case(d, model, v2_official_to_hf_disk(sd_off, drop_registers=drop_registers))
-    reloaded = hf_eager(cls, d)
-    g = run_hf(reloaded, xs, kind)
-    rt = state_dict_max_abs(model, reloaded)
-    cross = group_by_size(compare_goldens(g_off_same_recipe, g))
-    native = sz(V2_SIZES[0])
-    for k, v in cross[native].items():
-        if v > tol_for(k) * 0.1:
-            raise AssertionError(f"HF vs official at the native size: {k} {v}")
+    memory_keys, disk_keys, g, rt, cross = convert_save_reload(
+        d, model, v2_official_to_hf_memory(sd_off, drop_registers=drop_registers),
+        v2_official_to_hf_disk(sd_off, drop_registers=drop_registers), cls, kind, xs, g_off_same_recipe, V2_SIZES[0])
     if kind == "dinov2_with_registers":
         # same recipe as the official *_reg hub models: must agree at every size
         for s, dd in cross.items():
@@ -1832,16 +1775,13 @@ def gen_v2_hf(d: pathlib.Path, kind: str, sd_off: Dict[str, Tensor], xs, g_off_s
             "mask_token": "[1, D] embeddings.mask_token (Dinov2: only if config.use_mask_token, default True; "
                           "Dinov2WithRegisters: always)",
         },
-        "files": {"config": "config.json", "weights": "model.safetensors", "golden": "golden.safetensors"},
-        "naming": {
-            "safetensors_keys (on disk)": disk_keys,
-            "note": "transformers 5.24 modules use attention.{q,k,v,o}_proj and (SwiGLU) mlp.{gate,up,down}_proj in "
-                    "memory, but save_pretrained reverts to the legacy Hub names (attention.attention.{query,key,"
-                    "value}, attention.output.dense, mlp.weights_in fused / mlp.weights_out). The file holds the "
-                    "legacy names, like facebook/dinov2-* and facebook/dinov2-with-registers-*.",
-            "in_memory_keys (transformers 5.24 modules)": memory_keys,
-            "official_to_disk": [{"official": a, "hf": b, "op": o} for a, b, o in V2_OFFICIAL_TO_HF_DISK],
-        },
+        **hf_files_naming(
+            disk_keys,
+            "transformers 5.24 modules use attention.{q,k,v,o}_proj and (SwiGLU) mlp.{gate,up,down}_proj in memory, "
+            "but save_pretrained reverts to the legacy Hub names (attention.attention.{query,key,value}, "
+            "attention.output.dense, mlp.weights_in fused / mlp.weights_out). The file holds the legacy names, like "
+            "facebook/dinov2-* and facebook/dinov2-with-registers-*.",
+            memory_keys, V2_OFFICIAL_TO_HF_DISK),
         "interpolation": recipe_hf(kind),
         "recipe_check": rep,
         f"cross_check_vs_official_{variant_off}_max_abs": cross,
@@ -1851,15 +1791,9 @@ def gen_v2_hf(d: pathlib.Path, kind: str, sd_off: Dict[str, Tensor], xs, g_off_s
                "equal at every size." if kind == "dinov2_with_registers" else
                "Dinov2 (size=, no antialias, no offset) vs official (scale_factor (g+0.1)/M): equal at the native "
                "size only.")),
-        "golden_keys": GOLDEN_KEYS_DOC | {
-            "tokens_in.S": "hidden_states[0] (embeddings output incl. registers)",
-            "block.<i>.S": "hidden_states[i+1] (checked equal to encoder.layer[i] output)",
-            "final.S": "last_hidden_state (= layernorm(hidden_states[-1]))", "attn_last.S": "attentions[-1]",
-            "pos_embed_interp.S": "embeddings.interpolate_pos_encoding(cat(cls, patches), H, W)[:, 1:]",
-        },
-        "keys": summary,
-        "tolerances": TOLERANCE_TABLE,
-        "checks": {"reloaded_state_dict_vs_converted_max_abs": rt, "activity": stats},
+        **hf_manifest_tail("hidden_states[0] (embeddings output incl. registers)",
+                           "hidden_states[i+1] (checked equal to encoder.layer[i] output)",
+                           "last_hidden_state (= layernorm(hidden_states[-1]))", summary, rt, stats),
     }
     common.write_json(d / "manifest.json", manifest)
     return cross
@@ -1954,8 +1888,12 @@ def gen_preprocess(d: pathlib.Path):
 # k-NN
 # ----------------------------------------------------------------------------
 @torch.no_grad()
-def knn_classifier(train_features, train_labels, test_features, test_labels, k, T, num_classes=1000):
-    """dino/eval_knn.py knn_classifier, verbatim."""
+def knn_classifier(train_features, train_labels, test_features, test_labels, k, T, num_classes=1000, record=None):
+    """dino/eval_knn.py knn_classifier, verbatim apart from `record`.
+
+    record (not in the original): None, or called once per chunk with (distances, indices, probs, predictions,
+    batch_size) after the computation; it reads the tensors and changes nothing.
+    """
     top1, top5, total = 0.0, 0.0, 0
     train_features = train_features.t()
     num_test_images, num_chunks = test_labels.shape[0], 100
@@ -1992,45 +1930,24 @@ def knn_classifier(train_features, train_labels, test_features, test_labels, k, 
         top1 = top1 + correct.narrow(1, 0, 1).sum().item()
         top5 = top5 + correct.narrow(1, 0, min(5, k)).sum().item()  # top5 does not make sense if k < 5
         total += targets.size(0)
+        if record is not None:
+            record(distances, indices, probs, predictions, batch_size)
     top1 = top1 * 100.0 / total
     top5 = top5 * 100.0 / total
     return top1, top5
 
 
-@torch.no_grad()
 def knn_classifier_instrumented(train_features, train_labels, test_features, test_labels, k, T, num_classes=1000):
-    """The same code, additionally collecting per-sample tensors (no change to the computation)."""
-    top1, top5, total = 0.0, 0.0, 0
-    train_features = train_features.t()
-    num_test_images, num_chunks = test_labels.shape[0], 100
-    imgs_per_chunk = num_test_images // num_chunks
-    retrieval_one_hot = torch.zeros(k, num_classes).to(train_features.device)
+    """knn_classifier, additionally collecting per-sample tensors (no change to the computation)."""
     rec = {"distances": [], "indices": [], "probs": [], "predictions": [], "chunks": []}
-    for idx in range(0, num_test_images, imgs_per_chunk):
-        features = test_features[idx : min((idx + imgs_per_chunk), num_test_images), :]
-        targets = test_labels[idx : min((idx + imgs_per_chunk), num_test_images)]
-        batch_size = targets.shape[0]
-        similarity = torch.mm(features, train_features)
-        distances, indices = similarity.topk(k, largest=True, sorted=True)
-        candidates = train_labels.view(1, -1).expand(batch_size, -1)
-        retrieved_neighbors = torch.gather(candidates, 1, indices)
-        retrieval_one_hot.resize_(batch_size * k, num_classes).zero_()
-        retrieval_one_hot.scatter_(1, retrieved_neighbors.view(-1, 1), 1)
-        distances_transform = distances.clone().div_(T).exp_()
-        probs = torch.sum(torch.mul(retrieval_one_hot.view(batch_size, -1, num_classes),
-                                    distances_transform.view(batch_size, -1, 1)), 1)
-        _, predictions = probs.sort(1, True)
-        correct = predictions.eq(targets.data.view(-1, 1))
-        top1 = top1 + correct.narrow(1, 0, 1).sum().item()
-        top5 = top5 + correct.narrow(1, 0, min(5, k)).sum().item()
-        total += targets.size(0)
-        rec["distances"].append(distances.clone())
-        rec["indices"].append(indices.clone())
-        rec["probs"].append(probs.clone())
-        rec["predictions"].append(predictions.clone())
+
+    def record(distances, indices, probs, predictions, batch_size):
+        for key, t in zip(("distances", "indices", "probs", "predictions"), (distances, indices, probs, predictions)):
+            rec[key].append(t.clone())
         rec["chunks"].append(batch_size)
-    top1 = top1 * 100.0 / total
-    top5 = top5 * 100.0 / total
+
+    top1, top5 = knn_classifier(train_features, train_labels, test_features, test_labels, k, T, num_classes,
+                                record=record)
     return top1, top5, {k2: (torch.cat(v) if k2 != "chunks" else v) for k2, v in rec.items()}
 
 

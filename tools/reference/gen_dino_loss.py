@@ -389,11 +389,8 @@ def main(out_dir: pathlib.Path = DEFAULT_OUT) -> None:
                 "(DINO's own init is tested statistically in Rust).",
     }
     common.write_json(out_dir / "manifest.json", manifest)
-    total = sum(p.stat().st_size for p in out_dir.iterdir())
-    print(f"dino_loss fixtures: {total / 1024:.1f} KiB in {out_dir}")
-    assert total < 500 * 1024, total
+    common.report_size(out_dir, "dino_loss", max_kib=500)
 
 
 if __name__ == "__main__":
-    common.setup_determinism(0)
-    main(pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_OUT)
+    common.run_standalone(main, DEFAULT_OUT)

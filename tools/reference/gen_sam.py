@@ -32,7 +32,6 @@ Run through tools/reference/gen_fixtures.py (it sets up determinism first).
 from __future__ import annotations
 
 import copy
-import math
 import pathlib
 import re
 import sys
@@ -166,66 +165,65 @@ def _is_layernorm(module: nn.Module) -> bool:
     return isinstance(module, nn.LayerNorm) or type(module).__name__ in ("LayerNorm2d", "SamLayerNorm")
 
 
+# Tensors drawn N(0, std) by parameter name: names -> (rule, std)
+NAMED_STD = {
+    ("attention_biases",): ("attention_biases", ATTN_BIAS_STD),
+    ("rel_pos_h", "rel_pos_w"): ("rel_pos", REL_POS_STD),
+    ("pos_embed",): ("pos_embed", POS_EMBED_STD),
+    ("positional_encoding_gaussian_matrix", "positional_embedding"): ("pe_gaussian", PE_GAUSS_STD),
+}
+# Not drawn: index tables, the eval cache (recomputed by .eval()), constants, counters
+NOT_DRAWN = ("attention_bias_idxs", "ab", "pixel_mean", "pixel_std", "num_batches_tracked")
+
+
+def _draw_batchnorm(full: str, p_name: str, p: torch.Tensor, g: torch.Generator) -> str:
+    if p_name == "weight":
+        common.draw_normal(p, g, BN_WEIGHT_STD, mean=1.0)
+    elif p_name == "bias":
+        common.draw_normal(p, g, BIAS_STD)
+    elif p_name == "running_mean":
+        common.draw_normal(p, g, BN_MEAN_STD)
+    elif p_name == "running_var":
+        a, b = BN_VAR_RANGE
+        p.copy_(torch.rand(p.shape, generator=g) * (b - a) + a)
+    else:
+        raise RuntimeError(f"unhandled BN tensor {full}")
+    return f"bn_{p_name}"
+
+
+def _draw(full: str, mod_name: str, module: nn.Module, p_name: str, p: torch.Tensor, g: torch.Generator):
+    if p_name in NOT_DRAWN:
+        return None
+    if isinstance(module, nn.BatchNorm2d):
+        return _draw_batchnorm(full, p_name, p, g)
+    if _is_layernorm(module):
+        return common.draw_layernorm(p, p_name, g, LN_STD)
+    for names, (rule, std) in NAMED_STD.items():
+        if p_name in names:
+            common.draw_normal(p, g, std)
+            return rule
+    if isinstance(module, nn.Embedding):
+        common.draw_normal(p, g, EMBED_STD)
+        return "embedding"
+    if isinstance(module, nn.ConvTranspose2d) and p_name == "weight":
+        # [in, out, kh, kw] with stride == kernel: each output pixel sees one tap per input channel
+        common.draw_fan_in(p, g, WEIGHT_GAIN, p.shape[0])
+        return "weight_convT"
+    if p.ndim >= 2 and re.search(r"output_hypernetworks_mlps\.\d+\.layers\.2$", mod_name):
+        common.draw_fan_in(p, g, HYPER_OUT_GAIN)
+        return "weight_hyper_out"
+    if p.ndim >= 2:
+        common.draw_fan_in(p, g, WEIGHT_GAIN)
+        return "weight"
+    if p.ndim == 1 and p.is_floating_point():
+        common.draw_normal(p, g, BIAS_STD)
+        return "bias"
+    raise RuntimeError(f"unhandled tensor {full} {tuple(p.shape)}")
+
+
 def rerandomise(model: nn.Module, g: torch.Generator) -> Dict[str, str]:
     """Overwrite every parameter and every persistent float buffer with a seeded value."""
-    rules: Dict[str, str] = {}
-    with torch.no_grad():
-        for mod_name, module in model.named_modules():
-            tensors = list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))
-            for p_name, p in tensors:
-                full = f"{mod_name}.{p_name}" if mod_name else p_name
-                if p_name in ("attention_bias_idxs", "ab", "pixel_mean", "pixel_std", "num_batches_tracked"):
-                    continue  # index tables, the eval cache (recomputed by .eval()), constants, counters
-                if isinstance(module, nn.BatchNorm2d):
-                    if p_name == "weight":
-                        p.copy_(common.randn(p.shape, g, std=BN_WEIGHT_STD, mean=1.0))
-                    elif p_name == "bias":
-                        p.copy_(common.randn(p.shape, g, std=BIAS_STD))
-                    elif p_name == "running_mean":
-                        p.copy_(common.randn(p.shape, g, std=BN_MEAN_STD))
-                    elif p_name == "running_var":
-                        a, b = BN_VAR_RANGE
-                        p.copy_(torch.rand(p.shape, generator=g) * (b - a) + a)
-                    else:
-                        raise RuntimeError(f"unhandled BN tensor {full}")
-                    rules[full] = f"bn_{p_name}"
-                elif _is_layernorm(module):
-                    if p_name == "weight":
-                        p.copy_(common.randn(p.shape, g, std=LN_STD, mean=1.0))
-                    else:
-                        p.copy_(common.randn(p.shape, g, std=LN_STD))
-                    rules[full] = f"ln_{p_name}"
-                elif p_name == "attention_biases":
-                    p.copy_(common.randn(p.shape, g, std=ATTN_BIAS_STD))
-                    rules[full] = "attention_biases"
-                elif p_name in ("rel_pos_h", "rel_pos_w"):
-                    p.copy_(common.randn(p.shape, g, std=REL_POS_STD))
-                    rules[full] = "rel_pos"
-                elif p_name == "pos_embed":
-                    p.copy_(common.randn(p.shape, g, std=POS_EMBED_STD))
-                    rules[full] = "pos_embed"
-                elif p_name in ("positional_encoding_gaussian_matrix", "positional_embedding"):
-                    p.copy_(common.randn(p.shape, g, std=PE_GAUSS_STD))
-                    rules[full] = "pe_gaussian"
-                elif isinstance(module, nn.Embedding):
-                    p.copy_(common.randn(p.shape, g, std=EMBED_STD))
-                    rules[full] = "embedding"
-                elif isinstance(module, nn.ConvTranspose2d) and p_name == "weight":
-                    # [in, out, kh, kw] with stride == kernel: each output pixel sees one tap per input channel
-                    p.copy_(common.randn(p.shape, g, std=WEIGHT_GAIN / math.sqrt(p.shape[0])))
-                    rules[full] = "weight_convT"
-                elif p.ndim >= 2 and re.search(r"output_hypernetworks_mlps\.\d+\.layers\.2$", mod_name):
-                    p.copy_(common.randn(p.shape, g, std=HYPER_OUT_GAIN / math.sqrt(p[0].numel())))
-                    rules[full] = "weight_hyper_out"
-                elif p.ndim >= 2:
-                    p.copy_(common.randn(p.shape, g, std=WEIGHT_GAIN / math.sqrt(p[0].numel())))
-                    rules[full] = "weight"
-                elif p.ndim == 1 and p.is_floating_point():
-                    p.copy_(common.randn(p.shape, g, std=BIAS_STD))
-                    rules[full] = "bias"
-                else:
-                    raise RuntimeError(f"unhandled tensor {full} {tuple(p.shape)}")
-    return rules
+    return common.rerandomise(model, g, lambda *a: _draw(*a, g), buffers=True)
 
 
 # ----------------------------------------------------------------------------
@@ -416,34 +414,6 @@ def prompt_cases(H: int, W: int) -> List[dict]:
 # ----------------------------------------------------------------------------
 # Hooks
 # ----------------------------------------------------------------------------
-class Capture:
-    def __init__(self):
-        self.out: Dict[str, torch.Tensor] = {}
-        self.handles = []
-
-    def _store(self, key, t):
-        if key in self.out:
-            raise RuntimeError(f"hook {key} fired twice")
-        self.out[key] = t.detach().clone().contiguous()
-
-    def fwd(self, module, key, fn=lambda t: t):
-        def hook(_m, _inp, out):
-            self._store(key, fn(out[0] if isinstance(out, (tuple, list)) else out))
-
-        self.handles.append(module.register_forward_hook(hook))
-
-    def pre(self, module, key, fn=lambda t: t):
-        def hook(_m, inp):
-            self._store(key, fn(inp[0]))
-
-        self.handles.append(module.register_forward_pre_hook(hook))
-
-    def remove(self):
-        for h in self.handles:
-            h.remove()
-        self.handles = []
-
-
 class PromptTap:
     """Records every (sparse, dense) output of a prompt encoder."""
 
@@ -465,8 +435,8 @@ class PromptTap:
 # ----------------------------------------------------------------------------
 # Official predictor flow
 # ----------------------------------------------------------------------------
-def encoder_hooks(sam, kind: str) -> Capture:
-    cap = Capture()
+def encoder_hooks(sam, kind: str) -> common.Capture:
+    cap = common.Capture()
     enc = sam.image_encoder
     cap.pre(enc, "pixel_input")
     if kind == "vit":
@@ -743,7 +713,7 @@ def hf_state_from_official(sd_off: Dict[str, torch.Tensor]) -> Dict[str, torch.T
 def run_hf(model, g_off: Dict[str, torch.Tensor], H: int, W: int, processor) -> Dict[str, torch.Tensor]:
     """Run SamModel on the official preprocessed pixels / transformed prompts; returns golden dict (same keys)."""
     g: Dict[str, torch.Tensor] = {k: g_off[k] for k in ("image", "input_image", "pixel_input")}
-    cap = Capture()
+    cap = common.Capture()
     ve = model.vision_encoder
     cap.fwd(ve.patch_embed, "enc.patch_embed")
     cap.pre(ve.layers[0], "enc.pos_added")
