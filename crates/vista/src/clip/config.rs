@@ -31,33 +31,12 @@ pub struct VisionConfig {
     pub image_size: usize,
     /// Patch side in pixels (`patch_size`).
     pub patch_size: usize,
-    /// Token width (transformers `hidden_size`, open_clip `width`).
-    pub width: usize,
-    /// Transformer blocks (`num_hidden_layers`, open_clip `layers`).
-    pub layers: usize,
-    /// Attention heads (`num_attention_heads`; open_clip `width / head_width`).
-    pub heads: usize,
-    /// Hidden width of each block's MLP (`intermediate_size`; open_clip `width * mlp_ratio`).
-    pub mlp_dim: usize,
-    /// The MLP activation (`hidden_act`; open_clip `quick_gelu`).
-    pub act: Activation,
-    /// LayerNorm epsilon (`layer_norm_eps`).
-    pub eps: f64,
+    /// The transformer (open_clip: `heads = width / head_width`).
+    #[serde(flatten)]
+    pub tower: TowerDims,
 }
 
 impl VisionConfig {
-    /// The transformer dimensions of this tower.
-    pub fn tower(&self) -> TowerDims {
-        TowerDims {
-            width: self.width,
-            layers: self.layers,
-            heads: self.heads,
-            mlp_dim: self.mlp_dim,
-            act: self.act,
-            eps: self.eps,
-        }
-    }
-
     /// Patches per side.
     pub fn grid(&self) -> usize {
         self.image_size / self.patch_size
@@ -77,34 +56,11 @@ pub struct TextConfig {
     pub context_length: usize,
     /// Vocabulary size (`vocab_size`).
     pub vocab_size: usize,
-    /// Token width (transformers `hidden_size`, open_clip `width`).
-    pub width: usize,
-    /// Transformer blocks (`num_hidden_layers`, open_clip `layers`).
-    pub layers: usize,
-    /// Attention heads (`num_attention_heads`, open_clip `heads`).
-    pub heads: usize,
-    /// Hidden width of each block's MLP (`intermediate_size`; open_clip `width * mlp_ratio`).
-    pub mlp_dim: usize,
-    /// The MLP activation (`hidden_act`; open_clip `quick_gelu`).
-    pub act: Activation,
-    /// LayerNorm epsilon (`layer_norm_eps`).
-    pub eps: f64,
+    /// The transformer (open_clip: `heads`).
+    #[serde(flatten)]
+    pub tower: TowerDims,
     /// Where the sequence summary is read (from `eos_token_id`).
     pub pooling: TextPooling,
-}
-
-impl TextConfig {
-    /// The transformer dimensions of this tower.
-    pub fn tower(&self) -> TowerDims {
-        TowerDims {
-            width: self.width,
-            layers: self.layers,
-            heads: self.heads,
-            mlp_dim: self.mlp_dim,
-            act: self.act,
-            eps: self.eps,
-        }
-    }
 }
 
 /// How images are brought to the model's input, from the checkpoint's preprocessing config.
@@ -136,36 +92,27 @@ pub struct ClipConfig {
     pub preprocess: PreprocessConfig,
 }
 
-struct Tower {
-    width: usize,
-    layers: usize,
-    heads: usize,
-}
-
-fn preset(embed_dim: usize, image: usize, patch: usize, v: Tower, t: Tower, act: Activation) -> ClipConfig {
+/// A named architecture: towers given as `(width, layers, heads)`, MLPs 4× wide, LayerNorm ε 1e-5.
+fn preset(
+    embed_dim: usize,
+    image: usize,
+    patch: usize,
+    v: (usize, usize, usize),
+    t: (usize, usize, usize),
+    act: Activation,
+) -> ClipConfig {
+    let tower = |(width, layers, heads): (usize, usize, usize)| TowerDims {
+        width,
+        layers,
+        heads,
+        mlp_dim: width * 4,
+        act,
+        eps: 1e-5,
+    };
     ClipConfig {
         embed_dim,
-        vision: VisionConfig {
-            image_size: image,
-            patch_size: patch,
-            width: v.width,
-            layers: v.layers,
-            heads: v.heads,
-            mlp_dim: v.width * 4,
-            act,
-            eps: 1e-5,
-        },
-        text: TextConfig {
-            context_length: 77,
-            vocab_size: 49408,
-            width: t.width,
-            layers: t.layers,
-            heads: t.heads,
-            mlp_dim: t.width * 4,
-            act,
-            eps: 1e-5,
-            pooling: TextPooling::Argmax,
-        },
+        vision: VisionConfig { image_size: image, patch_size: patch, tower: tower(v) },
+        text: TextConfig { context_length: 77, vocab_size: 49408, tower: tower(t), pooling: TextPooling::Argmax },
         preprocess: PreprocessConfig { resize: image, mean: OPENAI_MEAN, std: OPENAI_STD, hf_crop: false },
     }
 }
@@ -176,27 +123,26 @@ impl ClipConfig {
     /// from open_clip `model_configs/ViT-B-32.json` and `ViT-H-14.json` (exact GELU).
     pub fn preset(name: &str) -> Option<Self> {
         use Activation::{Gelu, QuickGelu};
-        let tw = |width, layers, heads| Tower { width, layers, heads };
         Some(match name.to_ascii_lowercase().replace(['/', '_'], "-").as_str() {
             // openai/CLIP ViT-B/32: width 768, 12 layers; text 512 x 12, embed 512.
             "vit-b-32" | "vit-b-32-openai" | "vit-b-32-quickgelu" => {
-                preset(512, 224, 32, tw(768, 12, 12), tw(512, 12, 8), QuickGelu)
+                preset(512, 224, 32, (768, 12, 12), (512, 12, 8), QuickGelu)
             }
             "vit-b-16" | "vit-b-16-openai" | "vit-b-16-quickgelu" => {
-                preset(512, 224, 16, tw(768, 12, 12), tw(512, 12, 8), QuickGelu)
+                preset(512, 224, 16, (768, 12, 12), (512, 12, 8), QuickGelu)
             }
             // openai/CLIP ViT-L/14: width 1024, 24 layers; text 768 x 12, embed 768.
             "vit-l-14" | "vit-l-14-openai" | "vit-l-14-quickgelu" => {
-                preset(768, 224, 14, tw(1024, 24, 16), tw(768, 12, 12), QuickGelu)
+                preset(768, 224, 14, (1024, 24, 16), (768, 12, 12), QuickGelu)
             }
             "vit-l-14-336" | "vit-l-14@336" | "vit-l-14-336-openai" | "vit-l-14-336-quickgelu" => {
-                preset(768, 336, 14, tw(1024, 24, 16), tw(768, 12, 12), QuickGelu)
+                preset(768, 336, 14, (1024, 24, 16), (768, 12, 12), QuickGelu)
             }
             // open_clip model_configs/ViT-B-32.json (LAION-2B weights): exact GELU.
-            "vit-b-32-laion" | "laion-vit-b-32" => preset(512, 224, 32, tw(768, 12, 12), tw(512, 12, 8), Gelu),
+            "vit-b-32-laion" | "laion-vit-b-32" => preset(512, 224, 32, (768, 12, 12), (512, 12, 8), Gelu),
             // open_clip model_configs/ViT-H-14.json: width 1280, 32 layers, head width 80; text 1024 x 24.
             "vit-h-14" | "vit-h-14-laion" | "laion-vit-h-14" => {
-                preset(1024, 224, 14, tw(1280, 32, 16), tw(1024, 24, 16), Gelu)
+                preset(1024, 224, 14, (1280, 32, 16), (1024, 24, 16), Gelu)
             }
             _ => return None,
         })
@@ -227,35 +173,29 @@ impl ClipConfig {
         };
         let tc = section("text_config");
         let vc = section("vision_config");
-        let get = |c: &Value, k: &str, default: usize| {
-            c.get(k).and_then(Value::as_u64).map(|x| x as usize).unwrap_or(default)
-        };
-        let getf = |c: &Value, k: &str, default: f64| c.get(k).and_then(Value::as_f64).unwrap_or(default);
-        let act = |c: &Value| -> Result<Activation> {
+        // Defaults are those of transformers' CLIPTextConfig / CLIPVisionConfig: `hidden_size`,
+        // `num_hidden_layers`, `num_attention_heads`, `intermediate_size`.
+        let tower = |c: &Value, (width, layers, heads, mlp_dim): (usize, usize, usize, usize)| -> Result<TowerDims> {
             let name = c.get("hidden_act").and_then(Value::as_str).unwrap_or("quick_gelu");
-            Activation::from_hf(name).ok_or_else(|| err(format!("unsupported hidden_act `{name}`")))
+            Ok(TowerDims {
+                width: get(c, "hidden_size", width),
+                layers: get(c, "num_hidden_layers", layers),
+                heads: get(c, "num_attention_heads", heads),
+                mlp_dim: get(c, "intermediate_size", mlp_dim),
+                act: Activation::from_hf(name).ok_or_else(|| err(format!("unsupported hidden_act `{name}`")))?,
+                eps: getf(c, "layer_norm_eps", 1e-5),
+            })
         };
-        // Defaults are those of transformers' CLIPTextConfig / CLIPVisionConfig.
         let eos = get(&tc, "eos_token_id", 2) as u32;
         let vision = VisionConfig {
             image_size: get(&vc, "image_size", 224),
             patch_size: get(&vc, "patch_size", 32),
-            width: get(&vc, "hidden_size", 768),
-            layers: get(&vc, "num_hidden_layers", 12),
-            heads: get(&vc, "num_attention_heads", 12),
-            mlp_dim: get(&vc, "intermediate_size", 3072),
-            act: act(&vc)?,
-            eps: getf(&vc, "layer_norm_eps", 1e-5),
+            tower: tower(&vc, (768, 12, 12, 3072))?,
         };
         let text = TextConfig {
             context_length: get(&tc, "max_position_embeddings", 77),
             vocab_size: get(&tc, "vocab_size", 49408),
-            width: get(&tc, "hidden_size", 512),
-            layers: get(&tc, "num_hidden_layers", 12),
-            heads: get(&tc, "num_attention_heads", 8),
-            mlp_dim: get(&tc, "intermediate_size", 2048),
-            act: act(&tc)?,
-            eps: getf(&tc, "layer_norm_eps", 1e-5),
+            tower: tower(&tc, (512, 12, 8, 2048))?,
             // modeling_clip.py: `if self.eos_token_id == 2: ... argmax` (legacy), else first eos.
             pooling: if eos == 2 { TextPooling::Argmax } else { TextPooling::FirstEos(eos) },
         };
@@ -294,44 +234,30 @@ impl ClipConfig {
                 }
             }
         }
-        let pool = vc.get("pool_type").and_then(Value::as_str).unwrap_or("tok");
-        if pool != "tok" {
-            return Err(err(format!("vision pool_type `{pool}` is not supported (only `tok`)")));
-        }
-        let tpool = tc.get("pool_type").and_then(Value::as_str).unwrap_or("argmax");
-        if tpool != "argmax" {
-            return Err(err(format!("text pool_type `{tpool}` is not supported (only `argmax`)")));
-        }
-        let get = |c: &Value, k: &str, default: usize| {
-            c.get(k).and_then(Value::as_u64).map(|x| x as usize).unwrap_or(default)
-        };
-        let getf = |c: &Value, k: &str, default: f64| c.get(k).and_then(Value::as_f64).unwrap_or(default);
+        only(vc, "vision", "pool_type", "tok").map_err(err)?;
+        only(tc, "text", "pool_type", "argmax").map_err(err)?;
         let quick = model.get("quick_gelu").and_then(Value::as_bool).unwrap_or(false);
         let act = if quick { Activation::QuickGelu } else { Activation::Gelu };
+        let tower = |c: &Value, width: usize, heads: usize| TowerDims {
+            width,
+            layers: get(c, "layers", 12),
+            heads,
+            mlp_dim: (width as f64 * getf(c, "mlp_ratio", 4.0)) as usize,
+            act,
+            eps: 1e-5,
+        };
         // open_clip VisionTransformer: heads = width // head_width (head_width default 64).
         let vwidth = get(vc, "width", 768);
-        let vheads = vwidth / get(vc, "head_width", 64);
-        let twidth = get(tc, "width", 512);
         let image_size = get(vc, "image_size", 224);
         let vision = VisionConfig {
             image_size,
             patch_size: get(vc, "patch_size", 16),
-            width: vwidth,
-            layers: get(vc, "layers", 12),
-            heads: vheads,
-            mlp_dim: (vwidth as f64 * getf(vc, "mlp_ratio", 4.0)) as usize,
-            act,
-            eps: 1e-5,
+            tower: tower(vc, vwidth, vwidth / get(vc, "head_width", 64)),
         };
         let text = TextConfig {
             context_length: get(tc, "context_length", 77),
             vocab_size: get(tc, "vocab_size", 49408),
-            width: twidth,
-            layers: get(tc, "layers", 12),
-            heads: get(tc, "heads", 8),
-            mlp_dim: (twidth as f64 * getf(tc, "mlp_ratio", 4.0)) as usize,
-            act,
-            eps: 1e-5,
+            tower: tower(tc, get(tc, "width", 512), get(tc, "heads", 8)),
             pooling: TextPooling::Argmax,
         };
         let mut preprocess =
@@ -343,14 +269,8 @@ impl ClipConfig {
             if let Some(s) = triple(pp.get("std")) {
                 preprocess.std = s;
             }
-            let mode = pp.get("resize_mode").and_then(Value::as_str).unwrap_or("shortest");
-            if mode != "shortest" {
-                return Err(err(format!("preprocess resize_mode `{mode}` is not supported (only `shortest`)")));
-            }
-            let interp = pp.get("interpolation").and_then(Value::as_str).unwrap_or("bicubic");
-            if interp != "bicubic" {
-                return Err(err(format!("preprocess interpolation `{interp}` is not supported (only `bicubic`)")));
-            }
+            only(pp, "preprocess", "resize_mode", "shortest").map_err(err)?;
+            only(pp, "preprocess", "interpolation", "bicubic").map_err(err)?;
         }
         let cfg = ClipConfig { embed_dim: get(model, "embed_dim", 512), vision, text, preprocess };
         cfg.validate().map_err(err)?;
@@ -360,12 +280,10 @@ impl ClipConfig {
     /// Checks the derived values make sense (heads divide widths, patches tile the image).
     pub fn validate(&self) -> std::result::Result<(), String> {
         let v = &self.vision;
-        let t = &self.text;
-        if !v.width.is_multiple_of(v.heads) {
-            return Err(format!("vision width {} is not divisible by {} heads", v.width, v.heads));
-        }
-        if !t.width.is_multiple_of(t.heads) {
-            return Err(format!("text width {} is not divisible by {} heads", t.width, t.heads));
+        for (name, t) in [("vision", &v.tower), ("text", &self.text.tower)] {
+            if !t.width.is_multiple_of(t.heads) {
+                return Err(format!("{name} width {} is not divisible by {} heads", t.width, t.heads));
+            }
         }
         if v.patch_size == 0 || v.image_size < v.patch_size {
             return Err(format!("patch size {} does not fit image size {}", v.patch_size, v.image_size));
@@ -375,6 +293,25 @@ impl ClipConfig {
         }
         Ok(())
     }
+}
+
+/// Checks that the string option `key` of `c` (a `part` of the config) is absent or `supported`,
+/// the one value vista supports.
+fn only(c: &Value, part: &str, key: &str, supported: &str) -> std::result::Result<(), String> {
+    match c.get(key).and_then(Value::as_str).unwrap_or(supported) {
+        v if v == supported => Ok(()),
+        v => Err(format!("{part} {key} `{v}` is not supported (only `{supported}`)")),
+    }
+}
+
+/// `c[k]` as a count, or `default`.
+fn get(c: &Value, k: &str, default: usize) -> usize {
+    c.get(k).and_then(Value::as_u64).map(|x| x as usize).unwrap_or(default)
+}
+
+/// `c[k]` as a number, or `default`.
+fn getf(c: &Value, k: &str, default: f64) -> f64 {
+    c.get(k).and_then(Value::as_f64).unwrap_or(default)
 }
 
 fn read_json(path: &Path) -> Result<Value> {
@@ -432,7 +369,7 @@ mod tests {
             c.validate().unwrap();
         }
         let h = ClipConfig::preset("ViT-H-14").unwrap();
-        assert_eq!(h.vision.width / h.vision.heads, 80);
+        assert_eq!(h.vision.tower.width / h.vision.tower.heads, 80);
         assert_eq!(ClipConfig::preset("ViT-L/14@336").unwrap().vision.image_size, 336);
     }
 }

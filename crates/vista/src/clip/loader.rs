@@ -7,6 +7,7 @@ use candle_core::{DType, Device};
 
 use super::config::ClipConfig;
 use super::model::ClipModel;
+use super::transformer::TowerDims;
 use crate::weights::clip::{self as family, ClipFamily};
 use crate::weights::hub::{self, Source};
 use crate::weights::{formats, LoadReport, TensorStore};
@@ -173,21 +174,25 @@ fn infer_config(store: &TensorStore) -> Result<ClipConfig> {
     let embed_dim = shape("text_projection")?[1];
     let tok = shape("token_embedding.weight")?;
     let ctx = shape("positional_embedding")?[0];
-    let tw = tok[1];
     let mut cfg = ClipConfig::preset("ViT-B-32").expect("preset exists");
+    // The blocks below `prefix` of `width`; the activation and ε stay the preset's.
+    let tower = |prefix: &str, width: usize| -> Result<TowerDims> {
+        Ok(TowerDims {
+            width,
+            layers: count(prefix),
+            heads: width / 64,
+            mlp_dim: shape(&format!("{prefix}0.mlp.c_fc.weight"))?[0],
+            ..cfg.vision.tower
+        })
+    };
+    let (vision, text) = (tower("visual.transformer.resblocks.", vw)?, tower("transformer.resblocks.", tok[1])?);
     cfg.embed_dim = embed_dim;
     cfg.vision.image_size = grid * patch;
     cfg.vision.patch_size = patch;
-    cfg.vision.width = vw;
-    cfg.vision.layers = count("visual.transformer.resblocks.");
-    cfg.vision.heads = vw / 64;
-    cfg.vision.mlp_dim = shape("visual.transformer.resblocks.0.mlp.c_fc.weight")?[0];
+    cfg.vision.tower = vision;
     cfg.text.context_length = ctx;
     cfg.text.vocab_size = tok[0];
-    cfg.text.width = tw;
-    cfg.text.layers = count("transformer.resblocks.");
-    cfg.text.heads = tw / 64;
-    cfg.text.mlp_dim = shape("transformer.resblocks.0.mlp.c_fc.weight")?[0];
+    cfg.text.tower = text;
     cfg.preprocess.resize = cfg.vision.image_size;
     cfg.validate().map_err(|m| Error::Config { path: store.path().to_path_buf(), message: m })?;
     Ok(cfg)

@@ -23,13 +23,13 @@ pub struct TextTransformer {
 impl TextTransformer {
     /// Loads from the root of the canonical names (the text tower has no prefix there).
     pub fn load(vb: &Vb, cfg: &TextConfig, embed_dim: usize) -> Result<Self> {
-        let w = cfg.width;
+        let w = cfg.tower.width;
         Ok(Self {
             cfg: cfg.clone(),
             token_embedding: vb.get(&[cfg.vocab_size, w], "token_embedding.weight")?,
             positional_embedding: vb.get(&[cfg.context_length, w], "positional_embedding")?,
-            transformer: Transformer::load(&vb.pp("transformer"), &cfg.tower())?,
-            ln_final: LayerNorm::load(&vb.pp("ln_final"), w, cfg.eps)?,
+            transformer: Transformer::load(&vb.pp("transformer"), &cfg.tower)?,
+            ln_final: LayerNorm::load(&vb.pp("ln_final"), w, cfg.tower.eps)?,
             text_projection: vb.get(&[w, embed_dim], "text_projection")?,
         })
     }
@@ -92,7 +92,7 @@ impl TextTransformer {
         let len = if trim && trace.is_none() { pos.iter().max().copied().unwrap_or(0) + 1 } else { full_len };
         let flat: Vec<u32> = ids.iter().flat_map(|s| s[..len].iter().copied()).collect();
         let flat = Tensor::from_vec(flat, b * len, device)?;
-        let w = self.cfg.width;
+        let w = self.cfg.tower.width;
         // [B·L] -> [B, L, W]
         let x = self.token_embedding.index_select(&flat, 0)?.reshape((b, len, w))?;
         let x = x.broadcast_add(&self.positional_embedding.narrow(0, 0, len)?)?;

@@ -51,20 +51,22 @@ impl ResidualAttentionBlock {
     }
 }
 
-/// The shape of one tower's transformer, as both tower configs give it.
-#[derive(Debug, Clone, Copy)]
+/// The shape of one tower's transformer, as both tower configs give it (in JSON, its fields
+/// stand in the tower's own object).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TowerDims {
-    /// Token width.
+    /// Token width (transformers `hidden_size`, open_clip `width`).
     pub width: usize,
-    /// Number of blocks.
+    /// Transformer blocks (`num_hidden_layers`, open_clip `layers`).
     pub layers: usize,
-    /// Attention heads.
+    /// Attention heads (`num_attention_heads`; open_clip `heads`, or `width / head_width` for
+    /// the image tower).
     pub heads: usize,
-    /// Hidden width of each block's MLP.
+    /// Hidden width of each block's MLP (`intermediate_size`; open_clip `width * mlp_ratio`).
     pub mlp_dim: usize,
-    /// The MLP activation.
+    /// The MLP activation (`hidden_act`; open_clip `quick_gelu`).
     pub act: Activation,
-    /// LayerNorm epsilon.
+    /// LayerNorm epsilon (`layer_norm_eps`).
     pub eps: f64,
 }
 

@@ -28,16 +28,16 @@ pub struct VisionTransformer {
 impl VisionTransformer {
     /// Loads below `visual`.
     pub fn load(vb: &Vb, cfg: &VisionConfig, embed_dim: usize) -> Result<Self> {
-        let (w, p) = (cfg.width, cfg.patch_size);
+        let (w, p) = (cfg.tower.width, cfg.patch_size);
         let conv = vb.get(&[w, 3, p, p], "conv1.weight")?;
         Ok(Self {
             cfg: cfg.clone(),
             patch_embed: Linear::new(conv.reshape((w, 3 * p * p))?, None)?,
             class_embedding: vb.get(&[w], "class_embedding")?,
             positional_embedding: vb.get(&[cfg.num_tokens(), w], "positional_embedding")?,
-            ln_pre: LayerNorm::load(&vb.pp("ln_pre"), w, cfg.eps)?,
-            transformer: Transformer::load(&vb.pp("transformer"), &cfg.tower())?,
-            ln_post: LayerNorm::load(&vb.pp("ln_post"), w, cfg.eps)?,
+            ln_pre: LayerNorm::load(&vb.pp("ln_pre"), w, cfg.tower.eps)?,
+            transformer: Transformer::load(&vb.pp("transformer"), &cfg.tower)?,
+            ln_post: LayerNorm::load(&vb.pp("ln_post"), w, cfg.tower.eps)?,
             proj: vb.get(&[w, embed_dim], "proj")?,
         })
     }
@@ -62,7 +62,7 @@ impl VisionTransformer {
         if c != 3 || h != s || w != s {
             return Err(Error::arg("pixels", format!("expected a [B, 3, {s}, {s}] batch, got {:?}", pixels.dims())));
         }
-        let (p, g, width) = (self.cfg.patch_size, self.cfg.grid(), self.cfg.width);
+        let (p, g, width) = (self.cfg.patch_size, self.cfg.grid(), self.cfg.tower.width);
         // A stride-P convolution ignores a remainder that does not fill a patch.
         let x = pixels.narrow(2, 0, g * p)?.narrow(3, 0, g * p)?;
         // [B, 3, g, P, g, P] -> [B, g, g, 3, P, P] -> [B·g·g, 3·P·P]
