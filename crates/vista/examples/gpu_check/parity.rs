@@ -23,7 +23,7 @@ use vista::train::dino::{
     clip_gradients, ema_update, get_params_groups, multi_crop_forward, AdamW, AdamWConfig, DinoHead, DinoHeadConfig,
     DinoLoss, DinoLossConfig, Grads, Param, TrainVit,
 };
-use vista::weights::formats;
+use vista::weights::{formats, TensorStore};
 
 /// Where the side under test runs.
 #[derive(Clone)]
@@ -202,7 +202,12 @@ pub const CLIP_CASES: [&str; 4] = ["hf_quickgelu", "hf_gelu", "openclip_quickgel
 pub fn clip_on(dir: &Path, cfg: &vista::clip::ClipConfig, target: &Target) -> Result<ClipModel> {
     let files = clip_loader::resolve(dir.to_str().ok_or_else(|| anyhow!("path"))?, None)?;
     let tensors = formats::read_tensors(&files.weights, None, &target.device)?;
-    let (store, _) = vista::weights::clip::into_store(&files.weights, tensors, &target.device, target.dtype)?;
+    let (store, _) = TensorStore::from_family::<vista::weights::clip::ClipFamily>(
+        &files.weights,
+        tensors,
+        &target.device,
+        target.dtype,
+    )?;
     Ok(ClipModel::from_store(cfg, &store)?)
 }
 
@@ -262,7 +267,8 @@ fn dino_reference(case: &str, file: &str) -> Result<(DinoVit, PathBuf)> {
 /// The DINO checkpoint at `path` on `target`, with the architecture `config`.
 pub fn dino_on(path: &Path, config: &DinoConfig, target: &Target) -> Result<DinoVit> {
     let tensors = formats::read_tensors(path, None, &target.device)?;
-    let (store, _) = vista::weights::dino::into_store(path, tensors, &target.device, target.dtype)?;
+    let (store, _) =
+        TensorStore::from_family::<vista::weights::dino::DinoFamily>(path, tensors, &target.device, target.dtype)?;
     Ok(DinoVit::load(&store.root(), config.clone())?)
 }
 
@@ -334,7 +340,8 @@ fn sam_reference(case: &str) -> Result<(Sam, PathBuf)> {
 /// The SAM checkpoint at `path` on `target`, with the architecture `config`.
 pub fn sam_on(path: &Path, config: &vista::sam::SamConfig, target: &Target) -> Result<Sam> {
     let tensors = formats::read_tensors(path, None, &target.device)?;
-    let (store, _) = vista::weights::sam::into_store(path, tensors, &target.device, target.dtype)?;
+    let (store, _) =
+        TensorStore::from_family::<vista::weights::sam::SamFamily>(path, tensors, &target.device, target.dtype)?;
     Ok(Sam::load(&store.root(), config.clone())?)
 }
 

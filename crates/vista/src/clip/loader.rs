@@ -8,9 +8,9 @@ use candle_core::{DType, Device};
 use super::config::ClipConfig;
 use super::model::ClipModel;
 use super::transformer::TowerDims;
-use crate::weights::clip::{self as family, ClipFamily};
-use crate::weights::hub::{self, Source};
-use crate::weights::{formats, LoadReport, TensorStore};
+use crate::weights::clip::ClipFamily;
+use crate::weights::hub::{self, Source, HF_WEIGHTS};
+use crate::weights::{formats, TensorStore};
 use crate::{Error, Result};
 
 /// The files a CLIP model is read from.
@@ -41,7 +41,6 @@ pub enum ConfigSource {
     Infer,
 }
 
-const HF_WEIGHTS: [&str; 2] = ["model.safetensors", "pytorch_model.bin"];
 const OC_WEIGHTS: [&str; 2] = ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"];
 
 /// Finds the weights and config for a model argument (file, folder or hub id).
@@ -114,19 +113,12 @@ fn sidecar_config(weights: &Path) -> Option<ConfigSource> {
 }
 
 /// A loaded model with what the load found.
-pub struct Loaded {
-    /// The model.
-    pub model: ClipModel,
-    /// The naming of the checkpoint.
-    pub family: ClipFamily,
-    /// What the load did.
-    pub report: LoadReport,
-}
+pub type Loaded = crate::weights::Loaded<ClipModel, ClipFamily>;
 
 /// Loads a model from resolved files onto `device`.
 pub fn load(files: &ClipFiles, device: &Device) -> Result<Loaded> {
     let tensors = formats::read_tensors(&files.weights, None, device)?;
-    let (store, family) = family::into_store(&files.weights, tensors, device, DType::F32)?;
+    let (store, family) = TensorStore::from_family::<ClipFamily>(&files.weights, tensors, device, DType::F32)?;
     let cfg = match &files.config {
         ConfigSource::HuggingFace { config, preprocessor } => {
             ClipConfig::from_hf_json(config, preprocessor.as_deref())?
@@ -137,9 +129,7 @@ pub fn load(files: &ClipFiles, device: &Device) -> Result<Loaded> {
         }
         ConfigSource::Infer => infer_config(&store)?,
     };
-    let model = ClipModel::from_store(&cfg, &store)?;
-    let report = store.report();
-    Ok(Loaded { model, family, report })
+    Loaded::build(&store, family, |s| ClipModel::from_store(&cfg, s))
 }
 
 /// Convenience: [`resolve`] then [`load`].

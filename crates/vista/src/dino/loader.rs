@@ -1,25 +1,19 @@
 //! From a user's model argument to a loaded [`DinoVit`]: resolve the files, read the checkpoint
 //! (a training checkpoint's teacher by default), map the names, read the architecture, build.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device};
 
 use super::config::{DinoConfig, PosInterpolation};
 use super::vit::DinoVit;
-use crate::weights::dino::{self as family, DinoFamily};
-use crate::weights::hub::{self, Source};
-use crate::weights::{formats, LoadReport};
+use crate::weights::dino::DinoFamily;
+use crate::weights::hub::{self, CheckpointFiles};
+use crate::weights::{formats, TensorStore};
 use crate::{Error, Result};
 
 /// The files a DINO backbone is read from.
-#[derive(Debug, Clone)]
-pub struct DinoFiles {
-    /// The checkpoint.
-    pub weights: PathBuf,
-    /// transformers `config.json`, for Hugging Face checkpoints.
-    pub hf_config: Option<PathBuf>,
-}
+pub type DinoFiles = CheckpointFiles;
 
 /// What an official checkpoint cannot say about itself.
 #[derive(Debug, Clone, Default)]
@@ -34,34 +28,14 @@ pub struct LoadOptions {
     pub checkpoint_key: Option<String>,
 }
 
-const HF_WEIGHTS: [&str; 2] = ["model.safetensors", "pytorch_model.bin"];
-
 /// Finds the checkpoint (and a transformers `config.json` beside it) for a model argument (file,
 /// folder or hub id).
 pub fn resolve(model: &str) -> Result<DinoFiles> {
-    let source = Source::parse(model)?;
-    if let Source::File(path) = &source {
-        let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-        let cfg = path.parent().map(|d| d.join("config.json"));
-        let hf_config = cfg.filter(|c| HF_WEIGHTS.contains(&name.as_str()) && c.is_file());
-        return Ok(DinoFiles { weights: path.clone(), hf_config });
-    }
-    if let Some(weights) = hub::find_file(&source, &HF_WEIGHTS)? {
-        let hf_config = hub::find_file(&source, &["config.json"])?;
-        return Ok(DinoFiles { weights, hf_config });
-    }
-    Err(hub::not_found(&source, &HF_WEIGHTS))
+    hub::resolve_checkpoint(model, &[])
 }
 
 /// A loaded backbone with what the load found.
-pub struct Loaded {
-    /// The backbone.
-    pub model: DinoVit,
-    /// The naming of the checkpoint.
-    pub family: DinoFamily,
-    /// What the load did.
-    pub report: LoadReport,
-}
+pub type Loaded = crate::weights::Loaded<DinoVit, DinoFamily>;
 
 /// Reads the tensors; for a DINO training checkpoint (`{"teacher": ..., "student": ...}`) the
 /// chosen network's.
@@ -80,7 +54,7 @@ fn read(path: &Path, key: Option<&str>) -> Result<std::collections::HashMap<Stri
 /// or the tensor shapes, refined by the `config.json` and `options.num_heads`.
 pub fn load(files: &DinoFiles, options: &LoadOptions) -> Result<Loaded> {
     let tensors = read(&files.weights, options.checkpoint_key.as_deref())?;
-    let (store, family) = family::into_store(&files.weights, tensors, &Device::Cpu, DType::F32)?;
+    let (store, family) = TensorStore::from_family::<DinoFamily>(&files.weights, tensors, &Device::Cpu, DType::F32)?;
     let mut config = match &options.arch {
         Some(a) => DinoConfig::preset(a).ok_or_else(|| {
             Error::arg("arch", format!("unknown DINO architecture `{a}`; known: {}", DinoConfig::PRESETS.join(", ")))
@@ -113,9 +87,7 @@ pub fn load(files: &DinoFiles, options: &LoadOptions) -> Result<Loaded> {
         config.num_heads = h;
     }
     config.validate().map_err(|message| Error::Config { path: files.weights.clone(), message })?;
-    let model = DinoVit::load(&store.root(), config)?;
-    let report = store.report();
-    Ok(Loaded { model, family, report })
+    Loaded::build(&store, family, |s| DinoVit::load(&s.root(), config))
 }
 
 /// Resolves a model argument (file, folder or hub id) and loads it.
@@ -126,9 +98,7 @@ pub fn load_model(model: &str, options: &LoadOptions) -> Result<Loaded> {
 /// transformers' `ViTConfig` / `Dinov2Config`: heads, ε, and the interpolation its
 /// `model_type` implies.
 fn apply_hf_config(path: &Path, config: &mut DinoConfig) -> Result<()> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::Config { path: path.to_path_buf(), message: e.to_string() })?;
+    let v = hub::read_json_config(path)?;
     if let Some(h) = v["num_attention_heads"].as_u64() {
         config.num_heads = h as usize;
     }

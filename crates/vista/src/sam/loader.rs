@@ -1,25 +1,19 @@
 //! From a user's model argument to a loaded [`Sam`]: resolve the files, map the tensor names,
 //! read the architecture, build, report.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device};
 
 use super::config::SamConfig;
 use super::model::Sam;
-use crate::weights::hub::{self, Source};
-use crate::weights::sam::{self as family, SamFamily};
-use crate::weights::{formats, LoadReport};
+use crate::weights::hub::{self, CheckpointFiles};
+use crate::weights::sam::SamFamily;
+use crate::weights::{formats, TensorStore};
 use crate::{Error, Result};
 
 /// The files a SAM model is read from.
-#[derive(Debug, Clone)]
-pub struct SamFiles {
-    /// The checkpoint.
-    pub weights: PathBuf,
-    /// transformers `config.json`, for Hugging Face checkpoints.
-    pub hf_config: Option<PathBuf>,
-}
+pub type SamFiles = CheckpointFiles;
 
 /// What the checkpoint cannot say about itself.
 #[derive(Debug, Clone, Default)]
@@ -30,49 +24,20 @@ pub struct LoadOptions {
     pub image_size: Option<usize>,
 }
 
-const HF_WEIGHTS: [&str; 2] = ["model.safetensors", "pytorch_model.bin"];
-
 /// Finds the weights (and config) for a model argument: a checkpoint file, a folder or a hub id.
 pub fn resolve(model: &str) -> Result<SamFiles> {
-    let source = Source::parse(model)?;
-    if let Source::File(path) = &source {
-        let hf_config = sidecar_hf_config(path);
-        return Ok(SamFiles { weights: path.clone(), hf_config });
-    }
-    if let Some(weights) = hub::find_file(&source, &HF_WEIGHTS)? {
-        let hf_config = hub::find_file(&source, &["config.json"])?;
-        return Ok(SamFiles { weights, hf_config });
-    }
     let official = ["sam_vit_b_01ec64.pth", "sam_vit_l_0b3195.pth", "sam_vit_h_4b8939.pth", "mobile_sam.pt"];
-    if let Some(weights) = hub::find_file(&source, &official)? {
-        return Ok(SamFiles { weights, hf_config: None });
-    }
-    let mut wanted: Vec<&str> = HF_WEIGHTS.to_vec();
-    wanted.extend(official);
-    Err(hub::not_found(&source, &wanted))
-}
-
-fn sidecar_hf_config(weights: &Path) -> Option<PathBuf> {
-    let name = weights.file_name()?.to_string_lossy().to_string();
-    let cfg = weights.parent()?.join("config.json");
-    (HF_WEIGHTS.contains(&name.as_str()) && cfg.is_file()).then_some(cfg)
+    hub::resolve_checkpoint(model, &official)
 }
 
 /// A loaded model with what the load found.
-pub struct Loaded {
-    /// The model.
-    pub model: Sam,
-    /// The naming of the checkpoint.
-    pub family: SamFamily,
-    /// What the load did.
-    pub report: LoadReport,
-}
+pub type Loaded = crate::weights::Loaded<Sam, SamFamily>;
 
 /// Loads a model from resolved files (CPU, f32).
 pub fn load(files: &SamFiles, options: &LoadOptions) -> Result<Loaded> {
     let device = Device::Cpu;
     let tensors = formats::read_tensors(&files.weights, None, &device)?;
-    let (store, family) = family::into_store(&files.weights, tensors, &device, DType::F32)?;
+    let (store, family) = TensorStore::from_family::<SamFamily>(&files.weights, tensors, &device, DType::F32)?;
     let mut config = match &options.arch {
         Some(a) => SamConfig::preset(a).ok_or_else(|| {
             Error::arg("arch", format!("unknown SAM architecture `{a}`; known: {}", SamConfig::PRESETS.join(", ")))
@@ -89,9 +54,7 @@ pub fn load(files: &SamFiles, options: &LoadOptions) -> Result<Loaded> {
         t.image_size = size;
     }
     config.validate().map_err(|message| Error::Config { path: files.weights.clone(), message })?;
-    let model = Sam::load(&store.root(), config)?;
-    let report = store.report();
-    Ok(Loaded { model, family, report })
+    Loaded::build(&store, family, |s| Sam::load(&s.root(), config))
 }
 
 /// Convenience: [`resolve`] then [`load`].
@@ -102,9 +65,7 @@ pub fn load_model(model: &str, options: &LoadOptions) -> Result<Loaded> {
 /// What a transformers `SamConfig` adds to the shapes: the decoder's head count and the
 /// layer-norm epsilons.
 fn apply_hf_config(path: &Path, config: &mut SamConfig) -> Result<()> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::Config { path: path.to_path_buf(), message: e.to_string() })?;
+    let v = hub::read_json_config(path)?;
     let dec = &v["mask_decoder_config"];
     if let Some(h) = dec["num_attention_heads"].as_u64() {
         config.decoder.num_heads = h as usize;

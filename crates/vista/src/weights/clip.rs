@@ -6,12 +6,11 @@
 //! projections as `nn.Linear` weights (`[embed, width]`): both are undone here, once, at load.
 
 use std::collections::HashMap;
-use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::Tensor;
 
-use super::store::TensorStore;
-use crate::{Error, Result};
+use super::store::{Family, TensorStore};
+use crate::Result;
 
 /// Which naming a CLIP checkpoint uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -26,20 +25,6 @@ pub enum ClipFamily {
 const IGNORED_SUFFIXES: [&str; 2] = ["position_ids", "attn_mask"];
 /// Scalars of OpenAI's TorchScript state dict.
 const IGNORED_NAMES: [&str; 3] = ["input_resolution", "context_length", "vocab_size"];
-
-/// Guesses the family from the tensor names.
-pub fn detect<'a>(names: impl IntoIterator<Item = &'a String>) -> Option<ClipFamily> {
-    for n in names {
-        let n = n.strip_prefix("module.").unwrap_or(n);
-        if n.starts_with("vision_model.") || n.starts_with("text_model.") {
-            return Some(ClipFamily::HuggingFace);
-        }
-        if n.starts_with("visual.") || n.starts_with("token_embedding.") {
-            return Some(ClipFamily::OpenClip);
-        }
-    }
-    None
-}
 
 /// Per-block renames inside `encoder.layers.N.` (Hugging Face) → `resblocks.N.` (canonical).
 const HF_BLOCK_RENAMES: [(&str, &str); 8] = [
@@ -67,94 +52,64 @@ const HF_RENAMES: [(&str, &str); 10] = [
     ("self_attn.out_proj.", "attn.out_proj."),
 ];
 
-/// Puts a CLIP checkpoint's tensors under canonical names.
-pub fn into_store(
-    path: &Path,
-    tensors: HashMap<String, Tensor>,
-    device: &Device,
-    dtype: DType,
-) -> Result<(TensorStore, ClipFamily)> {
-    let family = detect(tensors.keys()).ok_or_else(|| Error::Checkpoint {
-        path: path.to_path_buf(),
-        message: "not a CLIP checkpoint: found neither `visual.*` (OpenAI/open_clip) nor \
-                  `vision_model.*` (Hugging Face) tensors"
-            .into(),
-    })?;
-    let mut store = TensorStore::new(path, device, dtype);
-    let tensors: HashMap<String, Tensor> =
-        tensors.into_iter().map(|(k, v)| (k.strip_prefix("module.").map(str::to_string).unwrap_or(k), v)).collect();
-    match family {
-        ClipFamily::OpenClip => store.insert_as_named(tensors, is_ignored),
-        ClipFamily::HuggingFace => {
-            store.set_file_namer(canonical_to_hf);
-            map_hf(path, tensors, &mut store)?
-        }
-    }
-    Ok((store, family))
-}
+impl Family for ClipFamily {
+    const CANONICAL: Self = ClipFamily::OpenClip;
+    const NOT_FOUND: &'static str = "not a CLIP checkpoint: found neither `visual.*` (OpenAI/open_clip) nor \
+                                     `vision_model.*` (Hugging Face) tensors";
 
-fn is_ignored(name: &str) -> bool {
-    IGNORED_NAMES.contains(&name) || IGNORED_SUFFIXES.iter().any(|s| name.ends_with(s))
-}
-
-fn map_hf(path: &Path, mut tensors: HashMap<String, Tensor>, store: &mut TensorStore) -> Result<()> {
-    // q/k/v are fused first: [W, W] x3 -> in_proj_weight [3W, W], in the order q, k, v as
-    // torch.nn.MultiheadAttention lays out `in_proj_weight`.
-    let mut bases: Vec<String> = tensors
-        .keys()
-        .filter_map(|k| {
-            ["q", "k", "v"].iter().find_map(|w| {
-                let pat = format!(".self_attn.{w}_proj.");
-                k.contains(&pat).then(|| k.replace(&pat, ".self_attn.{}_proj."))
-            })
-        })
-        .collect();
-    bases.sort();
-    bases.dedup();
-    for base in bases {
-        let q_name = base.replace("{}", "q");
-        let leaf = if q_name.ends_with(".weight") { "in_proj_weight" } else { "in_proj_bias" };
-        let mut parts = Vec::with_capacity(3);
-        let mut originals = Vec::with_capacity(3);
-        for which in ["q", "k", "v"] {
-            let name = base.replace("{}", which);
-            let t = tensors.remove(&name).ok_or_else(|| Error::MissingTensor {
-                path: path.to_path_buf(),
-                name: name.clone(),
-                hint: " (q, k and v are fused into one attention projection)".into(),
-            })?;
-            parts.push(t);
-            originals.push(name);
-        }
-        if parts.iter().any(|t| t.dims() != parts[0].dims()) {
-            let shapes: Vec<String> =
-                originals.iter().zip(&parts).map(|(n, t)| format!("`{n}` {:?}", t.dims())).collect();
-            return Err(Error::Checkpoint {
-                path: path.to_path_buf(),
-                message: format!("q, k and v projections must have one shape, found {}", shapes.join(", ")),
-            });
-        }
-        let fused = Tensor::cat(&parts, 0)?;
-        let block = q_name.split(".self_attn.").next().unwrap_or_default();
-        let canonical = format!("{}.attn.{leaf}", rename_hf_block_prefix(block));
-        store.insert(canonical, originals.join(" + "), fused);
-    }
-    for (name, t) in tensors {
-        if is_ignored(&name) {
-            store.ignore(name);
-            continue;
-        }
-        match name.as_str() {
-            // nn.Linear [embed, width] -> matrix [width, embed] used as x @ proj.
-            "visual_projection.weight" => store.insert_transposed("visual.proj", name.clone(), t.t()?.contiguous()?),
-            "text_projection.weight" => store.insert_transposed("text_projection", name.clone(), t.t()?.contiguous()?),
-            _ => {
-                let canonical = rename_hf(&name);
-                store.insert(canonical, name, t);
+    fn detect<'a>(names: impl IntoIterator<Item = &'a String>) -> Option<Self> {
+        for n in names {
+            if n.starts_with("vision_model.") || n.starts_with("text_model.") {
+                return Some(ClipFamily::HuggingFace);
+            }
+            if n.starts_with("visual.") || n.starts_with("token_embedding.") {
+                return Some(ClipFamily::OpenClip);
             }
         }
+        None
     }
-    Ok(())
+
+    fn is_ignored(name: &str) -> bool {
+        IGNORED_NAMES.contains(&name) || IGNORED_SUFFIXES.iter().any(|s| name.ends_with(s))
+    }
+
+    fn file_name(canonical: &str) -> String {
+        canonical_to_hf(canonical)
+    }
+
+    fn map(mut tensors: HashMap<String, Tensor>, store: &mut TensorStore) -> Result<()> {
+        // q/k/v are fused first: [W, W] x3 -> in_proj_weight [3W, W], in the order q, k, v as
+        // torch.nn.MultiheadAttention lays out `in_proj_weight`.
+        let mut bases: Vec<String> = tensors
+            .keys()
+            .filter_map(|k| {
+                ["q", "k", "v"].iter().find_map(|w| {
+                    let pat = format!(".self_attn.{w}_proj.");
+                    k.contains(&pat).then(|| k.replace(&pat, ".self_attn.{}_proj."))
+                })
+            })
+            .collect();
+        bases.sort();
+        bases.dedup();
+        for base in bases {
+            let names: Vec<String> = ["q", "k", "v"].iter().map(|w| base.replace("{}", w)).collect();
+            let leaf = if names[0].ends_with(".weight") { "in_proj_weight" } else { "in_proj_bias" };
+            let block = names[0].split(".self_attn.").next().unwrap_or_default();
+            let canonical = format!("{}.attn.{leaf}", rename_hf_block_prefix(block));
+            let hint = " (q, k and v are fused into one attention projection)";
+            store.insert_fused(canonical, &names, &mut tensors, hint)?;
+        }
+        // nn.Linear [embed, width] -> matrix [width, embed] used as x @ proj.
+        for (name, canonical) in
+            [("visual_projection.weight", "visual.proj"), ("text_projection.weight", "text_projection")]
+        {
+            if let Some(t) = tensors.remove(name) {
+                store.insert_transposed(canonical, name, t.t()?.contiguous()?);
+            }
+        }
+        store.insert_renamed(tensors, Self::is_ignored, rename_hf);
+        Ok(())
+    }
 }
 
 /// The inverse of [`rename_hf`]: how a transformers checkpoint spells a canonical name.

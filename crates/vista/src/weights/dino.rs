@@ -13,12 +13,11 @@
 //!   mapped here, q/k/v fused into one `[3C, C]` projection.
 
 use std::collections::HashMap;
-use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::Tensor;
 
-use super::store::TensorStore;
-use crate::{Error, Result};
+use super::store::{rename_all, unrename_all, Family, TensorStore};
+use crate::Result;
 
 /// Which naming a DINO checkpoint uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -27,19 +26,6 @@ pub enum DinoFamily {
     Official,
     /// transformers `ViTModel` / `Dinov2Model` / `Dinov2WithRegistersModel`.
     HuggingFace,
-}
-
-/// Guesses the family from the tensor names.
-pub fn detect<'a>(names: impl IntoIterator<Item = &'a String>) -> Option<DinoFamily> {
-    for n in names {
-        if n.starts_with("embeddings.") || n.contains(".embeddings.patch_embeddings.") {
-            return Some(DinoFamily::HuggingFace);
-        }
-        if n == "cls_token" || n.ends_with("patch_embed.proj.weight") {
-            return Some(DinoFamily::Official);
-        }
-    }
-    None
 }
 
 /// Strips wrapper prefixes (`module.`, `backbone.`, transformers' task-model `vit.` / `dinov2.`)
@@ -59,16 +45,6 @@ fn strip(name: &str) -> String {
         }
     }
     n.to_string()
-}
-
-/// Entries that hold no backbone weights.
-fn is_ignored(name: &str) -> bool {
-    name.starts_with("head.")
-        || name == "mask_token"
-        || name == "embeddings.mask_token"
-        || name.starts_with("pooler.")
-        || name.starts_with("classifier.")
-        || name.ends_with("position_ids")
 }
 
 const HF_RENAMES: &[(&str, &str)] = &[
@@ -92,11 +68,7 @@ fn rename_hf(name: &str) -> String {
     if let Some(rest) = name.strip_prefix("layernorm.") {
         return format!("norm.{rest}");
     }
-    let mut out = name.to_string();
-    for (hf, c) in HF_RENAMES {
-        out = out.replace(hf, c);
-    }
-    out
+    rename_all(name, HF_RENAMES)
 }
 
 fn canonical_to_hf(name: &str) -> String {
@@ -109,70 +81,67 @@ fn canonical_to_hf(name: &str) -> String {
     if let Some(stem) = name.strip_suffix(".attn.qkv.bias") {
         return format!("{}.attention.attention.{{query,key,value}}.bias", canonical_to_hf(stem));
     }
-    let mut out = name.to_string();
-    for (hf, c) in HF_RENAMES.iter().rev() {
-        out = out.replace(c, hf);
-    }
-    out
+    unrename_all(name, HF_RENAMES)
 }
 
-/// Puts a DINO checkpoint's tensors under canonical names.
-pub fn into_store(
-    path: &Path,
-    tensors: HashMap<String, Tensor>,
-    device: &Device,
-    dtype: DType,
-) -> Result<(TensorStore, DinoFamily)> {
-    let tensors: HashMap<String, Tensor> = tensors.into_iter().map(|(k, v)| (strip(&k), v)).collect();
-    let family = detect(tensors.keys()).ok_or_else(|| Error::Checkpoint {
-        path: path.to_path_buf(),
-        message: "not a DINO / ViT checkpoint: found neither `cls_token` + `patch_embed.proj.*` (official) nor \
-                  `embeddings.*` (Hugging Face) tensors"
-            .into(),
-    })?;
-    let mut store = TensorStore::new(path, device, dtype);
-    match family {
-        DinoFamily::Official => store.insert_as_named(tensors, is_ignored),
-        DinoFamily::HuggingFace => {
-            store.set_file_namer(canonical_to_hf);
-            let mut tensors = tensors;
-            let stems: Vec<String> = tensors
-                .keys()
-                .filter_map(|k| k.strip_suffix(".attention.attention.query.weight").map(str::to_string))
-                .collect();
-            for stem in stems {
-                for leaf in ["weight", "bias"] {
-                    let names: Vec<String> = ["query", "key", "value"]
-                        .iter()
-                        .map(|w| format!("{stem}.attention.attention.{w}.{leaf}"))
-                        .collect();
-                    if !names.iter().any(|n| tensors.contains_key(n)) {
-                        continue;
-                    }
-                    let mut parts = Vec::new();
-                    for n in &names {
-                        parts.push(tensors.remove(n).ok_or_else(|| Error::MissingTensor {
-                            path: path.to_path_buf(),
-                            name: n.clone(),
-                            hint: " (query, key and value are fused into one projection)".into(),
-                        })?);
-                    }
-                    let canonical = format!("{}.attn.qkv.{leaf}", rename_hf(&stem));
-                    store.insert(canonical, names.join(" + "), Tensor::cat(&parts, 0)?);
-                }
+impl Family for DinoFamily {
+    const CANONICAL: Self = DinoFamily::Official;
+    const NOT_FOUND: &'static str = "not a DINO / ViT checkpoint: found neither `cls_token` + `patch_embed.proj.*` \
+                                     (official) nor `embeddings.*` (Hugging Face) tensors";
+
+    fn detect<'a>(names: impl IntoIterator<Item = &'a String>) -> Option<Self> {
+        for n in names {
+            if n.starts_with("embeddings.") || n.contains(".embeddings.patch_embeddings.") {
+                return Some(DinoFamily::HuggingFace);
             }
-            for (name, t) in tensors {
-                if is_ignored(&name) {
-                    store.ignore(name);
-                    continue;
-                }
-                // HF keeps cls/register tokens as [1, 1, C] / [1, R, C] and the position
-                // embedding as [1, 1 + N, C], like the originals.
-                store.insert(rename_hf(&name), name, t);
+            if n == "cls_token" || n.ends_with("patch_embed.proj.weight") {
+                return Some(DinoFamily::Official);
             }
         }
+        None
     }
-    Ok((store, family))
+
+    fn strip(name: String) -> String {
+        strip(&name)
+    }
+
+    fn is_ignored(name: &str) -> bool {
+        name.starts_with("head.")
+            || name == "mask_token"
+            || name == "embeddings.mask_token"
+            || name.starts_with("pooler.")
+            || name.starts_with("classifier.")
+            || name.ends_with("position_ids")
+    }
+
+    fn file_name(canonical: &str) -> String {
+        canonical_to_hf(canonical)
+    }
+
+    fn map(mut tensors: HashMap<String, Tensor>, store: &mut TensorStore) -> Result<()> {
+        let stems: Vec<String> = tensors
+            .keys()
+            .filter_map(|k| k.strip_suffix(".attention.attention.query.weight").map(str::to_string))
+            .collect();
+        for stem in stems {
+            for leaf in ["weight", "bias"] {
+                let names: Vec<String> = ["query", "key", "value"]
+                    .iter()
+                    .map(|w| format!("{stem}.attention.attention.{w}.{leaf}"))
+                    .collect();
+                if !names.iter().any(|n| tensors.contains_key(n)) {
+                    continue;
+                }
+                let canonical = format!("{}.attn.qkv.{leaf}", rename_hf(&stem));
+                let hint = " (query, key and value are fused into one projection)";
+                store.insert_fused(canonical, &names, &mut tensors, hint)?;
+            }
+        }
+        // HF keeps cls/register tokens as [1, 1, C] / [1, R, C] and the position embedding as
+        // [1, 1 + N, C], like the originals.
+        store.insert_renamed(tensors, Self::is_ignored, rename_hf);
+        Ok(())
+    }
 }
 
 #[cfg(test)]

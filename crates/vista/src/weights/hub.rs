@@ -105,6 +105,53 @@ fn hub_error(repo: &str, msg: &str) -> Error {
     }
 }
 
+/// A checkpoint file and, for a transformers one, its `config.json`.
+#[derive(Debug, Clone)]
+pub struct CheckpointFiles {
+    /// The checkpoint.
+    pub weights: PathBuf,
+    /// transformers `config.json`, for Hugging Face checkpoints.
+    pub hf_config: Option<PathBuf>,
+}
+
+/// transformers' weight files, preferred first.
+pub const HF_WEIGHTS: [&str; 2] = ["model.safetensors", "pytorch_model.bin"];
+
+/// Finds the checkpoint of a model argument (file, folder or hub id): transformers' weights
+/// ([`HF_WEIGHTS`]) with the `config.json` beside them, else the first of `others` (the
+/// reference's release files, read without a config).
+pub fn resolve_checkpoint(model: &str, others: &[&str]) -> Result<CheckpointFiles> {
+    let source = Source::parse(model)?;
+    if let Source::File(path) = &source {
+        return Ok(CheckpointFiles { weights: path.clone(), hf_config: sidecar_hf_config(path) });
+    }
+    if let Some(weights) = find_file(&source, &HF_WEIGHTS)? {
+        let hf_config = find_file(&source, &["config.json"])?;
+        return Ok(CheckpointFiles { weights, hf_config });
+    }
+    if !others.is_empty() {
+        if let Some(weights) = find_file(&source, others)? {
+            return Ok(CheckpointFiles { weights, hf_config: None });
+        }
+    }
+    let mut wanted: Vec<&str> = HF_WEIGHTS.to_vec();
+    wanted.extend(others);
+    Err(not_found(&source, &wanted))
+}
+
+/// The `config.json` beside a checkpoint file named as transformers names its weights.
+fn sidecar_hf_config(weights: &Path) -> Option<PathBuf> {
+    let name = weights.file_name()?.to_string_lossy().to_string();
+    let cfg = weights.parent()?.join("config.json");
+    (HF_WEIGHTS.contains(&name.as_str()) && cfg.is_file()).then_some(cfg)
+}
+
+/// Reads a JSON config file (a transformers `config.json`).
+pub fn read_json_config(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::Config { path: path.to_path_buf(), message: e.to_string() })
+}
+
 /// The error for a model whose files could not be found anywhere.
 pub fn not_found(source: &Source, wanted: &[&str]) -> Error {
     let (model, message) = match source {

@@ -6,8 +6,10 @@
 //!   [`store::Vb`] path builder that checks every shape; [`store::LoadReport`] lists what was loaded
 //!   and what was left unused. A missing or misshapen tensor is an error naming it (in the
 //!   checkpoint's own spelling) and both shapes — nothing is ever filled with random values.
-//! * One module per checkpoint family holds its rename / split / fuse / transpose table
-//!   ([`clip`]); model code never asks which family a checkpoint came from.
+//! * One module per model holds its checkpoint families' rename / split / fuse / transpose
+//!   tables ([`clip`], [`dino`], [`sam`]) behind [`store::Family`]; [`TensorStore::from_family`]
+//!   detects the family and fills the store the same way for every model, and model code never
+//!   asks which family a checkpoint came from.
 //! * [`hub`] turns a model argument (a file, a folder or a Hugging Face id) into local files.
 
 pub mod clip;
@@ -17,4 +19,4 @@ pub mod hub;
 pub mod sam;
 pub mod store;
 
-pub use store::{LoadReport, TensorStore, Vb};
+pub use store::{Family, LoadReport, Loaded, TensorStore, Vb};

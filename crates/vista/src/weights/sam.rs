@@ -7,12 +7,11 @@
 //! (`facebook/sam-vit-base|large|huge`) renames nearly everything; `HF_RENAMES` undoes it.
 
 use std::collections::HashMap;
-use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::Tensor;
 
-use super::store::TensorStore;
-use crate::{Error, Result};
+use super::store::{rename_all, unrename_all, Family, TensorStore};
+use crate::Result;
 
 /// Which naming a SAM checkpoint uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -21,29 +20,6 @@ pub enum SamFamily {
     Official,
     /// transformers `SamModel`: `vision_encoder.*`, `prompt_encoder.*`, `mask_decoder.*`.
     HuggingFace,
-}
-
-/// Guesses the family from the tensor names.
-pub fn detect<'a>(names: impl IntoIterator<Item = &'a String>) -> Option<SamFamily> {
-    let mut decoder = false;
-    for n in names {
-        if n.starts_with("vision_encoder.") || n.starts_with("shared_image_embedding.") {
-            return Some(SamFamily::HuggingFace);
-        }
-        if n.starts_with("image_encoder.") {
-            return Some(SamFamily::Official);
-        }
-        decoder |= n.starts_with("mask_decoder.");
-    }
-    decoder.then_some(SamFamily::Official)
-}
-
-/// Entries that hold no SAM weights: BatchNorm counters, MobileSAM's unused TinyViT classifier.
-fn is_ignored(name: &str) -> bool {
-    name.ends_with("num_batches_tracked")
-        || name.starts_with("image_encoder.norm_head.")
-        || name.starts_with("image_encoder.head.")
-        || name.ends_with("attention_bias_idxs")
 }
 
 /// Hugging Face → canonical renames, applied in order to every name (substring replacement):
@@ -111,61 +87,60 @@ fn rename_hf(name: &str, mlp_depth: &HashMap<String, usize>) -> String {
             out = format!("{stem}.layers.{index}.{leaf}");
         }
     }
-    for (hf, canonical) in HF_RENAMES {
-        out = out.replace(hf, canonical);
-    }
-    out
+    rename_all(&out, HF_RENAMES)
 }
 
 /// How a transformers checkpoint spells a canonical name (for missing-tensor errors).
 fn canonical_to_hf(name: &str) -> String {
-    let mut out = name.to_string();
-    for (hf, canonical) in HF_RENAMES.iter().rev() {
-        out = out.replace(canonical, hf);
-    }
-    out
+    unrename_all(name, HF_RENAMES)
 }
 
-/// Puts a SAM checkpoint's tensors under canonical names.
-pub fn into_store(
-    path: &Path,
-    tensors: HashMap<String, Tensor>,
-    device: &Device,
-    dtype: DType,
-) -> Result<(TensorStore, SamFamily)> {
-    let tensors: HashMap<String, Tensor> =
-        tensors.into_iter().map(|(k, v)| (k.strip_prefix("module.").map(str::to_string).unwrap_or(k), v)).collect();
-    let family = detect(tensors.keys()).ok_or_else(|| Error::Checkpoint {
-        path: path.to_path_buf(),
-        message: "not a Segment Anything checkpoint: found neither `image_encoder.*` (official, MobileSAM) nor \
-                  `vision_encoder.*` (Hugging Face) tensors"
-            .into(),
-    })?;
-    let mut store = TensorStore::new(path, device, dtype);
-    match family {
-        SamFamily::Official => store.insert_as_named(tensors, is_ignored),
-        SamFamily::HuggingFace => {
-            store.set_file_namer(canonical_to_hf);
-            // Depth of each MLP head: proj_in + layers + proj_out.
-            let mut mlp_depth: HashMap<String, usize> = HashMap::new();
-            for name in tensors.keys().filter(|n| n.ends_with(".weight")) {
-                if let Some(stem) = mlp_stem(name) {
-                    *mlp_depth.entry(stem.to_string()).or_default() += 1;
-                }
+impl Family for SamFamily {
+    const CANONICAL: Self = SamFamily::Official;
+    const NOT_FOUND: &'static str = "not a Segment Anything checkpoint: found neither `image_encoder.*` (official, \
+                                     MobileSAM) nor `vision_encoder.*` (Hugging Face) tensors";
+
+    fn detect<'a>(names: impl IntoIterator<Item = &'a String>) -> Option<Self> {
+        let mut decoder = false;
+        for n in names {
+            if n.starts_with("vision_encoder.") || n.starts_with("shared_image_embedding.") {
+                return Some(SamFamily::HuggingFace);
             }
-            for (name, t) in tensors {
-                if is_ignored(&name) || name == "prompt_encoder.shared_embedding.positional_embedding" {
-                    // A tied copy of `shared_image_embedding.positional_embedding` (not written
-                    // by `save_pretrained`, but present in some exports).
-                    store.ignore(name);
-                    continue;
-                }
-                let canonical = rename_hf(&name, &mlp_depth);
-                store.insert(canonical, name, t);
+            if n.starts_with("image_encoder.") {
+                return Some(SamFamily::Official);
+            }
+            decoder |= n.starts_with("mask_decoder.");
+        }
+        decoder.then_some(SamFamily::Official)
+    }
+
+    /// BatchNorm counters, MobileSAM's unused TinyViT classifier.
+    fn is_ignored(name: &str) -> bool {
+        name.ends_with("num_batches_tracked")
+            || name.starts_with("image_encoder.norm_head.")
+            || name.starts_with("image_encoder.head.")
+            || name.ends_with("attention_bias_idxs")
+    }
+
+    fn file_name(canonical: &str) -> String {
+        canonical_to_hf(canonical)
+    }
+
+    fn map(tensors: HashMap<String, Tensor>, store: &mut TensorStore) -> Result<()> {
+        // Depth of each MLP head: proj_in + layers + proj_out.
+        let mut mlp_depth: HashMap<String, usize> = HashMap::new();
+        for name in tensors.keys().filter(|n| n.ends_with(".weight")) {
+            if let Some(stem) = mlp_stem(name) {
+                *mlp_depth.entry(stem.to_string()).or_default() += 1;
             }
         }
+        // `prompt_encoder.shared_embedding.positional_embedding` is a tied copy of
+        // `shared_image_embedding.positional_embedding` (not written by `save_pretrained`, but
+        // present in some exports).
+        let ignored = |n: &str| Self::is_ignored(n) || n == "prompt_encoder.shared_embedding.positional_embedding";
+        store.insert_renamed(tensors, ignored, |n| rename_hf(n, &mlp_depth));
+        Ok(())
     }
-    Ok((store, family))
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use crate::{Error, Result};
 
 /// The tensors of one checkpoint under the model's canonical names.
 ///
-/// Family tables ([`super::clip`]) fill it with [`TensorStore::insert`], remembering each
+/// Family tables ([`super::clip`], through [`Family`]) fill it with [`TensorStore::insert`], remembering each
 /// tensor's name in the file so that errors speak the user's checkpoint's language.
 pub struct TensorStore {
     path: PathBuf,
@@ -32,6 +32,66 @@ pub struct TensorStore {
     file_namer: Option<fn(&str) -> String>,
     device: Device,
     dtype: DType,
+}
+
+/// One model's checkpoint families (two: the reference's, whose names are the canonical ones,
+/// and another): how they are told apart and how the other is mapped onto the canonical names. [`TensorStore::from_family`] does the rest, the same for
+/// every model.
+pub trait Family: Copy + PartialEq + Sized {
+    /// What the error says when no family matches the names (`not a ... checkpoint: ...`).
+    const NOT_FOUND: &'static str;
+
+    /// The family whose names are the canonical ones: its tensors are taken as they are named.
+    const CANONICAL: Self;
+
+    /// Guesses the family from the tensor names (wrapper prefixes already stripped).
+    fn detect<'a>(names: impl IntoIterator<Item = &'a String>) -> Option<Self>;
+
+    /// A name in the file without the wrapper prefixes exports put around the model (by default
+    /// DDP's `module.`).
+    fn strip(name: String) -> String {
+        name.strip_prefix("module.").map(str::to_string).unwrap_or(name)
+    }
+
+    /// Entries that hold no weights, skipped on purpose.
+    fn is_ignored(name: &str) -> bool;
+
+    /// How the other family spells a canonical name (for missing-tensor errors).
+    fn file_name(canonical: &str) -> String;
+
+    /// Adds the other family's tensors under canonical names.
+    fn map(tensors: HashMap<String, Tensor>, store: &mut TensorStore) -> Result<()>;
+}
+
+/// `name` with every `(from, to)` pair of `renames` replaced, in order (substring replacement):
+/// a family's rename table applied to a name in its file.
+pub(crate) fn rename_all(name: &str, renames: &[(&str, &str)]) -> String {
+    renames.iter().fold(name.to_string(), |out, (from, to)| out.replace(from, to))
+}
+
+/// The inverse of [`rename_all`]: the pairs undone in reverse order (how the file spells a
+/// canonical name).
+pub(crate) fn unrename_all(name: &str, renames: &[(&str, &str)]) -> String {
+    renames.iter().rev().fold(name.to_string(), |out, (from, to)| out.replace(to, from))
+}
+
+/// A model built from a checkpoint, with what the load found.
+pub struct Loaded<M, F> {
+    /// The model.
+    pub model: M,
+    /// The naming of the checkpoint.
+    pub family: F,
+    /// What the load did.
+    pub report: LoadReport,
+}
+
+impl<M, F> Loaded<M, F> {
+    /// Builds the model from `store` (a checkpoint of `family`) with `build`, and reports what it
+    /// left unused.
+    pub fn build(store: &TensorStore, family: F, build: impl FnOnce(&TensorStore) -> Result<M>) -> Result<Self> {
+        let model = build(store)?;
+        Ok(Self { model, family, report: store.report() })
+    }
 }
 
 /// What a load did: every canonical tensor the model asked for was found with the right shape
@@ -63,6 +123,27 @@ impl TensorStore {
             device: device.clone(),
             dtype,
         }
+    }
+
+    /// Puts a checkpoint's tensors under canonical names: the family `F` is detected from the
+    /// names (after [`Family::strip`]), an error when none matches.
+    pub fn from_family<F: Family>(
+        path: &Path,
+        tensors: HashMap<String, Tensor>,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<(Self, F)> {
+        let tensors: HashMap<String, Tensor> = tensors.into_iter().map(|(k, v)| (F::strip(k), v)).collect();
+        let family = F::detect(tensors.keys())
+            .ok_or_else(|| Error::Checkpoint { path: path.to_path_buf(), message: F::NOT_FOUND.into() })?;
+        let mut store = Self::new(path, device, dtype);
+        if family == F::CANONICAL {
+            store.insert_as_named(tensors, F::is_ignored);
+        } else {
+            store.set_file_namer(F::file_name);
+            F::map(tensors, &mut store)?;
+        }
+        Ok((store, family))
     }
 
     /// The checkpoint file.
@@ -108,13 +189,53 @@ impl TensorStore {
     /// Adds every tensor under its own name (a family whose naming is the canonical one),
     /// recording those `ignored` says hold no weights as skipped on purpose.
     pub fn insert_as_named(&mut self, tensors: HashMap<String, Tensor>, ignored: impl Fn(&str) -> bool) {
+        self.insert_renamed(tensors, ignored, str::to_string);
+    }
+
+    /// Adds every tensor under the canonical name `rename` gives its name in the file, recording
+    /// those `ignored` says hold no weights as skipped on purpose.
+    pub fn insert_renamed(
+        &mut self,
+        tensors: HashMap<String, Tensor>,
+        ignored: impl Fn(&str) -> bool,
+        rename: impl Fn(&str) -> String,
+    ) {
         for (name, t) in tensors {
             if ignored(&name) {
                 self.ignore(name);
             } else {
-                self.insert(name.clone(), name, t);
+                self.insert(rename(&name), name, t);
             }
         }
+    }
+
+    /// Takes the file's tensors `names` out of `tensors` (a q, k and v projection, in that order)
+    /// and adds them concatenated along the first axis under `canonical`. Each must be present
+    /// (`hint` says why in the error) and all of one shape.
+    pub fn insert_fused(
+        &mut self,
+        canonical: impl Into<String>,
+        names: &[String],
+        tensors: &mut HashMap<String, Tensor>,
+        hint: &str,
+    ) -> Result<()> {
+        let mut parts = Vec::with_capacity(names.len());
+        for name in names {
+            parts.push(tensors.remove(name).ok_or_else(|| Error::MissingTensor {
+                path: self.path.clone(),
+                name: name.clone(),
+                hint: hint.to_string(),
+            })?);
+        }
+        if parts.iter().any(|t| t.dims() != parts[0].dims()) {
+            let shapes: Vec<String> = names.iter().zip(&parts).map(|(n, t)| format!("`{n}` {:?}", t.dims())).collect();
+            return Err(Error::Checkpoint {
+                path: self.path.clone(),
+                message: format!("q, k and v projections must have one shape, found {}", shapes.join(", ")),
+            });
+        }
+        self.insert(canonical, names.join(" + "), Tensor::cat(&parts, 0)?);
+        Ok(())
     }
 
     /// Records a file entry that is skipped on purpose.

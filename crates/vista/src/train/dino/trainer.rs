@@ -174,9 +174,10 @@ impl DinoTrainer {
     pub fn teacher_pipeline(&self) -> Result<DinoPipeline> {
         let mut store = TensorStore::new("<teacher>", &Device::Cpu, DType::F32);
         store.insert_as_named(self.teacher_backbone()?.into_iter().collect(), |_| false);
-        let model = DinoVit::load(&store.root(), self.config.backbone())?;
-        let mut p =
-            DinoPipeline::new(crate::dino::Loaded { model, family: DinoFamily::Official, report: store.report() });
+        let loaded = crate::dino::Loaded::build(&store, DinoFamily::Official, |s| {
+            DinoVit::load(&s.root(), self.config.backbone())
+        })?;
+        let mut p = DinoPipeline::new(loaded);
         p.preprocess = DinoPreprocess::eval_sized(self.config.global_size, self.config.global_size);
         Ok(p)
     }
