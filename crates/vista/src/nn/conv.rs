@@ -110,24 +110,39 @@ fn im2col(x: &Tensor, k: usize, s: usize, p: usize) -> Result<Tensor> {
     out.par_chunks_mut(wo * row).enumerate().for_each(|(bo, dst)| {
         let (bi, oy) = (bo / ho, bo % ho);
         for ox in 0..wo {
-            for ky in 0..k {
-                let iy = (oy * s + ky) as isize - p as isize;
-                if iy < 0 || iy >= h as isize {
-                    continue;
-                }
-                for kx in 0..k {
-                    let ix = (ox * s + kx) as isize - p as isize;
-                    if ix < 0 || ix >= w as isize {
-                        continue;
-                    }
-                    let from = ((bi * h + iy as usize) * w + ix as usize) * c;
-                    let to = ox * row + (ky * k + kx) * c;
-                    dst[to..to + c].copy_from_slice(&src[from..from + c]);
-                }
-            }
+            for_each_tap((oy, ox), (h, w), (k, s, p), |tap, pixel| {
+                let from = (bi * h * w + pixel) * c;
+                let to = ox * row + tap * c;
+                dst[to..to + c].copy_from_slice(&src[from..from + c]);
+            });
         }
     });
     Ok(Tensor::from_vec(out, (b * ho * wo, row), &Device::Cpu)?)
+}
+
+/// Calls `f(tap, pixel)` for every tap `(ky, kx)` of a `k × k` kernel (`tap = ky·k + kx`) at the
+/// output pixel `(oy, ox)` (stride `s`, zero padding `p`) that falls inside the `h × w` input,
+/// `pixel = iy·w + ix` being the input pixel under it.
+#[inline(always)]
+fn for_each_tap(
+    (oy, ox): (usize, usize),
+    (h, w): (usize, usize),
+    (k, s, p): (usize, usize, usize),
+    mut f: impl FnMut(usize, usize),
+) {
+    for ky in 0..k {
+        let iy = (oy * s + ky) as isize - p as isize;
+        if iy < 0 || iy >= h as isize {
+            continue;
+        }
+        for kx in 0..k {
+            let ix = (ox * s + kx) as isize - p as isize;
+            if ix < 0 || ix >= w as isize {
+                continue;
+            }
+            f(ky * k + kx, iy as usize * w + ix as usize);
+        }
+    }
 }
 
 /// A depthwise 2-D convolution (`groups = C`), channels-last.
@@ -187,23 +202,19 @@ impl DepthwiseConv2d {
                     let (bi, oy) = (bo / ho, bo % ho);
                     for (ox, o) in dst.chunks_exact_mut(c).enumerate() {
                         o.copy_from_slice(&self.bias);
-                        for ky in 0..k {
-                            let iy = (oy * s + ky) as isize - p as isize;
-                            if iy < 0 || iy >= h as isize {
-                                continue;
-                            }
-                            for kx in 0..k {
-                                let ix = (ox * s + kx) as isize - p as isize;
-                                if ix < 0 || ix >= w as isize {
-                                    continue;
-                                }
-                                let from = ((bi * h + iy as usize) * w + ix as usize) * c;
-                                let tap = &self.weight[(ky * k + kx) * c..(ky * k + kx + 1) * c];
+                        for_each_tap(
+                            (oy, ox),
+                            (h, w),
+                            (k, s, p),
+                            #[inline(always)]
+                            |tap, pixel| {
+                                let from = (bi * h * w + pixel) * c;
+                                let tap = &self.weight[tap * c..(tap + 1) * c];
                                 for ((o, xv), wv) in o.iter_mut().zip(&src[from..from + c]).zip(tap) {
                                     *o += xv * wv;
                                 }
-                            }
-                        }
+                            },
+                        );
                     }
                     if let Some(act) = act {
                         dst.iter_mut().for_each(|v| *v = super::cpu::activate(*v, act));

@@ -167,27 +167,83 @@ pub fn apply_activation(xs: &mut [f32], act: Activation) {
 
 /// `act(x + y)`, elementwise, same shapes.
 pub fn add_act(x: &Tensor, y: &Tensor, act: Activation) -> Result<Tensor> {
+    zip_tensors(
+        x,
+        y,
+        #[inline(always)]
+        |a, b| activate(a + b, act),
+    )
+}
+
+/// `f(x_i, y_i)` for every pair of two tensors of one shape, into a new tensor (see [`zip_map`]).
+#[inline(always)]
+fn zip_tensors(x: &Tensor, y: &Tensor, f: impl Fn(f32, f32) -> f32 + Sync) -> Result<Tensor> {
     if x.shape() != y.shape() {
         return Err(candle_core::Error::Msg(format!("add: shapes {:?} and {:?}", x.dims(), y.dims())).into());
     }
-    let mut out = vec![0f32; x.elem_count()];
-    with_slice(x, |xs| {
-        with_slice(y, |ys| {
-            out.par_chunks_mut(16 * 1024).zip(xs.par_chunks(16 * 1024).zip(ys.par_chunks(16 * 1024))).for_each(
-                |(o, (x, y))| {
-                    with_simd(
-                        #[inline(always)]
-                        || {
-                            for (oi, (xi, yi)) in o.iter_mut().zip(x.iter().zip(y)) {
-                                *oi = activate(xi + yi, act);
-                            }
-                        },
-                    )
-                },
-            );
-        })
-    })??;
+    let out = with_slice(x, |xs| with_slice(y, |ys| zip_map(xs, ys, &f)))??;
     Ok(Tensor::from_vec(out, x.shape(), &Device::Cpu)?)
+}
+
+/// Values per parallel task of the element-wise kernels.
+const ELEMENTS_PER_TASK: usize = 16 * 1024;
+
+/// `f(x_i)` for every value, into a new buffer: one parallel task per 16 Ki values, each
+/// compiled under [`with_simd`] (with `f` `#[inline(always)]`, its body is too).
+#[inline(always)]
+pub fn map(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(ELEMENTS_PER_TASK).zip(x.par_chunks(ELEMENTS_PER_TASK)).for_each(|(o, x)| {
+        with_simd(
+            #[inline(always)]
+            || {
+                for (o, &v) in o.iter_mut().zip(x) {
+                    *o = f(v);
+                }
+            },
+        )
+    });
+    out
+}
+
+/// `f(x_i, y_i)` for every pair of values of two slices of one length, into a new buffer, as
+/// [`map`].
+#[inline(always)]
+pub fn zip_map(x: &[f32], y: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(ELEMENTS_PER_TASK)
+        .zip(x.par_chunks(ELEMENTS_PER_TASK).zip(y.par_chunks(ELEMENTS_PER_TASK)))
+        .for_each(|(o, (x, y))| {
+            with_simd(
+                #[inline(always)]
+                || {
+                    for (o, (&a, &b)) in o.iter_mut().zip(x.iter().zip(y)) {
+                        *o = f(a, b);
+                    }
+                },
+            )
+        });
+    out
+}
+
+/// `f(row of x, row of the output)` for every row of `width` values, into a new buffer: one
+/// parallel task per [`rows_per_task`] rows, each compiled under [`with_simd`] (with `f`
+/// `#[inline(always)]`, its body is too).
+#[inline(always)]
+pub fn map_rows(x: &[f32], width: usize, f: impl Fn(&[f32], &mut [f32]) + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    let chunk = rows_per_task(width) * width;
+    out.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(o, x)| {
+        with_simd(
+            #[inline(always)]
+            || {
+                for (o, x) in o.chunks_exact_mut(width).zip(x.chunks_exact(width)) {
+                    f(x, o);
+                }
+            },
+        )
+    });
+    out
 }
 
 /// `e^x` in f32 without a libm call, so loops over it vectorise: `2^n · p(r)` with
@@ -223,8 +279,9 @@ pub fn erf_fast(x: f32) -> f32 {
     y.copysign(x)
 }
 
-/// Rows per parallel task for row-wise kernels: enough work to amortise a task.
-fn rows_per_task(width: usize) -> usize {
+/// Rows per parallel task for row-wise kernels (about 16 Ki values): enough work to amortise a
+/// task.
+pub fn rows_per_task(width: usize) -> usize {
     (16 * 1024 / width.max(1)).max(1)
 }
 
@@ -246,21 +303,15 @@ fn layer_norm_row(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
 /// `x: [..., C]`, `w, b: [C]` -> `[..., C]`
 pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
     let c = x.dim(candle_core::D::Minus1)?;
-    let mut out = vec![0f32; x.elem_count()];
-    with_slice(w, |w| {
+    let out = with_slice(w, |w| {
         with_slice(b, |b| {
             with_slice(x, |xs| {
-                let rows = rows_per_task(c);
-                out.par_chunks_mut(rows * c).zip(xs.par_chunks(rows * c)).for_each(|(o, x)| {
-                    with_simd(
-                        #[inline(always)]
-                        || {
-                            for (o, x) in o.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
-                                layer_norm_row(x, w, b, eps, o);
-                            }
-                        },
-                    )
-                });
+                map_rows(
+                    xs,
+                    c,
+                    #[inline(always)]
+                    |x, o| layer_norm_row(x, w, b, eps, o),
+                )
             })
         })
     })???;
@@ -308,22 +359,12 @@ pub fn add_layer_norm(x: &Tensor, y: &Tensor, w: &Tensor, b: &Tensor, eps: f32) 
 
 /// `x + y`, elementwise, same shapes.
 pub fn add(x: &Tensor, y: &Tensor) -> Result<Tensor> {
-    if x.shape() != y.shape() {
-        return Err(candle_core::Error::Msg(format!("add: shapes {:?} and {:?}", x.dims(), y.dims())).into());
-    }
-    let mut out = vec![0f32; x.elem_count()];
-    with_slice(x, |xs| {
-        with_slice(y, |ys| {
-            out.par_chunks_mut(16 * 1024).zip(xs.par_chunks(16 * 1024).zip(ys.par_chunks(16 * 1024))).for_each(
-                |(o, (x, y))| {
-                    for (oi, (xi, yi)) in o.iter_mut().zip(x.iter().zip(y)) {
-                        *oi = xi + yi;
-                    }
-                },
-            );
-        })
-    })??;
-    Ok(Tensor::from_vec(out, x.shape(), &Device::Cpu)?)
+    zip_tensors(
+        x,
+        y,
+        #[inline(always)]
+        |a, b| a + b,
+    )
 }
 
 struct SyncPtr(*mut f32);

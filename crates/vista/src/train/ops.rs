@@ -19,11 +19,16 @@
 //! (`Attach`); GELU and the bias add are candle's own differentiable ops. Nothing leaves the
 //! device. `tests/device_fallback.rs` checks values and gradients against the CPU kernels.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::nn::cpu::{erf_fast, exp_fast, with_simd};
+use crate::nn::cpu::{erf_fast, exp_fast, map, map_rows, rows_per_task, with_simd, zip_map};
 use crate::Result;
+
+/// What a custom op's forward gives on the CPU: the output's storage and shape.
+type CpuOut = candle_core::Result<(CpuStorage, Shape)>;
+/// What a custom op's forward gives on CUDA.
+type CudaOut = candle_core::Result<(CudaStorage, Shape)>;
 
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
     let data = s.as_slice::<f32>()?;
@@ -36,11 +41,6 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]
 /// The contiguous f32 values of `t`, copied out (backward passes read their saved tensors so).
 fn values(t: &Tensor) -> candle_core::Result<Vec<f32>> {
     t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
-}
-
-/// Rows per parallel task: about 16 Ki values.
-fn rows_per_task(width: usize) -> usize {
-    (16 * 1024 / width.max(1)).max(1)
 }
 
 /// Whether the fused CPU kernels apply: every tensor f32 on the CPU (and the fast paths on).
@@ -86,14 +86,14 @@ impl Attach {
         Ok((s.try_clone(layout)?, layout.shape().clone()))
     }
 
-    fn cpu(&self) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu(&self) -> CpuOut {
         self.copy_of_y(|s| match s {
             candle_core::Storage::Cpu(c) => Some(c),
             _ => None,
         })
     }
 
-    fn cuda(&self) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+    fn cuda(&self) -> CudaOut {
         self.copy_of_y(|s| match s {
             candle_core::Storage::Cuda(c) => Some(c),
             _ => None,
@@ -130,15 +130,11 @@ impl CustomOp1 for Attach {
         "vista-fused-forward"
     }
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> CpuOut {
         self.cpu()
     }
 
-    fn cuda_fwd(
-        &self,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout) -> CudaOut {
         self.cuda()
     }
 
@@ -155,27 +151,19 @@ impl CustomOp3 for Attach {
         "vista-fused-forward"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> CpuOut {
         self.cpu()
     }
 
     fn cuda_fwd(
         &self,
-        _: &candle_core::CudaStorage,
+        _: &CudaStorage,
         _: &Layout,
-        _: &candle_core::CudaStorage,
+        _: &CudaStorage,
         _: &Layout,
-        _: &candle_core::CudaStorage,
+        _: &CudaStorage,
         _: &Layout,
-    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+    ) -> CudaOut {
         self.cuda()
     }
 
@@ -268,25 +256,20 @@ impl CustomOp3 for LayerNormOp {
         l2: &Layout,
         s3: &CpuStorage,
         l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
+    ) -> CpuOut {
         let (x, w, b) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
-        let c = w.len();
         let eps = self.eps;
-        let mut out = vec![0f32; x.len()];
-        let rows = rows_per_task(c);
-        out.par_chunks_mut(rows * c).zip(x.par_chunks(rows * c)).for_each(|(o, x)| {
-            with_simd(
-                #[inline(always)]
-                || {
-                    for (o, x) in o.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
-                        let (mean, r) = row_stats(x, eps);
-                        for (((o, v), wi), bi) in o.iter_mut().zip(x).zip(w).zip(b) {
-                            *o = (v - mean) * r * wi + bi;
-                        }
-                    }
-                },
-            )
-        });
+        let out = map_rows(
+            x,
+            w.len(),
+            #[inline(always)]
+            |x, o| {
+                let (mean, r) = row_stats(x, eps);
+                for (((o, v), wi), bi) in o.iter_mut().zip(x).zip(w).zip(b) {
+                    *o = (v - mean) * r * wi + bi;
+                }
+            },
+        );
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -378,28 +361,24 @@ impl CustomOp1 for SoftmaxOp {
         "vista-softmax"
     }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CpuOut {
         let x = f32_slice(s, l)?;
         let c = l.dims().last().copied().unwrap_or(1).max(1);
-        let mut out = vec![0f32; x.len()];
-        let rows = rows_per_task(c);
-        out.par_chunks_mut(rows * c).zip(x.par_chunks(rows * c)).for_each(|(o, x)| {
-            with_simd(
-                #[inline(always)]
-                || {
-                    for (o, x) in o.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
-                        let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                        for (o, v) in o.iter_mut().zip(x) {
-                            *o = exp_fast(v - max);
-                        }
-                        let inv = 1.0 / sum(o);
-                        for o in o.iter_mut() {
-                            *o *= inv;
-                        }
-                    }
-                },
-            )
-        });
+        let out = map_rows(
+            x,
+            c,
+            #[inline(always)]
+            |x, o| {
+                let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                for (o, v) in o.iter_mut().zip(x) {
+                    *o = exp_fast(v - max);
+                }
+                let inv = 1.0 / sum(o);
+                for o in o.iter_mut() {
+                    *o *= inv;
+                }
+            },
+        );
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -449,37 +428,24 @@ impl CustomOp1 for GeluOp {
         "vista-gelu"
     }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s, l)?;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(16 * 1024).zip(x.par_chunks(16 * 1024)).for_each(|(o, x)| {
-            with_simd(
-                #[inline(always)]
-                || {
-                    for (o, &v) in o.iter_mut().zip(x) {
-                        *o = 0.5 * v * (1.0 + erf_fast(v * FRAC_1_SQRT_2));
-                    }
-                },
-            )
-        });
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CpuOut {
+        let out = map(
+            f32_slice(s, l)?,
+            #[inline(always)]
+            |v| 0.5 * v * (1.0 + erf_fast(v * FRAC_1_SQRT_2)),
+        );
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let (xv, dyv) = (values(x)?, values(dy)?);
-        let mut dx = vec![0f32; xv.len()];
-        dx.par_chunks_mut(16 * 1024).zip(xv.par_chunks(16 * 1024).zip(dyv.par_chunks(16 * 1024))).for_each(
-            |(d, (x, g))| {
-                with_simd(
-                    #[inline(always)]
-                    || {
-                        for ((d, &v), &g) in d.iter_mut().zip(x).zip(g) {
-                            let cdf = 0.5 * (1.0 + erf_fast(v * FRAC_1_SQRT_2));
-                            let pdf = FRAC_1_SQRT_2PI * exp_fast(-0.5 * v * v);
-                            *d = g * (cdf + v * pdf);
-                        }
-                    },
-                )
+        let dx = zip_map(
+            &values(x)?,
+            &values(dy)?,
+            #[inline(always)]
+            |v, g| {
+                let cdf = 0.5 * (1.0 + erf_fast(v * FRAC_1_SQRT_2));
+                let pdf = FRAC_1_SQRT_2PI * exp_fast(-0.5 * v * v);
+                g * (cdf + v * pdf)
             },
         );
         Ok(Some(Tensor::from_vec(dx, x.shape(), &Device::Cpu)?))
@@ -503,29 +469,18 @@ impl CustomOp2 for AddBiasOp {
         "vista-add-bias"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> CpuOut {
         let (x, b) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
-        let c = b.len().max(1);
-        let mut out = vec![0f32; x.len()];
-        let rows = rows_per_task(c);
-        out.par_chunks_mut(rows * c).zip(x.par_chunks(rows * c)).for_each(|(o, x)| {
-            with_simd(
-                #[inline(always)]
-                || {
-                    for (o, x) in o.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
-                        for ((o, v), bi) in o.iter_mut().zip(x).zip(b) {
-                            *o = v + bi;
-                        }
-                    }
-                },
-            )
-        });
+        let out = map_rows(
+            x,
+            b.len().max(1),
+            #[inline(always)]
+            |x, o| {
+                for ((o, v), bi) in o.iter_mut().zip(x).zip(b) {
+                    *o = v + bi;
+                }
+            },
+        );
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
