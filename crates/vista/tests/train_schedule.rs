@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use vista::optim::{cosine_scheduler, linspace};
-use vista::train::dino::{teacher_temp_schedule, DinoScheduleConfig, DinoSchedules};
+use vista::train::dino::{teacher_temp_schedule, DinoSchedules, DinoTrainConfig};
 
 const TOL: f64 = 1e-12;
 
@@ -91,10 +91,10 @@ fn dino_schedules_match_main_dino() {
     let g = golden();
     for c in g["dino"].as_array().unwrap() {
         let a = &c["args"];
-        let cfg = DinoScheduleConfig {
+        let niter_per_ep = u(a, "niter_per_ep");
+        let cfg = DinoTrainConfig {
             epochs: u(a, "epochs"),
-            niter_per_ep: u(a, "niter_per_ep"),
-            batch_size_total: u(a, "batch_size_total"),
+            batch_size: u(a, "batch_size_total"),
             lr: f(a, "lr"),
             min_lr: f(a, "min_lr"),
             warmup_epochs: u(a, "warmup_epochs"),
@@ -104,24 +104,30 @@ fn dino_schedules_match_main_dino() {
             warmup_teacher_temp: f(a, "warmup_teacher_temp"),
             teacher_temp: f(a, "teacher_temp"),
             warmup_teacher_temp_epochs: u(a, "warmup_teacher_temp_epochs"),
+            ..main_dino_defaults()
         };
-        let s = DinoSchedules::new(&cfg).unwrap();
+        let s = DinoSchedules::new(&cfg, niter_per_ep).unwrap();
         let name = a["name"].as_str().unwrap();
         compare(&format!("{name}.lr"), &s.lr, &values(&c["lr"]));
         compare(&format!("{name}.wd"), &s.wd, &values(&c["wd"]));
         compare(&format!("{name}.momentum"), &s.momentum, &values(&c["momentum"]));
         compare(&format!("{name}.teacher_temp"), &s.teacher_temp, &values(&c["teacher_temp"]));
-        assert_eq!(s.len(), cfg.epochs * cfg.niter_per_ep);
+        assert_eq!(s.len(), cfg.epochs * niter_per_ep);
     }
+}
+
+/// `main_dino.py`'s argument defaults (ViT-S/16).
+fn main_dino_defaults() -> DinoTrainConfig {
+    DinoTrainConfig::preset("vit_small").unwrap()
 }
 
 #[test]
 fn defaults_are_main_dino_arguments() {
-    let c = DinoScheduleConfig::default();
+    let c = main_dino_defaults();
     assert_eq!((c.epochs, c.warmup_epochs, c.warmup_teacher_temp_epochs), (100, 10, 0));
     assert_eq!((c.lr, c.min_lr, c.weight_decay, c.weight_decay_end), (0.0005, 1e-6, 0.04, 0.4));
     assert_eq!((c.momentum_teacher, c.warmup_teacher_temp, c.teacher_temp), (0.996, 0.04, 0.04));
-    assert_eq!(DinoScheduleConfig { batch_size_total: 1024, ..c }.scaled_lr(), 0.002);
+    assert_eq!(DinoTrainConfig { batch_size: 1024, ..c }.scaled_lr(), 0.002);
 }
 
 fn assert_monotone(name: &str, s: &[f64], increasing: bool) {
@@ -196,7 +202,7 @@ fn linspace_edge_cases() {
 fn invalid_configurations_are_errors() {
     assert!(cosine_scheduler(1.0, 0.0, 2, 5, 3, 0.0).is_err());
     assert!(teacher_temp_schedule(0.04, 0.07, 11, 10).is_err());
-    assert!(DinoSchedules::new(&DinoScheduleConfig { epochs: 5, warmup_epochs: 10, ..Default::default() }).is_err());
+    assert!(DinoSchedules::new(&DinoTrainConfig { epochs: 5, warmup_epochs: 10, ..main_dino_defaults() }, 1).is_err());
     // zero iterations: empty, not an error (numpy gives empty arrays too)
     assert!(cosine_scheduler(1.0, 0.0, 0, 5, 0, 0.0).unwrap().is_empty());
 }

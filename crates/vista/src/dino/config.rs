@@ -72,20 +72,7 @@ impl DinoConfig {
     /// The released backbones, by their hub names: `dino_vits16`, `dino_vits8`, `dino_vitb16`,
     /// `dino_vitb8` and `dinov2_vits14|vitb14|vitl14|vitg14` with an optional `_reg` suffix.
     pub fn preset(name: &str) -> Option<Self> {
-        let v1 = |dim: usize, heads: usize, patch: usize| Self {
-            image_size: 224,
-            patch_size: patch,
-            embed_dim: dim,
-            depth: 12,
-            num_heads: heads,
-            ffn_hidden: 4 * dim,
-            ffn: Ffn::Mlp,
-            layer_scale: false,
-            num_register_tokens: 0,
-            qkv_bias: true,
-            layer_norm_eps: 1e-6,
-            interpolation: PosInterpolation::ScaleFactorOffset { offset: 0.1, antialias: false },
-        };
+        let v1 = |dim: usize, heads: usize, patch: usize| Self::dino_v1(224, patch, dim, 12, heads);
         let v2 = |dim: usize, depth: usize, heads: usize, swiglu: bool, reg: bool| Self {
             image_size: 518,
             patch_size: 14,
@@ -115,6 +102,26 @@ impl DinoConfig {
             ("dinov2_vitg14", r) => v2(1536, 40, 24, true, r),
             _ => return None,
         })
+    }
+
+    /// DINO's (v1) `VisionTransformer` of that size: MLP ratio 4, qkv bias, LayerNorm ε 1e-6, no
+    /// layer scale or registers, its position embedding made for `image_size` and resampled as
+    /// DINO's `interpolate_pos_encoding` does.
+    pub fn dino_v1(image_size: usize, patch_size: usize, embed_dim: usize, depth: usize, num_heads: usize) -> Self {
+        Self {
+            image_size,
+            patch_size,
+            embed_dim,
+            depth,
+            num_heads,
+            ffn_hidden: 4 * embed_dim,
+            ffn: Ffn::Mlp,
+            layer_scale: false,
+            num_register_tokens: 0,
+            qkv_bias: true,
+            layer_norm_eps: 1e-6,
+            interpolation: PosInterpolation::ScaleFactorOffset { offset: 0.1, antialias: false },
+        }
     }
 
     /// The names [`DinoConfig::preset`] accepts, each also with a `_reg` suffix for DINOv2.

@@ -3,9 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::schedule::DinoScheduleConfig;
 use super::{DinoHeadConfig, DinoLossConfig};
-use crate::dino::{DinoConfig, Ffn, PosInterpolation};
+use crate::dino::DinoConfig;
 use crate::image::augment::DinoAugmentConfig;
 use crate::{Error, Result};
 
@@ -49,11 +48,11 @@ pub struct DinoTrainConfig {
     pub epochs: usize,
     /// Images per step (`--batch_size_per_gpu` × GPUs, 64).
     pub batch_size: usize,
-    /// `--lr` for 256 images (0.0005), scaled by `batch_size / 256`.
+    /// `--lr` for 256 images (0.0005), scaled by `batch_size / 256` ([`Self::scaled_lr`]).
     pub lr: f64,
-    /// `--min_lr` (1e-6).
+    /// `--min_lr` (1e-6), the learning rate the cosine ends at.
     pub min_lr: f64,
-    /// `--warmup_epochs` (10).
+    /// `--warmup_epochs` (10), the epochs of linear learning-rate warm-up from 0.
     pub warmup_epochs: usize,
     /// `--weight_decay` (0.04) → `--weight_decay_end` (0.4).
     pub weight_decay: f64,
@@ -123,24 +122,11 @@ impl DinoTrainConfig {
     /// The architectures [`preset`](Self::preset) knows.
     pub const ARCHS: [&'static str; 3] = ["vit_tiny", "vit_small", "vit_base"];
 
-    /// The backbone: DINO's `VisionTransformer` (MLP ratio 4, qkv bias, LayerNorm ε 1e-6), its
-    /// position embedding made for the global crop, resampled for the locals with DINO's
+    /// The backbone: DINO's `VisionTransformer` ([`DinoConfig::dino_v1`]), its position
+    /// embedding made for the global crop, resampled for the locals with DINO's
     /// `interpolate_pos_encoding`.
     pub fn backbone(&self) -> DinoConfig {
-        DinoConfig {
-            image_size: self.global_size as usize,
-            patch_size: self.patch_size,
-            embed_dim: self.embed_dim,
-            depth: self.depth,
-            num_heads: self.num_heads,
-            ffn_hidden: 4 * self.embed_dim,
-            ffn: Ffn::Mlp,
-            layer_scale: false,
-            num_register_tokens: 0,
-            qkv_bias: true,
-            layer_norm_eps: 1e-6,
-            interpolation: PosInterpolation::ScaleFactorOffset { offset: 0.1, antialias: false },
-        }
+        DinoConfig::dino_v1(self.global_size as usize, self.patch_size, self.embed_dim, self.depth, self.num_heads)
     }
 
     /// The projection head (`DINOHead`).
@@ -166,23 +152,11 @@ impl DinoTrainConfig {
         )
     }
 
-    /// The lr, weight-decay, momentum and teacher-temperature schedules, for `niter_per_ep`
-    /// iterations per epoch.
-    pub fn schedule(&self, niter_per_ep: usize) -> DinoScheduleConfig {
-        DinoScheduleConfig {
-            epochs: self.epochs,
-            niter_per_ep,
-            batch_size_total: self.batch_size,
-            lr: self.lr,
-            min_lr: self.min_lr,
-            warmup_epochs: self.warmup_epochs,
-            weight_decay: self.weight_decay,
-            weight_decay_end: self.weight_decay_end,
-            momentum_teacher: self.momentum_teacher,
-            warmup_teacher_temp: self.warmup_teacher_temp,
-            teacher_temp: self.teacher_temp,
-            warmup_teacher_temp_epochs: self.warmup_teacher_temp_epochs,
-        }
+    /// The peak learning rate after the linear scaling rule, `lr * batch_size / 256` (in
+    /// `main_dino.py`'s order of operations, `batch_size` being `batch_size_per_gpu *
+    /// world_size`).
+    pub fn scaled_lr(&self) -> f64 {
+        self.lr * self.batch_size as f64 / 256.0
     }
 
     /// The loss (`DINOLoss`), over `local_crops + 2` crops.

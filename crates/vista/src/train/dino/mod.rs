@@ -63,7 +63,7 @@ pub use monitor::{CollapseMonitor, MetricsLog, StepMetrics};
 pub use multicrop::multi_crop_forward;
 pub use optim::{cancel_gradients_last_layer, clip_gradients, get_params_groups, AdamW, OptimGroup, ParamGroup};
 pub use run::{run, Event, KnnEval, RunOptions};
-pub use schedule::{teacher_temp_schedule, DinoScheduleConfig, DinoSchedules};
+pub use schedule::{teacher_temp_schedule, DinoSchedules};
 pub use trainer::DinoTrainer;
 
 pub use crate::optim::AdamWConfig;

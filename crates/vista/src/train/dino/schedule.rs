@@ -1,7 +1,8 @@
 //! DINO's training schedules, computed once, as `main_dino.py` computes them with numpy:
 //! [`DinoSchedules`] builds the four arrays (learning rate with the linear scaling rule
-//! `lr * batch_size_total / 256`, weight decay 0.04 → 0.4, teacher EMA momentum 0.996 → 1,
-//! teacher temperature) from a [`DinoScheduleConfig`]; [`teacher_temp_schedule`] is
+//! `lr * batch_size / 256`, weight decay 0.04 → 0.4, teacher EMA momentum 0.996 → 1,
+//! teacher temperature) from a [`DinoTrainConfig`]'s hyper-parameters (documented there, once)
+//! and the number of iterations per epoch; [`teacher_temp_schedule`] is
 //! `DINOLoss.teacher_temp_schedule`: a per-*epoch* linear warmup from `warmup_teacher_temp` to
 //! `teacher_temp` over `warmup_teacher_temp_epochs` epochs, then constant.
 
@@ -31,59 +32,13 @@ pub fn teacher_temp_schedule(
     Ok(s)
 }
 
-/// The hyper-parameters of `main_dino.py` that its schedules depend on. [`Default`] is
-/// `main_dino.py`'s argument defaults, for one GPU with 64 images (`batch_size_total = 64`) and
-/// `niter_per_ep = 1` (set it to the number of batches per epoch, `len(data_loader)`, which
-/// drops the last incomplete batch).
-#[derive(Debug, Clone, PartialEq)]
-pub struct DinoScheduleConfig {
-    /// Number of training epochs (`--epochs`, 100).
-    pub epochs: usize,
-    /// Iterations (batches) per epoch (`len(data_loader)`).
-    pub niter_per_ep: usize,
-    /// Images per iteration over all devices (`batch_size_per_gpu * world_size`, 64).
-    pub batch_size_total: usize,
-    /// Peak learning rate for a batch of 256 (`--lr`, 0.0005); scaled by `batch_size_total / 256`.
-    pub lr: f64,
-    /// Final learning rate (`--min_lr`, 1e-6).
-    pub min_lr: f64,
-    /// Epochs of linear learning-rate warmup from 0 (`--warmup_epochs`, 10).
-    pub warmup_epochs: usize,
-    /// Initial weight decay (`--weight_decay`, 0.04).
-    pub weight_decay: f64,
-    /// Final weight decay (`--weight_decay_end`, 0.4).
-    pub weight_decay_end: f64,
-    /// Initial teacher EMA momentum (`--momentum_teacher`, 0.996); it goes to 1.
-    pub momentum_teacher: f64,
-    /// Initial teacher temperature (`--warmup_teacher_temp`, 0.04).
-    pub warmup_teacher_temp: f64,
-    /// Teacher temperature after the warmup (`--teacher_temp`, 0.04).
-    pub teacher_temp: f64,
-    /// Epochs of teacher-temperature warmup (`--warmup_teacher_temp_epochs`, 0).
-    pub warmup_teacher_temp_epochs: usize,
-}
-
-impl Default for DinoScheduleConfig {
-    /// `main_dino.py`'s defaults ([`DinoTrainConfig::preset`]) with one iteration per epoch.
-    fn default() -> Self {
-        DinoTrainConfig::preset("vit_small").expect("a known preset").schedule(1)
-    }
-}
-
-impl DinoScheduleConfig {
-    /// The peak learning rate after the linear scaling rule, `lr * batch_size_total / 256`
-    /// (in `main_dino.py`'s order of operations).
-    pub fn scaled_lr(&self) -> f64 {
-        self.lr * self.batch_size_total as f64 / 256.0
-    }
-}
-
 /// The schedules of `main_dino.py`: `lr`, `wd` and `momentum` have one value per iteration
 /// (`epochs * niter_per_ep`, indexed by the global iteration `epoch * niter_per_ep + it`),
-/// `teacher_temp` one per epoch.
+/// `teacher_temp` one per epoch. `niter_per_ep` is the number of batches per epoch
+/// (`len(data_loader)`, which drops the last incomplete batch).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DinoSchedules {
-    /// `cosine_scheduler(lr * batch_size_total / 256, min_lr, epochs, niter, warmup_epochs)`.
+    /// `cosine_scheduler(lr * batch_size / 256, min_lr, epochs, niter, warmup_epochs)`.
     pub lr: Vec<f64>,
     /// `cosine_scheduler(weight_decay, weight_decay_end, epochs, niter)` (first parameter
     /// group only: DINO does not decay biases and norms).
@@ -95,9 +50,9 @@ pub struct DinoSchedules {
 }
 
 impl DinoSchedules {
-    /// The four schedules of `cfg`.
-    pub fn new(cfg: &DinoScheduleConfig) -> Result<Self> {
-        let (e, n) = (cfg.epochs, cfg.niter_per_ep);
+    /// The four schedules of `cfg` for `niter_per_ep` iterations per epoch.
+    pub fn new(cfg: &DinoTrainConfig, niter_per_ep: usize) -> Result<Self> {
+        let (e, n) = (cfg.epochs, niter_per_ep);
         Ok(Self {
             lr: cosine_scheduler(cfg.scaled_lr(), cfg.min_lr, e, n, cfg.warmup_epochs, 0.0)?,
             wd: cosine_scheduler(cfg.weight_decay, cfg.weight_decay_end, e, n, 0, 0.0)?,

@@ -66,7 +66,7 @@ impl DinoTrainer {
         let params: Vec<Param> = student.params().iter().chain(student_head.params()).cloned().collect();
         let opt = AdamW::new(&params, get_params_groups(&params), AdamWConfig::default())?;
         let loss = DinoLoss::new(config.loss(), &Device::Cpu)?;
-        let schedules = DinoSchedules::new(&config.schedule(niter_per_ep))?;
+        let schedules = DinoSchedules::new(&config, niter_per_ep)?;
         Ok(Self {
             config,
             student,
