@@ -19,38 +19,23 @@
 
 mod common;
 
-use std::time::Instant;
-
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use candle_core::{DType, Device, Tensor};
-use common::{emit, max_abs_diff, peak_rss_mb, thread_env, time_calls, Flags, Inputs};
+use common::{emit, max_abs_diff, thread_env, time_calls, Bench, Inputs};
 use serde_json::json;
 
 struct Args {
-    model: String,
-    inputs: String,
+    bench: Bench,
     workloads: Vec<String>,
-    warmup: usize,
-    iters: usize,
 }
 
 fn parse_args() -> Result<Args> {
-    let mut f = Flags::from_env(
+    let mut a = common::start(
         "bench_clip --model DIR --inputs FILE [--workload image_b1|image_b32|text_b32|text_b32_trim|all]... \
          [--warmup N] [--iters N]",
         &[],
+        |f| Ok(Args { bench: f.bench(2, 10)?, workloads: f.many("--workload") }),
     )?;
-    let mut a = Args {
-        model: f.req("--model")?,
-        inputs: f.req("--inputs")?,
-        workloads: f.many("--workload"),
-        warmup: f.or("--warmup", 2)?,
-        iters: f.or("--iters", 10)?,
-    };
-    f.finish()?;
-    if a.iters == 0 {
-        bail!("--iters must be at least 1");
-    }
     if a.workloads.is_empty() || a.workloads.iter().any(|w| w == "all") {
         a.workloads = vec!["image_b1".into(), "image_b32".into(), "text_b32".into(), "text_b32_trim".into()];
     }
@@ -70,18 +55,13 @@ fn trimmed_len(ids: &[Vec<u32>]) -> usize {
 }
 
 fn main() -> Result<()> {
-    // vista's process set-up (allocator tuning), as the CLI does; before any thread starts.
-    vista::device::init_process();
     let args = parse_args()?;
     let device = Device::Cpu;
 
-    let t0 = Instant::now();
-    let loaded =
-        vista::clip::load_model(&args.model, None, &device).with_context(|| format!("loading {}", args.model))?;
-    let load_s = t0.elapsed().as_secs_f64();
+    let (loaded, load_s) = args.bench.load(|m| vista::clip::load_model(m, None, &device))?;
     let model = loaded.model;
 
-    let inputs = Inputs::load(&args.inputs)?;
+    let inputs = Inputs::load(&args.bench.inputs)?;
     let get = |k: &str| inputs.get(k);
     let pixels = get("pixel_values")?.to_dtype(DType::F32)?;
     let ids_i64 = get("input_ids")?.to_dtype(DType::I64)?.to_vec2::<i64>()?;
@@ -123,12 +103,9 @@ fn main() -> Result<()> {
 
         let first = run()?;
         let diff = max_abs_diff(&first, &reference)?;
-        let timing = time_calls(args.warmup.saturating_sub(1), args.iters, || Ok(run()?))?;
-        let base = json!({
-            "engine": "vista", "workload": workload, "batch": batch, "max_abs_diff_vs_torch": diff,
-            "warmup": args.warmup.max(1), "load_s": load_s, "peak_rss_mb": peak_rss_mb(),
-        });
-        emit(base, &[timing.json(Some(batch)), thread_env()]);
+        let timing = time_calls(args.bench.warmup.saturating_sub(1), args.bench.iters, || Ok(run()?))?;
+        let base = args.bench.result(workload, diff, load_s);
+        emit(base, &[json!({ "batch": batch }), timing.json(Some(batch)), thread_env()]);
     }
     Ok(())
 }

@@ -24,47 +24,24 @@
 
 mod common;
 
-use std::time::Instant;
-
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use candle_core::DType;
-use common::{emit, max_abs_diff, peak_rss_mb, thread_env, time_calls, Flags, Inputs};
+use common::{emit, max_abs_diff, thread_env, time_calls, Bench, Inputs};
 use serde_json::json;
 use vista::dino::loader::{load_model, LoadOptions};
 
 struct Args {
-    model: String,
+    bench: Bench,
     heads: Option<usize>,
-    inputs: String,
     workload: String,
-    warmup: usize,
-    iters: usize,
-}
-
-fn parse_args() -> Result<Args> {
-    let mut f = Flags::from_env(
-        "bench_dino --model FILE [--heads N] --inputs FILE --workload MODEL_bN [--warmup N] [--iters N]",
-        &[],
-    )?;
-    let a = Args {
-        model: f.req("--model")?,
-        heads: f.opt("--heads")?,
-        inputs: f.req("--inputs")?,
-        workload: f.req("--workload")?,
-        warmup: f.or("--warmup", 2)?,
-        iters: f.or("--iters", 10)?,
-    };
-    f.finish()?;
-    if a.iters == 0 {
-        bail!("--iters must be at least 1");
-    }
-    Ok(a)
 }
 
 fn main() -> Result<()> {
-    // vista's process set-up (allocator tuning), as the CLI does; before any thread starts.
-    vista::device::init_process();
-    let args = parse_args()?;
+    let args = common::start(
+        "bench_dino --model FILE [--heads N] --inputs FILE --workload MODEL_bN [--warmup N] [--iters N]",
+        &[],
+        |f| Ok(Args { bench: f.bench(2, 10)?, heads: f.opt("--heads")?, workload: f.req("--workload")? }),
+    )?;
 
     let (model_key, batch) = args
         .workload
@@ -72,13 +49,11 @@ fn main() -> Result<()> {
         .and_then(|(m, b)| b.parse::<usize>().ok().map(|b| (m.to_string(), b)))
         .ok_or_else(|| anyhow!("workload `{}` is not MODEL_bN (e.g. vits16_b32)", args.workload))?;
 
-    let t0 = Instant::now();
     let options = LoadOptions { arch: None, num_heads: args.heads, checkpoint_key: None };
-    let loaded = load_model(&args.model, &options).with_context(|| format!("loading {}", args.model))?;
-    let load_s = t0.elapsed().as_secs_f64();
+    let (loaded, load_s) = args.bench.load(|m| load_model(m, &options))?;
     let model = loaded.model;
 
-    let inputs = Inputs::load(&args.inputs)?;
+    let inputs = Inputs::load(&args.bench.inputs)?;
     let get = |k: &str| inputs.get(k);
     let pixels_nchw = get("pixel_values")?.to_dtype(DType::F32)?;
     if batch == 0 || batch > pixels_nchw.dim(0)? {
@@ -102,12 +77,12 @@ fn main() -> Result<()> {
         None => None,
     };
     drop(first);
-    let timing = time_calls(args.warmup.saturating_sub(1), args.iters, || Ok(run()?.cls()?))?;
-    let base = json!({
-        "engine": "vista", "workload": args.workload, "batch": batch, "max_abs_diff_vs_torch": diff,
-        "pos_max_abs_diff": pos_diff, "warmup": args.warmup.max(1), "load_s": load_s,
-        "peak_rss_mb": peak_rss_mb(), "family": format!("{:?}", loaded.family), "config": &model.config,
+    let timing = time_calls(args.bench.warmup.saturating_sub(1), args.bench.iters, || Ok(run()?.cls()?))?;
+    let extra = json!({
+        "batch": batch, "pos_max_abs_diff": pos_diff, "family": format!("{:?}", loaded.family),
+        "config": &model.config,
     });
-    emit(base, &[timing.json(Some(batch)), thread_env()]);
+    let base = args.bench.result(&args.workload, diff, load_s);
+    emit(base, &[extra, timing.json(Some(batch)), thread_env()]);
     Ok(())
 }

@@ -17,16 +17,15 @@ mod common;
 use std::path::Path;
 
 use anyhow::Result;
-use common::{emit, thread_env, time_calls, Flags};
+use common::{emit, thread_env, time_calls};
 use serde_json::json;
 use vista::image::augment::{DataAugmentationDino, DinoAugmentConfig};
 use vista::image::{load_rgb, ClipPreprocess, DecodeOptions, Rgb, RgbImage};
 
 fn main() -> Result<()> {
-    vista::device::init_process();
-    let mut f = Flags::from_env("bench_image [--iters N] [--warmup N]", &[])?;
-    let (iters, warmup): (usize, usize) = (f.or("--iters", 50)?, f.or("--warmup", 5)?);
-    f.finish()?;
+    let (iters, warmup): (usize, usize) = common::start("bench_image [--iters N] [--warmup N]", &[], |f| {
+        Ok((f.or("--iters", 50)?, f.or("--warmup", 5)?))
+    })?;
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/preprocess");
     let astronaut = load_rgb(fixtures.join("astronaut.png"), &DecodeOptions::default())?;
     let coffee = load_rgb(fixtures.join("coffee.png"), &DecodeOptions::default())?;

@@ -30,58 +30,41 @@ mod common;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
-use common::{emit, max_abs_diff, ms_since, peak_rss_mb, thread_env, Flags, Inputs, Timing};
+use common::{emit, max_abs_diff, ms_since, thread_env, Bench, Inputs, Timing};
 use serde_json::json;
 use vista::sam::loader::{self, LoadOptions};
 use vista::sam::{Point, Predictor, Prompts};
 
 struct Args {
-    model: String,
-    inputs: String,
+    bench: Bench,
     image: String,
     workload: String,
-    warmup: usize,
-    iters: usize,
     stages: bool,
 }
 
-fn parse_args() -> Result<Args> {
-    let mut f = Flags::from_env(
+fn main() -> Result<()> {
+    let args = common::start(
         "bench_sam --model FILE --inputs FILE --image FILE --workload enc_vit_b|enc_vit_t|dec_point|dec_box64 \
          [--warmup N] [--iters N] [--stages]",
         &["--stages"],
+        |f| {
+            Ok(Args {
+                bench: f.bench(1, 3)?,
+                image: f.req("--image")?,
+                workload: f.req("--workload")?,
+                stages: f.switch("--stages"),
+            })
+        },
     )?;
-    let a = Args {
-        model: f.req("--model")?,
-        inputs: f.req("--inputs")?,
-        image: f.req("--image")?,
-        workload: f.req("--workload")?,
-        warmup: f.or("--warmup", 1)?,
-        iters: f.or("--iters", 3)?,
-        stages: f.switch("--stages"),
-    };
-    f.finish()?;
-    if a.iters == 0 {
-        bail!("--iters must be at least 1");
-    }
-    Ok(a)
-}
 
-fn main() -> Result<()> {
-    // vista's process set-up (allocator tuning), as the CLI does; before any thread starts.
-    vista::device::init_process();
-    let args = parse_args()?;
-
-    let t0 = Instant::now();
-    let loaded = loader::load_model(&args.model, &LoadOptions { arch: None, image_size: None })
-        .with_context(|| format!("loading {}", args.model))?;
+    let options = LoadOptions { arch: None, image_size: None };
+    let (loaded, load_s) = args.bench.load(|m| loader::load_model(m, &options))?;
     let model = Arc::new(loaded.model);
     let predictor = Predictor::new(model.clone());
-    let load_s = t0.elapsed().as_secs_f64();
 
-    let inputs = Inputs::load(&args.inputs)?;
+    let inputs = Inputs::load(&args.bench.inputs)?;
     let get = |k: &str| inputs.get(k);
     let img = vista::image::load_rgb(&args.image, &vista::image::DecodeOptions::default())?;
     let size = (img.height() as usize, img.width() as usize);
@@ -140,11 +123,11 @@ fn main() -> Result<()> {
 
     let first = run()?;
     let diff = max_abs_diff(&first, &reference)?;
-    for _ in 1..args.warmup {
+    for _ in 1..args.bench.warmup {
         run()?;
     }
-    let mut ms = Vec::with_capacity(args.iters);
-    for _ in 0..args.iters {
+    let mut ms = Vec::with_capacity(args.bench.iters);
+    for _ in 0..args.bench.iters {
         let t = Instant::now();
         let out = run()?;
         std::hint::black_box(&out);
@@ -162,11 +145,8 @@ fn main() -> Result<()> {
             }
         }
     }
-    let base = json!({
-        "engine": "vista", "workload": args.workload, "max_abs_diff_vs_torch": diff,
-        "warmup": args.warmup.max(1), "load_s": load_s, "peak_rss_mb": peak_rss_mb(),
-        "pre_times_ms": pre_ms, "pre_max_abs_diff": pre_diff, "set_image_times_ms": set_image_ms,
-    });
-    emit(base, &[Timing { times_ms: ms }.json(None), thread_env()]);
+    let extra = json!({"pre_times_ms": pre_ms, "pre_max_abs_diff": pre_diff, "set_image_times_ms": set_image_ms});
+    let base = args.bench.result(&args.workload, diff, load_s);
+    emit(base, &[extra, Timing { times_ms: ms }.json(None), thread_env()]);
     Ok(())
 }

@@ -26,7 +26,7 @@ use std::io::{BufReader, Read};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use common::{peak_rss_mb, percentile, Flags};
+use common::{peak_rss_mb, percentile};
 use serde_json::json;
 use vista::index::vectors::{near_duplicate_groups, Scan, VectorSet};
 
@@ -42,27 +42,28 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args> {
-    let mut f = Flags::from_env(
+    let a = common::start(
         "bench_search --base FILE.f16 --dim D --rows N (--queries FILE.f32 [--k K] [--scan f16|int8] [--warmup N] | \
          --dupes THRESHOLD)",
         &[],
+        |f| {
+            let scan = match f.or("--scan", "f16".to_string())?.as_str() {
+                "f16" => Scan::F16,
+                "int8" => Scan::Int8,
+                other => bail!("--scan {other}: expected f16 or int8"),
+            };
+            Ok(Args {
+                base: f.req("--base")?,
+                dim: f.or("--dim", 512)?,
+                rows: f.req("--rows")?,
+                queries: f.or("--queries", String::new())?,
+                k: f.or("--k", 10)?,
+                scan,
+                warmup: f.or("--warmup", 5)?,
+                dupes: f.opt("--dupes")?,
+            })
+        },
     )?;
-    let scan = match f.or("--scan", "f16".to_string())?.as_str() {
-        "f16" => Scan::F16,
-        "int8" => Scan::Int8,
-        other => bail!("--scan {other}: expected f16 or int8"),
-    };
-    let a = Args {
-        base: f.req("--base")?,
-        dim: f.or("--dim", 512)?,
-        rows: f.req("--rows")?,
-        queries: f.or("--queries", String::new())?,
-        k: f.or("--k", 10)?,
-        scan,
-        warmup: f.or("--warmup", 5)?,
-        dupes: f.opt("--dupes")?,
-    };
-    f.finish()?;
     if a.rows == 0 {
         bail!("--rows must be positive");
     }
@@ -109,7 +110,6 @@ fn load_queries(path: &str, dim: usize) -> Result<Vec<Vec<f32>>> {
 }
 
 fn main() -> Result<()> {
-    vista::device::init_process();
     let args = parse_args()?;
     let t = Instant::now();
     let set = load_base(&args.base, args.dim, args.rows)?;

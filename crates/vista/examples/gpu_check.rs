@@ -324,10 +324,12 @@ impl Bench<'_> {
     }
 
     fn train(&mut self) -> Result<()> {
-        let setup = if self.tiny { parity::TrainSetup::tiny() } else { parity::TrainSetup::vit_small(64) };
-        let mut state = parity::TrainState::new(&setup, 0, self.dev)?;
-        let crops: Vec<Tensor> =
-            setup.crops(1)?.into_iter().map(|c| c.to_device(self.dev)).collect::<candle_core::Result<_>>()?;
+        let config = if self.tiny { parity::tiny_train_config() } else { parity::vit_small_train_config(64) };
+        let mut state = parity::TrainState::new(&config, 0, self.dev)?;
+        let crops: Vec<Tensor> = parity::crops(&config, 1)?
+            .into_iter()
+            .map(|c| c.to_device(self.dev))
+            .collect::<candle_core::Result<_>>()?;
         let (w, n, budget) = self.iters();
         let mut step = 0u64;
         let r = time_it(self.dev, w, n.min(10), budget, || {
@@ -337,12 +339,13 @@ impl Bench<'_> {
             Ok(())
         });
         let extra = json!({
-            "arch": format!("ViT {}/{}, depth {}", setup.backbone.embed_dim, setup.backbone.patch_size, setup.backbone.depth),
-            "crops": format!("2x{} + {}x{}", setup.global_size, setup.local_crops, setup.local_size),
-            "head_out_dim": setup.head.out_dim,
+            "arch": format!("ViT {}/{}, depth {}", config.embed_dim, config.patch_size, config.depth),
+            "crops": format!("2x{} + {}x{}", config.global_size, config.local_crops, config.local_size),
+            "head_out_dim": config.out_dim,
             "step": "teacher fwd (globals) + student fwd/bwd (all crops) + DINO loss + clip 3.0 + AdamW + EMA",
         });
-        self.record(&format!("dino_train_vits16_b{}", setup.batch), DType::F32, setup.batch, "image", r, extra);
+        let batch = config.batch_size;
+        self.record(&format!("dino_train_vits16_b{batch}"), DType::F32, batch, "image", r, extra);
         Ok(())
     }
 }

@@ -1,5 +1,6 @@
 //! What vista's sides of the benchmarks share (`tools/bench/*.py` drive them): flag parsing,
-//! the timing loop and its statistics, peak RSS, and the parity check against PyTorch's outputs.
+//! the timed model load, the timing loop and its statistics, peak RSS, the parity check against
+//! PyTorch's outputs and the fields of every result line.
 //! Each example includes it with `mod common;`.
 
 #![allow(dead_code)] // each example uses its part
@@ -11,6 +12,17 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::Tensor;
 use serde_json::{json, Value};
+
+/// Starts a benchmark: vista's process set-up (allocator tuning, as the CLI does; before any
+/// thread starts), then the flags, read by `read` ([`Flags::from_env`] with `usage` and
+/// `switches`); a flag left unread is an error.
+pub fn start<A>(usage: &'static str, switches: &[&str], read: impl FnOnce(&mut Flags) -> Result<A>) -> Result<A> {
+    vista::device::init_process();
+    let mut flags = Flags::from_env(usage, switches)?;
+    let args = read(&mut flags)?;
+    flags.finish()?;
+    Ok(args)
+}
 
 /// `--flag value` pairs (a flag may repeat) and `--switch`es, read once; unknown flags are an
 /// error at [`Flags::finish`].
@@ -86,12 +98,57 @@ impl Flags {
         self.opt(flag)?.ok_or_else(|| anyhow!("{flag} is required\n{}", self.usage))
     }
 
+    /// The flags of every model benchmark ([`Bench`]), `warmup` and `iters` by default.
+    pub fn bench(&mut self, warmup: usize, iters: usize) -> Result<Bench> {
+        let bench = Bench {
+            model: self.req("--model")?,
+            inputs: self.req("--inputs")?,
+            warmup: self.or("--warmup", warmup)?,
+            iters: self.or("--iters", iters)?,
+        };
+        if bench.iters == 0 {
+            bail!("--iters must be at least 1");
+        }
+        Ok(bench)
+    }
+
     /// Fails on any flag not taken.
     pub fn finish(self) -> Result<()> {
         match self.values.first() {
             Some((flag, _)) => bail!("unknown argument `{flag}`\n{}", self.usage),
             None => Ok(()),
         }
+    }
+}
+
+/// What every model benchmark is given.
+pub struct Bench {
+    /// `--model`: the checkpoint.
+    pub model: String,
+    /// `--inputs`: the safetensors file of the inputs and PyTorch's outputs ([`Inputs`]).
+    pub inputs: String,
+    /// `--warmup N`: untimed calls, the parity call counting as the first.
+    pub warmup: usize,
+    /// `--iters N`: timed calls, at least 1.
+    pub iters: usize,
+}
+
+impl Bench {
+    /// Loads [`model`](Self::model) with `load`, timed: what it loaded and the seconds it took.
+    pub fn load<T>(&self, load: impl FnOnce(&str) -> vista::Result<T>) -> Result<(T, f64)> {
+        let t0 = Instant::now();
+        let loaded = load(&self.model).with_context(|| format!("loading {}", self.model))?;
+        Ok((loaded, t0.elapsed().as_secs_f64()))
+    }
+
+    /// The fields every result line has besides its timing: the engine, the workload, the
+    /// largest difference from PyTorch's output, the warm-up calls, the load time and the peak
+    /// RSS so far.
+    pub fn result(&self, workload: &str, diff: f32, load_s: f64) -> Value {
+        json!({
+            "engine": "vista", "workload": workload, "max_abs_diff_vs_torch": diff, "warmup": self.warmup.max(1),
+            "load_s": load_s, "peak_rss_mb": peak_rss_mb(),
+        })
     }
 }
 

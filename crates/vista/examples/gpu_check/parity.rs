@@ -21,7 +21,7 @@ use vista::sam::loader as sam_loader;
 use vista::sam::{Point, Predictor, Prompts, Sam};
 use vista::train::dino::{
     clip_gradients, ema_update, get_params_groups, multi_crop_forward, AdamW, AdamWConfig, DinoHead, DinoHeadConfig,
-    DinoLoss, DinoLossConfig, Grads, Param, TrainVit,
+    DinoLoss, DinoTrainConfig, Grads, Param, TrainVit,
 };
 use vista::weights::{formats, TensorStore};
 
@@ -437,53 +437,44 @@ pub fn sam(report: &mut Report, target: &Target) -> Result<()> {
 // DINO training step
 // ---------------------------------------------------------------------------------------------
 
-/// The shape of one DINO training step.
-#[derive(Debug, Clone)]
-pub struct TrainSetup {
-    pub backbone: DinoConfig,
-    pub head: DinoHeadConfig,
-    pub batch: usize,
-    pub global_size: usize,
-    pub local_size: usize,
-    pub local_crops: usize,
-    pub drop_path: f64,
+/// A small DINO run (ViT depth 2, width 64, patch 8; head 128 / 32, 256 outputs) on 32/16-pixel
+/// crops, 4 local ones, 4 images a step: fast on a CPU.
+pub fn tiny_train_config() -> DinoTrainConfig {
+    DinoTrainConfig {
+        embed_dim: 64,
+        depth: 2,
+        num_heads: 4,
+        patch_size: 8,
+        out_dim: 256,
+        head_hidden: 128,
+        bottleneck: 32,
+        global_size: 32,
+        local_size: 16,
+        local_crops: 4,
+        batch_size: 4,
+        ..DinoTrainConfig::preset("vit_tiny").expect("preset")
+    }
 }
 
-impl TrainSetup {
-    /// A small ViT (depth 2, width 64, patch 8) on 32/16-pixel crops: fast on a CPU.
-    pub fn tiny() -> Self {
-        let mut backbone = DinoConfig::preset("dino_vits16").expect("preset");
-        backbone.image_size = 32;
-        backbone.patch_size = 8;
-        backbone.embed_dim = 64;
-        backbone.depth = 2;
-        backbone.num_heads = 4;
-        backbone.ffn_hidden = 256;
-        let head = DinoHeadConfig { hidden_dim: 128, bottleneck_dim: 32, ..DinoHeadConfig::new(64, 256) };
-        Self { backbone, head, batch: 4, global_size: 32, local_size: 16, local_crops: 4, drop_path: 0.1 }
-    }
+/// DINO ViT-S/16 as `main_dino.py` trains it (2 global 224-pixel crops, 8 local 96-pixel
+/// crops, the default head: 2048 / 256, 65536 outputs, drop path 0.1), `batch` images a step.
+pub fn vit_small_train_config(batch: usize) -> DinoTrainConfig {
+    DinoTrainConfig { batch_size: batch, ..DinoTrainConfig::preset("vit_small").expect("preset") }
+}
 
-    /// DINO ViT-S/16 as `main_dino.py` trains it: 2 global 224-pixel crops, 8 local 96-pixel
-    /// crops, the default head (2048 / 256, 65536 outputs), drop path 0.1.
-    pub fn vit_small(batch: usize) -> Self {
-        let backbone = DinoConfig::preset("dino_vits16").expect("preset");
-        let head = DinoHeadConfig::new(384, 65536);
-        Self { backbone, head, batch, global_size: 224, local_size: 96, local_crops: 8, drop_path: 0.1 }
+/// Seeded crops `[B, S, S, 3]` of one step of `config` (2 global, then the local ones), on the
+/// host.
+pub fn crops(config: &DinoTrainConfig, seed: u64) -> Result<Vec<Tensor>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut out = Vec::new();
+    for i in 0..2 + config.local_crops {
+        let s = if i < 2 { config.global_size } else { config.local_size } as usize;
+        let n = config.batch_size * s * s * 3;
+        // Uniform in [-2, 2): the range of normalised pixels.
+        let v: Vec<f32> = (0..n).map(|_| (rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32 * 4.0 - 2.0).collect();
+        out.push(Tensor::from_vec(v, (config.batch_size, s, s, 3), &Device::Cpu)?);
     }
-
-    /// Seeded crops `[B, S, S, 3]` (2 global, then the local ones), on the host.
-    pub fn crops(&self, seed: u64) -> Result<Vec<Tensor>> {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let mut out = Vec::new();
-        for i in 0..2 + self.local_crops {
-            let s = if i < 2 { self.global_size } else { self.local_size };
-            let n = self.batch * s * s * 3;
-            // Uniform in [-2, 2): the range of normalised pixels.
-            let v: Vec<f32> = (0..n).map(|_| (rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32 * 4.0 - 2.0).collect();
-            out.push(Tensor::from_vec(v, (self.batch, s, s, 3), &Device::Cpu)?);
-        }
-        Ok(out)
-    }
+    Ok(out)
 }
 
 /// Student, teacher, heads, loss and optimiser of one run, on one device.
@@ -494,7 +485,7 @@ pub struct TrainState {
     pub teacher_head: DinoHead,
     pub loss: DinoLoss,
     pub opt: AdamW,
-    pub setup: TrainSetup,
+    pub config: DinoTrainConfig,
 }
 
 fn moved(tensors: Vec<(String, Tensor)>, device: &Device) -> Result<std::collections::HashMap<String, Tensor>> {
@@ -502,25 +493,25 @@ fn moved(tensors: Vec<(String, Tensor)>, device: &Device) -> Result<std::collect
 }
 
 impl TrainState {
-    /// As `DinoTrainer::new` builds a run (seeded DINO init, teacher = copy of the student),
-    /// with every tensor on `device`.
-    pub fn new(setup: &TrainSetup, seed: u64, device: &Device) -> Result<Self> {
-        let init = TrainVit::init(setup.backbone.clone(), seed)?;
+    /// As `DinoTrainer::new` builds a run of `config` (seeded DINO init, teacher = copy of the
+    /// student; its first step's learning rate and weight decay), with every tensor on `device`.
+    pub fn new(config: &DinoTrainConfig, seed: u64, device: &Device) -> Result<Self> {
+        let backbone = config.backbone();
+        let init = TrainVit::init(backbone.clone(), seed)?;
         let sd = moved(init.state_dict()?, device)?;
-        let student = TrainVit::from_tensors(setup.backbone.clone(), &sd)?.with_drop_path(setup.drop_path)?;
-        let mut teacher = TrainVit::from_tensors(setup.backbone.clone(), &sd)?;
+        let student = TrainVit::from_tensors(backbone.clone(), &sd)?.with_drop_path(config.drop_path)?;
+        let mut teacher = TrainVit::from_tensors(backbone, &sd)?;
         teacher.set_requires_grad(false);
-        let student_head = DinoHead::new(setup.head.clone(), seed + 1, device)?;
-        let teacher_cfg = DinoHeadConfig { norm_last_layer: true, ..setup.head.clone() };
+        let student_head = DinoHead::new(config.head(), seed + 1, device)?;
+        let teacher_cfg = DinoHeadConfig { norm_last_layer: true, ..config.head() };
         let mut teacher_head = DinoHead::new(teacher_cfg, seed + 1, device)?;
         teacher_head.load_state_dict(student_head.state_dict()?.iter().map(|(n, t)| (n.as_str(), t)))?;
         teacher_head.set_requires_grad(false);
         let params = Self::params_of(&student, &student_head);
         let mut opt = AdamW::new(&params, get_params_groups(&params), AdamWConfig::default())?;
-        opt.set_dino_schedule(5e-4, 0.04);
-        let ncrops = setup.local_crops + 2;
-        let loss = DinoLoss::new(DinoLossConfig::new(setup.head.out_dim, ncrops, 0.04, 0.04, 0, 100), device)?;
-        Ok(Self { student, teacher, student_head, teacher_head, loss, opt, setup: setup.clone() })
+        opt.set_dino_schedule(config.lr, config.weight_decay);
+        let loss = DinoLoss::new(config.loss(), device)?;
+        Ok(Self { student, teacher, student_head, teacher_head, loss, opt, config: config.clone() })
     }
 
     fn params_of(b: &TrainVit, h: &DinoHead) -> Vec<Param> {
@@ -561,10 +552,10 @@ pub fn train(report: &mut Report, target: &Target) -> Result<()> {
     if target.low_precision() {
         return Ok(()); // training runs in f32
     }
-    let setup = TrainSetup::tiny();
-    let crops = setup.crops(7)?;
-    let mut reference = TrainState::new(&setup, 3, &Device::Cpu)?;
-    let mut device = TrainState::new(&setup, 3, &target.device)?;
+    let config = tiny_train_config();
+    let crops = crops(&config, 7)?;
+    let mut reference = TrainState::new(&config, 3, &Device::Cpu)?;
+    let mut device = TrainState::new(&config, 3, &target.device)?;
     let dev_crops: Vec<Tensor> =
         crops.iter().map(|c| c.to_device(&target.device)).collect::<candle_core::Result<_>>()?;
     for step in 0..2 {
