@@ -72,9 +72,11 @@ impl ClipArgs {
     }
 }
 
-/// The DINO / DINOv2 backbone.
+/// The DINO / DINOv2 backbone and its preprocessing.
 #[derive(clap::Args, Debug, Clone)]
 pub struct DinoArgs {
+    #[command(flatten)]
+    pub preprocess: DinoPreprocessArgs,
     /// A Hugging Face model id (facebook/dinov2-small|base|large|giant[-with-registers],
     /// facebook/dino-vits16, ...), a folder, or a checkpoint file (dinov2_vits14_pretrain.pth,
     /// dino_deitsmall16_pretrain.pth, a DINO training checkpoint, model.safetensors).
@@ -99,8 +101,9 @@ pub struct DinoArgs {
 }
 
 impl DinoArgs {
-    /// Loads the backbone with `preprocess`.
-    pub fn load(&self, preprocess: DinoPreprocess) -> Result<DinoPipeline> {
+    /// Loads the backbone with the preprocessing of the flags, `default` when no --mode is given.
+    pub fn load(&self, default: DinoMode) -> Result<DinoPipeline> {
+        let preprocess = self.preprocess.resolve(default);
         preprocess.validate()?;
         let options = vista::dino::LoadOptions {
             arch: self.arch.clone(),
@@ -234,6 +237,14 @@ pub struct Prepared {
 }
 
 impl DatasetArgs {
+    /// Loads `model` with DINO's evaluation preprocessing (unless --mode says otherwise) and
+    /// extracts the CLS features of both sets with it ([`DatasetArgs::features`]).
+    pub fn eval_features(&self, model: &DinoArgs) -> Result<(DinoPipeline, Prepared)> {
+        let pipeline = model.load(DinoMode::Eval)?;
+        let prepared = self.features(&pipeline, model.batch)?;
+        Ok((pipeline, prepared))
+    }
+
     /// The CLS features of both sets under `pipeline` (from the cache when there), with a
     /// progress bar and a line per set.
     pub fn features(&self, pipeline: &DinoPipeline, batch: usize) -> Result<Prepared> {
@@ -293,7 +304,7 @@ impl DatasetArgs {
     }
 }
 
-/// Which index to use.
+/// Which index to use, and the model that searches it.
 #[derive(clap::Args, Debug)]
 pub struct IndexArgs {
     /// The index database (default: the `.vista/index.sqlite` of the current folder or the
@@ -303,6 +314,8 @@ pub struct IndexArgs {
     /// Search the index as it is, without first picking up new, changed and deleted files.
     #[arg(long)]
     pub no_update: bool,
+    #[command(flatten)]
+    pub model: ClipArgs,
 }
 
 impl IndexArgs {
@@ -328,7 +341,8 @@ impl IndexArgs {
 
     /// Opens the index and the model it was built with (`--model` must be one of them), and
     /// brings the index up to date unless `--no-update`.
-    pub fn open_updated(&self, clip: &ClipArgs) -> Result<(IndexDb, IndexedModel, ClipPipeline)> {
+    pub fn open_updated(&self) -> Result<(IndexDb, IndexedModel, ClipPipeline)> {
+        let clip = &self.model;
         let mut db = self.open()?;
         let model = db.search_model(clip.model.as_deref(), clip.arch.as_deref())?;
         let pipeline = clip.load_model(&model.id, model.arch.as_deref())?;
@@ -406,6 +420,25 @@ pub fn warn_unused(report: &vista::weights::LoadReport) {
     }
 }
 
+/// Splits per-file results into the readable ones (their paths as names, their values) and the
+/// number of the others, each named on stderr (`skipped: ...`).
+pub fn readable<T>(results: impl IntoIterator<Item = (PathBuf, vista::Result<T>)>) -> (Vec<String>, Vec<T>, usize) {
+    let (mut names, mut values, mut skipped) = (Vec::new(), Vec::new(), 0usize);
+    for (path, r) in results {
+        match r {
+            Ok(v) => {
+                names.push(path.display().to_string());
+                values.push(v);
+            }
+            Err(e) => {
+                skipped += 1;
+                eprintln!("skipped: {e}");
+            }
+        }
+    }
+    (names, values, skipped)
+}
+
 /// Reads a list file: one entry per non-empty line.
 pub fn read_lines(path: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -459,6 +492,15 @@ pub fn parse_box(arg: &str) -> Result<[f32; 4], String> {
 pub fn parse_pair(arg: &str) -> Result<(f64, f64), String> {
     let [a, b] = numbers::<f64, 2>(arg)?;
     Ok((a, b))
+}
+
+/// One subcommand's arguments parsed on their own, for the subcommands' unit tests
+/// (`type Cli = TestCli<Args>;`, then `Cli::try_parse_from([...])`).
+#[cfg(test)]
+#[derive(clap::Parser)]
+pub struct TestCli<A: clap::Args> {
+    #[command(flatten)]
+    pub args: A,
 }
 
 #[cfg(test)]

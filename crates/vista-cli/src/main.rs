@@ -60,6 +60,15 @@ enum SamCommand {
 /// Exit codes: 0 all done, 1 failed, 2 finished but some inputs were skipped.
 pub const EXIT_SKIPPED: u8 = 2;
 
+/// How a run that had to skip `skipped` inputs ends: [`EXIT_SKIPPED`] if any, success otherwise.
+pub fn exit_code(skipped: usize) -> ExitCode {
+    if skipped > 0 {
+        ExitCode::from(EXIT_SKIPPED)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
 /// `vista search "red saree" -kurta`: a negative term looks like an option to any argument parser.
 /// Before parsing, every `-word` argument of `search` that is not one of its short flags or a
 /// number is turned into `--term=-word`.

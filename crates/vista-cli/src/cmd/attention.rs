@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use vista::apps::attention::{panel_grid, render_attention, RenderOptions, Upsample};
 use vista::data::npy;
 
-use crate::args::{DinoArgs, DinoMode, DinoPreprocessArgs};
+use crate::args::{DinoArgs, DinoMode};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum UpsampleArg {
@@ -38,8 +38,6 @@ pub struct Args {
     #[arg(long)]
     pub save_maps: Option<PathBuf>,
     #[command(flatten)]
-    pub preprocess: DinoPreprocessArgs,
-    #[command(flatten)]
     pub model: DinoArgs,
 }
 
@@ -53,7 +51,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     if args.columns == Some(0) {
         bail!("--columns must be positive");
     }
-    let pipeline = args.model.load(args.preprocess.resolve(DinoMode::Whole))?;
+    let pipeline = args.model.load(DinoMode::Whole)?;
     let maps =
         pipeline.attention_maps_file(&args.image).with_context(|| format!("attention of {}", args.image.display()))?;
     let options = RenderOptions {

@@ -81,9 +81,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
     out.flush()?;
     if skipped > 0 {
         eprintln!("{skipped} image(s) skipped");
-        return Ok(ExitCode::from(crate::EXIT_SKIPPED));
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(crate::exit_code(skipped))
 }
 
 fn write_predictions(out: &mut impl Write, path: &std::path::Path, preds: &[Prediction], args: &Args) -> Result<()> {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use vista::index::vectors;
 
-use crate::args::{ClipArgs, IndexArgs};
+use crate::args::IndexArgs;
 
 /// Cosine similarity from which two images count as near-duplicates. Provisional: re-encodes,
 /// resizes and small crops of one photo score well above it with CLIP ViT-B/32, distinct shots of
@@ -23,8 +23,6 @@ pub struct Args {
     pub json: bool,
     #[command(flatten)]
     pub index: IndexArgs,
-    #[command(flatten)]
-    pub model: ClipArgs,
 }
 
 /// `vista dupes`.
@@ -32,7 +30,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     if !(-1.0..=1.0).contains(&args.threshold) {
         bail!("--threshold {} is not a cosine similarity (between -1 and 1)", args.threshold);
     }
-    let (db, model, _pipeline) = args.index.open_updated(&args.model)?;
+    let (db, model, _pipeline) = args.index.open_updated()?;
     let (paths, set) = db.load_vectors(&model.id, None)?;
     let groups = vectors::near_duplicate_groups(&set, args.threshold);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use vista::data::{files, npy};
 
-use crate::args::{read_lines, ClipArgs};
+use crate::args::{read_lines, readable, ClipArgs};
 use crate::progress;
 
 #[derive(clap::Args, Debug)]
@@ -44,10 +44,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         bail!("give either images or texts, not both (one embedding matrix per run)");
     }
     let pipeline = args.model.load()?;
-    let mut names = Vec::new();
-    let mut rows: Vec<Vec<f32>> = Vec::new();
-    let mut skipped = 0usize;
-    if !texts.is_empty() {
+    let (names, rows, skipped) = if !texts.is_empty() {
+        let (mut names, mut rows): (Vec<String>, Vec<Vec<f32>>) = (Vec::new(), Vec::new());
         for chunk in texts.chunks(256) {
             let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
             let e = if args.no_normalize {
@@ -59,6 +57,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             rows.extend(e.to_vec2::<f32>()?);
             names.extend(chunk.iter().cloned());
         }
+        (names, rows, 0)
     } else {
         if args.no_normalize {
             bail!("--no-normalize applies to texts only for now");
@@ -67,19 +66,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         let pb = progress::bar(paths.len(), "embedding");
         let results = pipeline.embed_files(&paths, args.model.batch, |n| pb.inc(n as u64));
         pb.finish_and_clear();
-        for r in results {
-            match r.embedding {
-                Ok(e) => {
-                    names.push(r.path.display().to_string());
-                    rows.push(e);
-                }
-                Err(e) => {
-                    skipped += 1;
-                    eprintln!("skipped: {e}");
-                }
-            }
-        }
-    }
+        readable(results.into_iter().map(|r| (r.path, r.embedding)))
+    };
     let dim = pipeline.model.config().embed_dim;
     match &args.out {
         Some(p) if p.extension().map(|e| e == "npy").unwrap_or(false) => {
@@ -111,7 +99,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     if skipped > 0 {
         eprintln!("{skipped} input(s) skipped");
-        return Ok(ExitCode::from(crate::EXIT_SKIPPED));
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(crate::exit_code(skipped))
 }

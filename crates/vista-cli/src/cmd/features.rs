@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 use vista::apps::features::{write_features, FeatureOutput, Wanted};
 use vista::data::files;
 
-use crate::args::{DinoArgs, DinoMode, DinoPreprocessArgs};
+use crate::args::{readable, DinoArgs, DinoMode};
 use crate::progress;
 
 /// Which features to write.
@@ -38,8 +38,6 @@ pub struct Args {
     #[arg(long, short)]
     pub out: Option<PathBuf>,
     #[command(flatten)]
-    pub preprocess: DinoPreprocessArgs,
-    #[command(flatten)]
     pub model: DinoArgs,
 }
 
@@ -50,24 +48,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
     if paths.is_empty() {
         bail!("no images found in {:?}", args.inputs);
     }
-    let pipeline = args.model.load(args.preprocess.resolve(DinoMode::Eval))?;
+    let pipeline = args.model.load(DinoMode::Eval)?;
     let wanted = Wanted { cls: args.what != What::Patch, patches: args.what != What::Cls };
     let pb = progress::bar(paths.len(), "extracting");
     let results = pipeline.extract_files(&paths, args.model.batch, wanted.patches, |n| pb.inc(n as u64));
     pb.finish_and_clear();
-    let (mut names, mut feats, mut skipped) = (Vec::new(), Vec::new(), 0usize);
-    for r in results {
-        match r.features {
-            Ok(f) => {
-                names.push(r.path.display().to_string());
-                feats.push(f);
-            }
-            Err(e) => {
-                skipped += 1;
-                eprintln!("skipped: {e}");
-            }
-        }
-    }
+    let (names, feats, skipped) = readable(results.into_iter().map(|r| (r.path, r.features)));
     let extra = [
         ("model", args.model.model.clone()),
         ("preprocess", pipeline.preprocess.describe()),
@@ -79,7 +65,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     if skipped > 0 {
         eprintln!("{skipped} input(s) skipped");
-        return Ok(ExitCode::from(crate::EXIT_SKIPPED));
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(crate::exit_code(skipped))
 }

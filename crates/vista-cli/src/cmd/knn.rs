@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use serde_json::json;
 use vista::eval::knn::{self, KnnOptions, DEFAULT_TEMPERATURE};
 
-use crate::args::{DatasetArgs, DinoArgs, DinoMode, DinoPreprocessArgs, Prepared};
+use crate::args::{DatasetArgs, DinoArgs, Prepared};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -23,8 +23,6 @@ pub struct Args {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
-    pub preprocess: DinoPreprocessArgs,
-    #[command(flatten)]
     pub model: DinoArgs,
 }
 
@@ -33,8 +31,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     if args.k.is_empty() || args.k.contains(&0) {
         bail!("--k: give positive neighbour counts, e.g. 10,20,100,200");
     }
-    let pipeline = args.model.load(args.preprocess.resolve(DinoMode::Eval))?;
-    let Prepared { mut train, mut test, classes, skipped } = args.data.features(&pipeline, args.model.batch)?;
+    let (pipeline, Prepared { mut train, mut test, classes, skipped }) = args.data.eval_features(&args.model)?;
     let n_train = train.len();
     let (ks, dropped): (Vec<usize>, Vec<usize>) = args.k.iter().partition(|&&k| k <= n_train);
     if !dropped.is_empty() {
@@ -77,5 +74,5 @@ pub fn run(args: Args) -> Result<ExitCode> {
             println!("{:>6}  {:>8.2}  {:>8.2}", r.k, r.top1, r.top5);
         }
     }
-    Ok(if skipped > 0 { ExitCode::from(crate::EXIT_SKIPPED) } else { ExitCode::SUCCESS })
+    Ok(crate::exit_code(skipped))
 }

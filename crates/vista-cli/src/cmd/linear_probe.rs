@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use serde_json::json;
 use vista::eval::linear_probe::{LinearProbe, LinearProbeConfig};
 
-use crate::args::{DatasetArgs, DinoArgs, DinoMode, DinoPreprocessArgs, Prepared};
+use crate::args::{DatasetArgs, DinoArgs, Prepared};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -32,8 +32,6 @@ pub struct Args {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
-    pub preprocess: DinoPreprocessArgs,
-    #[command(flatten)]
     pub model: DinoArgs,
 }
 
@@ -42,8 +40,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     if args.epochs == 0 || args.probe_batch == 0 {
         bail!("--epochs and --probe-batch must be positive");
     }
-    let pipeline = args.model.load(args.preprocess.resolve(DinoMode::Eval))?;
-    let Prepared { train, test, classes, skipped } = args.data.features(&pipeline, args.model.batch)?;
+    let (pipeline, Prepared { train, test, classes, skipped }) = args.data.eval_features(&args.model)?;
     let config = LinearProbeConfig {
         epochs: args.epochs,
         batch_size: args.probe_batch,
@@ -77,5 +74,5 @@ pub fn run(args: Args) -> Result<ExitCode> {
         println!("final train loss {loss:.4}, train top-1 {train_top1:.2} %");
         println!("test top-1 {top1:.2} %  top-5 {top5:.2} %");
     }
-    Ok(if skipped > 0 { ExitCode::from(crate::EXIT_SKIPPED) } else { ExitCode::SUCCESS })
+    Ok(crate::exit_code(skipped))
 }

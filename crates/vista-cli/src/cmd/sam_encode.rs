@@ -46,5 +46,5 @@ pub fn run(args: Args) -> Result<ExitCode> {
     bar.finish_and_clear();
     let dir = pipeline.cache.as_ref().map(|c| c.dir().display().to_string()).unwrap_or_default();
     eprintln!("{done} encoded, {cached} already cached, {failed} skipped -> {dir}");
-    Ok(if failed > 0 { ExitCode::from(crate::EXIT_SKIPPED) } else { ExitCode::SUCCESS })
+    Ok(crate::exit_code(failed))
 }

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use vista::apps::query::{self, Term};
 use vista::apps::Templates;
 
-use crate::args::{ClipArgs, IndexArgs};
+use crate::args::IndexArgs;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -40,8 +40,6 @@ pub struct Args {
     pub json: bool,
     #[command(flatten)]
     pub index: IndexArgs,
-    #[command(flatten)]
-    pub model: ClipArgs,
 }
 
 /// `vista search`.
@@ -53,7 +51,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         bail!("give a text query, --image PATH, or both");
     }
     let templates = if args.no_templates { Templates::None } else { Templates::parse(&args.templates)? };
-    let (db, model, pipeline) = args.index.open_updated(&args.model)?;
+    let (db, model, pipeline) = args.index.open_updated()?;
     let q = query::embed(&pipeline, &terms, &templates)?;
     let under = match &args.under {
         Some(u) => Some(std::fs::canonicalize(u).with_context(|| format!("--under {}", u.display()))?),

@@ -126,11 +126,7 @@ mod tests {
 
     use super::*;
 
-    #[derive(clap::Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: Args,
-    }
+    type Cli = crate::args::TestCli<Args>;
 
     #[test]
     fn prompts_are_typed_at_the_boundary() {

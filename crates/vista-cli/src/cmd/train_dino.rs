@@ -298,7 +298,7 @@ pub fn run_dino(args: Args) -> Result<ExitCode> {
         trainer.epoch,
         args.output.join(vista::train::dino::run::BACKBONE_FILE).display()
     );
-    Ok(if skipped > 0 { ExitCode::from(crate::EXIT_SKIPPED) } else { ExitCode::SUCCESS })
+    Ok(crate::exit_code(skipped))
 }
 
 #[cfg(test)]
@@ -307,11 +307,7 @@ mod tests {
 
     use super::*;
 
-    #[derive(clap::Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: Args,
-    }
+    type Cli = crate::args::TestCli<Args>;
 
     #[test]
     fn flags_override_the_preset_and_nothing_else() {
