@@ -4,9 +4,8 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
-use common::{fixtures, tmpdir, vista};
+use common::{fixtures, stderr, stdout, tmpdir, vista};
 use vista::data::npy;
 use vista::image::{Rgb, RgbImage};
 
@@ -18,14 +17,6 @@ fn v1() -> String {
 /// DINOv2 with 4 registers, 4 heads, patch 7, width 32 (transformers format).
 fn v2_reg() -> String {
     fixtures().join("dino/v2_hf_reg4_swiglu").display().to_string()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).to_string()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).to_string()
 }
 
 fn image(path: &Path, w: u32, h: u32, colour: [u8; 3], seed: u32) {

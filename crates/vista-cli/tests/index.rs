@@ -126,37 +126,27 @@ fn search_results_equal_a_brute_force_reference_and_dupes_find_copies() {
     std::fs::copy(dir.join("s03.png"), dir.join("s03-copy.png")).unwrap();
     index(&dir);
     let db_arg = dir.join(".vista/index.sqlite");
-    let out = vista(&[
-        "search",
-        "a red saree",
-        "-kurta",
-        "--image",
-        "0.5:",
-        "--db",
-        db_arg.to_str().unwrap(),
-        "--model",
-        &model(),
-        "--top",
-        "5",
-        "--json",
-    ]);
+    let search = |image: &str| {
+        let db = db_arg.to_str().unwrap();
+        vista(&[
+            "search",
+            "a red saree",
+            "-kurta",
+            "--image",
+            image,
+            "--db",
+            db,
+            "--model",
+            &model(),
+            "--top",
+            "5",
+            "--json",
+        ])
+    };
     // "0.5:" is not an image: a clear error naming it.
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(search("0.5:").status.code(), Some(1));
     let q_img = dir.join("s05.png");
-    let out = vista(&[
-        "search",
-        "a red saree",
-        "-kurta",
-        "--image",
-        &format!("0.5:{}", q_img.display()),
-        "--db",
-        db_arg.to_str().unwrap(),
-        "--model",
-        &model(),
-        "--top",
-        "5",
-        "--json",
-    ]);
+    let out = search(&format!("0.5:{}", q_img.display()));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let got: Vec<(String, f64)> = String::from_utf8_lossy(&out.stdout)
         .lines()

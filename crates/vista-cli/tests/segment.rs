@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{fixtures, tmpdir, vista};
+use common::{fixtures, stderr, stdout, tmpdir, vista, vista_ok};
 
 fn sam() -> String {
     fixtures().join("sam/vit_official/sam_vit_tiny.pth").display().to_string()
@@ -16,14 +16,6 @@ fn photo(dir: &std::path::Path, name: &str, w: u32, h: u32) -> std::path::PathBu
     p
 }
 
-fn stdout(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stdout).to_string()
-}
-
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).to_string()
-}
-
 #[test]
 fn segment_writes_every_format_and_the_rle_decodes_to_the_png() {
     let dir = tmpdir("segment");
@@ -31,11 +23,14 @@ fn segment_writes_every_format_and_the_rle_decodes_to_the_png() {
     let out = dir.join("out");
     let cache = dir.join("cache");
     let (img_s, out_s, cache_s, model) = (img.to_str().unwrap(), out.to_str().unwrap(), cache.to_str().unwrap(), sam());
-    let o = vista(&[
-        "segment",
-        img_s,
-        "--model",
-        &model,
+    // The photo segmented with `prompts` into `out`, through the embedding cache: the JSON report.
+    let segment = |prompts: &[&str]| -> serde_json::Value {
+        let mut args = vec!["segment", img_s, "--model", &model];
+        args.extend_from_slice(prompts);
+        args.extend_from_slice(&["-o", out_s, "--cache-dir", cache_s, "--json"]);
+        serde_json::from_slice(&vista_ok(&args).stdout).unwrap()
+    };
+    let doc = segment(&[
         "--point",
         "10.5,12",
         "--point",
@@ -47,14 +42,7 @@ fn segment_writes_every_format_and_the_rle_decodes_to_the_png() {
         "--multimask",
         "-f",
         "png,coco-rle,polygon,overlay",
-        "-o",
-        out_s,
-        "--cache-dir",
-        cache_s,
-        "--json",
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let masks = doc["masks"].as_array().unwrap();
     assert_eq!(masks.len(), 6, "2 boxes x 3 masks");
     assert_eq!(doc["cached_embedding"], false);
@@ -76,30 +64,22 @@ fn segment_writes_every_format_and_the_rle_decodes_to_the_png() {
 
     // Refining with the written low-res logits; the embedding now comes from the cache.
     let low = out.join("shop.lowres.npy");
-    let o = vista(&[
-        "segment",
-        img_s,
-        "--model",
-        &model,
-        "--point",
-        "10.5,12",
-        "--mask-input",
-        low.to_str().unwrap(),
-        "-o",
-        out_s,
-        "--cache-dir",
-        cache_s,
-        "--json",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let doc = segment(&["--point", "10.5,12", "--mask-input", low.to_str().unwrap()]);
     assert_eq!(doc["cached_embedding"], true);
     assert_eq!(doc["masks"].as_array().unwrap().len(), 1);
     // A PNG mask works as a mask input too.
     let png = out.join("shop.set0.mask1.png");
-    let o =
-        vista(&["segment", img_s, "--model", &model, "--mask-input", png.to_str().unwrap(), "-o", out_s, "--no-cache"]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let o = vista_ok(&[
+        "segment",
+        img_s,
+        "--model",
+        &model,
+        "--mask-input",
+        png.to_str().unwrap(),
+        "-o",
+        out_s,
+        "--no-cache",
+    ]);
     assert!(stdout(&o).contains("mask 0: score"));
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -18,6 +18,24 @@ pub fn vista(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_vista")).args(args).output().expect("run vista")
 }
 
+/// [`vista`], asserting that it succeeds (naming its stderr when it does not).
+#[track_caller]
+pub fn vista_ok(args: &[&str]) -> Output {
+    let o = vista(args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    o
+}
+
+/// A run's standard output, as text.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+/// A run's standard error, as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
 /// A fresh, empty, canonical scratch folder unique to this test process.
 pub fn tmpdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("vista-cli-{name}-{}", std::process::id()));
