@@ -137,8 +137,11 @@ fn a_short_dino_run_on_fashion_mnist_shows_no_collapse() {
     assert!(kl.iter().all(|&k| k > 0.05), "KL(teacher || student) ~ 0: collapse {kl:?}");
     assert!(entropy.iter().all(|&e| e > 0.05 * max_entropy && e < 0.98 * max_entropy), "teacher entropy {entropy:?}");
     let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
-    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let all: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let (lines, epochs): (Vec<_>, Vec<_>) = all.into_iter().partition(|l| l.get("iteration").is_some());
     assert_eq!(lines.len(), steps.len());
+    assert_eq!(epochs.len(), 6, "one wall-time line per epoch");
+    assert!(epochs.iter().all(|l| l["epoch_seconds"].as_f64().is_some_and(|s| s > 0.0)));
     for key in ["loss", "lr", "wd", "momentum", "teacher_temp", "teacher_entropy", "kl"] {
         assert!(lines.iter().all(|l| l[key].is_number()), "metrics lack {key}");
     }
@@ -212,7 +215,9 @@ fn an_interrupted_run_resumes_bit_for_bit() {
         s.lines()
             .map(|l| {
                 let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                // Timings differ between runs; everything else must not.
                 v.as_object_mut().unwrap().remove("seconds");
+                v.as_object_mut().unwrap().remove("epoch_seconds");
                 v
             })
             .collect()
