@@ -11,6 +11,10 @@ Cases marked "mojibake" are the MOJIBAKE list below and any other case whose tex
 heuristic encoding repair (fix_encoding) changes; the Rust port implements that repair too,
 but the tests report those cases separately.
 
+Also writes <out_dir>/hf_clip_tokenizer.json and hf_tokenizer.json.gz: the same texts (and a few
+more on which the two differ) through transformers' CLIPTokenizer, the rules vista follows for
+transformers-layout checkpoints (see hf_main).
+
 Run standalone (writes crates/vista/tests/fixtures/tokenizer/):
     python tools/reference/gen_tokenizer.py
 or through tools/reference/gen_fixtures.py, which calls main(out_dir).
@@ -362,6 +366,82 @@ def main(out_dir: pathlib.Path) -> None:
     path.write_text(text, encoding="utf-8")
     n_moji = sum(1 for c in cases if c.get("mojibake"))
     print(f"wrote {path}: {len(cases)} cases ({n_moji} mojibake)")
+    hf_main(out_dir)
+
+
+# ----------------------------------------------------------------------------
+# transformers' CLIPTokenizer (the rules of transformers-layout checkpoints)
+# ----------------------------------------------------------------------------
+
+# Texts on which transformers' CLIPTokenizer and open_clip's SimpleTokenizer disagree: HTML is
+# not unescaped at all (open_clip: twice), there is no ftfy repair (ligatures, mojibake, curly
+# quotes), only NFC + whitespace collapse + lower-casing, and the special-token strings in the
+# text are the special tokens.
+HF_SPECIAL = [
+    "Tom &amp;amp; Jerry", "Tom &amp; Jerry", "fish &lt;3 chips", "\ufb01 ligature", "caf\u00e9 vs cafe\u0301",
+    "a <|endoftext|> token", "<|startoftext|>start", "two <|endoftext|><|endoftext|> ends",
+    "<start_of_text> is open_clip's", "ALL CAPS \u0130STANBUL", "tabs\tand\nnew  lines",
+    "\u201ccurly quotes\u201d", "\uff26\uff55\uff4c\uff4c\uff57\uff49\uff44\uff54\uff48", "\u00a0nbsp\u3000ideographic space",
+    "emoji \U0001f600 and flags \U0001f1fa\U0001f1f8", "",
+]
+
+
+def hf_tokenizer():
+    """transformers' CLIPTokenizer (tokenizers-backed) with OpenAI's vocabulary: what
+    `CLIPTokenizer.from_pretrained("openai/clip-vit-base-patch32")` gives, built offline from
+    open_clip's copy of the same BPE file."""
+    from open_clip.tokenizer import SimpleTokenizer
+    from transformers import CLIPTokenizer
+
+    oc = SimpleTokenizer()
+    rename = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
+    vocab = {rename.get(k, k): v for k, v in oc.encoder.items()}
+    merges = [(a, b) for (a, b), _ in sorted(oc.bpe_ranks.items(), key=lambda kv: kv[1])]
+    tok = CLIPTokenizer(vocab=vocab, merges=merges)
+    tok.model_max_length = CONTEXT_LENGTH
+    return tok
+
+
+def hf_main(out_dir: pathlib.Path) -> None:
+    """Writes <out_dir>/hf_clip_tokenizer.json (ids of transformers' CLIPTokenizer, padded /
+    truncated to 77 as `CLIPProcessor(padding="max_length", truncation=True)` does) and
+    <out_dir>/hf_tokenizer.json.gz (its tokenizer.json, gzip without a timestamp)."""
+    import gzip
+
+    import transformers
+
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok = hf_tokenizer()
+    texts = [t for t, _ in all_cases()] + [t for t in HF_SPECIAL if t not in {c for c, _ in all_cases()}]
+    enc = tok(texts, padding="max_length", max_length=CONTEXT_LENGTH, truncation=True)["input_ids"]
+    cases = [{"text": t, "ids": ids} for t, ids in zip(texts, enc)]
+    obj = {
+        "reference": "transformers.CLIPTokenizer (tokenizers backend), padding=max_length, truncation",
+        "versions": {**versions(), "transformers": transformers.__version__,
+                     "tokenizers": __import__("tokenizers").__version__},
+        "context_length": CONTEXT_LENGTH,
+        "pad_token_id": tok.pad_token_id,
+        "cases": cases,
+    }
+    path = out_dir / "hf_clip_tokenizer.json"
+    lines = ["{"]
+    for i, (k, v) in enumerate(obj.items()):
+        sep = "," if i + 1 < len(obj) else ""
+        if isinstance(v, list):
+            items = [json.dumps(x, ensure_ascii=True, separators=(",", ":")) for x in v]
+            lines.append(f" {json.dumps(k)}: [")
+            lines.extend(f"  {it}{',' if j + 1 < len(items) else ''}" for j, it in enumerate(items))
+            lines.append(f" ]{sep}")
+        else:
+            lines.append(f" {json.dumps(k)}: {json.dumps(v, ensure_ascii=True)}{sep}")
+    lines.append("}")
+    text = "\n".join(lines) + "\n"
+    assert json.loads(text) == obj
+    path.write_text(text, encoding="utf-8")
+    blob = tok.backend_tokenizer.to_str(pretty=False).encode("utf-8")
+    (out_dir / "hf_tokenizer.json.gz").write_bytes(gzip.compress(blob, compresslevel=9, mtime=0))
+    print(f"wrote {path}: {len(cases)} cases; hf_tokenizer.json.gz ({len(blob)} bytes raw)")
 
 
 # ----------------------------------------------------------------------------

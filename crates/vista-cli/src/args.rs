@@ -20,6 +20,25 @@ pub const DEFAULT_DINO: &str = "facebook/dinov2-small";
 /// The default SAM: Meta's ViT-B in transformers format on the Hugging Face hub.
 pub const DEFAULT_SAM: &str = "facebook/sam-vit-base";
 
+/// Where a model runs and in what precision (every model command takes these).
+#[derive(clap::Args, Debug, Clone)]
+pub struct TargetArgs {
+    /// cpu, cuda or cuda:N (a build with `--features cuda`, see tools/gpu).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Precision of the weights and activations: f32, bf16 or f16. Results are f32 either way;
+    /// on the CPU only f32 takes vista's fused kernels.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+}
+
+impl TargetArgs {
+    /// The device and dtype, checked.
+    pub fn target(&self) -> Result<vista::device::Target> {
+        Ok(vista::device::Target::parse(&self.device, &self.dtype)?)
+    }
+}
+
 /// The CLIP model and how to run it.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ClipArgs {
@@ -32,9 +51,8 @@ pub struct ClipArgs {
     /// ViT-L-14-336, ViT-B-32-laion, ViT-H-14); overrides any config file.
     #[arg(long)]
     pub arch: Option<String>,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[command(flatten)]
+    pub target: TargetArgs,
     /// Images per forward pass.
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
@@ -56,9 +74,8 @@ impl ClipArgs {
 
     /// Loads `model` with `arch` on this device, with these decode limits.
     pub fn load_model(&self, model: &str, arch: Option<&str>) -> Result<ClipPipeline> {
-        let device = vista::device::select(&self.device)?;
-        let mut p =
-            ClipPipeline::load(model, arch, &device).with_context(|| format!("loading CLIP model `{model}`"))?;
+        let mut p = ClipPipeline::load(model, arch, self.target.target()?)
+            .with_context(|| format!("loading CLIP model `{model}`"))?;
         warn_unused(&p.report);
         if let Some(m) = self.max_pixels {
             p.decode = vista::image::DecodeOptions::with_max_pixels(m);
@@ -92,6 +109,8 @@ pub struct DinoArgs {
     /// Which network of a DINO training checkpoint: teacher (default) or student.
     #[arg(long)]
     pub checkpoint_key: Option<String>,
+    #[command(flatten)]
+    pub target: TargetArgs,
     /// Images per forward pass.
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
@@ -103,17 +122,17 @@ pub struct DinoArgs {
 impl DinoArgs {
     /// Loads the backbone with the preprocessing of the flags, `default` when no --mode is given.
     pub fn load(&self, default: DinoMode) -> Result<DinoPipeline> {
-        let preprocess = self.preprocess.resolve(default);
-        preprocess.validate()?;
         let options = vista::dino::LoadOptions {
             arch: self.arch.clone(),
             num_heads: self.num_heads,
             checkpoint_key: self.checkpoint_key.clone(),
+            target: self.target.target()?,
         };
         let mut p = DinoPipeline::load(&self.model, &options)
             .with_context(|| format!("loading DINO model `{}`", self.model))?;
         warn_unused(&p.report);
-        p.preprocess = preprocess;
+        p.preprocess = self.preprocess.resolve(default, p.preprocess);
+        p.preprocess.validate()?;
         if let Some(m) = self.max_pixels {
             p.decode = vista::image::DecodeOptions::with_max_pixels(m);
         }
@@ -124,7 +143,9 @@ impl DinoArgs {
 /// How DINO sees an image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DinoMode {
-    /// DINO's evaluation transform: shortest side to --resize, centre crop --crop.
+    /// The checkpoint's evaluation transform (official releases: DINO's, shortest side to 256,
+    /// centre crop 224; transformers checkpoints: their preprocessor_config.json), sizes
+    /// overridden by --resize / --crop.
     Eval,
     /// The whole image, longest side at --max-side, each side rounded down to a multiple of
     /// the patch size.
@@ -137,24 +158,37 @@ pub struct DinoPreprocessArgs {
     /// Preprocessing (default: eval; whole for `vista attention`).
     #[arg(long, value_enum)]
     pub mode: Option<DinoMode>,
-    /// --mode eval: the shortest side is resized to this first.
-    #[arg(long, default_value_t = 256)]
-    pub resize: u32,
-    /// --mode eval: side of the centre crop.
-    #[arg(long, default_value_t = 224)]
-    pub crop: u32,
+    /// --mode eval: the shortest side is resized to this first (default: the checkpoint's
+    /// preprocessing; 256 for official releases).
+    #[arg(long)]
+    pub resize: Option<u32>,
+    /// --mode eval: side of the centre crop (default: the checkpoint's; 224 for official
+    /// releases).
+    #[arg(long)]
+    pub crop: Option<u32>,
     /// --mode whole: the longest side is resized to this (0: keep the image's size).
     #[arg(long, default_value_t = vista::dino::preprocess::DEFAULT_MAX_SIDE)]
     pub max_side: u32,
 }
 
 impl DinoPreprocessArgs {
-    /// The preprocessing, `default` when no --mode is given.
-    pub fn resolve(&self, default: DinoMode) -> DinoPreprocess {
-        match self.mode.unwrap_or(default) {
-            DinoMode::Eval => DinoPreprocess::eval_sized(self.resize, self.crop),
-            DinoMode::Whole => DinoPreprocess::whole((self.max_side > 0).then_some(self.max_side)),
-        }
+    /// The preprocessing, `default` when no --mode is given: the checkpoint's own (`loaded`,
+    /// its statistics, filter, crop rounding and transparency rule always kept) with the sizes
+    /// of the flags.
+    pub fn resolve(&self, default: DinoMode, loaded: DinoPreprocess) -> DinoPreprocess {
+        use vista::dino::preprocess::Mode;
+        let mode = match self.mode.unwrap_or(default) {
+            DinoMode::Eval if self.resize.is_none() && self.crop.is_none() => loaded.mode,
+            DinoMode::Eval => {
+                let (resize, crop) = match loaded.mode {
+                    Mode::Eval { resize_shortest, crop } => (resize_shortest, crop),
+                    _ => (256, 224),
+                };
+                Mode::Eval { resize_shortest: self.resize.unwrap_or(resize), crop: self.crop.unwrap_or(crop) }
+            }
+            DinoMode::Whole => Mode::Whole { max_side: (self.max_side > 0).then_some(self.max_side) },
+        };
+        DinoPreprocess { mode, ..loaded }
     }
 }
 
@@ -177,6 +211,8 @@ pub struct SamArgs {
     /// Neither read nor write cached image embeddings.
     #[arg(long)]
     pub no_cache: bool,
+    #[command(flatten)]
+    pub target: TargetArgs,
     /// Largest image accepted, in pixels (protects against decompression bombs).
     #[arg(long)]
     pub max_pixels: Option<u64>,
@@ -186,7 +222,11 @@ impl SamArgs {
     /// Loads the model, with its embedding cache unless `--no-cache`.
     pub fn load(&self) -> Result<vista::apps::segment::SegmentPipeline> {
         use vista::apps::segment::{default_cache_dir, SegmentPipeline};
-        let options = vista::sam::LoadOptions { arch: self.arch.clone(), image_size: self.image_size };
+        let options = vista::sam::LoadOptions {
+            arch: self.arch.clone(),
+            image_size: self.image_size,
+            target: self.target.target()?,
+        };
         let cache = if self.no_cache { None } else { Some(self.cache_dir.clone().unwrap_or_else(default_cache_dir)) };
         let mut p = SegmentPipeline::load(&self.model, &options, cache.as_deref())
             .with_context(|| format!("loading SAM model `{}`", self.model))?;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use vista::image::RgbImage;
 use vista::index::IndexDb;
 
-use common::{model, tmpdir, vista};
+use common::{fixtures, model, tmpdir, vista};
 
 /// A deterministic, distinct picture per seed.
 fn picture(seed: u32, size: u32) -> RgbImage {
@@ -246,4 +246,142 @@ fn a_tree_that_cannot_hold_its_index_gets_one_in_the_data_directory() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("a.png"));
     let _ = std::fs::remove_dir_all(dir);
     let _ = std::fs::remove_dir_all(data);
+}
+
+/// Connected components of the pairs scoring `>= threshold`, brute force (groups of two or more,
+/// each sorted, ordered by their first member), as file names.
+fn reference_groups(names: &[String], sims: &[Vec<f32>], threshold: f32) -> Vec<Vec<String>> {
+    let n = names.len();
+    let mut label: Vec<usize> = (0..n).collect();
+    let mut changed = true;
+    while changed {
+        changed = false;
+        for i in 0..n {
+            for j in 0..n {
+                if i != j && sims[i][j] >= threshold && label[j] > label[i] {
+                    label[j] = label[i];
+                    changed = true;
+                }
+            }
+        }
+    }
+    let mut groups: Vec<Vec<String>> = Vec::new();
+    for l in 0..n {
+        let mut g: Vec<String> = (0..n).filter(|&i| label[i] == l).map(|i| names[i].clone()).collect();
+        if g.len() >= 2 {
+            g.sort();
+            groups.push(g);
+        }
+    }
+    groups.sort();
+    groups
+}
+
+#[test]
+fn dupes_of_edited_photos_follow_the_threshold_exactly() {
+    let dir = tmpdir("dupes-edits");
+    let photos = fixtures().join("preprocess");
+    // Edits of three photos (re-encoded as JPEG, resized to 80 %, 5 % cropped off each side,
+    // brightened) among the originals and four other pictures.
+    for stem in ["astronaut", "coffee", "chelsea"] {
+        let img = vista::image::load_rgb(photos.join(format!("{stem}.png")), &Default::default()).unwrap();
+        let (w, h) = img.dimensions();
+        img.save(dir.join(format!("{stem}.png"))).unwrap();
+        let mut jpeg = std::fs::File::create(dir.join(format!("{stem}-q80.jpg"))).unwrap();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 80).encode_image(&img).unwrap();
+        image::imageops::resize(&img, w * 4 / 5, h * 4 / 5, image::imageops::FilterType::Triangle)
+            .save(dir.join(format!("{stem}-small.png")))
+            .unwrap();
+        image::imageops::crop_imm(&img, w / 20, h / 20, w - w / 10, h - h / 10)
+            .to_image()
+            .save(dir.join(format!("{stem}-crop.png")))
+            .unwrap();
+        image::imageops::brighten(&img, 25).save(dir.join(format!("{stem}-bright.png"))).unwrap();
+    }
+    for i in 0..4 {
+        picture(100 + i, 64).save(dir.join(format!("other{i}.png"))).unwrap();
+    }
+    index(&dir);
+    let db_arg = dir.join(".vista/index.sqlite");
+    let db = IndexDb::open(&db_arg).unwrap();
+    let (paths, set) = db.load_vectors(&model(), None).unwrap();
+    let names: Vec<String> = paths.iter().map(|p| p.file_name().unwrap().to_string_lossy().to_string()).collect();
+    assert_eq!(names.len(), 19);
+    let sims: Vec<Vec<f32>> =
+        (0..set.len()).map(|i| (0..set.len()).map(|j| set.score(i, &set.row(j))).collect()).collect();
+    let model = model();
+    let dupes = |threshold: Option<f32>| -> Vec<Vec<String>> {
+        // `--threshold=-0.2`: a negative value as a separate word would read as a flag.
+        let t = threshold.map(|t| format!("--threshold={t}"));
+        let mut args = vec!["dupes", "--db", db_arg.to_str().unwrap(), "--model", &model, "--json"];
+        if let Some(t) = &t {
+            args.push(t.as_str());
+        }
+        let out = vista(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let mut groups: Vec<Vec<String>> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                let g: Vec<String> = serde_json::from_str(l).unwrap();
+                let mut g: Vec<String> =
+                    g.iter().map(|p| Path::new(p).file_name().unwrap().to_string_lossy().to_string()).collect();
+                g.sort();
+                g
+            })
+            .collect();
+        groups.sort();
+        groups
+    };
+    // Thresholds halfway between consecutive distinct pair scores (far from any score, so the
+    // blocked products and the brute force cannot round across them), and the default.
+    let mut scores: Vec<f32> =
+        (0..set.len()).flat_map(|i| ((i + 1)..set.len()).map(move |j| (i, j))).map(|(i, j)| sims[i][j]).collect();
+    scores.sort_by(f32::total_cmp);
+    let mut thresholds: Vec<f32> =
+        scores.windows(2).filter(|w| w[1] - w[0] > 1e-4).map(|w| (w[0] + w[1]) / 2.0).step_by(9).collect();
+    thresholds.push(0.99);
+    let mut distinct_results = std::collections::BTreeSet::new();
+    for &t in &thresholds {
+        let got = dupes(Some(t));
+        assert_eq!(got, reference_groups(&names, &sims, t), "threshold {t}");
+        distinct_results.insert(format!("{got:?}"));
+    }
+    assert!(distinct_results.len() >= 5, "the thresholds should give different groupings: {distinct_results:?}");
+    // No --threshold: this model is not a ViT-B/32, so the unanchored default 0.99, said so.
+    let default_margin = scores.iter().map(|s| (s - 0.99).abs()).fold(f32::MAX, f32::min);
+    if default_margin > 1e-5 {
+        assert_eq!(dupes(None), reference_groups(&names, &sims, 0.99));
+    }
+    let out = vista(&["dupes", "--db", db_arg.to_str().unwrap(), "--model", &model]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no anchor"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // --stats: quantiles of each image's nearest neighbour, and the histogram.
+    let png = dir.join("stats.png");
+    let out = vista(&[
+        "dupes",
+        "--db",
+        db_arg.to_str().unwrap(),
+        "--model",
+        &model,
+        "--json",
+        "--threshold",
+        "0.9",
+        "--stats",
+        png.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    let mut nearest: Vec<f32> = (0..set.len())
+        .map(|i| (0..set.len()).filter(|&j| j != i).map(|j| sims[i][j]).fold(f32::MIN, f32::max))
+        .collect();
+    nearest.sort_by(f32::total_cmp);
+    assert_eq!(doc["images"], 19);
+    assert_eq!(doc["at_or_above"].as_u64().unwrap() as usize, nearest.iter().filter(|&&s| s >= 0.9).count());
+    for (q, want) in [("0", nearest[0]), ("1", nearest[18]), ("0.5", nearest[9])] {
+        let got = doc["quantiles"][q].as_f64().unwrap() as f32;
+        assert!((got - want).abs() < 1e-5, "quantile {q}: {got} vs {want}");
+    }
+    let img = vista::image::load_rgb(&png, &Default::default()).unwrap();
+    assert_eq!(img.dimensions(), (800, 300));
+    let _ = std::fs::remove_dir_all(dir);
 }

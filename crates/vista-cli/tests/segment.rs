@@ -67,6 +67,22 @@ fn segment_writes_every_format_and_the_rle_decodes_to_the_png() {
     let doc = segment(&["--point", "10.5,12", "--mask-input", low.to_str().unwrap()]);
     assert_eq!(doc["cached_embedding"], true);
     assert_eq!(doc["masks"].as_array().unwrap().len(), 1);
+    // An array of the right plane shape but no plane is an error, not a panic.
+    let (shape, _) = vista::data::npy::read_f32(&low).unwrap();
+    let empty = out.join("empty.lowres.npy");
+    vista::data::npy::write_f32(&empty, &[], &[0, shape[shape.len() - 2], shape[shape.len() - 1]]).unwrap();
+    let o = vista(&[
+        "segment",
+        img_s,
+        "--model",
+        &model,
+        "--point",
+        "1,1",
+        "--mask-input",
+        empty.to_str().unwrap(),
+        "--no-cache",
+    ]);
+    assert!(!o.status.success() && stderr(&o).contains("holds no"), "{}", stderr(&o));
     // A PNG mask works as a mask input too.
     let png = out.join("shop.set0.mask1.png");
     let o = vista_ok(&[

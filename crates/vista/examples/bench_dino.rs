@@ -49,7 +49,7 @@ fn main() -> Result<()> {
         .and_then(|(m, b)| b.parse::<usize>().ok().map(|b| (m.to_string(), b)))
         .ok_or_else(|| anyhow!("workload `{}` is not MODEL_bN (e.g. vits16_b32)", args.workload))?;
 
-    let options = LoadOptions { arch: None, num_heads: args.heads, checkpoint_key: None };
+    let options = LoadOptions { num_heads: args.heads, ..Default::default() };
     let (loaded, load_s) = args.bench.load(|m| load_model(m, &options))?;
     let model = loaded.model;
 

@@ -59,7 +59,7 @@ fn main() -> Result<()> {
         },
     )?;
 
-    let options = LoadOptions { arch: None, image_size: None };
+    let options = LoadOptions::default();
     let (loaded, load_s) = args.bench.load(|m| loader::load_model(m, &options))?;
     let model = Arc::new(loaded.model);
     let predictor = Predictor::new(model.clone());

@@ -1,6 +1,6 @@
-//! Compute device selection and process set-up.
+//! Compute device selection ([`select`], [`Target`]: device and precision) and process set-up.
 
-use candle_core::Device;
+use candle_core::{DType, Device};
 
 use crate::{Error, Result};
 
@@ -42,6 +42,51 @@ pub fn select(name: &str) -> Result<Device> {
             Ok(device)
         }
         other => Err(Error::arg("device", format!("unknown device `{other}` (cpu, cuda, cuda:N)"))),
+    }
+}
+
+/// Where a model runs and in what precision: weights are cast to `dtype` when they are loaded
+/// and activations run in it (LayerNorm and softmax accumulate in f32 inside candle's kernels);
+/// what a pipeline returns is f32 whatever the dtype. [`Default`] is f32 on the CPU, the only
+/// combination that takes vista's fused CPU kernels; other dtypes on the CPU run the portable
+/// candle-op paths.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The device the weights live on and the forward passes run on.
+    pub device: Device,
+    /// The dtype of the weights and activations (`F32`, `BF16` or `F16`).
+    pub dtype: DType,
+}
+
+impl Default for Target {
+    fn default() -> Self {
+        Self { device: Device::Cpu, dtype: DType::F32 }
+    }
+}
+
+impl From<&Device> for Target {
+    /// f32 on `device`.
+    fn from(device: &Device) -> Self {
+        Self { device: device.clone(), dtype: DType::F32 }
+    }
+}
+
+impl Target {
+    /// A target from what a user gives: a device name ([`select`]) and a dtype name
+    /// ([`parse_dtype`]).
+    pub fn parse(device: &str, dtype: &str) -> Result<Self> {
+        Ok(Self { device: select(device)?, dtype: parse_dtype(dtype)? })
+    }
+}
+
+/// A floating-point dtype by name: `f32` (`float32`), `bf16` (`bfloat16`), `f16` (`float16`,
+/// `half`).
+pub fn parse_dtype(name: &str) -> Result<DType> {
+    match name.to_ascii_lowercase().as_str() {
+        "f32" | "float32" => Ok(DType::F32),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        "f16" | "float16" | "half" => Ok(DType::F16),
+        other => Err(Error::arg("dtype", format!("unknown dtype `{other}` (f32, bf16, f16)"))),
     }
 }
 

@@ -19,7 +19,7 @@ fn load(case: &str, file: &str, key: Option<&str>) -> DinoVit {
     let dir = fixtures().join("dino").join(case);
     let m = manifest(&dir.join("manifest.json"));
     let heads = m["config"]["num_heads"].as_u64().or(m["config"]["num_attention_heads"].as_u64()).map(|h| h as usize);
-    let options = LoadOptions { arch: None, num_heads: heads, checkpoint_key: key.map(str::to_string) };
+    let options = LoadOptions { num_heads: heads, checkpoint_key: key.map(str::to_string), ..Default::default() };
     let loaded =
         loader::load_model(dir.join(file).to_str().unwrap(), &options).unwrap_or_else(|e| panic!("{case}: {e}"));
     assert!(loaded.report.unused.is_empty(), "{case}: unused {:?}", loaded.report.unused);

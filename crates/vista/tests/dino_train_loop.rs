@@ -43,6 +43,7 @@ fn options(output: &Path) -> RunOptions {
         save_every_steps: 0,
         knn: None,
         max_epochs: None,
+        device: Device::Cpu,
     }
 }
 
@@ -290,7 +291,7 @@ fn a_bad_image_is_skipped_and_the_batch_goes_on() {
 #[test]
 fn a_non_finite_loss_stops_the_step_and_changes_nothing() {
     let config = tiny_config(2);
-    let mut trainer = DinoTrainer::new(config.clone(), 4).unwrap();
+    let mut trainer = DinoTrainer::new(config.clone(), 4, &Device::Cpu).unwrap();
     let before: Vec<Vec<f32>> = trainer
         .student()
         .params()
@@ -333,7 +334,7 @@ fn a_checkpoint_with_a_misshapen_tensor_is_refused_naming_it() {
         })
         .collect();
     std::fs::write(&path, safetensors::serialize(views, meta.metadata().clone()).unwrap()).unwrap();
-    let err = DinoTrainer::load(&path).err().expect("must fail").to_string();
+    let err = DinoTrainer::load(&path, &Device::Cpu).err().expect("must fail").to_string();
     assert!(err.contains("norm.weight") && err.contains("[16]") && err.contains("[32]"), "{err}");
     assert!(err.contains("checkpoint.safetensors"), "the error names the file: {err}");
     let _ = std::fs::remove_dir_all(&out);

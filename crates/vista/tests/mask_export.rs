@@ -62,11 +62,11 @@ fn iou(a: &Mask, b: &Mask) -> f64 {
 }
 
 fn disk(w: u32, h: u32, cx: f64, cy: f64, r: f64) -> Mask {
-    Mask::from_fn(w, h, |x, y| (x as f64 - cx).powi(2) + (y as f64 - cy).powi(2) <= r * r)
+    Mask::from_fn(w, h, |x, y| (x as f64 - cx).powi(2) + (y as f64 - cy).powi(2) <= r * r).unwrap()
 }
 
 fn rect(w: u32, h: u32, x0: u32, y0: u32, x1: u32, y1: u32) -> Mask {
-    Mask::from_fn(w, h, |x, y| (x0..x1).contains(&x) && (y0..y1).contains(&y))
+    Mask::from_fn(w, h, |x, y| (x0..x1).contains(&x) && (y0..y1).contains(&y)).unwrap()
 }
 
 // ------------------------------------------------------------------------------------------
@@ -125,13 +125,13 @@ fn polygon_rasterisation_matches_pycocotools() {
             .iter()
             .map(|p| p.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect())
             .collect();
-        let mask = Mask::from_polygons(&polys, w, h);
+        let mask = Mask::from_polygons(&polys, w, h).unwrap();
         let rle = Rle::encode(&mask);
         assert_eq!(rle.to_string_counts(), case["counts"].as_str().unwrap(), "{name}");
         assert_eq!(rle.area(), case["area"].as_u64().unwrap(), "{name}");
         assert_eq!(rle.bbox(), bbox_of(case), "{name}");
         // Our polygons of that mask rasterise back to it (these have no holes).
-        let again = Mask::from_polygons(&mask.to_polygons(&PolygonOptions::default()), w, h);
+        let again = Mask::from_polygons(&mask.to_polygons(&PolygonOptions::default()), w, h).unwrap();
         assert_eq!(again, mask, "{name}: polygons round trip");
     }
 }
@@ -161,25 +161,25 @@ fn round_trip(mask: &Mask) {
 #[test]
 fn rle_edge_cases() {
     for (w, h) in [(1, 1), (1, 7), (9, 1), (5, 3)] {
-        round_trip(&Mask::new(w, h));
-        round_trip(&Mask::from_fn(w, h, |_, _| true));
-        round_trip(&Mask::from_fn(w, h, |x, y| x == 0 && y == 0));
-        round_trip(&Mask::from_fn(w, h, |x, y| x == w - 1 && y == h - 1));
-        round_trip(&Mask::from_fn(w, h, |x, y| (x + y) % 2 == 0));
+        round_trip(&Mask::new(w, h).unwrap());
+        round_trip(&Mask::from_fn(w, h, |_, _| true).unwrap());
+        round_trip(&Mask::from_fn(w, h, |x, y| x == 0 && y == 0).unwrap());
+        round_trip(&Mask::from_fn(w, h, |x, y| x == w - 1 && y == h - 1).unwrap());
+        round_trip(&Mask::from_fn(w, h, |x, y| (x + y) % 2 == 0).unwrap());
     }
-    round_trip(&Mask::new(0, 0));
-    round_trip(&Mask::new(4, 0));
-    assert_eq!(Rle::encode(&Mask::new(3, 0)).counts(), &[0]);
-    assert_eq!(Rle::encode(&Mask::new(3, 2)).counts(), &[6]);
-    assert_eq!(Rle::encode(&Mask::from_fn(3, 2, |_, _| true)).counts(), &[0, 6]);
+    round_trip(&Mask::new(0, 0).unwrap());
+    round_trip(&Mask::new(4, 0).unwrap());
+    assert_eq!(Rle::encode(&Mask::new(3, 0).unwrap()).counts(), &[0]);
+    assert_eq!(Rle::encode(&Mask::new(3, 2).unwrap()).counts(), &[6]);
+    assert_eq!(Rle::encode(&Mask::from_fn(3, 2, |_, _| true).unwrap()).counts(), &[0, 6]);
     // Column-major: a 2x3 (h x w) mask with its top row set has runs 0,1 | 1,1 | 1,1.
-    let top = Mask::from_fn(3, 2, |_, y| y == 0);
+    let top = Mask::from_fn(3, 2, |_, y| y == 0).unwrap();
     assert_eq!(Rle::encode(&top).counts(), &[0, 1, 1, 1, 1, 1, 1]);
     assert_eq!(Rle::encode(&top).bbox(), [0, 0, 3, 1]);
     // Long runs: multi-character groups and negative deltas.
     let big = rect(1000, 900, 100, 0, 900, 900);
     round_trip(&big);
-    let mut stripes = Mask::new(700, 700);
+    let mut stripes = Mask::new(700, 700).unwrap();
     for x in (0..700).step_by(3) {
         for y in 0..(x * 7 % 700) {
             stripes.set(x, y, true);
@@ -273,7 +273,7 @@ proptest! {
         for p in &polys {
             prop_assert!(p.len() >= 8 && p.len() % 2 == 0, "{:?}", p);
         }
-        let back = Mask::from_polygons(&polys, mask.width(), mask.height());
+        let back = Mask::from_polygons(&polys, mask.width(), mask.height()).unwrap();
         prop_assert_eq!(back, mask.fill_holes());
     }
 
@@ -301,7 +301,7 @@ fn rectangle_gives_four_corners() {
         assert_eq!(polys, vec![vec![3.0, 4.0, 11.0, 4.0, 11.0, 9.0, 3.0, 9.0]], "tolerance {tolerance}");
     }
     // A one-pixel mask is a unit square.
-    let dot = Mask::from_fn(3, 3, |x, y| x == 2 && y == 2);
+    let dot = Mask::from_fn(3, 3, |x, y| x == 2 && y == 2).unwrap();
     assert_eq!(dot.to_polygons(&PolygonOptions::default()), vec![vec![2.0, 2.0, 3.0, 2.0, 3.0, 3.0, 2.0, 3.0]]);
 }
 
@@ -330,7 +330,7 @@ fn disk_polygon_covers_the_disk() {
         assert_eq!(polys.len(), 1);
         let exact = m.to_polygons(&PolygonOptions::default());
         assert!(polys[0].len() < exact[0].len(), "simplification drops vertices");
-        let back = Mask::from_polygons(&polys, size, size);
+        let back = Mask::from_polygons(&polys, size, size).unwrap();
         let score = iou(&back, &m);
         // Measured: r 10 / tol 1: 0.951 (8 vertices of 52); r 40 / tol 1: 0.990 (20 of 196);
         // r 40 / tol 2: 0.984; r 100 / tol 1.5: 0.994.
@@ -345,32 +345,34 @@ fn holes_are_filled_and_islands_in_holes_omitted() {
     let ring = Mask::from_fn(40, 40, |x, y| {
         let d = (x as f64 - 20.0).hypot(y as f64 - 20.0);
         (10.0..16.0).contains(&d) || d < 3.0
-    });
+    })
+    .unwrap();
     let polys = ring.to_polygons(&PolygonOptions::default());
     assert_eq!(polys.len(), 1, "the island lies in the ring's hole");
-    let filled = Mask::from_polygons(&polys, 40, 40);
+    let filled = Mask::from_polygons(&polys, 40, 40).unwrap();
     assert_eq!(filled, ring.fill_holes());
     assert_eq!(filled, disk(40, 40, 20.0, 20.0, 15.999).fill_holes());
     // If the ring is too small to keep, the island is not in a kept component's hole.
     let thin = Mask::from_fn(40, 40, |x, y| {
         let d = (x as f64 - 20.0).hypot(y as f64 - 20.0);
         (15.0..16.0).contains(&d) || d < 10.0
-    });
+    })
+    .unwrap();
     let comps = thin.to_polygons(&PolygonOptions::default()).len();
     assert_eq!(comps, 1);
     let ring_area = thin.area() - disk(40, 40, 20.0, 20.0, 9.999).area();
     let polys = thin.to_polygons(&PolygonOptions { tolerance: 0.0, min_area: ring_area + 1 });
     assert_eq!(polys.len(), 1);
-    assert_eq!(Mask::from_polygons(&polys, 40, 40), disk(40, 40, 20.0, 20.0, 9.999));
+    assert_eq!(Mask::from_polygons(&polys, 40, 40).unwrap(), disk(40, 40, 20.0, 20.0, 9.999));
 }
 
 #[test]
 fn diagonal_touch_is_one_component() {
     // Two squares touching at a corner: 8-connected, one polygon through that corner twice.
-    let m = Mask::from_fn(6, 6, |x, y| (x < 2 && y < 2) || ((2..4).contains(&x) && (2..4).contains(&y)));
+    let m = Mask::from_fn(6, 6, |x, y| (x < 2 && y < 2) || ((2..4).contains(&x) && (2..4).contains(&y))).unwrap();
     let polys = m.to_polygons(&PolygonOptions::default());
     assert_eq!(polys.len(), 1);
-    assert_eq!(Mask::from_polygons(&polys, 6, 6), m);
+    assert_eq!(Mask::from_polygons(&polys, 6, 6).unwrap(), m);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -395,7 +397,7 @@ fn png_round_trip_and_nonzero_reading() {
     assert!(matches!(Mask::from_png(dir.join("missing.png")), Err(Error::Io { .. })));
     std::fs::write(dir.join("bad.png"), b"not a png").unwrap();
     assert!(matches!(Mask::from_png(dir.join("bad.png")), Err(Error::ImageDecode { .. })));
-    assert!(Mask::new(0, 3).write_png(dir.join("empty.png")).is_err());
+    assert!(Mask::new(0, 3).unwrap().write_png(dir.join("empty.png")).is_err());
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -442,8 +444,13 @@ fn overlay_draws_masks_points_and_boxes() {
         }
     }
     // Degenerate inputs do not panic.
-    let _ = overlay(&image, &[Mask::new(0, 0)], &[(f32::NAN, 3.0, true), (-50.0, 1e9, false)], &[[f32::INFINITY; 4]]);
-    let _ = overlay(&RgbImage::new(0, 0), &[Mask::new(3, 3)], &[(0.0, 0.0, true)], &[[0.0, 0.0, 5.0, 5.0]]);
+    let _ = overlay(
+        &image,
+        &[Mask::new(0, 0).unwrap()],
+        &[(f32::NAN, 3.0, true), (-50.0, 1e9, false)],
+        &[[f32::INFINITY; 4]],
+    );
+    let _ = overlay(&RgbImage::new(0, 0), &[Mask::new(3, 3).unwrap()], &[(0.0, 0.0, true)], &[[0.0, 0.0, 5.0, 5.0]]);
     // Something to look at: VISTA_OVERLAY_OUT=dir keeps the picture.
     if let Some(dir) = std::env::var_os("VISTA_OVERLAY_OUT") {
         out.save(Path::new(&dir).join("overlay.png")).unwrap();
@@ -451,7 +458,7 @@ fn overlay_draws_masks_points_and_boxes() {
         let image = RgbImage::from_fn(w, h, |x, y| ::image::Rgb([(x / 3) as u8, (y / 2) as u8, 90]));
         let masks: Vec<Mask> = (0..6)
             .map(|i| disk(w, h, 80.0 + 95.0 * f64::from(i), 150.0 + 40.0 * f64::from(i % 3), 70.0))
-            .chain([Mask::from_fn(64, 64, |x, y| x > 10 && y > 40 && x < 50)])
+            .chain([Mask::from_fn(64, 64, |x, y| x > 10 && y > 40 && x < 50).unwrap()])
             .collect();
         let big = overlay(&image, &masks, &[(80.0, 150.0, true), (270.0, 230.0, false)], &[[10.0, 60.0, 160.0, 240.0]]);
         big.save(Path::new(&dir).join("overlay_640.png")).unwrap();

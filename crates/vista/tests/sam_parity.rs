@@ -30,7 +30,7 @@ fn load(case: &str) -> Sam {
             n.ends_with(".pth") || n.ends_with(".pt") || n == "model.safetensors"
         })
         .expect("a checkpoint in the fixture folder");
-    let options = LoadOptions { arch: None, image_size: cfg["image_size"].as_u64().map(|v| v as usize) };
+    let options = LoadOptions { image_size: cfg["image_size"].as_u64().map(|v| v as usize), ..Default::default() };
     let files = loader::resolve(weights.to_str().unwrap()).unwrap();
     let loaded = loader::load(&files, &options).unwrap_or_else(|e| panic!("{case}: {e}"));
     assert!(loaded.report.unused.is_empty(), "{case}: unused tensors {:?}", loaded.report.unused);

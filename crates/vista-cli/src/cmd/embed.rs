@@ -49,7 +49,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         for chunk in texts.chunks(256) {
             let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
             let e = if args.no_normalize {
-                let ids = pipeline.tokenizer.tokenize_batch(&refs, pipeline.model.config().text.context_length);
+                let ids = pipeline.tokenizer.tokenize_batch(&refs, pipeline.model.config().text.context_length)?;
                 pipeline.model.encode_text(&ids)?
             } else {
                 pipeline.embed_texts(&refs)?

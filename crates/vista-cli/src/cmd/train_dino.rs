@@ -150,6 +150,10 @@ pub struct Args {
     /// Largest image accepted, in pixels.
     #[arg(long)]
     pub max_pixels: Option<u64>,
+    /// cpu, cuda or cuda:N: where the networks train (images are decoded and augmented on CPU
+    /// threads either way). A run resumes on any device.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 /// Sets each config field whose flag was given.
@@ -239,6 +243,7 @@ pub fn run_dino(args: Args) -> Result<ExitCode> {
         save_every_steps: args.save_every_steps,
         knn: args.knn()?,
         max_epochs: args.max_epochs,
+        device: vista::device::select(&args.device)?,
     };
     eprintln!(
         "DINO {} ({}x{}, {} heads, patch {}) on {} images, {} epochs of {} steps; output {}",

@@ -259,7 +259,7 @@ fn dino_reference(case: &str, file: &str) -> Result<(DinoVit, PathBuf)> {
     let dir = fixtures_dir().join("dino").join(case);
     let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json"))?)?;
     let heads = m["config"]["num_heads"].as_u64().or(m["config"]["num_attention_heads"].as_u64()).map(|h| h as usize);
-    let options = dino_loader::LoadOptions { arch: None, num_heads: heads, checkpoint_key: None };
+    let options = dino_loader::LoadOptions { num_heads: heads, ..Default::default() };
     let path = dir.join(file);
     Ok((dino_loader::load_model(path.to_str().unwrap(), &options)?.model, path))
 }
@@ -332,7 +332,8 @@ fn sam_reference(case: &str) -> Result<(Sam, PathBuf)> {
             n.ends_with(".pth") || n.ends_with(".pt") || n == "model.safetensors"
         })
         .ok_or_else(|| anyhow!("{case}: no checkpoint"))?;
-    let options = sam_loader::LoadOptions { arch: None, image_size: cfg["image_size"].as_u64().map(|v| v as usize) };
+    let options =
+        sam_loader::LoadOptions { image_size: cfg["image_size"].as_u64().map(|v| v as usize), ..Default::default() };
     let files = sam_loader::resolve(weights.to_str().unwrap())?;
     Ok((sam_loader::load(&files, &options)?.model, weights))
 }

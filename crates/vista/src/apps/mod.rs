@@ -2,6 +2,7 @@
 //! labels and give back plain vectors, scores, pictures and files; tensors stay inside.
 //!
 //! * [`classify`]: CLIP zero-shot classification ([`ZeroShotClassifier`]).
+//! * [`dupes`]: near-duplicate thresholds per model and the nearest-neighbour statistics.
 //! * [`query`]: weighted text / image search queries.
 //! * [`segment`]: SAM on image files with an embedding cache, and the mask exports (PNG, COCO
 //!   RLE, polygons, overlays).
@@ -10,6 +11,7 @@
 
 pub mod attention;
 pub mod classify;
+pub mod dupes;
 pub mod features;
 pub mod query;
 pub mod segment;

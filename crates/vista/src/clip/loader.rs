@@ -3,11 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device};
+use candle_core::Device;
 
 use super::config::ClipConfig;
 use super::model::ClipModel;
 use super::transformer::TowerDims;
+use crate::device::Target;
 use crate::weights::clip::ClipFamily;
 use crate::weights::hub::{self, Source, HF_WEIGHTS};
 use crate::weights::{formats, TensorStore};
@@ -20,6 +21,8 @@ pub struct ClipFiles {
     pub weights: PathBuf,
     /// Where the architecture comes from.
     pub config: ConfigSource,
+    /// The `tokenizer.json` of a transformers-layout checkpoint, when it has one.
+    pub tokenizer: Option<PathBuf>,
 }
 
 /// Where a CLIP model's architecture comes from.
@@ -57,18 +60,20 @@ pub fn resolve(model: &str, arch: Option<&str>) -> Result<ClipFiles> {
             Some(a) => preset(a)?,
             None => sidecar_config(path).unwrap_or(ConfigSource::Infer),
         };
-        return Ok(ClipFiles { weights: path.clone(), config });
+        let tokenizer = path.parent().map(|d| d.join("tokenizer.json")).filter(|t| t.is_file());
+        return Ok(ClipFiles { weights: path.clone(), config, tokenizer });
     }
     // Folders and hub repos: the transformers layout first, then open_clip's.
     if let Some(config) = hub::find_file(&source, &["config.json"])? {
         if is_hf_clip_config(&config) {
             if let Some(weights) = hub::find_file(&source, &HF_WEIGHTS)? {
                 let preprocessor = hub::find_file(&source, &["preprocessor_config.json"])?;
+                let tokenizer = hub::find_file(&source, &["tokenizer.json"])?;
                 let config = match arch {
                     Some(a) => preset(a)?,
                     None => ConfigSource::HuggingFace { config, preprocessor },
                 };
-                return Ok(ClipFiles { weights, config });
+                return Ok(ClipFiles { weights, config, tokenizer });
             }
         }
     }
@@ -78,7 +83,7 @@ pub fn resolve(model: &str, arch: Option<&str>) -> Result<ClipFiles> {
                 Some(a) => preset(a)?,
                 None => ConfigSource::OpenClip(config),
             };
-            return Ok(ClipFiles { weights, config });
+            return Ok(ClipFiles { weights, config, tokenizer: None });
         }
     }
     let mut wanted: Vec<&str> = vec!["config.json"];
@@ -116,9 +121,11 @@ fn sidecar_config(weights: &Path) -> Option<ConfigSource> {
 pub type Loaded = crate::weights::Loaded<ClipModel, ClipFamily>;
 
 /// Loads a model from resolved files onto `device`.
-pub fn load(files: &ClipFiles, device: &Device) -> Result<Loaded> {
-    let tensors = formats::read_tensors(&files.weights, None, device)?;
-    let (store, family) = TensorStore::from_family::<ClipFamily>(&files.weights, tensors, device, DType::F32)?;
+pub fn load(files: &ClipFiles, target: impl Into<Target>) -> Result<Loaded> {
+    let target = target.into();
+    let tensors = formats::read_tensors(&files.weights, None, &Device::Cpu)?;
+    let (store, family) =
+        TensorStore::from_family::<ClipFamily>(&files.weights, tensors, &target.device, target.dtype)?;
     let cfg = match &files.config {
         ConfigSource::HuggingFace { config, preprocessor } => {
             ClipConfig::from_hf_json(config, preprocessor.as_deref())?
@@ -133,8 +140,8 @@ pub fn load(files: &ClipFiles, device: &Device) -> Result<Loaded> {
 }
 
 /// Convenience: [`resolve`] then [`load`].
-pub fn load_model(model: &str, arch: Option<&str>, device: &Device) -> Result<Loaded> {
-    load(&resolve(model, arch)?, device)
+pub fn load_model(model: &str, arch: Option<&str>, target: impl Into<Target>) -> Result<Loaded> {
+    load(&resolve(model, arch)?, target)
 }
 
 /// Reads the architecture off the tensor shapes (open_clip `build_model_from_openai_state_dict`):

@@ -8,9 +8,10 @@ use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
 use crate::clip::loader::{self, Loaded};
-use crate::clip::tokenizer::ClipTokenizer;
+use crate::clip::tokenizer::{ClipTokenizer, HfTokenizer, TextTokenizer};
 use crate::clip::{l2_normalize, ClipConfig, ClipModel};
-use crate::image::{self, ClipPreprocess, CropRounding, DecodeOptions, Filter, RgbImage};
+use crate::device::Target;
+use crate::image::{self, AlphaRule, ClipPreprocess, CropRounding, DecodeOptions, Filter, RgbImage};
 use crate::weights::clip::ClipFamily;
 use crate::weights::LoadReport;
 use crate::{Error, Result};
@@ -19,8 +20,8 @@ use crate::{Error, Result};
 pub struct ClipPipeline {
     /// The model.
     pub model: ClipModel,
-    /// The tokenizer (shared, it is read-only).
-    pub tokenizer: Arc<ClipTokenizer>,
+    /// The tokenizer of the checkpoint's family (cheap to clone, it is read-only).
+    pub tokenizer: TextTokenizer,
     /// How images are resized, cropped and normalised, from the checkpoint's config.
     pub preprocess: ClipPreprocess,
     /// How image files are decoded (pixel limit, EXIF orientation).
@@ -48,14 +49,28 @@ pub fn preprocess_for(cfg: &ClipConfig) -> ClipPreprocess {
         std: cfg.preprocess.std,
         crop: if cfg.preprocess.hf_crop { CropRounding::Floor } else { CropRounding::Torchvision },
         filter: Filter::Bicubic,
+        // transformers' processors composite onto white; open_clip resizes premultiplied.
+        alpha: if cfg.preprocess.hf_crop { AlphaRule::OverWhite } else { AlphaRule::Premultiplied },
     }
+}
+
+/// The tokenizer a checkpoint family's reference uses: transformers' `CLIPTokenizer` for
+/// transformers-layout checkpoints (their `tokenizer.json`, or OpenAI's vocabulary under the
+/// same rules when they have none), open_clip's `SimpleTokenizer` for the others.
+pub fn tokenizer_for(family: ClipFamily, tokenizer_json: Option<&Path>) -> Result<TextTokenizer> {
+    Ok(match (family, tokenizer_json) {
+        (ClipFamily::HuggingFace, Some(path)) => TextTokenizer::Transformers(Arc::new(HfTokenizer::from_file(path)?)),
+        (ClipFamily::HuggingFace, None) => TextTokenizer::Transformers(Arc::new(HfTokenizer::openai()?)),
+        (ClipFamily::OpenClip, _) => TextTokenizer::OpenClip(Arc::new(ClipTokenizer::new()?)),
+    })
 }
 
 impl ClipPipeline {
     /// Loads a model argument (file, folder or hub id; `arch` optionally names a preset).
-    pub fn load(model: &str, arch: Option<&str>, device: &Device) -> Result<Self> {
-        let Loaded { model, family, report } = loader::load_model(model, arch, device)?;
-        let tokenizer = Arc::new(ClipTokenizer::new()?);
+    pub fn load(model: &str, arch: Option<&str>, target: impl Into<Target>) -> Result<Self> {
+        let files = loader::resolve(model, arch)?;
+        let Loaded { model, family, report } = loader::load(&files, target)?;
+        let tokenizer = tokenizer_for(family, files.tokenizer.as_deref())?;
         if model.config().text.vocab_size != tokenizer.vocab_size() {
             return Err(Error::Config {
                 path: report.checkpoint.clone(),
@@ -77,7 +92,7 @@ impl ClipPipeline {
 
     /// Normalised text embeddings `[N, D]`.
     pub fn embed_texts(&self, texts: &[&str]) -> Result<Tensor> {
-        let ids = self.tokenizer.tokenize_batch(texts, self.model.config().text.context_length);
+        let ids = self.tokenizer.tokenize_batch(texts, self.model.config().text.context_length)?;
         l2_normalize(&self.model.encode_text(&ids)?)
     }
 
@@ -103,7 +118,7 @@ impl ClipPipeline {
             // Decode and crop in parallel; only the small crops are kept for the batch.
             let decoded: Vec<Result<RgbImage>> = chunk
                 .par_iter()
-                .map(|p| image::load_rgb(p, &self.decode).map(|im| self.preprocess.resize_crop(&im)))
+                .map(|p| image::load_image(p, &self.decode).map(|im| self.preprocess.prepare(&im)))
                 .collect();
             let ok: Vec<&RgbImage> = decoded.iter().filter_map(|r| r.as_ref().ok()).collect();
             let embedded = if ok.is_empty() { Ok(Vec::new()) } else { self.embed_cropped(&ok) };
@@ -131,7 +146,7 @@ impl ClipPipeline {
 
     /// Embeds one image file.
     pub fn embed_file(&self, path: &Path) -> Result<Vec<f32>> {
-        let img = self.preprocess.resize_crop(&image::load_rgb(path, &self.decode)?);
+        let img = self.preprocess.prepare(&image::load_image(path, &self.decode)?);
         Ok(self.embed_cropped(&[&img])?.remove(0))
     }
 }

@@ -187,11 +187,17 @@ impl LabelledSet {
             return Err(Error::arg("idx", format!("{}: images of {rows}x{cols} pixels", images.display())));
         }
         let n = limit.map_or(count, |l| l.min(count));
-        let mut label_bytes = vec![0u8; n];
-        read_exact(&mut label_reader, &mut label_bytes, labels, n)?;
-        let size = rows * cols;
-        let mut pixels = vec![0u8; n * size];
-        read_exact(&mut image_reader, &mut pixels, images, n * size)?;
+        let label_bytes = read_n(&mut label_reader, n, labels)?;
+        // The header's sizes are the file's word: their product can overflow, and nothing is
+        // allocated for them before the data is there (read_n grows with what it reads).
+        let size = rows.checked_mul(cols);
+        let Some((size, total)) = size.and_then(|s| Some((s, n.checked_mul(s)?))) else {
+            return Err(Error::arg(
+                "idx",
+                format!("{}: {n} images of {rows}x{cols} pixels overflow", images.display()),
+            ));
+        };
+        let pixels = read_n(&mut image_reader, total, images)?;
         let fashion = images.to_string_lossy().to_lowercase().contains("fashion");
         let max_label = label_bytes.iter().copied().max().unwrap_or(0) as usize;
         let classes: Vec<String> = if fashion {
@@ -383,6 +389,17 @@ fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
         }
     }
     Ok(n)
+}
+
+/// Exactly `n` bytes from `r`, the buffer growing with the data read (a header claiming more
+/// than the file holds costs nothing before the truncation error).
+fn read_n(r: &mut impl Read, n: usize, path: &Path) -> Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    r.take(n as u64).read_to_end(&mut buf).map_err(|e| Error::io(path, e))?;
+    if buf.len() < n {
+        return Err(Error::arg("idx", format!("{}: truncated: {} of {n} expected bytes", path.display(), buf.len())));
+    }
+    Ok(buf)
 }
 
 fn read_exact(r: &mut impl Read, buf: &mut [u8], path: &Path, wanted: usize) -> Result<()> {

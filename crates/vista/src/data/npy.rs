@@ -13,7 +13,7 @@ pub fn write_f32_matrix(path: &Path, data: &[f32], rows: usize, cols: usize) -> 
 
 /// Writes a C-order float32 array of any shape.
 pub fn write_f32(path: &Path, data: &[f32], shape: &[usize]) -> Result<()> {
-    if data.len() != shape.iter().product::<usize>() {
+    if Some(data.len()) != shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)) {
         return Err(Error::arg("data", format!("{} values for shape {shape:?}", data.len())));
     }
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
@@ -68,9 +68,10 @@ pub fn read_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
         .filter(|s| !s.is_empty())
         .map(|s| s.parse::<usize>().map_err(|_| bad("bad shape")))
         .collect::<Result<_>>()?;
-    let n: usize = shape.iter().product();
+    // A hostile header can name a shape whose size overflows.
+    let n = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).and_then(|n| n.checked_mul(4));
     let data = &bytes[start + hlen..];
-    if data.len() != n * 4 {
+    if n != Some(data.len()) {
         return Err(bad(&format!("{} data bytes for shape {shape:?}", data.len())));
     }
     let values = data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();

@@ -3,10 +3,11 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device};
+use candle_core::Device;
 
 use super::config::{DinoConfig, PosInterpolation};
 use super::vit::DinoVit;
+use crate::device::Target;
 use crate::weights::dino::DinoFamily;
 use crate::weights::hub::{self, CheckpointFiles};
 use crate::weights::{formats, TensorStore};
@@ -26,6 +27,8 @@ pub struct LoadOptions {
     /// Which network of a DINO training checkpoint (`teacher`, the one DINO evaluates, or
     /// `student`).
     pub checkpoint_key: Option<String>,
+    /// Where the model runs and in what precision (default: f32 on the CPU).
+    pub target: Target,
 }
 
 /// Finds the checkpoint (and a transformers `config.json` beside it) for a model argument (file,
@@ -54,7 +57,8 @@ fn read(path: &Path, key: Option<&str>) -> Result<std::collections::HashMap<Stri
 /// or the tensor shapes, refined by the `config.json` and `options.num_heads`.
 pub fn load(files: &DinoFiles, options: &LoadOptions) -> Result<Loaded> {
     let tensors = read(&files.weights, options.checkpoint_key.as_deref())?;
-    let (store, family) = TensorStore::from_family::<DinoFamily>(&files.weights, tensors, &Device::Cpu, DType::F32)?;
+    let (target, path) = (&options.target, &files.weights);
+    let (store, family) = TensorStore::from_family::<DinoFamily>(path, tensors, &target.device, target.dtype)?;
     let mut config = match &options.arch {
         Some(a) => DinoConfig::preset(a).ok_or_else(|| {
             Error::arg("arch", format!("unknown DINO architecture `{a}`; known: {}", DinoConfig::PRESETS.join(", ")))

@@ -69,9 +69,18 @@ pub struct DinoPipeline {
 }
 
 impl DinoPipeline {
-    /// Loads a model argument (file, folder or hub id) with DINO's evaluation preprocessing.
+    /// Loads a model argument (file, folder or hub id) with its family's evaluation
+    /// preprocessing: a transformers-layout checkpoint's `preprocessor_config.json` (as
+    /// `AutoImageProcessor` reads it), DINO's own evaluation transform for the others.
     pub fn load(model: &str, options: &LoadOptions) -> Result<Self> {
-        Ok(Self::new(loader::load_model(model, options)?))
+        let files = loader::resolve(model)?;
+        let loaded = loader::load(&files, options)?;
+        let preprocess = match (loaded.family, &files.preprocessor) {
+            (DinoFamily::HuggingFace, Some(path)) => DinoPreprocess::from_hf_processor(path)?,
+            (DinoFamily::HuggingFace, None) => DinoPreprocess::hugging_face(),
+            (DinoFamily::Official, _) => DinoPreprocess::eval(),
+        };
+        Ok(Self { preprocess, ..Self::new(loaded) })
     }
 
     /// Wraps a loaded backbone, with DINO's evaluation preprocessing.
@@ -90,6 +99,12 @@ impl DinoPipeline {
         self.preprocess.prepare(img, self.patch_size())
     }
 
+    /// [`prepare`](Self::prepare) of a decoded image, its transparency treated as the
+    /// checkpoint family's reference does ([`DinoPreprocess::alpha`]).
+    pub fn prepare_decoded(&self, img: &image::Decoded) -> Result<RgbImage> {
+        self.prepare(&self.preprocess.flatten(img))
+    }
+
     /// Features of images already [`prepare`](Self::prepare)d, all of one size, in one forward
     /// pass; patch tokens only when `patches`.
     pub fn features_of_prepared(&self, imgs: &[&RgbImage], patches: bool) -> Result<Vec<DinoFeatures>> {
@@ -101,7 +116,7 @@ impl DinoPipeline {
         let out = self.model.forward(&pixels, false, false)?;
         let (b, n, c) = out.tokens.dims3()?;
         let r = out.registers;
-        let all: Vec<f32> = out.tokens.flatten_all()?.to_vec1()?;
+        let all: Vec<f32> = out.tokens.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
         Ok((0..b)
             .map(|i| {
                 let t = &all[i * n * c..(i + 1) * n * c];
@@ -124,7 +139,8 @@ impl DinoPipeline {
 
     /// Features of one image file.
     pub fn features_file(&self, path: &Path, patches: bool) -> Result<DinoFeatures> {
-        self.features(&image::load_rgb(path, &self.decode)?, patches)
+        let p = self.prepare_decoded(&image::load_image(path, &self.decode)?)?;
+        Ok(self.features_of_prepared(&[&p], patches)?.remove(0))
     }
 
     /// Features of many images, `batch` per chunk: each chunk is decoded and resized in parallel
@@ -144,7 +160,7 @@ impl DinoPipeline {
         let mut out = Vec::with_capacity(sources.len());
         for chunk in sources.chunks(batch) {
             let prepared: Vec<Result<RgbImage>> =
-                chunk.par_iter().map(|s| s.load_image(&self.decode).and_then(|im| self.prepare(&im))).collect();
+                chunk.par_iter().map(|s| s.load_image(&self.decode).and_then(|im| self.prepare_decoded(&im))).collect();
             let mut groups: Vec<((u32, u32), Vec<usize>)> = Vec::new();
             for (i, img) in prepared.iter().enumerate().filter_map(|(i, p)| Some((i, p.as_ref().ok()?))) {
                 let d = img.dimensions();
@@ -207,18 +223,25 @@ impl DinoPipeline {
         if start + h * w != n {
             return Err(Error::arg("attention", format!("{n} tokens for 1 + {} registers + {h}x{w}", out.registers)));
         }
-        let maps: Vec<f32> = attn.narrow(2, 0, 1)?.narrow(3, start, h * w)?.flatten_all()?.to_vec1()?;
+        let maps = attn.narrow(2, 0, 1)?.narrow(3, start, h * w)?;
+        let maps: Vec<f32> = maps.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
         Ok(AttentionMaps { image: prepared, heads, grid: (h, w), patch_size: self.patch_size(), maps })
     }
 
     /// [`attention_maps`](Self::attention_maps) of an image file.
     pub fn attention_maps_file(&self, path: &Path) -> Result<AttentionMaps> {
-        self.attention_maps(&image::load_rgb(path, &self.decode)?)
+        self.attention_maps(&self.preprocess.flatten(&image::load_image(path, &self.decode)?))
     }
 
     /// The cache key of the model ([`checkpoint_key`]: its checkpoint and architecture).
     pub fn model_key(&self) -> String {
-        checkpoint_key(&self.report.checkpoint, &serde_json::to_string(&self.model.config).unwrap_or_default())
+        // f32 keeps the keys of caches written before models had a dtype.
+        let dtype = match self.model.dtype() {
+            candle_core::DType::F32 => String::new(),
+            other => format!(" {other:?}"),
+        };
+        let arch = serde_json::to_string(&self.model.config).unwrap_or_default() + &dtype;
+        checkpoint_key(&self.report.checkpoint, &arch)
     }
 }
 

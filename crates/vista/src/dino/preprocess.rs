@@ -15,14 +15,27 @@
 //!   resampled. [`DEFAULT_MAX_SIDE`] (448) is a multiple of 8, 14 and 16, so every released
 //!   patch size gets its longest side at exactly 448 pixels.
 //!
+//! * [`Mode::Fixed`]: resize to exactly `width` × `height`, no crop (transformers'
+//!   `ViTImageProcessor`, the processor of the DINO v1 checkpoints on the hub).
+//!
+//! Each checkpoint family follows its own reference ([`DinoPreprocess::from_hf_processor`]):
+//! official `.pth` releases DINO's torchvision transform (torchvision's crop rounding, alpha
+//! dropped as the `ImageFolder` loader's `convert("RGB")` does); transformers-layout checkpoints
+//! their `preprocessor_config.json` as `AutoImageProcessor` reads it (size, crop, filter,
+//! statistics; the floor centre crop of `transformers.image_transforms.center_crop`;
+//! transparency composited onto white by `convert_to_rgb`).
+//!
 //! Pixels go to the model channels-last (`[B, H, W, 3]`) normalised as torchvision's
 //! `ToTensor` + `Normalize` in f32.
 
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
+use std::path::Path;
+
 use crate::image::{
-    longest_side_size, resize_exact, ClipPreprocess, CropRounding, Filter, RgbImage, IMAGENET_MEAN, IMAGENET_STD,
+    flatten_alpha, longest_side_size, resize_exact, AlphaRule, ClipPreprocess, CropRounding, Decoded, Filter, RgbImage,
+    IMAGENET_MEAN, IMAGENET_STD,
 };
 use crate::{Error, Result};
 
@@ -46,6 +59,13 @@ pub enum Mode {
         /// Longest side after resizing (`None`: the image's own size).
         max_side: Option<u32>,
     },
+    /// Resized to exactly `width` × `height` (the aspect ratio not kept), nothing cropped.
+    Fixed {
+        /// Output width.
+        width: u32,
+        /// Output height.
+        height: u32,
+    },
 }
 
 /// DINO preprocessing: a [`Mode`], then `(v / 255 - mean) / std`.
@@ -59,6 +79,10 @@ pub struct DinoPreprocess {
     pub std: [f32; 3],
     /// Resampling filter of the resize (DINO: bicubic).
     pub filter: Filter,
+    /// How [`Mode::Eval`]'s centre crop rounds an odd margin.
+    pub crop: CropRounding,
+    /// What happens to transparent pixels ([`flatten`](Self::flatten)).
+    pub alpha: AlphaRule,
 }
 
 impl Default for DinoPreprocess {
@@ -80,7 +104,97 @@ impl DinoPreprocess {
             mean: IMAGENET_MEAN,
             std: IMAGENET_STD,
             filter: Filter::Bicubic,
+            crop: CropRounding::Torchvision,
+            alpha: AlphaRule::Drop,
         }
+    }
+
+    /// transformers' `BitImageProcessor` as the DINOv2 checkpoints configure it (shortest edge
+    /// 256, bicubic, 224 crop with floor rounding, ImageNet statistics, transparency onto
+    /// white): for a transformers-layout checkpoint without a `preprocessor_config.json`.
+    pub fn hugging_face() -> Self {
+        Self { crop: CropRounding::Floor, alpha: AlphaRule::OverWhite, ..Self::eval() }
+    }
+
+    /// A transformers `preprocessor_config.json` (`BitImageProcessor` with `size.shortest_edge`
+    /// and `crop_size`, `ViTImageProcessor` with `size.height` / `size.width` or an int):
+    /// sizes, `resample` (2 bilinear, 3 bicubic), `image_mean` / `image_std`. Settings vista
+    /// cannot follow (another filter, no resize, a crop after a fixed resize, another rescale
+    /// factor) are an error naming the file rather than a silent difference.
+    pub fn from_hf_processor(path: &Path) -> Result<Self> {
+        let v = crate::weights::hub::read_json_config(path)?;
+        let bad = |message: String| Error::Config { path: path.to_path_buf(), message };
+        let flag = |key: &str, default: bool| v.get(key).and_then(|b| b.as_bool()).unwrap_or(default);
+        let dim = |x: &serde_json::Value, key: &str| -> Option<u32> { x.get(key)?.as_u64().map(|n| n as u32) };
+        let triple = |key: &str, default: [f32; 3]| -> Result<[f32; 3]> {
+            match v.get(key) {
+                None | Some(serde_json::Value::Null) => Ok(default),
+                Some(x) => {
+                    let a: Vec<f32> = x
+                        .as_array()
+                        .map(|a| a.iter().filter_map(|n| n.as_f64()).map(|n| n as f32).collect())
+                        .unwrap_or_default();
+                    <[f32; 3]>::try_from(a).map_err(|_| bad(format!("`{key}` is not three numbers: {x}")))
+                }
+            }
+        };
+        let filter = match v.get("resample").and_then(|r| r.as_u64()).unwrap_or(3) {
+            2 => Filter::Bilinear,
+            3 => Filter::Bicubic,
+            r => {
+                return Err(bad(format!(
+                    "resample = {r} (PIL filter) is not supported; vista has bilinear (2) and bicubic (3)"
+                )))
+            }
+        };
+        if let Some(f) = v.get("rescale_factor").and_then(|f| f.as_f64()) {
+            if flag("do_rescale", true) && (f - 1.0 / 255.0).abs() > 1e-12 {
+                return Err(bad(format!("rescale_factor = {f}; vista scales by 1/255")));
+            }
+        }
+        if !flag("do_resize", true) {
+            return Err(bad("do_resize = false (images of any size straight to the model) is not supported".into()));
+        }
+        let size = v.get("size").cloned().unwrap_or(serde_json::Value::Null);
+        let crop = v.get("crop_size").cloned().unwrap_or(serde_json::Value::Null);
+        let crop_side =
+            dim(&crop, "height").zip(dim(&crop, "width")).or_else(|| crop.as_u64().map(|c| (c as u32, c as u32)));
+        let do_crop = flag("do_center_crop", false);
+        let mode = if let Some(short) = dim(&size, "shortest_edge") {
+            match (do_crop, crop_side) {
+                (true, Some((h, w))) if h == w => Mode::Eval { resize_shortest: short, crop: h },
+                (true, other) => return Err(bad(format!("crop_size {other:?} is not a square crop"))),
+                (false, _) => return Err(bad("a shortest-edge resize without a centre crop is not supported".into())),
+            }
+        } else {
+            let (height, width) = match (dim(&size, "height"), dim(&size, "width"), size.as_u64()) {
+                (Some(h), Some(w), _) => (h, w),
+                (_, _, Some(s)) => (s as u32, s as u32),
+                _ => {
+                    return Err(bad(format!(
+                        "size {size} is neither {{shortest_edge}}, {{height, width}} nor a number"
+                    )))
+                }
+            };
+            if do_crop && crop_side.is_some_and(|c| c != (height, width)) {
+                return Err(bad(format!("a {crop_side:?} crop after a {height}x{width} resize is not supported")));
+            }
+            Mode::Fixed { width, height }
+        };
+        let (mean, std) = if flag("do_normalize", true) {
+            (triple("image_mean", IMAGENET_MEAN)?, triple("image_std", IMAGENET_STD)?)
+        } else {
+            ([0.0; 3], [1.0; 3])
+        };
+        let p = Self { mode, mean, std, filter, crop: CropRounding::Floor, alpha: AlphaRule::OverWhite };
+        p.validate().map_err(|e| bad(e.to_string()))?;
+        Ok(p)
+    }
+
+    /// The RGB image `img` is to this preprocessing, transparency treated by
+    /// [`alpha`](Self::alpha).
+    pub fn flatten(&self, img: &Decoded) -> RgbImage {
+        flatten_alpha(img, self.alpha)
     }
 
     /// The whole image, longest side at `max_side` (see [`Mode::Whole`]).
@@ -96,10 +210,11 @@ impl DinoPreprocess {
                 resize_shortest,
                 mean: self.mean,
                 std: self.std,
-                crop: CropRounding::Torchvision,
+                crop: self.crop,
                 filter: self.filter,
+                alpha: self.alpha,
             }),
-            Mode::Whole { .. } => None,
+            Mode::Whole { .. } | Mode::Fixed { .. } => None,
         }
     }
 
@@ -107,9 +222,12 @@ impl DinoPreprocess {
     pub fn validate(&self) -> Result<()> {
         match self.mode {
             Mode::Eval { .. } => self.clip_preprocess().expect("eval").validate(),
-            Mode::Whole { max_side } => {
-                if max_side == Some(0) {
-                    return Err(Error::arg("max_side", "must be positive"));
+            Mode::Whole { .. } | Mode::Fixed { .. } => {
+                if matches!(
+                    self.mode,
+                    Mode::Whole { max_side: Some(0) } | Mode::Fixed { width: 0, .. } | Mode::Fixed { height: 0, .. }
+                ) {
+                    return Err(Error::arg("size", format!("{:?}: sizes must be positive", self.mode)));
                 }
                 if self.std.iter().any(|s| !s.is_finite() || *s == 0.0) || self.mean.iter().any(|m| !m.is_finite()) {
                     return Err(Error::arg(
@@ -128,6 +246,7 @@ impl DinoPreprocess {
     pub fn input_size(&self, width: u32, height: u32, patch: usize) -> (u32, u32) {
         match self.mode {
             Mode::Eval { crop, .. } => (crop, crop),
+            Mode::Fixed { width, height } => (width, height),
             Mode::Whole { max_side } => {
                 let (w, h) = match max_side {
                     Some(m) => longest_side_size(width, height, m),
@@ -148,7 +267,7 @@ impl DinoPreprocess {
         }
         match self.mode {
             Mode::Eval { .. } => Ok(self.clip_preprocess().expect("eval").resize_crop(img)),
-            Mode::Whole { .. } => {
+            Mode::Whole { .. } | Mode::Fixed { .. } => {
                 let (tw, th) = self.input_size(w, h, patch);
                 if (tw, th) == (w, h) {
                     Ok(img.clone())
@@ -204,8 +323,17 @@ impl DinoPreprocess {
         let mode = match self.mode {
             Mode::Eval { resize_shortest, crop } => format!("eval:{resize_shortest}:{crop}"),
             Mode::Whole { max_side } => format!("whole:{}", max_side.map_or("native".to_string(), |m| m.to_string())),
+            Mode::Fixed { width, height } => format!("fixed:{width}x{height}"),
         };
-        format!("{mode} mean={:?} std={:?} filter={:?}", self.mean, self.std, self.filter)
+        let mut d = format!("{mode} mean={:?} std={:?} filter={:?}", self.mean, self.std, self.filter);
+        // Appended only when not DINO's defaults, so that existing cache keys stay valid.
+        if self.crop != CropRounding::Torchvision {
+            d.push_str(&format!(" crop={:?}", self.crop));
+        }
+        if self.alpha != AlphaRule::Drop {
+            d.push_str(&format!(" alpha={:?}", self.alpha));
+        }
+        d
     }
 }
 

@@ -1,11 +1,12 @@
-//! Decoding files and byte buffers into 8-bit RGB, with a decompression-bomb guard.
+//! Decoding files and byte buffers into 8-bit RGB (or RGBA, keeping transparency), with a
+//! decompression-bomb guard.
 
 use std::io::Cursor;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
 use ::image::error::{ImageFormatHint, UnsupportedErrorKind};
-use ::image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits, RgbImage};
+use ::image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits, RgbImage, RgbaImage};
 
 use crate::{Error, Result};
 
@@ -26,6 +27,44 @@ const DECODER_SCRATCH_BYTES: u64 = 64 << 20;
 /// Largest bytes per pixel among the decoders' output types we may see (16-bit RGBA;
 /// 32-bit float TIFFs are the exception and, near the pixel limit, hit the allocation limit).
 const MAX_DECODED_BYTES_PER_PIXEL: u64 = 8;
+
+/// A decoded image: 8-bit RGB, or RGBA when the file has transparency.
+///
+/// What a reference pipeline does with the transparency depends on the checkpoint family
+/// ([`crate::image::AlphaRule`]); [`Decoded::into_rgb`] is Pillow's `convert("RGB")` (alpha dropped).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decoded {
+    /// No transparency.
+    Rgb(RgbImage),
+    /// With transparency.
+    Rgba {
+        /// The pixels (greyscale replicated; a palette or colour key expanded to alpha).
+        image: RgbaImage,
+        /// Whether the file stores an alpha channel (RGBA or grey + alpha; Pillow's `RGBA` / `LA`
+        /// modes) rather than a palette or colour-key transparency (Pillow's `P` / `RGB` / `L`
+        /// with `info["transparency"]`): Pillow premultiplies alpha when it resizes the former
+        /// only.
+        alpha_channel: bool,
+    },
+}
+
+impl Decoded {
+    /// `(width, height)`.
+    pub fn dimensions(&self) -> (u32, u32) {
+        match self {
+            Decoded::Rgb(im) => im.dimensions(),
+            Decoded::Rgba { image, .. } => image.dimensions(),
+        }
+    }
+
+    /// Pillow's `convert("RGB")`: the colour under each pixel, alpha dropped (not composited).
+    pub fn into_rgb(self) -> RgbImage {
+        match self {
+            Decoded::Rgb(im) => im,
+            Decoded::Rgba { image, .. } => DynamicImage::ImageRgba8(image).into_rgb8(),
+        }
+    }
+}
 
 /// Options for [`load_rgb`] and [`decode_rgb`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +112,18 @@ impl DecodeOptions {
 /// [`Error::ImageDecode`] for anything else (unknown format, truncated or corrupt data); all
 /// name the file.
 pub fn load_rgb(path: impl AsRef<Path>, options: &DecodeOptions) -> Result<RgbImage> {
+    load_image(path, options).map(Decoded::into_rgb)
+}
+
+/// Decodes an image held in memory; `name_for_errors` (a path, URL or any label) is what
+/// the errors name. Same formats and conversions as [`load_rgb`].
+pub fn decode_rgb(bytes: &[u8], name_for_errors: impl AsRef<Path>, options: &DecodeOptions) -> Result<RgbImage> {
+    decode_image(bytes, name_for_errors, options).map(Decoded::into_rgb)
+}
+
+/// [`load_rgb`], keeping transparency: RGBA when the file has an alpha channel, a transparent
+/// palette entry or a colour key.
+pub fn load_image(path: impl AsRef<Path>, options: &DecodeOptions) -> Result<Decoded> {
     let path = path.as_ref();
     // Whole file in memory: it is the compressed size (the pixel limit bounds the rest), and
     // the JPEG completeness check below wants the end of the data.
@@ -80,9 +131,8 @@ pub fn load_rgb(path: impl AsRef<Path>, options: &DecodeOptions) -> Result<RgbIm
     decode_from(&bytes, path, options)
 }
 
-/// Decodes an image held in memory; `name_for_errors` (a path, URL or any label) is what
-/// the errors name. Same formats and conversions as [`load_rgb`].
-pub fn decode_rgb(bytes: &[u8], name_for_errors: impl AsRef<Path>, options: &DecodeOptions) -> Result<RgbImage> {
+/// [`decode_rgb`], keeping transparency as [`load_image`] does.
+pub fn decode_image(bytes: &[u8], name_for_errors: impl AsRef<Path>, options: &DecodeOptions) -> Result<Decoded> {
     decode_from(bytes, name_for_errors.as_ref(), options)
 }
 
@@ -104,7 +154,7 @@ fn image_error(path: &Path, e: ImageError) -> Error {
     decode_error(path, message)
 }
 
-fn decode_from(bytes: &[u8], path: &Path, options: &DecodeOptions) -> Result<RgbImage> {
+fn decode_from(bytes: &[u8], path: &Path, options: &DecodeOptions) -> Result<Decoded> {
     // The decoders are not supposed to panic on bad input; if one does anyway, the caller
     // still gets an ImageDecode error naming the file rather than an unwinding batch.
     match catch_unwind(AssertUnwindSafe(|| decode_inner(bytes, path, options))) {
@@ -120,7 +170,7 @@ fn decode_from(bytes: &[u8], path: &Path, options: &DecodeOptions) -> Result<Rgb
     }
 }
 
-fn decode_inner(bytes: &[u8], path: &Path, options: &DecodeOptions) -> Result<RgbImage> {
+fn decode_inner(bytes: &[u8], path: &Path, options: &DecodeOptions) -> Result<Decoded> {
     let mut reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| Error::io(path, e))?;
     let reader_format = reader.format();
     let mut limits = options.limits();
@@ -156,14 +206,25 @@ fn decode_inner(bytes: &[u8], path: &Path, options: &DecodeOptions) -> Result<Rg
     if let Some(orientation) = orientation {
         image.apply_orientation(orientation);
     }
-    Ok(to_rgb8(image))
-}
-
-/// Pillow's `convert("RGB")` semantics: greyscale replicated, alpha dropped (no compositing),
-/// deeper samples scaled to 8 bits with rounding (`round(v / 257)` for 16-bit).
-fn to_rgb8(image: DynamicImage) -> RgbImage {
-    // into_rgb8 moves an RGB8 buffer without a copy and converts the rest.
-    image.into_rgb8()
+    if !image.color().has_alpha() {
+        // into_rgb8 moves an RGB8 buffer without a copy and converts the rest: greyscale
+        // replicated, deeper samples scaled to 8 bits with rounding (`round(v / 257)`).
+        return Ok(Decoded::Rgb(image.into_rgb8()));
+    }
+    let image = image.into_rgba8();
+    if image.pixels().all(|p| p[3] == u8::MAX) {
+        // Opaque everywhere (a GIF frame, an RGBA PNG without transparency): every family's
+        // rule leaves the colours as they are.
+        return Ok(Decoded::Rgb(DynamicImage::ImageRgba8(image).into_rgb8()));
+    }
+    let alpha_channel = match reader_format {
+        // The decoder expands palettes and colour keys (tRNS) to alpha; Pillow keeps them as
+        // P / RGB / L images with info["transparency"]. IHDR's colour type tells them apart.
+        Some(ImageFormat::Png) => matches!(bytes.get(25), Some(4 | 6)),
+        Some(ImageFormat::Gif) => false,
+        _ => true,
+    };
+    Ok(Decoded::Rgba { image, alpha_channel })
 }
 
 /// Whether a JPEG stream has its end-of-image marker after the first scan: walks the marker

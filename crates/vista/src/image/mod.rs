@@ -8,7 +8,10 @@
 //!
 //! * greyscale is replicated to three channels;
 //! * alpha is **dropped, not composited** (Pillow's `convert("RGB")` on RGBA / LA / transparent
-//!   palettes keeps the colour under a transparent pixel too);
+//!   palettes keeps the colour under a transparent pixel too). [`load_image`] keeps it instead
+//!   ([`Decoded`]), for the preprocessing to treat as the checkpoint family's reference does
+//!   ([`AlphaRule`]: transformers composites onto white before resizing, open_clip resizes
+//!   with premultiplied alpha and then drops it);
 //! * 16-bit samples are scaled to 8 bits with rounding, `round(v / 257)`. Pillow differs here:
 //!   16-bit RGB PNGs keep the high byte (`v >> 8`, so ±1 against us), and 16-bit greyscale
 //!   (`I;16`) is *clipped* to 255 by `convert("RGB")`, which turns most of the image white —
@@ -73,7 +76,11 @@ mod decode;
 mod preprocess;
 pub mod resize;
 
+pub use ::image::RgbaImage;
 pub use ::image::{Rgb, RgbImage};
-pub use decode::{decode_rgb, load_rgb, DecodeOptions, DEFAULT_MAX_PIXELS};
-pub use preprocess::{ClipPreprocess, CropRounding, IMAGENET_MEAN, IMAGENET_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD};
+pub use decode::{decode_image, decode_rgb, load_image, load_rgb, DecodeOptions, Decoded, DEFAULT_MAX_PIXELS};
+pub use preprocess::{
+    flatten_alpha, AlphaRule, ClipPreprocess, CropRounding, IMAGENET_MEAN, IMAGENET_STD, OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+};
 pub use resize::{longest_side_size, resize_exact, resize_region, shortest_side_size, Filter, Region};

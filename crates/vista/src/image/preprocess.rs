@@ -1,9 +1,10 @@
 //! CLIP-style preprocessing: resize the shortest side, centre-crop, scale to [0, 1], normalise.
 
-use ::image::RgbImage;
+use ::image::{RgbImage, RgbaImage};
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
+use super::decode::Decoded;
 use super::resize::{resize_region_raw, shortest_side_size, Filter, Region};
 use crate::{Error, Result};
 
@@ -53,6 +54,25 @@ impl CropRounding {
     }
 }
 
+/// What a checkpoint family's reference pipeline does with transparent pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AlphaRule {
+    /// open_clip / OpenAI `clip`: torchvision's `Resize` on the RGBA image, where Pillow
+    /// resamples with premultiplied alpha (`RGBA` → `RGBa` → resize → `RGBA`), then the
+    /// centre crop and `convert("RGB")`, which drops alpha: fully transparent pixels come out
+    /// black, edges take the colour of their opaque neighbours. An image the resize leaves at
+    /// its size is not premultiplied (Pillow returns a copy); nor is one whose transparency is
+    /// a palette entry or colour key (Pillow resizes `P` / `RGB` images as they are).
+    #[default]
+    Premultiplied,
+    /// transformers' image processors (`convert_to_rgb`): composited onto opaque white with
+    /// `PIL.Image.alpha_composite` before anything else.
+    OverWhite,
+    /// `convert("RGB")` at load, as DINO's and DINOv2's `ImageFolder` loaders do: the colour
+    /// under each pixel, alpha ignored.
+    Drop,
+}
+
 /// CLIP image preprocessing, matching torchvision's
 /// `Resize(resize_shortest, BICUBIC) → CenterCrop(size) → ToTensor → Normalize(mean, std)`
 /// on a PIL image (open_clip / OpenAI), or Hugging Face's `CLIPImageProcessor` with
@@ -71,6 +91,8 @@ pub struct ClipPreprocess {
     pub crop: CropRounding,
     /// Pillow filter of the resize (CLIP: bicubic).
     pub filter: Filter,
+    /// What happens to transparent pixels ([`prepare`](Self::prepare)).
+    pub alpha: AlphaRule,
 }
 
 impl ClipPreprocess {
@@ -84,12 +106,14 @@ impl ClipPreprocess {
             std: OPENAI_CLIP_STD,
             crop: CropRounding::Torchvision,
             filter: Filter::Bicubic,
+            alpha: AlphaRule::Premultiplied,
         }
     }
 
-    /// Hugging Face `CLIPImageProcessor` defaults at `size` (floor centre crop).
+    /// Hugging Face `CLIPImageProcessor` defaults at `size` (floor centre crop, transparency
+    /// composited onto white).
     pub fn hugging_face(size: u32) -> Self {
-        Self { crop: CropRounding::Floor, ..Self::openai(size) }
+        Self { crop: CropRounding::Floor, alpha: AlphaRule::OverWhite, ..Self::openai(size) }
     }
 
     /// Checks the sizes and that `std` is finite and non-zero.
@@ -124,9 +148,37 @@ impl ClipPreprocess {
     /// `PILToTensor` of the crop, in HWC order). Only the cropped pixels are computed. An empty
     /// image gives an all-zero crop (everything is padding).
     pub fn resize_crop(&self, img: &RgbImage) -> RgbImage {
-        let s = self.size;
         let (w, h) = img.dimensions();
-        let canvas = || RgbImage::new(s, s);
+        let pixels = self.resize_crop_raw(img.as_raw(), 3, w, h);
+        RgbImage::from_raw(self.size, self.size, pixels).expect("buffer size matches")
+    }
+
+    /// [`resize_crop`](Self::resize_crop) of a decoded image, its transparency treated by
+    /// [`alpha`](Self::alpha) as the checkpoint family's reference treats it.
+    pub fn prepare(&self, img: &Decoded) -> RgbImage {
+        let (image, alpha_channel) = match img {
+            Decoded::Rgb(rgb) => return self.resize_crop(rgb),
+            Decoded::Rgba { image, alpha_channel } => (image, *alpha_channel),
+        };
+        let (w, h) = image.dimensions();
+        match self.alpha {
+            AlphaRule::OverWhite => self.resize_crop(&over_white(image)),
+            AlphaRule::Premultiplied if alpha_channel && self.resized_size(w, h) != (w, h) => {
+                let mut raw = image.as_raw().clone();
+                raw.chunks_exact_mut(4).for_each(premultiply);
+                let resized = self.resize_crop_raw(&raw, 4, w, h);
+                let rgb = resized.chunks_exact(4).flat_map(unpremultiply_rgb).collect();
+                RgbImage::from_raw(self.size, self.size, rgb).expect("buffer size matches")
+            }
+            AlphaRule::Premultiplied | AlphaRule::Drop => self.resize_crop(&drop_alpha(image)),
+        }
+    }
+
+    /// Resize + centre crop of packed `channels`-channel pixels: `size` × `size` × `channels`
+    /// values, zero where the crop pads.
+    fn resize_crop_raw(&self, raw: &[u8], channels: usize, w: u32, h: u32) -> Vec<u8> {
+        let s = self.size;
+        let canvas = || vec![0u8; s as usize * s as usize * channels];
         if w == 0 || h == 0 || s == 0 || self.resize_shortest == 0 {
             return canvas();
         }
@@ -141,19 +193,18 @@ impl ClipPreprocess {
             return canvas();
         }
         let region = Region { x: x0 as u32, y: y0 as u32, width: (x1 - x0) as u32, height: (y1 - y0) as u32 };
-        let pixels = resize_region_raw(img.as_raw(), w, h, rw, rh, region, self.filter);
+        let pixels = resize_region_raw(raw, channels, w, h, rw, rh, region, self.filter);
         if region.width == s && region.height == s {
-            return RgbImage::from_raw(s, s, pixels).expect("buffer size matches");
+            return pixels;
         }
         // Padding: paste the visible part at its place in a black canvas.
         let mut out = canvas();
         let (dx, dy) = ((x0 - left) as usize, (y0 - top) as usize);
-        let row_in = region.width as usize * 3;
-        let row_out = s as usize * 3;
-        let buf: &mut [u8] = &mut out;
+        let row_in = region.width as usize * channels;
+        let row_out = s as usize * channels;
         for (r, src_row) in pixels.chunks_exact(row_in).enumerate() {
-            let start = (dy + r) * row_out + dx * 3;
-            buf[start..start + row_in].copy_from_slice(src_row);
+            let start = (dy + r) * row_out + dx * channels;
+            out[start..start + row_in].copy_from_slice(src_row);
         }
         out
     }
@@ -209,6 +260,72 @@ impl ClipPreprocess {
         let tensor = Tensor::from_vec(data, (imgs.len(), 3, s, s), &Device::Cpu)?;
         Ok(tensor.to_device(device)?)
     }
+}
+
+/// The RGB image `img` is before any resizing under `rule`: composited onto white
+/// ([`AlphaRule::OverWhite`]) or with alpha dropped (the others; [`AlphaRule::Premultiplied`]
+/// only differs inside a resize, see [`ClipPreprocess::prepare`]).
+pub fn flatten_alpha(img: &Decoded, rule: AlphaRule) -> RgbImage {
+    match (img, rule) {
+        (Decoded::Rgb(rgb), _) => rgb.clone(),
+        (Decoded::Rgba { image, .. }, AlphaRule::OverWhite) => over_white(image),
+        (Decoded::Rgba { image, .. }, _) => drop_alpha(image),
+    }
+}
+
+/// Pillow's `(a * b + 128) / 255` in integers (`MULDIV255`).
+fn muldiv255(a: u32, b: u32) -> u8 {
+    let t = a * b + 128;
+    (((t >> 8) + t) >> 8) as u8
+}
+
+/// Pillow's `RGBA` → `RGBa` conversion (`rgbA2rgba`): colour times alpha / 255, rounded.
+fn premultiply(px: &mut [u8]) {
+    let a = u32::from(px[3]);
+    for c in &mut px[..3] {
+        *c = muldiv255(u32::from(*c), a);
+    }
+}
+
+/// Pillow's `RGBa` → `RGBA` conversion (`rgba2rgbA`), alpha then dropped: colour × 255 / alpha,
+/// truncated and clipped; kept as is where alpha is 0 or 255.
+fn unpremultiply_rgb(px: &[u8]) -> [u8; 3] {
+    let a = u32::from(px[3]);
+    let un = |c: u8| if a == 0 || a == 255 { c } else { (255 * u32::from(c) / a).min(255) as u8 };
+    [un(px[0]), un(px[1]), un(px[2])]
+}
+
+/// `convert("RGB")`: alpha dropped.
+fn drop_alpha(img: &RgbaImage) -> RgbImage {
+    let raw = img.as_raw().chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
+    RgbImage::from_raw(img.width(), img.height(), raw).expect("buffer size matches")
+}
+
+/// `Image.alpha_composite(white, img).convert("RGB")` as Pillow computes it (`AlphaComposite.c`,
+/// 7 extra bits of precision, divisions by 255 rounded): over an opaque background the
+/// source's weight is exactly `alpha * 128 / (255 * 128)`.
+fn over_white(img: &RgbaImage) -> RgbImage {
+    const PRECISION_BITS: u32 = 7;
+    let shift_div255 = |x: u32| ((x >> 8) + x) >> 8;
+    let raw = img
+        .as_raw()
+        .chunks_exact(4)
+        .flat_map(|p| {
+            let a = u32::from(p[3]);
+            if a == 0 {
+                return [255; 3];
+            }
+            // blend = 255 * (255 - a); outa255 = a * 255 + blend = 255 * 255.
+            let coef1 = a * 255 * 255 * (1 << PRECISION_BITS) / (255 * 255);
+            let coef2 = 255 * (1 << PRECISION_BITS) - coef1;
+            let mix = |c: u8| {
+                let t = u32::from(c) * coef1 + 255 * coef2;
+                (shift_div255(t + (0x80 << PRECISION_BITS)) >> PRECISION_BITS) as u8
+            };
+            [mix(p[0]), mix(p[1]), mix(p[2])]
+        })
+        .collect();
+    RgbImage::from_raw(img.width(), img.height(), raw).expect("buffer size matches")
 }
 
 /// Packed RGB8 (HWC) → three normalised planes (CHW).

@@ -124,7 +124,7 @@ pub fn resize_region(
             format!("{region:?} is empty or outside the {full_width}x{full_height} output"),
         ));
     }
-    let buf = resize_region_raw(img.as_raw(), w, h, full_width, full_height, region, filter);
+    let buf = resize_region_raw(img.as_raw(), 3, w, h, full_width, full_height, region, filter);
     Ok(RgbImage::from_raw(region.width, region.height, buf).expect("buffer size matches"))
 }
 
@@ -155,13 +155,21 @@ fn band(start: f64, end: f64, len: u32, out: u32, filter: Filter) -> (u32, u32) 
 }
 
 fn options(filter: Filter, left: f64, top: f64, width: f64, height: f64) -> fr::ResizeOptions {
-    fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Convolution(filter.fir())).crop(left, top, width, height)
+    // Four channels are resampled alike, as Pillow resamples an `RGBa` image (the caller
+    // premultiplies); fast_image_resize would otherwise premultiply on its own.
+    fr::ResizeOptions::new()
+        .resize_alg(fr::ResizeAlg::Convolution(filter.fir()))
+        .crop(left, top, width, height)
+        .use_alpha(false)
 }
 
-/// The worker behind [`resize_region`]; arguments already validated. `src` is packed RGB8,
-/// `sw` × `sh`; returns the packed RGB8 region.
+/// The worker behind [`resize_region`]; arguments already validated. `src` is packed 8-bit
+/// pixels of `channels` (3 or 4) channels, `sw` × `sh`; returns the packed region. Every channel
+/// is resampled independently.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn resize_region_raw(
     src: &[u8],
+    channels: usize,
     sw: u32,
     sh: u32,
     full_w: u32,
@@ -169,10 +177,11 @@ pub(crate) fn resize_region_raw(
     region: Region,
     filter: Filter,
 ) -> Vec<u8> {
-    const PT: fr::PixelType = fr::PixelType::U8x3;
+    let pt = if channels == 4 { fr::PixelType::U8x4 } else { fr::PixelType::U8x3 };
+    let ch = if channels == 4 { 4 } else { 3 };
     let Region { x, y, width: ow, height: oh } = region;
-    let mut out = vec![0u8; ow as usize * oh as usize * 3];
-    let src_view = fr::images::ImageRef::new(sw, sh, src, PT).expect("source buffer");
+    let mut out = vec![0u8; ow as usize * oh as usize * ch];
+    let src_view = fr::images::ImageRef::new(sw, sh, src, pt).expect("source buffer");
 
     // Source box of the region along each axis (Pillow: center = (i + 0.5) * in / out).
     let (left, right) = (ratio(sw, x, full_w), ratio(sw, x + ow, full_w));
@@ -186,21 +195,21 @@ pub(crate) fn resize_region_raw(
     match (need_h, need_v) {
         (false, false) => {
             // Pure crop.
-            let row = sw as usize * 3;
-            for (r, dst) in out.chunks_exact_mut(ow as usize * 3).enumerate() {
-                let start = (y as usize + r) * row + x as usize * 3;
-                dst.copy_from_slice(&src[start..start + ow as usize * 3]);
+            let row = sw as usize * ch;
+            for (r, dst) in out.chunks_exact_mut(ow as usize * ch).enumerate() {
+                let start = (y as usize + r) * row + x as usize * ch;
+                dst.copy_from_slice(&src[start..start + ow as usize * ch]);
             }
         }
         (true, false) => {
             // Horizontal only; rows y..y+oh of the source.
-            let mut dst = fr::images::Image::from_slice_u8(ow, oh, &mut out, PT).expect("dst");
+            let mut dst = fr::images::Image::from_slice_u8(ow, oh, &mut out, pt).expect("dst");
             let opts = options(filter, left, f64::from(y), right - left, f64::from(oh));
             resizer.resize(&src_view, &mut dst, &opts).unwrap_or_else(|e| resize_err(e));
         }
         (false, true) => {
             // Vertical only; columns x..x+ow of the source.
-            let mut dst = fr::images::Image::from_slice_u8(ow, oh, &mut out, PT).expect("dst");
+            let mut dst = fr::images::Image::from_slice_u8(ow, oh, &mut out, pt).expect("dst");
             let opts = options(filter, f64::from(x), top, f64::from(ow), bottom - top);
             resizer.resize(&src_view, &mut dst, &opts).unwrap_or_else(|e| resize_err(e));
         }
@@ -208,15 +217,15 @@ pub(crate) fn resize_region_raw(
             // Pass 1, vertical, over the band of source columns the horizontal taps reach.
             let (band_left, band_right) = band(left, right, sw, full_w, filter);
             let band_w = band_right - band_left;
-            let mut tmp = vec![0u8; band_w as usize * oh as usize * 3];
+            let mut tmp = vec![0u8; band_w as usize * oh as usize * ch];
             {
-                let mut dst = fr::images::Image::from_slice_u8(band_w, oh, &mut tmp, PT).expect("tmp");
+                let mut dst = fr::images::Image::from_slice_u8(band_w, oh, &mut tmp, pt).expect("tmp");
                 let opts = options(filter, f64::from(band_left), top, f64::from(band_w), bottom - top);
                 resizer.resize(&src_view, &mut dst, &opts).unwrap_or_else(|e| resize_err(e));
             }
             // Pass 2, horizontal.
-            let tmp_view = fr::images::ImageRef::new(band_w, oh, &tmp, PT).expect("tmp");
-            let mut dst = fr::images::Image::from_slice_u8(ow, oh, &mut out, PT).expect("dst");
+            let tmp_view = fr::images::ImageRef::new(band_w, oh, &tmp, pt).expect("tmp");
+            let mut dst = fr::images::Image::from_slice_u8(ow, oh, &mut out, pt).expect("dst");
             let left_in_band = left - f64::from(band_left);
             let width = (right - left).min(f64::from(band_w) - left_in_band);
             let opts = options(filter, left_in_band, 0.0, width, f64::from(oh));
@@ -227,15 +236,15 @@ pub(crate) fn resize_region_raw(
             // (Pillow restricts its first pass the same way), rounded to u8 like Pillow's.
             let (band_top, band_bottom) = band(top, bottom, sh, full_h, filter);
             let band_h = band_bottom - band_top;
-            let mut tmp = vec![0u8; ow as usize * band_h as usize * 3];
+            let mut tmp = vec![0u8; ow as usize * band_h as usize * ch];
             {
-                let mut dst = fr::images::Image::from_slice_u8(ow, band_h, &mut tmp, PT).expect("tmp");
+                let mut dst = fr::images::Image::from_slice_u8(ow, band_h, &mut tmp, pt).expect("tmp");
                 let opts = options(filter, left, f64::from(band_top), right - left, f64::from(band_h));
                 resizer.resize(&src_view, &mut dst, &opts).unwrap_or_else(|e| resize_err(e));
             }
             // Pass 2, vertical.
-            let tmp_view = fr::images::ImageRef::new(ow, band_h, &tmp, PT).expect("tmp");
-            let mut dst = fr::images::Image::from_slice_u8(ow, oh, &mut out, PT).expect("dst");
+            let tmp_view = fr::images::ImageRef::new(ow, band_h, &tmp, pt).expect("tmp");
+            let mut dst = fr::images::Image::from_slice_u8(ow, oh, &mut out, pt).expect("dst");
             let top_in_band = top - f64::from(band_top);
             let height = (bottom - top).min(f64::from(band_h) - top_in_band);
             let opts = options(filter, 0.0, top_in_band, f64::from(ow), height);

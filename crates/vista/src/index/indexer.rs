@@ -130,8 +130,8 @@ fn embed_pending(
             s.spawn(move || loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some((hash, path)) = pending.get(i) else { break };
-                let img = image::load_rgb(path, &pipeline.decode)
-                    .map(|im| pipeline.preprocess.resize_crop(&im))
+                let img = image::load_image(path, &pipeline.decode)
+                    .map(|im| pipeline.preprocess.prepare(&im))
                     .map_err(|e| e.to_string());
                 if tx.send((*hash, img)).is_err() {
                     break; // the consumer stopped (an error): stop decoding

@@ -3,10 +3,11 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device};
+use candle_core::Device;
 
 use super::config::SamConfig;
 use super::model::Sam;
+use crate::device::Target;
 use crate::weights::hub::{self, CheckpointFiles};
 use crate::weights::sam::SamFamily;
 use crate::weights::{formats, TensorStore};
@@ -22,6 +23,8 @@ pub struct LoadOptions {
     pub arch: Option<String>,
     /// The encoder input size of a TinyViT (MobileSAM) checkpoint; 1024 when not given.
     pub image_size: Option<usize>,
+    /// Where the model runs and in what precision (default: f32 on the CPU).
+    pub target: Target,
 }
 
 /// Finds the weights (and config) for a model argument: a checkpoint file, a folder or a hub id.
@@ -35,9 +38,9 @@ pub type Loaded = crate::weights::Loaded<Sam, SamFamily>;
 
 /// Loads a model from resolved files (CPU, f32).
 pub fn load(files: &SamFiles, options: &LoadOptions) -> Result<Loaded> {
-    let device = Device::Cpu;
-    let tensors = formats::read_tensors(&files.weights, None, &device)?;
-    let (store, family) = TensorStore::from_family::<SamFamily>(&files.weights, tensors, &device, DType::F32)?;
+    let tensors = formats::read_tensors(&files.weights, None, &Device::Cpu)?;
+    let (target, path) = (&options.target, &files.weights);
+    let (store, family) = TensorStore::from_family::<SamFamily>(path, tensors, &target.device, target.dtype)?;
     let mut config = match &options.arch {
         Some(a) => SamConfig::preset(a).ok_or_else(|| {
             Error::arg("arch", format!("unknown SAM architecture `{a}`; known: {}", SamConfig::PRESETS.join(", ")))

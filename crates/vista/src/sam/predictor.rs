@@ -285,7 +285,8 @@ impl Session {
             let planes = low_res.reshape((boxes.len() * per_set, 4 * gh, 4 * gw))?;
             let full = transforms::postprocess_masks_tensor(&planes, size, self.input_size, orig)?;
             let masks = full.gt(0.0)?.flatten_all()?.to_vec1::<u8>()?;
-            let logits = if p.return_logits { Some(full.flatten_all()?.to_vec1::<f32>()?) } else { None };
+            let logits =
+                if p.return_logits { Some(full.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?) } else { None };
             (masks, logits)
         };
         Ok(Prediction { sets: boxes.len(), per_set, height: orig.0, width: orig.1, masks, iou, low_res, logits })

@@ -151,8 +151,15 @@ pub fn read_safetensors(path: &Path, device: &Device) -> Result<(HashMap<String,
             (Some(b), Some(e)) if b <= e => (b, e),
             _ => return Err(bad(format!("tensor `{name}`: bad data_offsets"))),
         };
-        let nbytes = shape.iter().product::<usize>() * dtype.size_in_bytes();
-        if (end - begin) as usize != nbytes || data_start + end > size {
+        // Hostile headers: the shape's byte count and the offsets may overflow.
+        let nbytes = shape.iter().try_fold(dtype.size_in_bytes(), |acc, &d| acc.checked_mul(d));
+        let Some(nbytes) = nbytes.filter(|&n| u64::try_from(n).is_ok_and(|n| n == end - begin)) else {
+            return Err(bad(format!(
+                "tensor `{name}`: {} bytes stored at {begin}..{end} do not hold shape {shape:?} of {dtype:?}",
+                end - begin
+            )));
+        };
+        if data_start.checked_add(end).is_none_or(|stop| stop > size) {
             return Err(bad(format!(
                 "tensor `{name}`: {} bytes stored at {begin}..{end} for shape {shape:?} of {dtype:?} ({nbytes} bytes); \
                  the file may be truncated ({size} bytes)",

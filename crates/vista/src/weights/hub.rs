@@ -112,6 +112,8 @@ pub struct CheckpointFiles {
     pub weights: PathBuf,
     /// transformers `config.json`, for Hugging Face checkpoints.
     pub hf_config: Option<PathBuf>,
+    /// transformers `preprocessor_config.json`, for Hugging Face checkpoints that have one.
+    pub preprocessor: Option<PathBuf>,
 }
 
 /// transformers' weight files, preferred first.
@@ -123,15 +125,22 @@ pub const HF_WEIGHTS: [&str; 2] = ["model.safetensors", "pytorch_model.bin"];
 pub fn resolve_checkpoint(model: &str, others: &[&str]) -> Result<CheckpointFiles> {
     let source = Source::parse(model)?;
     if let Source::File(path) = &source {
-        return Ok(CheckpointFiles { weights: path.clone(), hf_config: sidecar_hf_config(path) });
+        let hf_config = sidecar_hf_config(path);
+        let preprocessor = hf_config
+            .as_ref()
+            .and_then(|c| c.parent())
+            .map(|d| d.join("preprocessor_config.json"))
+            .filter(|p| p.is_file());
+        return Ok(CheckpointFiles { weights: path.clone(), hf_config, preprocessor });
     }
     if let Some(weights) = find_file(&source, &HF_WEIGHTS)? {
         let hf_config = find_file(&source, &["config.json"])?;
-        return Ok(CheckpointFiles { weights, hf_config });
+        let preprocessor = find_file(&source, &["preprocessor_config.json"])?;
+        return Ok(CheckpointFiles { weights, hf_config, preprocessor });
     }
     if !others.is_empty() {
         if let Some(weights) = find_file(&source, others)? {
-            return Ok(CheckpointFiles { weights, hf_config: None });
+            return Ok(CheckpointFiles { weights, hf_config: None, preprocessor: None });
         }
     }
     let mut wanted: Vec<&str> = HF_WEIGHTS.to_vec();

@@ -94,5 +94,10 @@ impl EmbeddingCache {
 /// The cache key of a model: its checkpoint's canonical path, size and modification time, and
 /// its architecture.
 pub fn model_key(checkpoint: &Path, model: &Sam) -> String {
-    checkpoint_key(checkpoint, &serde_json::to_string(&model.config).unwrap_or_default())
+    // f32 keeps the keys of caches written before models had a dtype.
+    let dtype = match model.dtype() {
+        candle_core::DType::F32 => String::new(),
+        other => format!(" {other:?}"),
+    };
+    checkpoint_key(checkpoint, &(serde_json::to_string(&model.config).unwrap_or_default() + &dtype))
 }

@@ -200,7 +200,9 @@ pub fn mask_input_from_file(path: &Path, session: &Session) -> Result<Vec<f32>> 
         if shape.len() < 2 || shape[shape.len() - 2..] != [lh, lw] {
             return Err(bad(format!("shape {shape:?}, expected [..., {lh}, {lw}] low-resolution logits")));
         }
-        return Ok(values[..lh * lw].to_vec());
+        // A `[0, 4h, 4w]` array has the shape and no plane.
+        let plane = values.get(..lh * lw).ok_or_else(|| bad(format!("shape {shape:?} holds no {lh}x{lw} plane")))?;
+        return Ok(plane.to_vec());
     }
     let mask = Mask::from_png(path)?;
     let (h, w) = session.original_size();

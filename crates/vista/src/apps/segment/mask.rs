@@ -42,23 +42,17 @@ fn check_len(width: u32, height: u32, len: usize) -> Result<()> {
 }
 
 impl Mask {
-    /// An all-background mask.
-    ///
-    /// # Panics
-    /// If `width * height` exceeds `u32::MAX` (the RLE limit).
-    pub fn new(width: u32, height: u32) -> Self {
-        let pixels = check_size(width, height).expect("mask size");
-        Self { width, height, data: vec![false; pixels] }
+    /// An all-background mask. Errors when `width * height` exceeds `u32::MAX` (the RLE limit).
+    pub fn new(width: u32, height: u32) -> Result<Self> {
+        let pixels = check_size(width, height)?;
+        Ok(Self { width, height, data: vec![false; pixels] })
     }
 
-    /// A mask from `f(x, y)`, evaluated row by row.
-    ///
-    /// # Panics
-    /// If `width * height` exceeds `u32::MAX`.
-    pub fn from_fn(width: u32, height: u32, mut f: impl FnMut(u32, u32) -> bool) -> Self {
-        check_size(width, height).expect("mask size");
+    /// A mask from `f(x, y)`, evaluated row by row. Errors as [`Mask::new`].
+    pub fn from_fn(width: u32, height: u32, mut f: impl FnMut(u32, u32) -> bool) -> Result<Self> {
+        check_size(width, height)?;
         let data = (0..height).flat_map(|y| (0..width).map(move |x| (x, y))).map(|(x, y)| f(x, y)).collect();
-        Self { width, height, data }
+        Ok(Self { width, height, data })
     }
 
     /// A mask from row-major booleans; `data.len()` must be `width * height`.

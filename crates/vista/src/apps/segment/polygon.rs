@@ -4,6 +4,7 @@
 //! (`tests/fixtures/rle/`, `tools/reference/gen_rle.py`).
 
 use super::mask::{outside_region, Mask};
+use crate::Result;
 
 impl Mask {
     /// COCO polygons `[x1, y1, x2, y2, ...]` of the outer boundaries of the mask's 8-connected
@@ -64,10 +65,9 @@ impl Mask {
     /// Polygons with fewer than 3 points, an odd coordinate count, a non-finite coordinate or
     /// one beyond ±10^7 pixels are ignored (pycocotools would overflow its `int`s).
     ///
-    /// # Panics
-    /// If `width * height` exceeds `u32::MAX`.
-    pub fn from_polygons(polygons: &[Vec<f64>], width: u32, height: u32) -> Mask {
-        let mut mask = Mask::new(width, height);
+    /// Errors when `width * height` exceeds `u32::MAX`.
+    pub fn from_polygons(polygons: &[Vec<f64>], width: u32, height: u32) -> Result<Mask> {
+        let mut mask = Mask::new(width, height)?;
         let (w, h) = (width as usize, height as usize);
         for poly in polygons {
             if poly.len() < 6 || poly.len() % 2 != 0 || poly.iter().any(|v| v.is_nan() || v.abs() > 1e7) {
@@ -84,7 +84,7 @@ impl Mask {
                 pos = end;
             }
         }
-        mask
+        Ok(mask)
     }
 }
 

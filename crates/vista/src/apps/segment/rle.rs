@@ -79,7 +79,8 @@ impl Rle {
     /// The mask (pycocotools' `decode`).
     pub fn decode(&self) -> Mask {
         let (w, h) = (self.width as usize, self.height as usize);
-        let mut mask = Mask::new(self.width, self.height);
+        // `new` checked the size, and the counts add up to it.
+        let mut mask = Mask { width: self.width, height: self.height, data: vec![false; w * h] };
         let mut pos = 0usize;
         for (i, &c) in self.counts.iter().enumerate() {
             if i % 2 == 1 {

@@ -39,6 +39,7 @@
 //! Copyright (c) 2021 OpenAI), as shipped with open_clip.
 
 mod ftfy;
+mod hf;
 #[rustfmt::skip]
 mod tables;
 mod text;
@@ -46,11 +47,60 @@ mod text;
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use regex::Regex;
 
 use crate::{Error, Result};
+
+pub use hf::{builtin_tokenizer_json, HfTokenizer, BOS_TEXT, EOS_TEXT};
+
+/// How a checkpoint's texts become ids: each checkpoint family's own reference.
+#[derive(Debug, Clone)]
+pub enum TextTokenizer {
+    /// open_clip's / OpenAI's `SimpleTokenizer` (ftfy, HTML unescaping, zero padding): OpenAI
+    /// and open_clip checkpoints.
+    OpenClip(Arc<ClipTokenizer>),
+    /// transformers' `CLIPTokenizer` (`tokenizer.json`): transformers-layout checkpoints.
+    Transformers(Arc<HfTokenizer>),
+}
+
+impl TextTokenizer {
+    /// Number of tokens.
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            Self::OpenClip(t) => t.vocab_size(),
+            Self::Transformers(t) => t.vocab_size(),
+        }
+    }
+
+    /// Exactly `context_length` ids for `text`, start and end tokens included, as the family's
+    /// reference pads and truncates them.
+    pub fn tokenize(&self, text: &str, context_length: usize) -> Result<Vec<u32>> {
+        match self {
+            Self::OpenClip(t) => Ok(t.tokenize(text, context_length)),
+            Self::Transformers(t) => t.tokenize(text, context_length),
+        }
+    }
+
+    /// [`tokenize`](Self::tokenize) for many texts (in parallel for large batches).
+    pub fn tokenize_batch(&self, texts: &[&str], context_length: usize) -> Result<Vec<Vec<u32>>> {
+        use rayon::prelude::*;
+        if texts.len() >= 64 {
+            texts.par_iter().map(|t| self.tokenize(t, context_length)).collect()
+        } else {
+            texts.iter().map(|t| self.tokenize(t, context_length)).collect()
+        }
+    }
+
+    /// The text of `ids`.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        match self {
+            Self::OpenClip(t) => Ok(t.decode(ids)),
+            Self::Transformers(t) => t.decode(ids),
+        }
+    }
+}
 
 /// `<start_of_text>` in the OpenAI vocabulary.
 pub const SOT: u32 = 49406;
@@ -288,6 +338,16 @@ impl ClipTokenizer {
             }
         }
         String::from_utf8_lossy(&bytes).replace("</w>", " ")
+    }
+
+    /// The token strings in id order and the merges in rank order (for building the
+    /// transformers-rules tokenizer over the same vocabulary).
+    fn vocab_and_merges(&self) -> (Vec<&str>, Vec<(&str, &str)>) {
+        let tokens: Vec<&str> = self.decoder.iter().map(|t| t.as_deref().unwrap_or("")).collect();
+        let mut ranked: Vec<(u32, u32, u32)> = self.merges.iter().map(|(&(l, r), &(rank, _))| (rank, l, r)).collect();
+        ranked.sort_unstable();
+        let merges = ranked.into_iter().map(|(_, l, r)| (tokens[l as usize], tokens[r as usize])).collect();
+        (tokens, merges)
     }
 
     /// BPE of one pre-tokenized piece, appended to `out` (cached per piece).

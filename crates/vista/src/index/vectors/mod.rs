@@ -36,7 +36,7 @@ mod int8;
 mod kernels;
 mod topk;
 
-pub use dupes::near_duplicate_groups;
+pub use dupes::{near_duplicate_groups, nearest_neighbour_similarities};
 use int8::Quantized;
 use int8::QueryQ8;
 use topk::Search;
@@ -619,6 +619,24 @@ mod tests {
         assert_eq!(near_duplicate_groups(&set, 1.5), Vec::<Vec<usize>>::new());
         // Threshold -1: everything links.
         assert_eq!(near_duplicate_groups(&set, -1.0), vec![(0..n).collect::<Vec<_>>()]);
+    }
+
+    #[test]
+    fn nearest_neighbour_similarities_match_the_naive_maximum() {
+        let mut rng = Rng(5);
+        let dim = 16;
+        let mut set = VectorSet::new(dim);
+        assert!(nearest_neighbour_similarities(&set).is_empty());
+        set.push(&rng.unit(dim));
+        assert_eq!(nearest_neighbour_similarities(&set), vec![f32::NEG_INFINITY]);
+        for _ in 0..1200 {
+            set.push(&rng.unit(dim)); // three blocks
+        }
+        let nn = nearest_neighbour_similarities(&set);
+        for i in (0..set.len()).step_by(97) {
+            let want = (0..set.len()).filter(|&j| j != i).map(|j| set.score(i, &set.row(j))).fold(f32::MIN, f32::max);
+            assert!((nn[i] - want).abs() < 1e-5, "row {i}: {} vs {want}", nn[i]);
+        }
     }
 
     #[test]

@@ -89,8 +89,8 @@ impl DinoTrainer {
     }
 
     /// Resumes a run from [`save`](Self::save)'s file. Every tensor is checked by name and
-    /// shape; errors name the file and the tensor.
-    pub fn load(path: &Path) -> Result<Self> {
+    /// shape; errors name the file and the tensor. The run goes on on `device`.
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
         let bad = |m: String| Error::Checkpoint { path: path.to_path_buf(), message: m };
         let (tensors, meta) = read_safetensors(path, &Device::Cpu)?;
         if meta.get("format").map(String::as_str) != Some(CHECKPOINT_FORMAT) {
@@ -98,7 +98,7 @@ impl DinoTrainer {
         }
         let state: CheckpointState = serde_json::from_str(meta.get("state").map(String::as_str).unwrap_or(""))
             .map_err(|e| bad(format!("bad state: {e}")))?;
-        let mut t = Self::new(state.config.clone(), state.niter_per_ep).map_err(|e| bad(e.to_string()))?;
+        let mut t = Self::new(state.config.clone(), state.niter_per_ep, device).map_err(|e| bad(e.to_string()))?;
         let check = |what: &str, r: Result<()>| r.map_err(|e| bad(format!("{what}: {e}")));
         check("student backbone", t.student.load_state_dict(take_prefixed(&tensors, "student.backbone.")))?;
         check("student head", t.student_head.load_state_dict(take_prefixed(&tensors, "student.head.")))?;

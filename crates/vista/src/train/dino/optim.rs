@@ -167,7 +167,8 @@ impl AdamW {
                 ));
             }
         }
-        let (exp_avg, exp_avg_sq) = (exp_avg.to_dtype(var.dtype())?, exp_avg_sq.to_dtype(var.dtype())?);
+        let to_var = |t: Tensor| -> Result<Tensor> { Ok(t.to_dtype(var.dtype())?.to_device(var.device())?) };
+        let (exp_avg, exp_avg_sq) = (to_var(exp_avg)?, to_var(exp_avg_sq)?);
         self.state.insert(name.to_string(), AdamState { step, exp_avg, exp_avg_sq });
         Ok(())
     }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use candle_core::Device;
 use serde_json::json;
 
 use super::checkpoint::config_diff;
@@ -93,6 +94,8 @@ pub struct RunOptions {
     /// Stop after this many epochs in this call (the schedule still spans `config.epochs`);
     /// for tests and for splitting a run.
     pub max_epochs: Option<usize>,
+    /// Where the networks live and the steps run (data loading stays on CPU threads).
+    pub device: Device,
 }
 
 /// Trains (or resumes, when the output folder holds a checkpoint of the same configuration)
@@ -107,7 +110,7 @@ pub fn run(
     // Models: a fresh run, or the checkpoint in the output folder.
     config.validate()?;
     let ckpt = options.output.join(CHECKPOINT_FILE);
-    let mut trainer = resume_or_start(config, items.len(), &ckpt)?;
+    let mut trainer = resume_or_start(config, items.len(), &ckpt, &options.device)?;
     std::fs::create_dir_all(&options.output).map_err(|e| Error::io(&options.output, e))?;
     let mut metrics = MetricsLog::open(&options.output.join(METRICS_FILE), trainer.iteration, trainer.epoch)?;
 
@@ -157,12 +160,12 @@ pub fn run(
 
 /// The trainer of the checkpoint at `ckpt` when there is one (refused when its configuration
 /// or its batches per epoch differ from this run's), else a fresh one.
-fn resume_or_start(config: DinoTrainConfig, items: usize, ckpt: &Path) -> Result<DinoTrainer> {
+fn resume_or_start(config: DinoTrainConfig, items: usize, ckpt: &Path, device: &Device) -> Result<DinoTrainer> {
     let niter = items / config.batch_size;
     if !ckpt.is_file() {
-        return DinoTrainer::new(config, niter);
+        return DinoTrainer::new(config, niter, device);
     }
-    let t = DinoTrainer::load(ckpt)?;
+    let t = DinoTrainer::load(ckpt, device)?;
     if t.config != config {
         return Err(Error::Config {
             path: ckpt.to_path_buf(),

@@ -33,6 +33,8 @@ pub struct DinoTrainer {
     pub(super) opt: AdamW,
     pub(super) schedules: DinoSchedules,
     pub(super) niter_per_ep: usize,
+    /// Where the networks live and the steps run.
+    pub(super) device: Device,
     /// Epochs completed.
     pub epoch: usize,
     /// Global iterations completed.
@@ -42,8 +44,10 @@ pub struct DinoTrainer {
 impl DinoTrainer {
     /// A fresh run: the student initialised as DINO does (seeded), the teacher a copy of it
     /// (`teacher_without_ddp.load_state_dict(student.module.state_dict())`), no gradient for
-    /// the teacher. `niter_per_ep` is the number of full batches per epoch.
-    pub fn new(config: DinoTrainConfig, niter_per_ep: usize) -> Result<Self> {
+    /// the teacher. `niter_per_ep` is the number of full batches per epoch. The networks,
+    /// optimiser state and loss live on `device` (the initialisation is drawn on the CPU, so it
+    /// is the same on every device).
+    pub fn new(config: DinoTrainConfig, niter_per_ep: usize, device: &Device) -> Result<Self> {
         config.validate()?;
         if niter_per_ep == 0 {
             return Err(Error::arg(
@@ -52,23 +56,28 @@ impl DinoTrainer {
             ));
         }
         let backbone = config.backbone();
-        let student = TrainVit::init(backbone.clone(), config.seed)?.with_drop_path(config.drop_path)?;
-        let mut teacher = TrainVit::init(backbone, config.seed)?;
-        teacher.load_state_dict(student.state_dict()?.iter().map(|(n, t)| (n.as_str(), t)))?;
+        let init = TrainVit::init(backbone.clone(), config.seed)?.state_dict()?;
+        let on_device = init
+            .into_iter()
+            .map(|(n, t)| Ok((n, t.to_device(device)?)))
+            .collect::<Result<std::collections::HashMap<_, _>>>()?;
+        let student = TrainVit::from_tensors(backbone.clone(), &on_device)?.with_drop_path(config.drop_path)?;
+        let mut teacher = TrainVit::from_tensors(backbone, &on_device)?;
         teacher.set_requires_grad(false);
-        let student_head = DinoHead::new(config.head(), config.seed.wrapping_add(1), &Device::Cpu)?;
+        let student_head = DinoHead::new(config.head(), config.seed.wrapping_add(1), device)?;
         // main_dino.py builds the teacher head with DINOHead's default norm_last_layer (true),
         // then overwrites every tensor with the student's.
         let teacher_cfg = DinoHeadConfig { norm_last_layer: true, ..config.head() };
-        let mut teacher_head = DinoHead::new(teacher_cfg, config.seed.wrapping_add(1), &Device::Cpu)?;
+        let mut teacher_head = DinoHead::new(teacher_cfg, config.seed.wrapping_add(1), device)?;
         teacher_head.load_state_dict(student_head.state_dict()?.iter().map(|(n, t)| (n.as_str(), t)))?;
         teacher_head.set_requires_grad(false);
         let params: Vec<Param> = student.params().iter().chain(student_head.params()).cloned().collect();
         let opt = AdamW::new(&params, get_params_groups(&params), AdamWConfig::default())?;
-        let loss = DinoLoss::new(config.loss(), &Device::Cpu)?;
+        let loss = DinoLoss::new(config.loss(), device)?;
         let schedules = DinoSchedules::new(&config, niter_per_ep)?;
         Ok(Self {
             config,
+            device: device.clone(),
             student,
             student_head,
             teacher,
@@ -129,6 +138,7 @@ impl DinoTrainer {
         let (lr, wd, m) = (self.schedules.lr[it], self.schedules.wd[it], self.schedules.momentum[it]);
         self.opt.set_dino_schedule(lr, wd);
         let images = crops[0].dim(0)?;
+        let crops = &crops.iter().map(|c| c.to_device(&self.device)).collect::<candle_core::Result<Vec<_>>>()?;
         let teacher_output = multi_crop_forward(&self.teacher, &self.teacher_head, &crops[..2], None)?;
         let mut drop_rng: ChaCha8Rng = sample_rng(self.config.seed, it as u64, u64::MAX - 1);
         let student_output = multi_crop_forward(&self.student, &self.student_head, crops, Some(&mut drop_rng))?;
@@ -172,7 +182,7 @@ impl DinoTrainer {
     /// preprocessing for images of the training size (shortest side to the global crop side,
     /// centre crop of it).
     pub fn teacher_pipeline(&self) -> Result<DinoPipeline> {
-        let mut store = TensorStore::new("<teacher>", &Device::Cpu, DType::F32);
+        let mut store = TensorStore::new("<teacher>", &self.device, DType::F32);
         store.insert_as_named(self.teacher_backbone()?.into_iter().collect(), |_| false);
         let loaded = crate::dino::Loaded::build(&store, DinoFamily::Official, |s| {
             DinoVit::load(&s.root(), self.config.backbone())
