@@ -14,11 +14,13 @@ Both frameworks time the same spans:
 Per framework and seed the report gives the median epoch and step times, images/s (images per
 epoch / median epoch), peak RSS, and the k-NN top-1 (k = 20, T = 0.07, teacher backbone, the
 training subset as the memory bank, the first --test-limit t10k images as the test set) at
-initialisation and after the run; plus a raw-pixel k-NN baseline this script computes with numpy
-(`--worker raw-knn`: eval_knn.py's weighted vote, on the ImageNet-normalised pixels both
-frameworks' k-NN inputs start from). ONNX Runtime has no part here: it has no training loop.
+initialisation and after the run; plus a raw-pixel k-NN baseline computed by vista (`vista knn
+--pixels`: eval_knn.py's weighted vote on the ImageNet-normalised pixels both frameworks' k-NN
+inputs start from; `--worker raw-knn` is the same in numpy, a cross-check). ONNX Runtime has no
+part here: it has no training loop.
 
-    python tools/bench/bench_dino_train.py --epochs 10 --seeds 0,1     # full run (~45 min), writes BENCHMARKS.md
+    python tools/bench/bench_dino_train.py --epochs 10 --seeds 0,1     # full run (~45 min on an AMD
+                                                                       # 2-core VM, ~80 on an Intel one)
     python tools/bench/bench_dino_train.py --quick --no-write          # smoke test (1 epoch, 640 images, seed 0)
     python tools/bench/bench_dino_train.py --vista-run DIR --torch-json FILE   # tabulate finished runs
 
@@ -83,6 +85,21 @@ def read_idx(path: pathlib.Path, limit: int):
         n = min(limit, dims[0])
         item = int(np.prod(dims[1:])) if len(dims) > 1 else 1
         return np.frombuffer(f.read(n * item), dtype=np.uint8).reshape(n, *dims[1:])
+
+
+def vista_raw_knn(exe, data: pathlib.Path, limit: int, test_limit: int, env) -> dict:
+    """The raw-pixel baseline computed by vista: `vista knn --pixels` (eval_knn.py's weighted vote on
+    the ImageNet-normalised pixels, the first `limit` train images as the bank, the first
+    `test_limit` t10k images); `raw_pixel_knn` below is the same in numpy, kept as a cross-check
+    (`--worker raw-knn`)."""
+    out = subprocess.run(
+        [str(exe), "knn", "--pixels", "--train", str(data), "--limit", str(limit), "--test-limit", str(test_limit),
+         "--k", str(KNN_K), "--temperature", str(KNN_T), "--json"],
+        check=True, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True, env=env).stdout
+    doc = json.loads(out)
+    r = doc["results"][0]
+    return dict(top1=r["top1"], top5=r["top5"], k=r["k"], temperature=KNN_T, bank=doc["train"],
+                test=doc["test"], by="vista knn --pixels", vista=benchlib.sh(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"]))
 
 
 def raw_pixel_knn(data: pathlib.Path, limit: int, test_limit: int, k: int = KNN_K, T: float = KNN_T) -> dict:
@@ -209,7 +226,9 @@ def render(results, raw, meta) -> str:
         lines += ["vista / PyTorch time (below 1: vista faster): " + "; ".join(ratios) + ".", ""]
     if raw:
         torch_raw = [r["knn_raw_torch"] for r in results if r.get("knn_raw_torch") is not None]
-        lines += [f"Raw-pixel k-NN baseline (computed by `bench_dino_train.py --worker raw-knn` with numpy: "
+        by = (f"`vista knn --pixels`, vista {raw.get('vista')}" if raw.get("by")
+              else "`bench_dino_train.py --worker raw-knn` with numpy")
+        lines += [f"Raw-pixel k-NN baseline (computed by {by}: "
                   f"eval_knn.py's weighted vote, k = {raw['k']}, T = {raw['temperature']}, on the ImageNet-normalised "
                   f"pixels, {raw['bank']} train images as the bank, {raw['test']} test images): top-1 "
                   f"**{raw['top1']:.2f} %** (top-5 {raw['top5']:.2f} %)"
@@ -282,10 +301,7 @@ def orchestrate(args) -> int:
         args.limit = next((r["limit"] for r in results if r.get("limit")), args.limit)
         args.test_limit = next((r["test_limit"] for r in results if r.get("test_limit")), args.test_limit)
         args.epochs = max(len(r["epochs"]) for r in results) if results else args.epochs
-    raw = json.loads(subprocess.run(
-        [args.python, str(pathlib.Path(__file__).resolve()), "--worker", "raw-knn", "--data", str(data),
-         "--limit", str(args.limit), "--test-limit", str(args.test_limit)], check=True, cwd=REPO_ROOT,
-        stdout=subprocess.PIPE, text=True, env=bench.env["python"]).stdout.splitlines()[-1])
+    raw = vista_raw_knn(benchlib.vista_binary(args, "bin", "vista"), data, args.limit, args.test_limit, bench.env["vista"])
     print_summary(results, raw)
     meta = bench.meta(epochs=args.epochs, limit=args.limit, test_limit=args.test_limit, seeds=seeds,
                       warmup_epochs=warmup, data=str(data), tabulated=tabulate)

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use vista::clip::ClipPipeline;
 use vista::data::{LabelledSet, Split};
 use vista::dino::{DinoPipeline, DinoPreprocess};
-use vista::eval::{dataset_features, DatasetFeatures, FeatureCache};
+use vista::eval::{dataset_features, pixel_features, DatasetFeatures, FeatureCache};
 use vista::index::{self, IndexDb, IndexOptions, IndexReport, IndexedModel, Progress, ScanOptions};
 
 use crate::progress;
@@ -254,6 +254,9 @@ pub struct DatasetArgs {
     /// class folder's sorted images (so every class keeps its share).
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Use at most N images of the test set (default: --limit).
+    #[arg(long)]
+    pub test_limit: Option<usize>,
     /// Root of the feature cache: features are stored per model and data set in
     /// `<dir>/<model key>/<data set key>.safetensors` (default: the user's cache folder,
     /// vista/features).
@@ -288,36 +291,54 @@ impl DatasetArgs {
     /// The CLS features of both sets under `pipeline` (from the cache when there), with a
     /// progress bar and a line per set.
     pub fn features(&self, pipeline: &DinoPipeline, batch: usize) -> Result<Prepared> {
+        let cache = (!self.no_cache)
+            .then(|| FeatureCache::new(self.cache_dir.clone().unwrap_or_else(FeatureCache::default_root)));
+        self.prepare(|set, name, path| match cache.as_ref().and_then(|c| c.load(pipeline, set)) {
+            Some(f) => Ok(f),
+            None => {
+                let pb = progress::bar(set.len(), &format!("{name} features"));
+                let f = dataset_features(pipeline, set, batch, cache.as_ref(), |n| pb.inc(n as u64))
+                    .with_context(|| format!("extracting features of {}", path.display()))?;
+                pb.finish_and_clear();
+                Ok(f)
+            }
+        })
+    }
+
+    /// Both sets' raw pixels as features (ImageNet-normalised, flattened): the baseline.
+    pub fn pixel_features(&self) -> Result<Prepared> {
+        use vista::image::{DecodeOptions, IMAGENET_MEAN, IMAGENET_STD};
+        self.prepare(|set, _, path| {
+            pixel_features(set, &DecodeOptions::default(), IMAGENET_MEAN, IMAGENET_STD)
+                .with_context(|| format!("reading the pixels of {}", path.display()))
+        })
+    }
+
+    /// Opens both sets and gets each one's features from `extract(set, "train" | "test", path)`,
+    /// reporting skipped items and a line per set.
+    fn prepare(
+        &self,
+        mut extract: impl FnMut(&LabelledSet, &str, &Path) -> Result<DatasetFeatures>,
+    ) -> Result<Prepared> {
         let test_path = match &self.test {
             Some(t) => t.clone(),
             None => LabelledSet::default_test_path(&self.train)
                 .context("give --test (only an IDX folder holding both splits can go without it)")?,
         };
-        let open = |p: &Path, split| {
-            LabelledSet::open(p, split, self.limit).with_context(|| format!("reading data set {}", p.display()))
+        let open = |p: &Path, split, limit| {
+            LabelledSet::open(p, split, limit).with_context(|| format!("reading data set {}", p.display()))
         };
-        let train_set = open(&self.train, Split::Train)?;
-        let test_set = open(&test_path, Split::Test)?;
+        let train_set = open(&self.train, Split::Train, self.limit)?;
+        let test_set = open(&test_path, Split::Test, self.test_limit.or(self.limit))?;
         if train_set.classes != test_set.classes {
             eprintln!(
                 "warning: train classes {:?} and test classes {:?} differ; labels are matched by position",
                 train_set.classes, test_set.classes
             );
         }
-        let cache = (!self.no_cache)
-            .then(|| FeatureCache::new(self.cache_dir.clone().unwrap_or_else(FeatureCache::default_root)));
         let mut skipped = 0;
         let mut extract = |set: &LabelledSet, name: &str, path: &Path| -> Result<DatasetFeatures> {
-            let f = match cache.as_ref().and_then(|c| c.load(pipeline, set)) {
-                Some(f) => f,
-                None => {
-                    let pb = progress::bar(set.len(), &format!("{name} features"));
-                    let f = dataset_features(pipeline, set, batch, cache.as_ref(), |n| pb.inc(n as u64))
-                        .with_context(|| format!("extracting features of {}", path.display()))?;
-                    pb.finish_and_clear();
-                    f
-                }
-            };
+            let f = extract(set, name, path)?;
             for s in &f.skipped {
                 eprintln!("skipped: {s}");
             }

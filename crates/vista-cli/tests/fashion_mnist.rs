@@ -67,3 +67,52 @@ fn knn_on_fashion_mnist_with_a_tiny_random_backbone() {
     assert_eq!(doc["results"], doc2["results"]);
     std::fs::remove_dir_all(cache).unwrap();
 }
+
+/// `vista knn --pixels` (the raw-pixel baseline of the DINO training benchmark) against the same
+/// weighted vote computed here by brute force from the IDX bytes.
+#[test]
+fn knn_on_raw_pixels_equals_a_brute_force_vote() {
+    let Some(data) = dataset() else { return };
+    let out =
+        vista(&["knn", "--pixels", "--train", data, "--limit", "300", "--test-limit", "120", "--k", "20", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (doc["train"].as_u64(), doc["test"].as_u64(), doc["dim"].as_u64()),
+        (Some(300), Some(120), Some(3 * 784))
+    );
+    let got = doc["results"][0]["top1"].as_f64().unwrap();
+
+    let set = |split| vista::data::LabelledSet::open(std::path::Path::new(data), split, None).unwrap();
+    let (train, test) = (set(vista::data::Split::Train), set(vista::data::Split::Test));
+    let feats = |s: &vista::data::LabelledSet, n: usize| -> Vec<(Vec<f64>, usize)> {
+        let (mean, std) = (vista::image::IMAGENET_MEAN, vista::image::IMAGENET_STD);
+        s.items[..n]
+            .iter()
+            .map(|it| {
+                let img = it.load(&Default::default()).unwrap();
+                let mut v: Vec<f64> = (0..3)
+                    .flat_map(|c| img.pixels().map(move |p| ((f32::from(p[c]) / 255.0 - mean[c]) / std[c]) as f64))
+                    .collect();
+                let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+                v.iter_mut().for_each(|x| *x /= norm);
+                (v, it.label)
+            })
+            .collect()
+    };
+    let (bank, queries) = (feats(&train, 300), feats(&test, 120));
+    let mut correct = 0;
+    for (q, label) in &queries {
+        let mut sims: Vec<(f64, usize)> =
+            bank.iter().map(|(b, l)| (b.iter().zip(q).map(|(x, y)| x * y).sum::<f64>(), *l)).collect();
+        sims.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let mut votes = [0f64; 10];
+        for (s, l) in &sims[..20] {
+            votes[*l] += (s / 0.07).exp();
+        }
+        let best = (0..10).max_by(|&a, &b| votes[a].total_cmp(&votes[b]).then(b.cmp(&a))).unwrap();
+        correct += usize::from(best == *label);
+    }
+    let want = 100.0 * correct as f64 / 120.0;
+    assert!((got - want).abs() < 1e-9, "vista {got} %, brute force {want} %");
+}

@@ -22,6 +22,11 @@ pub struct Args {
     /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Score the images' raw pixels instead of a model's features (ToTensor + ImageNet
+    /// Normalize, flattened; all images of one size): the baseline a representation has to beat.
+    /// No model is loaded.
+    #[arg(long)]
+    pub pixels: bool,
     #[command(flatten)]
     pub model: DinoArgs,
 }
@@ -31,7 +36,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
     if args.k.is_empty() || args.k.contains(&0) {
         bail!("--k: give positive neighbour counts, e.g. 10,20,100,200");
     }
-    let (pipeline, Prepared { mut train, mut test, classes, skipped }) = args.data.eval_features(&args.model)?;
+    let (features, Prepared { mut train, mut test, classes, skipped }) = if args.pixels {
+        ("raw pixels, ImageNet-normalised".to_string(), args.data.pixel_features()?)
+    } else {
+        let (pipeline, prepared) = args.data.eval_features(&args.model)?;
+        (format!("CLS features, {}", pipeline.preprocess.describe()), prepared)
+    };
     let n_train = train.len();
     let (ks, dropped): (Vec<usize>, Vec<usize>) = args.k.iter().partition(|&&k| k <= n_train);
     if !dropped.is_empty() {
@@ -56,14 +66,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
     if args.json {
         let rows: Vec<_> = results.iter().map(|r| json!({"k": r.k, "top1": r.top1, "top5": r.top5})).collect();
         let doc = json!({
-            "model": args.model.model, "preprocess": pipeline.preprocess.describe(), "dim": dim,
+            "model": if args.pixels { "pixels" } else { args.model.model.as_str() }, "features": features, "dim": dim,
             "temperature": args.temperature, "train": train.len(), "test": test.len(),
             "classes": classes.len(), "skipped": skipped, "results": rows,
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         println!(
-            "weighted k-NN, T = {}, on {} train / {} test CLS features of dimension {dim}, {} classes",
+            "weighted k-NN, T = {}, on {} train / {} test {features} of dimension {dim}, {} classes",
             args.temperature,
             train.len(),
             test.len(),

@@ -17,8 +17,9 @@ use candle_core::{Device, Tensor};
 use crate::data::files::hash_file_stamp;
 use crate::data::{ItemImage, LabelledSet};
 use crate::dino::pipeline::{DinoPipeline, FEATURES_FORMAT};
+use crate::image::DecodeOptions;
 use crate::weights::formats::{read_safetensors, write_safetensors};
-use crate::Result;
+use crate::{Error, Result};
 
 /// CLS features of a labelled set.
 #[derive(Debug, Clone, PartialEq)]
@@ -188,4 +189,83 @@ pub fn dataset_features(
         }
     }
     Ok(out)
+}
+
+/// The raw-pixel baseline of a k-NN evaluation: each item's pixels as its feature vector, as
+/// DINO's `eval_knn.py` would see the images themselves — `ToTensor` + `Normalize(mean, std)`
+/// (greyscale replicated to RGB, as `convert("RGB")` gives it), channel-planar, flattened. A
+/// representation is worth its training when it beats this. Every item must have the size of
+/// the first (an error names the first that does not); items that fail to load are skipped.
+pub fn pixel_features(
+    set: &LabelledSet,
+    decode: &DecodeOptions,
+    mean: [f32; 3],
+    std: [f32; 3],
+) -> Result<DatasetFeatures> {
+    let mut features = Vec::new();
+    let mut labels = Vec::new();
+    let mut skipped = Vec::new();
+    let mut size = None;
+    for (i, item) in set.items.iter().enumerate() {
+        let name = || match &item.image {
+            ItemImage::File(p) => p.display().to_string(),
+            ItemImage::Gray(_) => format!("item {i}"),
+        };
+        let img = match item.load(decode) {
+            Ok(img) => img,
+            Err(e) => {
+                skipped.push(match item.image {
+                    ItemImage::File(_) => e.to_string(),
+                    ItemImage::Gray(_) => format!("item {i}: {e}"),
+                });
+                continue;
+            }
+        };
+        let (w, h) = img.dimensions();
+        if *size.get_or_insert((w, h)) != (w, h) {
+            return Err(Error::arg(
+                "dataset",
+                format!("{} is {w}x{h}, the first image {:?}: raw pixels need one size", name(), size.unwrap()),
+            ));
+        }
+        let plane = (w * h) as usize;
+        let start = features.len();
+        features.resize(start + 3 * plane, 0.0);
+        for (j, px) in img.pixels().enumerate() {
+            for c in 0..3 {
+                // torchvision's order of operations: v / 255, then (x - mean) / std, in f32.
+                features[start + c * plane + j] = (f32::from(px[c]) / 255.0 - mean[c]) / std[c];
+            }
+        }
+        labels.push(item.label);
+    }
+    let dim = size.map_or(0, |(w, h)| 3 * (w * h) as usize);
+    Ok(DatasetFeatures { dim, features, labels, skipped, cache: None, from_cache: false, cache_error: None })
+}
+
+#[cfg(test)]
+mod pixel_tests {
+    use super::*;
+    use crate::data::Item;
+
+    #[test]
+    fn pixels_are_normalised_planar_and_one_size() {
+        let gray = ::image::GrayImage::from_fn(2, 1, |x, _| ::image::Luma([if x == 0 { 0 } else { 255 }]));
+        let set = LabelledSet {
+            items: vec![Item { image: ItemImage::Gray(gray.clone()), label: 3 }],
+            classes: (0..4).map(|c| c.to_string()).collect(),
+        };
+        let f = pixel_features(&set, &DecodeOptions::default(), [0.5; 3], [0.25; 3]).unwrap();
+        assert_eq!((f.dim, f.labels.clone()), (6, vec![3]));
+        assert_eq!(f.features, vec![-2.0, 2.0, -2.0, 2.0, -2.0, 2.0]);
+        let other = ::image::GrayImage::new(1, 1);
+        let set = LabelledSet {
+            items: vec![
+                Item { image: ItemImage::Gray(gray), label: 0 },
+                Item { image: ItemImage::Gray(other), label: 1 },
+            ],
+            classes: vec!["a".into(), "b".into()],
+        };
+        assert!(pixel_features(&set, &DecodeOptions::default(), [0.5; 3], [0.25; 3]).is_err());
+    }
 }

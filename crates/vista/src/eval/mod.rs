@@ -6,7 +6,7 @@ pub mod features;
 pub mod knn;
 pub mod linear_probe;
 
-pub use features::{dataset_features, DatasetFeatures, FeatureCache};
+pub use features::{dataset_features, pixel_features, DatasetFeatures, FeatureCache};
 
 use crate::data::LabelledSet;
 use crate::dino::pipeline::DinoPipeline;
