@@ -96,6 +96,24 @@ fn safetensors_headers_that_overflow_are_errors() {
     }
     let p = write(tmp.path(), "h.safetensors", &u64::MAX.to_le_bytes());
     assert!(formats::read_safetensors(&p, &Device::Cpu).is_err());
+    // Found by the `pickle` fuzz target: format detection added 8 to a header length of ~2^64.
+    let mut b = (u64::MAX - 3).to_le_bytes().to_vec();
+    b.extend_from_slice(b"{}");
+    let p = write(tmp.path(), "d.pth", &b);
+    let err = formats::read_tensors(&p, None, &Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("d.pth"), "{err}");
+}
+
+/// Found by the `pickle` fuzz target: a zip checkpoint whose pickle makes candle's reader shift
+/// past 64 bits (a panic in candle, an error here). The input is the fuzzer's minimised crash.
+#[test]
+fn a_pickle_that_breaks_the_reader_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let crash = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/hostile/pickle_shift_overflow.pth"))
+        .unwrap();
+    let p = write(tmp.path(), "x.pth", &crash);
+    let err = formats::read_tensors(&p, None, &Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("x.pth"), "{err}");
 }
 
 #[test]

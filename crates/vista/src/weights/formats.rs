@@ -31,7 +31,11 @@ pub fn detect(path: &Path) -> Result<Format> {
         let len = u64::from_le_bytes(head);
         let size = f.metadata().map_err(|e| Error::io(path, e))?.len();
         let mut brace = [0u8; 1];
-        if len > 1 && len + 8 <= size && f.read(&mut brace).map_err(|e| Error::io(path, e))? == 1 && brace[0] == b'{' {
+        if len > 1
+            && len.checked_add(8).is_some_and(|end| end <= size)
+            && f.read(&mut brace).map_err(|e| Error::io(path, e))? == 1
+            && brace[0] == b'{'
+        {
             return Ok(Format::Safetensors);
         }
     }
@@ -50,34 +54,54 @@ pub fn detect(path: &Path) -> Result<Format> {
 /// `key` selects the inner dict; `None` tries the file as a flat state dict first, then the
 /// usual keys.
 pub fn read_tensors(path: &Path, key: Option<&str>, device: &Device) -> Result<HashMap<String, Tensor>> {
-    let ckpt_err = |e: candle_core::Error| Error::Checkpoint { path: path.to_path_buf(), message: e.to_string() };
     match detect(path)? {
         Format::Safetensors => Ok(read_safetensors(path, device)?.0),
+        // candle's pickle reader trusts the file (a hostile one can make it shift or index out of
+        // range, found by fuzz/pickle): its panics become an error naming the file.
         Format::TorchZip => {
-            let keys: Vec<Option<&str>> = match key {
-                Some(k) => vec![Some(k)],
-                None => vec![None, Some("state_dict"), Some("model"), Some("module")],
-            };
-            for k in keys {
-                let pth = candle_core::pickle::PthTensors::new(path, k).map_err(ckpt_err)?;
-                if pth.tensor_infos().is_empty() {
-                    continue;
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_torch_zip(path, key, device))) {
+                Ok(result) => result,
+                Err(panic) => {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".to_string());
+                    Err(Error::Checkpoint {
+                        path: path.to_path_buf(),
+                        message: format!("malformed PyTorch checkpoint (the pickle reader failed: {what})"),
+                    })
                 }
-                let mut out = HashMap::new();
-                let names: Vec<String> = pth.tensor_infos().keys().cloned().collect();
-                for name in names {
-                    if let Some(t) = pth.get(&name).map_err(ckpt_err)? {
-                        out.insert(name, t.to_device(device).map_err(ckpt_err)?);
-                    }
-                }
-                return Ok(out);
             }
-            Err(Error::Checkpoint {
-                path: path.to_path_buf(),
-                message: "no tensors found in the pickle (expected a state dict)".into(),
-            })
         }
     }
+}
+
+/// The tensors of a PyTorch zip checkpoint (see [`read_tensors`]).
+fn read_torch_zip(path: &Path, key: Option<&str>, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let ckpt_err = |e: candle_core::Error| Error::Checkpoint { path: path.to_path_buf(), message: e.to_string() };
+    let keys: Vec<Option<&str>> = match key {
+        Some(k) => vec![Some(k)],
+        None => vec![None, Some("state_dict"), Some("model"), Some("module")],
+    };
+    for k in keys {
+        let pth = candle_core::pickle::PthTensors::new(path, k).map_err(ckpt_err)?;
+        if pth.tensor_infos().is_empty() {
+            continue;
+        }
+        let mut out = HashMap::new();
+        let names: Vec<String> = pth.tensor_infos().keys().cloned().collect();
+        for name in names {
+            if let Some(t) = pth.get(&name).map_err(ckpt_err)? {
+                out.insert(name, t.to_device(device).map_err(ckpt_err)?);
+            }
+        }
+        return Ok(out);
+    }
+    Err(Error::Checkpoint {
+        path: path.to_path_buf(),
+        message: "no tensors found in the pickle (expected a state dict)".into(),
+    })
 }
 
 /// Opens a safetensors file and reads its JSON header: `(file, header, data start, file size)`.
