@@ -311,6 +311,24 @@ def versions() -> Dict[str, str]:
     }
 
 
+def write_case_lines(path: pathlib.Path, obj: dict) -> None:
+    """Writes `obj` as JSON with one list item per line: readable diffs, a small file."""
+    lines = ["{"]
+    for i, (k, v) in enumerate(obj.items()):
+        sep = "," if i + 1 < len(obj) else ""
+        if isinstance(v, list):
+            items = [json.dumps(x, ensure_ascii=True, separators=(",", ":")) for x in v]
+            lines.append(f" {json.dumps(k)}: [")
+            lines.extend(f"  {it}{',' if j + 1 < len(items) else ''}" for j, it in enumerate(items))
+            lines.append(f" ]{sep}")
+        else:
+            lines.append(f" {json.dumps(k)}: {json.dumps(v, ensure_ascii=True)}{sep}")
+    lines.append("}")
+    text = "\n".join(lines) + "\n"
+    assert json.loads(text) == obj
+    path.write_text(text, encoding="utf-8")
+
+
 def main(out_dir: pathlib.Path) -> None:
     import ftfy
     from open_clip.tokenizer import SimpleTokenizer
@@ -349,21 +367,7 @@ def main(out_dir: pathlib.Path) -> None:
         "decode_cases": decode_cases,
     }
     path = out_dir / "clip_tokenizer.json"
-    # One case per line: readable diffs, a small file.
-    lines = ["{"]
-    for i, (k, v) in enumerate(obj.items()):
-        sep = "," if i + 1 < len(obj) else ""
-        if isinstance(v, list):
-            items = [json.dumps(x, ensure_ascii=True, separators=(",", ":")) for x in v]
-            lines.append(f" {json.dumps(k)}: [")
-            lines.extend(f"  {it}{',' if j + 1 < len(items) else ''}" for j, it in enumerate(items))
-            lines.append(f" ]{sep}")
-        else:
-            lines.append(f" {json.dumps(k)}: {json.dumps(v, ensure_ascii=True)}{sep}")
-    lines.append("}")
-    text = "\n".join(lines) + "\n"
-    assert json.loads(text) == obj
-    path.write_text(text, encoding="utf-8")
+    write_case_lines(path, obj)
     n_moji = sum(1 for c in cases if c.get("mojibake"))
     print(f"wrote {path}: {len(cases)} cases ({n_moji} mojibake)")
     hf_main(out_dir)
@@ -425,20 +429,7 @@ def hf_main(out_dir: pathlib.Path) -> None:
         "cases": cases,
     }
     path = out_dir / "hf_clip_tokenizer.json"
-    lines = ["{"]
-    for i, (k, v) in enumerate(obj.items()):
-        sep = "," if i + 1 < len(obj) else ""
-        if isinstance(v, list):
-            items = [json.dumps(x, ensure_ascii=True, separators=(",", ":")) for x in v]
-            lines.append(f" {json.dumps(k)}: [")
-            lines.extend(f"  {it}{',' if j + 1 < len(items) else ''}" for j, it in enumerate(items))
-            lines.append(f" ]{sep}")
-        else:
-            lines.append(f" {json.dumps(k)}: {json.dumps(v, ensure_ascii=True)}{sep}")
-    lines.append("}")
-    text = "\n".join(lines) + "\n"
-    assert json.loads(text) == obj
-    path.write_text(text, encoding="utf-8")
+    write_case_lines(path, obj)
     blob = tok.backend_tokenizer.to_str(pretty=False).encode("utf-8")
     (out_dir / "hf_tokenizer.json.gz").write_bytes(gzip.compress(blob, compresslevel=9, mtime=0))
     print(f"wrote {path}: {len(cases)} cases; hf_tokenizer.json.gz ({len(blob)} bytes raw)")

@@ -176,3 +176,20 @@ impl Error {
         Error::InvalidArgument { name: name.into(), message: message.into() }
     }
 }
+
+/// Runs `f`, turning a panic inside it into `Err(on_panic(message))`: for third-party parsers
+/// (image decoders, candle's pickle reader) that should not panic on bad input but might, so
+/// that the caller gets an error naming the file instead of an unwinding batch.
+pub(crate) fn catch_panic<T>(f: impl FnOnce() -> Result<T>, on_panic: impl FnOnce(String) -> Error) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(result) => result,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_string());
+            Err(on_panic(what))
+        }
+    }
+}

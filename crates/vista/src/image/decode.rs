@@ -2,7 +2,6 @@
 //! decompression-bomb guard.
 
 use std::io::Cursor;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
 use ::image::error::{ImageFormatHint, UnsupportedErrorKind};
@@ -157,17 +156,10 @@ fn image_error(path: &Path, e: ImageError) -> Error {
 fn decode_from(bytes: &[u8], path: &Path, options: &DecodeOptions) -> Result<Decoded> {
     // The decoders are not supposed to panic on bad input; if one does anyway, the caller
     // still gets an ImageDecode error naming the file rather than an unwinding batch.
-    match catch_unwind(AssertUnwindSafe(|| decode_inner(bytes, path, options))) {
-        Ok(result) => result,
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".to_string());
-            Err(decode_error(path, format!("decoder panicked: {what}")))
-        }
-    }
+    crate::error::catch_panic(
+        || decode_inner(bytes, path, options),
+        |what| decode_error(path, format!("decoder panicked: {what}")),
+    )
 }
 
 fn decode_inner(bytes: &[u8], path: &Path, options: &DecodeOptions) -> Result<Decoded> {

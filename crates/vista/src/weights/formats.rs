@@ -58,22 +58,13 @@ pub fn read_tensors(path: &Path, key: Option<&str>, device: &Device) -> Result<H
         Format::Safetensors => Ok(read_safetensors(path, device)?.0),
         // candle's pickle reader trusts the file (a hostile one can make it shift or index out of
         // range, found by fuzz/pickle): its panics become an error naming the file.
-        Format::TorchZip => {
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_torch_zip(path, key, device))) {
-                Ok(result) => result,
-                Err(panic) => {
-                    let what = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "unknown panic".to_string());
-                    Err(Error::Checkpoint {
-                        path: path.to_path_buf(),
-                        message: format!("malformed PyTorch checkpoint (the pickle reader failed: {what})"),
-                    })
-                }
-            }
-        }
+        Format::TorchZip => crate::error::catch_panic(
+            || read_torch_zip(path, key, device),
+            |what| Error::Checkpoint {
+                path: path.to_path_buf(),
+                message: format!("malformed PyTorch checkpoint (the pickle reader failed: {what})"),
+            },
+        ),
     }
 }
 
