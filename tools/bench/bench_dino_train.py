@@ -19,8 +19,7 @@ initialisation and after the run; plus a raw-pixel k-NN baseline computed by vis
 inputs start from; `--worker raw-knn` is the same in numpy, a cross-check). ONNX Runtime has no
 part here: it has no training loop.
 
-    python tools/bench/bench_dino_train.py --epochs 10 --seeds 0,1     # full run (~45 min on an AMD
-                                                                       # 2-core VM, ~80 on an Intel one)
+    python tools/bench/bench_dino_train.py --epochs 10 --seeds 0,1     # full run (1-1.5 h on 2 cores)
     python tools/bench/bench_dino_train.py --quick --no-write          # smoke test (1 epoch, 640 images, seed 0)
     python tools/bench/bench_dino_train.py --vista-run DIR --torch-json FILE   # tabulate finished runs
 

@@ -214,41 +214,43 @@ fn cpu_target(dtype: DType) -> parity::Target {
     parity::Target { device: Device::Cpu, dtype }
 }
 
+/// Runs one parity part on the CPU at `dtype` and checks its report.
+fn run_part<E: std::fmt::Debug>(part: impl Fn(&mut parity::Report, &parity::Target) -> Result<(), E>, dtype: DType) {
+    let mut r = parity::Report::default();
+    part(&mut r, &cpu_target(dtype)).unwrap();
+    check(r);
+}
+
 #[test]
 fn clip_fixtures_through_the_device_path() {
-    let mut r = parity::Report::default();
-    parity::clip(&mut r, &cpu_target(DType::F32)).unwrap();
-    check(r);
+    run_part(parity::clip, DType::F32);
 }
 
 #[test]
 fn dino_fixtures_through_the_device_path() {
-    let mut r = parity::Report::default();
-    parity::dino(&mut r, &cpu_target(DType::F32)).unwrap();
-    check(r);
+    run_part(parity::dino, DType::F32);
 }
 
 #[test]
 fn sam_fixtures_through_the_device_path() {
-    let mut r = parity::Report::default();
-    parity::sam(&mut r, &cpu_target(DType::F32)).unwrap();
-    check(r);
+    run_part(parity::sam, DType::F32);
 }
 
 #[test]
 fn dino_training_step_through_the_device_path() {
-    let mut r = parity::Report::default();
-    parity::train(&mut r, &cpu_target(DType::F32)).unwrap();
-    check(r);
+    run_part(parity::train, DType::F32);
 }
 
 #[test]
 fn bf16_models_stay_close_to_f32() {
     // bf16 weights and activations (as on a GPU with `--dtype bf16`), on the CPU.
-    let mut r = parity::Report::default();
-    parity::clip(&mut r, &cpu_target(DType::BF16)).unwrap();
-    parity::dino(&mut r, &cpu_target(DType::BF16)).unwrap();
-    check(r);
+    run_part(
+        |r: &mut parity::Report, t: &parity::Target| {
+            parity::clip(r, t)?;
+            parity::dino(r, t)
+        },
+        DType::BF16,
+    );
 }
 
 #[test]

@@ -11,7 +11,7 @@ use crate::nn::gemm::{matmul, MatMut, MatRef, Parallelism};
 /// Every pair is compared, one matrix product per pair of row blocks. A link is a score
 /// `>= threshold` as that product computes it; its summation order differs from [`VectorSet::score`]'s, so a pair
 /// within ~1e-6 of the threshold may be judged differently there.
-/// Cost: n²/2 · dim multiply-adds, 3.6 s for 50k × 512-d on 2 Zen 5 cores (`BENCHMARKS.md`);
+/// Cost: n²/2 · dim multiply-adds (50k × 512-d on 2 threads: `BENCHMARKS.md`, `bench_search.py`);
 /// memory: a few MB of blocks per thread beyond the set.
 pub fn near_duplicate_groups(set: &VectorSet, threshold: f32) -> Vec<Vec<usize>> {
     let n = set.len();
