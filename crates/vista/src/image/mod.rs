@@ -41,24 +41,13 @@
 //! # Resizing ([`resize_exact`], [`resize_region`])
 //!
 //! Pillow's antialiased convolution resampling (`Image.resize` with `BICUBIC` or `BILINEAR`),
-//! on `fast_image_resize`'s SIMD kernels (its `CatmullRom` is Pillow's bicubic, a = -0.5). Two
-//! things had to be arranged for it to agree with Pillow (details in [`resize`]):
-//! the two passes run one call each, in Pillow's order and each rounded to uint8 (left to
-//! itself, `fast_image_resize` runs u8 images vertical pass first, up to 17 levels off on hard
-//! edges), and Pillow 13's order rule (vertical first when the height loses more than twice as
-//! many pixels as the width) is reproduced. `fast_image_resize`'s coefficients are 16-bit fixed
-//! point where Pillow's are 22-bit, which leaves ±1 on a few values.
-//!
-//! Measured against Pillow 13.0 / torchvision 0.29 (`tests/preprocess_parity.rs`): on the three
-//! photos at 224 and 336, 99.65 % of the uint8 values are identical and all are within 1;
-//! 99.3-99.97 % identical, max 1, on the synthetic odd-size, upscaling, bilinear and
-//! one-pass cases. After normalisation a ±1 is one step of `1 / (255 * std)` ≈ 0.015; the
-//! normalisation itself is bit-identical to torchvision's and HF's. Pillow before 13 always
-//! runs the horizontal pass first: on images more than twice as tall as wide its output
-//! differs from Pillow 13's (and ours), typically by a level or two, more on hard edges.
+//! ported value for value (22-bit fixed-point weights, uint8 rounding after each pass, Pillow
+//! 13's pass order; details in [`resize`]). Measured against Pillow 13.0 / torchvision 0.29
+//! (`tests/preprocess_parity.rs`): every uint8 value of every fixture case is identical; the
+//! normalisation after it is bit-identical to torchvision's and HF's.
 //!
 //! Speed (one core, release): 512×512 → 224 resize + crop ≈ 0.3 ms, + normalisation ≈ 0.45 ms;
-//! a 12 MP photo → 224 ≈ 11 ms.
+//! a 12 MP photo → 224 ≈ 60 ms (Pillow's scalar integer arithmetic, kept for exactness).
 //!
 //! # CLIP preprocessing ([`ClipPreprocess`])
 //!

@@ -1,21 +1,19 @@
-//! Pillow-equivalent resampling of 8-bit RGB images (`Image.resize` with `BICUBIC` /
-//! `BILINEAR`, i.e. Pillow's antialiased convolution resampling), on `fast_image_resize`.
+//! Pillow's resampling of 8-bit images (`Image.resize` with `BICUBIC` / `BILINEAR`: its
+//! antialiased convolution, `Resample.c`), value for value: the same kernels stretched by the
+//! scale factor, the same taps per output pixel (`precompute_coeffs`), the weights normalised
+//! in f64 and rounded to 22-bit fixed point (`normalize_coeffs_8bpc`), integer sums rounded and
+//! clamped to uint8 after each of the two separable passes, and Pillow's pass order:
+//! horizontal first, except (since Pillow 13, python-pillow/Pillow#9549) vertical first when the
+//! height shrinks by more than twice as many pixels as the width. A pass runs only when its axis
+//! changes size. Equal to Pillow 13 on every value of the fixtures (`tests/preprocess_parity.rs`,
+//! `tests/amg.rs`'s SAM input). [`resize_region`] computes only the output pixels of a region,
+//! with exactly the full resize's values (each pixel's taps do not depend on the others).
 //!
-//! Pillow resamples in two separable passes, each rounding to uint8: horizontal first, except
-//! (since Pillow 13) when the height shrinks by more than twice as many pixels as the width,
-//! then vertical first. `fast_image_resize` implements the same convolution (same kernels,
-//! same support scaling, same coefficient normalisation) but, for u8 pixels, always runs the
-//! vertical pass first, so its intermediate rounding differs (up to ±17 levels measured on
-//! hard edges). We therefore call it once per axis, in Pillow's order, which restores Pillow's
-//! uint8 intermediate. What remains is `fast_image_resize`'s 16-bit fixed-point coefficients
-//! (Pillow uses 22-bit ones; the precision also depends on the largest weight among the
-//! computed pixels): a sum landing within ~1e-3 of a .5 boundary may round the other way, so
-//! about 0.35 % of values are off by one, none by more (see `tests/preprocess_parity.rs`).
-//! For the same reason [`resize_region`] may differ by one, rarely, from cropping
-//! [`resize_exact`]'s output.
+//! An earlier version ran `fast_image_resize`'s SIMD kernels (16-bit coefficients), ~5× faster
+//! on 12-megapixel photos but off by one on 0.35 % of values, and on 7.5 % of a noisy SAM input
+//! (which moved the tiny SAM's image embedding by 8e-3); exactness won.
 
 use ::image::RgbImage;
-use fast_image_resize as fr;
 
 use crate::{Error, Result};
 
@@ -33,14 +31,6 @@ pub enum Filter {
 }
 
 impl Filter {
-    fn fir(self) -> fr::FilterType {
-        match self {
-            // fast_image_resize's CatmullRom is Pillow's bicubic_filter (a = -0.5) verbatim.
-            Filter::Bicubic => fr::FilterType::CatmullRom,
-            Filter::Bilinear => fr::FilterType::Bilinear,
-        }
-    }
-
     /// Kernel radius in source pixels at scale 1.
     fn support(self) -> f64 {
         match self {
@@ -128,12 +118,6 @@ pub fn resize_region(
     Ok(RgbImage::from_raw(region.width, region.height, buf).expect("buffer size matches"))
 }
 
-/// `num * a / b` in f64: exact product (all < 2^53), one correctly rounded division, so that
-/// `a == b` gives exactly `num`.
-fn ratio(num: u32, a: u32, b: u32) -> f64 {
-    f64::from(num) * f64::from(a) / f64::from(b)
-}
-
 /// Pillow's choice of pass order (Pillow >= 13, python-pillow/Pillow#9549): vertical first when
 /// the height shrinks by more than twice as many pixels as the width, horizontal first
 /// otherwise (always, before Pillow 13). Established against Pillow 13.0 on 13k size pairs.
@@ -141,26 +125,156 @@ fn pillow_vertical_first(sw: u32, sh: u32, out_w: u32, out_h: u32) -> bool {
     out_h < sh && i64::from(sh) - i64::from(out_h) > 2 * (i64::from(sw) - i64::from(out_w))
 }
 
-/// The source pixels `[first, last)` along one axis that the second pass's taps reach, for
-/// output positions whose source box is `start..end` (source size `len`, output size `out`,
-/// scale `len / out`); one pixel of margin each side against float noise, clamped to the image.
-fn band(start: f64, end: f64, len: u32, out: u32, filter: Filter) -> (u32, u32) {
-    let scale = f64::from(len) / f64::from(out);
-    let radius = filter.support() * scale.max(1.0);
-    let first_center = start + 0.5 * scale;
-    let last_center = end - 0.5 * scale;
-    let first = ((first_center - radius).floor() - 1.0).max(0.0) as u32;
-    let last = (((last_center + radius).ceil() + 1.0) as u32).min(len);
-    (first, last)
+/// Pillow's fixed-point precision for 8-bit images: `32 - 8 - 2` bits (`PRECISION_BITS` in
+/// `Resample.c`), so that a weighted sum of uint8 values cannot overflow an `i32`.
+const PRECISION_BITS: u32 = 22;
+
+impl Filter {
+    /// The kernel, as Pillow's `bilinear_filter` / `bicubic_filter` (a = -0.5).
+    fn weight(self, x: f64) -> f64 {
+        let x = x.abs();
+        match self {
+            Filter::Bilinear => {
+                if x < 1.0 {
+                    1.0 - x
+                } else {
+                    0.0
+                }
+            }
+            Filter::Bicubic => {
+                const A: f64 = -0.5;
+                if x < 1.0 {
+                    ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+                } else if x < 2.0 {
+                    (((x - 5.0) * x + 8.0) * x - 4.0) * A
+                } else {
+                    0.0
+                }
+            }
+        }
+    }
 }
 
-fn options(filter: Filter, left: f64, top: f64, width: f64, height: f64) -> fr::ResizeOptions {
-    // Four channels are resampled alike, as Pillow resamples an `RGBa` image (the caller
-    // premultiplies); fast_image_resize would otherwise premultiply on its own.
-    fr::ResizeOptions::new()
-        .resize_alg(fr::ResizeAlg::Convolution(filter.fir()))
-        .crop(left, top, width, height)
-        .use_alpha(false)
+/// One axis of a resize: for each computed output position, its first source pixel, its tap
+/// count and its `i32` weights (`ksize` slots each).
+struct Taps {
+    first: Vec<usize>,
+    len: Vec<usize>,
+    ksize: usize,
+    weights: Vec<i32>,
+}
+
+impl Taps {
+    /// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for a resize of `in_size` pixels to
+    /// `out_size`, for the output positions `from..to` only (each position's taps do not depend
+    /// on the others, so a region gets exactly the full resize's values).
+    fn new(in_size: u32, out_size: u32, from: u32, to: u32, filter: Filter) -> Self {
+        let scale = f64::from(in_size) / f64::from(out_size);
+        let filterscale = scale.max(1.0);
+        let support = filter.support() * filterscale;
+        let ksize = support.ceil() as usize * 2 + 1;
+        let n = (to - from) as usize;
+        let (mut first, mut len) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        let mut weights = vec![0i32; n * ksize];
+        let mut k = vec![0f64; ksize];
+        let ss = 1.0 / filterscale;
+        for (i, xx) in (from..to).enumerate() {
+            let center = (f64::from(xx) + 0.5) * scale;
+            // C casts truncate toward zero, as `as` does.
+            let xmin = ((center - support + 0.5) as i64).max(0) as usize;
+            let xmax = ((center + support + 0.5) as i64).min(i64::from(in_size)) as usize;
+            let count = xmax.saturating_sub(xmin).min(ksize);
+            let mut sum = 0.0;
+            for (x, w) in k.iter_mut().enumerate().take(count) {
+                *w = filter.weight(((x + xmin) as f64 - center + 0.5) * ss);
+                sum += *w;
+            }
+            let one = f64::from(1u32 << PRECISION_BITS);
+            for (x, w) in k.iter().enumerate().take(count) {
+                let w = if sum != 0.0 { w / sum } else { *w };
+                weights[i * ksize + x] = if w < 0.0 { (-0.5 + w * one) as i32 } else { (0.5 + w * one) as i32 };
+            }
+            first.push(xmin);
+            len.push(count);
+        }
+        Self { first, len, ksize, weights }
+    }
+
+    /// The source span `[start, end)` the taps reach.
+    fn span(&self) -> (usize, usize) {
+        let start = self.first.iter().copied().min().unwrap_or(0);
+        let end = self.first.iter().zip(&self.len).map(|(f, l)| f + l).max().unwrap_or(0);
+        (start, end.max(start))
+    }
+
+    fn of(&self, i: usize) -> (usize, &[i32]) {
+        (self.first[i], &self.weights[i * self.ksize..i * self.ksize + self.len[i]])
+    }
+}
+
+/// Pillow's `clip8`: the fixed-point sum shifted down, clamped to a byte.
+#[inline(always)]
+fn clip8(v: i32) -> u8 {
+    (v >> PRECISION_BITS).clamp(0, 255) as u8
+}
+
+/// A packed 8-bit image (`C` channels) with its size.
+struct Plane<'a> {
+    data: &'a [u8],
+    width: usize,
+}
+
+/// Pillow's `ImagingResampleHorizontal_8bpc` over the rows `rows` of `src`: output
+/// `rows.len() × taps` pixels, packed; the same integer sums as Pillow's, in the same order.
+fn horizontal<const C: usize>(src: &Plane<'_>, rows: std::ops::Range<usize>, taps: &Taps) -> Vec<u8> {
+    let n = taps.first.len();
+    let mut out = vec![0u8; rows.len() * n * C];
+    for (r, y) in rows.enumerate() {
+        let row = &src.data[y * src.width * C..(y + 1) * src.width * C];
+        let dst = &mut out[r * n * C..(r + 1) * n * C];
+        for i in 0..n {
+            let (first, w) = taps.of(i);
+            let mut acc = [1i32 << (PRECISION_BITS - 1); C];
+            for (px, &k) in row[first * C..(first + w.len()) * C].chunks_exact(C).zip(w) {
+                for c in 0..C {
+                    acc[c] += i32::from(px[c]) * k;
+                }
+            }
+            for c in 0..C {
+                dst[i * C + c] = clip8(acc[c]);
+            }
+        }
+    }
+    out
+}
+
+/// Pillow's `ImagingResampleVertical_8bpc` over the columns `cols` of `src`, whose row 0 is
+/// source row `row0`: output `taps × cols.len()` pixels, packed.
+fn vertical<const C: usize>(src: &Plane<'_>, row0: usize, cols: std::ops::Range<usize>, taps: &Taps) -> Vec<u8> {
+    let n = taps.first.len();
+    let w = cols.len() * C;
+    let mut out = vec![0u8; n * w];
+    let mut acc = vec![0i32; w];
+    crate::nn::cpu::with_simd(
+        #[inline(always)]
+        || {
+            for i in 0..n {
+                let (first, k) = taps.of(i);
+                acc.fill(1i32 << (PRECISION_BITS - 1));
+                for (t, &kt) in k.iter().enumerate() {
+                    let y = first + t - row0;
+                    let row = &src.data[(y * src.width + cols.start) * C..(y * src.width + cols.end) * C];
+                    for (a, &p) in acc.iter_mut().zip(row) {
+                        *a += i32::from(p) * kt;
+                    }
+                }
+                for (o, &a) in out[i * w..(i + 1) * w].iter_mut().zip(&acc) {
+                    *o = clip8(a);
+                }
+            }
+        },
+    );
+    out
 }
 
 /// The worker behind [`resize_region`]; arguments already validated. `src` is packed 8-bit
@@ -177,79 +291,56 @@ pub(crate) fn resize_region_raw(
     region: Region,
     filter: Filter,
 ) -> Vec<u8> {
-    let pt = if channels == 4 { fr::PixelType::U8x4 } else { fr::PixelType::U8x3 };
-    let ch = if channels == 4 { 4 } else { 3 };
-    let Region { x, y, width: ow, height: oh } = region;
-    let mut out = vec![0u8; ow as usize * oh as usize * ch];
-    let src_view = fr::images::ImageRef::new(sw, sh, src, pt).expect("source buffer");
+    if channels == 4 {
+        resize_region_channels::<4>(src, sw, sh, full_w, full_h, region, filter)
+    } else {
+        resize_region_channels::<3>(src, sw, sh, full_w, full_h, region, filter)
+    }
+}
 
-    // Source box of the region along each axis (Pillow: center = (i + 0.5) * in / out).
-    let (left, right) = (ratio(sw, x, full_w), ratio(sw, x + ow, full_w));
-    let (top, bottom) = (ratio(sh, y, full_h), ratio(sh, y + oh, full_h));
-    // As Pillow: a pass runs only when that axis changes size.
+/// Pillow's `ImagingResample` for a region of the output: the two separable passes, each
+/// rounded to uint8, in Pillow's order; a pass runs only when its axis changes size; the first
+/// pass covers only the rows (columns) the second reaches.
+fn resize_region_channels<const C: usize>(
+    src: &[u8],
+    sw: u32,
+    sh: u32,
+    full_w: u32,
+    full_h: u32,
+    region: Region,
+    filter: Filter,
+) -> Vec<u8> {
+    let Region { x, y, width: ow, height: oh } = region;
+    let (sw_, sh_) = (sw as usize, sh as usize);
+    let img = Plane { data: src, width: sw_ };
     let need_h = sw != full_w;
     let need_v = sh != full_h;
-    let mut resizer = fr::Resizer::new();
-    let resize_err = |e: fr::ResizeError| -> ! { panic!("internal error in resize_region: {e}") };
-
+    let (x, y, ow, oh) = (x as usize, y as usize, ow as usize, oh as usize);
     match (need_h, need_v) {
         (false, false) => {
-            // Pure crop.
-            let row = sw as usize * ch;
-            for (r, dst) in out.chunks_exact_mut(ow as usize * ch).enumerate() {
-                let start = (y as usize + r) * row + x as usize * ch;
-                dst.copy_from_slice(&src[start..start + ow as usize * ch]);
+            let mut out = Vec::with_capacity(ow * oh * C);
+            for r in y..y + oh {
+                out.extend_from_slice(&src[(r * sw_ + x) * C..(r * sw_ + x + ow) * C]);
             }
+            out
         }
-        (true, false) => {
-            // Horizontal only; rows y..y+oh of the source.
-            let mut dst = fr::images::Image::from_slice_u8(ow, oh, &mut out, pt).expect("dst");
-            let opts = options(filter, left, f64::from(y), right - left, f64::from(oh));
-            resizer.resize(&src_view, &mut dst, &opts).unwrap_or_else(|e| resize_err(e));
-        }
-        (false, true) => {
-            // Vertical only; columns x..x+ow of the source.
-            let mut dst = fr::images::Image::from_slice_u8(ow, oh, &mut out, pt).expect("dst");
-            let opts = options(filter, f64::from(x), top, f64::from(ow), bottom - top);
-            resizer.resize(&src_view, &mut dst, &opts).unwrap_or_else(|e| resize_err(e));
-        }
-        (true, true) if pillow_vertical_first(sw, sh, full_w, full_h) => {
-            // Pass 1, vertical, over the band of source columns the horizontal taps reach.
-            let (band_left, band_right) = band(left, right, sw, full_w, filter);
-            let band_w = band_right - band_left;
-            let mut tmp = vec![0u8; band_w as usize * oh as usize * ch];
-            {
-                let mut dst = fr::images::Image::from_slice_u8(band_w, oh, &mut tmp, pt).expect("tmp");
-                let opts = options(filter, f64::from(band_left), top, f64::from(band_w), bottom - top);
-                resizer.resize(&src_view, &mut dst, &opts).unwrap_or_else(|e| resize_err(e));
-            }
-            // Pass 2, horizontal.
-            let tmp_view = fr::images::ImageRef::new(band_w, oh, &tmp, pt).expect("tmp");
-            let mut dst = fr::images::Image::from_slice_u8(ow, oh, &mut out, pt).expect("dst");
-            let left_in_band = left - f64::from(band_left);
-            let width = (right - left).min(f64::from(band_w) - left_in_band);
-            let opts = options(filter, left_in_band, 0.0, width, f64::from(oh));
-            resizer.resize(&tmp_view, &mut dst, &opts).unwrap_or_else(|e| resize_err(e));
-        }
+        (true, false) => horizontal::<C>(&img, y..y + oh, &Taps::new(sw, full_w, x as u32, (x + ow) as u32, filter)),
+        (false, true) => vertical::<C>(&img, 0, x..x + ow, &Taps::new(sh, full_h, y as u32, (y + oh) as u32, filter)),
         (true, true) => {
-            // Pass 1, horizontal, over the band of source rows the vertical taps reach
-            // (Pillow restricts its first pass the same way), rounded to u8 like Pillow's.
-            let (band_top, band_bottom) = band(top, bottom, sh, full_h, filter);
-            let band_h = band_bottom - band_top;
-            let mut tmp = vec![0u8; ow as usize * band_h as usize * ch];
-            {
-                let mut dst = fr::images::Image::from_slice_u8(ow, band_h, &mut tmp, pt).expect("tmp");
-                let opts = options(filter, left, f64::from(band_top), right - left, f64::from(band_h));
-                resizer.resize(&src_view, &mut dst, &opts).unwrap_or_else(|e| resize_err(e));
+            let htaps = Taps::new(sw, full_w, x as u32, (x + ow) as u32, filter);
+            let vtaps = Taps::new(sh, full_h, y as u32, (y + oh) as u32, filter);
+            if pillow_vertical_first(sw, sh, full_w, full_h) {
+                // Vertical over the source columns the horizontal taps reach, then horizontal.
+                let (c0, c1) = htaps.span();
+                let tmp = vertical::<C>(&img, 0, c0..c1, &vtaps);
+                let shifted = Taps { first: htaps.first.iter().map(|f| f - c0).collect(), ..htaps };
+                horizontal::<C>(&Plane { data: &tmp, width: c1 - c0 }, 0..oh, &shifted)
+            } else {
+                // Horizontal over the source rows the vertical taps reach, then vertical.
+                let (r0, r1) = vtaps.span();
+                let tmp = horizontal::<C>(&img, r0..r1.min(sh_), &htaps);
+                vertical::<C>(&Plane { data: &tmp, width: ow }, r0, 0..ow, &vtaps)
             }
-            // Pass 2, vertical.
-            let tmp_view = fr::images::ImageRef::new(ow, band_h, &tmp, pt).expect("tmp");
-            let mut dst = fr::images::Image::from_slice_u8(ow, oh, &mut out, pt).expect("dst");
-            let top_in_band = top - f64::from(band_top);
-            let height = (bottom - top).min(f64::from(band_h) - top_in_band);
-            let opts = options(filter, 0.0, top_in_band, f64::from(ow), height);
-            resizer.resize(&tmp_view, &mut dst, &opts).unwrap_or_else(|e| resize_err(e));
         }
     }
-    out
 }
