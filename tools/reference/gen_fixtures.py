@@ -33,7 +33,8 @@ sys.path.insert(0, str(HERE))
 import common  # noqa: E402
 
 # clip_e2e and family read the images that preprocess writes, so they come after it.
-SECTIONS = ("clip", "tokenizer", "preprocess", "clip_e2e", "family", "sam", "dino", "rle", "dino_train", "dino_loss")
+SECTIONS = ("clip", "tokenizer", "preprocess", "clip_e2e", "family", "sam", "dino", "rle", "amg", "dino_train",
+            "dino_loss")
 # Where each section writes, below the fixtures root.
 OUT_DIR = {"clip_e2e": "clip"}
 

@@ -27,7 +27,8 @@ enum Command {
     Search(cmd::search::Args),
     /// Groups of near-duplicate images in an index.
     Dupes(cmd::dupes::Args),
-    /// Segment an object with SAM from points, boxes or a previous mask.
+    /// Segment an object with SAM from points, boxes or a previous mask, or everything in the
+    /// image (--everything).
     Segment(cmd::segment::Args),
     /// SAM utilities.
     #[command(subcommand)]
@@ -55,6 +56,9 @@ enum TrainCommand {
 enum SamCommand {
     /// Pre-encode images (fills the embedding cache, so later prompts are instant).
     Encode(cmd::sam_encode::Args),
+    /// Segment everything in every image (SAM's automatic mask generator); one SA-1B-style
+    /// JSON per image.
+    Auto(Box<cmd::sam_auto::Args>),
 }
 
 /// Exit codes: 0 all done, 1 failed, 2 finished but some inputs were skipped.
@@ -97,6 +101,7 @@ fn main() -> ExitCode {
         Command::Dupes(a) => cmd::dupes::run(a),
         Command::Segment(a) => cmd::segment::run(a),
         Command::Sam(SamCommand::Encode(a)) => cmd::sam_encode::run(a),
+        Command::Sam(SamCommand::Auto(a)) => cmd::sam_auto::run(*a),
         Command::Features(a) => cmd::features::run(a),
         Command::Attention(a) => cmd::attention::run(a),
         Command::Knn(a) => cmd::knn::run(a),

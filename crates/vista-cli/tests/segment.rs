@@ -149,3 +149,117 @@ fn sam_encode_fills_the_cache_skips_bad_files_and_resumes() {
     assert!(stderr(&o).contains("0 encoded, 3 already cached, 1 skipped"), "{}", stderr(&o));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn segment_everything_writes_masks_png_overlay_and_equals_the_library() {
+    let dir = tmpdir("segment-everything");
+    let img = photo(&dir, "shop.png", 60, 45);
+    let out = dir.join("out");
+    let model = sam();
+    let args = [
+        "segment",
+        img.to_str().unwrap(),
+        "--everything",
+        "--points-per-side",
+        "4",
+        "--pred-iou-thresh",
+        "0",
+        "--stability-score-thresh",
+        "0",
+        "--box-nms-thresh",
+        "1",
+        "--model",
+        &model,
+        "--no-cache",
+        "-o",
+        out.to_str().unwrap(),
+        "-f",
+        "png,coco-rle,overlay",
+        "--json",
+    ];
+    let doc: serde_json::Value = serde_json::from_slice(&vista_ok(&args).stdout).unwrap();
+    let masks = doc["masks"].as_array().unwrap();
+    assert_eq!(masks.len(), 48, "4 x 4 points x 3 masks, nothing filtered");
+    let pngs = doc["pngs"].as_array().unwrap();
+    assert_eq!(pngs.len(), masks.len());
+    // The written RLE, the PNG and the library's result are the same masks.
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(doc["outputs"]["coco"].as_str().unwrap()).unwrap()).unwrap();
+    let anns = file["annotations"].as_array().unwrap();
+    assert_eq!(anns.len(), masks.len());
+    let image = vista::image::load_rgb(&img, &Default::default()).unwrap();
+    let files = vista::sam::loader::resolve(&model).unwrap();
+    let predictor = vista::sam::Predictor::new(std::sync::Arc::new(
+        vista::sam::loader::load(&files, &Default::default()).unwrap().model,
+    ));
+    let options = vista::apps::segment::AmgOptions {
+        points_per_side: Some(4),
+        pred_iou_thresh: 0.0,
+        stability_score_thresh: 0.0,
+        box_nms_thresh: 1.0,
+        ..Default::default()
+    };
+    let lib = vista::apps::segment::AutomaticMaskGenerator::new(predictor, options).unwrap().generate(&image).unwrap();
+    for (i, (ann, png)) in anns.iter().zip(pngs).enumerate() {
+        let rle = vista::apps::segment::Rle::from_json(&ann["segmentation"]).unwrap();
+        assert_eq!(rle, lib[i].rle, "mask {i}");
+        let png = vista::apps::segment::Mask::from_png(png.as_str().unwrap()).unwrap();
+        assert_eq!(png, rle.decode(), "mask {i}");
+        assert_eq!(ann["id"], i + 1);
+        for key in ["area", "bbox", "predicted_iou", "point_coords", "stability_score", "crop_box"] {
+            assert!(!ann[key].is_null(), "{key}");
+        }
+    }
+    let overlay = ::image::open(doc["outputs"]["overlay"].as_str().unwrap()).unwrap();
+    assert_eq!((overlay.width(), overlay.height()), (60, 45));
+    // Prompts and --everything exclude each other.
+    let o = vista(&["segment", img.to_str().unwrap(), "--everything", "--point", "3,3", "--model", &model]);
+    assert!(!o.status.success() && stderr(&o).contains("--everything"), "{}", stderr(&o));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn sam_auto_writes_one_document_per_image_skips_bad_files_and_resumes() {
+    let dir = tmpdir("sam-auto");
+    let photos = dir.join("photos");
+    std::fs::create_dir_all(photos.join("sub")).unwrap();
+    photo(&photos, "a.png", 40, 30);
+    photo(&photos.join("sub"), "b.png", 33, 50);
+    std::fs::write(photos.join("broken.jpg"), b"\xff\xd8 truncated").unwrap();
+    let out = dir.join("masks");
+    let model = sam();
+    let args = [
+        "sam",
+        "auto",
+        photos.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--points-per-side",
+        "3",
+        "--pred-iou-thresh",
+        "0",
+        "--stability-score-thresh",
+        "0",
+        "--model",
+        &model,
+        "--no-cache",
+    ];
+    let o = vista(&args);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("broken.jpg") && stderr(&o).contains("2 segmented"), "{}", stderr(&o));
+    for (rel, (w, h)) in [("a.png.json", (40, 30)), ("sub/b.png.json", (33, 50))] {
+        let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join(rel)).unwrap()).unwrap();
+        assert_eq!((doc["image"]["width"].as_u64(), doc["image"]["height"].as_u64()), (Some(w), Some(h)));
+        let anns = doc["annotations"].as_array().unwrap();
+        assert!(!anns.is_empty(), "{rel}");
+        for a in anns {
+            let rle = vista::apps::segment::Rle::from_json(&a["segmentation"]).unwrap();
+            assert_eq!((rle.width(), rle.height()), (w as u32, h as u32));
+            assert_eq!(a["area"].as_u64(), Some(rle.area()));
+        }
+    }
+    assert!(!out.join("broken.jpg.json").exists());
+    let o = vista(&args);
+    assert!(stderr(&o).contains("0 segmented (0 masks), 2 already done, 1 skipped"), "{}", stderr(&o));
+    std::fs::remove_dir_all(dir).unwrap();
+}

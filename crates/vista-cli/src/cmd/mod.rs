@@ -9,6 +9,7 @@ pub mod features;
 pub mod index;
 pub mod knn;
 pub mod linear_probe;
+pub mod sam_auto;
 pub mod sam_encode;
 pub mod search;
 pub mod segment;

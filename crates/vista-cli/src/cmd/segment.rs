@@ -10,6 +10,7 @@ use vista::apps::segment::export::{export, mask_input_from_file, ExportOptions, 
 use vista::sam::{Point, Prompts};
 
 use crate::args::{parse_box, parse_point, SamArgs};
+use crate::cmd::sam_auto::AmgArgs;
 
 /// What to write, as a command-line value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -64,12 +65,21 @@ pub struct Args {
     /// Print the results as JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Segment everything: no prompts, SAM's automatic mask generator (a grid of points, then
+    /// filtering and de-duplication; its options below).
+    #[arg(long, conflicts_with_all = ["points", "boxes", "mask_input", "multimask"])]
+    pub everything: bool,
+    #[command(flatten)]
+    pub amg: AmgArgs,
     #[command(flatten)]
     pub model: SamArgs,
 }
 
 /// `vista segment`.
 pub fn run(args: Args) -> Result<ExitCode> {
+    if args.everything {
+        return run_everything(&args);
+    }
     if args.points.is_empty() && args.boxes.is_empty() && args.mask_input.is_none() {
         bail!("nothing to segment: give --point, --box or --mask-input");
     }
@@ -115,6 +125,86 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
         for (k, v) in &exported.outputs {
             println!("{k}: {}", v.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `vista segment --everything`: every mask of the image, written as asked.
+fn run_everything(args: &Args) -> Result<ExitCode> {
+    use vista::apps::segment::everything::{sa1b_document, AutomaticMaskGenerator, OutputMode};
+    use vista::apps::segment::{overlay::overlay, PolygonOptions};
+
+    let options = args.amg.options(OutputMode::CocoRle);
+    options.grids().context("segment --everything")?;
+    let pipeline = args.model.load()?;
+    let generator = AutomaticMaskGenerator::new(pipeline.predictor.clone(), options)?;
+    let (image, masks) = pipeline
+        .segment_everything_file(&generator, &args.image)
+        .with_context(|| format!("segmenting {}", args.image.display()))?;
+    let stem = args.image.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "image".into());
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let wants = |f: FormatArg| args.format.contains(&f);
+    let mut outputs = serde_json::Map::new();
+    let mut pngs = Vec::new();
+    if wants(FormatArg::Png) {
+        for (i, m) in masks.iter().enumerate() {
+            let path = args.out.join(format!("{stem}.auto{i:03}.png"));
+            m.mask().write_png(&path)?;
+            pngs.push(path);
+        }
+    }
+    let size = (image.width(), image.height());
+    if wants(FormatArg::CocoRle) {
+        let path = args.out.join(format!("{stem}.masks.json"));
+        let doc = sa1b_document(&args.image, size, &masks, OutputMode::CocoRle);
+        vista::weights::formats::write_atomic(&path, (serde_json::to_string(&doc)? + "\n").as_bytes())?;
+        outputs.insert("coco".into(), json!(path));
+    }
+    if wants(FormatArg::Polygon) {
+        let path = args.out.join(format!("{stem}.polygons.json"));
+        let opts = PolygonOptions { tolerance: args.polygon_tolerance, min_area: 0 };
+        let anns: Vec<_> = masks
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let mut a = m.to_json(OutputMode::CocoRle);
+                a["id"] = json!(i + 1);
+                a["segmentation"] = json!(m.mask().to_polygons(&opts));
+                a
+            })
+            .collect();
+        let doc = json!({"image": {"file_name": args.image, "height": size.1, "width": size.0}, "annotations": anns});
+        vista::weights::formats::write_atomic(&path, (serde_json::to_string(&doc)? + "\n").as_bytes())?;
+        outputs.insert("polygons".into(), json!(path));
+    }
+    if wants(FormatArg::Overlay) {
+        // Largest first, so small masks stay visible on top (as the reference's notebooks draw).
+        let mut order: Vec<usize> = (0..masks.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(masks[i].area()));
+        let drawn: Vec<_> = order.iter().map(|&i| masks[i].mask()).collect();
+        let path = args.out.join(format!("{stem}.overlay.png"));
+        overlay(&image, &drawn, &[], &[]).save(&path).with_context(|| format!("writing {}", path.display()))?;
+        outputs.insert("overlay".into(), json!(path));
+    }
+    if args.json {
+        let anns: Vec<_> = masks.iter().map(|m| m.to_json(OutputMode::CocoRle)).collect();
+        let doc = json!({"image": {"file_name": args.image, "height": size.1, "width": size.0},
+                         "masks": anns, "pngs": pngs, "outputs": outputs});
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        println!("{} masks", masks.len());
+        for (i, m) in masks.iter().enumerate() {
+            println!(
+                "mask {i}: predicted IoU {:.3}  stability {:.3}  area {} px  bbox {:?}",
+                m.predicted_iou,
+                m.stability_score,
+                m.area(),
+                m.bbox()
+            );
+        }
+        for (k, v) in &outputs {
+            println!("{k}: {}", v.as_str().unwrap_or_default());
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -214,6 +214,79 @@ impl Session {
         Ok(())
     }
 
+    /// The decoder on many one-point prompts at once, the automatic mask generator's call
+    /// (`predict_torch` with `B` sets of one foreground point, `return_logits=True`): set `i` is
+    /// the point `points[i]` (original pixel coordinates) with, when `mask_inputs` is given, the
+    /// low-resolution logits `mask_inputs[i·4h·4w..]` as its dense prompt (SAM 2's mask-to-mask
+    /// refinement). Returns mask outputs `outputs` of every set, on the host: (`low_res`
+    /// `[B, K, 4h, 4w]`, `iou` `[B, K]`) with `K = outputs.len()`. Chunked as
+    /// [`Session::predict`], so memory stays bounded at any `B`.
+    pub fn decode_points(
+        &self,
+        points: &[[f64; 2]],
+        mask_inputs: Option<&[f32]>,
+        outputs: std::ops::Range<usize>,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        let model = &self.model;
+        let (gh, gw) = model.grid();
+        let c = model.embed_dim();
+        let plane = 16 * gh * gw;
+        let total = model.config.decoder.num_multimask_outputs + 1;
+        if outputs.is_empty() || outputs.end > total {
+            return Err(Error::arg("outputs", format!("{outputs:?} is not within the decoder's {total} mask outputs")));
+        }
+        if let Some(m) = mask_inputs {
+            if m.len() != points.len() * plane {
+                return Err(Error::arg(
+                    "mask inputs",
+                    format!("{} values for {} points of {}x{} logits", m.len(), points.len(), 4 * gh, 4 * gw),
+                ));
+            }
+        }
+        for p in points {
+            self.check_xy("point", p[0] as f32, p[1] as f32)?;
+        }
+        let size = model.image_size();
+        let orig = self.original_size;
+        let tokens: Vec<[([f32; 2], PointLabel); 1]> = points
+            .iter()
+            .map(|p| {
+                let (x, y) = transforms::apply_coords(p[0], p[1], orig, size);
+                [([x, y], PointLabel::Positive)]
+            })
+            .collect();
+        let set_bytes = 2 * gh * gw * c * std::mem::size_of::<f32>();
+        let budget = if model.device().is_cpu() { DECODER_CHUNK_BYTES } else { DEVICE_DECODER_CHUNK_BYTES };
+        let chunk_len = (budget / set_bytes.max(1)).max(1);
+        let k = outputs.len();
+        let mut low_res = Vec::with_capacity(points.len() * k * plane);
+        let mut iou = Vec::with_capacity(points.len() * k);
+        for (ci, chunk) in tokens.chunks(chunk_len).enumerate() {
+            let sets: Vec<_> = chunk.iter().map(|t| (t.as_slice(), None)).collect();
+            let sparse = model.prompt_encoder.sparse_batch(&sets)?;
+            let dense = match mask_inputs {
+                Some(m) => {
+                    let start = ci * chunk_len * plane;
+                    let m = &m[start..start + chunk.len() * plane];
+                    let m = Tensor::from_slice(m, (chunk.len(), 4 * gh, 4 * gw), model.device())?;
+                    Some(model.prompt_encoder.embed_masks(&m)?)
+                }
+                None => None,
+            };
+            let (masks, scores) = model.decode(&self.embedding, &sparse, dense.as_ref())?;
+            let masks = masks.narrow(1, outputs.start, k)?.to_dtype(DType::F32)?;
+            low_res.extend(masks.flatten_all()?.to_vec1::<f32>()?);
+            iou.extend(scores.narrow(1, outputs.start, k)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
+        }
+        Ok((low_res, iou))
+    }
+
+    /// The encoder's input size of the image, `(h, w)`: the original resized so its longest side
+    /// is the model's input size.
+    pub fn input_size(&self) -> (usize, usize) {
+        self.input_size
+    }
+
     /// Predicts masks for the prompts: one mask set per box (or one set without boxes).
     pub fn predict(&self, p: &Prompts) -> Result<Prediction> {
         self.validate(p)?;

@@ -16,10 +16,12 @@ use rayon::prelude::*;
 use crate::image::{resize_exact, Filter, RgbImage};
 use crate::Result;
 
-/// `ResizeLongestSide.get_preprocess_shape`: `(new_h, new_w)`.
+/// `ResizeLongestSide.get_preprocess_shape`: `(new_h, new_w)`. A side the reference would round
+/// to 0 pixels (a strip thinner than `long / (2 · long_side)`, e.g. 1 × 5000, where the
+/// reference fails) is kept at 1.
 pub fn preprocess_shape(h: usize, w: usize, long_side: usize) -> (usize, usize) {
     let scale = long_side as f64 / h.max(w) as f64;
-    ((h as f64 * scale + 0.5) as usize, (w as f64 * scale + 0.5) as usize)
+    (((h as f64 * scale + 0.5) as usize).max(1), ((w as f64 * scale + 0.5) as usize).max(1))
 }
 
 /// `ResizeLongestSide.apply_coords` for one `(x, y)`: original pixels -> encoder input frame.
@@ -65,7 +67,7 @@ pub fn pixel_input(img: &RgbImage, size: usize, mean: [f32; 3], std: [f32; 3]) -
 
 /// One axis of PyTorch's bilinear interpolation (`align_corners=False`, no antialias): for each
 /// output index, the two source indices and their weights, in f32 as `upsample_bilinear2d`.
-fn linear_taps(in_len: usize, out_len: usize, count: usize) -> Vec<(usize, usize, f32, f32)> {
+pub(crate) fn linear_taps(in_len: usize, out_len: usize, count: usize) -> Vec<(usize, usize, f32, f32)> {
     (0..count)
         .map(|i| {
             if in_len == out_len {
@@ -84,7 +86,12 @@ fn linear_taps(in_len: usize, out_len: usize, count: usize) -> Vec<(usize, usize
 /// `F.interpolate(x, (out_h, out_w), mode="bilinear", align_corners=False)` of one plane,
 /// computing only the top-left `keep_h × keep_w` outputs (the reference's crop that follows).
 #[inline(always)]
-fn bilinear(src: &[f32], (ih, iw): (usize, usize), (oh, ow): (usize, usize), (kh, kw): (usize, usize)) -> Vec<f32> {
+pub(crate) fn bilinear(
+    src: &[f32],
+    (ih, iw): (usize, usize),
+    (oh, ow): (usize, usize),
+    (kh, kw): (usize, usize),
+) -> Vec<f32> {
     let ty = linear_taps(ih, oh, kh);
     let tx = linear_taps(iw, ow, kw);
     let mut out = vec![0f32; kh * kw];
@@ -167,6 +174,7 @@ mod tests {
         assert_eq!(preprocess_shape(37, 50, 64), (47, 64)); // 47.36 -> 47
         assert_eq!(preprocess_shape(90, 41, 64), (64, 29)); // 29.16 -> 29
         assert_eq!(preprocess_shape(1, 1000, 1024), (1, 1024));
+        assert_eq!(preprocess_shape(1, 5000, 1024), (1, 1024)); // the reference: 0 rows
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! (COCO RLE, byte for byte pycocotools'), [`polygon`] (COCO polygons), [`overlay`] (pictures)
 //! and [`export`] (COCO documents, `--mask-input` conversion, the low-resolution logits).
 
+pub mod amg;
 pub mod cache;
+pub mod everything;
 pub mod export;
 pub mod mask;
 pub mod overlay;
@@ -14,6 +16,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use cache::{default_cache_dir, EmbeddingCache};
+pub use everything::{AmgOptions, AutoMask, AutomaticMaskGenerator, OutputMode};
 pub use mask::Mask;
 pub use polygon::PolygonOptions;
 pub use rle::Rle;
@@ -65,21 +68,29 @@ impl SegmentPipeline {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let image = decode_rgb(&bytes, path, &self.decode)?;
         let key = blake3::hash(&bytes).to_hex().to_string();
+        let (session, cached) = self.session_for(&key, &image)?;
+        Ok(EncodedImage { session, image, cached })
+    }
+
+    /// The session of `image`: its cached embedding under `key` when there is one of the
+    /// image's size, else a fresh encoding (then stored under `key`); true when it came from the
+    /// cache.
+    pub fn session_for(&self, key: &str, image: &RgbImage) -> Result<(Session, bool)> {
         let original = (image.height() as usize, image.width() as usize);
         if let Some(cache) = &self.cache {
-            if let Some((emb, size)) = cache.load(&key) {
+            if let Some((emb, size)) = cache.load(key) {
                 if size == original {
                     if let Ok(session) = self.predictor.session_from_embedding(&emb, size) {
-                        return Ok(EncodedImage { session, image, cached: true });
+                        return Ok((session, true));
                     }
                 }
             }
         }
-        let session = self.predictor.set_image(&image)?;
+        let session = self.predictor.set_image(image)?;
         if let Some(cache) = &self.cache {
-            cache.store(&key, &session.embedding_chw()?, original)?;
+            cache.store(key, &session.embedding_chw()?, original)?;
         }
-        Ok(EncodedImage { session, image, cached: false })
+        Ok((session, false))
     }
 
     /// True when the file's embedding is already cached (reads and hashes the file).
