@@ -210,6 +210,17 @@ fn segment_everything_writes_masks_png_overlay_and_equals_the_library() {
             assert!(!ann[key].is_null(), "{key}");
         }
     }
+    // Region crops for region features: the box, background outside the mask.
+    let m = lib.iter().find(|m| m.area() > 0).unwrap();
+    let region = m.region(&image, Some([0, 0, 0])).unwrap();
+    let b = m.bbox();
+    assert_eq!((region.width() as i64, region.height() as i64), (b[2] + 1, b[3] + 1));
+    let mask = m.mask();
+    for (x, y, px) in region.enumerate_pixels() {
+        let (ix, iy) = (b[0] as u32 + x, b[1] as u32 + y);
+        let want = if mask.get(ix, iy) { *image.get_pixel(ix, iy) } else { vista::image::Rgb([0, 0, 0]) };
+        assert_eq!(*px, want);
+    }
     let overlay = ::image::open(doc["outputs"]["overlay"].as_str().unwrap()).unwrap();
     assert_eq!((overlay.width(), overlay.height()), (60, 45));
     // Prompts and --everything exclude each other.

@@ -255,25 +255,20 @@ fn vertical<const C: usize>(src: &Plane<'_>, row0: usize, cols: std::ops::Range<
     let w = cols.len() * C;
     let mut out = vec![0u8; n * w];
     let mut acc = vec![0i32; w];
-    crate::nn::cpu::with_simd(
-        #[inline(always)]
-        || {
-            for i in 0..n {
-                let (first, k) = taps.of(i);
-                acc.fill(1i32 << (PRECISION_BITS - 1));
-                for (t, &kt) in k.iter().enumerate() {
-                    let y = first + t - row0;
-                    let row = &src.data[(y * src.width + cols.start) * C..(y * src.width + cols.end) * C];
-                    for (a, &p) in acc.iter_mut().zip(row) {
-                        *a += i32::from(p) * kt;
-                    }
-                }
-                for (o, &a) in out[i * w..(i + 1) * w].iter_mut().zip(&acc) {
-                    *o = clip8(a);
-                }
+    for i in 0..n {
+        let (first, k) = taps.of(i);
+        acc.fill(1i32 << (PRECISION_BITS - 1));
+        for (t, &kt) in k.iter().enumerate() {
+            let y = first + t - row0;
+            let row = &src.data[(y * src.width + cols.start) * C..(y * src.width + cols.end) * C];
+            for (a, &p) in acc.iter_mut().zip(row) {
+                *a += i32::from(p) * kt;
             }
-        },
-    );
+        }
+        for (o, &a) in out[i * w..(i + 1) * w].iter_mut().zip(&acc) {
+            *o = clip8(a);
+        }
+    }
     out
 }
 

@@ -195,6 +195,26 @@ impl AutoMask {
         self.rle.decode()
     }
 
+    /// The mask's region of `image` for region features (CLIP on each object): the pixels of
+    /// its box, those outside the mask set to `background` when given (e.g. grey, as
+    /// mask-based region classifiers feed CLIP), kept when not. `None` for an empty mask.
+    pub fn region(&self, image: &RgbImage, background: Option<[u8; 3]>) -> Option<RgbImage> {
+        if self.area() == 0 || (image.width(), image.height()) != (self.rle.width(), self.rle.height()) {
+            return None;
+        }
+        let [x0, y0, x1, y1] = self.bbox_xyxy.map(|v| v as u32);
+        let mut out = ::image::imageops::crop_imm(image, x0, y0, x1 - x0 + 1, y1 - y0 + 1).to_image();
+        if let Some(bg) = background {
+            let mask = self.mask();
+            for (x, y, px) in out.enumerate_pixels_mut() {
+                if !mask.get(x0 + x, y0 + y) {
+                    *px = ::image::Rgb(bg);
+                }
+            }
+        }
+        Some(out)
+    }
+
     /// The `segmentation` in `mode`.
     pub fn segmentation(&self, mode: OutputMode) -> Value {
         match mode {
