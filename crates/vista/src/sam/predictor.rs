@@ -261,7 +261,8 @@ impl Session {
         let k = outputs.len();
         let mut low_res = Vec::with_capacity(points.len() * k * plane);
         let mut iou = Vec::with_capacity(points.len() * k);
-        for (ci, chunk) in tokens.chunks(chunk_len).enumerate() {
+        type OnePoint = [([f32; 2], PointLabel); 1];
+        let decode_chunk = |(ci, chunk): (usize, &[OnePoint])| -> Result<(Vec<f32>, Vec<f32>)> {
             let sets: Vec<_> = chunk.iter().map(|t| (t.as_slice(), None)).collect();
             let sparse = model.prompt_encoder.sparse_batch(&sets)?;
             let dense = match mask_inputs {
@@ -275,8 +276,21 @@ impl Session {
             };
             let (masks, scores) = model.decode(&self.embedding, &sparse, dense.as_ref())?;
             let masks = masks.narrow(1, outputs.start, k)?.to_dtype(DType::F32)?;
-            low_res.extend(masks.flatten_all()?.to_vec1::<f32>()?);
-            iou.extend(scores.narrow(1, outputs.start, k)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
+            let scores = scores.narrow(1, outputs.start, k)?.to_dtype(DType::F32)?;
+            Ok((masks.flatten_all()?.to_vec1::<f32>()?, scores.flatten_all()?.to_vec1::<f32>()?))
+        };
+        // On the CPU, chunks run side by side: one chunk's small matrix products and
+        // element-wise passes keep about one core busy, so a thread per chunk fills the others
+        // (each chunk holds at most DECODER_CHUNK_BYTES per tensor).
+        let parts: Vec<(Vec<f32>, Vec<f32>)> = if model.device().is_cpu() {
+            use rayon::prelude::*;
+            tokens.par_chunks(chunk_len).enumerate().map(decode_chunk).collect::<Result<_>>()?
+        } else {
+            tokens.chunks(chunk_len).enumerate().map(decode_chunk).collect::<Result<_>>()?
+        };
+        for (l, i) in parts {
+            low_res.extend(l);
+            iou.extend(i);
         }
         Ok((low_res, iou))
     }
