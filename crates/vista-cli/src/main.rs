@@ -39,6 +39,9 @@ enum Command {
     Attention(cmd::attention::Args),
     /// Weighted k-NN accuracy of DINO features on a labelled image set (as DINO's eval_knn.py).
     Knn(cmd::knn::Args),
+    /// Which backbone and few-shot classifier fit a labelled image set best (cross-validated
+    /// k-NN, logistic regression, CLIP zero-shot, Tip-Adapter, and their blend).
+    Fit(Box<cmd::fit::Args>),
     /// Linear-probe accuracy of DINO features on a labelled image set.
     LinearProbe(cmd::linear_probe::Args),
     /// Train a model.
@@ -106,6 +109,7 @@ fn main() -> ExitCode {
         Command::Attention(a) => cmd::attention::run(a),
         Command::Knn(a) => cmd::knn::run(a),
         Command::LinearProbe(a) => cmd::linear_probe::run(a),
+        Command::Fit(a) => cmd::fit::run(*a),
         Command::Train(TrainCommand::Dino(a)) => cmd::train_dino::run_dino(*a),
     };
     match result {

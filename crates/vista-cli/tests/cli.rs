@@ -4,7 +4,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{fixtures, model, tmpdir, vista};
+use common::{fixtures, model, stderr, tmpdir, vista};
 use std::process::Command;
 
 /// A folder with two real photos, a nested one, a hidden one and a corrupt "jpg".
@@ -127,4 +127,65 @@ fn bad_arguments_are_named() {
         &model(),
     ]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("templates"));
+}
+
+#[test]
+fn fit_compares_backbones_and_methods_by_cross_validation() {
+    let dir = tmpdir("fit");
+    let data = dir.join("shop");
+    let colours = [("kurta", [200u8, 30, 30]), ("lehenga", [30, 200, 30]), ("saree", [30, 30, 200])];
+    for (c, (name, rgb)) in colours.iter().enumerate() {
+        std::fs::create_dir_all(data.join(name)).unwrap();
+        let n = if c == 2 { 1 } else { 6 };
+        for i in 0..n {
+            let img = vista::image::RgbImage::from_fn(24, 24, |x, y| {
+                let noise = ((x * 7 + y * 13 + i * 31) % 40) as u8;
+                vista::image::Rgb(rgb.map(|v| v.saturating_add(noise)))
+            });
+            img.save(data.join(name).join(format!("{i}.png"))).unwrap();
+        }
+    }
+    std::fs::write(data.join("kurta").join("broken.png"), b"not a png").unwrap();
+    let report = dir.join("report.json");
+    let o = vista(&[
+        "fit",
+        data.to_str().unwrap(),
+        "--pixels",
+        "--clip",
+        &model(),
+        "--folds",
+        "3",
+        "--report",
+        report.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("`saree` has 1 image"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("broken.png"), "{}", stderr(&o));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc, serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&report).unwrap()).unwrap());
+    assert_eq!(doc["folds"], 3);
+    let rows = doc["results"].as_array().unwrap();
+    let methods: Vec<(&str, &str)> =
+        rows.iter().map(|r| (r["backbone"].as_str().unwrap(), r["method"].as_str().unwrap())).collect();
+    assert_eq!(rows.len(), 5 + 2, "{methods:?}");
+    assert!(methods.contains(&("pixels", "knn")) && !methods.contains(&("pixels", "zero-shot")));
+    for r in rows {
+        let folds = r["fold_accuracy"].as_array().unwrap();
+        assert_eq!(folds.len(), 3);
+        let confusion: u64 = r["confusion"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|row| row.as_array().unwrap())
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        assert_eq!(confusion, 12, "every image of the two testable classes tested once (the broken one skipped)");
+    }
+    // Colour alone separates the classes: the pixel baseline gets them all.
+    let pixel_knn = rows.iter().find(|r| r["backbone"] == "pixels" && r["method"] == "knn").unwrap();
+    assert_eq!(pixel_knn["accuracy"], 1.0);
+    let o = vista(&["fit", data.to_str().unwrap()]);
+    assert!(!o.status.success() && stderr(&o).contains("nothing to compare"), "{}", stderr(&o));
+    std::fs::remove_dir_all(dir).unwrap();
 }

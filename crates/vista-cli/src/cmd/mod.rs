@@ -6,6 +6,7 @@ pub mod classify;
 pub mod dupes;
 pub mod embed;
 pub mod features;
+pub mod fit;
 pub mod index;
 pub mod knn;
 pub mod linear_probe;

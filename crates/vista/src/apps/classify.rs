@@ -113,6 +113,11 @@ impl ZeroShotClassifier {
         })
     }
 
+    /// The class embeddings, `[C, D]`, one normalised row per label.
+    pub fn weights(&self) -> &Tensor {
+        &self.weights
+    }
+
     /// The labels, in the order given.
     pub fn labels(&self) -> &[String] {
         &self.labels

@@ -191,6 +191,52 @@ pub fn dataset_features(
     Ok(out)
 }
 
+/// CLIP image embeddings (normalised, the model's own preprocessing) of every item of `set`, in
+/// item order, `batch` images per forward pass; items that fail to load are left out and listed
+/// in [`DatasetFeatures::skipped`]. Not cached.
+pub fn clip_features(
+    pipeline: &crate::clip::pipeline::ClipPipeline,
+    set: &LabelledSet,
+    batch: usize,
+    mut progress: impl FnMut(usize),
+) -> Result<DatasetFeatures> {
+    let mut out = DatasetFeatures {
+        dim: 0,
+        features: Vec::new(),
+        labels: Vec::new(),
+        skipped: Vec::new(),
+        cache: None,
+        from_cache: false,
+        cache_error: None,
+    };
+    for (c, chunk) in set.items.chunks(batch.max(1)).enumerate() {
+        let mut crops = Vec::with_capacity(chunk.len());
+        let mut labels = Vec::with_capacity(chunk.len());
+        for (j, item) in chunk.iter().enumerate() {
+            match item.load(&pipeline.decode) {
+                Ok(img) => {
+                    crops.push(pipeline.preprocess.prepare(&crate::image::Decoded::Rgb(img)));
+                    labels.push(item.label);
+                }
+                Err(e) => out.skipped.push(match &item.image {
+                    ItemImage::File(_) => e.to_string(),
+                    ItemImage::Gray(_) => format!("item {}: {e}", c * batch.max(1) + j),
+                }),
+            }
+        }
+        if !crops.is_empty() {
+            let refs: Vec<&crate::image::RgbImage> = crops.iter().collect();
+            for row in pipeline.embed_cropped(&refs)? {
+                out.dim = row.len();
+                out.features.extend(row);
+            }
+            out.labels.extend(labels);
+        }
+        progress(chunk.len());
+    }
+    Ok(out)
+}
+
 /// The raw-pixel baseline of a k-NN evaluation: each item's pixels as its feature vector, as
 /// DINO's `eval_knn.py` would see the images themselves — `ToTensor` + `Normalize(mean, std)`
 /// (greyscale replicated to RGB, as `convert("RGB")` gives it), channel-planar, flattened. A

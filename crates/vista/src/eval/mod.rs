@@ -1,12 +1,14 @@
 //! Scoring frozen features: DINO's weighted k-NN ([`knn`]), linear probes ([`linear_probe`]),
-//! and the per-dataset feature cache they read ([`features`]). Training evaluates its teacher
+//! the cross-validated comparison of few-shot classifiers ([`fit`]), and the per-dataset
+//! feature cache they read ([`features`]). Training evaluates its teacher
 //! here too ([`knn_accuracy`]).
 
 pub mod features;
+pub mod fit;
 pub mod knn;
 pub mod linear_probe;
 
-pub use features::{dataset_features, pixel_features, DatasetFeatures, FeatureCache};
+pub use features::{clip_features, dataset_features, pixel_features, DatasetFeatures, FeatureCache};
 
 use crate::data::LabelledSet;
 use crate::dino::pipeline::DinoPipeline;

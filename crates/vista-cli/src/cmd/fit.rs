@@ -1,0 +1,271 @@
+//! `vista fit`: which backbone and which few-shot classifier fit a labelled image set best —
+//! every candidate scored by stratified k-fold cross-validation on the user's own labels.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use vista::apps::classify::{Templates, ZeroShotClassifier};
+use vista::clip::pipeline::ClipPipeline;
+use vista::data::{LabelledSet, Split};
+use vista::dino::pipeline::DinoPipeline;
+use vista::eval::fit::{cross_validate, stratified_folds, Features, LinearHead, Method, MethodReport};
+use vista::eval::{clip_features, dataset_features, pixel_features, DatasetFeatures};
+
+use crate::args::TargetArgs;
+use crate::progress;
+
+/// A method on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MethodArg {
+    /// CLIP zero-shot (class names through the templates).
+    ZeroShot,
+    /// DINO's weighted k-NN (k and T chosen by inner cross-validation).
+    Knn,
+    /// L2-penalised logistic regression (C chosen by inner cross-validation).
+    Logistic,
+    /// Tip-Adapter: zero-shot plus a cache of the training images (CLIP).
+    TipAdapter,
+    /// Interpolation of the zero-shot head and the logistic probe (CLIP).
+    Blend,
+}
+
+impl From<MethodArg> for Method {
+    fn from(m: MethodArg) -> Self {
+        match m {
+            MethodArg::ZeroShot => Method::ZeroShot,
+            MethodArg::Knn => Method::Knn,
+            MethodArg::Logistic => Method::Logistic,
+            MethodArg::TipAdapter => Method::TipAdapter,
+            MethodArg::Blend => Method::Blend,
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Labelled images: a folder with one sub-folder per class (ImageFolder), or MNIST-style IDX
+    /// files (a folder such as /usr/share/datasets/fashion-mnist: its train split).
+    pub data: PathBuf,
+    /// A CLIP backbone to try (Hugging Face id, folder or checkpoint file); repeatable.
+    #[arg(long)]
+    pub clip: Vec<String>,
+    /// A DINO / DINOv2 backbone to try; repeatable.
+    #[arg(long)]
+    pub dino: Vec<String>,
+    /// Also try the raw pixels (ImageNet-normalised, flattened; every image one size): the
+    /// baseline a backbone has to beat.
+    #[arg(long)]
+    pub pixels: bool,
+    /// Methods to compare (default: every one that applies; the zero-shot ones need CLIP).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub methods: Vec<MethodArg>,
+    /// Outer cross-validation folds (fewer when no class has that many images).
+    #[arg(long, default_value_t = 5)]
+    pub folds: usize,
+    /// Prompt templates of the CLIP methods: `default`, `imagenet80`, `none` or a file.
+    #[arg(long, default_value = "default")]
+    pub templates: String,
+    /// Use at most N images (IDX: the first N; a folder: evenly through each class).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Seed of the fold assignment.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    #[command(flatten)]
+    pub target: TargetArgs,
+}
+
+/// A short name for a model argument: its last path component (a hub id keeps its owner).
+fn short(model: &str) -> String {
+    let p = std::path::Path::new(model);
+    if p.exists() {
+        p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| model.to_string())
+    } else {
+        model.to_string()
+    }
+}
+
+/// A feature extraction given a progress callback.
+type Extract<'a> = dyn FnMut(&dyn Fn(usize)) -> Result<DatasetFeatures> + 'a;
+
+/// One backbone's features and what it cost.
+struct Backbone {
+    name: String,
+    features: DatasetFeatures,
+    seconds_per_image: f64,
+    text: Option<LinearHead>,
+}
+
+/// `vista fit`.
+pub fn run(args: Args) -> Result<ExitCode> {
+    if args.clip.is_empty() && args.dino.is_empty() && !args.pixels {
+        bail!("nothing to compare: give --clip MODEL, --dino MODEL and/or --pixels");
+    }
+    if args.folds < 2 {
+        bail!("--folds: at least 2");
+    }
+    let set = LabelledSet::open(&args.data, Split::Train, args.limit)
+        .with_context(|| format!("reading the labelled images of {}", args.data.display()))?;
+    let classes = set.classes.clone();
+    let counts: Vec<usize> = (0..classes.len()).map(|c| set.items.iter().filter(|i| i.label == c).count()).collect();
+    for (c, &n) in counts.iter().enumerate() {
+        if n < 2 {
+            eprintln!(
+                "note: class `{}` has {n} image{}: it only ever trains (cross-validation cannot test it)",
+                classes[c],
+                if n == 1 { "" } else { "s" }
+            );
+        }
+    }
+    let most = counts.iter().copied().max().unwrap_or(0);
+    let folds = args.folds.min(most);
+    if folds < 2 {
+        bail!("{}: no class has two images, nothing can be cross-validated", args.data.display());
+    }
+    if folds < args.folds {
+        eprintln!("note: {folds} folds (no class has {} images)", args.folds);
+    }
+    let target = args.target.target()?;
+    let templates = Templates::parse(&args.templates)?;
+    let mut backbones = Vec::new();
+    let mut skipped = Vec::new();
+    let timed = |name: &str, f: &mut Extract<'_>| -> Result<(DatasetFeatures, f64)> {
+        let bar = progress::bar(set.len(), &format!("{name} features"));
+        let t = Instant::now();
+        let feats = f(&|n| bar.inc(n as u64))?;
+        bar.finish_and_clear();
+        Ok((feats, t.elapsed().as_secs_f64() / set.len().max(1) as f64))
+    };
+    for model in &args.clip {
+        let pipeline =
+            ClipPipeline::load(model, None, target.clone()).with_context(|| format!("loading CLIP `{model}`"))?;
+        let (features, spi) = timed(model, &mut |p| Ok(clip_features(&pipeline, &set, args.batch, p)?))?;
+        let zs = ZeroShotClassifier::new(&pipeline, &classes, &templates)?;
+        let text: Vec<f32> = zs.weights().flatten_all()?.to_vec1()?;
+        let text = LinearHead::zero_shot(&text, features.dim.max(1));
+        backbones.push(Backbone {
+            name: format!("clip:{}", short(model)),
+            features,
+            seconds_per_image: spi,
+            text: Some(text),
+        });
+    }
+    for model in &args.dino {
+        let options = vista::dino::LoadOptions { target: target.clone(), ..Default::default() };
+        let pipeline = DinoPipeline::load(model, &options).with_context(|| format!("loading DINO `{model}`"))?;
+        let (features, spi) = timed(model, &mut |p| Ok(dataset_features(&pipeline, &set, args.batch, None, p)?))?;
+        backbones.push(Backbone {
+            name: format!("dino:{}", short(model)),
+            features,
+            seconds_per_image: spi,
+            text: None,
+        });
+    }
+    if args.pixels {
+        use vista::image::{DecodeOptions, IMAGENET_MEAN, IMAGENET_STD};
+        let (features, spi) = timed("pixels", &mut |_| {
+            Ok(pixel_features(&set, &DecodeOptions::default(), IMAGENET_MEAN, IMAGENET_STD)?)
+        })?;
+        backbones.push(Backbone { name: "pixels".into(), features, seconds_per_image: spi, text: None });
+    }
+    let wanted: Vec<Method> =
+        if args.methods.is_empty() { Method::ALL.to_vec() } else { args.methods.iter().map(|&m| m.into()).collect() };
+    let mut rows = Vec::new();
+    let mut results: Vec<(String, MethodReport)> = Vec::new();
+    for b in &backbones {
+        skipped.extend(b.features.skipped.iter().cloned());
+        let data = Features::new(b.features.dim, b.features.features.clone(), b.features.labels.clone(), classes.len())
+            .with_context(|| b.name.clone())?;
+        let fold_of = stratified_folds(&data.labels, classes.len(), folds, args.seed);
+        for &m in &wanted {
+            if m.needs_text() && b.text.is_none() {
+                continue;
+            }
+            let t = Instant::now();
+            let r = cross_validate(m, &data, &fold_of, b.text.as_ref(), args.seed)
+                .with_context(|| format!("{} / {}", b.name, m.name()))?;
+            let (acc, sd) = r.accuracy();
+            let (f1, _) = r.macro_f1();
+            rows.push(json!({
+                "backbone": b.name, "method": m.name(), "accuracy": acc, "accuracy_std": sd, "macro_f1": f1,
+                "fold_accuracy": r.fold_accuracy,
+                "params": r.fold_params.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+                "per_class_recall": r.per_class_recall(), "confusion": r.confusion,
+                "seconds_per_image": b.seconds_per_image, "cv_seconds": t.elapsed().as_secs_f64(),
+            }));
+            results.push((b.name.clone(), r));
+        }
+    }
+    let best = rows
+        .iter()
+        .max_by(|a, b| a["accuracy"].as_f64().partial_cmp(&b["accuracy"].as_f64()).unwrap_or(std::cmp::Ordering::Equal))
+        .cloned();
+    let doc = json!({
+        "data": args.data, "images": set.len(), "classes": classes, "images_per_class": counts, "folds": folds,
+        "seed": args.seed, "skipped": skipped, "results": rows, "best": best,
+    });
+    if let Some(path) = &args.report {
+        vista::weights::formats::write_atomic(path, (serde_json::to_string_pretty(&doc)? + "\n").as_bytes())?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        println!(
+            "{} images, {} classes, {folds}-fold stratified cross-validation (hyper-parameters by inner 3-fold CV)",
+            set.len(),
+            classes.len()
+        );
+        println!(
+            "{:<28} {:<12} {:>16} {:>9} {:>10}  chosen",
+            "backbone", "method", "accuracy %", "macro-F1", "ms/image"
+        );
+        for r in &rows {
+            let params: Vec<String> = r["params"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|p| p.as_str().map(String::from)).collect())
+                .unwrap_or_default();
+            println!(
+                "{:<28} {:<12} {:>9.2} ± {:>4.2} {:>9.3} {:>10.1}  {}",
+                r["backbone"].as_str().unwrap_or(""),
+                r["method"].as_str().unwrap_or(""),
+                100.0 * r["accuracy"].as_f64().unwrap_or(0.0),
+                100.0 * r["accuracy_std"].as_f64().unwrap_or(0.0),
+                r["macro_f1"].as_f64().unwrap_or(0.0),
+                1000.0 * r["seconds_per_image"].as_f64().unwrap_or(0.0),
+                params.first().cloned().unwrap_or_default()
+            );
+        }
+        if let Some(b) = &best {
+            println!("best: {} + {}", b["backbone"].as_str().unwrap_or(""), b["method"].as_str().unwrap_or(""));
+        }
+        for (name, r) in &results {
+            let recall = r.per_class_recall();
+            let worst = recall
+                .iter()
+                .enumerate()
+                .filter_map(|(c, v)| v.map(|v| (c, v)))
+                .min_by(|a, b| a.1.partial_cmp(&b.1).unwrap_or(std::cmp::Ordering::Equal));
+            if let Some((c, v)) = worst {
+                if v < 1.0 {
+                    eprintln!("{name} / {}: hardest class `{}` (recall {:.2})", r.method.name(), classes[c], v);
+                }
+            }
+        }
+    }
+    if !skipped.is_empty() {
+        eprintln!("{} unreadable images skipped, e.g. {}", skipped.len(), skipped[0]);
+    }
+    Ok(crate::exit_code(skipped.len()))
+}
