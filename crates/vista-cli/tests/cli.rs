@@ -187,5 +187,44 @@ fn fit_compares_backbones_and_methods_by_cross_validation() {
     assert_eq!(pixel_knn["accuracy"], 1.0);
     let o = vista(&["fit", data.to_str().unwrap()]);
     assert!(!o.status.success() && stderr(&o).contains("nothing to compare"), "{}", stderr(&o));
+
+    // The chosen classifier, saved and used: every training image comes back with its class.
+    for (method, backbone) in [("knn", "pixels"), ("logistic", "pixels"), ("tip-adapter", "clip:openclip_e2e")] {
+        let head = dir.join(format!("{method}.safetensors"));
+        let o = vista(&[
+            "fit",
+            data.to_str().unwrap(),
+            "--pixels",
+            "--clip",
+            &model(),
+            "--folds",
+            "2",
+            "--methods",
+            method,
+            "--save-head",
+            head.to_str().unwrap(),
+            "--use-backbone",
+            backbone,
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        let info: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(head.with_extension("json")).unwrap()).unwrap();
+        assert_eq!(info["method"], method);
+        assert_eq!(info["classes"], serde_json::json!(["kurta", "lehenga", "saree"]));
+        let o = vista(&["classify", "--head", head.to_str().unwrap(), data.to_str().unwrap(), "--json", "-k", "1"]);
+        assert_eq!(o.status.code(), Some(2), "the broken image is skipped: {}", stderr(&o));
+        let lines: Vec<serde_json::Value> =
+            String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 13);
+        if backbone == "pixels" {
+            // (The one-image class may lose to the regularisation; the others may not.)
+            for l in &lines {
+                let path = l["path"].as_str().unwrap();
+                if let Some(want) = ["kurta", "lehenga"].into_iter().find(|c| path.contains(&format!("/{c}/"))) {
+                    assert_eq!(l["predictions"][0]["label"], want, "{method}: {path}");
+                }
+            }
+        }
+    }
     std::fs::remove_dir_all(dir).unwrap();
 }

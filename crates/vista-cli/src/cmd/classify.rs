@@ -35,12 +35,22 @@ pub struct Args {
     /// CSV output (path,rank,label,probability).
     #[arg(long)]
     pub csv: bool,
+    /// Classify with a classifier saved by `vista fit --save-head` (its own backbone, classes
+    /// and method) instead of zero-shot labels.
+    #[arg(long, conflicts_with_all = ["labels", "labels_file"])]
+    pub head: Option<PathBuf>,
+    /// Flag an image as unsure when its top probability is below this.
+    #[arg(long)]
+    pub unsure: Option<f32>,
     #[command(flatten)]
     pub model: ClipArgs,
 }
 
 /// `vista classify`.
 pub fn run(args: Args) -> Result<ExitCode> {
+    if let Some(head) = &args.head {
+        return run_head(&args, head);
+    }
     let labels: Vec<String> = match (&args.labels, &args.labels_file) {
         (Some(l), _) => l.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
         (None, Some(f)) => read_lines(f)?,
@@ -76,7 +86,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             }
         };
         let preds = classifier.classify_one(&emb, args.top_k)?;
-        write_predictions(&mut out, &r.path, &preds, &args)?;
+        write_predictions(&mut out, &r.path, &preds, &args, is_unsure(&preds, &args))?;
     }
     out.flush()?;
     if skipped > 0 {
@@ -85,19 +95,113 @@ pub fn run(args: Args) -> Result<ExitCode> {
     Ok(crate::exit_code(skipped))
 }
 
-fn write_predictions(out: &mut impl Write, path: &std::path::Path, preds: &[Prediction], args: &Args) -> Result<()> {
+fn is_unsure(preds: &[Prediction], args: &Args) -> bool {
+    args.unsure.is_some_and(|u| preds.first().is_none_or(|p| p.prob < u))
+}
+
+fn write_predictions(
+    out: &mut impl Write,
+    path: &std::path::Path,
+    preds: &[Prediction],
+    args: &Args,
+    unsure: bool,
+) -> Result<()> {
     let p = path.display().to_string();
     if args.json {
-        writeln!(out, "{}", serde_json::json!({ "path": p, "predictions": preds }))?;
+        writeln!(out, "{}", serde_json::json!({ "path": p, "predictions": preds, "unsure": unsure }))?;
     } else if args.csv {
         for (i, pr) in preds.iter().enumerate() {
             writeln!(out, "{},{},{},{:.6}", csv_field(&p), i + 1, csv_field(&pr.label), pr.prob)?;
         }
     } else {
         let tops: Vec<String> = preds.iter().map(|pr| format!("{} {:.1}%", pr.label, 100.0 * pr.prob)).collect();
-        writeln!(out, "{p}\t{}", tops.join(", "))?;
+        let flag = if unsure { "\tUNSURE" } else { "" };
+        writeln!(out, "{p}\t{}{flag}", tops.join(", "))?;
     }
     Ok(())
+}
+
+/// `vista classify --head`: features from the head's own backbone, then its classifier.
+fn run_head(args: &Args, path: &std::path::Path) -> Result<ExitCode> {
+    use vista::eval::fit::Head;
+    let (head, info) = Head::load(path).with_context(|| format!("--head {}", path.display()))?;
+    let paths = files::collect_images(&args.inputs)?;
+    if paths.is_empty() {
+        bail!("no images found in {:?}", args.inputs);
+    }
+    let target = args.model.target.target()?;
+    let pb = progress::bar(paths.len(), "classifying");
+    let rows: Vec<vista::Result<Vec<f32>>> = match info.backbone.as_str() {
+        "clip" => {
+            let pipeline = args.model.load_model(&info.model, None)?;
+            pipeline
+                .embed_files(&paths, args.model.batch, |n| pb.inc(n as u64))
+                .into_iter()
+                .map(|r| r.embedding)
+                .collect()
+        }
+        "dino" => {
+            let options = vista::dino::LoadOptions { target, ..Default::default() };
+            let pipeline = vista::dino::DinoPipeline::load(&info.model, &options)
+                .with_context(|| format!("loading the head's DINO backbone `{}`", info.model))?;
+            let out = pipeline.extract(&paths, args.model.batch, false, |n| pb.inc(n as u64));
+            out.into_iter().map(|r| r.map(|f| f.cls)).collect()
+        }
+        "pixels" => paths
+            .iter()
+            .map(|p| {
+                use vista::data::{Item, ItemImage, LabelledSet};
+                use vista::image::{DecodeOptions, IMAGENET_MEAN, IMAGENET_STD};
+                let set = LabelledSet {
+                    items: vec![Item { image: ItemImage::File(p.clone()), label: 0 }],
+                    classes: vec![String::new()],
+                };
+                pb.inc(1);
+                let f = vista::eval::pixel_features(&set, &DecodeOptions::default(), IMAGENET_MEAN, IMAGENET_STD)?;
+                match f.skipped.first() {
+                    Some(e) => Err(vista::Error::InvalidArgument { name: "image".into(), message: e.clone() }),
+                    None => Ok(f.features),
+                }
+            })
+            .collect(),
+        other => bail!("{}: unknown backbone kind `{other}`", path.display()),
+    };
+    pb.finish_and_clear();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if args.csv {
+        writeln!(out, "path,rank,label,probability")?;
+    }
+    let mut skipped = 0;
+    for (p, row) in paths.iter().zip(rows) {
+        let mut row = match row {
+            Ok(r) if r.len() == info.dim => r,
+            Ok(r) => {
+                skipped += 1;
+                eprintln!("skipped {}: {} features, the head expects {}", p.display(), r.len(), info.dim);
+                continue;
+            }
+            Err(e) => {
+                skipped += 1;
+                eprintln!("skipped: {e}");
+                continue;
+            }
+        };
+        vista::eval::knn::normalize_rows(&mut row, info.dim);
+        let probs = head.probabilities(&row);
+        let mut order: Vec<usize> = (0..probs.len()).collect();
+        order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+        let preds: Vec<Prediction> = order
+            .iter()
+            .take(args.top_k.max(1))
+            .map(|&c| Prediction { label: info.classes[c].clone(), prob: probs[c] })
+            .collect();
+        write_predictions(&mut out, p, &preds, args, is_unsure(&preds, args))?;
+    }
+    out.flush()?;
+    if skipped > 0 {
+        eprintln!("{skipped} image(s) skipped");
+    }
+    Ok(crate::exit_code(skipped))
 }
 
 /// Quotes a CSV field when it holds a comma, quote or newline (RFC 4180).

@@ -11,7 +11,10 @@ use vista::apps::classify::{Templates, ZeroShotClassifier};
 use vista::clip::pipeline::ClipPipeline;
 use vista::data::{LabelledSet, Split};
 use vista::dino::pipeline::DinoPipeline;
-use vista::eval::fit::{cross_validate, stratified_folds, Features, LinearHead, Method, MethodReport};
+use vista::eval::fit::{
+    choose_params, cross_validate, stratified_folds, Features, Head, HeadInfo, LinearHead, Method, MethodReport,
+    HEAD_FORMAT,
+};
 use vista::eval::{clip_features, dataset_features, pixel_features, DatasetFeatures};
 
 use crate::args::TargetArgs;
@@ -83,6 +86,18 @@ pub struct Args {
     /// Also write the report as JSON to this file.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Fit the best backbone + method (or those of --use-method / --use-backbone) on every image
+    /// and save it here as a classifier (`.safetensors`, plus the same name `.json`) for
+    /// `vista classify --head`.
+    #[arg(long)]
+    pub save_head: Option<PathBuf>,
+    /// With --save-head: save this method instead of the best.
+    #[arg(long, value_enum)]
+    pub use_method: Option<MethodArg>,
+    /// With --save-head: save a method on this backbone (as the report names it, e.g.
+    /// `dino:model.safetensors` or `pixels`) instead of the best.
+    #[arg(long)]
+    pub use_backbone: Option<String>,
     #[command(flatten)]
     pub target: TargetArgs,
 }
@@ -100,9 +115,17 @@ fn short(model: &str) -> String {
 /// A feature extraction given a progress callback.
 type Extract<'a> = dyn FnMut(&dyn Fn(usize)) -> Result<DatasetFeatures> + 'a;
 
+/// A model argument that names a file or folder, made absolute (so a saved head finds it from
+/// anywhere); a hub id as given.
+fn absolute(model: &str) -> String {
+    std::fs::canonicalize(model).map(|p| p.display().to_string()).unwrap_or_else(|_| model.to_string())
+}
+
 /// One backbone's features and what it cost.
 struct Backbone {
     name: String,
+    kind: &'static str,
+    model: String,
     features: DatasetFeatures,
     seconds_per_image: f64,
     text: Option<LinearHead>,
@@ -157,6 +180,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         let text = LinearHead::zero_shot(&text, features.dim.max(1));
         backbones.push(Backbone {
             name: format!("clip:{}", short(model)),
+            kind: "clip",
+            model: absolute(model),
             features,
             seconds_per_image: spi,
             text: Some(text),
@@ -168,6 +193,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         let (features, spi) = timed(model, &mut |p| Ok(dataset_features(&pipeline, &set, args.batch, None, p)?))?;
         backbones.push(Backbone {
             name: format!("dino:{}", short(model)),
+            kind: "dino",
+            model: absolute(model),
             features,
             seconds_per_image: spi,
             text: None,
@@ -178,17 +205,26 @@ pub fn run(args: Args) -> Result<ExitCode> {
         let (features, spi) = timed("pixels", &mut |_| {
             Ok(pixel_features(&set, &DecodeOptions::default(), IMAGENET_MEAN, IMAGENET_STD)?)
         })?;
-        backbones.push(Backbone { name: "pixels".into(), features, seconds_per_image: spi, text: None });
+        backbones.push(Backbone {
+            name: "pixels".into(),
+            kind: "pixels",
+            model: String::new(),
+            features,
+            seconds_per_image: spi,
+            text: None,
+        });
     }
     let wanted: Vec<Method> =
         if args.methods.is_empty() { Method::ALL.to_vec() } else { args.methods.iter().map(|&m| m.into()).collect() };
     let mut rows = Vec::new();
     let mut results: Vec<(String, MethodReport)> = Vec::new();
+    let mut datas = Vec::new();
     for b in &backbones {
         skipped.extend(b.features.skipped.iter().cloned());
         let data = Features::new(b.features.dim, b.features.features.clone(), b.features.labels.clone(), classes.len())
             .with_context(|| b.name.clone())?;
         let fold_of = stratified_folds(&data.labels, classes.len(), folds, args.seed);
+        datas.push(data.clone());
         for &m in &wanted {
             if m.needs_text() && b.text.is_none() {
                 continue;
@@ -216,6 +252,35 @@ pub fn run(args: Args) -> Result<ExitCode> {
         "data": args.data, "images": set.len(), "classes": classes, "images_per_class": counts, "folds": folds,
         "seed": args.seed, "skipped": skipped, "results": rows, "best": best,
     });
+    if let Some(path) = &args.save_head {
+        let pick = rows
+            .iter()
+            .filter(|r| args.use_method.is_none_or(|m| r["method"] == Method::from(m).name()))
+            .filter(|r| args.use_backbone.as_ref().is_none_or(|b| r["backbone"] == b.as_str()))
+            .max_by(|a, b| {
+                a["accuracy"].as_f64().partial_cmp(&b["accuracy"].as_f64()).unwrap_or(std::cmp::Ordering::Equal)
+            })
+            .ok_or_else(|| anyhow::anyhow!("--save-head: no result matches --use-method / --use-backbone"))?;
+        let bi = backbones.iter().position(|b| pick["backbone"] == b.name.as_str()).expect("a listed backbone");
+        let (b, data) = (&backbones[bi], &datas[bi]);
+        let method = Method::ALL.into_iter().find(|m| pick["method"] == m.name()).expect("a listed method");
+        let params = choose_params(method, data, b.text.as_ref(), args.seed)?;
+        let head = Head::fit(method, &params, data, b.text.as_ref())?;
+        let info = HeadInfo {
+            format: HEAD_FORMAT.into(),
+            backbone: b.kind.into(),
+            model: b.model.clone(),
+            method: method.name().into(),
+            params: params.to_string(),
+            classes: classes.clone(),
+            dim: data.dim,
+            accuracy: pick["accuracy"].as_f64().unwrap_or(0.0),
+        };
+        head.save(path, &info).with_context(|| format!("writing {}", path.display()))?;
+        let sidecar = path.with_extension("json");
+        vista::weights::formats::write_atomic(&sidecar, (serde_json::to_string_pretty(&info)? + "\n").as_bytes())?;
+        eprintln!("saved {} + {} ({params}) -> {}", b.name, method.name(), path.display());
+    }
     if let Some(path) = &args.report {
         vista::weights::formats::write_atomic(path, (serde_json::to_string_pretty(&doc)? + "\n").as_bytes())?;
     }

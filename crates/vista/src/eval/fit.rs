@@ -622,6 +622,184 @@ pub fn cross_validate(
     Ok(report)
 }
 
+/// What a classifier file records besides its tensors: how to make its features again.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HeadInfo {
+    /// `vista-head-1`.
+    pub format: String,
+    /// `clip`, `dino` or `pixels`.
+    pub backbone: String,
+    /// The model argument the features came from (empty for pixels).
+    pub model: String,
+    /// The method's name ([`Method::name`]).
+    pub method: String,
+    /// Its hyper-parameters, as [`Params`] prints them.
+    pub params: String,
+    /// Class names; a prediction indexes this list.
+    pub classes: Vec<String>,
+    /// Feature width.
+    pub dim: usize,
+    /// The cross-validated accuracy it was chosen with.
+    pub accuracy: f64,
+}
+
+/// The `format` of [`HeadInfo`].
+pub const HEAD_FORMAT: &str = "vista-head-1";
+
+/// A fitted classifier on normalised features.
+#[derive(Debug, Clone)]
+pub enum Head {
+    /// Logistic regression, zero-shot or the blend: `x·Wᵀ + b`.
+    Linear(LinearHead),
+    /// Weighted k-NN over the stored training features.
+    Knn {
+        /// The training features (the cache of votes).
+        train: Features,
+        /// Neighbours.
+        k: usize,
+        /// Vote temperature.
+        t: f32,
+    },
+    /// Tip-Adapter: the zero-shot head plus the cache of training features.
+    TipAdapter {
+        /// The zero-shot head.
+        zero_shot: LinearHead,
+        /// The training features.
+        cache: Features,
+        /// Cache weight.
+        alpha: f32,
+        /// Cache sharpness.
+        beta: f32,
+    },
+}
+
+impl Head {
+    /// `method` with `params` fitted on all of `data`.
+    pub fn fit(method: Method, params: &Params, data: &Features, text: Option<&LinearHead>) -> Result<Head> {
+        let need_text = || text.cloned().ok_or_else(|| Error::arg("method", format!("{} needs CLIP", method.name())));
+        Ok(match (method, params) {
+            (Method::Knn, Params::Knn { k, t }) => Head::Knn { train: data.clone(), k: (*k).min(data.len()), t: *t },
+            (Method::Logistic, Params::Logistic { c }) => Head::Linear(logistic_regression(data, *c)),
+            (Method::ZeroShot, _) => Head::Linear(need_text()?),
+            (Method::TipAdapter, Params::TipAdapter { alpha, beta }) => {
+                Head::TipAdapter { zero_shot: need_text()?, cache: data.clone(), alpha: *alpha, beta: *beta }
+            }
+            (Method::Blend, Params::Blend { alpha, c }) => {
+                Head::Linear(need_text()?.interpolate(&logistic_regression(data, *c), *alpha))
+            }
+            (m, p) => return Err(Error::arg("params", format!("{p:?} do not fit {}", m.name()))),
+        })
+    }
+
+    /// Class probabilities of one L2-normalised feature row: the softmax of the logits, or for
+    /// k-NN the share of the neighbours' votes.
+    pub fn probabilities(&self, x: &[f32]) -> Vec<f32> {
+        let softmax = |z: Vec<f32>| {
+            let m = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let e: Vec<f32> = z.iter().map(|v| (v - m).exp()).collect();
+            let s: f32 = e.iter().sum();
+            e.iter().map(|v| v / s).collect::<Vec<f32>>()
+        };
+        match self {
+            Head::Linear(h) => softmax(h.logits(x)),
+            Head::TipAdapter { zero_shot, cache, alpha, beta } => {
+                let one = Features { dim: cache.dim, rows: x.to_vec(), labels: vec![0], classes: cache.classes };
+                softmax(tip_adapter_logits(zero_shot, cache, &one, *alpha, *beta).remove(0))
+            }
+            Head::Knn { train, k, t } => {
+                let mut sims: Vec<(f32, usize)> = (0..train.len()).map(|j| (dot(x, train.row(j)), j)).collect();
+                sims.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal).then(a.1.cmp(&b.1)));
+                let mut votes = vec![0f32; train.classes];
+                for &(s, j) in sims.iter().take(*k) {
+                    votes[train.labels[j]] += (s / t).exp();
+                }
+                let total: f32 = votes.iter().sum();
+                votes.iter().map(|v| v / total.max(f32::MIN_POSITIVE)).collect()
+            }
+        }
+    }
+
+    /// Writes the head as one safetensors file, `info` as JSON in its metadata.
+    pub fn save(&self, path: &std::path::Path, info: &HeadInfo) -> Result<()> {
+        use candle_core::{Device, Tensor};
+        let dev = Device::Cpu;
+        let mut tensors: Vec<(String, Tensor)> = Vec::new();
+        let linear = |h: &LinearHead, prefix: &str, out: &mut Vec<(String, Tensor)>| -> Result<()> {
+            out.push((format!("{prefix}weight"), Tensor::from_slice(&h.weight, (h.classes(), h.dim), &dev)?));
+            out.push((format!("{prefix}bias"), Tensor::from_slice(&h.bias, h.classes(), &dev)?));
+            Ok(())
+        };
+        let cache = |f: &Features, out: &mut Vec<(String, Tensor)>| -> Result<()> {
+            out.push(("train.features".into(), Tensor::from_slice(&f.rows, (f.len(), f.dim), &dev)?));
+            let labels: Vec<u32> = f.labels.iter().map(|&l| l as u32).collect();
+            out.push(("train.labels".into(), Tensor::from_slice(&labels, f.len(), &dev)?));
+            Ok(())
+        };
+        match self {
+            Head::Linear(h) => linear(h, "", &mut tensors)?,
+            Head::Knn { train, .. } => cache(train, &mut tensors)?,
+            Head::TipAdapter { zero_shot, cache: c, .. } => {
+                linear(zero_shot, "", &mut tensors)?;
+                cache(c, &mut tensors)?;
+            }
+        }
+        let meta: std::collections::HashMap<String, String> = [
+            ("format".to_string(), HEAD_FORMAT.to_string()),
+            ("vista_head".to_string(), serde_json::to_string(info).map_err(|e| Error::arg("head", e.to_string()))?),
+        ]
+        .into();
+        crate::weights::formats::write_safetensors(path, tensors.iter().map(|(n, t)| (n.as_str(), t)), &meta)
+    }
+
+    /// Reads a head written by [`Head::save`].
+    pub fn load(path: &std::path::Path) -> Result<(Head, HeadInfo)> {
+        use candle_core::Device;
+        let bad = |m: String| Error::Checkpoint { path: path.to_path_buf(), message: m };
+        let (tensors, meta) = crate::weights::formats::read_safetensors(path, &Device::Cpu)?;
+        if meta.get("format").map(String::as_str) != Some(HEAD_FORMAT) {
+            return Err(bad(format!("not a vista classifier head (metadata `format` is not {HEAD_FORMAT})")));
+        }
+        let info: HeadInfo = serde_json::from_str(meta.get("vista_head").map(String::as_str).unwrap_or(""))
+            .map_err(|e| bad(format!("metadata `vista_head`: {e}")))?;
+        let classes = info.classes.len();
+        let f32s = |name: &str| -> Result<Vec<f32>> {
+            let t = tensors.get(name).ok_or_else(|| bad(format!("no tensor `{name}`")))?;
+            Ok(t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?)
+        };
+        let linear = || -> Result<LinearHead> {
+            let (weight, bias) = (f32s("weight")?, f32s("bias")?);
+            if bias.len() != classes || weight.len() != classes * info.dim {
+                return Err(bad(format!("weight/bias do not fit {classes} classes of width {}", info.dim)));
+            }
+            Ok(LinearHead { weight, bias, dim: info.dim })
+        };
+        let cache = || -> Result<Features> {
+            let rows = f32s("train.features")?;
+            let t = tensors.get("train.labels").ok_or_else(|| bad("no tensor `train.labels`".into()))?;
+            let labels: Vec<usize> = t.to_vec1::<u32>()?.into_iter().map(|l| l as usize).collect();
+            if info.dim == 0 || rows.len() != labels.len() * info.dim || labels.iter().any(|&l| l >= classes) {
+                return Err(bad("train.features / train.labels do not fit the head".into()));
+            }
+            Ok(Features { dim: info.dim, rows, labels, classes })
+        };
+        let num = |key: &str| -> Result<f32> {
+            info.params
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix(&format!("{key}=")).and_then(|v| v.parse().ok()))
+                .ok_or_else(|| bad(format!("params `{}` lack {key}", info.params)))
+        };
+        let head = match info.method.as_str() {
+            "logistic" | "zero-shot" | "blend" => Head::Linear(linear()?),
+            "knn" => Head::Knn { train: cache()?, k: num("k")? as usize, t: num("T")? },
+            "tip-adapter" => {
+                Head::TipAdapter { zero_shot: linear()?, cache: cache()?, alpha: num("alpha")?, beta: num("beta")? }
+            }
+            other => return Err(bad(format!("unknown method `{other}`"))),
+        };
+        Ok((head, info))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -699,6 +877,43 @@ mod tests {
         let mixed = zs.interpolate(&probe, 0.25);
         assert!((mixed.weight[0] - (0.75 * zs.weight[0] + 0.25)).abs() < 1e-6);
         assert!((mixed.bias[1] - (-0.125)).abs() < 1e-7);
+    }
+
+    #[test]
+    fn heads_round_trip_through_their_file() {
+        let data = blobs(6, 2, 4, 5);
+        let text = vec![1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 1.0];
+        let zs = LinearHead::zero_shot(&text, 4);
+        let dir = tempfile::tempdir().unwrap();
+        for (m, p) in [
+            (Method::Logistic, Params::Logistic { c: 10.0 }),
+            (Method::Knn, Params::Knn { k: 3, t: 0.07 }),
+            (Method::TipAdapter, Params::TipAdapter { alpha: 2.0, beta: 5.5 }),
+            (Method::Blend, Params::Blend { alpha: 0.5, c: 1.0 }),
+        ] {
+            let head = Head::fit(m, &p, &data, Some(&zs)).unwrap();
+            let info = HeadInfo {
+                format: HEAD_FORMAT.into(),
+                backbone: "clip".into(),
+                model: "m".into(),
+                method: m.name().into(),
+                params: p.to_string(),
+                classes: vec!["a".into(), "b".into()],
+                dim: 4,
+                accuracy: 0.5,
+            };
+            let path = dir.path().join(format!("{}.safetensors", m.name()));
+            head.save(&path, &info).unwrap();
+            let (back, back_info) = Head::load(&path).unwrap();
+            assert_eq!(back_info, info);
+            for i in 0..data.len() {
+                let (a, b) = (head.probabilities(data.row(i)), back.probabilities(data.row(i)));
+                assert_eq!(a, b, "{}", m.name());
+                assert!((a.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+            }
+        }
+        std::fs::write(dir.path().join("x.safetensors"), b"junk").unwrap();
+        assert!(Head::load(&dir.path().join("x.safetensors")).is_err());
     }
 
     #[test]
