@@ -91,6 +91,11 @@ pub struct Args {
     /// `vista classify --head`.
     #[arg(long)]
     pub save_head: Option<PathBuf>,
+    /// Write each backbone's normalised features here (`<backbone>.npy`, rows as in the
+    /// report's `backbones[].labels` / `folds`), e.g. to check the evaluation elsewhere
+    /// (`tools/reference/fit_sklearn.py`).
+    #[arg(long)]
+    pub export: Option<PathBuf>,
     /// With --save-head: save this method instead of the best.
     #[arg(long, value_enum)]
     pub use_method: Option<MethodArg>,
@@ -219,12 +224,24 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let mut rows = Vec::new();
     let mut results: Vec<(String, MethodReport)> = Vec::new();
     let mut datas = Vec::new();
+    let mut exported = Vec::new();
     for b in &backbones {
         skipped.extend(b.features.skipped.iter().cloned());
         let data = Features::new(b.features.dim, b.features.features.clone(), b.features.labels.clone(), classes.len())
             .with_context(|| b.name.clone())?;
         let fold_of = stratified_folds(&data.labels, classes.len(), folds, args.seed);
         datas.push(data.clone());
+        let mut entry = json!({
+            "name": b.name, "model": b.model, "dim": data.dim, "labels": data.labels,
+            "folds": fold_of.iter().map(|f| f.map_or(-1, |f| f as i64)).collect::<Vec<_>>(),
+        });
+        if let Some(dir) = &args.export {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            let file = dir.join(format!("{}.npy", b.name.replace(['/', ':', '\\'], "_")));
+            vista::data::npy::write_f32_matrix(&file, &data.rows, data.len(), data.dim)?;
+            entry["features"] = json!(file);
+        }
+        exported.push(entry);
         for &m in &wanted {
             if m.needs_text() && b.text.is_none() {
                 continue;
@@ -250,7 +267,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         .cloned();
     let doc = json!({
         "data": args.data, "images": set.len(), "classes": classes, "images_per_class": counts, "folds": folds,
-        "seed": args.seed, "skipped": skipped, "results": rows, "best": best,
+        "seed": args.seed, "skipped": skipped, "results": rows, "best": best, "backbones": exported,
     });
     if let Some(path) = &args.save_head {
         let pick = rows
