@@ -188,6 +188,34 @@ fn fit_compares_backbones_and_methods_by_cross_validation() {
     let o = vista(&["fit", data.to_str().unwrap()]);
     assert!(!o.status.success() && stderr(&o).contains("nothing to compare"), "{}", stderr(&o));
 
+    // Learning curves and pictures.
+    let plots = dir.join("plots");
+    let o = vista(&[
+        "fit",
+        data.to_str().unwrap(),
+        "--pixels",
+        "--methods",
+        "knn,logistic",
+        "--shots",
+        "1,2,4",
+        "--repeats",
+        "2",
+        "--plots",
+        plots.to_str().unwrap(),
+        "--json",
+    ]);
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let curves = doc["curves"].as_array().unwrap();
+    assert_eq!(curves.len(), 2);
+    for c in curves {
+        let shots: Vec<u64> = c["points"].as_array().unwrap().iter().map(|p| p["shots"].as_u64().unwrap()).collect();
+        assert_eq!(shots, vec![1, 2, 4]);
+        assert!(c["points"].as_array().unwrap().iter().all(|p| p["accuracies"].as_array().unwrap().len() == 2));
+    }
+    for f in ["curves.png", "confusion.png"] {
+        assert!(::image::open(plots.join(f)).is_ok(), "{f}");
+    }
+
     // The chosen classifier, saved and used: every training image comes back with its class.
     for (method, backbone) in [("knn", "pixels"), ("logistic", "pixels"), ("tip-adapter", "clip:openclip_e2e")] {
         let head = dir.join(format!("{method}.safetensors"));

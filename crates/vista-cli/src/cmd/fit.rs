@@ -12,8 +12,8 @@ use vista::clip::pipeline::ClipPipeline;
 use vista::data::{LabelledSet, Split};
 use vista::dino::pipeline::DinoPipeline;
 use vista::eval::fit::{
-    choose_params, cross_validate, stratified_folds, Features, Head, HeadInfo, LinearHead, Method, MethodReport,
-    HEAD_FORMAT,
+    choose_params, cross_validate, learning_curve, stratified_folds, Features, Head, HeadInfo, LinearHead, Method,
+    MethodReport, HEAD_FORMAT,
 };
 use vista::eval::{clip_features, dataset_features, pixel_features, DatasetFeatures};
 
@@ -96,6 +96,17 @@ pub struct Args {
     /// (`tools/reference/fit_sklearn.py`).
     #[arg(long)]
     pub export: Option<PathBuf>,
+    /// Learning curves: accuracy with this many training images per class (comma-separated,
+    /// e.g. 1,2,4,8,16), every method and backbone, tested on the other images.
+    #[arg(long, value_delimiter = ',')]
+    pub shots: Vec<usize>,
+    /// Draws per learning-curve point.
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// Write pictures here: `curves.png` (with --shots; each series' colour in the report) and
+    /// the best result's `confusion.png`.
+    #[arg(long)]
+    pub plots: Option<PathBuf>,
     /// With --save-head: save this method instead of the best.
     #[arg(long, value_enum)]
     pub use_method: Option<MethodArg>,
@@ -224,6 +235,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let mut rows = Vec::new();
     let mut results: Vec<(String, MethodReport)> = Vec::new();
     let mut datas = Vec::new();
+    let mut curves = Vec::new();
     let mut exported = Vec::new();
     for b in &backbones {
         skipped.extend(b.features.skipped.iter().cloned());
@@ -259,6 +271,18 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 "seconds_per_image": b.seconds_per_image, "cv_seconds": t.elapsed().as_secs_f64(),
             }));
             results.push((b.name.clone(), r));
+            if !args.shots.is_empty() {
+                let points = learning_curve(m, &data, &args.shots, args.repeats, b.text.as_ref(), args.seed)
+                    .with_context(|| format!("{} / {} learning curve", b.name, m.name()))?;
+                let color = vista::apps::segment::overlay::mask_color(curves.len());
+                curves.push(json!({
+                    "backbone": b.name, "method": m.name(), "color": color,
+                    "points": points.iter().map(|p| {
+                        let (mean, std) = p.accuracy();
+                        json!({"shots": p.shots, "accuracy": mean, "std": std, "accuracies": p.accuracies})
+                    }).collect::<Vec<_>>(),
+                }));
+            }
         }
     }
     let best = rows
@@ -268,7 +292,38 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let doc = json!({
         "data": args.data, "images": set.len(), "classes": classes, "images_per_class": counts, "folds": folds,
         "seed": args.seed, "skipped": skipped, "results": rows, "best": best, "backbones": exported,
+        "curves": curves,
     });
+    if let Some(dir) = &args.plots {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        if !curves.is_empty() {
+            let series: Vec<vista::apps::plots::Series> = curves
+                .iter()
+                .map(|c| {
+                    let color: Vec<u8> = c["color"]
+                        .as_array()
+                        .map(|a| a.iter().filter_map(|v| v.as_u64()).map(|v| v as u8).collect())
+                        .unwrap_or_default();
+                    let points = c["points"]
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .map(|p| {
+                                    (p["shots"].as_u64().unwrap_or(1) as usize, p["accuracy"].as_f64().unwrap_or(0.0))
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    ([color[0], color[1], color[2]], points)
+                })
+                .collect();
+            vista::apps::plots::write_curves_png(&series, &dir.join("curves.png"))?;
+        }
+        if let Some(b) = &best {
+            let at = rows.iter().position(|r| r == b).expect("best is a row");
+            vista::apps::plots::write_confusion_png(&results[at].1.confusion, &dir.join("confusion.png"))?;
+        }
+    }
     if let Some(path) = &args.save_head {
         let pick = rows
             .iter()

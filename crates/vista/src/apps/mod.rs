@@ -13,6 +13,7 @@ pub mod attention;
 pub mod classify;
 pub mod dupes;
 pub mod features;
+pub mod plots;
 pub mod query;
 pub mod segment;
 

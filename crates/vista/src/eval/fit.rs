@@ -622,6 +622,69 @@ pub fn cross_validate(
     Ok(report)
 }
 
+/// Accuracy with `shots` training images per class (a learning-curve point): `repeats` draws
+/// of that many images of each class (seeded), each method fitted on them (hyper-parameters by
+/// inner CV where the draw allows it, else the simplest of the grid) and scored on every other
+/// image. Classes with no more than `shots` images are left out of that point (nothing would be
+/// left to test them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CurvePoint {
+    /// Training images per class.
+    pub shots: usize,
+    /// Accuracy of each draw.
+    pub accuracies: Vec<f64>,
+}
+
+impl CurvePoint {
+    /// Mean and standard deviation over the draws.
+    pub fn accuracy(&self) -> (f64, f64) {
+        mean_std(&self.accuracies)
+    }
+}
+
+/// The learning curve of `method` on `data` at each of `shots` (see [`CurvePoint`]).
+pub fn learning_curve(
+    method: Method,
+    data: &Features,
+    shots: &[usize],
+    repeats: usize,
+    text: Option<&LinearHead>,
+    seed: u64,
+) -> Result<Vec<CurvePoint>> {
+    let mut out = Vec::new();
+    for &s in shots {
+        if s == 0 {
+            return Err(Error::arg("shots", "0 images per class"));
+        }
+        let mut accuracies = Vec::new();
+        for r in 0..repeats.max(1) {
+            let mut rng = SplitMix64::new(seed ^ (s as u64) << 20 ^ r as u64);
+            let (mut train_idx, mut test_idx) = (Vec::new(), Vec::new());
+            for c in 0..data.classes {
+                let mut rows: Vec<usize> = (0..data.len()).filter(|&i| data.labels[i] == c).collect();
+                if rows.len() <= s {
+                    continue;
+                }
+                rng.shuffle(&mut rows);
+                train_idx.extend_from_slice(&rows[..s]);
+                test_idx.extend_from_slice(&rows[s..]);
+            }
+            if train_idx.is_empty() {
+                break;
+            }
+            train_idx.sort_unstable();
+            test_idx.sort_unstable();
+            let (train, test) = (data.select(&train_idx), data.select(&test_idx));
+            let params = choose_params(method, &train, text, seed.wrapping_add(r as u64))?;
+            accuracies.push(accuracy(&predict(method, &params, &train, &test, text)?, &test.labels));
+        }
+        if !accuracies.is_empty() {
+            out.push(CurvePoint { shots: s, accuracies });
+        }
+    }
+    Ok(out)
+}
+
 /// What a classifier file records besides its tensors: how to make its features again.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct HeadInfo {
@@ -877,6 +940,17 @@ mod tests {
         let mixed = zs.interpolate(&probe, 0.25);
         assert!((mixed.weight[0] - (0.75 * zs.weight[0] + 0.25)).abs() < 1e-6);
         assert!((mixed.bias[1] - (-0.125)).abs() < 1e-7);
+    }
+
+    #[test]
+    fn learning_curves_rise_with_shots() {
+        let data = blobs(20, 3, 6, 9);
+        let curve = learning_curve(Method::Knn, &data, &[1, 4, 16], 3, None, 0).unwrap();
+        assert_eq!(curve.iter().map(|p| p.shots).collect::<Vec<_>>(), vec![1, 4, 16]);
+        assert!(curve.iter().all(|p| p.accuracies.len() == 3));
+        assert!(curve[2].accuracy().0 >= curve[0].accuracy().0 - 0.05, "{curve:?}");
+        // 20 images a class: 20 shots leaves nothing to test.
+        assert!(learning_curve(Method::Knn, &data, &[20], 1, None, 0).unwrap().is_empty());
     }
 
     #[test]
