@@ -142,8 +142,17 @@ fn run_head(args: &Args, path: &std::path::Path) -> Result<ExitCode> {
         }
         "dino" => {
             let options = vista::dino::LoadOptions { target, ..Default::default() };
-            let pipeline = vista::dino::DinoPipeline::load(&info.model, &options)
+            let mut pipeline = vista::dino::DinoPipeline::load(&info.model, &options)
                 .with_context(|| format!("loading the head's DINO backbone `{}`", info.model))?;
+            if info.resize.is_some() || info.crop.is_some() {
+                use vista::dino::preprocess::Mode;
+                let (r, c) = match pipeline.preprocess.mode {
+                    Mode::Eval { resize_shortest, crop } => (resize_shortest, crop),
+                    _ => (256, 224),
+                };
+                pipeline.preprocess.mode =
+                    Mode::Eval { resize_shortest: info.resize.unwrap_or(r), crop: info.crop.unwrap_or(c) };
+            }
             let out = pipeline.extract(&paths, args.model.batch, false, |n| pb.inc(n as u64));
             out.into_iter().map(|r| r.map(|f| f.cls)).collect()
         }

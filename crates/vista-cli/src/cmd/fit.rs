@@ -114,6 +114,9 @@ pub struct Args {
     /// `dino:model.safetensors` or `pixels`) instead of the best.
     #[arg(long)]
     pub use_backbone: Option<String>,
+    /// How the DINO backbones see the images (their own preprocessing unless overridden).
+    #[command(flatten)]
+    pub dino_preprocess: crate::args::DinoPreprocessArgs,
     #[command(flatten)]
     pub target: TargetArgs,
 }
@@ -205,7 +208,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     for model in &args.dino {
         let options = vista::dino::LoadOptions { target: target.clone(), ..Default::default() };
-        let pipeline = DinoPipeline::load(model, &options).with_context(|| format!("loading DINO `{model}`"))?;
+        let mut pipeline = DinoPipeline::load(model, &options).with_context(|| format!("loading DINO `{model}`"))?;
+        pipeline.preprocess = args.dino_preprocess.resolve(crate::args::DinoMode::Eval, pipeline.preprocess.clone());
         let (features, spi) = timed(model, &mut |p| Ok(dataset_features(&pipeline, &set, args.batch, None, p)?))?;
         backbones.push(Backbone {
             name: format!("dino:{}", short(model)),
@@ -347,6 +351,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
             classes: classes.clone(),
             dim: data.dim,
             accuracy: pick["accuracy"].as_f64().unwrap_or(0.0),
+            resize: if b.kind == "dino" { args.dino_preprocess.resize } else { None },
+            crop: if b.kind == "dino" { args.dino_preprocess.crop } else { None },
         };
         head.save(path, &info).with_context(|| format!("writing {}", path.display()))?;
         let sidecar = path.with_extension("json");

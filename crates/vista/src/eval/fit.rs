@@ -704,6 +704,13 @@ pub struct HeadInfo {
     pub dim: usize,
     /// The cross-validated accuracy it was chosen with.
     pub accuracy: f64,
+    /// A DINO backbone's evaluation preprocessing, when not the checkpoint's own: the shortest
+    /// side resized to this...
+    #[serde(default)]
+    pub resize: Option<u32>,
+    /// ...then centre-cropped to this.
+    #[serde(default)]
+    pub crop: Option<u32>,
 }
 
 /// The `format` of [`HeadInfo`].
@@ -975,6 +982,8 @@ mod tests {
                 classes: vec!["a".into(), "b".into()],
                 dim: 4,
                 accuracy: 0.5,
+                resize: Some(28),
+                crop: None,
             };
             let path = dir.path().join(format!("{}.safetensors", m.name()));
             head.save(&path, &info).unwrap();
