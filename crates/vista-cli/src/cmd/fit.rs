@@ -209,7 +209,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     for model in &args.dino {
         let options = vista::dino::LoadOptions { target: target.clone(), ..Default::default() };
         let mut pipeline = DinoPipeline::load(model, &options).with_context(|| format!("loading DINO `{model}`"))?;
-        pipeline.preprocess = args.dino_preprocess.resolve(crate::args::DinoMode::Eval, pipeline.preprocess.clone());
+        pipeline.preprocess = args.dino_preprocess.resolve(crate::args::DinoMode::Eval, pipeline.preprocess);
         let (features, spi) = timed(model, &mut |p| Ok(dataset_features(&pipeline, &set, args.batch, None, p)?))?;
         backbones.push(Backbone {
             name: format!("dino:{}", short(model)),
