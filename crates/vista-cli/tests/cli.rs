@@ -188,6 +188,27 @@ fn fit_compares_backbones_and_methods_by_cross_validation() {
     let o = vista(&["fit", data.to_str().unwrap()]);
     assert!(!o.status.success() && stderr(&o).contains("nothing to compare"), "{}", stderr(&o));
 
+    // CLIP and DINO side by side.
+    let dino = fixtures().join("dino/v1_hf");
+    let o = vista(&[
+        "fit",
+        data.to_str().unwrap(),
+        "--clip",
+        &model(),
+        "--dino",
+        dino.to_str().unwrap(),
+        "--concat",
+        "--methods",
+        "knn",
+        "--no-cache",
+        "--json",
+    ]);
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let names: Vec<&str> = doc["results"].as_array().unwrap().iter().map(|r| r["backbone"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["clip:openclip_e2e", "dino:v1_hf", "clip:openclip_e2e+dino:v1_hf"]);
+    let dims: Vec<u64> = doc["backbones"].as_array().unwrap().iter().map(|b| b["dim"].as_u64().unwrap()).collect();
+    assert_eq!(dims[2], dims[0] + dims[1]);
+
     // Learning curves and pictures.
     let plots = dir.join("plots");
     let o = vista(&[

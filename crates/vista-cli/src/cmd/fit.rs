@@ -114,6 +114,17 @@ pub struct Args {
     /// `dino:model.safetensors` or `pixels`) instead of the best.
     #[arg(long)]
     pub use_backbone: Option<String>,
+    /// Where DINO features are cached per model and image set (default: the user's cache
+    /// folder, vista/features), so a second run on the same images skips the backbone.
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Neither read nor write cached features.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Also try each CLIP backbone's and each DINO backbone's features side by side
+    /// (concatenated, each normalised first).
+    #[arg(long)]
+    pub concat: bool,
     /// How the DINO backbones see the images (their own preprocessing unless overridden).
     #[command(flatten)]
     pub dino_preprocess: crate::args::DinoPreprocessArgs,
@@ -210,7 +221,16 @@ pub fn run(args: Args) -> Result<ExitCode> {
         let options = vista::dino::LoadOptions { target: target.clone(), ..Default::default() };
         let mut pipeline = DinoPipeline::load(model, &options).with_context(|| format!("loading DINO `{model}`"))?;
         pipeline.preprocess = args.dino_preprocess.resolve(crate::args::DinoMode::Eval, pipeline.preprocess);
-        let (features, spi) = timed(model, &mut |p| Ok(dataset_features(&pipeline, &set, args.batch, None, p)?))?;
+        let cache = (!args.no_cache).then(|| {
+            vista::eval::FeatureCache::new(
+                args.cache_dir.clone().unwrap_or_else(vista::eval::FeatureCache::default_root),
+            )
+        });
+        let (features, spi) =
+            timed(model, &mut |p| Ok(dataset_features(&pipeline, &set, args.batch, cache.as_ref(), p)?))?;
+        if let Some(e) = &features.cache_error {
+            eprintln!("note: features not cached: {e}");
+        }
         backbones.push(Backbone {
             name: format!("dino:{}", short(model)),
             kind: "dino",
@@ -219,6 +239,46 @@ pub fn run(args: Args) -> Result<ExitCode> {
             seconds_per_image: spi,
             text: None,
         });
+    }
+    if args.concat {
+        let (clips, dinos): (Vec<&Backbone>, Vec<&Backbone>) =
+            backbones.iter().filter(|b| b.kind != "pixels").partition(|b| b.kind == "clip");
+        let mut joined = Vec::new();
+        for c in &clips {
+            for d in &dinos {
+                let (fc, fd) = (&c.features, &d.features);
+                if fc.labels != fd.labels || fc.dim == 0 || fd.dim == 0 {
+                    eprintln!("note: {} and {} kept different images; not concatenated", c.name, d.name);
+                    continue;
+                }
+                let mut rows = Vec::with_capacity(fc.len() * (fc.dim + fd.dim));
+                for i in 0..fc.len() {
+                    for (f, dim) in [(fc, fc.dim), (fd, fd.dim)] {
+                        let mut r = f.features[i * dim..(i + 1) * dim].to_vec();
+                        vista::eval::knn::normalize_rows(&mut r, dim);
+                        rows.extend(r);
+                    }
+                }
+                let features = DatasetFeatures {
+                    dim: fc.dim + fd.dim,
+                    features: rows,
+                    labels: fc.labels.clone(),
+                    skipped: Vec::new(),
+                    cache: None,
+                    from_cache: false,
+                    cache_error: None,
+                };
+                joined.push(Backbone {
+                    name: format!("{}+{}", c.name, d.name),
+                    kind: "concat",
+                    model: format!("{}\n{}", c.model, d.model),
+                    features,
+                    seconds_per_image: c.seconds_per_image + d.seconds_per_image,
+                    text: None,
+                });
+            }
+        }
+        backbones.extend(joined);
     }
     if args.pixels {
         use vista::image::{DecodeOptions, IMAGENET_MEAN, IMAGENET_STD};
@@ -329,8 +389,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
     }
     if let Some(path) = &args.save_head {
+        // A concatenation's head would need both backbones at classification time: not saved.
         let pick = rows
             .iter()
+            .filter(|r| !r["backbone"].as_str().unwrap_or("").contains('+'))
             .filter(|r| args.use_method.is_none_or(|m| r["method"] == Method::from(m).name()))
             .filter(|r| args.use_backbone.as_ref().is_none_or(|b| r["backbone"] == b.as_str()))
             .max_by(|a, b| {
