@@ -188,6 +188,24 @@ fn fit_compares_backbones_and_methods_by_cross_validation() {
     let o = vista(&["fit", data.to_str().unwrap()]);
     assert!(!o.status.success() && stderr(&o).contains("nothing to compare"), "{}", stderr(&o));
 
+    // The same set as a CSV of file,label (paths relative to the CSV).
+    let csv = dir.join("labels.csv");
+    let mut text = String::from("file,label\n");
+    for (name, _) in &colours {
+        for e in std::fs::read_dir(data.join(name)).unwrap() {
+            let f = e.unwrap().file_name().to_string_lossy().to_string();
+            text += &format!("shop/{name}/{f},\"{name}\"\n");
+        }
+    }
+    std::fs::write(&csv, text).unwrap();
+    let o = vista(&["fit", csv.to_str().unwrap(), "--pixels", "--folds", "3", "--methods", "knn", "--json"]);
+    let from_csv: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(from_csv["classes"], doc["classes"]);
+    assert_eq!(from_csv["images"], doc["images"]);
+    std::fs::write(&csv, "a.png,kurta,extra\n").unwrap();
+    let o = vista(&["fit", csv.to_str().unwrap(), "--pixels"]);
+    assert!(!o.status.success() && stderr(&o).contains("labels.csv:1"), "{}", stderr(&o));
+
     // CLIP and DINO side by side.
     let dino = fixtures().join("dino/v1_hf");
     let o = vista(&[

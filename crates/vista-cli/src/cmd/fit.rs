@@ -49,8 +49,9 @@ impl From<MethodArg> for Method {
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Labelled images: a folder with one sub-folder per class (ImageFolder), or MNIST-style IDX
-    /// files (a folder such as /usr/share/datasets/fashion-mnist: its train split).
+    /// Labelled images: a folder with one sub-folder per class (ImageFolder), a `.csv` of
+    /// `file,label` rows (files relative to it), or MNIST-style IDX files (a folder such as
+    /// /usr/share/datasets/fashion-mnist: its train split).
     pub data: PathBuf,
     /// A CLIP backbone to try (Hugging Face id, folder or checkpoint file); repeatable.
     #[arg(long)]

@@ -237,11 +237,22 @@ impl LabelledSet {
     ///
     /// * an IDX images file (`*-images-idx3-ubyte[.gz]`), its labels file found by name;
     /// * a folder of MNIST-style IDX files ([`is_idx_dir`]): its `split` pair;
+    /// * a `.csv` file of `file,label` rows ([`from_csv`](Self::from_csv));
     /// * otherwise an `ImageFolder` ([`from_dir`](Self::from_dir)).
     ///
     /// `limit` keeps at most that many items: the first of an IDX file, evenly spaced through a
     /// folder's sorted items (so every class keeps its share).
     pub fn open(path: &Path, split: Split, limit: Option<usize>) -> Result<Self> {
+        if path.is_file() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) {
+            let mut set = Self::from_csv(path)?;
+            if let Some(n) = limit {
+                let len = set.items.len();
+                if n < len {
+                    set.items = (0..n).map(|i| set.items[i * len / n].clone()).collect();
+                }
+            }
+            return Ok(set);
+        }
         if path.is_file() {
             let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
             let labels_name = name.replace("images-idx3", "labels-idx1").replace("images.idx3", "labels.idx1");
@@ -269,11 +280,66 @@ impl LabelledSet {
         Ok(set)
     }
 
+    /// A CSV of `file,label` rows (an optional `file,label` header; a field may be quoted, with
+    /// `""` for a quote): files relative to the CSV's folder, classes the sorted distinct labels.
+    /// A row without two fields is an error naming its line.
+    pub fn from_csv(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut rows = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let fields = split_csv_line(line);
+            if fields.len() != 2 {
+                return Err(Error::arg(
+                    "dataset",
+                    format!("{}:{}: expected `file,label`, found {} field(s)", path.display(), n + 1, fields.len()),
+                ));
+            }
+            if n == 0 && fields[0].eq_ignore_ascii_case("file") && fields[1].eq_ignore_ascii_case("label") {
+                continue;
+            }
+            rows.push((base.join(fields[0].trim()), fields[1].trim().to_string()));
+        }
+        let mut classes: Vec<String> = rows.iter().map(|r| r.1.clone()).collect();
+        classes.sort();
+        classes.dedup();
+        let items = rows
+            .into_iter()
+            .map(|(file, label)| Item {
+                image: ItemImage::File(file),
+                label: classes.binary_search(&label).expect("a listed class"),
+            })
+            .collect();
+        Ok(Self { items, classes })
+    }
+
     /// The test set that goes with a `train` path when none is named: the `t10k-*` pair of an
     /// IDX folder holding both splits (`None` for anything else).
     pub fn default_test_path(train: &Path) -> Option<PathBuf> {
         (train.is_dir() && is_idx_dir(train, Split::Test)).then(|| train.to_path_buf())
     }
+}
+
+/// The fields of one CSV line (RFC 4180 quoting within the line).
+fn split_csv_line(line: &str) -> Vec<String> {
+    let mut fields = vec![String::new()];
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', true) if chars.peek() == Some(&'"') => {
+                chars.next();
+                fields.last_mut().expect("one field").push('"');
+            }
+            ('"', _) => quoted = !quoted,
+            (',', false) => fields.push(String::new()),
+            (c, _) => fields.last_mut().expect("one field").push(c),
+        }
+    }
+    fields
 }
 
 /// True when `dir` holds MNIST-style IDX image files of `split` (`train-*` / `t10k-*`).
