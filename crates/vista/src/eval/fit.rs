@@ -472,6 +472,26 @@ pub fn choose_params(method: Method, train: &Features, text: Option<&LinearHead>
     if candidates.len() == 1 || splits.is_empty() {
         return candidates.into_iter().next().ok_or_else(|| Error::arg("train", "too few images to choose"));
     }
+    if method == Method::Knn {
+        // One neighbour scan per split and temperature scores every k at once.
+        let n_fit = splits.iter().map(|(fit, _)| fit.len()).min().unwrap_or(train.len());
+        let ks: Vec<usize> = KNN_KS.iter().copied().filter(|&k| k <= n_fit.max(1)).collect();
+        let mut correct = vec![0.0; ks.len() * KNN_TS.len()];
+        for (fit, test) in &splits {
+            let (a, b) = (train.select(fit), train.select(test));
+            for (ti, &t) in KNN_TS.iter().enumerate() {
+                let options = KnnOptions { ks: ks.clone(), temperature: t, ..Default::default() };
+                for (ki, p) in knn_predict(&a.rows, &a.labels, &b.rows, a.dim, a.classes, &options)?.iter().enumerate()
+                {
+                    let pred: Vec<usize> = p.rankings.iter().map(|r| r[0]).collect();
+                    correct[ki * KNN_TS.len() + ti] += accuracy(&pred, &b.labels) * b.len() as f64;
+                }
+            }
+        }
+        // The grid's order (k outer, T inner); the first of equals.
+        let best = (0..correct.len()).fold(0, |best, i| if correct[i] > correct[best] { i } else { best });
+        return Ok(Params::Knn { k: ks[best / KNN_TS.len()], t: KNN_TS[best % KNN_TS.len()] });
+    }
     if method == Method::Logistic {
         // Along the ascending C path, each fit starts from the previous C's solution.
         let mut correct = vec![0.0; LOGISTIC_CS.len()];
