@@ -400,7 +400,7 @@ def render(rows, meta) -> str:
         lines += ["", "With random weights few or no masks pass the thresholds (here at most "
                   f"{max(kept)} per side), so the times are nearly all the image encoder and the point batches "
                   "(prompt encoder, mask decoder, upscaling to the photo's size, scoring); with a released "
-                  "checkpoint the NMS and RLE of the ~100 kept masks add to both sides. `--pred-iou-thresh 0 "
+                  "checkpoint the NMS and RLE of the kept masks add to both sides (and vista up-samples each mask that passes the IoU filter). `--pred-iou-thresh 0 "
                   "--stability-score-thresh 0` keeps every mask the NMS leaves (with these weights few: the "
                   "masks are large overlapping blobs)."]
     lines += [

@@ -492,6 +492,26 @@ pub fn choose_params(method: Method, train: &Features, text: Option<&LinearHead>
         let best = (0..correct.len()).fold(0, |best, i| if correct[i] > correct[best] { i } else { best });
         return Ok(Params::Knn { k: ks[best / KNN_TS.len()], t: KNN_TS[best % KNN_TS.len()] });
     }
+    if let Method::Blend = method {
+        // The probe does not depend on α: fitted once per split, every α scored on it.
+        let zs = text.ok_or_else(|| Error::arg("method", "the blend needs a CLIP backbone"))?;
+        let c = match &candidates[0] {
+            Params::Blend { c, .. } => *c,
+            _ => unreachable!("blend candidates"),
+        };
+        let mut correct = vec![0.0; BLEND_ALPHAS.len()];
+        for (fit, test) in &splits {
+            let (a, b) = (train.select(fit), train.select(test));
+            let probe = logistic_regression(&a, c);
+            for (i, &alpha) in BLEND_ALPHAS.iter().enumerate() {
+                let head = zs.interpolate(&probe, alpha);
+                let pred: Vec<usize> = (0..b.len()).map(|r| argmax(&head.logits(b.row(r)))).collect();
+                correct[i] += accuracy(&pred, &b.labels) * b.len() as f64;
+            }
+        }
+        let best = (0..correct.len()).fold(0, |best, i| if correct[i] > correct[best] { i } else { best });
+        return Ok(Params::Blend { alpha: BLEND_ALPHAS[best], c });
+    }
     if method == Method::Logistic {
         // Along the ascending C path, each fit starts from the previous C's solution.
         let mut correct = vec![0.0; LOGISTIC_CS.len()];
