@@ -424,7 +424,7 @@ def main(out_dir: pathlib.Path = DEFAULT_OUT) -> None:
             "crop_convention": "crop = [top i, left j, height h, width w] (torchvision get_params order)",
             "jitter_order": "ColorJitter fn_idx: 0 brightness, 1 contrast, 2 saturation, 3 hue",
             "tolerance": "resized: +-1 (Pillow bicubic vs fast_image_resize); u8 from the reference resized: exact; "
-                         "end to end: see tests/augment.rs",
+                         "end to end: see tests/suite/augment.rs",
         },
     }
     write_json_compact(out_dir / "manifest.json", manifest)

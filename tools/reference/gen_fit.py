@@ -8,7 +8,7 @@ in float64 numpy on seeded random unit vectors.
 Writes <out_dir>/formulas.json: {"cases": [{"name", "dim", "classes", "cache" [N, D],
 "cache_labels" [N], "text" [C, D], "test" [M, D], "alpha", "beta", "tip_logits" [M, C],
 "probe_weight" [C, D], "probe_bias" [C], "blend_alpha", "blend_logits" [M, C]}]}.
-Tolerance in tests/fit_formulas.rs: 1e-5 relative to max(1, |logit|) (vista computes in f32).
+Tolerance in tests/suite/fit_formulas.rs: 1e-5 relative to max(1, |logit|) (vista computes in f32).
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@
 //!
 //! # Layout
 //!
-//! Layers point one way (`tests/layers.rs` checks it; `docs/ARCHITECTURE.md` says why):
+//! Layers point one way (`tests/suite/layers.rs` checks it; `docs/ARCHITECTURE.md` says why):
 //!
 //! | layer | modules |
 //! |---|---|

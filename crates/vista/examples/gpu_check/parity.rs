@@ -5,7 +5,7 @@
 //! is the same checkpoint loaded on `Target::device` in `Target::dtype`; on the CPU it runs with
 //! the fast kernels switched off ([`vista::nn::cpu::with_portable_paths`]), so every layer takes
 //! the candle-op path that CUDA runs. Shared by `examples/gpu_check.rs` (on the GPU) and
-//! `tests/device_fallback.rs` (on the CPU, where it proves the device paths without a GPU).
+//! `tests/suite/device_fallback.rs` (on the CPU, where it proves the device paths without a GPU).
 
 #![allow(dead_code)]
 

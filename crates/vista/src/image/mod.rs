@@ -34,7 +34,7 @@
 //! JPEG: the `image` crate decodes with zune-jpeg, Pillow with libjpeg-turbo; their IDCT and
 //! chroma upsampling round differently, so JPEG pixels agree with Pillow's within a few levels
 //! (a real 4:2:0 photo: max 3, mean 0.3; 4:4:4 / greyscale / CMYK: max 2; see
-//! `tests/image_decode.rs`). PNG, GIF, BMP, TIFF and WebP (lossless, and lossy on our
+//! `tests/suite/image_decode.rs`). PNG, GIF, BMP, TIFF and WebP (lossless, and lossy on our
 //! fixtures) agree exactly. A JPEG that ends before its end-of-image marker is refused as
 //! truncated, as Pillow does (zune-jpeg alone would fill the rest with grey).
 //!
@@ -43,7 +43,7 @@
 //! Pillow's antialiased convolution resampling (`Image.resize` with `BICUBIC` or `BILINEAR`),
 //! ported value for value (22-bit fixed-point weights, uint8 rounding after each pass, Pillow
 //! 13's pass order; details in [`resize`]). Measured against Pillow 13.0 / torchvision 0.29
-//! (`tests/preprocess_parity.rs`): every uint8 value of every fixture case is identical; the
+//! (`tests/suite/preprocess_parity.rs`): every uint8 value of every fixture case is identical; the
 //! normalisation after it is bit-identical to torchvision's and HF's.
 //!
 //! Speed (one core, release): 512×512 → 224 resize + crop ≈ 0.3 ms, + normalisation ≈ 0.45 ms;

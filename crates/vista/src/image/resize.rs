@@ -5,8 +5,8 @@
 //! clamped to uint8 after each of the two separable passes, and Pillow's pass order:
 //! horizontal first, except (since Pillow 13, python-pillow/Pillow#9549) vertical first when the
 //! height shrinks by more than twice as many pixels as the width. A pass runs only when its axis
-//! changes size. Equal to Pillow 13 on every value of the fixtures (`tests/preprocess_parity.rs`,
-//! `tests/amg.rs`'s SAM input). [`resize_region`] computes only the output pixels of a region,
+//! changes size. Equal to Pillow 13 on every value of the fixtures (`tests/suite/preprocess_parity.rs`,
+//! `tests/suite/amg.rs`'s SAM input). [`resize_region`] computes only the output pixels of a region,
 //! with exactly the full resize's values (each pixel's taps do not depend on the others).
 //!
 //! An earlier version ran `fast_image_resize`'s SIMD kernels (16-bit coefficients), ~5× faster

@@ -60,7 +60,7 @@ thread_local! {
 /// Runs `f` with this thread's fast CPU kernels switched off, so every layer takes its device
 /// path ([`super::portable`]: candle ops, what runs on CUDA and for bf16/f16) even on f32 CPU
 /// tensors. For tests and diagnosis: it is how the device paths are checked against the CPU
-/// kernels on a machine without a GPU (`tests/device_fallback.rs`). Nests; restores the previous
+/// kernels on a machine without a GPU (`tests/suite/device_fallback.rs`). Nests; restores the previous
 /// setting when `f` returns or panics.
 pub fn with_portable_paths<R>(f: impl FnOnce() -> R) -> R {
     struct Restore(bool);

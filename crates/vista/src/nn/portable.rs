@@ -3,7 +3,7 @@
 //! device and float dtype (CUDA, bf16, f16) without leaving it.
 //!
 //! Callers take the CPU kernel for f32 CPU tensors ([`super::cpu::eligible`]) and these otherwise.
-//! Every function here also runs on the CPU, which is how `tests/device_fallback.rs` checks each one
+//! Every function here also runs on the CPU, which is how `tests/suite/device_fallback.rs` checks each one
 //! against its CPU kernel on the committed fixtures.
 //!
 //! The arithmetic is the CPU kernels': the same products and sums, in the same order where the

@@ -8,7 +8,7 @@
 //!   warmup. The last value is therefore *not* `final_value` but one step before it. DINO
 //!   training and the linear probe both use it.
 //!
-//! Agreement with numpy (`tests/train_schedule.rs`, goldens from
+//! Agreement with numpy (`tests/suite/train_schedule.rs`, goldens from
 //! `tools/reference/gen_dino_train.py`): every value within 1e-12 absolute (the only possible
 //! difference is the last bit of `cos`, between numpy's and the platform's libm).
 

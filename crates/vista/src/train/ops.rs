@@ -12,12 +12,12 @@
 //!   error 6.4e-7).
 //! * [`add_bias`]: `x + b` over the last dimension, `db` = column sums of `dy`.
 //!
-//! Agreement with the composed ops (values and gradients) is tested in `tests/train_ops.rs`.
+//! Agreement with the composed ops (values and gradients) is tested in `tests/suite/train_ops.rs`.
 //!
 //! Device path (CUDA, or any dtype other than f32): LayerNorm and softmax run candle's fused
 //! forward kernels (which record no backward) and get the same backward formulas as candle ops
 //! (`Attach`); GELU and the bias add are candle's own differentiable ops. Nothing leaves the
-//! device. `tests/device_fallback.rs` checks values and gradients against the CPU kernels.
+//! device. `tests/suite/device_fallback.rs` checks values and gradients against the CPU kernels.
 
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;

@@ -2,7 +2,7 @@
 //! the automatic mask generator, the stability score, mask boxes, the crop-edge test, box NMS
 //! (torchvision's `batched_nms` with one category) and `remove_small_regions` (OpenCV's
 //! `connectedComponentsWithStats`, 8-connectivity, written here). Checked one by one against
-//! the reference in `tests/amg.rs` (`tools/reference/gen_amg.py`).
+//! the reference in `tests/suite/amg.rs` (`tools/reference/gen_amg.py`).
 //!
 //! Boxes are XYXY with *inclusive* right and bottom edges, as `batched_mask_to_box` makes them
 //! (a one-pixel mask at `(x, y)` has the box `[x, y, x, y]`).

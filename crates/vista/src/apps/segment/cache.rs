@@ -7,7 +7,7 @@
 //! * one safetensors file per (model, image): `DIR/<model key>/<image blake3>.safetensors`,
 //!   holding `embedding` as f16 `[C, h, w]` (2 MiB for the releases instead of 4; f16's 11-bit
 //!   mantissa moved the tiny fixture's low-resolution logits, of magnitude 1–10, by 3.9e-3 and
-//!   left ≥ 99.9 % of mask pixels unchanged — `tests/segment.rs`) and the original image size in
+//!   left ≥ 99.9 % of mask pixels unchanged — `tests/suite/segment.rs`) and the original image size in
 //!   the metadata;
 //! * the image key is the blake3 hash of the file's bytes, so renames and copies hit the cache
 //!   and an edited file misses it;

@@ -122,7 +122,7 @@ impl HfTokenizer {
 
 /// The `tokenizer.json` transformers' `CLIPTokenizer(vocab, merges)` serialises
 /// (`backend_tokenizer.to_str()`), with the open_clip tokenizer's vocabulary and merges and
-/// transformers' names for the two special tokens. `tests/tokenizer_parity.rs` checks every part
+/// transformers' names for the two special tokens. `tests/suite/tokenizer_parity.rs` checks every part
 /// but the vocabulary against the reference's file.
 fn builtin_json(oc: &ClipTokenizer) -> Value {
     let (tokens, merges) = oc.vocab_and_merges();

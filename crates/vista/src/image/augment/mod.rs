@@ -46,7 +46,7 @@
 //! torchvision applies every step to a PIL image, i.e. with Pillow's uint8 arithmetic. The
 //! colour operations here reproduce Pillow 13's C code operation for operation, including its
 //! float32 / double mix and its truncations, and agree **exactly** with Pillow on the fixtures
-//! (`tests/augment.rs`):
+//! (`tests/suite/augment.rs`):
 //!
 //! * brightness, contrast, saturation: `ImageEnhance` = `Image.blend(degenerate, img, f)`,
 //!   `out = (u8) trunc(a + f·(b − a))` in float32, clipped to [0, 255] when `f > 1` (Pillow

@@ -34,7 +34,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Agreement with PyTorch: `tests/dino_train_parity.rs` (goldens from
+//! Agreement with PyTorch: `tests/suite/dino_train_parity.rs` (goldens from
 //! `tools/reference/gen_dino_loss.py`).
 
 pub mod backbone;

@@ -8,7 +8,7 @@
 //! Tolerances: resampled position embedding ≤ 1e-5, per-block and final tokens, CLS, patch and
 //! register tokens ≤ 1e-4 (values O(1)), last-block attention probabilities ≤ 1e-5.
 
-mod common;
+use crate::common;
 
 use candle_core::Tensor;
 use common::{assert_close, fixtures, load_golden, manifest};

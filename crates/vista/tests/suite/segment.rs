@@ -1,6 +1,6 @@
 //! SAM predictor properties, errors and the embedding cache, on the tiny official fixture.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -1,7 +1,7 @@
 //! Frozen-feature evaluation: k-NN against DINO's `eval_knn.py` golden, its properties, the
 //! linear probe and its AdamW, and the labelled image sets.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -241,7 +241,7 @@ fn knn_matches_a_naive_implementation() {
 }
 
 /// Fashion-MNIST / ImageNet-subset scale: 60,000 train × 10,000 test × 384 dimensions, the
-/// default k (10, 20, 100, 200). `cargo test --release --test knn -- --ignored --nocapture`.
+/// default k (10, 20, 100, 200). `cargo test --release -p vista --test suite knn:: -- --ignored --nocapture`.
 #[test]
 #[ignore = "timing run, ~2 GB·s of work"]
 fn knn_at_scale() {

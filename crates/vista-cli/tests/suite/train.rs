@@ -2,7 +2,7 @@
 //! resumes when run again, refuses a changed configuration, and its exported backbone is a
 //! model `vista features` loads as it is.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -4,7 +4,7 @@
 //! `.ci/run` installs the package and sets `VISTA_REQUIRE_DATASETS=1`, so in CI a missing
 //! dataset is a failure; elsewhere the test says how to get it and passes.
 
-mod common;
+use crate::common;
 
 use common::{fixtures, tmpdir, vista};
 

@@ -19,7 +19,7 @@
 //! | EMA teacher                            | 1e-6      |
 //! | three chained iterations               | 1e-5      |
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 

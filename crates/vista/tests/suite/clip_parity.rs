@@ -6,7 +6,7 @@
 //! and embeddings 1e-4 max abs with cosine >= 0.99999, logits 1e-3 (they carry a factor
 //! exp(logit_scale) ~ 19 on cosines).
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device, Tensor};
 use common::*;

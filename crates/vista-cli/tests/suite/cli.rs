@@ -1,6 +1,6 @@
 //! The `vista` binary end to end on the committed tiny CLIP (real vocabulary) and photos.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 

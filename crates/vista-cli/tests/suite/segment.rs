@@ -1,6 +1,6 @@
 //! `vista segment` and `vista sam encode` on the tiny official SAM fixture.
 
-mod common;
+use crate::common;
 
 use common::{fixtures, stderr, stdout, tmpdir, vista, vista_ok};
 

@@ -2,7 +2,7 @@
 //! incremental updates (new, changed, deleted, renamed), a real `kill -9` mid-run, and search
 //! results against a brute-force reference.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};

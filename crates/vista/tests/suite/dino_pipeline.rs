@@ -3,7 +3,7 @@
 //! and per-file errors, attention maps and their threshold, the rendered picture, feature
 //! files and the dataset-feature cache.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

@@ -3,7 +3,7 @@
 //! misshapen one, both shapes. Checked for every tensor of a Hugging Face and an open_clip
 //! checkpoint.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -8,7 +8,7 @@
 //! transformer layers and the hypernetwork product), predicted IoU ≤ 1e-4, and ≥ 99.9 % of
 //! full-size mask pixels equal (a logit within rounding of 0 may flip).
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

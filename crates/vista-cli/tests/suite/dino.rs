@@ -1,7 +1,7 @@
 //! `vista features`, `vista attention`, `vista knn` and `vista linear-probe` on the tiny DINO
 //! fixtures.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

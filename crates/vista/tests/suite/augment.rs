@@ -551,7 +551,7 @@ fn save_png(img: &RgbImage, path: &Path) {
 
 /// Regenerates the pictures of docs/augmentations.md (default configuration, seed 0, epoch 0,
 /// the first image index whose views show solarization and grayscale):
-/// `cargo test --release -p vista --test augment -- --ignored render_doc_images --nocapture`.
+/// `cargo test --release -p vista --test suite -- --ignored render_doc_images --nocapture`.
 #[test]
 #[ignore]
 fn render_doc_images() {

@@ -2,7 +2,7 @@
 //! through decoding and preprocessing, both towers, and zero-shot probabilities — against
 //! open_clip (`tools/reference/gen_clip_e2e.py`, a tiny model with the real 49408-token vocabulary).
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device};
 use common::*;

@@ -1,7 +1,7 @@
 //! The trainable DINO backbone (`train::dino::TrainVit`, differentiable ops only) computes what
 //! the references compute, at native and resampled grids, and every parameter gets a gradient.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 

@@ -14,9 +14,9 @@
 //!   ≥ 0.99999, max abs ≤ 1e-4, ≤ 0.1 % mask pixels, IoU ≤ 1e-3, loss and gradients ≤ 1e-3
 //!   relative).
 //!
-//! Each test prints what it measured (`cargo test --release --test device_fallback -- --nocapture`).
+//! Each test prints what it measured (`cargo test --release -p vista --test suite device_fallback -- --nocapture`).
 
-#[path = "../examples/gpu_check/parity.rs"]
+#[path = "../../examples/gpu_check/parity.rs"]
 mod parity;
 
 use candle_core::{DType, Device, Tensor, D};

@@ -9,7 +9,7 @@
 //! alpha is small, where open_clip's division by the resized alpha would magnify any error.
 //! Normalised floats must then equal the reference's wherever the uint8 values agree (1e-6).
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::io::Read;
