@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
-use vista::apps::classify::{Templates, ZeroShotClassifier};
+use vista::apps::classify::{ClassPrompts, Templates, ZeroShotClassifier};
 use vista::clip::pipeline::ClipPipeline;
 use vista::data::{LabelledSet, Split};
 use vista::dino::pipeline::DinoPipeline;
@@ -72,6 +72,11 @@ pub struct Args {
     /// Prompt templates of the CLIP methods: `default`, `imagenet80`, `none` or a file.
     #[arg(long, default_value = "default")]
     pub templates: String,
+    /// Prompts of your own for some classes, one line each: `class: prompt | prompt` (`{}` in
+    /// a prompt stands for the class name); the other classes use the templates. Default: the
+    /// data folder's `labels.txt`, when there is one.
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
     /// Use at most N images (IDX: the first N; a folder: evenly through each class).
     #[arg(long)]
     pub limit: Option<usize>,
@@ -104,8 +109,8 @@ pub struct Args {
     /// Draws per learning-curve point.
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
-    /// Write pictures here: `curves.png` (with --shots; each series' colour in the report) and
-    /// the best result's `confusion.png`.
+    /// Write pictures here: `curves.png` (with --shots), and of the best result
+    /// `confusion.png` and `confused.png` (a contact sheet of the most confused examples).
     #[arg(long)]
     pub plots: Option<PathBuf>,
     /// With --save-head: save this method instead of the best.
@@ -115,8 +120,8 @@ pub struct Args {
     /// `dino:model.safetensors` or `pixels`) instead of the best.
     #[arg(long)]
     pub use_backbone: Option<String>,
-    /// Where DINO features are cached per model and image set (default: the user's cache
-    /// folder, vista/features), so a second run on the same images skips the backbone.
+    /// Where CLIP and DINO features are cached per model and image set (default: the user's
+    /// cache folder, vista/features), so a second run on the same images skips the backbone.
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
     /// Neither read nor write cached features.
@@ -170,8 +175,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
     if args.folds < 2 {
         bail!("--folds: at least 2");
     }
-    let set = LabelledSet::open(&args.data, Split::Train, args.limit)
+    let (set, empty) = LabelledSet::open_skipping_empty(&args.data, Split::Train, args.limit)
         .with_context(|| format!("reading the labelled images of {}", args.data.display()))?;
+    for class in &empty {
+        eprintln!("note: class folder `{class}` holds no image file: left out");
+    }
     let classes = set.classes.clone();
     let counts: Vec<usize> = (0..classes.len()).map(|c| set.items.iter().filter(|i| i.label == c).count()).collect();
     for (c, &n) in counts.iter().enumerate() {
@@ -193,6 +201,21 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     let target = args.target.target()?;
     let templates = Templates::parse(&args.templates)?;
+    let prompts_file = args.prompts.clone().or_else(|| {
+        let default = args.data.join("labels.txt");
+        (args.data.is_dir() && default.is_file()).then_some(default)
+    });
+    let own_prompts = match &prompts_file {
+        Some(path) if !args.clip.is_empty() => {
+            let p = ClassPrompts::from_file(path, &classes)?;
+            eprintln!("note: {} classes use their own prompts from {}", p.len(), path.display());
+            p
+        }
+        _ => ClassPrompts::default(),
+    };
+    let cache = (!args.no_cache).then(|| {
+        vista::eval::FeatureCache::new(args.cache_dir.clone().unwrap_or_else(vista::eval::FeatureCache::default_root))
+    });
     let mut backbones = Vec::new();
     let mut skipped = Vec::new();
     let timed = |name: &str, f: &mut Extract<'_>| -> Result<(DatasetFeatures, f64)> {
@@ -205,8 +228,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
     for model in &args.clip {
         let pipeline =
             ClipPipeline::load(model, None, target.clone()).with_context(|| format!("loading CLIP `{model}`"))?;
-        let (features, spi) = timed(model, &mut |p| Ok(clip_features(&pipeline, &set, args.batch, p)?))?;
-        let zs = ZeroShotClassifier::new(&pipeline, &classes, &templates)?;
+        let (features, spi) =
+            timed(model, &mut |p| Ok(clip_features(&pipeline, &set, args.batch, cache.as_ref(), p)?))?;
+        if let Some(e) = &features.cache_error {
+            eprintln!("note: features not cached: {e}");
+        }
+        let zs = ZeroShotClassifier::with_prompts(&pipeline, &classes, &templates, &own_prompts)?;
         let text: Vec<f32> = zs.weights().flatten_all()?.to_vec1()?;
         let text = LinearHead::zero_shot(&text, features.dim.max(1));
         backbones.push(Backbone {
@@ -222,11 +249,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
         let options = vista::dino::LoadOptions { target: target.clone(), ..Default::default() };
         let mut pipeline = DinoPipeline::load(model, &options).with_context(|| format!("loading DINO `{model}`"))?;
         pipeline.preprocess = args.dino_preprocess.resolve(crate::args::DinoMode::Eval, pipeline.preprocess);
-        let cache = (!args.no_cache).then(|| {
-            vista::eval::FeatureCache::new(
-                args.cache_dir.clone().unwrap_or_else(vista::eval::FeatureCache::default_root),
-            )
-        });
         let (features, spi) =
             timed(model, &mut |p| Ok(dataset_features(&pipeline, &set, args.batch, cache.as_ref(), p)?))?;
         if let Some(e) = &features.cache_error {
@@ -248,7 +270,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         for c in &clips {
             for d in &dinos {
                 let (fc, fd) = (&c.features, &d.features);
-                if fc.labels != fd.labels || fc.dim == 0 || fd.dim == 0 {
+                if fc.items != fd.items || fc.dim == 0 || fd.dim == 0 {
                     eprintln!("note: {} and {} kept different images; not concatenated", c.name, d.name);
                     continue;
                 }
@@ -264,6 +286,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                     dim: fc.dim + fd.dim,
                     features: rows,
                     labels: fc.labels.clone(),
+                    items: fc.items.clone(),
                     skipped: Vec::new(),
                     cache: None,
                     from_cache: false,
@@ -310,6 +333,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         datas.push(data.clone());
         let mut entry = json!({
             "name": b.name, "model": b.model, "dim": data.dim, "labels": data.labels,
+            "from_cache": b.features.from_cache, "seconds_per_image": b.seconds_per_image,
             "folds": fold_of.iter().map(|f| f.map_or(-1, |f| f as i64)).collect::<Vec<_>>(),
         });
         if let Some(dir) = &args.export {
@@ -342,9 +366,16 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 let color = vista::apps::segment::overlay::mask_color(curves.len());
                 curves.push(json!({
                     "backbone": b.name, "method": m.name(), "color": color,
+                    "name": format!("{} / {}", b.name, m.name()),
                     "points": points.iter().map(|p| {
                         let (mean, std) = p.accuracy();
-                        json!({"shots": p.shots, "accuracy": mean, "std": std, "accuracies": p.accuracies})
+                        let draws: Vec<_> = p
+                            .draws
+                            .iter()
+                            .map(|d| json!({"train": d.train, "params": d.params.to_string()}))
+                            .collect();
+                        json!({"shots": p.shots, "accuracy": mean, "std": std, "accuracies": p.accuracies,
+                               "draws": draws})
                     }).collect::<Vec<_>>(),
                 }));
             }
@@ -354,10 +385,21 @@ pub fn run(args: Args) -> Result<ExitCode> {
         .iter()
         .max_by(|a, b| a["accuracy"].as_f64().partial_cmp(&b["accuracy"].as_f64()).unwrap_or(std::cmp::Ordering::Equal))
         .cloned();
+    let confused = best.as_ref().map(|b| {
+        let at = rows.iter().position(|r| r == b).expect("best is a row");
+        let bi = backbones.iter().position(|k| b["backbone"] == k.name.as_str()).expect("a listed backbone");
+        most_confused(&results[at].1, &backbones[bi].features, 10)
+            .into_iter()
+            .map(|(t, p, n, items)| {
+                let names: Vec<String> = items.iter().map(|&i| item_name(&set, i)).collect();
+                json!({"true": classes[t], "predicted": classes[p], "count": n, "examples": names})
+            })
+            .collect::<Vec<_>>()
+    });
     let doc = json!({
         "data": args.data, "images": set.len(), "classes": classes, "images_per_class": counts, "folds": folds,
-        "seed": args.seed, "skipped": skipped, "results": rows, "best": best, "backbones": exported,
-        "curves": curves,
+        "seed": args.seed, "skipped": skipped, "empty_classes": empty, "results": rows, "best": best, "backbones": exported,
+        "curves": curves, "prompts": prompts_file.filter(|_| !args.clip.is_empty()), "most_confused": confused,
     });
     if let Some(dir) = &args.plots {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -379,14 +421,22 @@ pub fn run(args: Args) -> Result<ExitCode> {
                                 .collect()
                         })
                         .unwrap_or_default();
-                    ([color[0], color[1], color[2]], points)
+                    vista::apps::plots::Series {
+                        name: c["name"].as_str().unwrap_or("").to_string(),
+                        color: [color[0], color[1], color[2]],
+                        points,
+                    }
                 })
                 .collect();
             vista::apps::plots::write_curves_png(&series, &dir.join("curves.png"))?;
         }
         if let Some(b) = &best {
             let at = rows.iter().position(|r| r == b).expect("best is a row");
-            vista::apps::plots::write_confusion_png(&results[at].1.confusion, &dir.join("confusion.png"))?;
+            let report = &results[at].1;
+            vista::apps::plots::write_confusion_png(&report.confusion, &classes, &dir.join("confusion.png"))?;
+            let bi = backbones.iter().position(|k| b["backbone"] == k.name.as_str()).expect("a listed backbone");
+            let sheet = confused_pairs(report, &backbones[bi].features, &set, 6, 8);
+            vista::apps::plots::write_contact_sheet_png(&sheet, &dir.join("confused.png"))?;
         }
     }
     if let Some(path) = &args.save_head {
@@ -433,8 +483,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
             set.len(),
             classes.len()
         );
+        let w = rows.iter().filter_map(|r| r["backbone"].as_str()).map(str::len).max().unwrap_or(0).max(8);
         println!(
-            "{:<28} {:<12} {:>16} {:>9} {:>10}  chosen",
+            "{:<w$} {:<12} {:>16} {:>9} {:>10}  chosen",
             "backbone", "method", "accuracy %", "macro-F1", "ms/image"
         );
         for r in &rows {
@@ -443,7 +494,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 .map(|a| a.iter().filter_map(|p| p.as_str().map(String::from)).collect())
                 .unwrap_or_default();
             println!(
-                "{:<28} {:<12} {:>9.2} ± {:>4.2} {:>9.3} {:>10.1}  {}",
+                "{:<w$} {:<12} {:>9.2} ± {:>4.2} {:>9.3} {:>10.1}  {}",
                 r["backbone"].as_str().unwrap_or(""),
                 r["method"].as_str().unwrap_or(""),
                 100.0 * r["accuracy"].as_f64().unwrap_or(0.0),
@@ -474,4 +525,56 @@ pub fn run(args: Args) -> Result<ExitCode> {
         eprintln!("{} unreadable images skipped, e.g. {}", skipped.len(), skipped[0]);
     }
     Ok(crate::exit_code(skipped.len()))
+}
+
+/// The off-diagonal cells of `report`'s confusion matrix, largest first (ties by class order), at
+/// most `pairs` of them: `(true, predicted, count, the items so mistaken)` — item indices into
+/// the set, in item order.
+fn most_confused(report: &MethodReport, f: &DatasetFeatures, pairs: usize) -> Vec<(usize, usize, u64, Vec<usize>)> {
+    let mut cells: Vec<(usize, usize, u64)> = Vec::new();
+    for (t, row) in report.confusion.iter().enumerate() {
+        for (p, &n) in row.iter().enumerate() {
+            if t != p && n > 0 {
+                cells.push((t, p, n));
+            }
+        }
+    }
+    cells.sort_by(|a, b| b.2.cmp(&a.2).then((a.0, a.1).cmp(&(b.0, b.1))));
+    cells.truncate(pairs);
+    cells
+        .into_iter()
+        .map(|(t, p, n)| {
+            let items = (0..f.len())
+                .filter(|&r| f.labels[r] == t && report.predictions.get(r).copied().flatten() == Some(p))
+                .map(|r| f.items[r])
+                .collect();
+            (t, p, n, items)
+        })
+        .collect()
+}
+
+/// How an item is named in a report: its file, or `item N` for IDX images.
+fn item_name(set: &LabelledSet, i: usize) -> String {
+    set.items[i].path().map_or_else(|| format!("item {i}"), |p| p.display().to_string())
+}
+
+/// The contact sheet's rows: the `pairs` most confused class pairs, each with up to `per_pair`
+/// of its images (those that no longer load are left out).
+fn confused_pairs(
+    report: &MethodReport,
+    f: &DatasetFeatures,
+    set: &LabelledSet,
+    pairs: usize,
+    per_pair: usize,
+) -> Vec<vista::apps::plots::ConfusedPair> {
+    let decode = vista::image::DecodeOptions::default();
+    most_confused(report, f, pairs)
+        .into_iter()
+        .map(|(t, p, count, items)| vista::apps::plots::ConfusedPair {
+            truth: set.classes[t].clone(),
+            predicted: set.classes[p].clone(),
+            count,
+            examples: items.iter().take(per_pair).filter_map(|&i| set.items[i].load(&decode).ok()).collect(),
+        })
+        .collect()
 }

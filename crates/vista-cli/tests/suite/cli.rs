@@ -146,6 +146,7 @@ fn fit_compares_backbones_and_methods_by_cross_validation() {
         }
     }
     std::fs::write(data.join("kurta").join("broken.png"), b"not a png").unwrap();
+    std::fs::create_dir_all(data.join("dupatta")).unwrap();
     let report = dir.join("report.json");
     let o = vista(&[
         "fit",
@@ -157,14 +158,18 @@ fn fit_compares_backbones_and_methods_by_cross_validation() {
         "3",
         "--report",
         report.to_str().unwrap(),
+        "--cache-dir",
+        dir.join("cache").to_str().unwrap(),
         "--json",
     ]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("`saree` has 1 image"), "{}", stderr(&o));
     assert!(stderr(&o).contains("broken.png"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("class folder `dupatta` holds no image file: left out"), "{}", stderr(&o));
     let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(doc, serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&report).unwrap()).unwrap());
     assert_eq!(doc["folds"], 3);
+    assert_eq!(doc["empty_classes"], serde_json::json!(["dupatta"]));
     let rows = doc["results"].as_array().unwrap();
     let methods: Vec<(&str, &str)> =
         rows.iter().map(|r| (r["backbone"].as_str().unwrap(), r["method"].as_str().unwrap())).collect();
@@ -187,6 +192,44 @@ fn fit_compares_backbones_and_methods_by_cross_validation() {
     assert_eq!(pixel_knn["accuracy"], 1.0);
     let o = vista(&["fit", data.to_str().unwrap()]);
     assert!(!o.status.success() && stderr(&o).contains("nothing to compare"), "{}", stderr(&o));
+
+    // Second run: the CLIP features come from the cache; the data folder's labels.txt gives
+    // one class its own prompts (the zero-shot head changes, nothing else).
+    std::fs::write(data.join("labels.txt"), "# prompts\nsaree: a blue {} | a draped blue cloth\n").unwrap();
+    let (m, cache) = (model(), dir.join("cache"));
+    let again = |extra: &[&str]| {
+        let mut a = vec!["fit", data.to_str().unwrap(), "--clip", &m, "--folds", "3", "--json"];
+        a.extend(["--cache-dir", cache.to_str().unwrap()]);
+        a.extend(extra);
+        vista(&a)
+    };
+    let o = again(&["--methods", "knn,zero-shot"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let cached: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(cached["backbones"][0]["from_cache"], true);
+    assert_eq!(doc["backbones"][0]["from_cache"], false);
+    assert!(cached["prompts"].as_str().unwrap().ends_with("labels.txt"));
+    assert!(stderr(&o).contains("1 classes use their own prompts"), "{}", stderr(&o));
+    let row = |d: &serde_json::Value, m: &str| {
+        d["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["backbone"] == "clip:openclip_e2e" && r["method"] == m)
+            .cloned()
+    };
+    assert_eq!(
+        row(&cached, "knn"),
+        row(&doc, "knn").map(|mut r| {
+            r["cv_seconds"] = cached["results"][0]["cv_seconds"].clone();
+            r["seconds_per_image"] = cached["results"][0]["seconds_per_image"].clone();
+            r
+        })
+    );
+    std::fs::write(data.join("labels.txt"), "sari: a blue sari\n").unwrap();
+    let o = again(&["--methods", "zero-shot"]);
+    assert!(!o.status.success() && stderr(&o).contains("labels.txt: line 1: `sari`"), "{}", stderr(&o));
+    std::fs::remove_file(data.join("labels.txt")).unwrap();
 
     // The same set as a CSV of file,label (paths relative to the CSV).
     let csv = dir.join("labels.csv");
@@ -251,9 +294,10 @@ fn fit_compares_backbones_and_methods_by_cross_validation() {
         assert_eq!(shots, vec![1, 2, 4]);
         assert!(c["points"].as_array().unwrap().iter().all(|p| p["accuracies"].as_array().unwrap().len() == 2));
     }
-    for f in ["curves.png", "confusion.png"] {
+    for f in ["curves.png", "confusion.png", "confused.png"] {
         assert!(::image::open(plots.join(f)).is_ok(), "{f}");
     }
+    assert!(doc["most_confused"].is_array());
 
     // The chosen classifier, saved and used: every training image comes back with its class.
     for (method, backbone) in [("knn", "pixels"), ("logistic", "pixels"), ("tip-adapter", "clip:openclip_e2e")] {
@@ -272,6 +316,7 @@ fn fit_compares_backbones_and_methods_by_cross_validation() {
             head.to_str().unwrap(),
             "--use-backbone",
             backbone,
+            "--no-cache",
         ]);
         assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
         let info: serde_json::Value =

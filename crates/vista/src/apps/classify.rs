@@ -80,6 +80,71 @@ pub struct Prediction {
     pub prob: f32,
 }
 
+/// A user's own prompts for some classes (`labels.txt`), used instead of the templates for them.
+///
+/// One line per class: `class: prompt | another prompt`. A prompt with `{}` is a template (the
+/// class name goes in its place); one without is used as written. Blank lines and lines
+/// starting with `#` are skipped; classes without a line go through the templates.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClassPrompts {
+    prompts: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl ClassPrompts {
+    /// Reads `path` (see the type) for the classes `classes`. Errors name the file and line of
+    /// a line without `class:`, a class that is not one of `classes`, a class given twice or a
+    /// class without prompts.
+    pub fn from_file(path: &Path, classes: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::parse(&text, classes).map_err(|m| Error::arg("prompts", format!("{}: {m}", path.display())))
+    }
+
+    /// Parses the text of a prompts file; the error names the line.
+    pub fn parse(text: &str, classes: &[String]) -> std::result::Result<Self, String> {
+        let mut prompts = std::collections::BTreeMap::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let at = || format!("line {}", n + 1);
+            let (class, rest) =
+                line.split_once(':').ok_or_else(|| format!("{}: expected `class: prompt | prompt`", at()))?;
+            let class = class.trim();
+            if !classes.iter().any(|c| c == class) {
+                return Err(format!("{}: `{class}` is not one of the classes ({})", at(), classes.join(", ")));
+            }
+            let list: Vec<String> =
+                rest.split('|').map(str::trim).filter(|p| !p.is_empty()).map(String::from).collect();
+            if list.is_empty() {
+                return Err(format!("{}: `{class}` has no prompt", at()));
+            }
+            if prompts.insert(class.to_string(), list).is_some() {
+                return Err(format!("{}: `{class}` is given twice", at()));
+            }
+        }
+        Ok(Self { prompts })
+    }
+
+    /// Number of classes with their own prompts.
+    pub fn len(&self) -> usize {
+        self.prompts.len()
+    }
+
+    /// True when no class has its own prompts.
+    pub fn is_empty(&self) -> bool {
+        self.prompts.is_empty()
+    }
+
+    /// The prompts of `class`: its own (templates among them filled) or the templates filled.
+    pub fn for_class(&self, class: &str, templates: &Templates) -> Vec<String> {
+        match self.prompts.get(class) {
+            Some(own) => own.iter().map(|p| p.replace("{}", class)).collect(),
+            None => templates.fill(class),
+        }
+    }
+}
+
 /// Labels embedded once, then any number of images classified against them.
 pub struct ZeroShotClassifier {
     labels: Vec<String>,
@@ -92,6 +157,16 @@ impl ZeroShotClassifier {
     /// Embeds every label through `templates` (each label's prompts averaged and normalised).
     /// Errors without labels or with a label given twice.
     pub fn new(pipeline: &ClipPipeline, labels: &[String], templates: &Templates) -> Result<Self> {
+        Self::with_prompts(pipeline, labels, templates, &ClassPrompts::default())
+    }
+
+    /// As [`Self::new`], with the classes of `own` embedded through their own prompts.
+    pub fn with_prompts(
+        pipeline: &ClipPipeline,
+        labels: &[String],
+        templates: &Templates,
+        own: &ClassPrompts,
+    ) -> Result<Self> {
         if labels.is_empty() {
             return Err(Error::arg("labels", "give at least one label"));
         }
@@ -100,7 +175,7 @@ impl ZeroShotClassifier {
         }
         let mut rows = Vec::with_capacity(labels.len());
         for label in labels {
-            let prompts = templates.fill(label);
+            let prompts = own.for_class(label, templates);
             let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
             // [T, D] normalised -> mean over templates -> renormalised [D]
             let e = pipeline.embed_texts(&refs)?;
@@ -159,5 +234,20 @@ mod tests {
         assert_eq!(t.len(), 80);
         assert!(t.iter().all(|s| s.matches("{}").count() == 1));
         assert_eq!(Templates::Default.fill("saree"), vec!["a photo of a saree."]);
+    }
+
+    #[test]
+    fn class_prompts_replace_the_templates_of_their_classes() {
+        let classes: Vec<String> = ["saree", "kurta"].iter().map(|s| s.to_string()).collect();
+        let text = "# shop labels\nsaree: a red saree with a gold border | a draped {}\n\n";
+        let p = ClassPrompts::parse(text, &classes).unwrap();
+        assert_eq!(p.len(), 1);
+        assert_eq!(p.for_class("saree", &Templates::Default), vec!["a red saree with a gold border", "a draped saree"]);
+        assert_eq!(p.for_class("kurta", &Templates::Default), vec!["a photo of a kurta."]);
+        let err = ClassPrompts::parse("lehenga: a skirt", &classes).unwrap_err();
+        assert!(err.contains("line 1") && err.contains("lehenga"), "{err}");
+        assert!(ClassPrompts::parse("saree a", &classes).unwrap_err().contains("expected"));
+        assert!(ClassPrompts::parse("saree: |", &classes).unwrap_err().contains("no prompt"));
+        assert!(ClassPrompts::parse("saree: a\nsaree: b", &classes).unwrap_err().contains("line 2"));
     }
 }

@@ -116,6 +116,17 @@ impl LabelledSet {
     /// directly in `root` are ignored, and a class folder without any image is an error (it names
     /// the folder: often a stray `.ipynb_checkpoints`).
     pub fn from_dir(root: &Path) -> Result<Self> {
+        Self::read_image_folder(root, false).map(|(set, _)| set)
+    }
+
+    /// As [`from_dir`](Self::from_dir), but a class folder without any image is left out (the
+    /// other classes keep their sorted order) and named in the second value instead of failing.
+    /// Errors when no class has an image.
+    pub fn from_dir_skipping_empty(root: &Path) -> Result<(Self, Vec<String>)> {
+        Self::read_image_folder(root, true)
+    }
+
+    fn read_image_folder(root: &Path, skip_empty: bool) -> Result<(Self, Vec<String>)> {
         let entries = std::fs::read_dir(root).map_err(|e| Error::io(root, e))?;
         let mut classes = Vec::new();
         for entry in entries {
@@ -152,14 +163,57 @@ impl LabelledSet {
                 files.sort_by(|a, b| a.as_os_str().as_encoded_bytes().cmp(b.as_os_str().as_encoded_bytes()));
                 items.extend(files.into_iter().map(|p| Item { image: ItemImage::File(p), label }));
             }
-            if items.len() == before {
+            if items.len() == before && !skip_empty {
                 return Err(Error::arg(
                     "dataset",
                     format!("{}: class folder `{class}` holds no image file", class_dir.display()),
                 ));
             }
         }
-        Ok(Self { items, classes })
+        if !skip_empty {
+            return Ok((Self { items, classes }, Vec::new()));
+        }
+        let mut count = vec![0usize; classes.len()];
+        for item in &items {
+            count[item.label] += 1;
+        }
+        let kept: Vec<usize> = (0..classes.len()).filter(|&c| count[c] > 0).collect();
+        if kept.is_empty() {
+            return Err(Error::arg("dataset", format!("{}: no class folder holds an image file", root.display())));
+        }
+        let mut relabel = vec![usize::MAX; classes.len()];
+        for (new, &old) in kept.iter().enumerate() {
+            relabel[old] = new;
+        }
+        let empty = (0..classes.len()).filter(|&c| count[c] == 0).map(|c| classes[c].clone()).collect();
+        for item in &mut items {
+            item.label = relabel[item.label];
+        }
+        let classes = kept.iter().map(|&c| classes[c].clone()).collect();
+        Ok((Self { items, classes }, empty))
+    }
+
+    /// As [`open`](Self::open), except that an ImageFolder's class folders without any image
+    /// are left out and named in the second value ([`from_dir_skipping_empty`]
+    /// (Self::from_dir_skipping_empty)) — for `vista fit`, which reports them and goes on.
+    pub fn open_skipping_empty(path: &Path, split: Split, limit: Option<usize>) -> Result<(Self, Vec<String>)> {
+        if path.is_dir() && !is_idx_dir(path, split) {
+            let (mut set, empty) = Self::from_dir_skipping_empty(path)?;
+            set.keep_evenly(limit);
+            return Ok((set, empty));
+        }
+        Ok((Self::open(path, split, limit)?, Vec::new()))
+    }
+
+    /// Keeps at most `limit` items, evenly spaced through the items (so every class keeps its
+    /// share).
+    fn keep_evenly(&mut self, limit: Option<usize>) {
+        if let Some(n) = limit {
+            let len = self.items.len();
+            if n < len {
+                self.items = (0..n).map(|i| self.items[i * len / n].clone()).collect();
+            }
+        }
     }
 
     /// An IDX image file (magic 0x00000803: count × rows × columns unsigned bytes) and its IDX
@@ -245,12 +299,7 @@ impl LabelledSet {
     pub fn open(path: &Path, split: Split, limit: Option<usize>) -> Result<Self> {
         if path.is_file() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) {
             let mut set = Self::from_csv(path)?;
-            if let Some(n) = limit {
-                let len = set.items.len();
-                if n < len {
-                    set.items = (0..n).map(|i| set.items[i * len / n].clone()).collect();
-                }
-            }
+            set.keep_evenly(limit);
             return Ok(set);
         }
         if path.is_file() {
@@ -271,12 +320,7 @@ impl LabelledSet {
             return Self::from_idx_dir(path, split, limit);
         }
         let mut set = Self::from_dir(path)?;
-        if let Some(n) = limit {
-            let len = set.items.len();
-            if n < len {
-                set.items = (0..n).map(|i| set.items[i * len / n].clone()).collect();
-            }
-        }
+        set.keep_evenly(limit);
         Ok(set)
     }
 

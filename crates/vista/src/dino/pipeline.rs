@@ -71,14 +71,20 @@ pub struct DinoPipeline {
 impl DinoPipeline {
     /// Loads a model argument (file, folder or hub id) with its family's evaluation
     /// preprocessing: a transformers-layout checkpoint's `preprocessor_config.json` (as
-    /// `AutoImageProcessor` reads it), DINO's own evaluation transform for the others.
+    /// `AutoImageProcessor` reads it), DINO's own evaluation transform for the others — at the
+    /// size a backbone exported by `vista train dino` was trained at (resize and crop to its
+    /// global crop size, as the trainer's k-NN evaluation), else resize 256, crop 224.
     pub fn load(model: &str, options: &LoadOptions) -> Result<Self> {
         let files = loader::resolve(model)?;
         let loaded = loader::load(&files, options)?;
         let preprocess = match (loaded.family, &files.preprocessor) {
             (DinoFamily::HuggingFace, Some(path)) => DinoPreprocess::from_hf_processor(path)?,
             (DinoFamily::HuggingFace, None) => DinoPreprocess::hugging_face(),
-            (DinoFamily::Official, _) => DinoPreprocess::eval(),
+            (DinoFamily::Official, _) => match trained_size(&files.weights) {
+                // As the trainer's own k-NN evaluation sees the images.
+                Some(size) => DinoPreprocess::eval_sized(size, size),
+                None => DinoPreprocess::eval(),
+            },
         };
         Ok(Self { preprocess, ..Self::new(loaded) })
     }
@@ -243,6 +249,20 @@ impl DinoPipeline {
         let arch = serde_json::to_string(&self.model.config).unwrap_or_default() + &dtype;
         checkpoint_key(&self.report.checkpoint, &arch)
     }
+}
+
+/// The global crop size a backbone exported by `vista train dino` was trained at (its
+/// safetensors metadata `config.global_size`); `None` for any other checkpoint.
+fn trained_size(weights: &std::path::Path) -> Option<u32> {
+    if !matches!(crate::weights::formats::detect(weights), Ok(crate::weights::formats::Format::Safetensors)) {
+        return None;
+    }
+    let meta = crate::weights::formats::safetensors_metadata(weights).ok()?;
+    if !meta.get("format")?.starts_with("vista-dino-backbone/") {
+        return None;
+    }
+    let config: serde_json::Value = serde_json::from_str(meta.get("config")?).ok()?;
+    config.get("global_size")?.as_u64().and_then(|s| u32::try_from(s).ok()).filter(|&s| s > 0)
 }
 
 /// Per head, the CLS token's attention to every patch in the last block.

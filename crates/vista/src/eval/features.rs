@@ -1,25 +1,64 @@
-//! CLS features of a labelled set, extracted once and cached on disk: k-NN, linear probes and
-//! the trainer's evaluation all score the same frozen features, so they are computed once per
-//! (model, data set, preprocessing) and read back after.
+//! Image features of a labelled set (DINO CLS tokens, CLIP image embeddings), extracted once
+//! and cached on disk: k-NN, linear probes, `vista fit` and the trainer's evaluation all score
+//! the same frozen features, so they are computed once per (model, data set, preprocessing) and
+//! read back after.
 //!
 //! A cache entry is one safetensors file `root/<model key>/<data set key>.safetensors` holding
-//! `features` (f32 `[n, dim]`) and `labels` (i64 `[n]`), with the classes and the skipped items
-//! in its metadata. The model key is [`DinoPipeline::model_key`]; the data set key
-//! ([`FeatureCache::dataset_key`]) hashes the preprocessing, the decode options, the classes,
-//! and per item its label and either its file (canonical path, size, modification time) or its
-//! pixels — so a changed file or setting misses, and an unreadable entry counts as a miss.
+//! `features` (f32 `[n, dim]`), `labels` and `items` (i64 `[n]`: each row's label and its index
+//! in the set), with the classes and the skipped items in its metadata. The model key is the
+//! source's ([`FeatureSource::model_key`]: checkpoint file and architecture); the data set key
+//! ([`FeatureCache::dataset_key`]) hashes the source's view of the images (preprocessing and
+//! decode options), the classes, and per item its label and either its file (canonical path,
+//! size, modification time) or its pixels — so a changed file or setting misses, and an
+//! unreadable entry counts as a miss.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
+use crate::clip::pipeline::ClipPipeline;
 use crate::data::files::hash_file_stamp;
 use crate::data::{ItemImage, LabelledSet};
-use crate::dino::pipeline::{DinoPipeline, FEATURES_FORMAT};
+use crate::dino::pipeline::DinoPipeline;
 use crate::image::DecodeOptions;
-use crate::weights::formats::{read_safetensors, write_safetensors};
+use crate::weights::formats::{checkpoint_key, read_safetensors, write_safetensors};
 use crate::{Error, Result};
+
+/// The format tag of a cache entry (`-2`: rows carry their item index).
+const CACHE_FORMAT: &str = "vista-dataset-features-2";
+
+/// A model whose image features [`FeatureCache`] stores.
+pub trait FeatureSource {
+    /// The model: its checkpoint file and architecture (folder name below the cache root).
+    fn model_key(&self) -> String;
+    /// How the model sees an image file: preprocessing and decode options.
+    fn view(&self) -> String;
+}
+
+impl FeatureSource for DinoPipeline {
+    fn model_key(&self) -> String {
+        DinoPipeline::model_key(self)
+    }
+    fn view(&self) -> String {
+        format!("{}{:?}", self.preprocess.describe(), self.decode)
+    }
+}
+
+impl FeatureSource for ClipPipeline {
+    fn model_key(&self) -> String {
+        let arch = format!(
+            "clip {} {:?} {:?}",
+            serde_json::to_string(self.model.config()).unwrap_or_default(),
+            self.family,
+            self.model.dtype()
+        );
+        checkpoint_key(&self.report.checkpoint, &arch)
+    }
+    fn view(&self) -> String {
+        format!("{:?}{:?}", self.preprocess, self.decode)
+    }
+}
 
 /// CLS features of a labelled set.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,6 +69,8 @@ pub struct DatasetFeatures {
     pub features: Vec<f32>,
     /// The label of each row.
     pub labels: Vec<usize>,
+    /// Each row's index in the set's items (rows skip the items that did not load).
+    pub items: Vec<usize>,
     /// One message per item that could not be loaded.
     pub skipped: Vec<String>,
     /// The cache file read or written.
@@ -74,12 +115,11 @@ impl FeatureCache {
         &self.root
     }
 
-    /// The key of a labelled set under `pipeline`'s preprocessing and decode options.
-    pub fn dataset_key(pipeline: &DinoPipeline, set: &LabelledSet) -> String {
+    /// The key of a labelled set under `source`'s preprocessing and decode options.
+    pub fn dataset_key(source: &impl FeatureSource, set: &LabelledSet) -> String {
         let mut h = blake3::Hasher::new();
-        h.update(FEATURES_FORMAT.as_bytes());
-        h.update(pipeline.preprocess.describe().as_bytes());
-        h.update(format!("{:?}", pipeline.decode).as_bytes());
+        h.update(CACHE_FORMAT.as_bytes());
+        h.update(source.view().as_bytes());
         h.update(serde_json::to_string(&set.classes).unwrap_or_default().as_bytes());
         h.update(&(set.items.len() as u64).to_le_bytes());
         for item in &set.items {
@@ -101,16 +141,18 @@ impl FeatureCache {
         h.finalize().to_hex()[..32].to_string()
     }
 
-    /// Where the features of `set` under `pipeline` are stored.
-    pub fn path(&self, pipeline: &DinoPipeline, set: &LabelledSet) -> PathBuf {
-        self.root.join(pipeline.model_key()).join(format!("{}.safetensors", Self::dataset_key(pipeline, set)))
+    /// Where the features of `set` under `source` are stored.
+    pub fn path(&self, source: &impl FeatureSource, set: &LabelledSet) -> PathBuf {
+        self.root.join(source.model_key()).join(format!("{}.safetensors", Self::dataset_key(source, set)))
     }
 
     /// The cached features of `set`, if present, readable and consistent with the set.
-    pub fn load(&self, pipeline: &DinoPipeline, set: &LabelledSet) -> Option<DatasetFeatures> {
-        let path = self.path(pipeline, set);
+    pub fn load(&self, source: &impl FeatureSource, set: &LabelledSet) -> Option<DatasetFeatures> {
+        let path = self.path(source, set);
         let mut f = read_entry(&path)?;
-        if f.labels.len() + f.skipped.len() != set.len() {
+        let consistent = f.labels.len() + f.skipped.len() == set.len()
+            && f.items.iter().zip(&f.labels).all(|(&i, &l)| set.items.get(i).is_some_and(|item| item.label == l));
+        if !consistent {
             return None;
         }
         f.cache = Some(path);
@@ -122,30 +164,35 @@ impl FeatureCache {
         let features = Tensor::from_slice(&f.features, (f.len(), f.dim), &Device::Cpu)?;
         let labels: Vec<i64> = f.labels.iter().map(|&l| l as i64).collect();
         let labels = Tensor::from_vec(labels, f.len(), &Device::Cpu)?;
+        let items: Vec<i64> = f.items.iter().map(|&i| i as i64).collect();
+        let items = Tensor::from_vec(items, f.len(), &Device::Cpu)?;
         let metadata: HashMap<String, String> = [
-            ("format".to_string(), FEATURES_FORMAT.to_string()),
+            ("format".to_string(), CACHE_FORMAT.to_string()),
             ("classes".to_string(), serde_json::to_string(classes).unwrap_or_default()),
             ("skipped".to_string(), serde_json::to_string(&f.skipped).unwrap_or_default()),
         ]
         .into();
-        write_safetensors(path, [("features", &features), ("labels", &labels)], &metadata)
+        write_safetensors(path, [("features", &features), ("labels", &labels), ("items", &items)], &metadata)
     }
 }
 
 fn read_entry(path: &Path) -> Option<DatasetFeatures> {
     let (tensors, meta) = read_safetensors(path, &Device::Cpu).ok()?;
-    if meta.get("format").map(String::as_str) != Some(FEATURES_FORMAT) {
+    if meta.get("format").map(String::as_str) != Some(CACHE_FORMAT) {
         return None;
     }
     let skipped: Vec<String> = serde_json::from_str(meta.get("skipped")?).ok()?;
-    let (feats, labels) = (tensors.get("features")?, tensors.get("labels")?);
-    let ((n, dim), m) = (feats.dims2().ok()?, labels.dims1().ok()?);
-    if n != m {
+    let (feats, labels, items) = (tensors.get("features")?, tensors.get("labels")?, tensors.get("items")?);
+    let (n, dim) = feats.dims2().ok()?;
+    if labels.dims1().ok()? != n || items.dims1().ok()? != n {
         return None;
     }
     let features = feats.to_dtype(candle_core::DType::F32).ok()?.flatten_all().ok()?.to_vec1().ok()?;
-    let labels = labels.to_vec1::<i64>().ok()?.into_iter().map(|l| usize::try_from(l).ok()).collect::<Option<_>>()?;
-    Some(DatasetFeatures { dim, features, labels, skipped, cache: None, from_cache: false, cache_error: None })
+    let indices = |t: &Tensor| -> Option<Vec<usize>> {
+        t.to_vec1::<i64>().ok()?.into_iter().map(|v| usize::try_from(v).ok()).collect()
+    };
+    let (labels, items) = (indices(labels)?, indices(items)?);
+    Some(DatasetFeatures { dim, features, labels, items, skipped, cache: None, from_cache: false, cache_error: None })
 }
 
 /// CLS features of every item of `set` (in item order; items that fail to load are left out and
@@ -165,6 +212,7 @@ pub fn dataset_features(
     let results = pipeline.extract(&set.items, batch, false, progress);
     let mut features = Vec::new();
     let mut labels = Vec::new();
+    let mut items = Vec::new();
     let mut skipped = Vec::new();
     let mut dim = 0;
     for (i, (item, r)) in set.items.iter().zip(results).enumerate() {
@@ -173,6 +221,7 @@ pub fn dataset_features(
                 dim = f.dim();
                 features.extend_from_slice(&f.cls);
                 labels.push(item.label);
+                items.push(i);
             }
             Err(e) => skipped.push(match item.image {
                 ItemImage::File(_) => e.to_string(),
@@ -180,30 +229,46 @@ pub fn dataset_features(
             }),
         }
     }
-    let mut out = DatasetFeatures { dim, features, labels, skipped, cache: None, from_cache: false, cache_error: None };
+    let out =
+        DatasetFeatures { dim, features, labels, items, skipped, cache: None, from_cache: false, cache_error: None };
+    Ok(store_in(cache, pipeline, set, out))
+}
+
+/// Stores `out` in `cache` (when there is one), noting where or why not.
+fn store_in(
+    cache: Option<&FeatureCache>,
+    source: &impl FeatureSource,
+    set: &LabelledSet,
+    mut out: DatasetFeatures,
+) -> DatasetFeatures {
     if let Some(c) = cache {
-        let path = c.path(pipeline, set);
+        let path = c.path(source, set);
         match c.store(&path, &out, &set.classes) {
             Ok(()) => out.cache = Some(path),
             Err(e) => out.cache_error = Some(e.to_string()),
         }
     }
-    Ok(out)
+    out
 }
 
 /// CLIP image embeddings (normalised, the model's own preprocessing) of every item of `set`, in
 /// item order, `batch` images per forward pass; items that fail to load are left out and listed
-/// in [`DatasetFeatures::skipped`]. Not cached.
+/// in [`DatasetFeatures::skipped`]. Read from `cache` when there, else stored there.
 pub fn clip_features(
-    pipeline: &crate::clip::pipeline::ClipPipeline,
+    pipeline: &ClipPipeline,
     set: &LabelledSet,
     batch: usize,
+    cache: Option<&FeatureCache>,
     mut progress: impl FnMut(usize),
 ) -> Result<DatasetFeatures> {
+    if let Some(hit) = cache.and_then(|c| c.load(pipeline, set)) {
+        return Ok(hit);
+    }
     let mut out = DatasetFeatures {
         dim: 0,
         features: Vec::new(),
         labels: Vec::new(),
+        items: Vec::new(),
         skipped: Vec::new(),
         cache: None,
         from_cache: false,
@@ -212,11 +277,13 @@ pub fn clip_features(
     for (c, chunk) in set.items.chunks(batch.max(1)).enumerate() {
         let mut crops = Vec::with_capacity(chunk.len());
         let mut labels = Vec::with_capacity(chunk.len());
+        let mut items = Vec::with_capacity(chunk.len());
         for (j, item) in chunk.iter().enumerate() {
             match item.load(&pipeline.decode) {
                 Ok(img) => {
                     crops.push(pipeline.preprocess.prepare(&crate::image::Decoded::Rgb(img)));
                     labels.push(item.label);
+                    items.push(c * batch.max(1) + j);
                 }
                 Err(e) => out.skipped.push(match &item.image {
                     ItemImage::File(_) => e.to_string(),
@@ -231,10 +298,11 @@ pub fn clip_features(
                 out.features.extend(row);
             }
             out.labels.extend(labels);
+            out.items.extend(items);
         }
         progress(chunk.len());
     }
-    Ok(out)
+    Ok(store_in(cache, pipeline, set, out))
 }
 
 /// The raw-pixel baseline of a k-NN evaluation: each item's pixels as its feature vector, as
@@ -250,6 +318,7 @@ pub fn pixel_features(
 ) -> Result<DatasetFeatures> {
     let mut features = Vec::new();
     let mut labels = Vec::new();
+    let mut items = Vec::new();
     let mut skipped = Vec::new();
     let mut size = None;
     for (i, item) in set.items.iter().enumerate() {
@@ -284,9 +353,10 @@ pub fn pixel_features(
             }
         }
         labels.push(item.label);
+        items.push(i);
     }
     let dim = size.map_or(0, |(w, h)| 3 * (w * h) as usize);
-    Ok(DatasetFeatures { dim, features, labels, skipped, cache: None, from_cache: false, cache_error: None })
+    Ok(DatasetFeatures { dim, features, labels, items, skipped, cache: None, from_cache: false, cache_error: None })
 }
 
 #[cfg(test)]

@@ -673,6 +673,18 @@ pub struct CurvePoint {
     pub shots: usize,
     /// Accuracy of each draw.
     pub accuracies: Vec<f64>,
+    /// Each draw: its training rows and the hyper-parameters chosen on them (the test rows
+    /// are every other row of a class that has more than `shots`).
+    pub draws: Vec<CurveDraw>,
+}
+
+/// One draw of a learning-curve point.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CurveDraw {
+    /// The training rows, ascending.
+    pub train: Vec<usize>,
+    /// The hyper-parameters inner cross-validation chose on them.
+    pub params: Params,
 }
 
 impl CurvePoint {
@@ -697,6 +709,7 @@ pub fn learning_curve(
             return Err(Error::arg("shots", "0 images per class"));
         }
         let mut accuracies = Vec::new();
+        let mut draws = Vec::new();
         for r in 0..repeats.max(1) {
             let mut rng = SplitMix64::new(seed ^ (s as u64) << 20 ^ r as u64);
             let (mut train_idx, mut test_idx) = (Vec::new(), Vec::new());
@@ -717,9 +730,10 @@ pub fn learning_curve(
             let (train, test) = (data.select(&train_idx), data.select(&test_idx));
             let params = choose_params(method, &train, text, seed.wrapping_add(r as u64))?;
             accuracies.push(accuracy(&predict(method, &params, &train, &test, text)?, &test.labels));
+            draws.push(CurveDraw { train: train_idx, params });
         }
         if !accuracies.is_empty() {
-            out.push(CurvePoint { shots: s, accuracies });
+            out.push(CurvePoint { shots: s, accuracies, draws });
         }
     }
     Ok(out)

@@ -8,7 +8,7 @@ pub mod fit;
 pub mod knn;
 pub mod linear_probe;
 
-pub use features::{clip_features, dataset_features, pixel_features, DatasetFeatures, FeatureCache};
+pub use features::{clip_features, dataset_features, pixel_features, DatasetFeatures, FeatureCache, FeatureSource};
 
 use crate::data::LabelledSet;
 use crate::dino::pipeline::DinoPipeline;
