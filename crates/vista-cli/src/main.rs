@@ -47,6 +47,8 @@ enum Command {
     /// Train a model.
     #[command(subcommand)]
     Train(TrainCommand),
+    /// Serve the HTTP API and the web page: search the index, click to segment with SAM.
+    Serve(Box<cmd::serve::Args>),
 }
 
 #[derive(Subcommand)]
@@ -111,6 +113,7 @@ fn main() -> ExitCode {
         Command::LinearProbe(a) => cmd::linear_probe::run(a),
         Command::Fit(a) => cmd::fit::run(*a),
         Command::Train(TrainCommand::Dino(a)) => cmd::train_dino::run_dino(*a),
+        Command::Serve(a) => cmd::serve::run(*a),
     };
     match result {
         Ok(code) => code,

@@ -14,4 +14,5 @@ pub mod sam_auto;
 pub mod sam_encode;
 pub mod search;
 pub mod segment;
+pub mod serve;
 pub mod train_dino;

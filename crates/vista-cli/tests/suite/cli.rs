@@ -340,3 +340,10 @@ fn fit_compares_backbones_and_methods_by_cross_validation() {
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn serve_refuses_to_expose_itself_without_a_key() {
+    let o = vista(&["serve", "--host", "0.0.0.0", "--port", "0"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("needs an API key"), "{}", stderr(&o));
+}

@@ -1,0 +1,138 @@
+//! Model workers: each model lives on its own OS thread behind a bounded queue, as
+//! text-embeddings-inference runs its backends. A request that finds the queue full is refused
+//! at once (429) instead of waiting; jobs that arrive together are taken as one batch (up to
+//! `batch` jobs, waiting at most `wait` after the first) so one forward pass serves them all.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::ApiError;
+
+/// How a worker takes its jobs.
+#[derive(Debug, Clone, Copy)]
+pub struct Batching {
+    /// Jobs queued at most; one more is refused.
+    pub queue: usize,
+    /// Jobs per batch at most.
+    pub batch: usize,
+    /// How long a batch waits for more jobs after its first.
+    pub wait: Duration,
+}
+
+/// The sending side of a worker thread.
+pub struct Worker<J> {
+    name: &'static str,
+    tx: SyncSender<J>,
+    depth: Arc<AtomicUsize>,
+    batches: Arc<AtomicUsize>,
+    jobs: Arc<AtomicUsize>,
+}
+
+impl<J: Send + 'static> Worker<J> {
+    /// Starts the thread: `state` is built on it (models need not be `Send`-moved twice), then
+    /// `run(&mut state, batch)` is called for each batch until every sender is gone.
+    pub fn spawn<S: 'static>(
+        name: &'static str,
+        batching: Batching,
+        state: impl FnOnce() -> S + Send + 'static,
+        mut run: impl FnMut(&mut S, Vec<J>) + Send + 'static,
+    ) -> Self {
+        let (tx, rx) = sync_channel::<J>(batching.queue.max(1));
+        let depth = Arc::new(AtomicUsize::new(0));
+        let batches = Arc::new(AtomicUsize::new(0));
+        let jobs = Arc::new(AtomicUsize::new(0));
+        let (d, b, n) = (depth.clone(), batches.clone(), jobs.clone());
+        std::thread::Builder::new()
+            .name(format!("vista-{name}"))
+            .spawn(move || {
+                let mut state = state();
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    let deadline = Instant::now() + batching.wait;
+                    while batch.len() < batching.batch.max(1) {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        match rx.recv_timeout(left) {
+                            Ok(j) => batch.push(j),
+                            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                        }
+                    }
+                    d.fetch_sub(batch.len(), Ordering::SeqCst);
+                    b.fetch_add(1, Ordering::Relaxed);
+                    n.fetch_add(batch.len(), Ordering::Relaxed);
+                    run(&mut state, batch);
+                }
+            })
+            .expect("spawn a worker thread");
+        Self { name, tx, depth, batches, jobs }
+    }
+
+    /// Queues `job`, or refuses it (429) when the queue is full.
+    pub fn submit(&self, job: J) -> Result<(), ApiError> {
+        self.depth.fetch_add(1, Ordering::SeqCst);
+        match self.tx.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => {
+                self.depth.fetch_sub(1, Ordering::SeqCst);
+                Err(ApiError::busy(format!("the {} queue is full; retry shortly", self.name)))
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.depth.fetch_sub(1, Ordering::SeqCst);
+                Err(ApiError::unavailable(format!("the {} worker has stopped", self.name)))
+            }
+        }
+    }
+
+    /// Jobs waiting now.
+    pub fn depth(&self) -> usize {
+        self.depth.load(Ordering::SeqCst)
+    }
+
+    /// Batches run and jobs they held, so far.
+    pub fn batch_stats(&self) -> (usize, usize) {
+        (self.batches.load(Ordering::Relaxed), self.jobs.load(Ordering::Relaxed))
+    }
+
+    /// The worker's name (`clip`, `sam`).
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc::channel;
+
+    #[test]
+    fn jobs_that_arrive_together_run_as_one_batch_and_a_full_queue_refuses() {
+        let (gate_tx, gate_rx) = channel::<()>();
+        let (seen_tx, seen_rx) = channel::<Vec<u32>>();
+        let gate = std::sync::Mutex::new(gate_rx);
+        let w = Worker::spawn(
+            "test",
+            Batching { queue: 3, batch: 8, wait: Duration::from_millis(200) },
+            || (),
+            move |_, batch: Vec<u32>| {
+                gate.lock().unwrap().recv().unwrap();
+                seen_tx.send(batch).unwrap();
+            },
+        );
+        w.submit(1).unwrap();
+        // The first batch takes job 1 (and whatever comes within 200 ms), then waits at the gate.
+        std::thread::sleep(Duration::from_millis(400));
+        for j in 2..=4 {
+            w.submit(j).unwrap();
+        }
+        let refused = w.submit(5).unwrap_err();
+        assert_eq!(refused.status, axum::http::StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(w.depth(), 3);
+        gate_tx.send(()).unwrap();
+        assert_eq!(seen_rx.recv().unwrap(), vec![1]);
+        gate_tx.send(()).unwrap();
+        assert_eq!(seen_rx.recv().unwrap(), vec![2, 3, 4], "queued together, run together");
+        assert_eq!(w.depth(), 0);
+        assert_eq!(w.batch_stats(), (2, 4));
+    }
+}
