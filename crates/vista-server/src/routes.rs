@@ -35,6 +35,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/images/{id}", get(image))
         .route("/v1/thumb/{id}", get(thumb))
         .route("/v1/library", get(library))
+        .route("/v1/dupes", get(dupes))
         .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(state.clone(), admit))
         .layer(DefaultBodyLimit::max(state.limits.body_bytes));
@@ -310,6 +311,33 @@ async fn search(State(state): S, Query(q): Query<SearchQuery>) -> ApiResult<Json
         })
         .collect();
     Ok(Json(json!({ "results": results })))
+}
+
+#[derive(Deserialize)]
+struct DupesQuery {
+    /// Cosine similarity from which two images are near-duplicates (default: the model's, as
+    /// `vista dupes`).
+    threshold: Option<f32>,
+}
+
+/// Groups of near-duplicate indexed images, largest first.
+async fn dupes(State(state): S, Query(q): Query<DupesQuery>) -> ApiResult<Json<Value>> {
+    let threshold = q.threshold.unwrap_or(vista::apps::dupes::VIT_B_32_THRESHOLD);
+    if !(-1.0..=1.0).contains(&threshold) {
+        return Err(ApiError::bad_request(format!("threshold {threshold}: a cosine similarity in [-1, 1]")));
+    }
+    let st = state.clone();
+    let groups = tokio::task::spawn_blocking(move || {
+        vista::index::vectors::near_duplicate_groups(&st.library.vectors, threshold)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    let lib = &state.library;
+    let groups: Vec<Value> = groups
+        .iter()
+        .map(|g| Value::Array(g.iter().map(|&i| json!({"id": lib.photos[i].id, "path": lib.photos[i].path})).collect()))
+        .collect();
+    Ok(Json(json!({ "threshold": threshold, "groups": groups })))
 }
 
 async fn library(State(state): S) -> Json<Value> {

@@ -244,6 +244,17 @@ async fn every_endpoint_answers_and_every_error_is_typed_json() {
         assert_eq!(s, status, "{body}: {r}");
     }
 
+    // Near-duplicates: at the lowest threshold everything is one group; groups never hold one.
+    let (s, r) = get(&st, "/v1/dupes?threshold=-1").await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["groups"].as_array().unwrap().len(), 1);
+    assert_eq!(r["groups"][0].as_array().unwrap().len(), 4);
+    let (s, r) = get(&st, "/v1/dupes").await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert!(r["groups"].as_array().unwrap().iter().all(|g| g.as_array().unwrap().len() >= 2));
+    let (s, _) = get(&st, "/v1/dupes?threshold=7").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+
     // Metrics saw all of it.
     let (s, _, text) = call(&st, Request::get("/metrics").body(Body::empty()).unwrap()).await;
     let text = String::from_utf8(text).unwrap();
