@@ -73,8 +73,10 @@ pub struct AppState {
     pub clip: Option<Clip>,
     /// The SAM worker (segment), if loaded.
     pub sam: Option<Sam>,
-    /// The indexed photos.
-    pub library: Library,
+    /// The indexed photos: a snapshot replaced as indexing lands batches.
+    library: std::sync::RwLock<Arc<Library>>,
+    /// The background indexing run, if one was started.
+    indexing: std::sync::Mutex<Option<IndexingStatus>>,
     /// The limits.
     pub limits: Limits,
     /// Required on API routes when set.
@@ -99,7 +101,8 @@ impl AppState {
         Self {
             clip,
             sam,
-            library,
+            library: std::sync::RwLock::new(Arc::new(library)),
+            indexing: std::sync::Mutex::new(None),
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
             limits,
             api_key,
@@ -108,10 +111,109 @@ impl AppState {
         }
     }
 
+    /// The photos as indexed now.
+    pub fn library(&self) -> Arc<Library> {
+        self.library.read().expect("library lock").clone()
+    }
+
+    /// Replaces the photos (requests in flight keep the snapshot they took).
+    pub fn set_library(&self, library: Library) {
+        *self.library.write().expect("library lock") = Arc::new(library);
+    }
+
+    /// Where the background indexing run stands (`None`: none was started).
+    pub fn indexing(&self) -> Option<IndexingStatus> {
+        self.indexing.lock().expect("indexing lock").clone()
+    }
+
+    fn update_indexing(&self, f: impl FnOnce(&mut IndexingStatus)) {
+        f(self.indexing.lock().expect("indexing lock").get_or_insert_with(IndexingStatus::default));
+    }
+
     /// The decode options every uploaded or indexed image is read with.
     pub fn decode(&self) -> vista::image::DecodeOptions {
         vista::image::DecodeOptions::with_max_pixels(self.limits.max_pixels)
     }
+}
+
+/// Where a background indexing run stands (`GET /health`'s `indexing`).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct IndexingStatus {
+    /// Still going.
+    pub running: bool,
+    /// Image files found by the scan.
+    pub files: usize,
+    /// Images the run has to embed.
+    pub to_embed: usize,
+    /// Images embedded so far (search covers them once the next snapshot lands).
+    pub embedded: usize,
+    /// Images that failed to decode.
+    pub failed: usize,
+    /// Why the run stopped, if it failed.
+    pub error: Option<String>,
+}
+
+/// Indexes `roots` into the database at `db` on a background thread with `pipeline` (shared
+/// with the CLIP worker: inference needs no exclusive access), while the server answers from
+/// the photos indexed so far: the library snapshot is reloaded at most every `reload` and at
+/// the end, so search covers each batch soon after it lands. Progress is in
+/// [`AppState::indexing`].
+pub fn start_indexing(
+    state: Arc<AppState>,
+    pipeline: Arc<vista::clip::ClipPipeline>,
+    db: std::path::PathBuf,
+    roots: Vec<std::path::PathBuf>,
+    model: vista::index::IndexedModel,
+    batch: usize,
+    reload: Duration,
+) -> std::thread::JoinHandle<()> {
+    state.update_indexing(|s| *s = IndexingStatus { running: true, ..IndexingStatus::default() });
+    std::thread::Builder::new()
+        .name("vista-indexer".into())
+        .spawn(move || {
+            let result = (|| -> vista::Result<vista::index::IndexReport> {
+                let mut index = vista::index::IndexDb::open(&db)?;
+                let opts = vista::index::IndexOptions { batch: batch.max(1), ..Default::default() };
+                let mut last = std::time::Instant::now();
+                vista::index::update(
+                    &pipeline,
+                    &model,
+                    &mut index,
+                    &roots,
+                    &vista::index::ScanOptions::default(),
+                    &opts,
+                    &mut |p| match p {
+                        vista::index::Progress::Scanned { files, to_embed } => {
+                            state.update_indexing(|s| (s.files, s.to_embed) = (files, to_embed));
+                        }
+                        vista::index::Progress::Embedded { n } => {
+                            state.update_indexing(|s| s.embedded += n);
+                            if last.elapsed() >= reload {
+                                if let Ok(lib) = Library::load(&db, &model.id) {
+                                    state.set_library(lib);
+                                }
+                                last = std::time::Instant::now();
+                            }
+                        }
+                    },
+                )
+            })();
+            let reloaded = Library::load(&db, &model.id);
+            state.update_indexing(|s| {
+                s.running = false;
+                match &result {
+                    Ok(r) => (s.files, s.failed) = (r.files, r.failed),
+                    Err(e) => s.error = Some(e.to_string()),
+                }
+                if let Err(e) = &reloaded {
+                    s.error.get_or_insert_with(|| e.to_string());
+                }
+            });
+            if let Ok(lib) = reloaded {
+                state.set_library(lib);
+            }
+        })
+        .expect("spawn the indexer thread")
 }
 
 /// The application: the page, `/health`, `/metrics` and the `/v1` API.

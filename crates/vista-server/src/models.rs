@@ -31,7 +31,7 @@ pub struct Clip {
 
 impl Clip {
     /// Starts the worker around a loaded pipeline.
-    pub fn start(pipeline: ClipPipeline, batching: Batching, decode: DecodeOptions) -> Self {
+    pub fn start(pipeline: Arc<ClipPipeline>, batching: Batching, decode: DecodeOptions) -> Self {
         let dim = pipeline.model.config().embed_dim;
         let worker = Worker::spawn("clip", batching, move || (pipeline, decode), run_clip_batch);
         Self { worker, dim }
@@ -52,7 +52,7 @@ impl Clip {
     }
 }
 
-fn run_clip_batch((pipeline, decode): &mut (ClipPipeline, DecodeOptions), jobs: Vec<ClipJob>) {
+fn run_clip_batch((pipeline, decode): &mut (Arc<ClipPipeline>, DecodeOptions), jobs: Vec<ClipJob>) {
     let mut text_jobs = Vec::new();
     let mut image_jobs = Vec::new();
     for j in jobs {

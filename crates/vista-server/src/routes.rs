@@ -147,7 +147,7 @@ fn decode_b64(field: &str, s: &str) -> ApiResult<Vec<u8>> {
 
 /// Reads an indexed image's bytes off the async runtime.
 async fn read_indexed(state: &Arc<AppState>, id: &str) -> ApiResult<(Vec<u8>, String)> {
-    let path = state.library.path_of(id)?;
+    let path = state.library().path_of(id)?;
     let name = path.display().to_string();
     let bytes = tokio::task::spawn_blocking(move || std::fs::read(&path))
         .await
@@ -157,12 +157,14 @@ async fn read_indexed(state: &Arc<AppState>, id: &str) -> ApiResult<(Vec<u8>, St
 }
 
 async fn health(State(state): S) -> Json<Value> {
+    let lib = state.library();
     Json(json!({
         "status": "ok",
         "clip": state.clip.is_some(),
         "sam": state.sam.is_some(),
-        "images": state.library.photos.len(),
-        "model": state.library.model,
+        "images": lib.photos.len(),
+        "model": lib.model,
+        "indexing": state.indexing(),
     }))
 }
 
@@ -183,7 +185,7 @@ async fn metrics(State(state): S) -> impl IntoResponse {
         ("vista_batches_total", "Batches a model worker ran (a counter).", batches),
         ("vista_batched_jobs_total", "Jobs in those batches (a counter): jobs / batches = mean batch size.", jobs),
         ("vista_in_flight", "API requests being handled (this one included).", vec![(String::new(), in_flight as f64)]),
-        ("vista_images", "Indexed images served.", vec![(String::new(), state.library.photos.len() as f64)]),
+        ("vista_images", "Indexed images served.", vec![(String::new(), state.library().photos.len() as f64)]),
     ]);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
@@ -233,7 +235,8 @@ pub fn split_terms(q: &str) -> Vec<String> {
 }
 
 async fn search(State(state): S, Query(q): Query<SearchQuery>) -> ApiResult<Json<Value>> {
-    let lib = &state.library;
+    let lib = state.library();
+    let lib = lib.as_ref();
     let terms: Vec<Term> = split_terms(&q.q).iter().map(|t| query::parse_text(t)).collect::<vista::Result<_>>()?;
     let mut parts: Vec<(f32, Vec<f32>)> = Vec::new();
     if let Some(img) = &q.image {
@@ -326,13 +329,12 @@ async fn dupes(State(state): S, Query(q): Query<DupesQuery>) -> ApiResult<Json<V
     if !(-1.0..=1.0).contains(&threshold) {
         return Err(ApiError::bad_request(format!("threshold {threshold}: a cosine similarity in [-1, 1]")));
     }
-    let st = state.clone();
-    let groups = tokio::task::spawn_blocking(move || {
-        vista::index::vectors::near_duplicate_groups(&st.library.vectors, threshold)
-    })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))?;
-    let lib = &state.library;
+    let lib = state.library();
+    let snapshot = lib.clone();
+    let groups =
+        tokio::task::spawn_blocking(move || vista::index::vectors::near_duplicate_groups(&snapshot.vectors, threshold))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?;
     let groups: Vec<Value> = groups
         .iter()
         .map(|g| Value::Array(g.iter().map(|&i| json!({"id": lib.photos[i].id, "path": lib.photos[i].path})).collect()))
@@ -341,7 +343,7 @@ async fn dupes(State(state): S, Query(q): Query<DupesQuery>) -> ApiResult<Json<V
 }
 
 async fn library(State(state): S) -> Json<Value> {
-    let lib = &state.library;
+    let lib = state.library();
     Json(json!({
         "images": lib.photos.len(),
         "model": lib.model,
@@ -436,7 +438,8 @@ async fn embed(State(state): S, b: Result<Json<EmbedRequest>, JsonRejection>) ->
     }
     let mut ids = Vec::new();
     for id in &req.ids {
-        ids.push(state.library.vectors.row(state.library.index_of(id)?));
+        let lib = state.library();
+        ids.push(lib.vectors.row(lib.index_of(id)?));
     }
     Ok(Json(json!({ "texts": texts, "images": images, "ids": ids, "dim": c.dim })))
 }
@@ -463,7 +466,10 @@ async fn classify(State(state): S, b: Result<Json<ClassifyRequest>, JsonRejectio
     let c = clip(&state)?;
     let image = match (&req.image, &req.id) {
         (Some(b64), None) => timed(&state, c.image(Arc::new(decode_b64("image", b64)?), "image".into())).await?,
-        (None, Some(id)) => state.library.vectors.row(state.library.index_of(id)?),
+        (None, Some(id)) => {
+            let lib = state.library();
+            lib.vectors.row(lib.index_of(id)?)
+        }
         _ => return Err(ApiError::bad_request("give one of `image` (base64) and `id`")),
     };
     let mut prompts = Vec::new();

@@ -77,7 +77,7 @@ fn state(p: &Photos, limits: Limits, api_key: Option<&str>, with_sam: bool) -> A
     let decode = vista::image::DecodeOptions::with_max_pixels(limits.max_pixels);
     let pipeline = vista::clip::ClipPipeline::load(&clip_model(), None, vista::device::Target::default()).unwrap();
     let batching = Batching { queue: limits.queue, batch: limits.batch, wait: limits.batch_wait };
-    let clip = Clip::start(pipeline, batching, decode);
+    let clip = Clip::start(Arc::new(pipeline), batching, decode);
     let sam = with_sam.then(|| {
         let weights = fixtures().join("sam/vit_official/sam_vit_tiny.pth");
         let pipeline =
@@ -112,14 +112,21 @@ fn b64(path: &Path) -> String {
 }
 
 fn id_of(state: &AppState, name: &str) -> String {
-    state.library.photos.iter().find(|p| p.path.ends_with(name)).unwrap_or_else(|| panic!("{name} indexed")).id.clone()
+    state
+        .library()
+        .photos
+        .iter()
+        .find(|p| p.path.ends_with(name))
+        .unwrap_or_else(|| panic!("{name} indexed"))
+        .id
+        .clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_endpoint_answers_and_every_error_is_typed_json() {
     let p = photos();
     let st = state(&p, Limits::default(), None, true);
-    assert_eq!(st.library.photos.len(), 4, "three photos and the link");
+    assert_eq!(st.library().photos.len(), 4, "three photos and the link");
 
     let (s, h) = get(&st, "/health").await;
     assert_eq!((s, h["images"].clone(), h["sam"].clone()), (StatusCode::OK, json!(4), json!(true)));
@@ -341,4 +348,41 @@ async fn serves_on_a_localhost_socket() {
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.contains("\"images\":4"), "{text}");
     server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn photos_indexed_in_the_background_become_searchable() {
+    let p = photos();
+    let st = state(&p, Limits::default(), None, false);
+    st.set_library(Library::empty());
+    assert_eq!(get(&st, "/v1/search?q=red").await.1["results"], json!([]), "nothing indexed yet");
+    // A second folder, indexed while serving.
+    let more = p.root.join("more");
+    std::fs::create_dir_all(&more).unwrap();
+    for i in 0..5u8 {
+        image::RgbImage::from_pixel(40, 30, image::Rgb([i * 40, 90, 200 - i * 30]))
+            .save(more.join(format!("{i}.png")))
+            .unwrap();
+    }
+    let pipeline =
+        Arc::new(vista::clip::ClipPipeline::load(&clip_model(), None, vista::device::Target::default()).unwrap());
+    let model = IndexedModel { id: p.model.clone(), arch: None };
+    let handle = vista_server::start_indexing(
+        st.clone(),
+        pipeline,
+        p.db.clone(),
+        vec![p.root.clone()],
+        model,
+        2,
+        Duration::ZERO,
+    );
+    tokio::task::spawn_blocking(move || handle.join().unwrap()).await.unwrap();
+    let (s, h) = get(&st, "/health").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(h["indexing"]["running"], false, "{h}");
+    assert_eq!(h["indexing"]["embedded"], 5, "only the new photos are embedded: {h}");
+    assert_eq!(h["indexing"]["files"], 9);
+    assert_eq!(h["images"], 9);
+    let (_, r) = get(&st, "/v1/search?q=red&top=100").await;
+    assert_eq!(r["results"].as_array().unwrap().len(), 9);
 }

@@ -75,7 +75,8 @@ fn start_server(root: &Path) -> std::net::SocketAddr {
     let limits = Limits::default();
     let decode = vista::image::DecodeOptions::default();
     let library = Library::load(&db_path, &model.id).unwrap();
-    let clip = Clip::start(pipeline, Batching { queue: 16, batch: 8, wait: Duration::from_millis(2) }, decode);
+    let clip =
+        Clip::start(Arc::new(pipeline), Batching { queue: 16, batch: 8, wait: Duration::from_millis(2) }, decode);
     let sam_weights = fixtures().join("sam/vit_official/sam_vit_tiny.pth");
     let sam =
         vista::apps::segment::SegmentPipeline::load(sam_weights.to_str().unwrap(), &Default::default(), None).unwrap();

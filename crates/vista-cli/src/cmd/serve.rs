@@ -1,5 +1,5 @@
-//! `vista serve`: index photo folders (or open an index), then serve the HTTP API and the web
-//! page (search, click to segment) until Ctrl-C / SIGTERM.
+//! `vista serve`: serve the HTTP API and the web page (search, click to segment) until Ctrl-C /
+//! SIGTERM — over photo folders indexed in the background meanwhile, or over an index as it is.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -8,16 +8,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use vista::index::{self, IndexDb, ScanOptions};
+use vista::index::{self, IndexDb};
 use vista_server::worker::Batching;
 use vista_server::{AppState, Clip, Library, Limits, Sam};
 
-use crate::args::{update_index, ClipArgs};
+use crate::args::ClipArgs;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Photo folders: indexed first (as `vista index`), then served. Without them, the index
-    /// of --db (or of the current folder) is served as it is.
+    /// Photo folders: served at once and indexed in the background (as `vista index`; search
+    /// covers each batch soon after it lands). Without them, the index of --db (or of the
+    /// current folder) is served as it is.
     pub dirs: Vec<PathBuf>,
     /// The index database (default: DIR/.vista/index.sqlite of the first folder, or the nearest
     /// index of the current folder).
@@ -59,6 +60,8 @@ pub struct Args {
 pub fn run(args: Args) -> Result<ExitCode> {
     let addr = SocketAddr::new(args.host, args.port);
     vista_server::check_exposure(&addr, args.api_key.as_deref())?;
+    // Folders to index in the background while serving (the index so far answers meanwhile).
+    let mut background = None;
     let (db_path, pipeline, model_id) = if args.dirs.is_empty() {
         let path = match &args.db {
             Some(p) => Some(p.clone()),
@@ -83,18 +86,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
             .map(|d| std::fs::canonicalize(d).with_context(|| format!("{}", d.display())))
             .collect::<Result<_>>()?;
         let path = args.db.clone().unwrap_or_else(|| index::default_db_path(&roots[0]));
-        let mut db = IndexDb::open(&path)?;
-        let pipeline = args.model.load()?;
+        IndexDb::open(&path).with_context(|| format!("opening the index {}", path.display()))?;
         let indexed = args.model.indexed();
-        let report = update_index(&pipeline, &indexed, &mut db, &roots, &ScanOptions::default(), args.model.batch)?;
-        eprintln!(
-            "{}: {} images ({} embedded now, {} failed)",
-            path.display(),
-            report.files,
-            report.embedded,
-            report.failed
-        );
-        (Some(path), pipeline, indexed.id)
+        background = Some((roots, indexed.clone()));
+        (Some(path), args.model.load()?, indexed.id)
     };
     let library = match &db_path {
         Some(p) => Library::load(p, &model_id).with_context(|| format!("reading the index {}", p.display()))?,
@@ -111,7 +106,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
     };
     let decode = vista::image::DecodeOptions::with_max_pixels(limits.max_pixels);
     let batching = Batching { queue: limits.queue, batch: limits.batch, wait: limits.batch_wait };
-    let clip = Clip::start(pipeline, batching, decode);
+    let pipeline = Arc::new(pipeline);
+    let clip = Clip::start(pipeline.clone(), batching, decode);
     let sam = match &args.sam {
         Some(model) => {
             let options = vista::sam::LoadOptions {
@@ -128,13 +124,25 @@ pub fn run(args: Args) -> Result<ExitCode> {
     };
     let images = library.photos.len();
     let state = Arc::new(AppState::new(Some(clip), sam, library, limits, args.api_key.clone()));
+    if let (Some((roots, model)), Some(db)) = (background, db_path.clone()) {
+        eprintln!("indexing {} in the background (the page shows progress; search covers what is done)", db.display());
+        vista_server::start_indexing(
+            state.clone(),
+            pipeline,
+            db,
+            roots,
+            model,
+            args.model.batch,
+            Duration::from_secs(2),
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(vista_server::serve(addr, state, |bound| {
-        eprintln!("serving {images} images on http://{bound}/ (Ctrl-C to stop)");
+        eprintln!("serving {images} indexed images on http://{bound}/ (Ctrl-C to stop)");
     }))?;
     Ok(ExitCode::SUCCESS)
 }

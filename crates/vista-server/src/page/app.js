@@ -163,6 +163,16 @@ document.addEventListener("keydown", (ev) => {
 if (params.get("q")) { $("q").value = params.get("q"); search(params.get("q")); }
 if (params.get("view")) openViewer(params.get("view"), params.get("view"));
 
-api("/health").then((h) => {
-  $("status").textContent = h.images + " images indexed" + (h.sam ? "" : " (no SAM model: segmentation is off)");
-}).catch((e) => { $("status").textContent = e.message; });
+// The server's state; while it indexes in the background, progress every second.
+function health() {
+  api("/health").then((h) => {
+    const ix = h.indexing;
+    let text = h.images + " images indexed";
+    if (ix && ix.running) text = "indexing: " + ix.embedded + " of " + ix.to_embed + " new images embedded (search covers " + h.images + ")";
+    else if (ix && ix.error) text += " (indexing stopped: " + ix.error + ")";
+    if (!h.sam) text += " · no SAM model: segmentation is off";
+    if (!$("grid").children.length || (ix && ix.running)) $("status").textContent = text;
+    if (ix && ix.running) setTimeout(health, 1000);
+  }).catch((e) => { $("status").textContent = e.message; });
+}
+health();
