@@ -26,7 +26,7 @@ use tokio::sync::Semaphore;
 
 pub use error::{ApiError, ApiResult};
 pub use library::Library;
-pub use models::{Clip, Sam};
+pub use models::{Clip, Dino, Sam};
 
 /// What the server allows.
 #[derive(Debug, Clone)]
@@ -73,6 +73,8 @@ pub struct AppState {
     pub clip: Option<Clip>,
     /// The SAM worker (segment), if loaded.
     pub sam: Option<Sam>,
+    /// The DINO worker (features), if loaded.
+    pub dino: Option<Dino>,
     /// The indexed photos: a snapshot replaced as indexing lands batches.
     library: std::sync::RwLock<Arc<Library>>,
     /// The background indexing run, if one was started.
@@ -101,6 +103,7 @@ impl AppState {
         Self {
             clip,
             sam,
+            dino: None,
             library: std::sync::RwLock::new(Arc::new(library)),
             indexing: std::sync::Mutex::new(None),
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
@@ -109,6 +112,12 @@ impl AppState {
             metrics: metrics::Metrics::default(),
             thumbs: std::sync::Mutex::new(std::collections::VecDeque::new()),
         }
+    }
+
+    /// With a DINO worker for `/v1/features`.
+    pub fn with_dino(mut self, dino: Dino) -> Self {
+        self.dino = Some(dino);
+        self
     }
 
     /// The photos as indexed now.

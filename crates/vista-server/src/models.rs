@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 use vista::apps::segment::{Mask, Rle, SegmentPipeline};
 use vista::clip::ClipPipeline;
+use vista::dino::{DinoFeatures, DinoPipeline};
 use vista::image::{decode_image, decode_rgb, DecodeOptions};
 use vista::sam::{Prompts, Session};
 
@@ -233,4 +234,68 @@ fn segment(state: &mut SamState, bytes: &[u8], name: &str, prompts: &Prompts) ->
         }
     }
     Ok(SegmentOut { width: w, height: h, masks, cached })
+}
+
+/// A job for the DINO worker: an encoded image, and whether the patch tokens are wanted.
+pub struct FeaturesJob {
+    /// The encoded image.
+    pub bytes: Arc<Vec<u8>>,
+    /// Its name in errors.
+    pub name: String,
+    /// Also return the patch tokens.
+    pub patches: bool,
+    /// The reply.
+    pub reply: oneshot::Sender<ApiResult<DinoFeatures>>,
+}
+
+/// The DINO worker (CLS and patch features); images of one input size in a batch share a
+/// forward pass.
+pub struct Dino {
+    /// The queue.
+    pub worker: Worker<FeaturesJob>,
+}
+
+impl Dino {
+    /// Starts the worker around a loaded pipeline.
+    pub fn start(pipeline: DinoPipeline, batching: Batching, decode: DecodeOptions) -> Self {
+        Self { worker: Worker::spawn("dino", batching, move || (pipeline, decode), run_dino_batch) }
+    }
+
+    /// Features of an encoded image, in the next batch.
+    pub async fn features(&self, bytes: Arc<Vec<u8>>, name: String, patches: bool) -> ApiResult<DinoFeatures> {
+        let (reply, rx) = oneshot::channel();
+        self.worker.submit(FeaturesJob { bytes, name, patches, reply })?;
+        rx.await.map_err(|_| ApiError::unavailable("the DINO worker stopped"))?
+    }
+}
+
+fn run_dino_batch((pipeline, decode): &mut (DinoPipeline, DecodeOptions), jobs: Vec<FeaturesJob>) {
+    let mut ready = Vec::new();
+    for job in jobs {
+        match decode_image(&job.bytes, &job.name, decode).and_then(|d| pipeline.prepare_decoded(&d)) {
+            Ok(img) => ready.push((img, job)),
+            Err(e) => {
+                let _ = job.reply.send(Err(e.into()));
+            }
+        }
+    }
+    while !ready.is_empty() {
+        let key = (ready[0].0.dimensions(), ready[0].1.patches);
+        let (group, rest): (Vec<_>, Vec<_>) = ready.into_iter().partition(|(i, j)| (i.dimensions(), j.patches) == key);
+        ready = rest;
+        let refs: Vec<&vista::image::RgbImage> = group.iter().map(|(i, _)| i).collect();
+        match pipeline.features_of_prepared(&refs, key.1) {
+            Ok(features) => {
+                for (f, (_, job)) in features.into_iter().zip(group) {
+                    let _ = job.reply.send(Ok(f));
+                }
+            }
+            Err(e) => {
+                let e = ApiError::from(e);
+                for (_, job) in group {
+                    let _ = job.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
 }

@@ -32,6 +32,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/embed", post(embed))
         .route("/v1/classify", post(classify))
         .route("/v1/segment", post(segment))
+        .route("/v1/features", post(features))
         .route("/v1/images/{id}", get(image))
         .route("/v1/thumb/{id}", get(thumb))
         .route("/v1/library", get(library))
@@ -162,6 +163,7 @@ async fn health(State(state): S) -> Json<Value> {
         "status": "ok",
         "clip": state.clip.is_some(),
         "sam": state.sam.is_some(),
+        "dino": state.dino.is_some(),
         "images": lib.photos.len(),
         "model": lib.model,
         "indexing": state.indexing(),
@@ -174,7 +176,8 @@ async fn metrics(State(state): S) -> impl IntoResponse {
     let mut jobs = Vec::new();
     let clip = state.clip.as_ref().map(|c| (c.worker.name(), c.worker.depth(), c.worker.batch_stats()));
     let sam = state.sam.as_ref().map(|s| (s.worker.name(), s.worker.depth(), s.worker.batch_stats()));
-    for (name, d, (b, j)) in [clip, sam].into_iter().flatten() {
+    let dino = state.dino.as_ref().map(|s| (s.worker.name(), s.worker.depth(), s.worker.batch_stats()));
+    for (name, d, (b, j)) in [clip, sam, dino].into_iter().flatten() {
         depth.push((format!("{{worker=\"{name}\"}}"), d as f64));
         batches.push((format!("{{worker=\"{name}\"}}"), b as f64));
         jobs.push((format!("{{worker=\"{name}\"}}"), j as f64));
@@ -543,6 +546,34 @@ async fn segment(State(state): S, b: Result<Json<SegmentRequest>, JsonRejection>
     };
     let out = timed(&state, sam.segment(Arc::new(bytes), name, prompts)).await?;
     Ok(Json(serde_json::to_value(out).map_err(|e| ApiError::internal(e.to_string()))?))
+}
+
+#[derive(Deserialize)]
+struct FeaturesRequest {
+    id: Option<String>,
+    image: Option<String>,
+    /// Also return the patch tokens (`[h·w][C]`, row-major over the grid).
+    #[serde(default)]
+    patches: bool,
+}
+
+/// DINO / DINOv2 features of an image: the CLS token, and the patch tokens when asked.
+async fn features(State(state): S, b: Result<Json<FeaturesRequest>, JsonRejection>) -> ApiResult<Json<Value>> {
+    let req = body(b)?;
+    let dino =
+        state.dino.as_ref().ok_or_else(|| ApiError::unavailable("no DINO model is loaded (vista serve --dino)"))?;
+    let (bytes, name) = match (&req.image, &req.id) {
+        (Some(b64), None) => (decode_b64("image", b64)?, "image".to_string()),
+        (None, Some(id)) => read_indexed(&state, id).await?,
+        _ => return Err(ApiError::bad_request("give one of `image` (base64) and `id`")),
+    };
+    let f = timed(&state, dino.features(Arc::new(bytes), name, req.patches)).await?;
+    let dim = f.dim();
+    let patches: Vec<&[f32]> = if req.patches { f.patches.chunks(dim.max(1)).collect() } else { Vec::new() };
+    Ok(Json(json!({
+        "cls": f.cls, "dim": dim, "grid": [f.grid.0, f.grid.1], "input_size": [f.input_size.0, f.input_size.1],
+        "patches": if req.patches { json!(patches) } else { Value::Null },
+    })))
 }
 
 #[cfg(test)]

@@ -84,7 +84,13 @@ fn state(p: &Photos, limits: Limits, api_key: Option<&str>, with_sam: bool) -> A
             vista::apps::segment::SegmentPipeline::load(weights.to_str().unwrap(), &Default::default(), None).unwrap();
         Sam::start(pipeline, limits.sam_lru, limits.queue, decode)
     });
-    Arc::new(AppState::new(Some(clip), sam, library, limits, api_key.map(String::from)))
+    let dino = {
+        let weights = fixtures().join("dino/v1_hf");
+        let pipeline =
+            vista::dino::DinoPipeline::load(weights.to_str().unwrap(), &vista::dino::LoadOptions::default()).unwrap();
+        vista_server::Dino::start(pipeline, Batching { queue: limits.queue, batch: 4, wait: limits.batch_wait }, decode)
+    };
+    Arc::new(AppState::new(Some(clip), sam, library, limits, api_key.map(String::from)).with_dino(dino))
 }
 
 async fn call(state: &Arc<AppState>, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
@@ -250,6 +256,20 @@ async fn every_endpoint_answers_and_every_error_is_typed_json() {
         let (s, r) = post(&st, "/v1/segment", body.clone()).await;
         assert_eq!(s, status, "{body}: {r}");
     }
+
+    // DINO features: CLS, and patches on the model's grid; an indexed id and its upload agree.
+    let (s, r) = post(&st, "/v1/features", json!({"id": red, "patches": true})).await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    let dim = r["dim"].as_u64().unwrap() as usize;
+    let grid = (r["grid"][0].as_u64().unwrap() * r["grid"][1].as_u64().unwrap()) as usize;
+    assert_eq!(r["cls"].as_array().unwrap().len(), dim);
+    assert_eq!(r["patches"].as_array().unwrap().len(), grid);
+    let (s, u) = post(&st, "/v1/features", json!({"image": img})).await;
+    assert_eq!(s, StatusCode::OK, "{u}");
+    assert_eq!(u["cls"], r["cls"]);
+    assert!(u["patches"].is_null());
+    let (s, _) = post(&st, "/v1/features", json!({"patches": true})).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
 
     // Near-duplicates: at the lowest threshold everything is one group; groups never hold one.
     let (s, r) = get(&st, "/v1/dupes?threshold=-1").await;

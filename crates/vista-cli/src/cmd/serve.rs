@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use vista::index::{self, IndexDb};
 use vista_server::worker::Batching;
-use vista_server::{AppState, Clip, Library, Limits, Sam};
+use vista_server::{AppState, Clip, Dino, Library, Limits, Sam};
 
 use crate::args::ClipArgs;
 
@@ -28,6 +28,9 @@ pub struct Args {
     /// it segmentation is off.
     #[arg(long)]
     pub sam: Option<String>,
+    /// A DINO / DINOv2 model for `POST /v1/features` (Hugging Face id, folder or checkpoint).
+    #[arg(long)]
+    pub dino: Option<String>,
     /// SAM architecture preset (vit_b, vit_l, vit_h, vit_t) instead of the checkpoint's shapes.
     #[arg(long)]
     pub sam_arch: Option<String>,
@@ -122,8 +125,21 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
         None => None,
     };
+    let dino = match &args.dino {
+        Some(model) => {
+            let options = vista::dino::LoadOptions { target: args.model.target.target()?, ..Default::default() };
+            let p = vista::dino::DinoPipeline::load(model, &options)
+                .with_context(|| format!("loading DINO model `{model}`"))?;
+            Some(Dino::start(p, batching, decode))
+        }
+        None => None,
+    };
     let images = library.photos.len();
-    let state = Arc::new(AppState::new(Some(clip), sam, library, limits, args.api_key.clone()));
+    let mut state = AppState::new(Some(clip), sam, library, limits, args.api_key.clone());
+    if let Some(d) = dino {
+        state = state.with_dino(d);
+    }
+    let state = Arc::new(state);
     if let (Some((roots, model)), Some(db)) = (background, db_path.clone()) {
         eprintln!("indexing {} in the background (the page shows progress; search covers what is done)", db.display());
         vista_server::start_indexing(

@@ -48,6 +48,32 @@ async function search(q, image) {
   } catch (e) { $("status").textContent = e.message; }
 }
 
+// Near-duplicate groups: one row per group, largest first.
+$("dupes").addEventListener("click", async () => {
+  $("status").textContent = "finding near-duplicates…";
+  try {
+    const data = await api("/v1/dupes");
+    const grid = $("grid");
+    grid.replaceChildren();
+    $("hint").hidden = true;
+    $("status").textContent = data.groups.length + " groups of near-duplicates (cosine ≥ " + data.threshold + ")";
+    data.groups.forEach((g, k) => {
+      const h = document.createElement("h3");
+      h.className = "group"; h.textContent = "Group " + (k + 1) + ": " + g.length + " photos";
+      grid.append(h);
+      for (const p of g) {
+        const b = document.createElement("button");
+        b.className = "cell"; b.title = p.path; b.dataset.id = p.id;
+        const img = document.createElement("img");
+        img.loading = "lazy"; img.alt = p.path.split("/").pop(); img.src = withKey("/v1/thumb/" + p.id + "?size=256");
+        b.append(img);
+        b.addEventListener("click", () => openViewer(p.id, p.path));
+        grid.append(b);
+      }
+    });
+  } catch (e) { $("status").textContent = e.message; }
+});
+
 $("search").addEventListener("submit", (ev) => { ev.preventDefault(); const q = $("q").value.trim(); if (q) search(q); });
 
 // --- viewer and segmentation ---
