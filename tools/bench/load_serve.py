@@ -209,8 +209,8 @@ def run(args, base: str, server, cmd) -> int:
     ]
     for kind, st in stats.items():
         lat = sorted(st["lat"])
-        p50 = benchlib.percentile(lat, 50) * 1000 if lat else float("nan")
-        p99 = benchlib.percentile(lat, 99) * 1000 if lat else float("nan")
+        p50 = benchlib.percentile(lat, 0.50) * 1000 if lat else float("nan")
+        p99 = benchlib.percentile(lat, 0.99) * 1000 if lat else float("nan")
         lines.append(f"| /v1/{kind} | {st['ok']} | {st['ok'] / wall:.1f} | {p50:.1f} | {p99:.1f} | "
                      f"{st['busy']} | {st['errors']} | {st['mismatch']} |")
     mean_batch = {k: jobs.get(k, 0) / batches[k] for k in batches if batches[k]}
