@@ -24,6 +24,7 @@ pub type Gauge<'a> = (&'a str, &'a str, Vec<(String, f64)>);
 #[derive(Default)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<(String, u16), u64>>,
+    failures: Mutex<BTreeMap<&'static str, u64>>,
     latency: Mutex<BTreeMap<String, Histogram>>,
 }
 
@@ -31,6 +32,9 @@ impl Metrics {
     /// Records one answered request.
     pub fn record(&self, route: &str, status: u16, took: Duration) {
         *self.requests.lock().expect("metrics lock").entry((route.to_string(), status)).or_default() += 1;
+        if status >= 400 {
+            *self.failures.lock().expect("metrics lock").entry(kind_of(status)).or_default() += 1;
+        }
         let mut latency = self.latency.lock().expect("metrics lock");
         let h = latency.entry(route.to_string()).or_default();
         let s = took.as_secs_f64();
@@ -56,6 +60,11 @@ impl Metrics {
         for ((route, status), n) in self.requests.lock().expect("metrics lock").iter() {
             let _ = writeln!(out, "vista_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}");
         }
+        out += "# HELP vista_failures_total Requests answered with an error, by kind (docs/API.md).\n";
+        out += "# TYPE vista_failures_total counter\n";
+        for (kind, n) in self.failures.lock().expect("metrics lock").iter() {
+            let _ = writeln!(out, "vista_failures_total{{kind=\"{kind}\"}} {n}");
+        }
         out += "# HELP vista_request_seconds Time from request to response, by route.\n";
         out += "# TYPE vista_request_seconds histogram\n";
         for (route, h) in self.latency.lock().expect("metrics lock").iter() {
@@ -73,5 +82,23 @@ impl Metrics {
             }
         }
         out
+    }
+}
+
+/// The error kind of a status, as `ApiError` names it.
+fn kind_of(status: u16) -> &'static str {
+    match status {
+        400 => "bad_request",
+        401 => "unauthorized",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        413 => "too_large",
+        415 => "unsupported_media_type",
+        422 => "invalid",
+        429 => "busy",
+        503 => "unavailable",
+        504 => "timeout",
+        500..=599 => "internal",
+        _ => "other",
     }
 }

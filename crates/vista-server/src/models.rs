@@ -145,6 +145,8 @@ pub struct SegmentJob {
     pub name: String,
     /// Points / boxes.
     pub prompts: Prompts,
+    /// A previous mask to refine (SAM's mask input), of the image's size.
+    pub mask: Option<Rle>,
     /// The reply.
     pub reply: oneshot::Sender<ApiResult<SegmentOut>>,
 }
@@ -173,7 +175,7 @@ impl Sam {
             move || SamState { pipeline, decode, lru: VecDeque::new(), capacity: lru.max(1) },
             |state: &mut SamState, jobs: Vec<SegmentJob>| {
                 for job in jobs {
-                    let out = segment(state, &job.bytes, &job.name, &job.prompts);
+                    let out = segment(state, &job.bytes, &job.name, job.prompts, job.mask.as_ref());
                     let _ = job.reply.send(out);
                 }
             },
@@ -182,14 +184,26 @@ impl Sam {
     }
 
     /// Segments in turn.
-    pub async fn segment(&self, bytes: Arc<Vec<u8>>, name: String, prompts: Prompts) -> ApiResult<SegmentOut> {
+    pub async fn segment(
+        &self,
+        bytes: Arc<Vec<u8>>,
+        name: String,
+        prompts: Prompts,
+        mask: Option<Rle>,
+    ) -> ApiResult<SegmentOut> {
         let (reply, rx) = oneshot::channel();
-        self.worker.submit(SegmentJob { bytes, name, prompts, reply })?;
+        self.worker.submit(SegmentJob { bytes, name, prompts, mask, reply })?;
         rx.await.map_err(|_| ApiError::unavailable("the SAM worker stopped"))?
     }
 }
 
-fn segment(state: &mut SamState, bytes: &[u8], name: &str, prompts: &Prompts) -> ApiResult<SegmentOut> {
+fn segment(
+    state: &mut SamState,
+    bytes: &[u8],
+    name: &str,
+    mut prompts: Prompts,
+    mask: Option<&Rle>,
+) -> ApiResult<SegmentOut> {
     let key = blake3::hash(bytes).to_hex().to_string();
     let (mut cached, hit) = (true, state.lru.iter().position(|e| e.0 == key));
     let entry = match hit {
@@ -208,7 +222,20 @@ fn segment(state: &mut SamState, bytes: &[u8], name: &str, prompts: &Prompts) ->
             return Err(ApiError::invalid(format!("point ({}, {}) is outside the {w}x{h} image", p.x, p.y)));
         }
     }
-    let result = entry.1.predict(prompts);
+    if let Some(m) = mask {
+        if (m.width() as usize, m.height() as usize) != (w, h) {
+            state.lru.push_front(entry);
+            return Err(ApiError::invalid(format!("mask is {}x{}, the image {w}x{h}", m.width(), m.height())));
+        }
+        match vista::apps::segment::export::mask_input_from_mask(&m.decode(), &entry.1) {
+            Ok(input) => prompts.mask_input = Some(input),
+            Err(e) => {
+                state.lru.push_front(entry);
+                return Err(e.into());
+            }
+        }
+    }
+    let result = entry.1.predict(&prompts);
     state.lru.push_front(entry);
     state.lru.truncate(state.capacity);
     let pred = result?;

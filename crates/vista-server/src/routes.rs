@@ -415,7 +415,7 @@ fn scaled(w: u32, h: u32, size: u32) -> (u32, u32) {
     (((f64::from(w) * s).round() as u32).max(1), ((f64::from(h) * s).round() as u32).max(1))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 struct EmbedRequest {
     #[serde(default)]
     texts: Vec<String>,
@@ -427,24 +427,61 @@ struct EmbedRequest {
     ids: Vec<String>,
 }
 
-async fn embed(State(state): S, b: Result<Json<EmbedRequest>, JsonRejection>) -> ApiResult<Json<Value>> {
-    let req = body(b)?;
-    if req.texts.is_empty() && req.images.is_empty() && req.ids.is_empty() {
+/// A multipart part's error as a typed error (413 over the body limit).
+fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::too_large(e.body_text())
+    } else {
+        ApiError::bad_request(e.body_text())
+    }
+}
+
+/// `POST /v1/embed`: JSON (`texts`, base64 `images`, `ids`), or `multipart/form-data` with
+/// `text`, `image` (a file) and `id` parts, each repeatable.
+async fn embed(State(state): S, req: Request) -> ApiResult<Json<Value>> {
+    use axum::extract::FromRequest;
+    let multipart = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    let (texts, images, ids) = if multipart {
+        let mut form = axum::extract::Multipart::from_request(req, &state)
+            .await
+            .map_err(|e| ApiError::bad_request(e.body_text()))?;
+        let (mut texts, mut images, mut ids) = (Vec::new(), Vec::new(), Vec::new());
+        while let Some(field) = form.next_field().await.map_err(multipart_error)? {
+            let name = field.name().unwrap_or("").to_string();
+            match name.as_str() {
+                "text" | "texts" => texts.push(field.text().await.map_err(multipart_error)?),
+                "image" | "images" => images.push(field.bytes().await.map_err(multipart_error)?.to_vec()),
+                "id" | "ids" => ids.push(field.text().await.map_err(multipart_error)?),
+                other => return Err(ApiError::bad_request(format!("unknown part `{other}`: text, image or id"))),
+            }
+        }
+        (texts, images, ids)
+    } else {
+        let req: EmbedRequest = body(Json::from_request(req, &state).await)?;
+        let images = req
+            .images
+            .iter()
+            .enumerate()
+            .map(|(i, b)| decode_b64(&format!("images[{i}]"), b))
+            .collect::<ApiResult<Vec<_>>>()?;
+        (req.texts, images, req.ids)
+    };
+    if texts.is_empty() && images.is_empty() && ids.is_empty() {
         return Err(ApiError::bad_request("give `texts`, `images` (base64) or `ids`"));
     }
     let c = clip(&state)?;
-    let texts = if req.texts.is_empty() { Vec::new() } else { timed(&state, c.texts(req.texts)).await? };
-    let mut images = Vec::new();
-    for (i, b64) in req.images.iter().enumerate() {
-        let bytes = Arc::new(decode_b64(&format!("images[{i}]"), b64)?);
-        images.push(timed(&state, c.image(bytes, format!("images[{i}]"))).await?);
+    let texts = if texts.is_empty() { Vec::new() } else { timed(&state, c.texts(texts)).await? };
+    let mut embedded = Vec::new();
+    for (i, bytes) in images.into_iter().enumerate() {
+        embedded.push(timed(&state, c.image(Arc::new(bytes), format!("images[{i}]"))).await?);
     }
-    let mut ids = Vec::new();
-    for id in &req.ids {
-        let lib = state.library();
-        ids.push(lib.vectors.row(lib.index_of(id)?));
-    }
-    Ok(Json(json!({ "texts": texts, "images": images, "ids": ids, "dim": c.dim })))
+    let lib = state.library();
+    let ids = ids.iter().map(|id| Ok(lib.vectors.row(lib.index_of(id)?))).collect::<ApiResult<Vec<_>>>()?;
+    Ok(Json(json!({ "texts": texts, "images": embedded, "ids": ids, "dim": c.dim })))
 }
 
 #[derive(Deserialize)]
@@ -514,6 +551,15 @@ struct SegmentRequest {
     boxes: Vec<[f32; 4]>,
     /// Three candidate masks per prompt (default: when there is a single point).
     multimask: Option<bool>,
+    /// A previous mask to refine, as COCO RLE `{"size": [h, w], "counts": "..."}` (e.g. the
+    /// last answer's best mask): SAM's mask input.
+    mask: Option<RleIn>,
+}
+
+#[derive(Deserialize)]
+struct RleIn {
+    size: [u32; 2],
+    counts: String,
 }
 
 async fn segment(State(state): S, b: Result<Json<SegmentRequest>, JsonRejection>) -> ApiResult<Json<Value>> {
@@ -522,6 +568,13 @@ async fn segment(State(state): S, b: Result<Json<SegmentRequest>, JsonRejection>
     if req.points.is_empty() && req.boxes.is_empty() {
         return Err(ApiError::bad_request("give `points` ([x, y, label]) and/or `boxes` ([x0, y0, x1, y1])"));
     }
+    let mask = match &req.mask {
+        Some(m) => Some(
+            vista::apps::segment::Rle::from_string_counts(&m.counts, m.size[0], m.size[1])
+                .map_err(|e| ApiError::bad_request(format!("mask: {e}")))?,
+        ),
+        None => None,
+    };
     for p in &req.points {
         if !(p[2] == 0.0 || p[2] == 1.0) || !p[0].is_finite() || !p[1].is_finite() {
             return Err(ApiError::bad_request(format!("point {p:?}: [x, y, label] with label 0 or 1")));
@@ -544,7 +597,7 @@ async fn segment(State(state): S, b: Result<Json<SegmentRequest>, JsonRejection>
         multimask: req.multimask.unwrap_or(req.points.len() == 1 && req.boxes.is_empty()),
         return_logits: false,
     };
-    let out = timed(&state, sam.segment(Arc::new(bytes), name, prompts)).await?;
+    let out = timed(&state, sam.segment(Arc::new(bytes), name, prompts, mask)).await?;
     Ok(Json(serde_json::to_value(out).map_err(|e| ApiError::internal(e.to_string()))?))
 }
 

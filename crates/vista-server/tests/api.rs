@@ -216,6 +216,31 @@ async fn every_endpoint_answers_and_every_error_is_typed_json() {
     let (s, _, b) = call(&st, req).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{}", String::from_utf8_lossy(&b));
 
+    // The same as multipart/form-data: text parts and an image file part.
+    let boundary = "vista-test-boundary";
+    let mut form = Vec::new();
+    for (name, value, file) in
+        [("text", b"a".to_vec(), false), ("image", std::fs::read(p.root.join("red.png")).unwrap(), true)]
+    {
+        let disposition = if file {
+            format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"red.png\"\r\nContent-Type: image/png")
+        } else {
+            format!("Content-Disposition: form-data; name=\"{name}\"")
+        };
+        form.extend(format!("--{boundary}\r\n{disposition}\r\n\r\n").into_bytes());
+        form.extend(value);
+        form.extend(b"\r\n");
+    }
+    form.extend(format!("--{boundary}--\r\n").into_bytes());
+    let req = Request::post("/v1/embed")
+        .header(header::CONTENT_TYPE, format!("multipart/form-data; boundary={boundary}"))
+        .body(Body::from(form))
+        .unwrap();
+    let (s, _, b) = call(&st, req).await;
+    let m: Value = serde_json::from_slice(&b).unwrap();
+    assert_eq!(s, StatusCode::OK, "{m}");
+    assert_eq!(m["images"][0], r["images"][0], "multipart and base64 uploads embed alike");
+
     // Classify.
     let (s, r) = post(&st, "/v1/classify", json!({"id": red, "labels": ["red", "green", "blue"]})).await;
     assert_eq!(s, StatusCode::OK, "{r}");
@@ -242,6 +267,22 @@ async fn every_endpoint_answers_and_every_error_is_typed_json() {
     assert_eq!(s, StatusCode::OK, "{r}");
     assert_eq!(r["cached"], true);
     assert_eq!(r["masks"].as_array().unwrap().len(), 1);
+    // Refining: the last answer's mask goes back in as SAM's mask input.
+    let previous = r["masks"][0]["rle"].clone();
+    let small = vista::apps::segment::Rle::encode(&vista::apps::segment::Mask::new(10, 10).unwrap()).to_string_counts();
+    let (s, r) = post(&st, "/v1/segment", json!({"id": red, "points": [[32, 24, 1]], "mask": previous})).await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    let (s, r) = post(
+        &st,
+        "/v1/segment",
+        json!({"id": red, "points": [[32, 24, 1]], "mask": {"size": [10, 10], "counts": small}}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "a mask of another size: {r}");
+    let (s, _) =
+        post(&st, "/v1/segment", json!({"id": red, "points": [[32, 24, 1]], "mask": {"size": [48, 64], "counts": 5}}))
+            .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "counts of the wrong type");
     let (s, r) = post(&st, "/v1/segment", json!({"image": img, "points": [[5, 5, 1]]})).await;
     assert_eq!(s, StatusCode::OK, "an upload: {r}");
     for (body, status) in [
@@ -286,8 +327,9 @@ async fn every_endpoint_answers_and_every_error_is_typed_json() {
     let (s, _, text) = call(&st, Request::get("/metrics").body(Body::empty()).unwrap()).await;
     let text = String::from_utf8(text).unwrap();
     assert_eq!(s, StatusCode::OK);
-    assert!(text.contains("vista_requests_total{route=\"/v1/segment\",status=\"200\"} 3"), "{text}");
+    assert!(text.contains("vista_requests_total{route=\"/v1/segment\",status=\"200\"} 4"), "{text}");
     assert!(text.contains("vista_queue_depth{worker=\"sam\"} 0"), "{text}");
+    assert!(text.contains("vista_failures_total{kind=\"not_found\"}"), "{text}");
     assert!(text.contains("vista_request_seconds_bucket{route=\"/v1/search\",le=\"+Inf\"}"), "{text}");
 }
 

@@ -205,9 +205,23 @@ pub fn mask_input_from_file(path: &Path, session: &Session) -> Result<Vec<f32>> 
         return Ok(plane.to_vec());
     }
     let mask = Mask::from_png(path)?;
+    mask_input_from_mask(&mask, session).map_err(|e| match e {
+        Error::InvalidArgument { message, .. } => bad(message),
+        other => other,
+    })
+}
+
+/// SAM's mask input for `session` from a binary mask of the image's size (e.g. a previous
+/// answer, to refine it with more clicks): ±[`PNG_MASK_LOGIT`] in the decoder's low-resolution
+/// frame, each low-resolution cell taking the mask's value at the cell centre's original-image
+/// position.
+pub fn mask_input_from_mask(mask: &Mask, session: &Session) -> Result<Vec<f32>> {
+    let model = session.model();
+    let (gh, gw) = model.grid();
+    let (lh, lw) = (4 * gh, 4 * gw);
     let (h, w) = session.original_size();
     if (mask.height() as usize, mask.width() as usize) != (h, w) {
-        return Err(bad(format!("mask is {}x{}, the image {w}x{h}", mask.width(), mask.height())));
+        return Err(Error::arg("mask_input", format!("mask is {}x{}, the image {w}x{h}", mask.width(), mask.height())));
     }
     let size = model.image_size();
     let (nh, nw) = transforms::preprocess_shape(h, w, size);
