@@ -34,7 +34,16 @@ impl Clip {
     /// Starts the worker around a loaded pipeline.
     pub fn start(pipeline: Arc<ClipPipeline>, batching: Batching, decode: DecodeOptions) -> Self {
         let dim = pipeline.model.config().embed_dim;
-        let worker = Worker::spawn("clip", batching, move || (pipeline, decode), run_clip_batch);
+        let preprocess = pipeline.preprocess;
+        // Images are decoded and resized while the model runs the previous batch.
+        let prepare = move |job: ClipJob| match job {
+            ClipJob::Texts { texts, reply } => Prepared::Texts { texts, reply },
+            ClipJob::Image { bytes, name, reply } => Prepared::Image {
+                image: decode_image(&bytes, &name, &decode).map(|img| preprocess.prepare(&img)).map_err(ApiError::from),
+                reply,
+            },
+        };
+        let worker = Worker::spawn_pipelined("clip", batching, prepare, move || pipeline, run_clip_batch);
         Self { worker, dim }
     }
 
@@ -53,13 +62,26 @@ impl Clip {
     }
 }
 
-fn run_clip_batch((pipeline, decode): &mut (Arc<ClipPipeline>, DecodeOptions), jobs: Vec<ClipJob>) {
+/// A CLIP job after its preparing stage.
+enum Prepared {
+    Texts { texts: Vec<String>, reply: oneshot::Sender<ApiResult<Vec<Vec<f32>>>> },
+    Image { image: ApiResult<vista::image::RgbImage>, reply: oneshot::Sender<ApiResult<Vec<f32>>> },
+}
+
+fn run_clip_batch(pipeline: &mut Arc<ClipPipeline>, jobs: Vec<Prepared>) {
     let mut text_jobs = Vec::new();
-    let mut image_jobs = Vec::new();
+    let mut crops = Vec::new();
+    let mut waiting = Vec::new();
     for j in jobs {
         match j {
-            ClipJob::Texts { texts, reply } => text_jobs.push((texts, reply)),
-            ClipJob::Image { bytes, name, reply } => image_jobs.push((bytes, name, reply)),
+            Prepared::Texts { texts, reply } => text_jobs.push((texts, reply)),
+            Prepared::Image { image: Ok(img), reply } => {
+                crops.push(img);
+                waiting.push(reply);
+            }
+            Prepared::Image { image: Err(e), reply } => {
+                let _ = reply.send(Err(e));
+            }
         }
     }
     if !text_jobs.is_empty() {
@@ -76,33 +98,18 @@ fn run_clip_batch((pipeline, decode): &mut (Arc<ClipPipeline>, DecodeOptions), j
             at += n;
         }
     }
-    if !image_jobs.is_empty() {
-        let mut crops = Vec::new();
-        let mut waiting = Vec::new();
-        for (bytes, name, reply) in image_jobs {
-            match decode_image(&bytes, &name, decode) {
-                Ok(img) => {
-                    crops.push(pipeline.preprocess.prepare(&img));
-                    waiting.push(reply);
-                }
-                Err(e) => {
-                    let _ = reply.send(Err(e.into()));
+    if !crops.is_empty() {
+        let refs: Vec<&vista::image::RgbImage> = crops.iter().collect();
+        match pipeline.embed_cropped(&refs) {
+            Ok(rows) => {
+                for (row, reply) in rows.into_iter().zip(waiting) {
+                    let _ = reply.send(Ok(row));
                 }
             }
-        }
-        if !crops.is_empty() {
-            let refs: Vec<&vista::image::RgbImage> = crops.iter().collect();
-            match pipeline.embed_cropped(&refs) {
-                Ok(rows) => {
-                    for (row, reply) in rows.into_iter().zip(waiting) {
-                        let _ = reply.send(Ok(row));
-                    }
-                }
-                Err(e) => {
-                    let e = ApiError::from(e);
-                    for reply in waiting {
-                        let _ = reply.send(Err(e.clone()));
-                    }
+            Err(e) => {
+                let e = ApiError::from(e);
+                for reply in waiting {
+                    let _ = reply.send(Err(e.clone()));
                 }
             }
         }
@@ -285,7 +292,14 @@ pub struct Dino {
 impl Dino {
     /// Starts the worker around a loaded pipeline.
     pub fn start(pipeline: DinoPipeline, batching: Batching, decode: DecodeOptions) -> Self {
-        Self { worker: Worker::spawn("dino", batching, move || (pipeline, decode), run_dino_batch) }
+        let pipeline = Arc::new(pipeline);
+        let preparer = pipeline.clone();
+        // Images are decoded and resized while the model runs the previous batch.
+        let prepare = move |job: FeaturesJob| {
+            let image = decode_image(&job.bytes, &job.name, &decode).and_then(|d| preparer.prepare_decoded(&d));
+            (image.map_err(ApiError::from), job)
+        };
+        Self { worker: Worker::spawn_pipelined("dino", batching, prepare, move || pipeline, run_dino_batch) }
     }
 
     /// Features of an encoded image, in the next batch.
@@ -296,13 +310,13 @@ impl Dino {
     }
 }
 
-fn run_dino_batch((pipeline, decode): &mut (DinoPipeline, DecodeOptions), jobs: Vec<FeaturesJob>) {
+fn run_dino_batch(pipeline: &mut Arc<DinoPipeline>, jobs: Vec<(ApiResult<vista::image::RgbImage>, FeaturesJob)>) {
     let mut ready = Vec::new();
-    for job in jobs {
-        match decode_image(&job.bytes, &job.name, decode).and_then(|d| pipeline.prepare_decoded(&d)) {
+    for (image, job) in jobs {
+        match image {
             Ok(img) => ready.push((img, job)),
             Err(e) => {
-                let _ = job.reply.send(Err(e.into()));
+                let _ = job.reply.send(Err(e));
             }
         }
     }

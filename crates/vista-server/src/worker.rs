@@ -68,6 +68,39 @@ impl<J: Send + 'static> Worker<J> {
         Self { name, tx, depth, batches, jobs }
     }
 
+    /// As [`spawn`](Self::spawn), in two stages: a preparing thread takes each batch off the
+    /// queue and runs `prepare` on every job (decoding, resizing), then hands the batch to the
+    /// model thread through a one-batch buffer — so the next batch is prepared while the model
+    /// runs the current one.
+    pub fn spawn_pipelined<P: Send + 'static, S: 'static>(
+        name: &'static str,
+        batching: Batching,
+        prepare: impl Fn(J) -> P + Send + 'static,
+        state: impl FnOnce() -> S + Send + 'static,
+        mut run: impl FnMut(&mut S, Vec<P>) + Send + 'static,
+    ) -> Self {
+        let (ready_tx, ready_rx) = sync_channel::<Vec<P>>(1);
+        std::thread::Builder::new()
+            .name(format!("vista-{name}-model"))
+            .spawn(move || {
+                let mut state = state();
+                while let Ok(batch) = ready_rx.recv() {
+                    run(&mut state, batch);
+                }
+            })
+            .expect("spawn a worker thread");
+        Self::spawn(
+            name,
+            batching,
+            move || (prepare, ready_tx),
+            |(prepare, ready_tx): &mut (_, SyncSender<Vec<P>>), jobs: Vec<J>| {
+                let prepared: Vec<P> = jobs.into_iter().map(&*prepare).collect();
+                // The model thread is gone only when the process is going down.
+                let _ = ready_tx.send(prepared);
+            },
+        )
+    }
+
     /// Queues `job`, or refuses it (429) when the queue is full.
     pub fn submit(&self, job: J) -> Result<(), ApiError> {
         self.depth.fetch_add(1, Ordering::SeqCst);
@@ -104,6 +137,39 @@ impl<J: Send + 'static> Worker<J> {
 mod tests {
     use super::*;
     use std::sync::mpsc::channel;
+
+    #[test]
+    fn a_pipelined_worker_prepares_the_next_batch_while_the_model_runs() {
+        let (gate_tx, gate_rx) = channel::<()>();
+        let (seen_tx, seen_rx) = channel::<Vec<String>>();
+        let (prepared_tx, prepared_rx) = channel::<u32>();
+        let gate = std::sync::Mutex::new(gate_rx);
+        let w = Worker::spawn_pipelined(
+            "test",
+            Batching { queue: 8, batch: 1, wait: Duration::ZERO },
+            move |j: u32| {
+                prepared_tx.send(j).unwrap();
+                format!("job {j}")
+            },
+            || (),
+            move |_, batch: Vec<String>| {
+                gate.lock().unwrap().recv().unwrap();
+                seen_tx.send(batch).unwrap();
+            },
+        );
+        for j in 1..=3 {
+            w.submit(j).unwrap();
+        }
+        // Job 1 is in the model (held at the gate); job 2 is prepared meanwhile and waits in
+        // the one-batch buffer; job 3 is prepared once the buffer has room.
+        assert_eq!(prepared_rx.recv_timeout(Duration::from_secs(5)).unwrap(), 1);
+        assert_eq!(prepared_rx.recv_timeout(Duration::from_secs(5)).unwrap(), 2);
+        for want in ["job 1", "job 2", "job 3"] {
+            gate_tx.send(()).unwrap();
+            assert_eq!(seen_rx.recv_timeout(Duration::from_secs(5)).unwrap(), vec![want.to_string()]);
+        }
+        assert_eq!(prepared_rx.recv_timeout(Duration::from_secs(5)).unwrap(), 3);
+    }
 
     #[test]
     fn jobs_that_arrive_together_run_as_one_batch_and_a_full_queue_refuses() {
