@@ -28,12 +28,15 @@ pub struct Clip {
     pub worker: Worker<ClipJob>,
     /// Embedding width.
     pub dim: usize,
+    /// The model's logit scale (the inverse temperature of zero-shot classification).
+    pub logit_scale: f32,
 }
 
 impl Clip {
     /// Starts the worker around a loaded pipeline.
     pub fn start(pipeline: Arc<ClipPipeline>, batching: Batching, decode: DecodeOptions) -> Self {
         let dim = pipeline.model.config().embed_dim;
+        let logit_scale = pipeline.model.logit_scale();
         let preprocess = pipeline.preprocess;
         // Images are decoded and resized while the model runs the previous batch.
         let prepare = move |job: ClipJob| match job {
@@ -44,7 +47,7 @@ impl Clip {
             },
         };
         let worker = Worker::spawn_pipelined("clip", batching, prepare, move || pipeline, run_clip_batch);
-        Self { worker, dim }
+        Self { worker, dim, logit_scale }
     }
 
     /// Embeds `texts` in the next batch.

@@ -213,6 +213,37 @@ fn default_top() -> usize {
     40
 }
 
+/// `default`, `imagenet80` or `none`.
+fn templates_of(arg: Option<&str>) -> ApiResult<Templates> {
+    match arg {
+        None | Some("default") => Ok(Templates::Default),
+        Some("imagenet80") => Ok(Templates::ImageNet80),
+        Some("none") => Ok(Templates::None),
+        Some(other) => Err(ApiError::bad_request(format!("templates `{other}`: default, imagenet80 or none"))),
+    }
+}
+
+/// Each text through the templates, its prompts' embeddings averaged and renormalised (as
+/// zero-shot classification builds its class weights), all prompts in one CLIP job.
+async fn prompt_means(state: &AppState, texts: &[&str], templates: &Templates) -> ApiResult<Vec<Vec<f32>>> {
+    let filled: Vec<Vec<String>> = texts.iter().map(|t| templates.fill(t)).collect();
+    let rows = timed(state, clip(state)?.texts(filled.iter().flatten().cloned().collect())).await?;
+    let mut at = 0;
+    let mut out = Vec::with_capacity(filled.len());
+    for p in &filled {
+        let mut mean = vec![0f32; rows.first().map_or(0, Vec::len)];
+        for r in &rows[at..at + p.len()] {
+            for (m, v) in mean.iter_mut().zip(r) {
+                *m += v;
+            }
+        }
+        at += p.len();
+        let norm = mean.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+        out.push(mean.into_iter().map(|v| v / norm).collect());
+    }
+    Ok(out)
+}
+
 /// Splits a query line into terms: a new term starts at a word beginning with `-`, `+` or a
 /// weight `W:`; commas also separate terms.
 pub fn split_terms(q: &str) -> Vec<String> {
@@ -253,33 +284,20 @@ async fn search(State(state): S, Query(q): Query<SearchQuery>) -> ApiResult<Json
         return Err(ApiError::bad_request("give `q` (text terms), `image` (an indexed id), or both"));
     }
     if !terms.is_empty() {
-        let templates = match q.templates.as_deref() {
-            None | Some("default") => Templates::Default,
-            Some("imagenet80") => Templates::ImageNet80,
-            Some("none") => Templates::None,
-            Some(other) => {
-                return Err(ApiError::bad_request(format!("templates `{other}`: default, imagenet80 or none")))
-            }
-        };
-        let mut prompts = Vec::new();
-        let mut spans = Vec::new();
-        for t in &terms {
-            if let Term::Text { text, weight } = t {
-                let p = templates.fill(text);
-                spans.push((*weight, prompts.len(), p.len()));
-                prompts.extend(p);
-            }
-        }
-        let rows = timed(&state, clip(&state)?.texts(prompts)).await?;
-        for (weight, at, n) in spans {
-            let mut mean = vec![0f32; rows.first().map_or(0, Vec::len)];
-            for r in &rows[at..at + n] {
-                for (m, v) in mean.iter_mut().zip(r) {
-                    *m += v / n as f32;
-                }
-            }
-            parts.push((weight, mean));
-        }
+        let templates = templates_of(q.templates.as_deref())?;
+        let texts: Vec<&str> = terms
+            .iter()
+            .filter_map(|t| match t {
+                Term::Text { text, .. } => Some(text.as_str()),
+                Term::Image { .. } => None,
+            })
+            .collect();
+        let means = prompt_means(&state, &texts, &templates).await?;
+        let weights = terms.iter().filter_map(|t| match t {
+            Term::Text { weight, .. } => Some(*weight),
+            Term::Image { .. } => None,
+        });
+        parts.extend(weights.zip(means));
     }
     let query = query::combine(&parts)?;
     if lib.vectors.is_empty() {
@@ -497,12 +515,7 @@ async fn classify(State(state): S, b: Result<Json<ClassifyRequest>, JsonRejectio
     if req.labels.len() < 2 {
         return Err(ApiError::bad_request("`labels`: give at least two"));
     }
-    let templates = match req.templates.as_deref() {
-        None | Some("default") => Templates::Default,
-        Some("imagenet80") => Templates::ImageNet80,
-        Some("none") => Templates::None,
-        Some(other) => return Err(ApiError::bad_request(format!("templates `{other}`: default, imagenet80 or none"))),
-    };
+    let templates = templates_of(req.templates.as_deref())?;
     let c = clip(&state)?;
     let image = match (&req.image, &req.id) {
         (Some(b64), None) => timed(&state, c.image(Arc::new(decode_b64("image", b64)?), "image".into())).await?,
@@ -512,25 +525,10 @@ async fn classify(State(state): S, b: Result<Json<ClassifyRequest>, JsonRejectio
         }
         _ => return Err(ApiError::bad_request("give one of `image` (base64) and `id`")),
     };
-    let mut prompts = Vec::new();
-    for l in &req.labels {
-        prompts.push(templates.fill(l));
-    }
-    let flat: Vec<String> = prompts.iter().flatten().cloned().collect();
-    let rows = timed(&state, c.texts(flat)).await?;
-    let mut at = 0;
-    let mut logits = Vec::new();
-    for p in &prompts {
-        let mut mean = vec![0f32; image.len()];
-        for r in &rows[at..at + p.len()] {
-            for (m, v) in mean.iter_mut().zip(r) {
-                *m += v;
-            }
-        }
-        at += p.len();
-        let norm = mean.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
-        logits.push(100.0 * mean.iter().zip(&image).map(|(m, v)| m / norm * v).sum::<f32>());
-    }
+    let labels: Vec<&str> = req.labels.iter().map(String::as_str).collect();
+    let means = prompt_means(&state, &labels, &templates).await?;
+    let logits: Vec<f32> =
+        means.iter().map(|m| c.logit_scale * m.iter().zip(&image).map(|(a, b)| a * b).sum::<f32>()).collect();
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let exp: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
     let total: f32 = exp.iter().sum();

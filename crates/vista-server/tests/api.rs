@@ -246,6 +246,17 @@ async fn every_endpoint_answers_and_every_error_is_typed_json() {
     assert_eq!(s, StatusCode::OK, "{r}");
     let total: f64 = r["predictions"].as_array().unwrap().iter().map(|p| p["prob"].as_f64().unwrap()).sum();
     assert!((total - 1.0).abs() < 1e-4);
+    // The same probabilities as the library's zero-shot classifier (`vista classify`).
+    let pipeline = vista::clip::ClipPipeline::load(&clip_model(), None, vista::device::Target::default()).unwrap();
+    let labels: Vec<String> = ["red", "green", "blue"].iter().map(|s| s.to_string()).collect();
+    let zs =
+        vista::apps::classify::ZeroShotClassifier::new(&pipeline, &labels, &vista::apps::classify::Templates::Default)
+            .unwrap();
+    let want = zs.classify_one(&pipeline.embed_file(&p.root.join("red.png")).unwrap(), 3).unwrap();
+    for w in &want {
+        let got = r["predictions"].as_array().unwrap().iter().find(|q| q["label"] == w.label.as_str()).unwrap();
+        assert!((got["prob"].as_f64().unwrap() - f64::from(w.prob)).abs() < 1e-4, "{}: {got} vs {}", w.label, w.prob);
+    }
     let (s, _) = post(&st, "/v1/classify", json!({"id": red, "labels": ["one"]})).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
 
