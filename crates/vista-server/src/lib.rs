@@ -244,10 +244,21 @@ pub fn check_exposure(addr: &SocketAddr, api_key: Option<&str>) -> anyhow::Resul
 /// Serves `state` on `addr` until SIGINT or SIGTERM, then finishes the requests in flight.
 /// `ready` is called with the bound address (port 0 picks a free one).
 pub async fn serve(addr: SocketAddr, state: Arc<AppState>, ready: impl FnOnce(SocketAddr)) -> anyhow::Result<()> {
+    serve_until(addr, state, ready, shutdown_signal()).await
+}
+
+/// As [`serve`], stopping when `shutdown` completes: no new connections are accepted, the
+/// requests in flight are answered, then it returns.
+pub async fn serve_until(
+    addr: SocketAddr,
+    state: Arc<AppState>,
+    ready: impl FnOnce(SocketAddr),
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     check_exposure(&addr, state.api_key.as_deref())?;
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))?;
     ready(listener.local_addr()?);
-    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown_signal()).await?;
+    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await?;
     Ok(())
 }
 

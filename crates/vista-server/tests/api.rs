@@ -459,3 +459,50 @@ async fn photos_indexed_in_the_background_become_searchable() {
     let (_, r) = get(&st, "/v1/search?q=red&top=100").await;
     assert_eq!(r["results"].as_array().unwrap().len(), 9);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutting_down_answers_the_requests_in_flight_first() {
+    use std::io::{Read, Write};
+    let p = photos();
+    // A large upload, so the segment request is still running when the shutdown comes.
+    let big = p.root.join("big.png");
+    image::RgbImage::from_fn(4000, 3000, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 90])).save(&big).unwrap();
+    let body = serde_json::to_vec(&json!({"image": b64(&big), "points": [[2000, 1500, 1]]})).unwrap();
+    let st = state(&p, Limits::default(), None, true);
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(vista_server::serve_until(
+        "127.0.0.1:0".parse().unwrap(),
+        st.clone(),
+        move |a| ready_tx.send(a).unwrap(),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    let addr = ready_rx.await.unwrap();
+    let client = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        let head = format!(
+            "POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(&body).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    });
+    // Wait until the request is being handled, then ask the server to stop.
+    for _ in 0..500 {
+        if st.limits.max_in_flight - st.in_flight.available_permits() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(st.limits.max_in_flight - st.in_flight.available_permits() > 0, "the request is in flight");
+    stop_tx.send(()).unwrap();
+    let answer = client.await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "answered before stopping: {}", &answer[..answer.len().min(200)]);
+    tokio::time::timeout(Duration::from_secs(30), server).await.expect("the server stops").unwrap().unwrap();
+    assert!(std::net::TcpStream::connect(addr).is_err(), "no longer accepting");
+}
