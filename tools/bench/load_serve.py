@@ -72,6 +72,15 @@ def call(base: str, path: str, body=None, timeout: float = 60.0):
         return e.code, json.loads(e.read() or b"null")
 
 
+def rel(path: str) -> str:
+    """`path` relative to the repository when it lies inside it."""
+    p = pathlib.Path(path).resolve()
+    try:
+        return str(p.relative_to(benchlib.REPO_ROOT))
+    except ValueError:
+        return path
+
+
 def cosine(a, b) -> float:
     return sum(x * y for x, y in zip(a, b)) / max(1e-12, math.sqrt(sum(x * x for x in a) * sum(y * y for y in b)))
 
@@ -200,6 +209,8 @@ def run(args, base: str, server, cmd) -> int:
         "## `vista serve` under load (tools/bench/load_serve.py)",
         "",
         f"Command: `python tools/bench/load_serve.py --clients {args.clients} --seconds {args.seconds:g}"
+        f"{'' if args.model == str(FIX / 'clip/openclip_e2e') else ' --model ' + rel(args.model)}"
+        f"{'' if args.sam == str(FIX / 'sam/vit_official/sam_vit_tiny.pth') else ' --sam ' + rel(args.sam)}"
         f"{' --write' if args.write else ''}` at vista {commit}; server: `{' '.join(pathlib.Path(c).name if i == 0 else c for i, c in enumerate(cmd)).replace(str(benchlib.REPO_ROOT) + '/', '')}`, "
         f"RAYON_NUM_THREADS={args.threads}. {args.photos} generated 320x240 photos, {len(texts)} distinct texts, "
         f"{len(clicks)} distinct clicks; every answer checked against the same request made alone.",
