@@ -129,11 +129,26 @@ fn search_then_click_to_segment_in_chromium() {
     tab.wait_for_element("#q").unwrap().click().unwrap();
     tab.type_str("red square").unwrap().press_key("Enter").unwrap();
     tab.wait_for_element("#grid .cell img").unwrap();
-    let cells = tab.wait_for_elements("#grid .cell").unwrap();
-    assert_eq!(cells.len(), 3, "every indexed photo is a result");
+    let first = tab.wait_for_elements("#grid .cell").unwrap();
+    assert_eq!(first.len(), 3, "every indexed photo is a result");
     let shown_first = tab.evaluate("document.querySelector('#grid .cell').dataset.id", false).unwrap().value.unwrap();
     assert_eq!(shown_first.as_str().unwrap(), first_id, "the grid shows the API's first result first");
     screenshot(&tab, "search.png");
+
+    // Live results: typing alone (no Enter) searches once the typing pauses.
+    tab.evaluate("document.getElementById('q').value = ''", false).unwrap();
+    tab.find_element("#q").unwrap().click().unwrap();
+    tab.type_str("green").unwrap();
+    let mut status = String::new();
+    for _ in 0..100 {
+        status = tab.find_element("#status").unwrap().get_inner_text().unwrap();
+        if status.contains("for green") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(status.contains("3 results for green"), "live results: {status}");
+    let cells = tab.wait_for_elements("#grid .cell").unwrap();
 
     // Open it and click on the square: a mask is drawn over the image.
     cells[0].click().unwrap();

@@ -37,19 +37,22 @@ function showResults(results, label) {
   }
 }
 
+let searchSeq = 0;  // only the latest search may fill the grid
 async function search(q, image) {
   const u = new URLSearchParams();
   if (q) u.set("q", q);
   if (image) u.set("image", image);
+  const seq = ++searchSeq;
   $("status").textContent = "searching…";
   try {
     const data = await api("/v1/search?" + u.toString());
-    showResults(data.results, q || "this image");
-  } catch (e) { $("status").textContent = e.message; }
+    if (seq === searchSeq) showResults(data.results, q || "this image");
+  } catch (e) { if (seq === searchSeq) $("status").textContent = e.message; }
 }
 
 // Near-duplicate groups: one row per group, largest first.
 $("dupes").addEventListener("click", async () => {
+  ++searchSeq;  // a search still on its way must not replace the groups
   $("status").textContent = "finding near-duplicates…";
   try {
     const data = await api("/v1/dupes");
@@ -75,6 +78,13 @@ $("dupes").addEventListener("click", async () => {
 });
 
 $("search").addEventListener("submit", (ev) => { ev.preventDefault(); const q = $("q").value.trim(); if (q) search(q); });
+// Live results: search as you type, once the typing pauses.
+let typing = null;
+$("q").addEventListener("input", () => {
+  clearTimeout(typing);
+  const q = $("q").value.trim();
+  if (q.length >= 3) typing = setTimeout(() => search(q), 350);
+});
 
 // --- viewer and segmentation ---
 let current = null;      // { id, path }
