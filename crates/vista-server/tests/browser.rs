@@ -95,6 +95,19 @@ fn screenshot(tab: &headless_chrome::Tab, name: &str) {
     std::fs::write(artifacts().join(name), png).unwrap();
 }
 
+/// The text of `selector` once `done` holds for it (or after 20 s, as it then is).
+fn text_when(tab: &headless_chrome::Tab, selector: &str, done: impl Fn(&str) -> bool) -> String {
+    let mut text = String::new();
+    for _ in 0..200 {
+        text = tab.find_element(selector).unwrap().get_inner_text().unwrap();
+        if done(&text) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    text
+}
+
 #[test]
 fn search_then_click_to_segment_in_chromium() {
     let Some(chrome) = browser_path() else { return };
@@ -139,14 +152,7 @@ fn search_then_click_to_segment_in_chromium() {
     tab.evaluate("document.getElementById('q').value = ''", false).unwrap();
     tab.find_element("#q").unwrap().click().unwrap();
     tab.type_str("green").unwrap();
-    let mut status = String::new();
-    for _ in 0..100 {
-        status = tab.find_element("#status").unwrap().get_inner_text().unwrap();
-        if status.contains("for green") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let status = text_when(&tab, "#status", |t| t.contains("for green"));
     assert!(status.contains("3 results for green"), "live results: {status}");
     let cells = tab.wait_for_elements("#grid .cell").unwrap();
 
@@ -159,14 +165,7 @@ fn search_then_click_to_segment_in_chromium() {
     )
     .unwrap();
     tab.wait_for_element("#overlay").unwrap().click().unwrap();
-    let mut status = String::new();
-    for _ in 0..200 {
-        status = tab.find_element("#vstatus").unwrap().get_inner_text().unwrap();
-        if status.starts_with("score") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let status = text_when(&tab, "#vstatus", |t| t.starts_with("score"));
     assert!(status.starts_with("score"), "the click was segmented: {status}");
     // The overlay draws once the mask PNG has loaded: count its tinted pixels until they show.
     let mut painted = 0;
