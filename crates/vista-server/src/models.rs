@@ -258,15 +258,12 @@ fn segment(
             let mask = Mask::from_u8(pred.width as u32, pred.height as u32, data)?;
             let rle = Rle::encode(&mask);
             let [x0, y0, bw, bh] = rle.bbox();
-            let grey = image::GrayImage::from_fn(pred.width as u32, pred.height as u32, |x, y| {
-                image::Luma([if data[y as usize * pred.width + x as usize] != 0 { 255 } else { 0 }])
-            });
             masks.push(MaskOut {
                 rle: serde_json::json!({"size": [rle.height(), rle.width()], "counts": rle.to_string_counts()}),
                 score: pred.score(s, m),
                 bbox: [x0, y0, bw, bh],
                 area: rle.area(),
-                png: crate::png_base64(&image::DynamicImage::ImageLuma8(grey))?,
+                png: crate::png_base64(&image::DynamicImage::ImageLuma8(mask.to_gray_image()))?,
             });
         }
     }

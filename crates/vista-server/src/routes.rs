@@ -87,35 +87,11 @@ fn presented_key(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
     if let Some(v) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
         return Some(v.trim().to_string());
     }
-    query?.split('&').find_map(|kv| kv.strip_prefix("key=")).map(percent_decode)
+    form_urlencoded::parse(query?.as_bytes()).find(|(k, _)| k == "key").map(|(_, v)| v.into_owned())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
-                    Ok(v) => {
-                        out.push(v);
-                        i += 3;
-                        continue;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            b'+' => out.push(b' '),
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A JSON body, its rejection (malformed, wrong type, too large) as a typed error.
@@ -425,12 +401,11 @@ async fn thumb(State(state): S, Path(id): Path<String>, Query(q): Query<ThumbQue
 
 /// `(w, h)` scaled so the longest side is `size` (never up), each side at least 1.
 fn scaled(w: u32, h: u32, size: u32) -> (u32, u32) {
-    let longest = w.max(h).max(1);
-    if longest <= size {
+    if w.max(h) <= size {
         return (w.max(1), h.max(1));
     }
-    let s = f64::from(size) / f64::from(longest);
-    (((f64::from(w) * s).round() as u32).max(1), ((f64::from(h) * s).round() as u32).max(1))
+    let (tw, th) = vista::image::longest_side_size(w, h, size);
+    (tw.max(1), th.max(1))
 }
 
 #[derive(Deserialize, Default)]
