@@ -385,14 +385,22 @@ pub fn run(args: Args) -> Result<ExitCode> {
         .iter()
         .max_by(|a, b| a["accuracy"].as_f64().partial_cmp(&b["accuracy"].as_f64()).unwrap_or(std::cmp::Ordering::Equal))
         .cloned();
-    let confused = best.as_ref().map(|b| {
-        let at = rows.iter().position(|r| r == b).expect("best is a row");
-        let bi = backbones.iter().position(|k| b["backbone"] == k.name.as_str()).expect("a listed backbone");
-        most_confused(&results[at].1, &backbones[bi].features, 10)
-            .into_iter()
+    // The best result's report and its ten most confused class pairs (the report lists them, the
+    // contact sheet shows the first six).
+    let best_report = best.as_ref().map(|b| &results[rows.iter().position(|r| r == b).expect("best is a row")].1);
+    let confused_list = match (&best, best_report) {
+        (Some(b), Some(report)) => {
+            let bi = backbones.iter().position(|k| b["backbone"] == k.name.as_str()).expect("a listed backbone");
+            most_confused(report, &backbones[bi].features, 10)
+        }
+        _ => Vec::new(),
+    };
+    let confused = best.as_ref().map(|_| {
+        confused_list
+            .iter()
             .map(|(t, p, n, items)| {
                 let names: Vec<String> = items.iter().map(|&i| item_name(&set, i)).collect();
-                json!({"true": classes[t], "predicted": classes[p], "count": n, "examples": names})
+                json!({"true": classes[*t], "predicted": classes[*p], "count": n, "examples": names})
             })
             .collect::<Vec<_>>()
     });
@@ -430,12 +438,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 .collect();
             vista::apps::plots::write_curves_png(&series, &dir.join("curves.png"))?;
         }
-        if let Some(b) = &best {
-            let at = rows.iter().position(|r| r == b).expect("best is a row");
-            let report = &results[at].1;
+        if let Some(report) = best_report {
             vista::apps::plots::write_confusion_png(&report.confusion, &classes, &dir.join("confusion.png"))?;
-            let bi = backbones.iter().position(|k| b["backbone"] == k.name.as_str()).expect("a listed backbone");
-            let sheet = confused_pairs(report, &backbones[bi].features, &set, 6, 8);
+            let sheet = confused_pairs(&confused_list[..confused_list.len().min(6)], &set, 8);
             vista::apps::plots::write_contact_sheet_png(&sheet, &dir.join("confused.png"))?;
         }
     }
@@ -558,22 +563,20 @@ fn item_name(set: &LabelledSet, i: usize) -> String {
     set.items[i].path().map_or_else(|| format!("item {i}"), |p| p.display().to_string())
 }
 
-/// The contact sheet's rows: the `pairs` most confused class pairs, each with up to `per_pair`
-/// of its images (those that no longer load are left out).
+/// The contact sheet's rows: each confused pair with up to `per_pair` of its images (those that
+/// no longer load are left out).
 fn confused_pairs(
-    report: &MethodReport,
-    f: &DatasetFeatures,
+    pairs: &[(usize, usize, u64, Vec<usize>)],
     set: &LabelledSet,
-    pairs: usize,
     per_pair: usize,
 ) -> Vec<vista::apps::plots::ConfusedPair> {
     let decode = vista::image::DecodeOptions::default();
-    most_confused(report, f, pairs)
-        .into_iter()
+    pairs
+        .iter()
         .map(|(t, p, count, items)| vista::apps::plots::ConfusedPair {
-            truth: set.classes[t].clone(),
-            predicted: set.classes[p].clone(),
-            count,
+            truth: set.classes[*t].clone(),
+            predicted: set.classes[*p].clone(),
+            count: *count,
             examples: items.iter().take(per_pair).filter_map(|&i| set.items[i].load(&decode).ok()).collect(),
         })
         .collect()
