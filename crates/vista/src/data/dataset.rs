@@ -368,7 +368,7 @@ impl LabelledSet {
 }
 
 /// The fields of one CSV line (RFC 4180 quoting within the line).
-fn split_csv_line(line: &str) -> Vec<String> {
+pub(crate) fn split_csv_line(line: &str) -> Vec<String> {
     let mut fields = vec![String::new()];
     let mut quoted = false;
     let mut chars = line.chars().peekable();

@@ -5,5 +5,12 @@
 //! The multi-crop data augmentation (`DataAugmentationDINO`) lives with the other image code,
 //! in [`crate::image::augment`].
 
+pub mod adamw;
+pub mod clip;
 pub mod dino;
+pub mod loader;
 pub mod ops;
+pub mod param;
+
+pub use adamw::AdamW;
+pub use param::{Grads, Param};

@@ -10,16 +10,12 @@
 //! An item that fails to load or augment is left out of its batch (its error is returned with
 //! the batch); a batch keeps whatever samples succeeded.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver};
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 
 use crate::data::{Item, ItemImage};
-use crate::image::augment::{below, sample_rng, DataAugmentationDino};
+use crate::image::augment::DataAugmentationDino;
 use crate::image::DecodeOptions;
 use crate::Result;
 
@@ -37,18 +33,10 @@ pub struct Batch {
     pub failed: Vec<String>,
 }
 
-/// The epoch's sample order: `0..n` shuffled with a stream seeded by `(seed, epoch)`.
-pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
-    let mut rng = sample_rng(seed, u64::MAX, epoch as u64);
-    let mut order: Vec<usize> = (0..n).collect();
-    for i in (1..n).rev() {
-        let j = below(&mut rng, (i + 1) as u32) as usize;
-        order.swap(i, j);
-    }
-    order
-}
+pub use crate::train::loader::{epoch_order, LoaderOptions};
+use crate::train::loader::{Batches, MakeBatch};
 
-/// Builds one batch (used by the workers, and inline without workers).
+/// Builds one batch of multi-crop views.
 fn make_batch(
     index: usize,
     samples: &[usize],
@@ -89,48 +77,26 @@ fn make_batch(
     Ok(Batch { index, crops, images: n, failed })
 }
 
-/// What the workers share: the next batch to start and how far the consumer has got.
-struct Gate {
-    next: usize,
-    consumed: usize,
-}
-
-/// The batches of one epoch, in order, produced by `workers` threads at most `prefetch`
-/// batches ahead of the consumer (inline in the consumer's thread with 0 workers).
-pub struct EpochBatches {
+/// DINO's batches: the multi-crop views of the epoch's samples.
+pub struct DinoBatches {
     items: Arc<Vec<Item>>,
     aug: Arc<DataAugmentationDino>,
     decode: DecodeOptions,
-    order: Arc<Vec<usize>>,
-    batch_size: usize,
     seed: u64,
-    epoch: usize,
-    nbatches: usize,
-    first: usize,
-    next: usize,
-    pending: BTreeMap<usize, Result<Batch>>,
-    rx: Option<Receiver<(usize, Result<Batch>)>>,
-    gate: Arc<(Mutex<Gate>, Condvar)>,
-    stop: Arc<AtomicBool>,
-    handles: Vec<JoinHandle<()>>,
 }
 
-/// Options of [`EpochBatches::new`].
-#[derive(Debug, Clone)]
-pub struct LoaderOptions {
-    /// Images per batch.
-    pub batch_size: usize,
-    /// Seed of the sample order and of the augmentations.
-    pub seed: u64,
-    /// Worker threads (0: decode and augment in the training thread).
-    pub workers: usize,
-    /// Batches prepared ahead of the one being trained on.
-    pub prefetch: usize,
-    /// How image files are decoded (pixel limit, EXIF orientation).
-    pub decode: DecodeOptions,
+impl MakeBatch for DinoBatches {
+    type Batch = Batch;
+
+    fn make(&self, index: usize, samples: &[usize], epoch: usize) -> Result<Batch> {
+        make_batch(index, samples, &self.items, &self.aug, &self.decode, self.seed, epoch)
+    }
 }
 
-impl EpochBatches {
+/// The batches of one epoch, in order (see [`Batches`]).
+pub type EpochBatches = Batches<DinoBatches>;
+
+impl Batches<DinoBatches> {
     /// The `len(items) / batch_size` full batches of `epoch`, starting at batch `start`.
     pub fn new(
         items: Arc<Vec<Item>>,
@@ -139,118 +105,8 @@ impl EpochBatches {
         epoch: usize,
         start: usize,
     ) -> Self {
-        let b = options.batch_size.max(1);
-        let nbatches = items.len() / b;
-        let order = Arc::new(epoch_order(items.len(), options.seed, epoch));
-        let gate = Arc::new((Mutex::new(Gate { next: start, consumed: start }), Condvar::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut me = Self {
-            items,
-            aug,
-            decode: options.decode,
-            order,
-            batch_size: b,
-            seed: options.seed,
-            epoch,
-            nbatches,
-            first: start,
-            next: start,
-            pending: BTreeMap::new(),
-            rx: None,
-            gate,
-            stop,
-            handles: Vec::new(),
-        };
-        if options.workers > 0 && start < nbatches {
-            let (tx, rx) = mpsc::channel();
-            for _ in 0..options.workers {
-                let tx = tx.clone();
-                let (items, aug, order) = (me.items.clone(), me.aug.clone(), me.order.clone());
-                let (gate, stop, decode) = (me.gate.clone(), me.stop.clone(), me.decode);
-                let (seed, prefetch) = (options.seed, options.prefetch.max(1));
-                me.handles.push(std::thread::spawn(move || loop {
-                    let index = {
-                        let (lock, cvar) = &*gate;
-                        let mut g = lock.lock().expect("loader gate");
-                        while !stop.load(Ordering::Relaxed) && g.next < nbatches && g.next >= g.consumed + prefetch {
-                            g = cvar.wait(g).expect("loader gate");
-                        }
-                        if stop.load(Ordering::Relaxed) || g.next >= nbatches {
-                            return;
-                        }
-                        g.next += 1;
-                        g.next - 1
-                    };
-                    let samples = &order[index * b..(index + 1) * b];
-                    let batch = make_batch(index, samples, &items, &aug, &decode, seed, epoch);
-                    if tx.send((index, batch)).is_err() {
-                        return;
-                    }
-                }));
-            }
-            me.rx = Some(rx);
-        }
-        me
-    }
-
-    /// Full batches in the epoch.
-    pub fn len(&self) -> usize {
-        self.nbatches
-    }
-
-    /// True when the epoch has no full batch.
-    pub fn is_empty(&self) -> bool {
-        self.nbatches == 0
-    }
-
-    /// The batch the epoch starts at (0 unless resuming midway).
-    pub fn first(&self) -> usize {
-        self.first
-    }
-}
-
-impl Iterator for EpochBatches {
-    type Item = Result<Batch>;
-
-    fn next(&mut self) -> Option<Result<Batch>> {
-        if self.next >= self.nbatches {
-            return None;
-        }
-        let index = self.next;
-        self.next += 1;
-        let Some(rx) = &self.rx else {
-            let samples = &self.order[index * self.batch_size..(index + 1) * self.batch_size];
-            return Some(make_batch(index, samples, &self.items, &self.aug, &self.decode, self.seed, self.epoch));
-        };
-        let batch = loop {
-            if let Some(b) = self.pending.remove(&index) {
-                break b;
-            }
-            match rx.recv() {
-                Ok((i, b)) => {
-                    self.pending.insert(i, b);
-                }
-                Err(_) => {
-                    return Some(Err(crate::Error::DataWorker("the data-loading threads stopped unexpectedly".into())));
-                }
-            }
-        };
-        let (lock, cvar) = &*self.gate;
-        if let Ok(mut g) = lock.lock() {
-            g.consumed = index + 1;
-        }
-        cvar.notify_all();
-        Some(batch)
-    }
-}
-
-impl Drop for EpochBatches {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.gate.1.notify_all();
-        self.rx = None;
-        for h in self.handles.drain(..) {
-            let _ = h.join();
-        }
+        let n = items.len();
+        let maker = DinoBatches { items, aug, decode: options.decode, seed: options.seed };
+        Batches::start(Arc::new(maker), n, options, epoch, start)
     }
 }

@@ -1,0 +1,436 @@
+//! CLIP as a trainable network: both towers and the temperature, the same computation as the
+//! inference [`crate::clip::ClipModel`], written with differentiable candle ops (the fused
+//! LayerNorm, softmax and GELU of [`crate::train::ops`], which carry their own backward), on
+//! [`Param`]s named as OpenAI's and open_clip's state dicts (`visual.conv1.weight`,
+//! `visual.transformer.resblocks.N.attn.in_proj_weight`, `token_embedding.weight`,
+//! `text_projection`, `logit_scale`, ...), so a checkpoint vista loads is a starting point and the
+//! trained weights are a checkpoint every CLIP command loads.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::clip::config::{ClipConfig, TextPooling};
+use crate::clip::transformer::TowerDims;
+use crate::nn::Activation;
+use crate::train::dino::head::{normalize, uniform01};
+use crate::train::ops::{add_bias, gelu, layer_norm, softmax_last};
+use crate::train::param::{load_params, Param};
+use crate::{Error, Result};
+
+/// open_clip's initial temperature, `logit_scale = log(1 / 0.07)` (`CLIP.__init__`).
+pub const INIT_LOGIT_SCALE: f64 = 2.659_260_036_932_778_4;
+/// open_clip's clamp of the learned temperature after every step (`train_one_epoch`:
+/// `logit_scale.clamp_(0, math.log(100))`).
+pub const MAX_LOGIT_SCALE: f64 = 4.605_170_185_988_092;
+
+/// A trainable CLIP.
+pub struct TrainClip {
+    /// The architecture.
+    pub config: ClipConfig,
+    params: Vec<Param>,
+    index: HashMap<String, usize>,
+}
+
+/// `x Wᵀ + b` over the last dimension, `w: [out, in]`.
+fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let rows: usize = dims[..dims.len() - 1].iter().product();
+    let y = x.reshape((rows, dims[dims.len() - 1]))?.matmul(&w.t()?)?;
+    let y = match b {
+        Some(b) => add_bias(&y, b)?,
+        None => y,
+    };
+    let mut out = dims;
+    *out.last_mut().expect("non-empty") = w.dim(0)?;
+    Ok(y.reshape(out)?)
+}
+
+/// `x @ w` for `x: [B, in]`, `w: [in, out]` (the towers' `proj` / `text_projection`).
+fn project(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    Ok(x.matmul(w)?)
+}
+
+fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
+    match act {
+        // QuickGELU: x · sigmoid(1.702 x) = x / (1 + exp(−1.702 x)).
+        Activation::QuickGelu => Ok(x.broadcast_div(&(x.affine(-1.702, 0.0)?.exp()? + 1.0)?)?),
+        Activation::Gelu => gelu(x),
+        other => Err(Error::arg("activation", format!("{other:?} is not trainable in a CLIP tower"))),
+    }
+}
+
+/// A normal draw (Box–Muller, one per call).
+fn normal(rng: &mut ChaCha8Rng, std: f64) -> f64 {
+    let u1 = 1.0 - uniform01(rng);
+    let u2 = uniform01(rng);
+    std * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
+/// How one tensor is initialised.
+#[derive(Debug, Clone, Copy)]
+enum Init {
+    Normal(f64),
+    /// `U(−b, b)`.
+    Uniform(f64),
+    Const(f64),
+}
+
+impl TrainClip {
+    /// Every parameter's canonical name and shape, in a fixed order (open_clip's state dict).
+    pub fn param_shapes(cfg: &ClipConfig, logit_bias: bool) -> Vec<(String, Vec<usize>)> {
+        let v = &cfg.vision;
+        let (w, p) = (v.tower.width, v.patch_size);
+        let mut out: Vec<(String, Vec<usize>)> = vec![
+            ("positional_embedding".into(), vec![cfg.text.context_length, cfg.text.tower.width]),
+            ("text_projection".into(), vec![cfg.text.tower.width, cfg.embed_dim]),
+            ("logit_scale".into(), vec![]),
+        ];
+        if logit_bias {
+            out.push(("logit_bias".into(), vec![]));
+        }
+        out.extend([
+            ("visual.class_embedding".into(), vec![w]),
+            ("visual.positional_embedding".into(), vec![v.num_tokens(), w]),
+            ("visual.proj".into(), vec![w, cfg.embed_dim]),
+            ("visual.conv1.weight".into(), vec![w, 3, p, p]),
+            ("visual.ln_pre.weight".into(), vec![w]),
+            ("visual.ln_pre.bias".into(), vec![w]),
+        ]);
+        blocks(&mut out, "visual.transformer", &v.tower);
+        out.push(("visual.ln_post.weight".into(), vec![w]));
+        out.push(("visual.ln_post.bias".into(), vec![w]));
+        blocks(&mut out, "transformer", &cfg.text.tower);
+        out.push(("token_embedding.weight".into(), vec![cfg.text.vocab_size, cfg.text.tower.width]));
+        out.push(("ln_final.weight".into(), vec![cfg.text.tower.width]));
+        out.push(("ln_final.bias".into(), vec![cfg.text.tower.width]));
+        out
+    }
+
+    /// From canonical tensors (a checkpoint vista loads, or a snapshot); `logit_bias` is trained
+    /// when the tensors have it (SigLIP).
+    pub fn from_tensors(config: ClipConfig, tensors: &HashMap<String, Tensor>, device: &Device) -> Result<Self> {
+        config.validate().map_err(|m| Error::arg("config", m))?;
+        let with_bias = tensors.contains_key("logit_bias");
+        let mut params = Vec::new();
+        for (name, shape) in Self::param_shapes(&config, with_bias) {
+            let t = tensors.get(&name).ok_or_else(|| Error::arg("tensors", format!("missing `{name}`")))?;
+            let t =
+                if t.dims().is_empty() || t.elem_count() == 1 && shape.is_empty() { t.reshape(())? } else { t.clone() };
+            if t.dims() != shape.as_slice() {
+                return Err(Error::arg("tensors", format!("`{name}` has shape {:?}, expected {shape:?}", t.dims())));
+            }
+            let var = candle_core::Var::from_tensor(&t.to_dtype(DType::F32)?.to_device(device)?)?;
+            params.push(Param::new(name, var, true));
+        }
+        let index = params.iter().enumerate().map(|(i, p)| (p.name().to_string(), i)).collect();
+        Ok(Self { config, params, index })
+    }
+
+    /// open_clip's initialisation, f32, from a seeded ChaCha8 stream (the distributions, not
+    /// torch's random numbers):
+    /// * image tower (`VisionTransformer.__init__`; its `init_parameters` is empty):
+    ///   `class_embedding`, `positional_embedding` and `proj` `N(0, width^−½)`; `conv1` (no
+    ///   bias) and every `nn.Linear` keep PyTorch's default, `U(±1/√fan_in)` for weight and bias;
+    ///   `nn.MultiheadAttention`'s `in_proj_weight` Xavier-uniform, `in_proj_bias` and
+    ///   `out_proj.bias` 0;
+    /// * text tower (`TextTransformer.init_parameters`): `token_embedding` `N(0, 0.02)`,
+    ///   `positional_embedding` `N(0, 0.01)`, per block `in_proj_weight` `N(0, width^−½)`,
+    ///   `out_proj.weight` and `c_proj.weight` `N(0, width^−½ (2·layers)^−½)`, `c_fc.weight`
+    ///   `N(0, (2·width)^−½)`, biases as the defaults above; `text_projection` `N(0, width^−½)`;
+    /// * LayerNorms 1 and 0; `logit_scale` `log(1/0.07)` (or `init_logit_scale`), `logit_bias`
+    ///   (SigLIP) `init_logit_bias`.
+    pub fn init(config: ClipConfig, seed: u64, logit: LogitInit, device: &Device) -> Result<Self> {
+        config.validate().map_err(|m| Error::arg("config", m))?;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let vw = config.vision.tower.width as f64;
+        let (tw, tl) = (config.text.tower.width as f64, config.text.tower.layers as f64);
+        let p = config.vision.patch_size as f64;
+        let mut tensors = HashMap::new();
+        for (name, shape) in Self::param_shapes(&config, logit.bias.is_some()) {
+            let fan_in = *shape.last().unwrap_or(&1) as f64;
+            let text = !name.starts_with("visual.");
+            let rule = match name.as_str() {
+                "logit_scale" => Init::Const(logit.scale),
+                "logit_bias" => Init::Const(logit.bias.unwrap_or(0.0)),
+                "visual.class_embedding" | "visual.positional_embedding" | "visual.proj" => Init::Normal(vw.powf(-0.5)),
+                "visual.conv1.weight" => Init::Uniform(1.0 / (3.0 * p * p).sqrt()),
+                "token_embedding.weight" => Init::Normal(0.02),
+                "positional_embedding" => Init::Normal(0.01),
+                "text_projection" => Init::Normal(tw.powf(-0.5)),
+                n if n.contains(".ln_") || n.starts_with("ln_final") => {
+                    Init::Const(if n.ends_with(".weight") { 1.0 } else { 0.0 })
+                }
+                n if n.ends_with("in_proj_bias") || n.ends_with("out_proj.bias") => Init::Const(0.0),
+                n if n.ends_with("in_proj_weight") => {
+                    if text {
+                        Init::Normal(tw.powf(-0.5))
+                    } else {
+                        // xavier_uniform_ on [3W, W]: √(6 / (fan_in + fan_out)).
+                        Init::Uniform((6.0 / (shape[0] + shape[1]) as f64).sqrt())
+                    }
+                }
+                n if text && (n.ends_with("out_proj.weight") || n.ends_with("c_proj.weight")) => {
+                    Init::Normal(tw.powf(-0.5) * (2.0 * tl).powf(-0.5))
+                }
+                n if text && n.ends_with("c_fc.weight") => Init::Normal((2.0 * tw).powf(-0.5)),
+                // nn.Linear defaults: kaiming_uniform(a=√5) weight, U(±1/√fan_in) bias (fan_in of the layer).
+                n if n.ends_with(".bias") => {
+                    let layer_in = if n.ends_with("c_proj.bias") {
+                        if text {
+                            config.text.tower.mlp_dim
+                        } else {
+                            config.vision.tower.mlp_dim
+                        }
+                    } else if text {
+                        config.text.tower.width
+                    } else {
+                        config.vision.tower.width
+                    };
+                    Init::Uniform(1.0 / (layer_in as f64).sqrt())
+                }
+                _ => Init::Uniform(1.0 / fan_in.sqrt()),
+            };
+            let numel: usize = shape.iter().product();
+            let data: Vec<f32> = match rule {
+                Init::Normal(std) => (0..numel).map(|_| normal(&mut rng, std) as f32).collect(),
+                Init::Uniform(b) => (0..numel).map(|_| (-b + 2.0 * b * uniform01(&mut rng)) as f32).collect(),
+                Init::Const(c) => vec![c as f32; numel],
+            };
+            tensors.insert(name, Tensor::from_vec(data, shape, &Device::Cpu)?);
+        }
+        Self::from_tensors(config, &tensors, device)
+    }
+
+    /// The same variables read without gradient (no graph is recorded), for evaluation.
+    pub fn detached(&self) -> Self {
+        let mut params = self.params.clone();
+        for p in &mut params {
+            p.set_requires_grad(false);
+        }
+        Self { config: self.config.clone(), params, index: self.index.clone() }
+    }
+
+    /// Every parameter, in state-dict order.
+    pub fn params(&self) -> &[Param] {
+        &self.params
+    }
+
+    /// Mutable parameters (to lock towers).
+    pub fn params_mut(&mut self) -> &mut [Param] {
+        &mut self.params
+    }
+
+    /// Whether the model learns a SigLIP bias.
+    pub fn has_logit_bias(&self) -> bool {
+        self.index.contains_key("logit_bias")
+    }
+
+    /// Copies of the current values, in parameter order, canonical names.
+    pub fn state_dict(&self) -> Result<Vec<(String, Tensor)>> {
+        self.params.iter().map(|p| Ok((p.name().to_string(), p.snapshot()?))).collect()
+    }
+
+    /// Overwrites every parameter in place (names and shapes must match exactly).
+    pub fn load_state_dict<'a>(&self, tensors: impl IntoIterator<Item = (&'a str, &'a Tensor)>) -> Result<()> {
+        load_params(&self.params, tensors, "this CLIP model")
+    }
+
+    /// The device the parameters live on.
+    pub fn device(&self) -> Device {
+        self.params[0].var().device().clone()
+    }
+
+    fn p(&self, name: &str) -> Result<Tensor> {
+        let i = self.index.get(name).ok_or_else(|| Error::arg("param", format!("no parameter `{name}`")))?;
+        Ok(self.params[*i].value())
+    }
+
+    /// `logit_scale` as stored (its `exp()` multiplies the similarities).
+    pub fn logit_scale(&self) -> Result<Tensor> {
+        self.p("logit_scale")
+    }
+
+    /// SigLIP's `logit_bias`, when the model has one.
+    pub fn logit_bias(&self) -> Result<Option<Tensor>> {
+        if self.has_logit_bias() {
+            Ok(Some(self.p("logit_bias")?))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// One tower's pre-norm blocks (`ResidualAttentionBlock`), with an optional additive mask.
+    fn transformer(&self, x: &Tensor, prefix: &str, t: &TowerDims, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b, n, c) = x.dims3()?;
+        let (heads, d) = (t.heads, t.width / t.heads);
+        let scale = 1.0 / (d as f64).sqrt();
+        let mut x = x.clone();
+        for i in 0..t.layers {
+            let q = |name: &str| self.p(&format!("{prefix}.resblocks.{i}.{name}"));
+            let h = layer_norm(&x, &q("ln_1.weight")?, &q("ln_1.bias")?, t.eps)?;
+            let qkv = linear(&h, &q("attn.in_proj_weight")?, Some(&q("attn.in_proj_bias")?))?;
+            let qkv = qkv.reshape((b, n, 3, heads, d))?.permute((2, 0, 3, 1, 4))?;
+            let (qq, kk, vv) = (qkv.get(0)?.contiguous()?, qkv.get(1)?.contiguous()?, qkv.get(2)?.contiguous()?);
+            // torch's SDPA scales q before the product.
+            let scores = (qq * scale)?.matmul(&kk.t()?)?;
+            let scores = match mask {
+                Some(m) => scores.broadcast_add(m)?,
+                None => scores,
+            };
+            let a = softmax_last(&scores)?.matmul(&vv)?.transpose(1, 2)?.reshape((b, n, c))?;
+            let a = linear(&a, &q("attn.out_proj.weight")?, Some(&q("attn.out_proj.bias")?))?;
+            x = (x + a)?;
+            let h = layer_norm(&x, &q("ln_2.weight")?, &q("ln_2.bias")?, t.eps)?;
+            let h = activation(&linear(&h, &q("mlp.c_fc.weight")?, Some(&q("mlp.c_fc.bias")?))?, t.act)?;
+            let f = linear(&h, &q("mlp.c_proj.weight")?, Some(&q("mlp.c_proj.bias")?))?;
+            x = (x + f)?;
+        }
+        Ok(x)
+    }
+
+    /// Image embeddings, not normalised.
+    ///
+    /// # Shapes
+    /// `pixels: [B, S, S, 3]` channels-last, normalised, at the model's image size `-> [B, E]`.
+    pub fn encode_image(&self, pixels: &Tensor) -> Result<Tensor> {
+        let v = &self.config.vision;
+        let (b, ph, pw, _) = pixels.dims4()?;
+        if ph != v.image_size || pw != v.image_size {
+            return Err(Error::arg("pixels", format!("{pw}x{ph} images for a model trained at {0}x{0}", v.image_size)));
+        }
+        let (p, c, g) = (v.patch_size, v.tower.width, v.grid());
+        // conv1 (stride = kernel, no bias) as one GEMM over flattened patches.
+        let patches = pixels
+            .narrow(1, 0, g * p)?
+            .narrow(2, 0, g * p)?
+            .reshape((b, g, p, g, p, 3))?
+            .permute((0, 1, 3, 2, 4, 5))?
+            .reshape((b * g * g, p * p * 3))?;
+        let w = self.p("visual.conv1.weight")?.permute((0, 2, 3, 1))?.reshape((c, p * p * 3))?;
+        let x = linear(&patches, &w, None)?.reshape((b, g * g, c))?;
+        let cls = self.p("visual.class_embedding")?.reshape((1, 1, c))?.broadcast_as((b, 1, c))?.contiguous()?;
+        let x = Tensor::cat(&[cls, x], 1)?.broadcast_add(&self.p("visual.positional_embedding")?.unsqueeze(0)?)?;
+        let eps = v.tower.eps;
+        let x = layer_norm(&x, &self.p("visual.ln_pre.weight")?, &self.p("visual.ln_pre.bias")?, eps)?;
+        let x = self.transformer(&x, "visual.transformer", &v.tower, None)?;
+        let pooled = x.narrow(1, 0, 1)?.squeeze(1)?;
+        let pooled = layer_norm(&pooled, &self.p("visual.ln_post.weight")?, &self.p("visual.ln_post.bias")?, eps)?;
+        project(&pooled, &self.p("visual.proj")?)
+    }
+
+    /// Text embeddings, not normalised, from token ids (each `context_length` long). The
+    /// sequence is run only up to the last pooled position of the batch: under the causal mask
+    /// no position sees a later one, so the pooled features and every gradient are the same.
+    ///
+    /// # Shapes
+    /// `-> [B, E]`
+    pub fn encode_text(&self, ids: &[Vec<u32>]) -> Result<Tensor> {
+        let t = &self.config.text;
+        let ctx = t.context_length;
+        if ids.is_empty() {
+            return Err(Error::arg("texts", "no texts"));
+        }
+        let mut pooled_at = Vec::with_capacity(ids.len());
+        for (i, row) in ids.iter().enumerate() {
+            if row.len() != ctx {
+                return Err(Error::arg("texts", format!("text {i} has {} tokens, expected {ctx}", row.len())));
+            }
+            if let Some(bad) = row.iter().find(|&&id| id as usize >= t.vocab_size) {
+                return Err(Error::arg("texts", format!("token id {bad} is past the vocabulary of {}", t.vocab_size)));
+            }
+            pooled_at.push(pool_position(row, t.pooling));
+        }
+        let n = pooled_at.iter().max().copied().unwrap_or(0) + 1;
+        let b = ids.len();
+        let device = self.device();
+        let flat: Vec<u32> = ids.iter().flat_map(|r| r[..n].iter().copied()).collect();
+        let flat = Tensor::from_vec(flat, b * n, &device)?;
+        let w = t.tower.width;
+        let x = self.p("token_embedding.weight")?.index_select(&flat, 0)?.reshape((b, n, w))?;
+        let x = x.broadcast_add(&self.p("positional_embedding")?.narrow(0, 0, n)?.unsqueeze(0)?)?;
+        let mask = causal_mask(n, &device)?;
+        let x = self.transformer(&x, "transformer", &t.tower, Some(&mask))?;
+        let x = layer_norm(&x, &self.p("ln_final.weight")?, &self.p("ln_final.bias")?, t.tower.eps)?;
+        let rows: Vec<u32> = pooled_at.iter().enumerate().map(|(i, &p)| (i * n + p) as u32).collect();
+        let pooled = x.reshape((b * n, w))?.index_select(&Tensor::from_vec(rows, b, &device)?, 0)?;
+        project(&pooled, &self.p("text_projection")?)
+    }
+
+    /// `F.normalize` of both embeddings, as open_clip's `CLIP.forward` returns them.
+    pub fn features(&self, pixels: &Tensor, ids: &[Vec<u32>]) -> Result<(Tensor, Tensor)> {
+        Ok((normalize(&self.encode_image(pixels)?, 1e-12)?, normalize(&self.encode_text(ids)?, 1e-12)?))
+    }
+}
+
+/// open_clip's `logit_scale` / `logit_bias` initial values.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LogitInit {
+    /// `init_logit_scale` (`log(1/0.07)` for CLIP, `log(10)` for SigLIP).
+    pub scale: f64,
+    /// `init_logit_bias` (SigLIP: −10), or none.
+    pub bias: Option<f64>,
+}
+
+impl LogitInit {
+    /// CLIP's: `log(1 / 0.07)`, no bias.
+    pub const CLIP: Self = Self { scale: INIT_LOGIT_SCALE, bias: None };
+    /// SigLIP's: `log(10)` and −10.
+    pub const SIGLIP: Self = Self { scale: std::f64::consts::LN_10, bias: Some(-10.0) };
+}
+
+/// Where the text summary is read: the first largest id (`text.argmax(dim=-1)`) or the first
+/// end-of-text id (the last position when absent).
+fn pool_position(row: &[u32], pooling: TextPooling) -> usize {
+    match pooling {
+        TextPooling::Argmax => {
+            let mut best = 0;
+            for (i, &id) in row.iter().enumerate() {
+                if id > row[best] {
+                    best = i;
+                }
+            }
+            best
+        }
+        TextPooling::FirstEos(eos) => row.iter().position(|&id| id == eos).unwrap_or(row.len() - 1),
+    }
+}
+
+/// The causal mask, `−inf` above the diagonal (`build_causal_mask`).
+fn causal_mask(n: usize, device: &Device) -> Result<Tensor> {
+    let mut m = vec![0f32; n * n];
+    for i in 0..n {
+        for j in i + 1..n {
+            m[i * n + j] = f32::NEG_INFINITY;
+        }
+    }
+    Ok(Tensor::from_vec(m, (n, n), device)?)
+}
+
+fn blocks(out: &mut Vec<(String, Vec<usize>)>, prefix: &str, t: &TowerDims) {
+    let (w, m) = (t.width, t.mlp_dim);
+    for i in 0..t.layers {
+        let b = |n: &str| format!("{prefix}.resblocks.{i}.{n}");
+        out.extend([
+            (b("ln_1.weight"), vec![w]),
+            (b("ln_1.bias"), vec![w]),
+            (b("attn.in_proj_weight"), vec![3 * w, w]),
+            (b("attn.in_proj_bias"), vec![3 * w]),
+            (b("attn.out_proj.weight"), vec![w, w]),
+            (b("attn.out_proj.bias"), vec![w]),
+            (b("ln_2.weight"), vec![w]),
+            (b("ln_2.bias"), vec![w]),
+            (b("mlp.c_fc.weight"), vec![m, w]),
+            (b("mlp.c_fc.bias"), vec![m]),
+            (b("mlp.c_proj.weight"), vec![w, m]),
+            (b("mlp.c_proj.bias"), vec![w]),
+        ]);
+    }
+}
+
+/// The row-wise L2 norm used by the loss (re-exported for callers of [`TrainClip::features`]).
+pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
+    normalize(x, 1e-12)
+}
