@@ -55,6 +55,9 @@ enum Command {
 enum TrainCommand {
     /// Self-supervised DINO training of a ViT on unlabelled images (main_dino.py's recipe).
     Dino(Box<cmd::train_dino::Args>),
+    /// Contrastive CLIP training on image–caption pairs (open_clip's recipe): from scratch, or
+    /// fine-tuning a checkpoint (LiT tower locks, WiSE-FT).
+    Clip(Box<cmd::train_clip::Args>),
 }
 
 #[derive(Subcommand)]
@@ -113,6 +116,7 @@ fn main() -> ExitCode {
         Command::LinearProbe(a) => cmd::linear_probe::run(a),
         Command::Fit(a) => cmd::fit::run(*a),
         Command::Train(TrainCommand::Dino(a)) => cmd::train_dino::run_dino(*a),
+        Command::Train(TrainCommand::Clip(a)) => cmd::train_clip::run_clip(*a),
         Command::Serve(a) => cmd::serve::run(*a),
     };
     match result {

@@ -15,4 +15,5 @@ pub mod sam_encode;
 pub mod search;
 pub mod segment;
 pub mod serve;
+pub mod train_clip;
 pub mod train_dino;

@@ -126,7 +126,28 @@ pub fn load(files: &ClipFiles, target: impl Into<Target>) -> Result<Loaded> {
     let tensors = formats::read_tensors(&files.weights, None, &Device::Cpu)?;
     let (store, family) =
         TensorStore::from_family::<ClipFamily>(&files.weights, tensors, &target.device, target.dtype)?;
-    let cfg = match &files.config {
+    let cfg = read_config(files, &store)?;
+    Loaded::build(&store, family, |s| ClipModel::from_store(&cfg, s))
+}
+
+/// The architecture and every tensor of a checkpoint under its canonical (OpenAI) name, f32 on
+/// the CPU, and the family it came in: the starting point of a fine-tuning run.
+pub fn load_tensors(files: &ClipFiles) -> Result<(ClipConfig, std::collections::HashMap<String, candle_core::Tensor>, ClipFamily)> {
+    let tensors = formats::read_tensors(&files.weights, None, &Device::Cpu)?;
+    let (store, family) =
+        TensorStore::from_family::<ClipFamily>(&files.weights, tensors, &Device::Cpu, candle_core::DType::F32)?;
+    let cfg = read_config(files, &store)?;
+    let names: Vec<String> = store.names().map(str::to_string).collect();
+    let mut out = std::collections::HashMap::new();
+    for n in names {
+        let shape = store.shape_of(&n).unwrap_or_default();
+        out.insert(n.clone(), store.get(&n, &shape)?);
+    }
+    Ok((cfg, out, family))
+}
+
+fn read_config(files: &ClipFiles, store: &TensorStore) -> Result<ClipConfig> {
+    Ok(match &files.config {
         ConfigSource::HuggingFace { config, preprocessor } => {
             ClipConfig::from_hf_json(config, preprocessor.as_deref())?
         }
@@ -134,9 +155,8 @@ pub fn load(files: &ClipFiles, target: impl Into<Target>) -> Result<Loaded> {
         ConfigSource::Preset(name) => {
             ClipConfig::preset(name).ok_or_else(|| Error::arg("arch", format!("unknown `{name}`")))?
         }
-        ConfigSource::Infer => infer_config(&store)?,
-    };
-    Loaded::build(&store, family, |s| ClipModel::from_store(&cfg, s))
+        ConfigSource::Infer => infer_config(store)?,
+    })
 }
 
 /// Convenience: [`resolve`] then [`load`].

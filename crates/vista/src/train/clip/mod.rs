@@ -21,6 +21,7 @@ pub mod eval;
 pub mod loss;
 pub mod model;
 pub mod optim;
+pub mod run;
 pub mod trainer;
 
 pub use config::{ClipTrainConfig, LossKind, Start};
