@@ -38,16 +38,20 @@ The PNGs are large (median shorter side ~170 px, 17 over 16 megapixels) and most
 whose transparent pixels are black underneath: a plain `convert("RGB")` -- what open_clip's transform and
 vista's loader do -- shows black line art on black. `--resize S` writes, for each kept image, an RGB copy
 composited on white and scaled so its longest side is S (Pillow LANCZOS, premultiplied alpha; never
-enlarged) to `OUT/images/<relative path>.png`, and points the TSV at those copies: a training set that
+enlarged) to `OUT/images/<relative path>.png` (the folder is remade), and points the TSV at those copies: a training set that
 decodes in microseconds and looks as the drawings are meant to look. Default off (the TSV names the
 original PNGs).
+
+`--square` (with `--resize`) pads each copy to a white square: evaluation's shortest-side resize and centre
+crop, and training's RandomResizedCrop (area 0.9-1.0, aspect 3/4-4/3), then keep the whole drawing (most are
+not square: 45 x 64 is common).
 
 `--limit N` keeps N of the usable images, evenly spaced through the sorted list (so every category keeps
 its share), before any resizing. Also written: `OUT/stats.json` (counts per skip reason, keyword and title
 frequencies, examples). Deterministic: the same packages and options give byte-identical files.
 
     python tools/data/openclipart_captions.py --out bench-out/openclipart                 # originals
-    python tools/data/openclipart_captions.py --out bench-out/openclipart-64 --resize 64  # small RGB copies
+    python tools/data/openclipart_captions.py --out bench-out/openclipart-64 --resize 64 --square  # small copies
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ import collections
 import json
 import pathlib
 import re
+import shutil
 import sys
 import time
 import xml.etree.ElementTree as ET
@@ -203,9 +208,10 @@ def png_size(path: pathlib.Path):
         return im.size
 
 
-def resized_copy(src: pathlib.Path, dst: pathlib.Path, side: int) -> tuple:
+def resized_copy(src: pathlib.Path, dst: pathlib.Path, side: int, square: bool = False) -> tuple:
     """An RGB copy of `src` composited on white, its longest side `side` (never enlarged), Pillow LANCZOS
-    on premultiplied alpha (Image.resize premultiplies RGBA / LA), written as PNG. Returns its size."""
+    on premultiplied alpha (Image.resize premultiplies RGBA / LA), with `square` centred on a white square
+    of its longest side; written as PNG. Returns its size."""
     from PIL import Image
 
     with Image.open(src) as im:
@@ -221,6 +227,11 @@ def resized_copy(src: pathlib.Path, dst: pathlib.Path, side: int) -> tuple:
     if im.mode == "RGBA":
         white = Image.new("RGBA", im.size, (255, 255, 255, 255))
         im = Image.alpha_composite(white, im).convert("RGB")
+    if square and im.size[0] != im.size[1]:
+        n = max(im.size)
+        canvas = Image.new("RGB", (n, n), (255, 255, 255))
+        canvas.paste(im, ((n - im.size[0]) // 2, (n - im.size[1]) // 2))
+        im = canvas
     dst.parent.mkdir(parents=True, exist_ok=True)
     im.save(dst, format="PNG", optimize=False)
     return im.size
@@ -249,6 +260,9 @@ def main(argv=None) -> int:
     ap.add_argument("--resize", type=int, default=None, metavar="S",
                     help="write RGB copies (white background, longest side S, LANCZOS) into OUT/images/ and "
                          "name them in the TSV (default: the original PNGs)")
+    ap.add_argument("--square", action="store_true",
+                    help="with --resize: pad each copy to a white square (so the centre crop of evaluation and "
+                         "the 0.9-1.0 crops of training keep the whole drawing)")
     ap.add_argument("--max-keywords", type=int, default=8, help="keywords per caption at most (default 8)")
     ap.add_argument("--max-title-repeats", type=int, default=10,
                     help="a title shared by more images is a collection's name, not usable (default 10)")
@@ -256,6 +270,8 @@ def main(argv=None) -> int:
                     help="images without a usable title: skip them (default) or title them by their file name")
     args = ap.parse_args(argv)
 
+    if args.square and not args.resize:
+        ap.error("--square requires --resize")
     from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = None  # sizes are read from headers and checked against --max-pixels here
@@ -333,6 +349,8 @@ def main(argv=None) -> int:
     chosen = evenly(sized, args.limit)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
+    if args.resize and (out / "images").is_dir():
+        shutil.rmtree(out / "images")  # this script's own copies: remade, so no stale file stays
     rows, kw_counter, n_kw = [], collections.Counter(), collections.Counter()
     for i, e in enumerate(chosen):
         caption, kept = make_caption(e["title"], e["keywords"], e["creator"], args.max_keywords)
@@ -341,7 +359,7 @@ def main(argv=None) -> int:
         path = e["png"]
         if args.resize:
             path = out / "images" / e["rel"]
-            e["resized"] = resized_copy(e["png"], path, args.resize)
+            e["resized"] = resized_copy(e["png"], path, args.resize, args.square)
         rows.append((str(path), caption, e))
         if args.resize and (i + 1) % 500 == 0:
             print(f"  {i + 1}/{len(chosen)} copies ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)

@@ -35,8 +35,8 @@ The recipe is open_clip_train's (open_clip_torch 3.3.0, whose wheel ships `open_
     key) after the last epoch, evaluated again;
   * evaluation (after every `--eval-every` epochs and after the last): zero-shot top-1 on `--zero-shot` (a labelled
     set, its test pair for an IDX folder) with `open_clip.build_zero_shot_classifier` (class embedding =
-    normalize(mean(normalize(encode_text(templates))))) and `open_clip_train.zero_shot.accuracy` on
-    normalize(encode_image) @ classifier; image<->text recall@1/5/10 on the held-out set (`--held-out PATH` or
+    normalize(mean(normalize(encode_text(templates))))) and `open_clip_train.zero_shot.accuracy`'s top-1 (its line
+    written out: the function fails on numpy 2) on normalize(encode_image) @ classifier; image<->text recall@1/5/10 on the held-out set (`--held-out PATH` or
     `--hold-out-every K`, each image with its first caption) with `open_clip_train.train.get_clip_metrics`.
 
 What is observed without changing a value (as tools/reference/gen_clip_train.py does): the loss through a
@@ -51,7 +51,8 @@ Output folder (`-o DIR`), the shape vista writes:
   * `metrics.jsonl`: per step `{"epoch", "iteration", "loss", "lr", "logit_scale" (exp, after the clamp),
     "grad_norm" (before clipping), "samples", "seconds"}`; per epoch `{"epoch", "epoch_seconds"}` (epochs from 0);
     per evaluation `{"epoch" (epochs completed, as open_clip's `completed_epoch`), "zero_shot_top1", "recall":
-    {"image_to_text": [r1, r5, r10], "text_to_image": [...]}}` (fractions; a key is absent when its set is);
+    {"image_to_text": [r1, r5, r10], "text_to_image": [...]}}` (fractions; a key is absent when its set is; the
+    evaluation of the WiSE-FT merge has `"wise_ft": ALPHA` too);
   * `report.json`: the final evaluation, chance levels, sizes, per-epoch seconds, peak RSS, versions, config.
 The last stdout line is a one-line JSON summary.
 
@@ -443,7 +444,6 @@ def wise_ft_merge(alpha, theta_0, theta_1):
 @torch.no_grad()
 def zero_shot_top1(model, pairs: Pairs, transform, templates, context_length, workers) -> float:
     import open_clip
-    from open_clip_train.zero_shot import accuracy
 
     model.eval()
     classifier = open_clip.build_zero_shot_classifier(
@@ -455,7 +455,9 @@ def zero_shot_top1(model, pairs: Pairs, transform, templates, context_length, wo
     for images, target in loader:
         feats = model(image=images)["image_features"]  # normalised
         logits = 100. * feats @ classifier
-        top1 += accuracy(logits, target, topk=(1,))[0]
+        # open_clip_train.zero_shot.accuracy's top-1 (`output.topk(1)[1] == target`, summed); that function itself
+        # fails on numpy 2 (float() of a 1-element array), so its one line for k = 1 is written out here.
+        top1 += float((logits.topk(1, 1, True, True)[1].t() == target.view(1, -1)).sum())
         n += images.size(0)
     model.train()
     return top1 / max(1, n)
@@ -504,7 +506,7 @@ class Observer:
         class Recording(SigLipLoss if self.args.loss == "siglip" else ClipLoss):
             def forward(self, *a, **kw):
                 out = super().forward(*a, **kw)
-                obs.loss = float(sum(out.values()) if isinstance(out, dict) else out)
+                obs.loss = float((sum(out.values()) if isinstance(out, dict) else out).detach())
                 return out
 
         return Recording
@@ -585,9 +587,14 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def peak_rss_mb():
-    """Linux ru_maxrss (KiB): this process; RUSAGE_CHILDREN = the largest reaped child (a DataLoader worker)."""
+    """Linux ru_maxrss (KiB): this process; RUSAGE_CHILDREN = the largest reaped child (a DataLoader worker, but
+    also `import torch`'s `ldconfig -p`, whose fork counts the half-imported parent's pages: see
+    CHILDREN_RSS_AT_IMPORT_MB). A forked worker's peak includes the pages it shares with the parent."""
     return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
             resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0)
+
+
+CHILDREN_RSS_AT_IMPORT_MB = peak_rss_mb()[1]  # after `import torch` (its ldconfig child), before any worker
 
 
 def main(argv=None) -> dict:
@@ -667,9 +674,9 @@ def main(argv=None) -> dict:
         grad_clip_norm=args.grad_clip_norm, horovod=False, rank=0, local_rank=0, world_size=1,
         log_every_n_steps=10 ** 9, batch_size=args.batch_size, wandb=False, loss=args.loss)
 
-    def evaluate(completed: int) -> dict:
+    def evaluate(completed: int, **extra) -> dict:
         t = time.perf_counter()
-        row = {"epoch": completed}
+        row = {"epoch": completed, **extra}
         if zs is not None:
             row["zero_shot_top1"] = zero_shot_top1(model, zs, eval_tf, args.templates, ctx, args.workers)
         if held is not None and len(held) > 0:
@@ -706,7 +713,7 @@ def main(argv=None) -> dict:
     if args.wise_ft is not None:
         before_wise = last_eval
         model.load_state_dict(wise_ft_merge(args.wise_ft, start_state, model.state_dict()))
-        last_eval = evaluate(args.epochs)
+        last_eval = evaluate(args.epochs, wise_ft=args.wise_ft)
     metrics.close()
 
     self_mb, children_mb = peak_rss_mb()
@@ -728,7 +735,8 @@ def main(argv=None) -> dict:
                   args.accum_freq, "params": n_params, "trainable_params": n_train},
         "epoch_seconds": [e["seconds"] for e in epochs_out],
         "epochs_detail": epochs_out,
-        "peak_rss_mb": self_mb + children_mb, "peak_rss_self_mb": self_mb, "peak_rss_children_mb": children_mb,
+        "peak_rss_self_mb": self_mb, "peak_rss_children_mb": children_mb,
+        "peak_rss_children_at_import_mb": CHILDREN_RSS_AT_IMPORT_MB,
         "threads": torch.get_num_threads(), "workers": args.workers,
         "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__,
                      "open_clip_torch": open_clip.__version__, "numpy": np.__version__, "pillow": PIL.__version__,

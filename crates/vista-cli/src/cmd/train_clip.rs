@@ -216,7 +216,13 @@ impl Args {
         if let Some(n) = self.context_length {
             c.text.context_length = n;
         }
-        let act = if self.quick_gelu { Activation::QuickGelu } else if self.arch.is_some() { c.vision.tower.act } else { Activation::Gelu };
+        let act = if self.quick_gelu {
+            Activation::QuickGelu
+        } else if self.arch.is_some() {
+            c.vision.tower.act
+        } else {
+            Activation::Gelu
+        };
         c.vision.tower.act = act;
         c.text.tower.act = act;
         c.text.pooling = TextPooling::Argmax;
@@ -300,7 +306,10 @@ pub fn run_clip(args: Args) -> Result<ExitCode> {
         Some(p) => {
             let set = LabelledSet::open(&p, Split::Test, args.zero_shot_limit)
                 .with_context(|| format!("reading the zero-shot set {}", p.display()))?;
-            Some(ZeroShotSet { set: CaptionSet::from_labelled(set, &args.templates)?, templates: args.templates.clone() })
+            Some(ZeroShotSet {
+                set: CaptionSet::from_labelled(set, &args.templates)?,
+                templates: args.templates.clone(),
+            })
         }
         None => None,
     };
@@ -425,12 +434,33 @@ mod tests {
     #[test]
     fn flags_set_the_recipe_and_the_architecture() {
         let cli = Cli::try_parse_from([
-            "x", "--data", "d", "--image-size", "32", "--patch-size", "4", "--width", "128", "--layers", "2",
-            "--text-layers", "2", "--accum-freq", "4", "--lock-image", "--wise-ft", "0.5", "--loss", "siglip",
+            "x",
+            "--data",
+            "d",
+            "--image-size",
+            "32",
+            "--patch-size",
+            "4",
+            "--width",
+            "128",
+            "--layers",
+            "2",
+            "--text-layers",
+            "2",
+            "--accum-freq",
+            "4",
+            "--lock-image",
+            "--wise-ft",
+            "0.5",
+            "--loss",
+            "siglip",
         ])
         .unwrap();
         let m = cli.args.scratch_model().unwrap();
-        assert_eq!((m.vision.image_size, m.vision.patch_size, m.vision.tower.width, m.vision.tower.heads), (32, 4, 128, 2));
+        assert_eq!(
+            (m.vision.image_size, m.vision.patch_size, m.vision.tower.width, m.vision.tower.heads),
+            (32, 4, 128, 2)
+        );
         assert_eq!((m.vision.tower.layers, m.text.tower.layers, m.text.context_length), (2, 2, 32));
         let c = cli.args.config(m).unwrap();
         assert_eq!((c.accum_freq, c.lock_image, c.loss), (4, Some(0), LossKind::Siglip));

@@ -10,3 +10,4 @@ mod fashion_mnist;
 mod index;
 mod segment;
 mod train;
+mod train_clip;

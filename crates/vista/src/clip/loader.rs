@@ -132,7 +132,9 @@ pub fn load(files: &ClipFiles, target: impl Into<Target>) -> Result<Loaded> {
 
 /// The architecture and every tensor of a checkpoint under its canonical (OpenAI) name, f32 on
 /// the CPU, and the family it came in: the starting point of a fine-tuning run.
-pub fn load_tensors(files: &ClipFiles) -> Result<(ClipConfig, std::collections::HashMap<String, candle_core::Tensor>, ClipFamily)> {
+pub fn load_tensors(
+    files: &ClipFiles,
+) -> Result<(ClipConfig, std::collections::HashMap<String, candle_core::Tensor>, ClipFamily)> {
     let tensors = formats::read_tensors(&files.weights, None, &Device::Cpu)?;
     let (store, family) =
         TensorStore::from_family::<ClipFamily>(&files.weights, tensors, &Device::Cpu, candle_core::DType::F32)?;

@@ -190,7 +190,8 @@ impl ClipTrainer {
             vista_version: env!("CARGO_PKG_VERSION").into(),
         };
         let json = serde_json::to_string_pretty(&state).map_err(|e| Error::arg("checkpoint", e.to_string()))?;
-        let meta = HashMap::from([("format".to_string(), CHECKPOINT_FORMAT.to_string()), ("state".to_string(), json.clone())]);
+        let meta =
+            HashMap::from([("format".to_string(), CHECKPOINT_FORMAT.to_string()), ("state".to_string(), json.clone())]);
         let tensors = self.tensors()?;
         write_safetensors(path, tensors.iter().map(|(n, t)| (n.as_str(), t)), &meta)?;
         write_atomic(&path.with_extension("json"), json.as_bytes())
@@ -287,7 +288,7 @@ pub fn run(
         context_length: model_cfg.text.context_length,
         size,
         train_scale,
-        eval: eval_transform.clone(),
+        eval: eval_transform,
         decode: options.decode,
         seed: trainer.config.seed,
     };
@@ -440,7 +441,8 @@ fn evaluate_model(
         e.recall = Some(recall(&img, &txt)?);
     }
     if let Some((b, z)) = zero_shot {
-        let classes = z.set.classes.as_ref().ok_or_else(|| Error::arg("zero-shot", "the zero-shot set has no classes"))?;
+        let classes =
+            z.set.classes.as_ref().ok_or_else(|| Error::arg("zero-shot", "the zero-shot set has no classes"))?;
         let (img, _, kept, _) = embed_pairs(model, b)?;
         let labels: Vec<usize> = kept.iter().map(|&i| b.set.items[i].label).collect();
         let emb = class_embeddings(model, tokenizer, classes, &z.templates)?;
@@ -483,7 +485,8 @@ fn finish(
     if let Some(alpha) = options.wise_ft {
         let merged = wise_ft(&theta0, &trained_sd, alpha)?;
         let tensors: HashMap<String, Tensor> = merged.iter().cloned().collect();
-        let probe = ClipTrainer::new(trainer.config.clone(), trainer.steps_per_epoch(), Some(&tensors), &options.device)?;
+        let probe =
+            ClipTrainer::new(trainer.config.clone(), trainer.steps_per_epoch(), Some(&tensors), &options.device)?;
         let e = evaluate(&probe)?;
         report.wise_ft = Some((alpha, e.clone()));
         best_weights = merged;
@@ -502,7 +505,8 @@ fn finish(
         (Some(s0), Some(s1)) => {
             export_open_clip(&export, &trainer.config.model, &best_weights)?;
             report.exported = best_name.clone();
-            report.decision = format!("the {best_name} weights score {s1:.4}, the starting model {s0:.4}: {best_name} exported");
+            report.decision =
+                format!("the {best_name} weights score {s1:.4}, the starting model {s0:.4}: {best_name} exported");
         }
         _ => {
             export_open_clip(&export, &trainer.config.model, &best_weights)?;
