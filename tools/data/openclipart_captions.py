@@ -14,12 +14,13 @@ Caption = `<title>. <keyword>, <keyword>, ...`, lower case, e.g. "sleeping bear 
 circle. mammal, animal" (from the title "sleeping bear under stars with snow | circle" and the keywords
 mammal, bear, sleeping, animal, snow):
 
-* title: `dc:title` of the cc:Work, `_` turned into spaces, whitespace collapsed, a "Clipart by Nicu Buculei -"
-  credit-line prefix ("Clipart by <name> - ") removed. A title is not usable -- and the image is skipped (or, with `--generic stem`, titled by its
-  file name instead) -- when it is empty, a placeholder ("untitled", "drawing", ...), has no letter, is the creator's name, or is a
-  collection's name rather than the drawing's: shared by more than `--max-title-repeats` images (default 10;
-  e.g. "gramastar" 1,375 stars, "Part of the Flat Icon Collection (...)" 800+ icons, "Lemon SVG theme" 411,
-  "card" 226, "AIGA_Symbol_Signs" 122, "Various Cliparts" 115), counted over all images before any `--limit`.
+* title: `dc:title` of the cc:Work, `_` turned into spaces, whitespace collapsed, the credit-line prefix
+  "Clipart by <name> - " removed. A title is not usable -- the image is skipped (or, with `--generic stem`,
+  titled by its file name instead) -- when it is empty, a placeholder ("untitled", "drawing", ...), has no
+  letter, is the creator's name, or is a collection's name rather than the drawing's: shared by more than
+  `--max-title-repeats` images (default 10; e.g. "gramastar" 1,375 stars, "Part of the Flat Icon Collection
+  (...)" 800+ icons, "Lemon SVG theme" 411, "card" 226, "AIGA_Symbol_Signs" 122, "Various Cliparts" 115),
+  counted over all images before any `--limit`.
 * keywords, in the file's order: lower case, `_` turned into spaces; dropped when empty, generic (STOP_KEYWORDS:
   the Perl "HASH(0x...)" artefacts "hash" and "0x93148a4", "unsorted", "clip art", "clipart", "media", "public domain",
   "image", "svg", "png", icon-theme and generator tags such as "magick", "theme", "icons",
@@ -38,9 +39,9 @@ The PNGs are large (median shorter side ~170 px, 17 over 16 megapixels) and most
 whose transparent pixels are black underneath: a plain `convert("RGB")` -- what open_clip's transform and
 vista's loader do -- shows black line art on black. `--resize S` writes, for each kept image, an RGB copy
 composited on white and scaled so its longest side is S (Pillow LANCZOS, premultiplied alpha; never
-enlarged) to `OUT/images/<relative path>.png` (the folder is remade), and points the TSV at those copies: a training set that
-decodes in microseconds and looks as the drawings are meant to look. Default off (the TSV names the
-original PNGs).
+enlarged) to `OUT/images/<relative path>.png` (the folder is remade), and points the TSV at those copies:
+a training set that decodes in microseconds and looks as the drawings are meant to look. Default off (the
+TSV names the original PNGs).
 
 `--square` (with `--resize`) pads each copy to a white square: evaluation's shortest-side resize and centre
 crop, and training's RandomResizedCrop (area 0.9-1.0, aspect 3/4-4/3), then keep the whole drawing (most are
@@ -253,7 +254,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=pathlib.Path, required=True, help="output folder (captions.tsv, stats.json, images/)")
     ap.add_argument("--root", type=pathlib.Path, default=DEFAULT_ROOT,
                     help=f"the packages' folder holding png/ and svg/ (default {DEFAULT_ROOT})")
-    ap.add_argument("--limit", type=int, default=None, help="keep N usable images, evenly spaced through the sorted list")
+    ap.add_argument("--limit", type=int, default=None,
+                    help="keep N usable images, evenly spaced through the sorted list")
     ap.add_argument("--min-side", type=int, default=32, help="skip PNGs whose shorter side is under PX (default 32)")
     ap.add_argument("--max-pixels", type=int, default=PILLOW_MAX_PIXELS,
                     help=f"skip PNGs with more pixels (default {PILLOW_MAX_PIXELS:,}, Pillow's MAX_IMAGE_PIXELS)")
@@ -385,7 +387,7 @@ def main(argv=None) -> int:
                            mean=round(sum(map(len, captions)) / max(1, len(captions)), 1)),
         examples=[dict(file=str(e["rel"]), raw_title=e["raw_title"], keywords=e["keywords"], caption=c)
                   for _, c, e in evenly(rows, 12)],
-        resize=args.resize, seconds=round(time.time() - t0, 1),
+        resize=args.resize,
     )
     (out / "stats.json").write_text(json.dumps(stats, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 

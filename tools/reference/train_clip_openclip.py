@@ -35,9 +35,10 @@ The recipe is open_clip_train's (open_clip_torch 3.3.0, whose wheel ships `open_
     key) after the last epoch, evaluated again;
   * evaluation (after every `--eval-every` epochs and after the last): zero-shot top-1 on `--zero-shot` (a labelled
     set, its test pair for an IDX folder) with `open_clip.build_zero_shot_classifier` (class embedding =
-    normalize(mean(normalize(encode_text(templates))))) and `open_clip_train.zero_shot.accuracy`'s top-1 (its line
-    written out: the function fails on numpy 2) on normalize(encode_image) @ classifier; image<->text recall@1/5/10 on the held-out set (`--held-out PATH` or
-    `--hold-out-every K`, each image with its first caption) with `open_clip_train.train.get_clip_metrics`.
+    normalize(mean(normalize(encode_text(templates))))) and `open_clip_train.zero_shot.accuracy`'s top-1 (its
+    line written out: the function fails on numpy 2) on normalize(encode_image) @ classifier; image<->text
+    recall@1/5/10 on the held-out set (`--held-out PATH` or `--hold-out-every K`, each image with its first
+    caption) with `open_clip_train.train.get_clip_metrics`.
 
 What is observed without changing a value (as tools/reference/gen_clip_train.py does): the loss through a
 ClipLoss / SigLipLoss subclass that records its value; the total gradient norm before clipping from
@@ -83,7 +84,6 @@ import types
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                          "Ankle boot"]
@@ -162,9 +162,9 @@ def find_idx(folder: pathlib.Path, prefix: str, kind: str) -> pathlib.Path:
     fail(f"{folder}: no {prefix}-{kind} file")
 
 
-def labelled_idx(images: pathlib.Path, labels: pathlib.Path) -> Pairs:
+def labelled_idx(images: pathlib.Path, labels: pathlib.Path, limit=None) -> Pairs:
     s = Pairs()
-    x, y = read_idx(images), read_idx(labels)
+    x, y = read_idx(images, limit), read_idx(labels, limit)
     if len(x) != len(y):
         fail(f"{images}: {len(x)} images, {labels}: {len(y)} labels")
     fashion = "fashion" in str(images).lower()
@@ -175,9 +175,23 @@ def labelled_idx(images: pathlib.Path, labels: pathlib.Path) -> Pairs:
     return s
 
 
-def open_labelled(path: pathlib.Path, split: str) -> Pairs:
-    """An IDX images file (its labels found by name), an IDX folder's `split` pair ("train" / "t10k"), a
-    `file,label` CSV, or an ImageFolder (torchvision's order: sorted classes, sorted walk)."""
+def keep_evenly(s: Pairs, n) -> Pairs:
+    """At most n items, evenly spaced (vista's LabelledSet::keep_evenly)."""
+    if n is not None and n < len(s):
+        idx = [i * len(s) // n for i in range(n)]
+        s.images, s.labels = [s.images[i] for i in idx], [s.labels[i] for i in idx]
+        s.captions = [s.captions[i] for i in idx] if s.captions else s.captions
+    return s
+
+
+def is_idx_dir(path: pathlib.Path, split: str) -> bool:
+    return path.is_dir() and any(n.startswith(split) and "idx3" in n for n in os.listdir(path))
+
+
+def open_labelled(path: pathlib.Path, split: str, limit=None) -> Pairs:
+    """vista's LabelledSet::open: an IDX images file (its labels found by name) or an IDX folder's `split` pair
+    ("train" / "t10k") -- `limit`: the first N --, a `file,label` CSV or an ImageFolder (torchvision's order:
+    sorted classes, sorted walk) -- `limit`: N evenly spaced."""
     if path.is_file() and path.suffix.lower() == ".csv":
         s = Pairs()
         rows = [r for r in csv.reader(path.read_text().splitlines()) if r]
@@ -187,15 +201,16 @@ def open_labelled(path: pathlib.Path, split: str) -> Pairs:
         for r in rows:
             s.images.append(path.parent / r[0].strip())
             s.labels.append(s.classes.index(r[1].strip()))
-        return s
+        return keep_evenly(s, limit)
     if path.is_file():
         name = path.name
         lab = name.replace("images-idx3", "labels-idx1").replace("images.idx3", "labels.idx1")
         if lab == name:
             fail(f"{path}: an IDX images file is named *-images-idx3-ubyte[.gz]; give a folder otherwise")
-        return labelled_idx(path, path.with_name(lab))
-    if any(n.startswith(split) and "idx3" in n for n in os.listdir(path)):
-        return labelled_idx(find_idx(path, split, "images-idx3-ubyte"), find_idx(path, split, "labels-idx1-ubyte"))
+        return labelled_idx(path, path.with_name(lab), limit)
+    if is_idx_dir(path, split):
+        return labelled_idx(find_idx(path, split, "images-idx3-ubyte"), find_idx(path, split, "labels-idx1-ubyte"),
+                            limit)
     from torchvision.datasets import ImageFolder
 
     folder = ImageFolder(str(path))
@@ -203,7 +218,7 @@ def open_labelled(path: pathlib.Path, split: str) -> Pairs:
     s.classes = list(folder.classes)
     s.images = [pathlib.Path(p) for p, _ in folder.samples]
     s.labels = [int(c) for _, c in folder.samples]
-    return s
+    return keep_evenly(s, limit)
 
 
 def apply_template(t: str, c: str) -> str:
@@ -332,7 +347,9 @@ class TrainSet(torch.utils.data.Dataset):
         import open_clip
 
         caps = self.pairs.captions[i]
-        pick = random.Random((self.seed * 1_000_003 + i) * 1_000_003 + self.epoch).randrange(len(caps)) if len(caps) > 1 else 0
+        pick = 0
+        if len(caps) > 1:
+            pick = random.Random((self.seed * 1_000_003 + i) * 1_000_003 + self.epoch).randrange(len(caps))
         image = self.transform(load_image(self.pairs.images[i]))
         return image, open_clip.tokenize([str(caps[pick])], context_length=self.context_length)[0]
 
@@ -417,7 +434,7 @@ def build_model(cfg: dict, args):
     if args.model:
         import open_clip
 
-        open_clip.load_checkpoint(model, str(args.model), strict=False)
+        open_clip.load_checkpoint(model, str(args.model), strict=True)
     return model
 
 
@@ -430,7 +447,7 @@ def make_optimizer(model, args):
     rest_params = [p for n, p in named_parameters if include(n, p) and p.requires_grad]
     return torch.optim.AdamW(
         [{"params": gain_or_bias_params, "weight_decay": 0.}, {"params": rest_params, "weight_decay": args.wd}],
-        lr=args.lr, betas=(0.9, 0.98), eps=1e-6)
+        lr=args.lr, betas=(0.9, args.beta2), eps=args.eps)
 
 
 def wise_ft_merge(alpha, theta_0, theta_1):
@@ -549,7 +566,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--held-out", type=pathlib.Path, help="retrieval set (captions file / folder / labelled set)")
     g.add_argument("--hold-out-every", type=int, help="hold out images i with i %% K == K-1 as the retrieval set")
-    p.add_argument("--zero-shot", type=pathlib.Path, help="labelled set for zero-shot top-1 (an IDX folder: t10k)")
+    p.add_argument("--zero-shot", type=pathlib.Path,
+                   help="labelled set for zero-shot top-1 (an IDX folder: its t10k pair; default: the t10k pair of "
+                        "an IDX --data folder)")
+    p.add_argument("--zero-shot-limit", type=int, default=None, help="at most N zero-shot images")
     p.add_argument("--arch", help="an open_clip model config name (instead of the size flags)")
     p.add_argument("--image-size", type=int)
     p.add_argument("--patch-size", type=int)
@@ -567,6 +587,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--accum-freq", type=int, default=1)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--wd", type=float, default=0.2)
+    p.add_argument("--beta2", type=float, default=0.98, help="AdamW beta2 (open_clip's ViT default)")
+    p.add_argument("--eps", type=float, default=1e-6, help="AdamW eps (open_clip's ViT default)")
+    p.add_argument("--lr-scheduler", choices=("cosine", "const"), default="cosine",
+                   help="open_clip_train.scheduler.cosine_lr or const_lr")
     p.add_argument("--warmup", type=int, default=10000)
     p.add_argument("--grad-clip-norm", type=float, default=None)
     p.add_argument("--loss", choices=("clip", "siglip"), default="clip")
@@ -574,10 +598,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="LiT: lock the image tower, N last groups left trainable (default 0)")
     p.add_argument("--lock-text", type=int, nargs="?", const=0, default=None, metavar="N",
                    help="lock the text tower, N last layers left trainable (default 0)")
-    p.add_argument("--wise-ft", type=float, default=None, metavar="ALPHA")
+    p.add_argument("--wise-ft", type=float, default=None, metavar="ALPHA",
+                   help="fine-tuning runs (--model): evaluate the WiSE-FT merge with the start weights too")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (0: the main process)")
-    p.add_argument("--eval-every", type=int, default=1, help="evaluate after every K epochs (and after the last)")
+    p.add_argument("--eval-every", type=int, default=1,
+                   help="evaluate after every K epochs and after the last (0: after the last only)")
     p.add_argument("--templates", action="append", default=None,
                    help='caption / zero-shot template, "{}" for the class (repeatable; default "a photo of a {}.")')
     p.add_argument("--limit", type=int, default=None, help="first N images of --data")
@@ -611,17 +637,22 @@ def main(argv=None) -> dict:
 
     import open_clip
     import open_clip_train.train as oc_train
-    from open_clip_train.scheduler import cosine_lr
+    from open_clip_train.scheduler import const_lr, cosine_lr
 
     # ============ data ============
     t_data = time.perf_counter()
     pairs = open_pairs(args.data, "train", args.limit, args.templates)
     held = None
-    if args.hold_out_every:
+    if args.hold_out_every is not None:
+        if args.hold_out_every < 2:
+            fail(f"--hold-out-every {args.hold_out_every}: hold out every K-th image, K at least 2")
         pairs, held = pairs.hold_out(args.hold_out_every)
     elif args.held_out:
         held = open_pairs(args.held_out, "t10k", None, args.templates)
-    zs = open_labelled(args.zero_shot, "t10k") if args.zero_shot else None
+    if held is not None and len(held) == 0:
+        held = None
+    zs_path = args.zero_shot or (args.data if is_idx_dir(args.data, "t10k") else None)
+    zs = open_labelled(zs_path, "t10k", args.zero_shot_limit) if zs_path else None
     cfg = model_cfg(args)
     size, ctx = cfg["vision_cfg"]["image_size"], cfg["text_cfg"]["context_length"]
     size = size if isinstance(size, int) else size[0]
@@ -649,7 +680,8 @@ def main(argv=None) -> dict:
         model.lock_image_tower(unlocked_groups=args.lock_image)
     if args.lock_text is not None:
         model.lock_text_tower(unlocked_layers=args.lock_text)
-    start_state = {k: v.detach().clone() for k, v in model.state_dict().items()} if args.wise_ft is not None else None
+    start_state = ({k: v.detach().clone() for k, v in model.state_dict().items()}
+                   if args.wise_ft is not None and args.model else None)
     n_params = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     optimizer = make_optimizer(model, args)
@@ -661,8 +693,8 @@ def main(argv=None) -> dict:
 
     args.output.mkdir(parents=True, exist_ok=True)
     metrics = open(args.output / "metrics.jsonl", "w", encoding="utf-8")
-    obs = Observer(model, optimizer, cosine_lr(optimizer, args.lr, args.warmup, total_steps), args, steps_per_epoch,
-                   metrics)
+    schedule = (cosine_lr if args.lr_scheduler == "cosine" else const_lr)(optimizer, args.lr, args.warmup, total_steps)
+    obs = Observer(model, optimizer, schedule, args, steps_per_epoch, metrics)
     loss = obs.loss_class()()
     optimizer.register_step_pre_hook(obs.pre_step)
     optimizer.register_step_post_hook(obs.post_step)
