@@ -8,7 +8,7 @@ size there; measure before trusting this):
 
 * `fmnist`: the first `--limit` 10,000 Fashion-MNIST training images (the IDX file; grey, converted to RGB),
   captioned "a photo of a {class}." (`--templates`); zero-shot top-1 on the first `--test-limit` 10,000 t10k
-  images (a truncated IDX copy in bench-out/ when fewer). Model: 28 px, patch 4 (7x7 grid), vision 4 layers of
+  images (`--zero-shot-limit`). Model: 28 px, patch 4 (7x7 grid), vision 4 layers of
   width 128 (2 heads of 64), text 4 layers of width 128, 2 heads, context 16, embed 128; batch 128 (78 steps per
   epoch), 3 epochs, lr 1e-3, warm-up 100 steps, weight decay 0.2. Chance: 1 / 10. No retrieval set: the template
   captions of one class are the same text, so image<->text recall would score ties, not learning.
@@ -103,38 +103,6 @@ def fmnist_dir(arg) -> pathlib.Path:
                      "labels-idx1}-ubyte.gz) or set FASHION_MNIST_DIR")
 
 
-def idx_prefix(src: pathlib.Path, dst: pathlib.Path, n: int) -> None:
-    """The first n items of a gzipped IDX file, as a gzipped IDX file (header count rewritten)."""
-    import gzip
-
-    with gzip.open(src, "rb") as f:
-        magic = f.read(4)
-        ndim = magic[3]
-        dims = [int.from_bytes(f.read(4), "big") for _ in range(ndim)]
-        item = 1
-        for d in dims[1:]:
-            item *= d
-        n = min(n, dims[0])
-        body = f.read(n * item)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with gzip.GzipFile(dst, "wb", mtime=0) as f:
-        f.write(magic + n.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in dims[1:]) + body)
-
-
-def fmnist_test(args, src: pathlib.Path, n: int, dry: bool) -> pathlib.Path:
-    """The zero-shot set: the t10k images file, or a copy of its first n items (the folder name keeps
-    "fashion", which gives both frameworks Fashion-MNIST's class names)."""
-    full = src / "t10k-images-idx3-ubyte.gz"
-    if n is None or n >= 10000:
-        return full
-    out = args.out / f"fashion-mnist-t10k-first{n}"
-    images = out / "t10k-images-idx3-ubyte.gz"
-    if not dry and not (images.exists() and (out / "t10k-labels-idx1-ubyte.gz").exists()):
-        idx_prefix(src / "t10k-labels-idx1-ubyte.gz", out / "t10k-labels-idx1-ubyte.gz", n)
-        idx_prefix(full, images, n)
-    return images
-
-
 def openclipart_set(args, dry: bool) -> pathlib.Path:
     """bench-out/openclipart-<S>/captions.tsv, made by tools/data/openclipart_captions.py when missing (or --setup)."""
     out = args.out / f"openclipart-{args.resize}"
@@ -197,10 +165,12 @@ def data_flags(args, wl: str, c: dict, dry: bool) -> tuple:
     """(--data / --zero-shot flags, chance levels, sizes) of a workload."""
     if wl == "fmnist":
         src = fmnist_dir(args.fmnist)
-        test = fmnist_test(args, src, c["test_limit"], dry)
         n_test = min(c["test_limit"] or 10000, 10000)
-        return (["--data", str(src / "train-images-idx3-ubyte.gz"), "--zero-shot", str(test)],
-                dict(zero_shot_top1=1 / FMNIST_CLASSES), dict(train=c["limit"], zero_shot=n_test))
+        flags = ["--data", str(src / "train-images-idx3-ubyte.gz"),
+                 "--zero-shot", str(src / "t10k-images-idx3-ubyte.gz")]
+        if n_test < 10000:
+            flags += ["--zero-shot-limit", str(n_test)]
+        return flags, dict(zero_shot_top1=1 / FMNIST_CLASSES), dict(train=c["limit"], zero_shot=n_test)
     tsv = openclipart_set(args, dry)
     n = caption_rows(tsv) if tsv.exists() else None
     if n is not None and c["limit"] is not None:
@@ -224,24 +194,33 @@ def commands(args, wl: str, c: dict, seed: int, exe, run_dir: pathlib.Path, dry:
 # ----------------------------------------------------------------------------------------------
 # Reading the runs (both write the same shape)
 # ----------------------------------------------------------------------------------------------
+def evaluation(row: dict):
+    """An evaluation line's numbers: `{"evaluation": {...}}` (what vista writes) or the keys at the top level."""
+    e = row.get("evaluation", row)
+    return e if isinstance(e, dict) and ("zero_shot_top1" in e or "recall" in e) else None
+
+
 def run_result(run_dir: pathlib.Path) -> dict:
-    """A finished run folder: per-epoch wall times and samples, per-step times, the last evaluation."""
+    """A finished run folder: per-epoch wall times and samples, per-step times, the evaluations at the start and
+    after the last epoch."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    steps = [r for r in rows if "iteration" in r]
+    steps = [r for r in rows if "loss" in r and "iteration" in r]
     epoch_s = {r["epoch"]: r["epoch_seconds"] for r in rows if "epoch_seconds" in r}
-    evals = [r for r in rows if "zero_shot_top1" in r or "recall" in r]
+    start = next((evaluation(r) for r in rows if r.get("start") and evaluation(r)), None)
+    evals = [evaluation(r) for r in rows if not r.get("start") and evaluation(r)]
     report = {}
     if (run_dir / "report.json").exists():
         report = json.loads((run_dir / "report.json").read_text())
-    last = evals[-1] if evals else {}
+    last = evals[-1] if evals else (report.get("trained") or {})
+    start = start or report.get("start") or {}
     epochs = sorted(epoch_s)
     return dict(
         epochs=[epoch_s[e] for e in epochs],
         samples=[sum(s["samples"] for s in steps if s["epoch"] == e) for e in epochs],
         steps=[[s["seconds"] for s in steps if s["epoch"] == e] for e in epochs],
         loss_first=steps[0]["loss"] if steps else None, loss_last=steps[-1]["loss"] if steps else None,
-        zero_shot_top1=last.get("zero_shot_top1", report.get("zero_shot_top1")),
-        recall=last.get("recall", report.get("recall")),
+        zero_shot_top1=last.get("zero_shot_top1"), recall=last.get("recall"),
+        start_zero_shot_top1=start.get("zero_shot_top1"), start_recall=start.get("recall"),
         rss_self_mb=report.get("peak_rss_self_mb"), rss_children_mb=report.get("peak_rss_children_mb"),
         report_sizes=report.get("sizes"), source=str(run_dir))
 
@@ -271,10 +250,10 @@ def recall_text(rec) -> str:
     return " / ".join(pct(x) for x in rec["image_to_text"]) + " · " + " / ".join(pct(x) for x in rec["text_to_image"])
 
 
-def learning_text(r) -> str:
+def learning_text(r, prefix="") -> str:
     if r["workload"] == "fmnist":
-        return pct(r.get("zero_shot_top1"))
-    return recall_text(r.get("recall"))
+        return pct(r.get(prefix + "zero_shot_top1"))
+    return recall_text(r.get(prefix + "recall"))
 
 
 def rss_text(r) -> str:
@@ -291,8 +270,8 @@ def render(results, meta) -> str:
         "optimiser step from the batch in hand to the update done, median over all steps. samples/s = samples per "
         "epoch / median epoch. Peak RSS from `wait4` (the process, or the largest of its reaped children: "
         "PyTorch's DataLoader workers are forks and count the pages they share with it). The learning numbers are "
-        "the evaluation after the last epoch. Each framework has its own seeded initialisation and random "
-        "streams: the runs share the recipe, not the numbers." + meta["quiet_note"],
+        "the evaluations of the starting weights and after the last epoch. Each framework has its own seeded "
+        "initialisation and random streams: the runs share the recipe, not the numbers." + meta["quiet_note"],
         "",
     ]
     for wl in meta["workloads"]:
@@ -313,22 +292,21 @@ def render(results, meta) -> str:
             what = (f"{sizes['images']} Open Clip Art drawings (tools/data/openclipart_captions.py, copies of longest "
                     f"side {meta['resize']} padded square), {sizes['train']} for training, every "
                     f"{w['config']['hold_out_every']}th held out ({sizes['held_out']}) for recall@1/5/10, "
-                    "image→text · "
-                    f"text→image (chance {' / '.join(pct(x, 2) for x in rc)} %)")
+                    f"image→text · text→image (chance {' / '.join(pct(x, 2) for x in rc)} %)")
             col = "R@1 / 5 / 10 i→t · t→i, %"
         lines += [title, "", f"Data: {what}. Flags (both): `{shlex.join(w['flags'])}`.", "",
                   f"| framework | seed | epochs | s / epoch | s / step | steps / epoch | samples/s | peak RSS MB "
-                  f"| loss first → last | {col} | others |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  f"| loss first → last | {col} at the start | {col} after | others |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in rows:
             rng = (f" ({r['epoch_range'][0]:.1f}-{r['epoch_range'][1]:.1f})"
                    if r["epoch_range"] and len(r["epochs"]) > 1 else "")
             lines.append(
                 f"| {NAMES[r['framework']]} | {r['seed']} | {len(r['epochs'])} | **{fmt(r['epoch_median'])}**{rng} | "
                 f"{fmt(r['step_median'], 3)} | {r['steps_per_epoch'] or '—'} | {fmt(r['samples_per_s'], 1)} | "
-                f"{rss_text(r)} | {fmt(r['loss_first'], 3)} → {fmt(r['loss_last'], 3)} | {learning_text(r)} | "
-                f"{fmt(r.get('others'))} |")
-        lines += [f"| failed: {f} | | | | | | | | | | |" for f in notes]
+                f"{rss_text(r)} | {fmt(r['loss_first'], 3)} → {fmt(r['loss_last'], 3)} | "
+                f"{learning_text(r, 'start_')} | **{learning_text(r)}** | {fmt(r.get('others'))} |")
+        lines += [f"| failed: {f} | | | | | | | | | | | |" for f in notes]
         lines.append("")
         ratios = []
         for seed in sorted({r["seed"] for r in rows}):
@@ -351,7 +329,8 @@ def print_summary(results) -> None:
         ("s/epoch", 8, lambda r: fmt(r["epoch_median"])), ("s/step", 7, lambda r: fmt(r["step_median"], 3)),
         ("samples/s", 9, lambda r: fmt(r["samples_per_s"], 1)), ("RSS MB", 7, rss_text),
         ("loss", 13, lambda r: f"{fmt(r['loss_first'], 2)}->{fmt(r['loss_last'], 2)}"),
-        ("learning (%)", 30, learning_text), ("others", 6, lambda r: fmt(r.get("others"))),
+        ("at start (%)", 30, lambda r: learning_text(r, "start_")), ("after (%)", 30, learning_text),
+        ("others", 6, lambda r: fmt(r.get("others"))),
     ], results)
 
 
@@ -406,7 +385,9 @@ def orchestrate(args) -> int:
             s = summarize(r)
             results.append(s)
             print(f"   {fmt(s['epoch_median'])} s/epoch, {fmt(s['step_median'], 3)} s/step, "
-                  f"{fmt(s['samples_per_s'], 1)} samples/s, learning {learning_text(s)} %, peak RSS {rss_text(s)} MB, "
+                  f"{fmt(s['samples_per_s'], 1)} samples/s, learning {learning_text(s, 'start_')} -> "
+                  f"{learning_text(s)} %, "
+                  f"peak RSS {rss_text(s)} MB, "
                   f"process {res['wall_s']:.0f} s, others {res['others']:.2f} cores", flush=True)
     print_summary(results)
     for wl, w in workload_meta.items():

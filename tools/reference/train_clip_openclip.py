@@ -25,20 +25,23 @@ The recipe is open_clip_train's (open_clip_torch 3.3.0, whose wheel ships `open_
   * loader: as open_clip_train.data.get_csv_dataset builds it for one process: DataLoader(batch_size, shuffle=True,
     num_workers=--workers, drop_last=True), `num_samples` = len(dataset), `num_batches` = len(dataloader);
   * optimiser: main.py's AdamW over two groups (no weight decay where `p.ndim < 2 or "bn" in n or "ln" in n or
-    "bias" in n or "logit_scale" in n`; the rest `--wd`), betas (0.9, 0.98), eps 1e-6 (params.py's ViT defaults);
-    `open_clip_train.scheduler.cosine_lr(optimizer, --lr, --warmup, steps_per_epoch * epochs)`;
+    "bias" in n or "logit_scale" in n`; the rest `--wd`), betas (0.9, --beta2 0.98), eps --eps 1e-6 (params.py's ViT
+    defaults); `open_clip_train.scheduler.cosine_lr` (or `const_lr`, `--lr-scheduler const`)(optimizer, --lr,
+    --warmup, steps_per_epoch * epochs);
   * training: `open_clip_train.train.train_one_epoch` itself, called once per epoch (scheduler per optimiser step,
     feature-cached accumulation for `--accum-freq` > 1, `clip_grad_norm_(--grad-clip-norm)`, the logit_scale clamp
     to [0, ln 100] after each step); LiT `--lock-image [N]` / `--lock-text [N]`: `model.lock_image_tower(N)` /
     `model.lock_text_tower(N)` before the optimiser is built (its groups then hold the trainable parameters only);
-    `--wise-ft ALPHA`: mlfoundations/wise-ft `_merge` ((1 - ALPHA) * start + ALPHA * trained, every state-dict
-    key) after the last epoch, evaluated again;
-  * evaluation (after every `--eval-every` epochs and after the last): zero-shot top-1 on `--zero-shot` (a labelled
-    set, its test pair for an IDX folder) with `open_clip.build_zero_shot_classifier` (class embedding =
-    normalize(mean(normalize(encode_text(templates))))) and `open_clip_train.zero_shot.accuracy`'s top-1 (its
-    line written out: the function fails on numpy 2) on normalize(encode_image) @ classifier; image<->text
-    recall@1/5/10 on the held-out set (`--held-out PATH` or `--hold-out-every K`, each image with its first
-    caption) with `open_clip_train.train.get_clip_metrics`.
+    `--wise-ft ALPHA` (fine-tuning runs, `--model`, as vista): mlfoundations/wise-ft `_merge` ((1 - ALPHA) * start +
+    ALPHA * trained, every state-dict key) after the last epoch, evaluated, and vista's export gate (the merge, or
+    the trained weights, against the start on zero-shot top-1, else the mean recall@10) reported;
+  * evaluation (of the starting weights, then after every `--eval-every` epochs and after the last, as vista):
+    zero-shot top-1 on `--zero-shot` (a labelled set, its t10k pair for an IDX folder; default: the t10k pair of an
+    IDX `--data` folder; `--zero-shot-limit N`: the first N of an IDX set, N evenly spaced of a folder) with
+    `open_clip.build_zero_shot_classifier` (class embedding = normalize(mean(normalize(encode_text(templates)))))
+    and `open_clip_train.zero_shot.accuracy`'s top-1 (its line written out: the function fails on numpy 2) on
+    normalize(encode_image) @ classifier; image<->text recall@1/5/10 on the held-out set (`--held-out PATH` or
+    `--hold-out-every K`, each image with its first caption) with `open_clip_train.train.get_clip_metrics`.
 
 What is observed without changing a value (as tools/reference/gen_clip_train.py does): the loss through a
 ClipLoss / SigLipLoss subclass that records its value; the total gradient norm before clipping from
@@ -48,13 +51,15 @@ batch is in hand then). Each step's `seconds` is therefore forward, loss, backwa
 right after is a scalar op); each epoch's `epoch_seconds` is the wall time of the whole `train_one_epoch` call
 (DataLoader start, worker start-up, data waits and every step; no evaluation).
 
-Output folder (`-o DIR`), the shape vista writes:
-  * `metrics.jsonl`: per step `{"epoch", "iteration", "loss", "lr", "logit_scale" (exp, after the clamp),
-    "grad_norm" (before clipping), "samples", "seconds"}`; per epoch `{"epoch", "epoch_seconds"}` (epochs from 0);
-    per evaluation `{"epoch" (epochs completed, as open_clip's `completed_epoch`), "zero_shot_top1", "recall":
-    {"image_to_text": [r1, r5, r10], "text_to_image": [...]}}` (fractions; a key is absent when its set is; the
-    evaluation of the WiSE-FT merge has `"wise_ft": ALPHA` too);
-  * `report.json`: the final evaluation, chance levels, sizes, per-epoch seconds, peak RSS, versions, config.
+Output folder (`-o DIR`), the lines and keys `vista train clip` writes (crates/vista/src/train/clip/run.rs):
+  * `metrics.jsonl`: `{"start": true, "evaluation": E}` first when there is an evaluation set; per step `{"epoch",
+    "iteration", "loss", "lr", "logit_scale" (exp, after the clamp), "grad_norm" (before clipping), "samples",
+    "seconds"}`; per epoch `{"epoch", "epoch_seconds"}`; per evaluation `{"epoch", "evaluation": E}` (epochs from
+    0, the epoch just done), E = `{"zero_shot_top1": f, "recall": {"image_to_text": [r1, r5, r10],
+    "text_to_image": [...]}}` (fractions; a key absent when its set is);
+  * `report.json`: vista's Report (`start`, `trained`, `wise_ft` [alpha, E] or null, `exported`, `decision`,
+    `epochs`, `skipped_samples`) plus the reference's own: chance levels, sizes, per-epoch seconds, peak RSS,
+    versions, config.
 The last stdout line is a one-line JSON summary.
 
     .venv/bin/python tools/reference/train_clip_openclip.py \\
@@ -706,21 +711,39 @@ def main(argv=None) -> dict:
         grad_clip_norm=args.grad_clip_norm, horovod=False, rank=0, local_rank=0, world_size=1,
         log_every_n_steps=10 ** 9, batch_size=args.batch_size, wandb=False, loss=args.loss)
 
-    def evaluate(completed: int, **extra) -> dict:
-        t = time.perf_counter()
-        row = {"epoch": completed, **extra}
+    has_eval = zs is not None or held is not None
+
+    def evaluate() -> dict:
+        """vista's Evaluation: {"zero_shot_top1"?, "recall"?}."""
+        e = {}
         if zs is not None:
-            row["zero_shot_top1"] = zero_shot_top1(model, zs, eval_tf, args.templates, ctx, args.workers)
-        if held is not None and len(held) > 0:
-            row["recall"] = retrieval(model, held, eval_tf, ctx, args.workers)
-        if len(row) > 1:
-            metrics.write(json.dumps(row) + "\n")
-            metrics.flush()
-            log(f"[eval] after {completed} epoch(s): {json.dumps(row)} ({time.perf_counter() - t:.1f} s)")
-        return row
+            e["zero_shot_top1"] = zero_shot_top1(model, zs, eval_tf, args.templates, ctx, args.workers)
+        if held is not None:
+            e["recall"] = retrieval(model, held, eval_tf, ctx, args.workers)
+        return e
+
+    def score(e):
+        """vista's Evaluation::score (the WiSE-FT gate): zero-shot top-1 when measured, else the mean recall@10."""
+        if not e:
+            return None
+        if "zero_shot_top1" in e:
+            return e["zero_shot_top1"]
+        return (e["recall"]["image_to_text"][2] + e["recall"]["text_to_image"][2]) / 2 if "recall" in e else None
+
+    def write(row):
+        metrics.write(json.dumps(row) + "\n")
+        metrics.flush()
+
+    # ============ the starting weights' evaluation (vista evaluates them before the first step) ============
+    start_eval = None
+    if has_eval:
+        t = time.perf_counter()
+        start_eval = evaluate()
+        write({"start": True, "evaluation": start_eval})
+        log(f"[eval] at the start: {json.dumps(start_eval)} ({time.perf_counter() - t:.1f} s)")
 
     # ============ training (main.py's epoch loop) ============
-    epochs_out, last_eval = [], None
+    epochs_out, trained_eval = [], None
     for epoch in range(args.epochs):
         obs.epoch_steps = []
         t = time.perf_counter()
@@ -728,8 +751,7 @@ def main(argv=None) -> dict:
         seconds = time.perf_counter() - t
         if any(not math.isfinite(s["loss"]) for s in obs.epoch_steps):
             fail(f"non-finite loss in epoch {epoch}")
-        metrics.write(json.dumps({"epoch": epoch, "epoch_seconds": seconds}) + "\n")
-        metrics.flush()
+        write({"epoch": epoch, "epoch_seconds": seconds})
         steps = [s["seconds"] for s in obs.epoch_steps]
         samples = sum(s["samples"] for s in obs.epoch_steps)
         epochs_out.append(dict(epoch=epoch, seconds=seconds, samples=samples, samples_per_s=samples / seconds,
@@ -739,25 +761,40 @@ def main(argv=None) -> dict:
         log(f"[epoch {epoch}] {seconds:.2f} s, {samples / seconds:.1f} samples/s, step median "
             f"{np.median(steps):.3f} s, loss mean {epochs_out[-1]['loss_mean']:.4f}")
         completed = epoch + 1
-        if completed % max(1, args.eval_every) == 0 or completed == args.epochs:
-            last_eval = evaluate(completed)
-    before_wise = None
-    if args.wise_ft is not None:
-        before_wise = last_eval
-        model.load_state_dict(wise_ft_merge(args.wise_ft, start_state, model.state_dict()))
-        last_eval = evaluate(args.epochs, wise_ft=args.wise_ft)
+        if has_eval and (completed == args.epochs or (args.eval_every > 0 and completed % args.eval_every == 0)):
+            t = time.perf_counter()
+            trained_eval = evaluate()
+            write({"epoch": epoch, "evaluation": trained_eval})
+            log(f"[eval] after epoch {epoch}: {json.dumps(trained_eval)} ({time.perf_counter() - t:.1f} s)")
     metrics.close()
+
+    # ============ WiSE-FT and the export gate of a fine-tuning run (vista's `finish`) ============
+    wise, exported, decision = None, "trained", "trained from scratch: the trained weights are exported"
+    if args.model:
+        best_eval, best_name = trained_eval, "trained"
+        if args.wise_ft is not None:
+            model.load_state_dict(wise_ft_merge(args.wise_ft, start_state, model.state_dict()))
+            best_eval, best_name = evaluate(), "wise-ft"
+            wise = [args.wise_ft, best_eval]
+            log(f"[eval] WiSE-FT alpha {args.wise_ft}: {json.dumps(best_eval)}")
+        s0, s1 = score(start_eval), score(best_eval)
+        if s0 is not None and s1 is not None and s1 < s0:
+            exported, decision = "start", f"the {best_name} weights score {s1:.4f}, below the start's {s0:.4f}"
+        elif s0 is not None and s1 is not None:
+            exported, decision = best_name, f"the {best_name} weights score {s1:.4f}, the start {s0:.4f}"
+        else:
+            exported, decision = best_name, "no held-out evaluation to gate on"
 
     self_mb, children_mb = peak_rss_mb()
     import PIL
     import torchvision
 
     report = {
+        # vista's Report
+        "start": start_eval, "trained": trained_eval, "wise_ft": wise, "exported": exported, "decision": decision,
+        "epochs": args.epochs, "skipped_samples": 0,
+        # the reference's own
         "framework": "pytorch (open_clip_train.train.train_one_epoch)",
-        "epochs": args.epochs,
-        "zero_shot_top1": last_eval.get("zero_shot_top1") if last_eval else None,
-        "recall": last_eval.get("recall") if last_eval else None,
-        "before_wise_ft": before_wise,
         "chance": {"zero_shot_top1": 1 / len(zs.classes) if zs else None,
                    "recall": [min(1.0, k / len(held)) for k in (1, 5, 10)] if held else None},
         "sizes": {"train_images": len(pairs), "train_captions": sum(map(len, pairs.captions)),
@@ -777,7 +814,7 @@ def main(argv=None) -> dict:
         "config": {k: (str(v) if isinstance(v, pathlib.Path) else v) for k, v in vars(args).items()},
     }
     (args.output / "report.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-    summary = {k: report[k] for k in ("framework", "epochs", "zero_shot_top1", "recall", "epoch_seconds",
+    summary = {k: report[k] for k in ("framework", "epochs", "start", "trained", "wise_ft", "epoch_seconds",
                                       "peak_rss_self_mb", "peak_rss_children_mb")}
     summary["samples_per_s"] = [e["samples_per_s"] for e in epochs_out]
     print(json.dumps(summary), flush=True)

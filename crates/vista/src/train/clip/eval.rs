@@ -62,13 +62,19 @@ pub fn embed_pairs(model: &TrainClip, data: &ClipBatches) -> Result<(Tensor, Ten
     Ok((Tensor::cat(&imgs, 0)?, Tensor::cat(&txts, 0)?, kept, failed))
 }
 
-/// `get_clip_metrics`' recall: for each query, the number of candidates scoring strictly above
-/// the true one; recall@K is the share of queries where that rank is below K.
+/// `get_clip_metrics`' recall: a query's rank is the position of its true pair in the
+/// candidates sorted by descending score — the candidates scoring above it, and those scoring
+/// the same that come earlier (a stable `argsort`; duplicate captions tie exactly); recall@K is
+/// the share of queries ranked below K.
 pub fn recall(image: &Tensor, text: &Tensor) -> Result<Recall> {
     let sims = image.matmul(&text.t()?)?.to_vec2::<f32>()?;
     let n = sims.len();
-    let rank_i2t: Vec<usize> = (0..n).map(|i| sims[i].iter().filter(|&&s| s > sims[i][i]).count()).collect();
-    let rank_t2i: Vec<usize> = (0..n).map(|j| (0..n).filter(|&i| sims[i][j] > sims[j][j]).count()).collect();
+    let ahead = |score: &dyn Fn(usize) -> f32, truth: usize| {
+        let t = score(truth);
+        (0..n).filter(|&c| score(c) > t || (score(c) == t && c < truth)).count()
+    };
+    let rank_i2t: Vec<usize> = (0..n).map(|i| ahead(&|c| sims[i][c], i)).collect();
+    let rank_t2i: Vec<usize> = (0..n).map(|j| ahead(&|c| sims[c][j], j)).collect();
     let at = |ranks: &[usize]| Recall::KS.map(|k| ranks.iter().filter(|&&r| r < k).count() as f64 / n.max(1) as f64);
     Ok(Recall { image_to_text: at(&rank_i2t), text_to_image: at(&rank_t2i) })
 }
