@@ -248,11 +248,15 @@ pub fn map_rows(x: &[f32], width: usize, f: impl Fn(&[f32], &mut [f32]) + Sync) 
 
 /// `e^x` in f32 without a libm call, so loops over it vectorise: `2^n · p(r)` with
 /// `x = n·ln 2 + r`, `|r| ≤ ln 2 / 2`, `p` the degree-6 Taylor polynomial (relative error
-/// < 2e-7 over the range; inputs are clamped to the finite range of f32).
+/// < 2e-7 over the range; inputs are clamped to the finite range of f32). Below −87 (where
+/// `e^x` nears the subnormal range) the result is exactly 0: a masked score (`−∞`) gives 0 as
+/// libm's `exp` does, not `e^−87`, whose quotients in a softmax are subnormal numbers that stall
+/// every GEMM they reach (a causal text tower trained 3.7× slower before this).
 #[inline(always)]
 pub fn exp_fast(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
+    let underflow = x < -87.0;
     let x = x.clamp(-87.0, 88.0);
     // Round to nearest with the 1.5·2²³ trick: no libm `floorf` call and no saturating
     // float-to-int conversion, so the loop vectorises. `shifted`'s low mantissa bits hold n.
@@ -263,7 +267,12 @@ pub fn exp_fast(x: f32) -> f32 {
     let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
     // 2^n: n + 127 into the exponent field (|n| ≤ 127 after the clamp).
     let biased = shifted.to_bits().wrapping_sub(MAGIC.to_bits()).wrapping_add(127);
-    p * f32::from_bits(biased << 23)
+    let y = p * f32::from_bits(biased << 23);
+    if underflow {
+        0.0
+    } else {
+        y
+    }
 }
 
 /// erf in f32 as PyTorch's vectorised CPU kernels compute it (`Vectorized<float>::erf`,
@@ -626,7 +635,9 @@ mod tests {
         }
         // A&S 7.1.26 is within 1.5e-7 in exact arithmetic; evaluated in f32, 6.4e-7 measured.
         assert!(worst < 7e-7, "erf error {worst}");
-        for i in -870..=880 {
+        assert_eq!(exp_fast(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_fast(-87.5), 0.0);
+        for i in -869..=880 {
             let x = i as f32 * 0.1;
             let (got, want) = (exp_fast(x) as f64, (x as f64).exp());
             assert!(((got - want) / want).abs() < 3e-7, "exp({x}) = {got}, want {want}");
