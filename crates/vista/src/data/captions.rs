@@ -162,7 +162,8 @@ impl CaptionSet {
 
     /// What a user names: a captions file; a folder holding `captions.tsv`, `captions.csv` or
     /// `captions.jsonl`; or a labelled set ([`LabelledSet::open`]: ImageFolder, IDX, `file,label`
-    /// CSV) captioned through `templates`.
+    /// CSV) captioned through `templates`. `limit` keeps at most that many images: a captions
+    /// file's first, a labelled set's as [`LabelledSet::open`] keeps them.
     pub fn open(path: &Path, split: super::Split, limit: Option<usize>, templates: &[String]) -> Result<Self> {
         let captions_file = if path.is_file() {
             let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
@@ -177,15 +178,19 @@ impl CaptionSet {
         } else {
             ["captions.tsv", "captions.jsonl", "captions.csv"].iter().map(|n| path.join(n)).find(|p| p.is_file())
         };
-        let mut set = match captions_file {
-            Some(f) => Self::from_file(&f)?,
-            None => Self::from_labelled(LabelledSet::open(path, split, None)?, templates)?,
-        };
-        if let Some(n) = limit {
-            set.items.truncate(n);
-            set.captions.truncate(n);
+        match captions_file {
+            Some(f) => {
+                let mut set = Self::from_file(&f)?;
+                if let Some(n) = limit {
+                    set.items.truncate(n);
+                    set.captions.truncate(n);
+                }
+                Ok(set)
+            }
+            // A labelled set keeps `limit` items as it does everywhere (an IDX file's first,
+            // a folder's evenly spread, so every class keeps its share).
+            None => Self::from_labelled(LabelledSet::open(path, split, limit)?, templates),
         }
-        Ok(set)
     }
 
     /// Splits off every `k`-th image (those at indices `≡ k−1 mod k`) as a held-out set; a
@@ -227,4 +232,64 @@ fn parse_json_row(line: &str) -> std::result::Result<(String, Vec<String>), Stri
         caps.extend(list.iter().filter_map(Value::as_str).map(str::to_string));
     }
     Ok((file.to_string(), caps))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn every_format_reads_pairs_and_names_bad_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for f in ["a.png", "b.png", "c.png"] {
+            std::fs::write(d.join(f), b"x").unwrap();
+        }
+        // TSV without a header: file, caption; the same file twice is one image, two captions.
+        let set =
+            CaptionSet::from_file(&write(d, "p.tsv", "a.png\ta cat\nb.png\ta dog\na.png\ta small cat\n")).unwrap();
+        assert_eq!((set.len(), set.pairs()), (2, 3));
+        assert_eq!(set.captions[0], ["a cat", "a small cat"]);
+        // CSV with open_clip's header in another column order, a quoted caption with a comma.
+        let set = CaptionSet::from_file(&write(d, "p.csv", "title,filepath\n\"red, round\",c.png\n")).unwrap();
+        assert_eq!(set.captions, [vec!["red, round".to_string()]]);
+        // JSON lines: one caption, a list, a missing file, no file key, not JSON, an empty caption.
+        let jsonl = "{\"file\": \"a.png\", \"caption\": \"one\"}\n{\"image\": \"b.png\", \"captions\": [\"x\", \"y\"]}\n\
+                     {\"file\": \"gone.png\", \"caption\": \"z\"}\n{\"caption\": \"no file\"}\nnot json\n{\"file\": \"c.png\", \"text\": \" \"}\n";
+        let set = CaptionSet::from_file(&write(d, "p.jsonl", jsonl)).unwrap();
+        assert_eq!((set.len(), set.pairs()), (2, 3));
+        assert_eq!(set.skipped.len(), 4, "{:?}", set.skipped);
+        for (line, why) in [(3, "does not exist"), (4, "no file"), (5, "not JSON"), (6, "empty caption")] {
+            assert!(
+                set.skipped.iter().any(|s| s.contains(&format!("p.jsonl:{line}: ")) && s.contains(why)),
+                "{:?}",
+                set.skipped
+            );
+        }
+        // A folder with captions.tsv is that file; a CSV naming a caption column is captions.
+        std::fs::copy(d.join("p.tsv"), d.join("captions.tsv")).unwrap();
+        assert_eq!(CaptionSet::open(d, crate::data::Split::Train, Some(1), &[]).unwrap().len(), 1);
+        assert_eq!(CaptionSet::open(&d.join("p.csv"), crate::data::Split::Train, None, &[]).unwrap().pairs(), 1);
+        // Every 2nd image held out.
+        let (train, held) = CaptionSet::from_file(&d.join("p.tsv")).unwrap().hold_out(2);
+        assert_eq!((train.len(), held.len()), (1, 1));
+    }
+
+    #[test]
+    fn labelled_sets_are_captioned_through_templates() {
+        let set = LabelledSet {
+            items: vec![Item { image: ItemImage::File("x.png".into()), label: 1 }],
+            classes: vec!["cat".into(), "ankle boot".into()],
+        };
+        let t = ["a photo of a {}.".to_string(), "art".to_string()];
+        let c = CaptionSet::from_labelled(set, &t).unwrap();
+        assert_eq!(c.captions[0], ["a photo of a ankle boot.", "art ankle boot"]);
+        assert_eq!(c.classes.as_deref(), Some(&["cat".to_string(), "ankle boot".to_string()][..]));
+    }
 }
