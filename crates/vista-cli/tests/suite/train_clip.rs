@@ -234,3 +234,24 @@ fn train_clip_fine_tunes_with_wise_ft_behind_a_held_out_gate() {
         }
     }
 }
+
+/// SigLIP's loss with feature-cached accumulation: the bias is trained and checkpointed, the
+/// export (open_clip's CLIP layout, no bias) loads, and a resumed run refuses another loss.
+#[test]
+fn train_clip_with_the_siglip_loss_trains_its_bias() {
+    let dir = tmpdir("train-clip-siglip");
+    let data = caption_set(&dir);
+    let out = dir.join("run");
+    let o = run(&args(&data, &out, &["--epochs", "1", "--loss", "siglip", "--accum-freq", "2"]));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let ckpt = tensors(&out.join("checkpoint.safetensors"));
+    let bias = ckpt.iter().find(|(n, _)| n == "model.logit_bias").expect("the bias is checkpointed");
+    let b = f32::from_le_bytes(bias.1[..4].try_into().unwrap());
+    assert!(b != -10.0 && b.is_finite(), "logit_bias {b} moved from its −10 start");
+    let exported = tensors(&out.join("export/open_clip_model.safetensors"));
+    assert!(exported.iter().all(|(n, _)| n != "logit_bias"));
+    let o = vista(&["embed", "--model", s(&out.join("export")), s(&dir.join("imgs/02.png"))]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&args(&data, &out, &["--epochs", "1", "--loss", "clip", "--accum-freq", "2"]));
+    assert!(stderr(&o).contains("another configuration"), "{}", stderr(&o));
+}
