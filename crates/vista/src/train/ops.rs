@@ -11,6 +11,8 @@
 //!   Abramowitz–Stegun erf that torch's vectorised GELU uses ([`crate::nn::cpu::erf_fast`],
 //!   error 6.4e-7).
 //! * [`add_bias`]: `x + b` over the last dimension, `db` = column sums of `dy`.
+//! * [`attention`]: `softmax(scale·q kᵀ [+ causal mask]) v` per head, the backward recomputing
+//!   the probabilities (CLIP's towers and DINO's ViT train through it).
 //!
 //! Agreement with the composed ops (values and gradients) is tested in `tests/suite/train_ops.rs`.
 //!
@@ -537,4 +539,178 @@ pub fn add_bias(x: &Tensor, b: &Tensor) -> Result<Tensor> {
         return Ok(x.broadcast_add(b)?);
     }
     Ok(x.contiguous()?.apply_op2(&b.contiguous()?, AddBiasOp)?)
+}
+
+/// Fused attention for training: per head, `softmax(scale·q kᵀ [+ causal mask]) v` in one pass,
+/// and its backward recomputing the probabilities (as flash attention does) instead of keeping
+/// them: `dv = Pᵀ do`, `dP = do vᵀ`, `dS = P ⊙ (dP − rowsum(dP ⊙ P))`, `dq = scale·dS k`,
+/// `dk = dSᵀ (scale·q)`. One task per (batch, head); the composed version ran each of its six
+/// batched products as one small GEMM call per head.
+struct AttentionOp {
+    scale: f32,
+    causal: bool,
+}
+
+/// The attention probabilities of one head's rows (`p`: `n × n`, zero where masked).
+#[inline(always)]
+fn head_probs(q: &[f32], k: &[f32], n: usize, d: usize, scale: f32, causal: bool, p: &mut [f32], qs: &mut [f32]) {
+    for i in 0..n {
+        let qi = &q[i * d..(i + 1) * d];
+        for (s, x) in qs.iter_mut().zip(qi) {
+            *s = x * scale;
+        }
+        let lim = if causal { i + 1 } else { n };
+        let row = &mut p[i * n..(i + 1) * n];
+        let mut max = f32::NEG_INFINITY;
+        for j in 0..lim {
+            let s = dot(qs, &k[j * d..(j + 1) * d]);
+            row[j] = s;
+            max = max.max(s);
+        }
+        let mut sum = 0.0;
+        for r in row[..lim].iter_mut() {
+            *r = exp_fast(*r - max);
+            sum += *r;
+        }
+        let inv = 1.0 / sum;
+        for r in row[..lim].iter_mut() {
+            *r *= inv;
+        }
+        row[lim..].iter_mut().for_each(|r| *r = 0.0);
+    }
+}
+
+impl CustomOp3 for AttentionOp {
+    fn name(&self) -> &'static str {
+        "vista-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CpuOut {
+        let (q, k, v) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let dims = l1.dims();
+        let (n, d) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+        let (scale, causal) = (self.scale, self.causal);
+        let mut out = vec![0f32; q.len()];
+        let hd = n * d;
+        out.par_chunks_mut(hd).zip(q.par_chunks(hd).zip(k.par_chunks(hd).zip(v.par_chunks(hd)))).for_each(
+            |(o, (q, (k, v)))| {
+                with_simd(
+                    #[inline(always)]
+                    || {
+                        let (mut p, mut qs) = (vec![0f32; n * n], vec![0f32; d]);
+                        head_probs(q, k, n, d, scale, causal, &mut p, &mut qs);
+                        for i in 0..n {
+                            let oi = &mut o[i * d..(i + 1) * d];
+                            for j in 0..n {
+                                let pij = p[i * n + j];
+                                if pij != 0.0 {
+                                    for (x, vj) in oi.iter_mut().zip(&v[j * d..(j + 1) * d]) {
+                                        *x += pij * vj;
+                                    }
+                                }
+                            }
+                        }
+                    },
+                )
+            },
+        );
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        dout: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (qv, kv, vv, dov) = (values(q)?, values(k)?, values(v)?, values(dout)?);
+        let dims = q.dims();
+        let (n, d) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+        let (scale, causal) = (self.scale, self.causal);
+        let hd = n * d;
+        let (mut dq, mut dk, mut dv) = (vec![0f32; qv.len()], vec![0f32; qv.len()], vec![0f32; qv.len()]);
+        dq.par_chunks_mut(hd)
+            .zip(dk.par_chunks_mut(hd).zip(dv.par_chunks_mut(hd)))
+            .zip(qv.par_chunks(hd).zip(kv.par_chunks(hd).zip(vv.par_chunks(hd).zip(dov.par_chunks(hd)))))
+            .for_each(|((dq, (dk, dv)), (q, (k, (v, go))))| {
+                with_simd(
+                    #[inline(always)]
+                    || {
+                        let (mut p, mut qs) = (vec![0f32; n * n], vec![0f32; d]);
+                        head_probs(q, k, n, d, scale, causal, &mut p, &mut qs);
+                        let mut ds = vec![0f32; n];
+                        for i in 0..n {
+                            let lim = if causal { i + 1 } else { n };
+                            let gi = &go[i * d..(i + 1) * d];
+                            let row = &p[i * n..(i + 1) * n];
+                            let mut rs = 0.0;
+                            for j in 0..lim {
+                                // dv_j += P_ij · do_i; dP_ij = do_i · v_j.
+                                for (x, g) in dv[j * d..(j + 1) * d].iter_mut().zip(gi) {
+                                    *x += row[j] * g;
+                                }
+                                ds[j] = dot(gi, &v[j * d..(j + 1) * d]);
+                                rs += row[j] * ds[j];
+                            }
+                            for j in 0..lim {
+                                ds[j] = row[j] * (ds[j] - rs);
+                            }
+                            // dq_i = scale Σ_j dS_ij k_j; dk_j += dS_ij · scale·q_i.
+                            let dqi = &mut dq[i * d..(i + 1) * d];
+                            for j in 0..lim {
+                                for (x, kj) in dqi.iter_mut().zip(&k[j * d..(j + 1) * d]) {
+                                    *x += ds[j] * kj;
+                                }
+                            }
+                            dqi.iter_mut().for_each(|x| *x *= scale);
+                            let qi = &q[i * d..(i + 1) * d];
+                            for j in 0..lim {
+                                let c = ds[j] * scale;
+                                for (x, qv) in dk[j * d..(j + 1) * d].iter_mut().zip(qi) {
+                                    *x += c * qv;
+                                }
+                            }
+                        }
+                    },
+                )
+            });
+        let dev = &Device::Cpu;
+        Ok((
+            Some(Tensor::from_vec(dq, q.shape(), dev)?),
+            Some(Tensor::from_vec(dk, k.shape(), dev)?),
+            Some(Tensor::from_vec(dv, v.shape(), dev)?),
+        ))
+    }
+}
+
+/// Scaled dot-product attention, differentiable: `softmax(scale·q kᵀ + mask) v` with `mask` the
+/// causal one (−∞ above the diagonal) when `causal`. Fused on the CPU in f32 ([`AttentionOp`]);
+/// elsewhere the same computation from candle ops.
+///
+/// # Shapes
+/// `q, k, v: [B, H, N, D]` -> `[B, H, N, D]`
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, causal: bool) -> Result<Tensor> {
+    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    if q.rank() == 4 && q.dims() == k.dims() && q.dims() == v.dims() && on_cpu_kernels(&[&q, &k, &v]) {
+        return Ok(q.apply_op3(&k, &v, AttentionOp { scale: scale as f32, causal })?);
+    }
+    let scores = (q * scale)?.matmul(&k.t()?)?;
+    let scores = if causal {
+        let n = scores.dim(candle_core::D::Minus1)?;
+        let mask: Vec<f32> = (0..n * n).map(|x| if x % n > x / n { f32::NEG_INFINITY } else { 0.0 }).collect();
+        scores.broadcast_add(&Tensor::from_vec(mask, (n, n), scores.device())?.to_dtype(scores.dtype())?)?
+    } else {
+        scores
+    };
+    Ok(softmax_last(&scores)?.matmul(&v)?)
 }

@@ -119,3 +119,37 @@ fn fused_ops_reject_shapes_that_do_not_fit() {
     let err = ops::add_bias(x.as_tensor(), w.as_tensor()).unwrap_err().to_string();
     assert!(err.contains("[7]") && err.contains("width 8"), "{err}");
 }
+
+#[test]
+fn attention_matches_the_composed_op_with_gradients() {
+    for causal in [false, true] {
+        // 2 batches × 3 heads, 7 tokens of width 20 (not a multiple of 16: the dot's tail too).
+        let (q, k, v) =
+            (var(&[2, 3, 7, 20], 11, 1.5, 0.1), var(&[2, 3, 7, 20], 12, 1.5, -0.2), var(&[2, 3, 7, 20], 13, 1.0, 0.0));
+        let scale = 0.2;
+        let fused = ops::attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), scale, causal).unwrap();
+        let composed = {
+            let s = (q.as_tensor() * scale).unwrap().matmul(&k.as_tensor().t().unwrap()).unwrap();
+            let s = if causal {
+                let m: Vec<f32> = (0..49).map(|x| if x % 7 > x / 7 { f32::NEG_INFINITY } else { 0.0 }).collect();
+                s.broadcast_add(&Tensor::from_vec(m, (7, 7), &Device::Cpu).unwrap()).unwrap()
+            } else {
+                s
+            };
+            let z = s.broadcast_sub(&s.max_keepdim(D::Minus1).unwrap().detach()).unwrap();
+            let e = z.exp().unwrap();
+            e.broadcast_div(&e.sum_keepdim(D::Minus1).unwrap()).unwrap().matmul(v.as_tensor()).unwrap()
+        };
+        assert!(
+            max_diff(&fused, &composed) < 2e-5,
+            "causal {causal}: values differ by {}",
+            max_diff(&fused, &composed)
+        );
+        let gf = weighted_sum(&fused, 14).backward().unwrap();
+        let gc = weighted_sum(&composed, 14).backward().unwrap();
+        for (name, t) in [("q", &q), ("k", &k), ("v", &v)] {
+            let d = max_diff(gf.get(t.as_tensor()).unwrap(), gc.get(t.as_tensor()).unwrap());
+            assert!(d < 2e-5, "causal {causal}: d{name} differs by {d}");
+        }
+    }
+}

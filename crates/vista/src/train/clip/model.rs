@@ -16,7 +16,7 @@ use crate::clip::config::{ClipConfig, TextPooling};
 use crate::clip::transformer::TowerDims;
 use crate::nn::Activation;
 use crate::train::dino::head::{normalize, uniform01};
-use crate::train::ops::{add_bias, gelu, layer_norm, softmax_last};
+use crate::train::ops::{add_bias, attention, gelu, layer_norm};
 use crate::train::param::{load_params, Param};
 use crate::{Error, Result};
 
@@ -262,8 +262,8 @@ impl TrainClip {
         }
     }
 
-    /// One tower's pre-norm blocks (`ResidualAttentionBlock`), with an optional additive mask.
-    fn transformer(&self, x: &Tensor, prefix: &str, t: &TowerDims, mask: Option<&Tensor>) -> Result<Tensor> {
+    /// One tower's pre-norm blocks (`ResidualAttentionBlock`), causal for the text.
+    fn transformer(&self, x: &Tensor, prefix: &str, t: &TowerDims, causal: bool) -> Result<Tensor> {
         let (b, n, c) = x.dims3()?;
         let (heads, d) = (t.heads, t.width / t.heads);
         let scale = 1.0 / (d as f64).sqrt();
@@ -273,14 +273,9 @@ impl TrainClip {
             let h = layer_norm(&x, &q("ln_1.weight")?, &q("ln_1.bias")?, t.eps)?;
             let qkv = linear(&h, &q("attn.in_proj_weight")?, Some(&q("attn.in_proj_bias")?))?;
             let qkv = qkv.reshape((b, n, 3, heads, d))?.permute((2, 0, 3, 1, 4))?;
-            let (qq, kk, vv) = (qkv.get(0)?.contiguous()?, qkv.get(1)?.contiguous()?, qkv.get(2)?.contiguous()?);
+            let (qq, kk, vv) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
             // torch's SDPA scales q before the product.
-            let scores = (qq * scale)?.matmul(&kk.t()?)?;
-            let scores = match mask {
-                Some(m) => scores.broadcast_add(m)?,
-                None => scores,
-            };
-            let a = softmax_last(&scores)?.matmul(&vv)?.transpose(1, 2)?.reshape((b, n, c))?;
+            let a = attention(&qq, &kk, &vv, scale, causal)?.transpose(1, 2)?.reshape((b, n, c))?;
             let a = linear(&a, &q("attn.out_proj.weight")?, Some(&q("attn.out_proj.bias")?))?;
             x = (x + a)?;
             let h = layer_norm(&x, &q("ln_2.weight")?, &q("ln_2.bias")?, t.eps)?;
@@ -315,7 +310,7 @@ impl TrainClip {
         let x = Tensor::cat(&[cls, x], 1)?.broadcast_add(&self.p("visual.positional_embedding")?.unsqueeze(0)?)?;
         let eps = v.tower.eps;
         let x = layer_norm(&x, &self.p("visual.ln_pre.weight")?, &self.p("visual.ln_pre.bias")?, eps)?;
-        let x = self.transformer(&x, "visual.transformer", &v.tower, None)?;
+        let x = self.transformer(&x, "visual.transformer", &v.tower, false)?;
         let pooled = x.narrow(1, 0, 1)?.squeeze(1)?;
         let pooled = layer_norm(&pooled, &self.p("visual.ln_post.weight")?, &self.p("visual.ln_post.bias")?, eps)?;
         project(&pooled, &self.p("visual.proj")?)
@@ -351,8 +346,7 @@ impl TrainClip {
         let w = t.tower.width;
         let x = self.p("token_embedding.weight")?.index_select(&flat, 0)?.reshape((b, n, w))?;
         let x = x.broadcast_add(&self.p("positional_embedding")?.narrow(0, 0, n)?.unsqueeze(0)?)?;
-        let mask = causal_mask(n, &device)?;
-        let x = self.transformer(&x, "transformer", &t.tower, Some(&mask))?;
+        let x = self.transformer(&x, "transformer", &t.tower, true)?;
         let x = layer_norm(&x, &self.p("ln_final.weight")?, &self.p("ln_final.bias")?, t.tower.eps)?;
         let rows: Vec<u32> = pooled_at.iter().enumerate().map(|(i, &p)| (i * n + p) as u32).collect();
         let pooled = x.reshape((b * n, w))?.index_select(&Tensor::from_vec(rows, b, &device)?, 0)?;
@@ -396,17 +390,6 @@ fn pool_position(row: &[u32], pooling: TextPooling) -> usize {
         }
         TextPooling::FirstEos(eos) => row.iter().position(|&id| id == eos).unwrap_or(row.len() - 1),
     }
-}
-
-/// The causal mask, `−inf` above the diagonal (`build_causal_mask`).
-fn causal_mask(n: usize, device: &Device) -> Result<Tensor> {
-    let mut m = vec![0f32; n * n];
-    for i in 0..n {
-        for j in i + 1..n {
-            m[i * n + j] = f32::NEG_INFINITY;
-        }
-    }
-    Ok(Tensor::from_vec(m, (n, n), device)?)
 }
 
 fn blocks(out: &mut Vec<(String, Vec<usize>)>, prefix: &str, t: &TowerDims) {

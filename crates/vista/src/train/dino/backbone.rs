@@ -33,7 +33,7 @@ pub struct TrainVit {
     resample: Mutex<HashMap<(usize, usize), Tensor>>,
 }
 
-use crate::train::ops::{add_bias, layer_norm, softmax_last};
+use crate::train::ops::{add_bias, attention, layer_norm};
 
 /// `x Wᵀ + b` over the last dimension of `x: [..., in]`, `w: [out, in]`.
 fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
@@ -275,9 +275,7 @@ impl TrainVit {
             let qkv = linear(&h, &q("attn.qkv.weight")?, qkv_b.as_ref())?;
             let n = x.dim(1)?;
             let t = qkv.reshape((b, n, 3, heads, d))?.permute((2, 0, 3, 1, 4))?;
-            let (qq, kk, vv) = (t.get(0)?.contiguous()?, t.get(1)?.contiguous()?, t.get(2)?.contiguous()?);
-            let attn = softmax_last(&(qq.matmul(&kk.t()?)? * scale)?)?;
-            let a = attn.matmul(&vv)?.transpose(1, 2)?.reshape((b, n, c))?;
+            let a = attention(&t.get(0)?, &t.get(1)?, &t.get(2)?, scale, false)?.transpose(1, 2)?.reshape((b, n, c))?;
             let mut a = linear(&a, &q("attn.proj.weight")?, Some(&q("attn.proj.bias")?))?;
             if cfg.layer_scale {
                 a = a.broadcast_mul(&q("ls1.gamma")?)?;
