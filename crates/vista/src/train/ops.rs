@@ -551,32 +551,35 @@ struct AttentionOp {
     causal: bool,
 }
 
-/// The attention probabilities of one head's rows (`p`: `n × n`, zero where masked).
-#[inline(always)]
-fn head_probs(q: &[f32], k: &[f32], n: usize, d: usize, scale: f32, causal: bool, p: &mut [f32], qs: &mut [f32]) {
-    for i in 0..n {
-        let qi = &q[i * d..(i + 1) * d];
-        for (s, x) in qs.iter_mut().zip(qi) {
-            *s = x * scale;
+impl AttentionOp {
+    /// The attention probabilities of one head's rows (`p`: `n × n`, zero where masked).
+    #[inline(always)]
+    fn probs(&self, q: &[f32], k: &[f32], (n, d): (usize, usize), p: &mut [f32], qs: &mut [f32]) {
+        let (scale, causal) = (self.scale, self.causal);
+        for i in 0..n {
+            let qi = &q[i * d..(i + 1) * d];
+            for (s, x) in qs.iter_mut().zip(qi) {
+                *s = x * scale;
+            }
+            let lim = if causal { i + 1 } else { n };
+            let row = &mut p[i * n..(i + 1) * n];
+            let mut max = f32::NEG_INFINITY;
+            for j in 0..lim {
+                let s = dot(qs, &k[j * d..(j + 1) * d]);
+                row[j] = s;
+                max = max.max(s);
+            }
+            let mut sum = 0.0;
+            for r in row[..lim].iter_mut() {
+                *r = exp_fast(*r - max);
+                sum += *r;
+            }
+            let inv = 1.0 / sum;
+            for r in row[..lim].iter_mut() {
+                *r *= inv;
+            }
+            row[lim..].iter_mut().for_each(|r| *r = 0.0);
         }
-        let lim = if causal { i + 1 } else { n };
-        let row = &mut p[i * n..(i + 1) * n];
-        let mut max = f32::NEG_INFINITY;
-        for j in 0..lim {
-            let s = dot(qs, &k[j * d..(j + 1) * d]);
-            row[j] = s;
-            max = max.max(s);
-        }
-        let mut sum = 0.0;
-        for r in row[..lim].iter_mut() {
-            *r = exp_fast(*r - max);
-            sum += *r;
-        }
-        let inv = 1.0 / sum;
-        for r in row[..lim].iter_mut() {
-            *r *= inv;
-        }
-        row[lim..].iter_mut().for_each(|r| *r = 0.0);
     }
 }
 
@@ -597,7 +600,6 @@ impl CustomOp3 for AttentionOp {
         let (q, k, v) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
         let dims = l1.dims();
         let (n, d) = (dims[dims.len() - 2], dims[dims.len() - 1]);
-        let (scale, causal) = (self.scale, self.causal);
         let mut out = vec![0f32; q.len()];
         let hd = n * d;
         out.par_chunks_mut(hd).zip(q.par_chunks(hd).zip(k.par_chunks(hd).zip(v.par_chunks(hd)))).for_each(
@@ -606,7 +608,7 @@ impl CustomOp3 for AttentionOp {
                     #[inline(always)]
                     || {
                         let (mut p, mut qs) = (vec![0f32; n * n], vec![0f32; d]);
-                        head_probs(q, k, n, d, scale, causal, &mut p, &mut qs);
+                        self.probs(q, k, (n, d), &mut p, &mut qs);
                         for i in 0..n {
                             let oi = &mut o[i * d..(i + 1) * d];
                             for j in 0..n {
@@ -647,7 +649,7 @@ impl CustomOp3 for AttentionOp {
                     #[inline(always)]
                     || {
                         let (mut p, mut qs) = (vec![0f32; n * n], vec![0f32; d]);
-                        head_probs(q, k, n, d, scale, causal, &mut p, &mut qs);
+                        self.probs(q, k, (n, d), &mut p, &mut qs);
                         let mut ds = vec![0f32; n];
                         for i in 0..n {
                             let lim = if causal { i + 1 } else { n };
