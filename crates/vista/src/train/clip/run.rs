@@ -227,8 +227,17 @@ impl ClipTrainer {
 pub fn export_open_clip(dir: &Path, config: &ClipConfig, tensors: &[(String, Tensor)]) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let (v, t) = (&config.vision, &config.text);
-    if !matches!(t.pooling, crate::clip::config::TextPooling::Argmax) {
-        return Err(Error::arg("export", "open_clip's layout pools the text at the largest token id only"));
+    // open_clip pools at the largest token id; a first-end-of-text rule is the same rule when the
+    // end-of-text token is the last of the vocabulary (CLIP's tokenizers put it there).
+    match t.pooling {
+        crate::clip::config::TextPooling::Argmax => {}
+        crate::clip::config::TextPooling::FirstEos(id) if id as usize + 1 == t.vocab_size => {}
+        crate::clip::config::TextPooling::FirstEos(id) => {
+            return Err(Error::arg(
+                "export",
+                format!("the text pools at token {id}, not the vocabulary's last: open_clip's layout cannot say so"),
+            ))
+        }
     }
     let quick = matches!(v.tower.act, crate::nn::Activation::QuickGelu);
     let cfg = json!({
