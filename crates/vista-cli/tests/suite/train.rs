@@ -123,14 +123,6 @@ fn train_dino_names_a_bad_argument() {
     assert!(err.contains("global_size") && err.contains("16-pixel patch"), "{err}");
 }
 
-fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
-    let bytes = std::fs::read(path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut v: Vec<(String, Vec<u8>)> = st.tensors().into_iter().map(|(n, t)| (n, t.data().to_vec())).collect();
-    v.sort();
-    v
-}
-
 /// `kill -9` in the middle of an epoch, then the same command again: the run goes on from the
 /// last step saved and ends with exactly the tensors of a run that was never interrupted.
 #[test]
@@ -163,26 +155,13 @@ fn train_dino_killed_midway_resumes_to_the_same_bits() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let state = killed.join("checkpoint.json");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    loop {
-        let it = std::fs::read_to_string(&state)
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| v["iteration"].as_u64())
-            .unwrap_or(0);
-        if it >= 8 {
-            break;
-        }
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before its freeze point");
-        assert!(std::time::Instant::now() < deadline, "no 8 steps saved in 2 minutes");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    child.kill().unwrap(); // SIGKILL
-    assert!(!child.wait().unwrap().success());
+    common::kill_after_saved_iteration(&mut child, &killed.join("checkpoint.json"), 8);
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_vista")).args(args(&killed)).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let (a, b) = (tensors(&straight.join("checkpoint.safetensors")), tensors(&killed.join("checkpoint.safetensors")));
+    let (a, b) = (
+        common::tensor_bytes(&straight.join("checkpoint.safetensors")),
+        common::tensor_bytes(&killed.join("checkpoint.safetensors")),
+    );
     assert_eq!(a.len(), b.len());
     for ((na, da), (nb, db)) in a.iter().zip(&b) {
         assert_eq!(na, nb);

@@ -139,14 +139,6 @@ fn train_clip_skips_bad_pairs_evaluates_and_exports_a_loadable_model() {
     assert!(stderr(&o).contains("another configuration"), "{}", stderr(&o));
 }
 
-fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
-    let bytes = std::fs::read(path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut v: Vec<(String, Vec<u8>)> = st.tensors().into_iter().map(|(n, t)| (n, t.data().to_vec())).collect();
-    v.sort();
-    v
-}
-
 /// `kill -9` in the middle of an epoch, then the same command: the run goes on from the last
 /// step saved and ends with exactly the tensors of a run never interrupted.
 #[test]
@@ -164,26 +156,13 @@ fn train_clip_killed_midway_resumes_to_the_same_bits() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let state = killed.join("checkpoint.json");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    loop {
-        let it = std::fs::read_to_string(&state)
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| v["iteration"].as_u64())
-            .unwrap_or(0);
-        if it >= 7 {
-            break;
-        }
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before its freeze point");
-        assert!(std::time::Instant::now() < deadline, "no 7 steps saved in 2 minutes");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    child.kill().unwrap(); // SIGKILL
-    assert!(!child.wait().unwrap().success());
+    common::kill_after_saved_iteration(&mut child, &killed.join("checkpoint.json"), 7);
     let o = run(&args(&data, &killed, &extra));
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    let (a, b) = (tensors(&straight.join("checkpoint.safetensors")), tensors(&killed.join("checkpoint.safetensors")));
+    let (a, b) = (
+        common::tensor_bytes(&straight.join("checkpoint.safetensors")),
+        common::tensor_bytes(&killed.join("checkpoint.safetensors")),
+    );
     assert_eq!(a.len(), b.len());
     for ((na, da), (nb, db)) in a.iter().zip(&b) {
         assert_eq!(na, nb);
@@ -224,8 +203,8 @@ fn train_clip_fine_tunes_with_wise_ft_behind_a_held_out_gate() {
     assert!(report["decision"].as_str().unwrap().contains(&format!("{start:.4}")), "{report}");
     // The image tower was locked: its exported weights are the starting model's, bit for bit.
     let (b, f) = (
-        tensors(&base.join("export/open_clip_model.safetensors")),
-        tensors(&ft.join("export/open_clip_model.safetensors")),
+        common::tensor_bytes(&base.join("export/open_clip_model.safetensors")),
+        common::tensor_bytes(&ft.join("export/open_clip_model.safetensors")),
     );
     for ((nb, db), (nf, df)) in b.iter().zip(&f) {
         assert_eq!(nb, nf);
@@ -244,11 +223,11 @@ fn train_clip_with_the_siglip_loss_trains_its_bias() {
     let out = dir.join("run");
     let o = run(&args(&data, &out, &["--epochs", "1", "--loss", "siglip", "--accum-freq", "2"]));
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    let ckpt = tensors(&out.join("checkpoint.safetensors"));
+    let ckpt = common::tensor_bytes(&out.join("checkpoint.safetensors"));
     let bias = ckpt.iter().find(|(n, _)| n == "model.logit_bias").expect("the bias is checkpointed");
     let b = f32::from_le_bytes(bias.1[..4].try_into().unwrap());
     assert!(b != -10.0 && b.is_finite(), "logit_bias {b} moved from its −10 start");
-    let exported = tensors(&out.join("export/open_clip_model.safetensors"));
+    let exported = common::tensor_bytes(&out.join("export/open_clip_model.safetensors"));
     assert!(exported.iter().all(|(n, _)| n != "logit_bias"));
     let o = vista(&["embed", "--model", s(&out.join("export")), s(&dir.join("imgs/02.png"))]);
     assert!(o.status.success(), "{}", stderr(&o));

@@ -716,3 +716,18 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, causal: bool) -
     };
     Ok(softmax_last(&scores)?.matmul(&v)?)
 }
+
+/// A linear layer, `x Wᵀ + b` over the last dimension of `x: [..., in]` with `w: [out, in]`
+/// (PyTorch's layout): one GEMM over the flattened leading dimensions, then the fused bias add.
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let rows: usize = dims[..dims.len() - 1].iter().product();
+    let y = x.reshape((rows, dims[dims.len() - 1]))?.matmul(&w.t()?)?;
+    let y = match b {
+        Some(b) => add_bias(&y, b)?,
+        None => y,
+    };
+    let mut out = dims;
+    *out.last_mut().expect("non-empty") = w.dim(0)?;
+    Ok(y.reshape(out)?)
+}

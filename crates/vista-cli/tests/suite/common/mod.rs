@@ -43,3 +43,35 @@ pub fn tmpdir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d.canonicalize().unwrap()
 }
+
+/// Every tensor of a safetensors file as (name, raw bytes), sorted by name: two files compare
+/// equal only when every bit does.
+pub fn tensor_bytes(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut v: Vec<(String, Vec<u8>)> = st.tensors().into_iter().map(|(n, t)| (n, t.data().to_vec())).collect();
+    v.sort();
+    v
+}
+
+/// Waits until a training run's `checkpoint.json` (`state`) says it has saved `iteration ≥ n`,
+/// then kills the run with SIGKILL (the run froze there: `VISTA_FREEZE_AT`). Fails when the
+/// run ends first or takes over two minutes.
+pub fn kill_after_saved_iteration(child: &mut std::process::Child, state: &Path, n: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let it = std::fs::read_to_string(state)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["iteration"].as_u64())
+            .unwrap_or(0);
+        if it >= n {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before its freeze point");
+        assert!(std::time::Instant::now() < deadline, "no {n} steps saved in 2 minutes");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    assert!(!child.wait().unwrap().success());
+}

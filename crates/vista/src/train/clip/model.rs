@@ -16,7 +16,7 @@ use crate::clip::config::{ClipConfig, TextPooling};
 use crate::clip::transformer::TowerDims;
 use crate::nn::Activation;
 use crate::train::dino::head::{normalize, uniform01};
-use crate::train::ops::{add_bias, attention, gelu, layer_norm};
+use crate::train::ops::{attention, gelu, layer_norm, linear};
 use crate::train::param::{load_params, Param};
 use crate::{Error, Result};
 
@@ -32,20 +32,6 @@ pub struct TrainClip {
     pub config: ClipConfig,
     params: Vec<Param>,
     index: HashMap<String, usize>,
-}
-
-/// `x Wᵀ + b` over the last dimension, `w: [out, in]`.
-fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    let dims = x.dims().to_vec();
-    let rows: usize = dims[..dims.len() - 1].iter().product();
-    let y = x.reshape((rows, dims[dims.len() - 1]))?.matmul(&w.t()?)?;
-    let y = match b {
-        Some(b) => add_bias(&y, b)?,
-        None => y,
-    };
-    let mut out = dims;
-    *out.last_mut().expect("non-empty") = w.dim(0)?;
-    Ok(y.reshape(out)?)
 }
 
 /// `x @ w` for `x: [B, in]`, `w: [in, out]` (the towers' `proj` / `text_projection`).

@@ -33,21 +33,7 @@ pub struct TrainVit {
     resample: Mutex<HashMap<(usize, usize), Tensor>>,
 }
 
-use crate::train::ops::{add_bias, attention, layer_norm};
-
-/// `x Wᵀ + b` over the last dimension of `x: [..., in]`, `w: [out, in]`.
-fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    let dims = x.dims().to_vec();
-    let rows: usize = dims[..dims.len() - 1].iter().product();
-    let y = x.reshape((rows, dims[dims.len() - 1]))?.matmul(&w.t()?)?;
-    let y = match b {
-        Some(b) => add_bias(&y, b)?,
-        None => y,
-    };
-    let mut out = dims;
-    *out.last_mut().expect("non-empty") = w.dim(0)?;
-    Ok(y.reshape(out)?)
-}
+use crate::train::ops::{attention, layer_norm, linear};
 
 impl TrainVit {
     /// From canonical tensors (an official checkpoint, or a snapshot of another network).
