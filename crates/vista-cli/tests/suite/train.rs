@@ -158,17 +158,5 @@ fn train_dino_killed_midway_resumes_to_the_same_bits() {
     common::kill_after_saved_iteration(&mut child, &killed.join("checkpoint.json"), 8);
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_vista")).args(args(&killed)).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let (a, b) = (
-        common::tensor_bytes(&straight.join("checkpoint.safetensors")),
-        common::tensor_bytes(&killed.join("checkpoint.safetensors")),
-    );
-    assert_eq!(a.len(), b.len());
-    for ((na, da), (nb, db)) in a.iter().zip(&b) {
-        assert_eq!(na, nb);
-        assert!(da == db, "`{na}` differs after the kill and resume");
-    }
-    let steps = |p: &Path| {
-        std::fs::read_to_string(p.join("metrics.jsonl")).unwrap().lines().filter(|l| l.contains("\"loss\"")).count()
-    };
-    assert_eq!(steps(&killed), steps(&straight), "one metrics line per step, none lost or doubled");
+    common::assert_same_run(&straight, &killed);
 }

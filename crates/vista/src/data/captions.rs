@@ -61,16 +61,8 @@ impl CaptionSet {
         if templates.is_empty() {
             return Err(Error::arg("templates", "no caption template"));
         }
-        let per_class: Vec<Vec<String>> = set
-            .classes
-            .iter()
-            .map(|c| {
-                templates
-                    .iter()
-                    .map(|t| if t.contains("{}") { t.replace("{}", c) } else { format!("{t} {c}") })
-                    .collect()
-            })
-            .collect();
+        let per_class: Vec<Vec<String>> =
+            set.classes.iter().map(|c| templates.iter().map(|t| fill_template(t, c)).collect()).collect();
         let captions = set.items.iter().map(|i| per_class[i.label].clone()).collect();
         Ok(Self { items: set.items, captions, classes: Some(set.classes), skipped: Vec::new() })
     }
@@ -206,6 +198,16 @@ impl CaptionSet {
             target.captions.push(caps);
         }
         (train, held)
+    }
+}
+
+/// A caption from a template: `{}` replaced by the class name, or the name appended when the
+/// template has no `{}`.
+pub fn fill_template(template: &str, class: &str) -> String {
+    if template.contains("{}") {
+        template.replace("{}", class)
+    } else {
+        format!("{template} {class}")
     }
 }
 

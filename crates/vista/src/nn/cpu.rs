@@ -251,7 +251,7 @@ pub fn map_rows(x: &[f32], width: usize, f: impl Fn(&[f32], &mut [f32]) + Sync) 
 /// < 2e-7 over the range; inputs are clamped to the finite range of f32). Below −87 (where
 /// `e^x` nears the subnormal range) the result is exactly 0: a masked score (`−∞`) gives 0 as
 /// libm's `exp` does, not `e^−87`, whose quotients in a softmax are subnormal numbers that stall
-/// every GEMM they reach (a causal text tower trained 3.7× slower before this).
+/// every GEMM they reach (a CLIP training step with 4 + 4 blocks took 1.9 s before this, 1.0 s after).
 #[inline(always)]
 pub fn exp_fast(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;

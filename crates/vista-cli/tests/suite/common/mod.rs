@@ -75,3 +75,19 @@ pub fn kill_after_saved_iteration(child: &mut std::process::Child, state: &Path,
     child.kill().unwrap(); // SIGKILL
     assert!(!child.wait().unwrap().success());
 }
+
+/// Two training run folders hold the same checkpoint, bit for bit, and the same number of step
+/// lines in `metrics.jsonl` (a resumed run against one never interrupted).
+pub fn assert_same_run(straight: &Path, resumed: &Path) {
+    let (a, b) =
+        (tensor_bytes(&straight.join("checkpoint.safetensors")), tensor_bytes(&resumed.join("checkpoint.safetensors")));
+    assert_eq!(a.len(), b.len());
+    for ((na, da), (nb, db)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        assert!(da == db, "`{na}` differs after the kill and resume");
+    }
+    let steps = |p: &Path| {
+        std::fs::read_to_string(p.join("metrics.jsonl")).unwrap().lines().filter(|l| l.contains("\"loss\"")).count()
+    };
+    assert_eq!(steps(resumed), steps(straight), "one metrics line per step, none lost or doubled");
+}

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::data::ClipBatches;
 use super::model::{l2_normalize, TrainClip};
 use crate::clip::tokenizer::TextTokenizer;
+use crate::data::captions::fill_template;
 use crate::Result;
 
 /// Images per evaluation forward.
@@ -37,9 +38,13 @@ impl Recall {
     }
 }
 
-/// Normalised image and first-caption text embeddings of every item of `data`'s set (items
-/// that fail to load are left out; their count is the second value).
-pub fn embed_pairs(model: &TrainClip, data: &ClipBatches) -> Result<(Tensor, Tensor, Vec<usize>, usize)> {
+/// Normalised image and (with `texts`) first-caption text embeddings of every item of `data`'s
+/// set; items that fail to load are left out (the kept items and the failure count come back).
+pub fn embed_pairs(
+    model: &TrainClip,
+    data: &ClipBatches,
+    texts: bool,
+) -> Result<(Tensor, Option<Tensor>, Vec<usize>, usize)> {
     let model = model.detached();
     let device = model.device();
     let n = data.set.len();
@@ -51,15 +56,17 @@ pub fn embed_pairs(model: &TrainClip, data: &ClipBatches) -> Result<(Tensor, Ten
         if batch.samples.is_empty() {
             continue;
         }
-        let (i, t) = model.features(&batch.pixels.to_device(&device)?, &batch.ids)?;
-        imgs.push(i);
-        txts.push(t);
+        imgs.push(l2_normalize(&model.encode_image(&batch.pixels.to_device(&device)?)?)?);
+        if texts {
+            txts.push(l2_normalize(&model.encode_text(&batch.ids)?)?);
+        }
         kept.extend(batch.samples);
     }
     if imgs.is_empty() {
         return Err(crate::Error::arg("eval", "no image of the evaluation set could be loaded"));
     }
-    Ok((Tensor::cat(&imgs, 0)?, Tensor::cat(&txts, 0)?, kept, failed))
+    let txt = if texts { Some(Tensor::cat(&txts, 0)?) } else { None };
+    Ok((Tensor::cat(&imgs, 0)?, txt, kept, failed))
 }
 
 /// `get_clip_metrics`' recall: a query's rank is the position of its true pair in the
@@ -90,8 +97,7 @@ pub fn class_embeddings(
     let ctx = model.config.text.context_length;
     let mut rows = Vec::with_capacity(classes.len());
     for c in classes {
-        let texts: Vec<String> =
-            templates.iter().map(|t| if t.contains("{}") { t.replace("{}", c) } else { format!("{t} {c}") }).collect();
+        let texts: Vec<String> = templates.iter().map(|t| fill_template(t, c)).collect();
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         let ids = tokenizer.tokenize_batch(&refs, ctx)?;
         let e = l2_normalize(&model.encode_text(&ids)?)?.mean_keepdim(0)?;

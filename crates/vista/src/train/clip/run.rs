@@ -21,6 +21,7 @@ use serde_json::json;
 use super::config::{ClipTrainConfig, Start};
 use super::data::{ClipBatch, ClipBatches};
 use super::eval::{class_embeddings, embed_pairs, recall, zero_shot_top1, Recall};
+use super::model::TrainClip;
 use super::optim::wise_ft;
 use super::trainer::{ClipStepMetrics, ClipTrainer, MicroBatch};
 use crate::clip::tokenizer::TextTokenizer;
@@ -304,8 +305,8 @@ pub fn run(
     let train = Arc::new(batches_of(data, Some(trainer.config.crop_scale)));
     let held_out = options.held_out.clone().map(|s| batches_of(s, None));
     let zero_shot = options.zero_shot.as_ref().map(|z| (batches_of(z.set.clone(), None), z));
-    let evaluate = |trainer: &ClipTrainer| -> Result<Evaluation> {
-        evaluate_model(trainer.model(), &options.tokenizer, held_out.as_ref(), zero_shot.as_ref().map(|(b, z)| (b, *z)))
+    let evaluate = |model: &TrainClip| -> Result<Evaluation> {
+        evaluate_model(model, &options.tokenizer, held_out.as_ref(), zero_shot.as_ref().map(|(b, z)| (b, *z)))
     };
     let loader = LoaderOptions {
         batch_size: trainer.config.logical_batch(),
@@ -316,7 +317,7 @@ pub fn run(
     };
     let has_eval = held_out.is_some() || zero_shot.is_some();
     if has_eval && trainer.iteration == 0 && start_eval.is_none() {
-        let e = evaluate(&trainer)?;
+        let e = evaluate(trainer.model())?;
         metrics.write(&json!({"start": true, "evaluation": e}))?;
         on_event(Event::Evaluated(None, &e));
         start_eval = Some(e);
@@ -373,7 +374,7 @@ pub fn run(
         export_open_clip(&options.output.join(EXPORT_DIR), &trainer.config.model, &trainer.model().state_dict()?)?;
         let due = trainer.epoch == last || (options.eval_every > 0 && trainer.epoch.is_multiple_of(options.eval_every));
         if has_eval && due {
-            let e = evaluate(&trainer)?;
+            let e = evaluate(trainer.model())?;
             metrics.write(&json!({"epoch": epoch, "evaluation": e}))?;
             on_event(Event::Evaluated(Some(epoch), &e));
             trained_eval = Some(e);
@@ -383,7 +384,7 @@ pub fn run(
     }
     metrics.flush()?;
     if has_eval && trained_eval.is_none() {
-        trained_eval = Some(evaluate(&trainer)?);
+        trained_eval = Some(evaluate(trainer.model())?);
     }
     let report = finish(&trainer, start_eval, trained_eval, skipped, options, &evaluate)?;
     let text = serde_json::to_string_pretty(&report).map_err(|e| Error::arg("report", e.to_string()))?;
@@ -439,20 +440,20 @@ fn split(batch: &ClipBatch, accum_freq: usize) -> Result<Vec<MicroBatch>> {
 
 /// Zero-shot top-1 and retrieval recall of `model`.
 fn evaluate_model(
-    model: &super::model::TrainClip,
+    model: &TrainClip,
     tokenizer: &TextTokenizer,
     held_out: Option<&ClipBatches>,
     zero_shot: Option<(&ClipBatches, &ZeroShotSet)>,
 ) -> Result<Evaluation> {
     let mut e = Evaluation::default();
     if let Some(h) = held_out {
-        let (img, txt, _, _) = embed_pairs(model, h)?;
-        e.recall = Some(recall(&img, &txt)?);
+        let (img, txt, _, _) = embed_pairs(model, h, true)?;
+        e.recall = Some(recall(&img, &txt.expect("text embeddings asked for"))?);
     }
     if let Some((b, z)) = zero_shot {
         let classes =
             z.set.classes.as_ref().ok_or_else(|| Error::arg("zero-shot", "the zero-shot set has no classes"))?;
-        let (img, _, kept, _) = embed_pairs(model, b)?;
+        let (img, _, kept, _) = embed_pairs(model, b, false)?;
         let labels: Vec<usize> = kept.iter().map(|&i| b.set.items[i].label).collect();
         let emb = class_embeddings(model, tokenizer, classes, &z.templates)?;
         e.zero_shot_top1 = Some(zero_shot_top1(&img, &emb, &labels)?);
@@ -467,7 +468,7 @@ fn finish(
     trained: Option<Evaluation>,
     skipped_samples: usize,
     options: &RunOptions,
-    evaluate: &dyn Fn(&ClipTrainer) -> Result<Evaluation>,
+    evaluate: &dyn Fn(&TrainClip) -> Result<Evaluation>,
 ) -> Result<Report> {
     let export = options.output.join(EXPORT_DIR);
     let mut report = Report {
@@ -494,9 +495,7 @@ fn finish(
     if let Some(alpha) = options.wise_ft {
         let merged = wise_ft(&theta0, &trained_sd, alpha)?;
         let tensors: HashMap<String, Tensor> = merged.iter().cloned().collect();
-        let probe =
-            ClipTrainer::new(trainer.config.clone(), trainer.steps_per_epoch(), Some(&tensors), &options.device)?;
-        let e = evaluate(&probe)?;
+        let e = evaluate(&TrainClip::from_tensors(trainer.config.model.clone(), &tensors, &options.device)?)?;
         report.wise_ft = Some((alpha, e.clone()));
         best_weights = merged;
         best_eval = Some(e);
