@@ -48,7 +48,8 @@ pub struct ClipArgs {
     #[arg(long, short)]
     pub model: Option<String>,
     /// Architecture preset for a bare checkpoint file (ViT-B-32, ViT-B-16, ViT-L-14,
-    /// ViT-L-14-336, ViT-B-32-laion, ViT-H-14); overrides any config file.
+    /// ViT-L-14-336, ViT-B-32-laion, ViT-H-14, RN50, RN101, RN50x4, RN50x16, RN50x64); overrides
+    /// any config file. OpenAI's releases (ViT or ResNet) need none: their shapes say it.
     #[arg(long)]
     pub arch: Option<String>,
     #[command(flatten)]
@@ -96,7 +97,8 @@ pub struct DinoArgs {
     pub preprocess: DinoPreprocessArgs,
     /// A Hugging Face model id (facebook/dinov2-small|base|large|giant[-with-registers],
     /// facebook/dino-vits16, ...), a folder, or a checkpoint file (dinov2_vits14_pretrain.pth,
-    /// dino_deitsmall16_pretrain.pth, a DINO training checkpoint, model.safetensors).
+    /// dino_deitsmall16_pretrain.pth, dino_resnet50_pretrain.pth or any torchvision ResNet state
+    /// dict, a DINO training checkpoint, model.safetensors).
     #[arg(long, short, default_value = DEFAULT_DINO)]
     pub model: String,
     /// Architecture preset (dino_vits16, dino_vitb8, dinov2_vits14, dinov2_vitl14_reg, ...)

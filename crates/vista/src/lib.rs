@@ -39,7 +39,7 @@
 //! # fn main() -> vista::Result<()> {
 //! let dino = DinoPipeline::load("tests/fixtures/dino/v2_hf_reg4_swiglu/model.safetensors", &LoadOptions::default())?;
 //! let f = dino.features_file("tests/fixtures/preprocess/astronaut.png".as_ref(), true)?;
-//! assert_eq!(f.cls.len(), dino.model.config.embed_dim);
+//! assert_eq!(f.cls.len(), dino.model.embed_dim());
 //! assert_eq!(f.patches.len(), f.grid.0 * f.grid.1 * f.cls.len());
 //! # Ok(())
 //! # }

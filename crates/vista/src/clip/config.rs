@@ -24,19 +24,50 @@ pub enum TextPooling {
     FirstEos(u32),
 }
 
+/// A ResNet image tower's stages (OpenAI `ModifiedResNet`; open_clip `vision_cfg.layers` as a list).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResNetDims {
+    /// Bottleneck blocks per stage (`[3, 4, 6, 3]` for RN50).
+    pub layers: [usize; 4],
+    /// The stem's output width (`width`, 64 for RN50); stage `i` ends at `width · 4 · 2^i` channels.
+    pub width: usize,
+}
+
 /// The image tower's dimensions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VisionConfig {
     /// Input side in pixels (`image_size`).
     pub image_size: usize,
-    /// Patch side in pixels (`patch_size`).
+    /// Patch side in pixels (`patch_size`); for a ResNet tower its total stride, 32.
     pub patch_size: usize,
-    /// The transformer (open_clip: `heads = width / head_width`).
+    /// The transformer (open_clip: `heads = width / head_width`); for a ResNet tower its attention
+    /// pool: width `32 · width`, `heads = 32 · width / head_width`, no layers.
     #[serde(flatten)]
     pub tower: TowerDims,
+    /// Present for a ResNet tower (`ModifiedResNet`): its stages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resnet: Option<ResNetDims>,
 }
 
 impl VisionConfig {
+    /// A `ModifiedResNet` tower (OpenAI `clip/model.py`, open_clip `modified_resnet.py`) for
+    /// `image_size` inputs, its attention pool's heads `32 · width / head_width`.
+    pub fn resnet(image_size: usize, layers: [usize; 4], width: usize, head_width: usize, act: Activation) -> Self {
+        VisionConfig {
+            image_size,
+            patch_size: 32,
+            tower: TowerDims {
+                width: width * 32,
+                layers: 0,
+                heads: width * 32 / head_width.max(1),
+                mlp_dim: 0,
+                act,
+                eps: 1e-5,
+            },
+            resnet: Some(ResNetDims { layers, width }),
+        }
+    }
+
     /// Patches per side.
     pub fn grid(&self) -> usize {
         self.image_size / self.patch_size
@@ -111,10 +142,24 @@ fn preset(
     };
     ClipConfig {
         embed_dim,
-        vision: VisionConfig { image_size: image, patch_size: patch, tower: tower(v) },
+        vision: VisionConfig { image_size: image, patch_size: patch, tower: tower(v), resnet: None },
         text: TextConfig { context_length: 77, vocab_size: 49408, tower: tower(t), pooling: TextPooling::Argmax },
         preprocess: PreprocessConfig { resize: image, mean: OPENAI_MEAN, std: OPENAI_STD, hf_crop: false },
     }
+}
+
+/// A ResNet CLIP as OpenAI released it: QuickGELU, head width 64, text 12 layers of `text_width`.
+fn resnet_preset(embed_dim: usize, image: usize, layers: [usize; 4], width: usize, text_width: usize) -> ClipConfig {
+    let mut cfg = preset(
+        embed_dim,
+        image,
+        32,
+        (width * 32, 0, width / 2),
+        (text_width, 12, text_width / 64),
+        Activation::QuickGelu,
+    );
+    cfg.vision = VisionConfig::resnet(image, layers, width, 64, Activation::QuickGelu);
+    cfg
 }
 
 impl ClipConfig {
@@ -144,13 +189,31 @@ impl ClipConfig {
             "vit-h-14" | "vit-h-14-laion" | "laion-vit-h-14" => {
                 preset(1024, 224, 14, (1280, 32, 16), (1024, 24, 16), Gelu)
             }
+            // open_clip model_configs/RN*.json, OpenAI clip/model.py: ModifiedResNet towers (their
+            // text towers 12 layers, heads = width / 64); OpenAI's weights use QuickGELU.
+            "rn50" | "rn50-openai" | "rn50-quickgelu" => resnet_preset(1024, 224, [3, 4, 6, 3], 64, 512),
+            "rn101" | "rn101-openai" | "rn101-quickgelu" => resnet_preset(512, 224, [3, 4, 23, 3], 64, 512),
+            "rn50x4" | "rn50x4-openai" | "rn50x4-quickgelu" => resnet_preset(640, 288, [4, 6, 10, 6], 80, 640),
+            "rn50x16" | "rn50x16-openai" | "rn50x16-quickgelu" => resnet_preset(768, 384, [6, 8, 18, 8], 96, 768),
+            "rn50x64" | "rn50x64-openai" | "rn50x64-quickgelu" => resnet_preset(1024, 448, [3, 15, 36, 10], 128, 1024),
             _ => return None,
         })
     }
 
     /// The canonical names of the presets [`ClipConfig::preset`] knows.
-    pub const PRESETS: [&'static str; 6] =
-        ["ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-L-14-336", "ViT-B-32-laion", "ViT-H-14"];
+    pub const PRESETS: [&'static str; 11] = [
+        "ViT-B-32",
+        "ViT-B-16",
+        "ViT-L-14",
+        "ViT-L-14-336",
+        "ViT-B-32-laion",
+        "ViT-H-14",
+        "RN50",
+        "RN101",
+        "RN50x4",
+        "RN50x16",
+        "RN50x64",
+    ];
 
     /// Reads a transformers `config.json` (`CLIPModel`), with `preprocessor_config.json` if given.
     pub fn from_hf_json(path: &Path, preprocessor: Option<&Path>) -> Result<Self> {
@@ -191,6 +254,7 @@ impl ClipConfig {
             image_size: get(&vc, "image_size", 224),
             patch_size: get(&vc, "patch_size", 32),
             tower: tower(&vc, (768, 12, 12, 3072))?,
+            resnet: None,
         };
         let text = TextConfig {
             context_length: get(&tc, "max_position_embeddings", 77),
@@ -218,9 +282,6 @@ impl ClipConfig {
         let model = v.get("model_cfg").unwrap_or(&v);
         let vc = model.get("vision_cfg").ok_or_else(|| err("no `vision_cfg`".into()))?;
         let tc = model.get("text_cfg").ok_or_else(|| err("no `text_cfg`".into()))?;
-        if vc.get("layers").map(Value::is_array).unwrap_or(false) {
-            return Err(err("ResNet CLIP towers (`layers` as a list) are not supported; use a ViT model".into()));
-        }
         if tc.get("hf_model_name").map(|x| !x.is_null()).unwrap_or(false) {
             return Err(err("text towers from Hugging Face models (`hf_model_name`) are not supported".into()));
         }
@@ -249,10 +310,21 @@ impl ClipConfig {
         // open_clip VisionTransformer: heads = width // head_width (head_width default 64).
         let vwidth = get(vc, "width", 768);
         let image_size = get(vc, "image_size", 224);
-        let vision = VisionConfig {
-            image_size,
-            patch_size: get(vc, "patch_size", 16),
-            tower: tower(vc, vwidth, vwidth / get(vc, "head_width", 64)),
+        let vision = match vc.get("layers").and_then(Value::as_array) {
+            // `layers` as a list: ModifiedResNet, heads = width · 32 // head_width.
+            Some(stages) => {
+                let depths: Vec<usize> = stages.iter().filter_map(Value::as_u64).map(|d| d as usize).collect();
+                let layers: [usize; 4] = depths
+                    .try_into()
+                    .map_err(|d: Vec<usize>| err(format!("vision `layers` has {} stages, expected 4", d.len())))?;
+                VisionConfig::resnet(image_size, layers, get(vc, "width", 64), get(vc, "head_width", 64), act)
+            }
+            None => VisionConfig {
+                image_size,
+                patch_size: get(vc, "patch_size", 16),
+                tower: tower(vc, vwidth, vwidth / get(vc, "head_width", 64)),
+                resnet: None,
+            },
         };
         let text = TextConfig {
             context_length: get(tc, "context_length", 77),
@@ -284,6 +356,9 @@ impl ClipConfig {
             if !t.width.is_multiple_of(t.heads) {
                 return Err(format!("{name} width {} is not divisible by {} heads", t.width, t.heads));
             }
+        }
+        if v.resnet.is_some() && v.tower.heads == 0 {
+            return Err(format!("the attention pool of width {} has no heads", v.tower.width));
         }
         if v.patch_size == 0 || v.image_size < v.patch_size {
             return Err(format!("patch size {} does not fit image size {}", v.patch_size, v.image_size));
@@ -371,5 +446,9 @@ mod tests {
         let h = ClipConfig::preset("ViT-H-14").unwrap();
         assert_eq!(h.vision.tower.width / h.vision.tower.heads, 80);
         assert_eq!(ClipConfig::preset("ViT-L/14@336").unwrap().vision.image_size, 336);
+        // OpenAI clip/model.py: vision_heads = vision_width * 32 // 64.
+        let rn = ClipConfig::preset("RN50x4").unwrap();
+        assert_eq!((rn.vision.tower.width, rn.vision.tower.heads, rn.vision.image_size), (2560, 40, 288));
+        assert_eq!((rn.text.tower.width, rn.text.tower.heads, rn.embed_dim), (640, 10, 640));
     }
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 
-use super::config::ClipConfig;
+use super::config::{ClipConfig, VisionConfig};
 use super::model::ClipModel;
 use super::transformer::TowerDims;
 use crate::device::Target;
@@ -168,7 +168,8 @@ pub fn load_model(model: &str, arch: Option<&str>, target: impl Into<Target>) ->
 
 /// Reads the architecture off the tensor shapes (open_clip `build_model_from_openai_state_dict`):
 /// widths from the embeddings, depth from the block count, patch from `conv1`, image size from the
-/// position embedding, heads = width / 64, QuickGELU (OpenAI's activation).
+/// position embedding, heads = width / 64, QuickGELU (OpenAI's activation); for a ResNet tower
+/// (`visual.layer1.*`) the stage depths, width and image size as that function reads them.
 fn infer_config(store: &TensorStore) -> Result<ClipConfig> {
     let shape = |n: &str| {
         store.shape_of(n).ok_or_else(|| Error::MissingTensor {
@@ -186,14 +187,12 @@ fn infer_config(store: &TensorStore) -> Result<ClipConfig> {
             .map(|m| m + 1)
             .unwrap_or(0)
     };
-    let conv = shape("visual.conv1.weight")?;
-    let (vw, patch) = (conv[0], conv[2]);
-    let ntok = shape("visual.positional_embedding")?[0];
-    let grid = ((ntok - 1) as f64).sqrt().round() as usize;
+    let resnet = store.contains("visual.layer1.0.conv1.weight");
     let embed_dim = shape("text_projection")?[1];
     let tok = shape("token_embedding.weight")?;
     let ctx = shape("positional_embedding")?[0];
     let mut cfg = ClipConfig::preset("ViT-B-32").expect("preset exists");
+    let base = cfg.vision.tower;
     // The blocks below `prefix` of `width`; the activation and ε stay the preset's.
     let tower = |prefix: &str, width: usize| -> Result<TowerDims> {
         Ok(TowerDims {
@@ -201,17 +200,33 @@ fn infer_config(store: &TensorStore) -> Result<ClipConfig> {
             layers: count(prefix),
             heads: width / 64,
             mlp_dim: shape(&format!("{prefix}0.mlp.c_fc.weight"))?[0],
-            ..cfg.vision.tower
+            ..base
         })
     };
-    let (vision, text) = (tower("visual.transformer.resblocks.", vw)?, tower("transformer.resblocks.", tok[1])?);
+    if resnet {
+        // Stages: the distinct block indices below `visual.layerN.`; width: layer1's first
+        // convolution; image size: 32 × the attention pool's grid.
+        let mut layers = [0; 4];
+        for (i, l) in layers.iter_mut().enumerate() {
+            *l = count(&format!("visual.layer{}.", i + 1));
+        }
+        let width = shape("visual.layer1.0.conv1.weight")?[0];
+        let ntok = shape("visual.attnpool.positional_embedding")?[0];
+        let grid = ((ntok.max(1) - 1) as f64).sqrt().round() as usize;
+        cfg.vision = VisionConfig::resnet(grid * 32, layers, width, 64, base.act);
+    } else {
+        let conv = shape("visual.conv1.weight")?;
+        let (vw, patch) = (conv[0], conv[2]);
+        let ntok = shape("visual.positional_embedding")?[0];
+        let grid = ((ntok - 1) as f64).sqrt().round() as usize;
+        cfg.vision.image_size = grid * patch;
+        cfg.vision.patch_size = patch;
+        cfg.vision.tower = tower("visual.transformer.resblocks.", vw)?;
+    }
+    cfg.text.tower = tower("transformer.resblocks.", tok[1])?;
     cfg.embed_dim = embed_dim;
-    cfg.vision.image_size = grid * patch;
-    cfg.vision.patch_size = patch;
-    cfg.vision.tower = vision;
     cfg.text.context_length = ctx;
     cfg.text.vocab_size = tok[0];
-    cfg.text.tower = text;
     cfg.preprocess.resize = cfg.vision.image_size;
     cfg.validate().map_err(|m| Error::Config { path: store.path().to_path_buf(), message: m })?;
     Ok(cfg)

@@ -3,17 +3,41 @@
 use candle_core::{DType, Device, Tensor, D};
 
 use super::config::ClipConfig;
+use super::resnet::ModifiedResNet;
 use super::text::TextTransformer;
 use super::transformer::Trace;
 use super::vision::VisionTransformer;
 use crate::weights::TensorStore;
 use crate::Result;
 
+/// CLIP's image encoder: "a ResNet (CNN) or a Vision Transformer".
+#[derive(Debug, Clone)]
+enum ImageTower {
+    Vit(VisionTransformer),
+    ResNet(ModifiedResNet),
+}
+
+impl ImageTower {
+    fn dtype(&self) -> DType {
+        match self {
+            Self::Vit(v) => v.dtype(),
+            Self::ResNet(r) => r.dtype(),
+        }
+    }
+
+    fn forward(&self, pixels: &Tensor, trace: Option<&mut Trace>) -> Result<Tensor> {
+        match self {
+            Self::Vit(v) => v.forward(pixels, trace),
+            Self::ResNet(r) => r.forward(pixels, trace),
+        }
+    }
+}
+
 /// CLIP's two towers and the logit scale (`CLIP` / `CLIPModel`).
 #[derive(Debug, Clone)]
 pub struct ClipModel {
     cfg: ClipConfig,
-    visual: VisionTransformer,
+    visual: ImageTower,
     text: TextTransformer,
     /// `logit_scale` as stored: the log of the inverse temperature.
     logit_scale: f32,
@@ -27,7 +51,10 @@ impl ClipModel {
         let logit_scale = vb.get(&[], "logit_scale")?.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
         Ok(Self {
             cfg: cfg.clone(),
-            visual: VisionTransformer::load(&vb.pp("visual"), &cfg.vision, cfg.embed_dim)?,
+            visual: match cfg.vision.resnet {
+                Some(_) => ImageTower::ResNet(ModifiedResNet::load(&vb.pp("visual"), &cfg.vision, cfg.embed_dim)?),
+                None => ImageTower::Vit(VisionTransformer::load(&vb.pp("visual"), &cfg.vision, cfg.embed_dim)?),
+            },
             text: TextTransformer::load(&vb, &cfg.text, cfg.embed_dim)?,
             logit_scale,
             device: store.device().clone(),

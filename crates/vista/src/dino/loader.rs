@@ -5,7 +5,9 @@ use std::path::Path;
 
 use candle_core::Device;
 
+use super::backbone::Backbone;
 use super::config::{DinoConfig, PosInterpolation};
+use super::resnet::ResNet;
 use super::vit::DinoVit;
 use crate::device::Target;
 use crate::weights::dino::DinoFamily;
@@ -53,12 +55,48 @@ fn read(path: &Path, key: Option<&str>) -> Result<std::collections::HashMap<Stri
     }
 }
 
-/// Loads a backbone from resolved files (on the CPU, f32): the architecture from `options.arch`
-/// or the tensor shapes, refined by the `config.json` and `options.num_heads`.
-pub fn load(files: &DinoFiles, options: &LoadOptions) -> Result<Loaded> {
+/// A loaded ViT or ResNet backbone with what the load found.
+pub type LoadedBackbone = crate::weights::Loaded<Backbone, DinoFamily>;
+
+/// Whether the checkpoint is a torchvision-named ResNet (`conv1`, `layer1.0.conv1`, no ViT tokens).
+fn is_resnet(store: &TensorStore) -> bool {
+    store.contains("layer1.0.conv1.weight") && !store.contains("cls_token")
+}
+
+fn read_store(files: &DinoFiles, options: &LoadOptions) -> Result<(TensorStore, DinoFamily)> {
     let tensors = read(&files.weights, options.checkpoint_key.as_deref())?;
     let (target, path) = (&options.target, &files.weights);
-    let (store, family) = TensorStore::from_family::<DinoFamily>(path, tensors, &target.device, target.dtype)?;
+    TensorStore::from_family::<DinoFamily>(path, tensors, &target.device, target.dtype)
+}
+
+/// Loads a vision transformer backbone from resolved files (on the CPU, f32): the architecture from `options.arch`
+/// or the tensor shapes, refined by the `config.json` and `options.num_heads`.
+pub fn load(files: &DinoFiles, options: &LoadOptions) -> Result<Loaded> {
+    let (store, family) = read_store(files, options)?;
+    if is_resnet(&store) {
+        return Err(Error::arg(
+            "model",
+            format!("{} is a ResNet; this needs a vision transformer", files.weights.display()),
+        ));
+    }
+    load_vit(files, options, store, family)
+}
+
+/// Loads a ViT or a ResNet backbone (torchvision naming: DINO's `dino_resnet50_pretrain.pth`,
+/// a `--arch resnet50` training checkpoint's teacher, torchvision's `resnet50` state dict).
+pub fn load_backbone(files: &DinoFiles, options: &LoadOptions) -> Result<LoadedBackbone> {
+    let (store, family) = read_store(files, options)?;
+    if is_resnet(&store) {
+        if let Some(a) = options.arch.as_deref().filter(|a| !a.to_ascii_lowercase().starts_with("resnet")) {
+            return Err(Error::arg("arch", format!("`{a}` given, but {} is a ResNet", files.weights.display())));
+        }
+        return crate::weights::Loaded::build(&store, family, |s| Ok(Backbone::ResNet(ResNet::load(&s.root())?)));
+    }
+    let vit = load_vit(files, options, store, family)?;
+    Ok(crate::weights::Loaded { model: Backbone::Vit(vit.model), family: vit.family, report: vit.report })
+}
+
+fn load_vit(files: &DinoFiles, options: &LoadOptions, store: TensorStore, family: DinoFamily) -> Result<Loaded> {
     let mut config = match &options.arch {
         Some(a) => DinoConfig::preset(a).ok_or_else(|| {
             Error::arg("arch", format!("unknown DINO architecture `{a}`; known: {}", DinoConfig::PRESETS.join(", ")))

@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use super::loader::{self, LoadOptions, Loaded};
 use super::preprocess::DinoPreprocess;
-use super::DinoVit;
+use super::Backbone;
 use crate::data::ImageSource;
 use crate::image::{self, DecodeOptions, RgbImage};
 use crate::weights::dino::DinoFamily;
@@ -56,8 +56,8 @@ pub struct FileFeatures {
 
 /// A loaded DINO / DINOv2 backbone with its preprocessing.
 pub struct DinoPipeline {
-    /// The backbone.
-    pub model: DinoVit,
+    /// The backbone (a ViT, or DINO's ResNet-50).
+    pub model: Backbone,
     /// How images are brought to the model's input (evaluation preprocessing by default).
     pub preprocess: DinoPreprocess,
     /// How image files are decoded (pixel limit, EXIF orientation).
@@ -76,7 +76,7 @@ impl DinoPipeline {
     /// global crop size, as the trainer's k-NN evaluation), else resize 256, crop 224.
     pub fn load(model: &str, options: &LoadOptions) -> Result<Self> {
         let files = loader::resolve(model)?;
-        let loaded = loader::load(&files, options)?;
+        let loaded = loader::load_backbone(&files, options)?;
         let preprocess = match (loaded.family, &files.preprocessor) {
             (DinoFamily::HuggingFace, Some(path)) => DinoPreprocess::from_hf_processor(path)?,
             (DinoFamily::HuggingFace, None) => DinoPreprocess::hugging_face(),
@@ -86,18 +86,20 @@ impl DinoPipeline {
                 None => DinoPreprocess::eval(),
             },
         };
-        Ok(Self { preprocess, ..Self::new(loaded) })
+        let crate::weights::Loaded { model, family, report } = loaded;
+        Ok(Self { model, preprocess, decode: DecodeOptions::default(), family, report })
     }
 
-    /// Wraps a loaded backbone, with DINO's evaluation preprocessing.
+    /// Wraps a loaded vision transformer, with DINO's evaluation preprocessing.
     pub fn new(loaded: Loaded) -> Self {
         let Loaded { model, family, report } = loaded;
+        let model = Backbone::Vit(model);
         Self { model, preprocess: DinoPreprocess::eval(), decode: DecodeOptions::default(), family, report }
     }
 
-    /// Patch side in pixels.
+    /// Patch side in pixels (a ResNet's total stride, 32).
     pub fn patch_size(&self) -> usize {
-        self.model.config.patch_size
+        self.model.patch_size()
     }
 
     /// The 8-bit image the model sees for `img`.
@@ -221,6 +223,9 @@ impl DinoPipeline {
     pub fn attention_maps(&self, img: &RgbImage) -> Result<AttentionMaps> {
         let prepared = self.prepare(img)?;
         let pixels = self.preprocess.pixels(&[&prepared])?;
+        if self.model.vit().is_none() {
+            return Err(Error::arg("model", "a ResNet has no attention maps; use a DINO vision transformer"));
+        }
         let out = self.model.forward(&pixels, true, false)?;
         let attn = out.attention.as_ref().ok_or_else(|| Error::arg("attention", "the model gave no attention"))?;
         let (_, heads, n, _) = attn.dims4()?;
@@ -246,7 +251,7 @@ impl DinoPipeline {
             candle_core::DType::F32 => String::new(),
             other => format!(" {other:?}"),
         };
-        let arch = serde_json::to_string(&self.model.config).unwrap_or_default() + &dtype;
+        let arch = self.model.arch_key() + &dtype;
         checkpoint_key(&self.report.checkpoint, &arch)
     }
 }

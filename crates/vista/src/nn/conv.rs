@@ -31,6 +31,21 @@ pub struct BatchNorm {
     pub eps: f64,
 }
 
+impl BatchNorm {
+    /// `weight`, `bias`, `running_mean`, `running_var` `[C]` below `vb`, ε 1e-5 (PyTorch's
+    /// default, which every checkpoint here was trained with).
+    pub fn load(vb: &crate::weights::Vb, channels: usize) -> Result<Self> {
+        let get = |n: &str| vb.get(&[channels], n);
+        Ok(Self {
+            weight: get("weight")?,
+            bias: get("bias")?,
+            running_mean: get("running_mean")?,
+            running_var: get("running_var")?,
+            eps: 1e-5,
+        })
+    }
+}
+
 /// Folds an eval-mode BatchNorm into the convolution weight `[Cout, ...]` before it, as
 /// TinyViT's `Conv2d_BN.fuse` does: `w' = w·γ/√(var+ε)`, `b' = β − mean·γ/√(var+ε)`.
 /// Computed in f32 whatever the weights' dtype (bf16 weights are folded, then rounded once).
@@ -78,6 +93,11 @@ impl Conv2d {
     /// # Shapes
     /// `[B, H, W, Cin] -> [B, H', W', Cout]`
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_act(x, None)
+    }
+
+    /// `act(conv(x))`, the activation applied in the GEMM's output pass.
+    pub fn forward_act(&self, x: &Tensor, act: Option<super::Activation>) -> Result<Tensor> {
         let (b, h, w, cin) = nhwc(x)?;
         if cin != self.cin {
             return Err(candle_core::Error::Msg(format!("conv: input has {cin} channels, weight {}", self.cin)).into());
@@ -94,7 +114,7 @@ impl Conv2d {
         } else {
             super::portable::im2col(x, k, s, p)?
         };
-        let y = self.linear.forward_act(&cols.reshape((b * ho * wo, k * k * cin))?, None)?;
+        let y = self.linear.forward_act(&cols.reshape((b * ho * wo, k * k * cin))?, act)?;
         Ok(y.reshape((b, ho, wo, ()))?)
     }
 }

@@ -12,7 +12,9 @@ pub mod interpolate;
 pub mod linear;
 pub mod mlp;
 pub mod norm;
+pub mod pool;
 pub mod portable;
+pub mod resnet;
 pub mod window;
 
 pub use activation::Activation;

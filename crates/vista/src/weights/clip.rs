@@ -22,7 +22,7 @@ pub enum ClipFamily {
 }
 
 /// Buffers some exports carry that hold no weights.
-const IGNORED_SUFFIXES: [&str; 2] = ["position_ids", "attn_mask"];
+const IGNORED_SUFFIXES: [&str; 3] = ["position_ids", "attn_mask", "num_batches_tracked"];
 /// Scalars of OpenAI's TorchScript state dict.
 const IGNORED_NAMES: [&str; 3] = ["input_resolution", "context_length", "vocab_size"];
 

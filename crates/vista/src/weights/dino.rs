@@ -86,15 +86,17 @@ fn canonical_to_hf(name: &str) -> String {
 
 impl Family for DinoFamily {
     const CANONICAL: Self = DinoFamily::Official;
-    const NOT_FOUND: &'static str = "not a DINO / ViT checkpoint: found neither `cls_token` + `patch_embed.proj.*` \
-                                     (official) nor `embeddings.*` (Hugging Face) tensors";
+    const NOT_FOUND: &'static str = "not a DINO checkpoint: found neither `cls_token` + `patch_embed.proj.*` \
+                                     (official ViT), `layer1.*` (ResNet) nor `embeddings.*` (Hugging Face) \
+                                     tensors";
 
     fn detect<'a>(names: impl IntoIterator<Item = &'a String>) -> Option<Self> {
         for n in names {
             if n.starts_with("embeddings.") || n.contains(".embeddings.patch_embeddings.") {
                 return Some(DinoFamily::HuggingFace);
             }
-            if n == "cls_token" || n.ends_with("patch_embed.proj.weight") {
+            // A ViT's tokens, or torchvision's ResNet (DINO's `resnet50`).
+            if n == "cls_token" || n.ends_with("patch_embed.proj.weight") || n == "layer1.0.conv1.weight" {
                 return Some(DinoFamily::Official);
             }
         }
@@ -112,6 +114,9 @@ impl Family for DinoFamily {
             || name.starts_with("pooler.")
             || name.starts_with("classifier.")
             || name.ends_with("position_ids")
+            // torchvision's classifier (DINO replaces it by the identity) and BatchNorm's counter
+            || name.starts_with("fc.")
+            || name.ends_with("num_batches_tracked")
     }
 
     fn file_name(canonical: &str) -> String {

@@ -368,6 +368,12 @@ impl<'a> Vb<'a> {
         self.store.contains(&self.full(name))
     }
 
+    /// The shape of the tensor `name` below this position, for architectures read off the
+    /// checkpoint (`None` when absent).
+    pub fn shape_of(&self, name: &str) -> Option<Vec<usize>> {
+        self.store.shape_of(&self.full(name))
+    }
+
     /// The device tensors are moved to.
     pub fn device(&self) -> &Device {
         self.store.device()

@@ -209,7 +209,7 @@ fn attention_maps_are_the_cls_row_over_patches_and_the_threshold_keeps_the_mass(
 #[test]
 fn rendered_picture_has_the_image_then_one_panel_per_head() {
     let mut p = v1();
-    assert_eq!(p.model.config.num_heads, 2);
+    assert_eq!(p.model.vit().unwrap().config.num_heads, 2);
     p.preprocess = DinoPreprocess::whole(Some(64));
     let maps = p.attention_maps(&photo("coffee")).unwrap();
     assert_eq!(maps.heads, 2);

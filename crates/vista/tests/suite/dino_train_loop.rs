@@ -251,8 +251,8 @@ fn the_exported_backbone_loads_as_a_dino_model_with_the_teachers_features() {
     let trainer = run(tiny_config(1), items.clone(), &options(&out), |_| {}).unwrap();
     let path = out.join("backbone.safetensors");
     let mut loaded = DinoPipeline::load(path.to_str().unwrap(), &LoadOptions::default()).unwrap();
-    assert_eq!(loaded.model.config.num_heads, 2, "heads come from the file's metadata");
-    assert_eq!(loaded.model.config, trainer.config.backbone());
+    assert_eq!(loaded.model.vit().unwrap().config.num_heads, 2, "heads come from the file's metadata");
+    assert_eq!(loaded.model.vit().unwrap().config, trainer.config.backbone());
     loaded.preprocess = DinoPreprocess::eval_sized(28, 28);
     let teacher = trainer.teacher_pipeline().unwrap();
     let img = items[3].load(&Default::default()).unwrap();

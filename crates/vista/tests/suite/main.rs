@@ -27,6 +27,7 @@ mod knn;
 mod layers;
 mod mask_export;
 mod preprocess_parity;
+mod resnet_parity;
 mod sam_parity;
 mod segment;
 mod tokenizer_parity;

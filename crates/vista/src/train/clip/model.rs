@@ -99,6 +99,12 @@ impl TrainClip {
     /// when the tensors have it (SigLIP).
     pub fn from_tensors(config: ClipConfig, tensors: &HashMap<String, Tensor>, device: &Device) -> Result<Self> {
         config.validate().map_err(|m| Error::arg("config", m))?;
+        if config.vision.resnet.is_some() {
+            return Err(Error::arg(
+                "model",
+                "training a ResNet CLIP image tower is not supported yet (BatchNorm training); use a ViT",
+            ));
+        }
         let with_bias = tensors.contains_key("logit_bias");
         let mut params = Vec::new();
         for (name, shape) in Self::param_shapes(&config, with_bias) {
@@ -130,6 +136,12 @@ impl TrainClip {
     ///   (SigLIP) `init_logit_bias`.
     pub fn init(config: ClipConfig, seed: u64, logit: LogitInit, device: &Device) -> Result<Self> {
         config.validate().map_err(|m| Error::arg("config", m))?;
+        if config.vision.resnet.is_some() {
+            return Err(Error::arg(
+                "model",
+                "training a ResNet CLIP image tower is not supported yet (BatchNorm training); use a ViT",
+            ));
+        }
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let vw = config.vision.tower.width as f64;
         let (tw, tl) = (config.text.tower.width as f64, config.text.tower.layers as f64);
