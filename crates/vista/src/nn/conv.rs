@@ -104,40 +104,99 @@ impl Conv2d {
         }
         let (k, s, p) = (self.k, self.stride, self.pad);
         let (ho, wo) = (out_size(h, k, s, p), out_size(w, k, s, p));
-        let cols = if k == 1 && s == 1 && p == 0 {
-            x.clone()
-        } else if k == s && p == 0 && h % k == 0 && w % k == 0 {
+        let rows = b * ho * wo;
+        let fast = super::cpu::eligible(x) && super::cpu::eligible(self.linear.weight_t());
+        if k == 1 && s == 1 && p == 0 {
+            if fast {
+                return self.im2col_gemm(x, (ho, wo), act);
+            }
+            let y = self.linear.forward_act(&x.reshape((rows, cin))?, act)?;
+            return Ok(y.reshape((b, ho, wo, ()))?);
+        }
+        if k == s && p == 0 && h % k == 0 && w % k == 0 {
             // Non-overlapping patches: a reshape, no gather.
-            x.reshape((b, ho, k, wo, k, cin))?.permute((0, 1, 3, 2, 4, 5))?.contiguous()?
-        } else if super::cpu::eligible(x) {
-            im2col(x, k, s, p)?
-        } else {
-            super::portable::im2col(x, k, s, p)?
-        };
-        let y = self.linear.forward_act(&cols.reshape((b * ho * wo, k * k * cin))?, act)?;
+            let cols = x.reshape((b, ho, k, wo, k, cin))?.permute((0, 1, 3, 2, 4, 5))?.contiguous()?;
+            let y = self.linear.forward_act(&cols.reshape((rows, k * k * cin))?, act)?;
+            return Ok(y.reshape((b, ho, wo, ()))?);
+        }
+        if fast {
+            return self.im2col_gemm(x, (ho, wo), act);
+        }
+        let cols = super::portable::im2col(x, k, s, p)?;
+        let y = self.linear.forward_act(&cols.reshape((rows, k * k * cin))?, act)?;
         Ok(y.reshape((b, ho, wo, ()))?)
     }
 }
 
-/// `[B, H, W, C] -> [B·H'·W', k·k·C]`, zero padding, taps ordered `(ky, kx, c)`.
-fn im2col(x: &Tensor, k: usize, s: usize, p: usize) -> Result<Tensor> {
-    let (b, h, w, c) = nhwc(x)?;
-    let (ho, wo) = (out_size(h, k, s, p), out_size(w, k, s, p));
-    let x = x.contiguous()?;
-    let src = x.flatten_all()?.to_vec1::<f32>()?;
-    let row = k * k * c;
-    let mut out = vec![0f32; b * ho * wo * row];
-    out.par_chunks_mut(wo * row).enumerate().for_each(|(bo, dst)| {
-        let (bi, oy) = (bo / ho, bo % ho);
-        for ox in 0..wo {
-            for_each_tap((oy, ox), (h, w), (k, s, p), |tap, pixel| {
-                let from = (bi * h * w + pixel) * c;
-                let to = ox * row + tap * c;
-                dst[to..to + c].copy_from_slice(&src[from..from + c]);
-            });
-        }
-    });
-    Ok(Tensor::from_vec(out, (b * ho * wo, row), &Device::Cpu)?)
+/// Below this many output rows a convolution runs as one GEMM split over the threads by columns.
+const BLOCKED_ROWS: usize = 8192;
+
+impl Conv2d {
+    /// The CPU path: the output rows in blocks, one block per task, each block's im2col rows
+    /// gathered into a per-thread buffer that stays in cache (a 1×1 convolution reads its rows in
+    /// place) and multiplied at once into its part of the output, bias first and activation after
+    /// while the block is still in cache. Never materialises the whole `[B·H'·W', k·k·C]` matrix,
+    /// which at batch 32 is hundreds of megabytes per convolution (fresh pages, faulted in and
+    /// zeroed, cost more than the GEMM they fed): a ResNet-50 forward at batch 32 went from
+    /// 2.53 s to 1.92 s with the 3×3 convolutions blocked.
+    fn im2col_gemm(&self, x: &Tensor, (ho, wo): (usize, usize), act: Option<super::Activation>) -> Result<Tensor> {
+        let (b, h, w, c) = nhwc(x)?;
+        let (k, s, p) = (self.k, self.stride, self.pad);
+        let row = k * k * c;
+        let wt = self.linear.weight_t();
+        let n = wt.dim(1)?;
+        let rows = b * ho * wo;
+        // About 256 KiB of gathered rows per block (L2), at least 32 rows, a multiple of 16; with
+        // few rows (one image), one block and the GEMM's own split of the columns over the threads,
+        // which keeps both busy where a handful of row blocks would not divide evenly.
+        let few = rows < BLOCKED_ROWS;
+        let block = if few { rows.max(1) } else { ((256 * 1024 / 4 / row).max(32) / 16 * 16).clamp(16, 1024) };
+        let par = if few { super::cpu::parallelism() } else { super::gemm::Parallelism::None };
+        let bias = match self.linear.bias() {
+            Some(t) => Some(t.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?),
+            None => None,
+        };
+        let mut out = vec![0f32; rows * n];
+        super::cpu::with_slice(x, |src| {
+            super::cpu::with_slice(wt, |ws| {
+                let direct = k == 1 && s == 1 && p == 0;
+                out.par_chunks_mut(block * n).enumerate().for_each_init(Vec::new, |cols: &mut Vec<f32>, (i, dst)| {
+                    let first = i * block;
+                    let count = dst.len() / n;
+                    let lhs: &[f32] = if direct {
+                        &src[first * row..(first + count) * row]
+                    } else {
+                        cols.clear();
+                        cols.resize(count * row, 0.0);
+                        for (r, col) in cols.chunks_exact_mut(row).enumerate() {
+                            let o = first + r;
+                            let (bi, rest) = (o / (ho * wo), o % (ho * wo));
+                            for_each_tap((rest / wo, rest % wo), (h, w), (k, s, p), |tap, pixel| {
+                                let from = (bi * h * w + pixel) * c;
+                                col[tap * c..(tap + 1) * c].copy_from_slice(&src[from..from + c]);
+                            });
+                        }
+                        cols
+                    };
+                    if let Some(bias) = &bias {
+                        dst.chunks_exact_mut(n).for_each(|d| d.copy_from_slice(bias));
+                    }
+                    super::gemm::matmul(
+                        super::gemm::MatMut::row_major(dst, count, n),
+                        super::gemm::MatRef::row_major(lhs, count, row),
+                        super::gemm::MatRef::row_major(ws, row, n),
+                        1.0,
+                        bias.is_some(),
+                        par,
+                    );
+                    if let Some(act) = act {
+                        dst.iter_mut().for_each(|v| *v = super::cpu::activate(*v, act));
+                    }
+                });
+            })
+        })??;
+        Ok(Tensor::from_vec(out, (b, ho, wo, n), &Device::Cpu)?)
+    }
 }
 
 /// Calls `f(tap, pixel)` for every tap `(ky, kx)` of a `k × k` kernel (`tap = ky·k + kx`) at the
@@ -303,6 +362,20 @@ mod tests {
             let conv = Conv2d::new(&w, Some(b.clone()), s, p).unwrap();
             let ours = conv.forward(&to_nhwc(&x)).unwrap();
             assert!(max_diff(&ours, &to_nhwc(&want)) < 1e-4, "k{k} s{s} p{p}");
+        }
+    }
+
+    #[test]
+    fn blocked_convolutions_of_many_rows_equal_candle() {
+        // Over BLOCKED_ROWS output rows: the per-block gather and GEMM, the last block partial.
+        let x = randn(16, 0f32, 1., (1, 5, 97, 91));
+        for (k, s, p) in [(1, 1, 0), (3, 1, 1), (3, 2, 1)] {
+            let w = randn(17, 0f32, 1., (6, 5, k, k));
+            let b = randn(18, 0f32, 1., 6);
+            let want = x.conv2d(&w, p, s, 1, 1).unwrap().broadcast_add(&b.reshape((1, 6, 1, 1)).unwrap()).unwrap();
+            let conv = Conv2d::new(&w, Some(b.clone()), s, p).unwrap();
+            let ours = conv.forward_act(&to_nhwc(&x), Some(crate::nn::Activation::Relu)).unwrap();
+            assert!(max_diff(&ours, &to_nhwc(&want.relu().unwrap())) < 1e-4, "k{k} s{s} p{p}");
         }
     }
 

@@ -89,7 +89,8 @@ fn slice_of<'a>(data: &'a [f32], layout: &Layout) -> &'a [f32] {
     &data[start..start + layout.shape().elem_count()]
 }
 
-fn parallelism() -> Parallelism {
+/// The GEMM's thread split: candle's thread count.
+pub(crate) fn parallelism() -> Parallelism {
     let n = candle_core::utils::get_num_threads();
     if n > 1 {
         Parallelism::Rayon(n)

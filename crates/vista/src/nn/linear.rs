@@ -29,6 +29,16 @@ impl Linear {
         Self::new(weight, bias)
     }
 
+    /// `Wᵀ`, `[in, out]`, contiguous (as the GEMM reads it).
+    pub fn weight_t(&self) -> &Tensor {
+        &self.weight_t
+    }
+
+    /// The bias `[out]`, if any.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
     /// The weight in PyTorch layout `[out, in]` (a transposed view).
     pub fn weight(&self) -> Result<Tensor> {
         Ok(self.weight_t.t()?)
