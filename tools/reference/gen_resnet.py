@@ -12,7 +12,8 @@ Under <out_dir>/:
                         DINO's release naming (`dino_resnet50_pretrain.pth`: the backbone's state dict), plus
                         a DINO training checkpoint (`checkpoint.pth`, {"teacher": {"backbone.*", "head.*"}}).
   lars/                 three chained steps of main_dino.py's utils.LARS (transcribed below from
-                        facebookresearch/dino utils.py, which is not pip-installable) on two parameter groups.
+                        facebookresearch/dino utils.py, which is not pip-installable) and of its
+                        torch.optim.SGD(momentum=0.9) on two parameter groups.
 
 Each model case has golden.safetensors at the native input size and golden_<S>.safetensors at a non-native size.
 For CLIP that is open_clip's model built at the other size with the attention pool's position embedding resampled by
@@ -300,40 +301,51 @@ class LARS(torch.optim.Optimizer):
                 p.add_(mu, alpha=-g['lr'])
 
 
-def gen_lars(d: pathlib.Path, seed: int = 4201) -> None:
-    common.clear_dir(d)
+def run_optimizer(make, seed: int = 4201) -> Dict[str, torch.Tensor]:
+    """Three chained steps of the optimizer `make(groups)` on main_dino.py's two groups."""
     g = common.generator(seed)
     shapes = {"conv.weight": (6, 3, 3, 3), "fc.weight": (5, 7), "fc.bias": (5,), "bn.weight": (6,),
               "zero.weight": (4, 4)}
     params = {k: nn.Parameter(common.randn(s, g)) for k, s in shapes.items()}
     with torch.no_grad():
-        params["zero.weight"].zero_()  # param_norm == 0: the trust ratio falls back to one
+        params["zero.weight"].zero_()  # param_norm == 0: LARS's trust ratio falls back to one
     # main_dino.py's groups: regularized (weights) and not (biases, norms: weight_decay 0)
-    regularized = ["conv.weight", "fc.weight", "zero.weight"]
-    plain = ["fc.bias", "bn.weight"]
-    opt = LARS([{"params": [params[k] for k in regularized]},
-                {"params": [params[k] for k in plain], "weight_decay": 0.0}])
+    opt = make([{"params": [params[k] for k in REGULARIZED]},
+                {"params": [params[k] for k in NOT_REGULARIZED], "weight_decay": 0.0}])
     tensors = {f"init.{k}": p.detach().clone() for k, p in params.items()}
-    schedule = [(0.3, 0.04), (0.25, 0.1), (0.2, 0.4)]  # (lr, wd) per step, as main_dino.py sets them per iteration
-    for step, (lr, wd) in enumerate(schedule):
-        for i, group in enumerate(opt.param_groups):
+    for step, (lr, wd) in enumerate(SCHEDULE):
+        for i, group in enumerate(opt.param_groups):  # as main_dino.py sets them per iteration
             group["lr"] = lr
             if i == 0:
                 group["weight_decay"] = wd
         for k, p in params.items():
             p.grad = common.randn(p.shape, g)
             if k == "fc.weight" and step == 1:
-                p.grad.zero_()  # update_norm == 0 with weight decay still non-zero
+                p.grad.zero_()  # a zero gradient with weight decay: the decay is the whole update
             tensors[f"step{step}.grad.{k}"] = p.grad.clone()
         opt.step()
         for k, p in params.items():
             tensors[f"step{step}.param.{k}"] = p.detach().clone()
-            tensors[f"step{step}.mu.{k}"] = opt.state[p]["mu"].clone()
-    common.save_golden(d / "golden.safetensors", tensors)
+            tensors[f"step{step}.mu.{k}"] = opt.state[p]["mu" if "mu" in opt.state[p] else "momentum_buffer"].clone()
+    return tensors
+
+
+REGULARIZED = ["conv.weight", "fc.weight", "zero.weight"]
+NOT_REGULARIZED = ["fc.bias", "bn.weight"]
+SCHEDULE = [(0.3, 0.04), (0.25, 0.1), (0.2, 0.4)]  # (lr, wd) per step
+
+
+def gen_lars(d: pathlib.Path) -> None:
+    common.clear_dir(d)
+    common.save_golden(d / "golden.safetensors", run_optimizer(lambda groups: LARS(groups)))
+    # main_dino.py: torch.optim.SGD(params_groups, lr=0, momentum=0.9)
+    common.save_golden(d / "golden_sgd.safetensors",
+                       run_optimizer(lambda groups: torch.optim.SGD(groups, lr=0, momentum=0.9)))
     common.write_json(d / "manifest.json", {
         "generator": "tools/reference/gen_resnet.py", "versions": common.versions(),
-        "regularized": regularized, "not_regularized": plain, "momentum": 0.9, "eta": 0.001,
-        "schedule": [{"lr": lr, "weight_decay": wd} for lr, wd in schedule],
+        "regularized": REGULARIZED, "not_regularized": NOT_REGULARIZED, "momentum": 0.9, "eta": 0.001,
+        "schedule": [{"lr": lr, "weight_decay": wd} for lr, wd in SCHEDULE],
+        "files": {"golden.safetensors": "utils.LARS", "golden_sgd.safetensors": "torch.optim.SGD(momentum=0.9)"},
         "tolerances": {"max_abs": TOL_LARS}})
 
 

@@ -118,6 +118,10 @@ pub struct Args {
     /// Seed of the initialisation and of every random draw (preset: 0).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// The optimiser, as main_dino.py's --optimizer: adamw (preset; recommended with ViTs), sgd
+    /// (momentum 0.9) or lars (DINO's LARS, for convnets and large batches).
+    #[arg(long, value_parser = ["adamw", "sgd", "lars"])]
+    pub optimizer: Option<String>,
     /// Threads that decode and augment images ahead of the step.
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
@@ -204,6 +208,13 @@ impl Args {
                 seed,
             ]
         );
+        if let Some(o) = &self.optimizer {
+            c.optimizer = match o.as_str() {
+                "sgd" => vista::train::dino::OptimizerKind::Sgd,
+                "lars" => vista::train::dino::OptimizerKind::Lars,
+                _ => vista::train::dino::OptimizerKind::Adamw,
+            };
+        }
         c.validate()?;
         Ok(c)
     }

@@ -9,8 +9,10 @@ pub mod adamw;
 pub mod clip;
 pub mod dino;
 pub mod loader;
+pub mod momentum;
 pub mod ops;
 pub mod param;
 
 pub use adamw::AdamW;
+pub use momentum::{Momentum, MomentumRule};
 pub use param::{Grads, Param};

@@ -339,3 +339,40 @@ fn a_checkpoint_with_a_misshapen_tensor_is_refused_naming_it() {
     assert!(err.contains("checkpoint.safetensors"), "the error names the file: {err}");
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// `--optimizer lars` and `sgd` (main_dino.py's choices for convnets): the run trains, its
+/// checkpoint holds a momentum buffer per trained tensor (no AdamW moments), and a run stopped
+/// after each epoch resumes to the same bits; the recorded configuration names the optimiser.
+#[test]
+fn lars_and_sgd_runs_resume_bit_for_bit() {
+    use vista::train::dino::OptimizerKind;
+    let items = generated_items(64);
+    for kind in [OptimizerKind::Lars, OptimizerKind::Sgd] {
+        let mut config = tiny_config(2);
+        config.optimizer = kind;
+        config.lr = 0.05;
+        let straight = tempdir(&format!("{kind:?}-straight"));
+        run(config.clone(), items.clone(), &options(&straight), |_| {}).unwrap();
+        let resumed = tempdir(&format!("{kind:?}-resumed"));
+        for _ in 0..2 {
+            let opts = RunOptions { max_epochs: Some(1), ..options(&resumed) };
+            run(config.clone(), items.clone(), &opts, |_| {}).unwrap();
+        }
+        let (a, b) =
+            (tensors_of(&straight.join("checkpoint.safetensors")), tensors_of(&resumed.join("checkpoint.safetensors")));
+        assert_eq!(a.len(), b.len(), "{kind:?}");
+        let buffers = a.iter().filter(|(n, _)| n.ends_with(".momentum_buffer")).count();
+        assert!(buffers > 10, "{kind:?}: {buffers} momentum buffers");
+        assert!(!a.iter().any(|(n, _)| n.ends_with(".exp_avg")), "{kind:?}: AdamW state in the checkpoint");
+        for ((na, va), (nb, vb)) in a.iter().zip(&b) {
+            assert_eq!(na, nb);
+            assert!(va.iter().zip(vb).all(|(x, y)| x.to_bits() == y.to_bits()), "{kind:?}: `{na}` differs");
+        }
+        let json = std::fs::read_to_string(straight.join("checkpoint.json")).unwrap();
+        let name = format!("{kind:?}").to_lowercase();
+        assert!(json.contains(&format!("\"optimizer\": \"{name}\"")), "{kind:?}: {json}");
+        for d in [straight, resumed] {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}

@@ -108,33 +108,52 @@ fn dino_resnet50_matches_torchvision() {
     assert!(err.contains("dino_vits16") && err.contains("ResNet"), "{err}");
 }
 
-/// main_dino.py's `utils.LARS`, three chained steps on two parameter groups (weights with decay,
-/// 1-D tensors without; a zero tensor and a zero update take the trust ratio's fallback of one):
-/// parameters and momentum buffers ≤ 1e-5.
+/// main_dino.py's `utils.LARS` and its `torch.optim.SGD(momentum=0.9)`, as `vista train dino
+/// --optimizer lars|sgd` runs them (`train::Momentum` over `get_params_groups`' two groups, the
+/// schedule set per step as `train_one_epoch` does): three chained steps, parameters and
+/// momentum buffers ≤ 1e-5. A zero tensor takes LARS's fallback trust ratio of one; a zero
+/// gradient on a decayed weight makes the decay the whole update.
 #[test]
-fn lars_matches_main_dino_over_three_steps() {
-    use vista::optim::lars::{update, LarsConfig};
+fn lars_and_sgd_match_main_dino_over_three_steps() {
+    use vista::train::dino::{get_params_groups, ParamGroup};
+    use vista::train::{Grads, Momentum, MomentumRule, Param};
     let dir = fixtures().join("resnet/lars");
-    let golden = load_golden(&dir.join("golden.safetensors"));
     let manifest = manifest(&dir.join("manifest.json"));
-    let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let regularized: Vec<String> =
-        manifest["regularized"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
     let names = ["conv.weight", "fc.weight", "fc.bias", "bn.weight", "zero.weight"];
-    let mut params: Vec<Vec<f32>> = names.iter().map(|n| flat(&golden[&format!("init.{n}")])).collect();
-    let mut mu: Vec<Vec<f32>> = params.iter().map(|p| vec![0.0; p.len()]).collect();
-    let cfg = LarsConfig::default();
-    for (step, s) in manifest["schedule"].as_array().unwrap().iter().enumerate() {
-        let (lr, wd) = (s["lr"].as_f64().unwrap(), s["weight_decay"].as_f64().unwrap());
-        for (i, n) in names.iter().enumerate() {
-            let g = flat(&golden[&format!("step{step}.grad.{n}")]);
-            let ndim = golden[&format!("init.{n}")].rank();
-            let decay = if regularized.iter().any(|r| r == n) { wd } else { 0.0 };
-            update(&mut params[i], &g, &mut mu[i], ndim, lr, decay, &cfg);
-            for (what, ours) in [("param", &params[i]), ("mu", &mu[i])] {
-                let want = flat(&golden[&format!("step{step}.{what}.{n}")]);
-                let worst = ours.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-                assert!(worst <= 1e-5, "step {step} {what} {n}: {worst:e}");
+    for (file, rule) in [("golden.safetensors", MomentumRule::Lars), ("golden_sgd.safetensors", MomentumRule::Sgd)] {
+        let golden = load_golden(&dir.join(file));
+        let params: Vec<Param> = names
+            .iter()
+            .map(|n| {
+                Param::new(n.to_string(), candle_core::Var::from_tensor(&golden[&format!("init.{n}")]).unwrap(), true)
+            })
+            .collect();
+        // DINO's own grouping rule gives the reference's groups.
+        let groups = get_params_groups(&params);
+        let want: Vec<Vec<String>> = ["regularized", "not_regularized"]
+            .iter()
+            .map(|k| manifest[*k].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect())
+            .collect();
+        let got: Vec<Vec<String>> = groups.iter().map(|g: &ParamGroup| g.names.clone()).collect();
+        assert_eq!(got, want, "{file}: groups");
+        let mut opt = Momentum::new(&params, groups, rule).unwrap();
+        for (step, s) in manifest["schedule"].as_array().unwrap().iter().enumerate() {
+            opt.set_dino_schedule(s["lr"].as_f64().unwrap(), s["weight_decay"].as_f64().unwrap());
+            let mut grads = Grads::new();
+            for n in names {
+                grads.insert(n, golden[&format!("step{step}.grad.{n}")].clone());
+            }
+            opt.step(&grads).unwrap();
+            let buffers: std::collections::HashMap<&str, &Tensor> = opt.buffers().into_iter().collect();
+            for (p, n) in params.iter().zip(names) {
+                let tag = format!("{file} step {step} {n}");
+                assert_close(
+                    &format!("{tag} param"),
+                    p.var().as_tensor(),
+                    &golden[&format!("step{step}.param.{n}")],
+                    1e-5,
+                );
+                assert_close(&format!("{tag} buffer"), buffers[n], &golden[&format!("step{step}.mu.{n}")], 1e-5);
             }
         }
     }

@@ -2,8 +2,9 @@
 //!
 //! A checkpoint is one safetensors file (`checkpoint.safetensors`, written atomically) holding
 //! every tensor of the run (`student.backbone.*`, `student.head.*`, `teacher.backbone.*`,
-//! `teacher.head.*`, `dino_loss.center`, `optimizer.<param>.exp_avg|exp_avg_sq`) and, in its
-//! metadata, the JSON state (configuration, epochs done, iteration, AdamW step counts); the same
+//! `teacher.head.*`, `dino_loss.center`, `optimizer.<param>.exp_avg|exp_avg_sq` — or
+//! `optimizer.<param>.momentum_buffer` with `--optimizer sgd|lars`) and, in its metadata, the JSON
+//! state (configuration, epochs done, iteration, AdamW step counts); the same
 //! JSON is written beside it as `checkpoint.json` for people to read. All randomness is a
 //! function of the seed, the epoch and the iteration (see [`super::data`]), so the state needs no
 //! RNG bytes: resuming from the checkpoint of iteration `i` reproduces the uninterrupted run.
@@ -18,12 +19,14 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::config::DinoTrainConfig;
-use super::trainer::DinoTrainer;
+use super::trainer::{DinoTrainer, Optimizer};
 use crate::weights::formats::{read_safetensors, write_atomic, write_safetensors};
 use crate::{Error, Result};
 
 /// The `format` metadata of a training checkpoint.
 pub const CHECKPOINT_FORMAT: &str = "vista-dino-train/1";
+/// The name of SGD's and LARS's state tensor (torch's `momentum_buffer`).
+const MOMENTUM_BUFFER: &str = "momentum_buffer";
 /// The `format` metadata of an exported backbone.
 pub const BACKBONE_FORMAT: &str = "vista-dino-backbone/1";
 
@@ -57,9 +60,18 @@ impl DinoTrainer {
         v.extend(prefixed("teacher.backbone.", self.teacher.state_dict()?));
         v.extend(prefixed("teacher.head.", self.teacher_head.state_dict()?));
         v.push(("dino_loss.center".into(), self.loss.center().clone()));
-        for (name, _, m, v2) in self.opt.state_entries() {
-            v.push((format!("optimizer.{name}.exp_avg"), m.clone()));
-            v.push((format!("optimizer.{name}.exp_avg_sq"), v2.clone()));
+        match &self.opt {
+            Optimizer::AdamW(opt) => {
+                for (name, _, m, v2) in opt.state_entries() {
+                    v.push((format!("optimizer.{name}.exp_avg"), m.clone()));
+                    v.push((format!("optimizer.{name}.exp_avg_sq"), v2.clone()));
+                }
+            }
+            Optimizer::Momentum(opt) => {
+                for (name, mu) in opt.buffers() {
+                    v.push((format!("optimizer.{name}.{MOMENTUM_BUFFER}"), mu.clone()));
+                }
+            }
         }
         Ok(v)
     }
@@ -71,7 +83,12 @@ impl DinoTrainer {
             niter_per_ep: self.niter_per_ep,
             epoch: self.epoch,
             iteration: self.iteration,
-            optimizer_steps: self.opt.state_entries().into_iter().map(|(n, s, _, _)| (n.to_string(), s)).collect(),
+            optimizer_steps: match &self.opt {
+                Optimizer::AdamW(opt) => {
+                    opt.state_entries().into_iter().map(|(n, s, _, _)| (n.to_string(), s)).collect()
+                }
+                Optimizer::Momentum(_) => Default::default(),
+            },
             vista_version: env!("CARGO_PKG_VERSION").into(),
         };
         serde_json::to_string_pretty(&state).map_err(|e| Error::arg("checkpoint", e.to_string()))
@@ -106,12 +123,24 @@ impl DinoTrainer {
         check("teacher head", t.teacher_head.load_state_dict(take_prefixed(&tensors, "teacher.head.")))?;
         let center = tensors.get("dino_loss.center").ok_or_else(|| bad("missing tensor `dino_loss.center`".into()))?;
         check("dino_loss.center", t.loss.set_center(center))?;
-        for (name, step) in &state.optimizer_steps {
-            let get = |k: &str| {
-                let key = format!("optimizer.{name}.{k}");
-                tensors.get(&key).cloned().ok_or_else(|| bad(format!("missing tensor `{key}`")))
-            };
-            check("optimizer", t.opt.set_state(name, *step, get("exp_avg")?, get("exp_avg_sq")?))?;
+        match &mut t.opt {
+            Optimizer::AdamW(opt) => {
+                for (name, step) in &state.optimizer_steps {
+                    let get = |k: &str| {
+                        let key = format!("optimizer.{name}.{k}");
+                        tensors.get(&key).cloned().ok_or_else(|| bad(format!("missing tensor `{key}`")))
+                    };
+                    check("optimizer", opt.set_state(name, *step, get("exp_avg")?, get("exp_avg_sq")?))?;
+                }
+            }
+            Optimizer::Momentum(opt) => {
+                let suffix = format!(".{MOMENTUM_BUFFER}");
+                for (key, mu) in &tensors {
+                    if let Some(name) = key.strip_prefix("optimizer.").and_then(|k| k.strip_suffix(&suffix)) {
+                        check("optimizer", opt.set_buffer(name, mu.clone()))?;
+                    }
+                }
+            }
         }
         t.epoch = state.epoch;
         t.iteration = state.iteration;

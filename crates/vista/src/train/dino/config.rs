@@ -73,6 +73,30 @@ pub struct DinoTrainConfig {
     pub freeze_last_layer: usize,
     /// Seed of the initialisation and of every random draw.
     pub seed: u64,
+    /// `--optimizer` (adamw; sgd and lars "to use with convnet and large batches").
+    #[serde(default, skip_serializing_if = "OptimizerKind::is_adamw")]
+    pub optimizer: OptimizerKind,
+}
+
+/// `main_dino.py --optimizer`: the optimiser built over `get_params_groups`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// `torch.optim.AdamW(params_groups)` (DINO's default, recommended with ViTs).
+    #[default]
+    Adamw,
+    /// `torch.optim.SGD(params_groups, lr=0, momentum=0.9)`.
+    Sgd,
+    /// `utils.LARS(params_groups)`.
+    Lars,
+}
+
+impl OptimizerKind {
+    /// Whether this is the default (kept out of the recorded configuration, so configurations
+    /// written before the option existed read back equal).
+    pub fn is_adamw(&self) -> bool {
+        *self == OptimizerKind::Adamw
+    }
 }
 
 impl DinoTrainConfig {
@@ -116,6 +140,7 @@ impl DinoTrainConfig {
             clip_grad: 3.0,
             freeze_last_layer: 1,
             seed: 0,
+            optimizer: OptimizerKind::Adamw,
         })
     }
 

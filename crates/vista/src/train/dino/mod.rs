@@ -52,7 +52,7 @@ pub mod schedule;
 pub mod trainer;
 
 pub use backbone::TrainVit;
-pub use config::DinoTrainConfig;
+pub use config::{DinoTrainConfig, OptimizerKind};
 pub use ema::ema_update;
 pub use head::{DinoHead, DinoHeadConfig};
 pub use loss::{DinoLoss, DinoLossConfig, DinoLossOutput};

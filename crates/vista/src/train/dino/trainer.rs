@@ -6,7 +6,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use rand_chacha::ChaCha8Rng;
 
-use super::config::DinoTrainConfig;
+use super::config::{DinoTrainConfig, OptimizerKind};
 use super::monitor::StepMetrics;
 use super::schedule::DinoSchedules;
 use super::{
@@ -17,9 +17,32 @@ use crate::dino::pipeline::DinoPipeline;
 use crate::dino::preprocess::DinoPreprocess;
 use crate::dino::DinoVit;
 use crate::image::augment::sample_rng;
+use crate::train::momentum::{Momentum, MomentumRule};
 use crate::weights::dino::DinoFamily;
 use crate::weights::TensorStore;
 use crate::{Error, Result};
+
+/// The optimiser of a run (`--optimizer`).
+pub(super) enum Optimizer {
+    AdamW(AdamW),
+    Momentum(Momentum),
+}
+
+impl Optimizer {
+    fn set_dino_schedule(&mut self, lr: f64, weight_decay: f64) {
+        match self {
+            Self::AdamW(o) => o.set_dino_schedule(lr, weight_decay),
+            Self::Momentum(o) => o.set_dino_schedule(lr, weight_decay),
+        }
+    }
+
+    fn step(&mut self, grads: &Grads) -> Result<()> {
+        match self {
+            Self::AdamW(o) => o.step(grads),
+            Self::Momentum(o) => o.step(grads),
+        }
+    }
+}
 
 /// The networks, optimiser and loss state of a run.
 pub struct DinoTrainer {
@@ -30,7 +53,7 @@ pub struct DinoTrainer {
     pub(super) teacher: TrainVit,
     pub(super) teacher_head: DinoHead,
     pub(super) loss: DinoLoss,
-    pub(super) opt: AdamW,
+    pub(super) opt: Optimizer,
     pub(super) schedules: DinoSchedules,
     pub(super) niter_per_ep: usize,
     /// Where the networks live and the steps run.
@@ -72,7 +95,12 @@ impl DinoTrainer {
         teacher_head.load_state_dict(student_head.state_dict()?.iter().map(|(n, t)| (n.as_str(), t)))?;
         teacher_head.set_requires_grad(false);
         let params: Vec<Param> = student.params().iter().chain(student_head.params()).cloned().collect();
-        let opt = AdamW::new(&params, get_params_groups(&params), AdamWConfig::default())?;
+        let groups = get_params_groups(&params);
+        let opt = match config.optimizer {
+            OptimizerKind::Adamw => Optimizer::AdamW(AdamW::new(&params, groups, AdamWConfig::default())?),
+            OptimizerKind::Sgd => Optimizer::Momentum(Momentum::new(&params, groups, MomentumRule::Sgd)?),
+            OptimizerKind::Lars => Optimizer::Momentum(Momentum::new(&params, groups, MomentumRule::Lars)?),
+        };
         let loss = DinoLoss::new(config.loss(), device)?;
         let schedules = DinoSchedules::new(&config, niter_per_ep)?;
         Ok(Self {
