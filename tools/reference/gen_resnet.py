@@ -349,6 +349,43 @@ def gen_lars(d: pathlib.Path) -> None:
         "tolerances": {"max_abs": TOL_LARS}})
 
 
+def gen_resnet_train(d: pathlib.Path, seed: int = 4301) -> None:
+    """One training-mode step of DINO's ResNet as main_dino.py runs its networks (BatchNorm in
+    training mode: batch statistics, running statistics updated with momentum 0.1): the features,
+    every parameter's gradient of `(features * R).sum()`, the running statistics after the
+    forward, then the eval-mode features of another batch with those statistics."""
+    common.clear_dir(d)
+    torch.manual_seed(seed)
+    model = build_torchvision(16)
+    g = common.generator(seed)
+    draw_weights(model, g)
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.train()
+    x = common.randn((4, 3, 40, 40), g)  # square, as DINO's crops are
+    r = common.randn((4, model.layer4[-1].conv3.out_channels), g)
+    feats = model(x)
+    loss = (feats * r).sum()
+    loss.backward()
+    out = {"pixel_values": x, "r": r, "features": feats.detach(), "loss": loss.detach().reshape(1)}
+    for name, p in model.named_parameters():
+        out[f"grad.{name}"] = p.grad.detach().clone()
+    for name, b in model.named_buffers():
+        if "running" in name:
+            out[f"after.{name}"] = b.detach().clone()
+    model.eval()
+    x2 = common.randn((2, 3, 32, 32), g)
+    with torch.no_grad():
+        out["eval_pixel_values"] = x2
+        out["eval_features"] = model(x2)
+    common.save_golden(d / "golden.safetensors", out)
+    # the state before the step: parameters as drawn, running statistics at torch's 0 and 1
+    torch.save(before, d / "before_step.pth")
+    common.write_json(d / "manifest.json", {
+        "generator": "tools/reference/gen_resnet.py", "versions": common.versions(),
+        "architecture": "torchvision ResNet(Bottleneck, [3, 4, 6, 3]), planes / 16, fc = Identity, train mode",
+        "seed": seed, "tolerances": {"features_max_abs": 1e-4, "grad_rel": 1e-4, "running_max_abs": 1e-5}})
+
+
 def main(out_dir: pathlib.Path) -> None:
     warnings.filterwarnings("ignore", category=UserWarning)
     out_dir = pathlib.Path(out_dir)
@@ -366,6 +403,9 @@ def main(out_dir: pathlib.Path) -> None:
     common.report_size(out_dir / "dino_resnet50", "dino_resnet50", 3072)
     common.setup_determinism(0)
     gen_lars(out_dir / "lars")
+    common.setup_determinism(0)
+    gen_resnet_train(out_dir / "dino_resnet50_train")
+    common.report_size(out_dir / "dino_resnet50_train", "dino_resnet50_train", 2048)
 
 
 if __name__ == "__main__":

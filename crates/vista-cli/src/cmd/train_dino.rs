@@ -28,7 +28,10 @@ pub struct Args {
     #[arg(long, short, default_value = "dino-run")]
     pub output: PathBuf,
     /// DINO's architecture, whose preset (main_dino.py's defaults) the flags below override:
-    /// vit_tiny (192 wide, 12 deep, 3 heads), vit_small (384, 12, 6), vit_base (768, 12, 12).
+    /// vit_tiny (192 wide, 12 deep, 3 heads), vit_small (384, 12, 6), vit_base (768, 12, 12), or
+    /// resnet50 (torchvision's; BatchNorm in training mode for student and teacher as in
+    /// main_dino.py; DINO trains it with `--optimizer sgd --lr 0.03 --weight-decay 1e-4
+    /// --weight-decay-end 1e-4`).
     #[arg(long, default_value = "vit_small")]
     pub arch: String,
     /// Width of the ViT.
@@ -256,13 +259,16 @@ pub fn run_dino(args: Args) -> Result<ExitCode> {
         max_epochs: args.max_epochs,
         device: vista::device::select(&args.device)?,
     };
+    let shape = match &config.resnet {
+        Some(r) => format!("stages {:?}, {} features, optimizer {:?}", r.layers, config.embed_dim, config.optimizer),
+        None => format!(
+            "{}x{}, {} heads, patch {}, optimizer {:?}",
+            config.embed_dim, config.depth, config.num_heads, config.patch_size, config.optimizer
+        ),
+    };
     eprintln!(
-        "DINO {} ({}x{}, {} heads, patch {}) on {} images, {} epochs of {} steps; output {}",
+        "DINO {} ({shape}) on {} images, {} epochs of {} steps; output {}",
         config.arch,
-        config.embed_dim,
-        config.depth,
-        config.num_heads,
-        config.patch_size,
         items.len(),
         config.epochs,
         items.len() / config.batch_size,

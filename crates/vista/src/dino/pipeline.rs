@@ -90,6 +90,12 @@ impl DinoPipeline {
         Ok(Self { model, preprocess, decode: DecodeOptions::default(), family, report })
     }
 
+    /// Wraps a loaded backbone (ViT or ResNet), with DINO's evaluation preprocessing.
+    pub fn from_loaded(loaded: loader::LoadedBackbone) -> Self {
+        let crate::weights::Loaded { model, family, report } = loaded;
+        Self { model, preprocess: DinoPreprocess::eval(), decode: DecodeOptions::default(), family, report }
+    }
+
     /// Wraps a loaded vision transformer, with DINO's evaluation preprocessing.
     pub fn new(loaded: Loaded) -> Self {
         let Loaded { model, family, report } = loaded;

@@ -75,8 +75,8 @@ impl ResNet {
     fn run(&self, pixels: &Tensor, mut each: impl FnMut(&str, &Tensor)) -> Result<Tensor> {
         let pixels = pixels.to_device(&self.device)?.to_dtype(self.dtype)?;
         let (_, h, w, c) = pixels.dims4()?;
-        if c != 3 || h < 32 || w < 32 {
-            return Err(Error::arg("image", format!("{w}x{h} pixels: a ResNet needs at least 32x32")));
+        if c != 3 || h == 0 || w == 0 {
+            return Err(Error::arg("image", format!("{w}x{h} pixels with {c} channels: expected an RGB image")));
         }
         let x = self.stem.forward_act(&pixels, Some(Activation::Relu))?;
         let x = pool::max_pool(&x, 3, 2, 1)?;

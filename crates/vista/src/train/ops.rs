@@ -731,3 +731,91 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     *out.last_mut().expect("non-empty") = w.dim(0)?;
     Ok(y.reshape(out)?)
 }
+
+/// `MaxPool2d(k, stride=s, padding=p)` on NCHW with its backward: each output's gradient goes to
+/// the first maximum of its window in scan order (ATen's `max_pool2d_with_indices` keeps that
+/// index), padding never winning. candle's max pool has no backward for kernel ≠ stride.
+struct MaxPoolOp {
+    k: usize,
+    s: usize,
+    p: usize,
+}
+
+impl MaxPoolOp {
+    fn out_size(&self, len: usize) -> usize {
+        (len + 2 * self.p - self.k) / self.s + 1
+    }
+
+    /// For each output of plane `[h, w]`, the flat index of its window's first maximum.
+    fn argmax(&self, plane: &[f32], (h, w): (usize, usize)) -> Vec<usize> {
+        let (ho, wo) = (self.out_size(h), self.out_size(w));
+        let mut out = Vec::with_capacity(ho * wo);
+        for oy in 0..ho {
+            for ox in 0..wo {
+                let (mut best, mut at) = (f32::NEG_INFINITY, usize::MAX);
+                for ky in 0..self.k {
+                    let iy = (oy * self.s + ky) as isize - self.p as isize;
+                    if iy < 0 || iy >= h as isize {
+                        continue;
+                    }
+                    for kx in 0..self.k {
+                        let ix = (ox * self.s + kx) as isize - self.p as isize;
+                        if ix < 0 || ix >= w as isize {
+                            continue;
+                        }
+                        let i = iy as usize * w + ix as usize;
+                        if plane[i] > best || plane[i].is_nan() || at == usize::MAX {
+                            best = plane[i];
+                            at = i;
+                        }
+                    }
+                }
+                out.push(at);
+            }
+        }
+        out
+    }
+}
+
+impl CustomOp1 for MaxPoolOp {
+    fn name(&self) -> &'static str {
+        "vista-max-pool"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CpuOut {
+        let (n, c, h, w) = l.shape().dims4()?;
+        let x = f32_slice(s, l)?;
+        let (ho, wo) = (self.out_size(h), self.out_size(w));
+        let out: Vec<f32> = x
+            .par_chunks(h * w)
+            .flat_map_iter(|plane| self.argmax(plane, (h, w)).into_iter().map(move |i| plane[i]))
+            .collect();
+        Ok((CpuStorage::F32(out), candle_core::Shape::from((n, c, ho, wo))))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let (_, _, h, w) = x.dims4()?;
+        let (xs, gs) = (values(x)?, values(dy)?);
+        let per_out = self.out_size(h) * self.out_size(w);
+        let mut dx = vec![0f32; xs.len()];
+        dx.par_chunks_mut(h * w).zip(xs.par_chunks(h * w)).zip(gs.par_chunks(per_out)).for_each(|((d, plane), g)| {
+            for (i, gi) in self.argmax(plane, (h, w)).into_iter().zip(g) {
+                d[i] += gi;
+            }
+        });
+        Ok(Some(Tensor::from_vec(dx, x.shape(), &Device::Cpu)?))
+    }
+}
+
+/// `F.max_pool2d(x, k, s, p)` on NCHW, differentiable (CPU f32; other devices refuse).
+pub fn max_pool2d(x: &Tensor, k: usize, s: usize, p: usize) -> Result<Tensor> {
+    check_float(x, "x")?;
+    let (_, _, h, w) = x.dims4()?;
+    if h + 2 * p < k || w + 2 * p < k || p * 2 > k {
+        return Err(crate::Error::arg("x", format!("max pool {k}x{k} (padding {p}) of a {h}x{w} map")));
+    }
+    if !on_cpu_kernels(&[x]) {
+        return Err(crate::Error::arg("device", "the trainable max pool runs on the CPU only (for now)"));
+    }
+    Ok(x.contiguous()?.apply_op1(MaxPoolOp { k, s, p })?)
+}

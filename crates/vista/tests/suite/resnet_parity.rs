@@ -189,3 +189,48 @@ fn a_resnet_clip_embeds_image_files_through_the_pipeline() {
     let batched = out[0].embedding.as_ref().unwrap();
     assert!(single.iter().zip(batched).all(|(a, b)| (a - b).abs() < 1e-5));
 }
+
+/// DINO's ResNet in training, as main_dino.py runs it (BatchNorm in training mode for student and
+/// teacher alike): one forward of torchvision's network (planes / 16) on a batch, the gradient of
+/// `(features · R).sum()` for every parameter, the running statistics after the forward, and the
+/// eval-mode features with them. Tolerances: features 1e-4; each gradient 1e-4 of its tensor's
+/// largest magnitude (at least 1e-4: the BatchNorm backward sums over the batch in another order);
+/// running statistics 1e-5 relative.
+#[test]
+fn dino_resnet_trains_as_torchvision_in_train_mode() {
+    use vista::train::dino::{ResNetDims, TrainResNet};
+    use vista::train::Grads;
+    let dir = fixtures().join("resnet/dino_resnet50_train");
+    let golden = load_golden(&dir.join("golden.safetensors"));
+    let before = vista::weights::formats::read_tensors(&dir.join("before_step.pth"), None, &Device::Cpu).unwrap();
+    let dims = ResNetDims { layers: [3, 4, 6, 3], stem: 64, planes: [4, 8, 16, 32] };
+    let net = TrainResNet::from_tensors(dims, &before, &Device::Cpu).unwrap();
+    let feats = net.forward(&golden["pixel_values"], true).unwrap();
+    assert_close("train features", &feats, &golden["features"], 1e-4);
+    let loss = (&feats * &golden["r"]).unwrap().sum_all().unwrap();
+    let grads = Grads::from_backward(net.params(), &loss.backward().unwrap());
+    assert_eq!(grads.len(), net.params().len(), "every parameter has a gradient");
+    for p in net.params() {
+        let want = &golden[&format!("grad.{}", p.name())];
+        let scale = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap().max(1.0);
+        assert_close(&format!("grad {}", p.name()), grads.get(p.name()).unwrap(), want, 1e-4 * scale);
+    }
+    let state: std::collections::HashMap<String, Tensor> = net.state_dict().unwrap().into_iter().collect();
+    let mut stats = 0;
+    for (name, want) in golden.iter().filter_map(|(k, v)| k.strip_prefix("after.").map(|n| (n, v))) {
+        let scale = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap().max(1.0);
+        assert_close(&format!("running {name}"), &state[name], want, 1e-5 * scale);
+        stats += 1;
+    }
+    assert_eq!(stats, 2 * 53, "every BatchNorm's two running statistics");
+    let eval = net.forward(&golden["eval_pixel_values"], false).unwrap();
+    assert_close("eval features", &eval, &golden["eval_features"], 1e-4);
+    // The exported state dict loads into the inference backbone and gives the same features.
+    let tensors: Vec<(String, Tensor)> = net.state_dict().unwrap();
+    let mut store = vista::weights::TensorStore::new("<trained>", &Device::Cpu, DType::F32);
+    store.insert_as_named(tensors.into_iter().collect(), |_| false);
+    let inference = vista::dino::resnet::ResNet::load(&store.root()).unwrap();
+    let nhwc = golden["eval_pixel_values"].permute((0, 2, 3, 1)).unwrap().contiguous().unwrap();
+    let (_, pooled) = inference.forward_stages(&nhwc).unwrap();
+    assert_close("inference features of the trained state", &pooled, &golden["eval_features"], 1e-4);
+}

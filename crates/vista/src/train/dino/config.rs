@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::resnet::ResNetDims;
 use super::{DinoHeadConfig, DinoLossConfig};
 use crate::dino::DinoConfig;
 use crate::image::augment::DinoAugmentConfig;
@@ -73,6 +74,11 @@ pub struct DinoTrainConfig {
     pub freeze_last_layer: usize,
     /// Seed of the initialisation and of every random draw.
     pub seed: u64,
+    /// Present for `--arch resnet50` (and thinner variants): the ResNet's stages. The ViT fields
+    /// (`depth`, `num_heads`, `patch_size`, `drop_path`) are then unused; `embed_dim` is the
+    /// pooled feature's width.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resnet: Option<ResNetDims>,
     /// `--optimizer` (adamw; sgd and lars "to use with convnet and large batches").
     #[serde(default, skip_serializing_if = "OptimizerKind::is_adamw")]
     pub optimizer: OptimizerKind,
@@ -107,6 +113,16 @@ impl DinoTrainConfig {
             "vit_tiny" => (192, 12, 3),
             "vit_small" => (384, 12, 6),
             "vit_base" => (768, 12, 12),
+            "resnet50" => {
+                // main_dino.py's defaults are the same for every architecture; torchvision's
+                // resnet50, its 2048-d pooled feature into the head, no stochastic depth.
+                let mut c = Self::preset("vit_small")?;
+                c.arch = arch.to_string();
+                c.resnet = Some(ResNetDims::RESNET50);
+                c.embed_dim = ResNetDims::RESNET50.embed_dim();
+                c.drop_path = 0.0;
+                return Some(c);
+            }
             _ => return None,
         };
         Some(Self {
@@ -140,12 +156,13 @@ impl DinoTrainConfig {
             clip_grad: 3.0,
             freeze_last_layer: 1,
             seed: 0,
+            resnet: None,
             optimizer: OptimizerKind::Adamw,
         })
     }
 
     /// The architectures [`preset`](Self::preset) knows.
-    pub const ARCHS: [&'static str; 3] = ["vit_tiny", "vit_small", "vit_base"];
+    pub const ARCHS: [&'static str; 4] = ["vit_tiny", "vit_small", "vit_base", "resnet50"];
 
     /// The backbone: DINO's `VisionTransformer` ([`DinoConfig::dino_v1`]), its position
     /// embedding made for the global crop, resampled for the locals with DINO's
@@ -214,6 +231,24 @@ impl DinoTrainConfig {
             if v == 0 {
                 return Err(Error::arg(name, "must be positive"));
             }
+        }
+        if let Some(dims) = &self.resnet {
+            if self.embed_dim != dims.embed_dim() {
+                return Err(Error::arg(
+                    "embed_dim",
+                    format!("{} for a ResNet of {} features", self.embed_dim, dims.embed_dim()),
+                ));
+            }
+            if dims.layers.contains(&0) || dims.planes.contains(&0) || dims.stem == 0 {
+                return Err(Error::arg("arch", format!("ResNet stages {dims:?} must all be positive")));
+            }
+            if self.drop_path != 0.0 {
+                return Err(Error::arg("drop_path", "stochastic depth is for the ViT; a ResNet has none"));
+            }
+            if self.warmup_epochs > self.epochs {
+                return Err(Error::arg("warmup_epochs", format!("{} > {} epochs", self.warmup_epochs, self.epochs)));
+            }
+            return self.augment().validate();
         }
         if !self.embed_dim.is_multiple_of(self.num_heads) {
             return Err(Error::arg(

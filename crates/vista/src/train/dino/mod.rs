@@ -37,6 +37,7 @@
 //! Agreement with PyTorch: `tests/suite/dino_train_parity.rs` (goldens from
 //! `tools/reference/gen_dino_loss.py`).
 
+pub mod arch;
 pub mod backbone;
 pub mod checkpoint;
 pub mod config;
@@ -47,10 +48,12 @@ pub mod loss;
 pub mod monitor;
 pub mod multicrop;
 pub mod optim;
+pub mod resnet;
 pub mod run;
 pub mod schedule;
 pub mod trainer;
 
+pub use arch::{CropBackbone, TrainBackbone};
 pub use backbone::TrainVit;
 pub use config::{DinoTrainConfig, OptimizerKind};
 pub use ema::ema_update;
@@ -59,6 +62,7 @@ pub use loss::{DinoLoss, DinoLossConfig, DinoLossOutput};
 pub use monitor::{CollapseMonitor, MetricsLog, StepMetrics};
 pub use multicrop::multi_crop_forward;
 pub use optim::{cancel_gradients_last_layer, clip_gradients, get_params_groups, AdamW, OptimGroup, ParamGroup};
+pub use resnet::{ResNetDims, TrainResNet};
 pub use run::{run, Event, KnnEval, RunOptions};
 pub use schedule::{teacher_temp_schedule, DinoSchedules};
 pub use trainer::DinoTrainer;

@@ -1,11 +1,11 @@
 //! DINO's `MultiCropWrapper`: crops of one resolution are concatenated and go through the
 //! backbone in one pass (one pass per resolution, in the order the sizes first change), their
-//! CLS outputs are concatenated in crop order, and the head runs once on all of them.
+//! CLS (or pooled) outputs are concatenated in crop order, and the head runs once on all of them.
 
 use candle_core::Tensor;
 use rand_chacha::ChaCha8Rng;
 
-use super::backbone::TrainVit;
+use super::arch::CropBackbone;
 use super::head::DinoHead;
 use crate::{Error, Result};
 
@@ -14,8 +14,8 @@ use crate::{Error, Result};
 ///
 /// Returns the head's output `[ncrops · B, out_dim]`, rows grouped by crop as the reference
 /// (`torch.cat` of per-resolution chunks, then the head).
-pub fn multi_crop_forward(
-    backbone: &TrainVit,
+pub fn multi_crop_forward<B: CropBackbone + ?Sized>(
+    backbone: &B,
     head: &DinoHead,
     crops: &[Tensor],
     mut drop_path: Option<&mut ChaCha8Rng>,
@@ -34,8 +34,7 @@ pub fn multi_crop_forward(
             end += 1;
         }
         let batch = Tensor::cat(&crops[start..end], 0)?;
-        let tokens = backbone.forward_train(&batch, drop_path.as_deref_mut())?;
-        outputs.push(tokens.narrow(1, 0, 1)?.squeeze(1)?);
+        outputs.push(backbone.crop_features(&batch, drop_path.as_deref_mut())?);
         start = end;
     }
     head.forward(&Tensor::cat(&outputs, 0)?)

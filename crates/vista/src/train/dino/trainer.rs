@@ -11,11 +11,11 @@ use super::monitor::StepMetrics;
 use super::schedule::DinoSchedules;
 use super::{
     cancel_gradients_last_layer, clip_gradients, ema_update, get_params_groups, multi_crop_forward, AdamW, AdamWConfig,
-    DinoHead, DinoHeadConfig, DinoLoss, Grads, Param, TrainVit,
+    DinoHead, DinoHeadConfig, DinoLoss, Grads, Param, TrainBackbone, TrainResNet, TrainVit,
 };
 use crate::dino::pipeline::DinoPipeline;
 use crate::dino::preprocess::DinoPreprocess;
-use crate::dino::DinoVit;
+use crate::dino::{Backbone, DinoVit};
 use crate::image::augment::sample_rng;
 use crate::train::momentum::{Momentum, MomentumRule};
 use crate::weights::dino::DinoFamily;
@@ -48,9 +48,9 @@ impl Optimizer {
 pub struct DinoTrainer {
     /// The run's configuration.
     pub config: DinoTrainConfig,
-    pub(super) student: TrainVit,
+    pub(super) student: TrainBackbone,
     pub(super) student_head: DinoHead,
-    pub(super) teacher: TrainVit,
+    pub(super) teacher: TrainBackbone,
     pub(super) teacher_head: DinoHead,
     pub(super) loss: DinoLoss,
     pub(super) opt: Optimizer,
@@ -78,14 +78,27 @@ impl DinoTrainer {
                 format!("fewer images than one batch of {}: nothing to train on", config.batch_size),
             ));
         }
-        let backbone = config.backbone();
-        let init = TrainVit::init(backbone.clone(), config.seed)?.state_dict()?;
-        let on_device = init
-            .into_iter()
-            .map(|(n, t)| Ok((n, t.to_device(device)?)))
-            .collect::<Result<std::collections::HashMap<_, _>>>()?;
-        let student = TrainVit::from_tensors(backbone.clone(), &on_device)?.with_drop_path(config.drop_path)?;
-        let mut teacher = TrainVit::from_tensors(backbone, &on_device)?;
+        let (student, mut teacher) = match config.resnet {
+            Some(dims) => {
+                // The teacher starts as a copy of the student, running statistics included.
+                let init: std::collections::HashMap<_, _> =
+                    TrainResNet::init(dims, config.seed, &Device::Cpu)?.state_dict()?.into_iter().collect();
+                (
+                    TrainBackbone::ResNet(TrainResNet::from_tensors(dims, &init, device)?),
+                    TrainBackbone::ResNet(TrainResNet::from_tensors(dims, &init, device)?),
+                )
+            }
+            None => {
+                let backbone = config.backbone();
+                let init = TrainVit::init(backbone.clone(), config.seed)?.state_dict()?;
+                let on_device = init
+                    .into_iter()
+                    .map(|(n, t)| Ok((n, t.to_device(device)?)))
+                    .collect::<Result<std::collections::HashMap<_, _>>>()?;
+                let student = TrainVit::from_tensors(backbone.clone(), &on_device)?.with_drop_path(config.drop_path)?;
+                (TrainBackbone::Vit(student), TrainBackbone::Vit(TrainVit::from_tensors(backbone, &on_device)?))
+            }
+        };
         teacher.set_requires_grad(false);
         let student_head = DinoHead::new(config.head(), config.seed.wrapping_add(1), device)?;
         // main_dino.py builds the teacher head with DINOHead's default norm_last_layer (true),
@@ -136,12 +149,12 @@ impl DinoTrainer {
     }
 
     /// The student backbone.
-    pub fn student(&self) -> &TrainVit {
+    pub fn student(&self) -> &TrainBackbone {
         &self.student
     }
 
     /// The teacher backbone.
-    pub fn teacher(&self) -> &TrainVit {
+    pub fn teacher(&self) -> &TrainBackbone {
         &self.teacher
     }
 
@@ -212,10 +225,17 @@ impl DinoTrainer {
     pub fn teacher_pipeline(&self) -> Result<DinoPipeline> {
         let mut store = TensorStore::new("<teacher>", &self.device, DType::F32);
         store.insert_as_named(self.teacher_backbone()?.into_iter().collect(), |_| false);
-        let loaded = crate::dino::Loaded::build(&store, DinoFamily::Official, |s| {
-            DinoVit::load(&s.root(), self.config.backbone())
-        })?;
-        let mut p = DinoPipeline::new(loaded);
+        let mut p = match self.config.resnet {
+            Some(_) => {
+                let loaded = crate::weights::Loaded::build(&store, DinoFamily::Official, |s| {
+                    Ok(Backbone::ResNet(crate::dino::resnet::ResNet::load(&s.root())?))
+                })?;
+                DinoPipeline::from_loaded(loaded)
+            }
+            None => DinoPipeline::new(crate::dino::Loaded::build(&store, DinoFamily::Official, |s| {
+                DinoVit::load(&s.root(), self.config.backbone())
+            })?),
+        };
         p.preprocess = DinoPreprocess::eval_sized(self.config.global_size, self.config.global_size);
         Ok(p)
     }
