@@ -336,44 +336,10 @@ def render(results, meta) -> str:
         "`/proc/stat`, mean over rounds; 0 = the machine was otherwise idle)." + meta["quiet_note"],
         "",
     ]
-    # Summary table: one row per workload, images/s and peak RSS per engine.
-    present_e = [e for e in ENGINES if any((e, w) in by for w in WORKLOADS)]
-    lines += ["### Summary", "",
-              "| model | batch | " + " | ".join(f"{ENGINE_NAMES[e]} ms (img/s)" for e in present_e) + " | "
-              + " | ".join(f"{ENGINE_NAMES[e]} RSS MB" for e in present_e) + " | vista max abs diff |",
-              "|---|---:|" + "---:|" * (2 * len(present_e) + 1)]
-    for wl, (key, batch) in WORKLOADS.items():
-        if not any((e, wl) in by for e in present_e):
-            continue
-        cells = [f"**{fmt_ms(by[(e, wl)]['median_ms'])}** ({by[(e, wl)]['items_per_s']:.1f})" if (e, wl) in by else "—"
-                 for e in present_e]
-        rss = [f"{by[(e, wl)]['rss_mb']:.0f}" if (e, wl) in by else "—" for e in present_e]
-        v = by.get(("vista", wl))
-        lines.append(f"| {MODELS[key][3]} | {batch} | " + " | ".join(cells) + " | " + " | ".join(rss) + " | "
-                     + (f"{v['max_abs_diff_vs_torch']:.1e}" if v else "—") + " |")
-    lines.append("")
-    for wl, (key, batch) in WORKLOADS.items():
-        head = benchlib.workload_heading(by, meta, ENGINES, wl, f"{MODELS[key][3]}, batch {batch}, 224×224")
-        if head is None:
-            continue
-        present, notes, more = head
-        lines += more
-        lines += ["| engine | median ms | p10-p90 ms | images/s | vs vista | peak RSS MB | load s | max abs diff "
-                  "| others | per-round medians ms (others) |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-        v = by.get(("vista", wl))
-        for e in present:
-            r = by[(e, wl)]
-            diff = f"{r['max_abs_diff_vs_torch']:.1e}"
-            if r.get("pos_max_abs_diff") is not None:
-                diff += f" (pos diff {r['pos_max_abs_diff']:.1e})"
-            lines.append(
-                f"| {ENGINE_NAMES[e]} | **{fmt_ms(r['median_ms'])}** | {fmt_ms(r['p10'])}-{fmt_ms(r['p90'])} | "
-                f"{r['items_per_s']:.1f} | {benchlib.vs_vista(v, r)} | {r['rss_mb']:.0f} | {r['load_s']:.2f} | "
-                f"{diff} | {r['others']:.2f} | {benchlib.round_cell(r)} |")
-        lines += [f"| {ENGINE_NAMES[f.split('/')[0]]} | failed: {f} | | | | | | | | |" for f in notes]
-        lines.append("")
     names = {k: MODELS[k][3] for k in MODELS}
+    lines += benchlib.image_tables(
+        by, meta, ENGINES, ENGINE_NAMES, WORKLOADS, names, "224×224",
+        diff_note=lambda r: f" (pos diff {r['pos_max_abs_diff']:.1e})" if r.get("pos_max_abs_diff") is not None else "")
     lines += benchlib.setup_notes(meta["setup"], names, "`torch.onnx.export`, opset 17, `dynamo=False`, dynamic batch",
                                   "max |CLS| of PyTorch's batch-32 outputs", names)
     return "\n".join(lines + [END]) + "\n"

@@ -222,39 +222,7 @@ def render(results, meta) -> str:
         "that engine's runs." + meta["quiet_note"],
         "",
     ]
-    present_e = [e for e in ENGINES if any((e, w) in by for w in WORKLOADS)]
-    lines += ["### Summary", "",
-              "| model | batch | " + " | ".join(f"{ENGINE_NAMES[e]} ms (img/s)" for e in present_e) + " | "
-              + " | ".join(f"{ENGINE_NAMES[e]} RSS MB" for e in present_e) + " | vista max abs diff |",
-              "|---|---:|" + "---:|" * (2 * len(present_e) + 1)]
-    for wl, (key, batch) in WORKLOADS.items():
-        if not any((e, wl) in by for e in present_e):
-            continue
-        cells = [f"**{fmt_ms(by[(e, wl)]['median_ms'])}** ({by[(e, wl)]['items_per_s']:.1f})" if (e, wl) in by else "—"
-                 for e in present_e]
-        rss = [f"{by[(e, wl)]['rss_mb']:.0f}" if (e, wl) in by else "—" for e in present_e]
-        v = by.get(("vista", wl))
-        lines.append(f"| {MODELS[key]} | {batch} | " + " | ".join(cells) + " | " + " | ".join(rss) + " | "
-                     + (f"{v['max_abs_diff_vs_torch']:.1e}" if v else "—") + " |")
-    lines.append("")
-    for wl, (key, batch) in WORKLOADS.items():
-        head = benchlib.workload_heading(by, meta, ENGINES, wl, f"{MODELS[key]}, batch {batch}, 224×224")
-        if head is None:
-            continue
-        present, notes, more = head
-        lines += more
-        lines += ["| engine | median ms | p10-p90 ms | images/s | vs vista | peak RSS MB | load s | max abs diff "
-                  "| others | per-round medians ms (others) |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-        v = by.get(("vista", wl))
-        for e in present:
-            r = by[(e, wl)]
-            lines.append(
-                f"| {ENGINE_NAMES[e]} | **{fmt_ms(r['median_ms'])}** | {fmt_ms(r['p10'])}-{fmt_ms(r['p90'])} | "
-                f"{r['items_per_s']:.1f} | {benchlib.vs_vista(v, r)} | {r['rss_mb']:.0f} | {r['load_s']:.2f} | "
-                f"{r['max_abs_diff_vs_torch']:.1e} | {r['others']:.2f} | {benchlib.round_cell(r)} |")
-        lines += [f"| {ENGINE_NAMES[f.split('/')[0]]} | failed: {f} | | | | | | | | |" for f in notes]
-        lines.append("")
+    lines += benchlib.image_tables(by, meta, ENGINES, ENGINE_NAMES, WORKLOADS, MODELS, "224×224")
     lines += benchlib.setup_notes(meta["setup"], MODELS, "`torch.onnx.export`, opset 17, `dynamo=False`, dynamic batch",
                                   "max |output| of PyTorch's batch-32 outputs", MODELS)
     return "\n".join(lines + [END]) + "\n"

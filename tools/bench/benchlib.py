@@ -753,6 +753,49 @@ def workload_heading(by: dict, meta: dict, engines, wl: str, title: str, unit: s
     return present, notes, lines
 
 
+def image_tables(by: dict, meta: dict, engines, names: dict, workloads: dict, labels: dict, size: str,
+                 diff_note=None) -> list:
+    """The report's tables for image-embedding workloads `{name: (model key, batch)}`: a summary
+    (one row per workload: median ms and images/s, peak RSS per engine, vista's max abs diff), then
+    per workload its heading and every engine's row. `labels[model key]` names the model, `size`
+    the input ("224×224"); `diff_note(row)` may add to a row's diff cell."""
+    present_e = [e for e in engines if any((e, w) in by for w in workloads)]
+    lines = ["### Summary", "",
+             "| model | batch | " + " | ".join(f"{names[e]} ms (img/s)" for e in present_e) + " | "
+             + " | ".join(f"{names[e]} RSS MB" for e in present_e) + " | vista max abs diff |",
+             "|---|---:|" + "---:|" * (2 * len(present_e) + 1)]
+    for wl, (key, batch) in workloads.items():
+        if not any((e, wl) in by for e in present_e):
+            continue
+        cells = [f"**{fmt_ms(by[(e, wl)]['median_ms'])}** ({by[(e, wl)]['items_per_s']:.1f})" if (e, wl) in by else "—"
+                 for e in present_e]
+        rss = [f"{by[(e, wl)]['rss_mb']:.0f}" if (e, wl) in by else "—" for e in present_e]
+        v = by.get(("vista", wl))
+        lines.append(f"| {labels[key]} | {batch} | " + " | ".join(cells) + " | " + " | ".join(rss) + " | "
+                     + (f"{v['max_abs_diff_vs_torch']:.1e}" if v else "—") + " |")
+    lines.append("")
+    for wl, (key, batch) in workloads.items():
+        head = workload_heading(by, meta, engines, wl, f"{labels[key]}, batch {batch}, {size}")
+        if head is None:
+            continue
+        present, notes, more = head
+        lines += more
+        lines += ["| engine | median ms | p10-p90 ms | images/s | vs vista | peak RSS MB | load s | max abs diff "
+                  "| others | per-round medians ms (others) |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        v = by.get(("vista", wl))
+        for e in present:
+            r = by[(e, wl)]
+            diff = f"{r['max_abs_diff_vs_torch']:.1e}" + (diff_note(r) if diff_note else "")
+            lines.append(
+                f"| {names[e]} | **{fmt_ms(r['median_ms'])}** | {fmt_ms(r['p10'])}-{fmt_ms(r['p90'])} | "
+                f"{r['items_per_s']:.1f} | {vs_vista(v, r)} | {r['rss_mb']:.0f} | {r['load_s']:.2f} | "
+                f"{diff} | {r['others']:.2f} | {round_cell(r)} |")
+        lines += [f"| {names[f.split('/')[0]]} | failed: {f} | | | | | | | | |" for f in notes]
+        lines.append("")
+    return lines
+
+
 def setup_notes(setup: dict, labels: dict, how: str, outputs: str, output_names=None) -> list:
     """The report's closing notes on a script's set-up (its `setup` JSON): the ONNX exports
     (`export` and `ort_vs_torch` per key, in the order and with the names of `labels`), exported

@@ -74,25 +74,15 @@ pub fn max_pool(x: &Tensor, k: usize, s: usize, p: usize) -> Result<Tensor> {
     out.par_chunks_mut(wo * c).enumerate().for_each(|(row, dst)| {
         let (bi, oy) = (row / ho, row % ho);
         for (ox, o) in dst.chunks_exact_mut(c).enumerate() {
-            for ky in 0..k {
-                let iy = (oy * s + ky) as isize - p as isize;
-                if iy < 0 || iy >= h as isize {
-                    continue;
-                }
-                for kx in 0..k {
-                    let ix = (ox * s + kx) as isize - p as isize;
-                    if ix < 0 || ix >= w as isize {
-                        continue;
+            super::conv::for_each_tap((oy, ox), (h, w), (k, s, p), |_, pixel| {
+                let from = (bi * h * w + pixel) * c;
+                // NaN propagates as in ATen (`val > max || isnan(val)`).
+                o.iter_mut().zip(&src[from..from + c]).for_each(|(o, &v)| {
+                    if v > *o || v.is_nan() {
+                        *o = v
                     }
-                    let from = ((bi * h + iy as usize) * w + ix as usize) * c;
-                    // NaN propagates as in ATen (`val > max || isnan(val)`).
-                    o.iter_mut().zip(&src[from..from + c]).for_each(|(o, &v)| {
-                        if v > *o || v.is_nan() {
-                            *o = v
-                        }
-                    });
-                }
-            }
+                });
+            });
         }
     });
     Ok(Tensor::from_vec(out, (b, ho, wo, c), &Device::Cpu)?)

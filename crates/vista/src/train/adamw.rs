@@ -45,6 +45,50 @@ struct AdamState {
     exp_avg_sq: Tensor,
 }
 
+/// The groups as an optimiser keeps them, and each named parameter's variable: every name must be
+/// one of `params` (a float tensor) and appear once; a group without its own learning rate or
+/// weight decay takes the optimiser's defaults.
+pub(crate) fn resolve_groups(
+    params: &[Param],
+    groups: Vec<ParamGroup>,
+    default_lr: f64,
+    default_weight_decay: f64,
+) -> Result<(Vec<OptimGroup>, HashMap<String, Var>)> {
+    let mut vars = HashMap::new();
+    let mut out = Vec::with_capacity(groups.len());
+    for g in groups {
+        for name in &g.names {
+            let p = params
+                .iter()
+                .find(|p| p.name() == name)
+                .ok_or_else(|| Error::arg("groups", format!("no parameter named `{name}`")))?;
+            if !p.var().dtype().is_float() {
+                return Err(Error::arg("groups", format!("`{name}` is not a float tensor")));
+            }
+            if vars.insert(name.clone(), p.var().clone()).is_some() {
+                return Err(Error::arg("groups", format!("`{name}` appears in more than one group")));
+            }
+        }
+        out.push(OptimGroup {
+            names: g.names,
+            lr: g.lr.unwrap_or(default_lr),
+            weight_decay: g.weight_decay.unwrap_or(default_weight_decay),
+        });
+    }
+    Ok((out, vars))
+}
+
+/// `train_one_epoch`'s per-iteration settings: `param_group["lr"] = lr` for every group, and
+/// `param_group["weight_decay"] = wd` for the first ("only the first group is regularized").
+pub(crate) fn set_dino_schedule(groups: &mut [OptimGroup], lr: f64, weight_decay: f64) {
+    for (i, g) in groups.iter_mut().enumerate() {
+        g.lr = lr;
+        if i == 0 {
+            g.weight_decay = weight_decay;
+        }
+    }
+}
+
 /// `torch.optim.AdamW(params_groups, **config)`; updates the parameters' variables in place.
 #[derive(Debug, Clone)]
 pub struct AdamW {
@@ -59,28 +103,8 @@ impl AdamW {
     /// decay for the groups that set none. Every name in `groups` must be one of `params`, and
     /// appear once.
     pub fn new(params: &[Param], groups: Vec<ParamGroup>, cfg: AdamWConfig) -> Result<Self> {
-        let mut vars = HashMap::new();
-        let mut out = Vec::with_capacity(groups.len());
-        for g in groups {
-            for name in &g.names {
-                let p = params
-                    .iter()
-                    .find(|p| p.name() == name)
-                    .ok_or_else(|| Error::arg("groups", format!("no parameter named `{name}`")))?;
-                if !p.var().dtype().is_float() {
-                    return Err(Error::arg("groups", format!("`{name}` is not a float tensor")));
-                }
-                if vars.insert(name.clone(), p.var().clone()).is_some() {
-                    return Err(Error::arg("groups", format!("`{name}` appears in more than one group")));
-                }
-            }
-            out.push(OptimGroup {
-                names: g.names,
-                lr: g.lr.unwrap_or(TORCH_DEFAULT_LR),
-                weight_decay: g.weight_decay.unwrap_or(TORCH_DEFAULT_WEIGHT_DECAY),
-            });
-        }
-        Ok(Self { cfg, groups: out, vars, state: HashMap::new() })
+        let (groups, vars) = resolve_groups(params, groups, TORCH_DEFAULT_LR, TORCH_DEFAULT_WEIGHT_DECAY)?;
+        Ok(Self { cfg, groups, vars, state: HashMap::new() })
     }
 
     /// β and ε.
@@ -101,12 +125,7 @@ impl AdamW {
     /// `train_one_epoch`: `param_group["lr"] = lr` for every group, and
     /// `param_group["weight_decay"] = wd` for the first ("only the first group is regularized").
     pub fn set_dino_schedule(&mut self, lr: f64, weight_decay: f64) {
-        for (i, g) in self.groups.iter_mut().enumerate() {
-            g.lr = lr;
-            if i == 0 {
-                g.weight_decay = weight_decay;
-            }
-        }
+        set_dino_schedule(&mut self.groups, lr, weight_decay);
     }
 
     /// The step count and the two moments of `name`, once it has been stepped.

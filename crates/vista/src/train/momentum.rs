@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use super::adamw::{OptimGroup, ParamGroup};
+use super::adamw::{resolve_groups, set_dino_schedule, OptimGroup, ParamGroup};
 use super::param::{Grads, Param};
 use crate::{Error, Result};
 
@@ -50,25 +50,8 @@ impl Momentum {
     /// `SGD(groups, lr=0, momentum=0.9)` or `LARS(groups)`: groups without a weight decay of
     /// their own take both optimisers' default, 0 (not AdamW's 1e-2).
     pub fn new(params: &[Param], groups: Vec<ParamGroup>, rule: MomentumRule) -> Result<Self> {
-        let mut vars = HashMap::new();
-        let mut out = Vec::with_capacity(groups.len());
-        for g in groups {
-            for name in &g.names {
-                let p = params
-                    .iter()
-                    .find(|p| p.name() == name)
-                    .ok_or_else(|| Error::arg("groups", format!("no parameter named `{name}`")))?;
-                if vars.insert(name.clone(), p.var().clone()).is_some() {
-                    return Err(Error::arg("groups", format!("`{name}` appears in more than one group")));
-                }
-            }
-            out.push(OptimGroup {
-                names: g.names,
-                lr: g.lr.unwrap_or(0.0),
-                weight_decay: g.weight_decay.unwrap_or(0.0),
-            });
-        }
-        Ok(Self { rule, groups: out, vars, buffers: HashMap::new() })
+        let (groups, vars) = resolve_groups(params, groups, 0.0, 0.0)?;
+        Ok(Self { rule, groups, vars, buffers: HashMap::new() })
     }
 
     /// The rule.
@@ -83,12 +66,7 @@ impl Momentum {
 
     /// `train_one_epoch`: every group's learning rate, the first group's weight decay.
     pub fn set_dino_schedule(&mut self, lr: f64, weight_decay: f64) {
-        for (i, g) in self.groups.iter_mut().enumerate() {
-            g.lr = lr;
-            if i == 0 {
-                g.weight_decay = weight_decay;
-            }
-        }
+        set_dino_schedule(&mut self.groups, lr, weight_decay);
     }
 
     /// Every stepped parameter's momentum buffer, sorted by name (`state_dict()["state"]`).
