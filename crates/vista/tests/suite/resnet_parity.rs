@@ -205,6 +205,7 @@ fn dino_resnet_trains_as_torchvision_in_train_mode() {
     let before = vista::weights::formats::read_tensors(&dir.join("before_step.pth"), None, &Device::Cpu).unwrap();
     let dims = ResNetDims { layers: [3, 4, 6, 3], stem: 64, planes: [4, 8, 16, 32] };
     let net = TrainResNet::from_tensors(dims, &before, &Device::Cpu).unwrap();
+    let saved = net.running_stats();
     let feats = net.forward(&golden["pixel_values"], true).unwrap();
     assert_close("train features", &feats, &golden["features"], 1e-4);
     let loss = (&feats * &golden["r"]).unwrap().sum_all().unwrap();
@@ -233,4 +234,11 @@ fn dino_resnet_trains_as_torchvision_in_train_mode() {
     let nhwc = golden["eval_pixel_values"].permute((0, 2, 3, 1)).unwrap().contiguous().unwrap();
     let (_, pooled) = inference.forward_stages(&nhwc).unwrap();
     assert_close("inference features of the trained state", &pooled, &golden["eval_features"], 1e-4);
+    // What a failed training step puts back: the statistics from before the forward.
+    net.set_running_stats(saved);
+    for (name, t) in net.running_stats() {
+        let init = if name.ends_with("running_var") { 1.0 } else { 0.0 };
+        let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(v.iter().all(|&x| x == init), "{name} not restored");
+    }
 }

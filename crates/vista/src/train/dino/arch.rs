@@ -81,6 +81,22 @@ impl TrainBackbone {
         }
     }
 
+    /// The state a forward pass changes besides the parameters (a ResNet's running statistics),
+    /// to put back when a step fails.
+    pub fn forward_state(&self) -> Option<std::collections::HashMap<String, Tensor>> {
+        match self {
+            Self::Vit(_) => None,
+            Self::ResNet(r) => Some(r.running_stats()),
+        }
+    }
+
+    /// Puts back what [`forward_state`](Self::forward_state) took.
+    pub fn restore_forward_state(&self, state: Option<std::collections::HashMap<String, Tensor>>) {
+        if let (Self::ResNet(r), Some(stats)) = (self, state) {
+            r.set_running_stats(stats);
+        }
+    }
+
     /// The vision transformer, if this is one.
     pub fn vit(&self) -> Option<&TrainVit> {
         match self {

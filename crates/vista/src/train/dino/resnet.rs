@@ -173,6 +173,17 @@ impl TrainResNet {
         Ok(v)
     }
 
+    /// The running statistics now (tensors are shared, so this is cheap): what a failed step
+    /// restores with [`set_running_stats`](Self::set_running_stats).
+    pub fn running_stats(&self) -> HashMap<String, Tensor> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Puts back running statistics taken with [`running_stats`](Self::running_stats).
+    pub fn set_running_stats(&self, stats: HashMap<String, Tensor>) {
+        *self.running.lock().unwrap_or_else(|e| e.into_inner()) = stats;
+    }
+
     /// Overwrites every parameter in place, and the running statistics given.
     pub fn load_state_dict<'a>(&self, tensors: impl IntoIterator<Item = (&'a str, &'a Tensor)>) -> Result<()> {
         let (stats, params): (Vec<_>, Vec<_>) = tensors.into_iter().partition(|(n, _)| n.contains(".running_"));

@@ -180,6 +180,8 @@ impl DinoTrainer {
         self.opt.set_dino_schedule(lr, wd);
         let images = crops[0].dim(0)?;
         let crops = &crops.iter().map(|c| c.to_device(&self.device)).collect::<candle_core::Result<Vec<_>>>()?;
+        // A ResNet's forward moves its running statistics: kept to put back if the step fails.
+        let (student_state, teacher_state) = (self.student.forward_state(), self.teacher.forward_state());
         let teacher_output = multi_crop_forward(&self.teacher, &self.teacher_head, &crops[..2], None)?;
         let mut drop_rng: ChaCha8Rng = sample_rng(self.config.seed, it as u64, u64::MAX - 1);
         let student_output = multi_crop_forward(&self.student, &self.student_head, crops, Some(&mut drop_rng))?;
@@ -188,6 +190,8 @@ impl DinoTrainer {
         let loss = out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         if !loss.is_finite() {
             self.loss.set_center(&center_before)?;
+            self.student.restore_forward_state(student_state);
+            self.teacher.restore_forward_state(teacher_state);
             return Err(Error::NonFiniteLoss { loss, epoch, iteration: it, kept: None });
         }
         let params = self.student_params();
