@@ -98,6 +98,11 @@ fn rewrite_negative_terms(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsStri
         .collect()
 }
 
+/// Freed activation-sized blocks are kept for the next forward instead of unmapped (see
+/// [`vista::memory`]).
+#[global_allocator]
+static ALLOCATOR: vista::memory::TensorAllocator = vista::memory::TensorAllocator;
+
 fn main() -> ExitCode {
     vista::device::init_process();
     let cli = Cli::parse_from(rewrite_negative_terms(std::env::args_os().collect()));

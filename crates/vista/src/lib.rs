@@ -92,6 +92,7 @@ pub mod error;
 pub mod eval;
 pub mod image;
 pub mod index;
+pub mod memory;
 pub mod nn;
 pub mod optim;
 pub mod sam;

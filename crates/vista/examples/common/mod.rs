@@ -13,6 +13,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use candle_core::Tensor;
 use serde_json::{json, Value};
 
+/// vista's allocator, as the CLI installs it ([`vista::memory`]).
+#[global_allocator]
+static ALLOCATOR: vista::memory::TensorAllocator = vista::memory::TensorAllocator;
+
 /// Starts a benchmark: vista's process set-up (allocator tuning, as the CLI does; before any
 /// thread starts), then the flags, read by `read` ([`Flags::from_env`] with `usage` and
 /// `switches`); a flag left unread is an error.

@@ -13,8 +13,8 @@ use crate::Result;
 /// CLIP's image encoder: "a ResNet (CNN) or a Vision Transformer".
 #[derive(Debug, Clone)]
 enum ImageTower {
-    Vit(VisionTransformer),
-    ResNet(ModifiedResNet),
+    Vit(Box<VisionTransformer>),
+    ResNet(Box<ModifiedResNet>),
 }
 
 impl ImageTower {
@@ -52,8 +52,12 @@ impl ClipModel {
         Ok(Self {
             cfg: cfg.clone(),
             visual: match cfg.vision.resnet {
-                Some(_) => ImageTower::ResNet(ModifiedResNet::load(&vb.pp("visual"), &cfg.vision, cfg.embed_dim)?),
-                None => ImageTower::Vit(VisionTransformer::load(&vb.pp("visual"), &cfg.vision, cfg.embed_dim)?),
+                Some(_) => {
+                    ImageTower::ResNet(Box::new(ModifiedResNet::load(&vb.pp("visual"), &cfg.vision, cfg.embed_dim)?))
+                }
+                None => {
+                    ImageTower::Vit(Box::new(VisionTransformer::load(&vb.pp("visual"), &cfg.vision, cfg.embed_dim)?))
+                }
             },
             text: TextTransformer::load(&vb, &cfg.text, cfg.embed_dim)?,
             logit_scale,

@@ -3,16 +3,17 @@
 //! Vision transformers keep their tokens channels-last (`[B, H, W, C]` is `[B·H·W, C]` rows, the
 //! layout every linear layer wants), so the convolutions around them (patch embeddings, SAM's
 //! neck and mask up-sampling, TinyViT's MBConv) work in that layout too instead of permuting to
-//! PyTorch's NCHW and back: a dense convolution is an im2col gather plus one GEMM (a 1×1 or a
-//! kernel-equals-stride convolution needs no gather at all), a depthwise convolution is a direct
-//! loop vectorised over channels, and a 2×2 stride-2 transposed convolution is one GEMM
-//! followed by a pixel shuffle. Weights arrive in PyTorch's layout and are reordered once at load.
+//! PyTorch's NCHW and back: a dense convolution is one GEMM whose rows read the input pixel
+//! under each tap in place (on the CPU, [`super::packed`]; elsewhere after an im2col gather), a
+//! depthwise convolution is a direct loop vectorised over channels, and a 2×2 stride-2 transposed
+//! convolution is one GEMM followed by a pixel shuffle. Weights arrive in PyTorch's layout and are reordered once at load.
 //!
 //! The arithmetic is the reference's; only the summation order differs.
 
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
+use super::packed::{self, Lhs};
 use super::Linear;
 use crate::Result;
 
@@ -90,6 +91,11 @@ impl Conv2d {
         Ok(Self { linear: Linear::new(w, bias)?, k, stride, pad, cin })
     }
 
+    /// `Cout`.
+    pub fn out_channels(&self) -> Result<usize> {
+        self.linear.out_dim()
+    }
+
     /// # Shapes
     /// `[B, H, W, Cin] -> [B, H', W', Cout]`
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -98,104 +104,69 @@ impl Conv2d {
 
     /// `act(conv(x))`, the activation applied in the GEMM's output pass.
     pub fn forward_act(&self, x: &Tensor, act: Option<super::Activation>) -> Result<Tensor> {
+        self.forward_residual(x, None, act)
+    }
+
+    /// `act(conv(x) + residual)`, the residual (shaped as the output) added in the GEMM's output
+    /// pass on the CPU: a ResNet block's last convolution, shortcut and ReLU in one sweep.
+    pub fn forward_residual(
+        &self,
+        x: &Tensor,
+        residual: Option<&Tensor>,
+        act: Option<super::Activation>,
+    ) -> Result<Tensor> {
         let (b, h, w, cin) = nhwc(x)?;
         if cin != self.cin {
             return Err(candle_core::Error::Msg(format!("conv: input has {cin} channels, weight {}", self.cin)).into());
         }
         let (k, s, p) = (self.k, self.stride, self.pad);
+        if h + 2 * p < k || w + 2 * p < k {
+            return Err(
+                candle_core::Error::Msg(format!("conv: a {h}x{w} input is smaller than the {k}x{k} kernel")).into()
+            );
+        }
         let (ho, wo) = (out_size(h, k, s, p), out_size(w, k, s, p));
         let rows = b * ho * wo;
-        let fast = super::cpu::eligible(x) && super::cpu::eligible(self.linear.weight_t());
-        if k == 1 && s == 1 && p == 0 {
-            if fast {
-                return self.im2col_gemm(x, (ho, wo), act);
+        if let Some(r) = residual {
+            let want = [b, ho, wo, self.linear.out_dim()?];
+            if r.dims() != want {
+                return Err(candle_core::Error::Msg(format!("conv: residual {:?}, output {want:?}", r.dims())).into());
             }
-            let y = self.linear.forward_act(&x.reshape((rows, cin))?, act)?;
-            return Ok(y.reshape((b, ho, wo, ()))?);
         }
-        if k == s && p == 0 && h % k == 0 && w % k == 0 {
+        let fast = super::cpu::eligible(x) && residual.is_none_or(super::cpu::eligible);
+        if let (Some((weight, bias)), true) = (self.linear.packed(), fast) {
+            // The CPU GEMM reads the taps in place: no im2col matrix.
+            let run = |data: &[f32], residual: Option<&[f32]>| {
+                let lhs = if k == 1 && s == 1 && p == 0 {
+                    Lhs::Rows { data, m: rows }
+                } else {
+                    Lhs::Conv { data, input: (b, h, w, cin), kernel: (k, s, p) }
+                };
+                packed::gemm(lhs, weight, bias, packed::Epilogue { residual, act }, super::cpu::threads())
+            };
+            let out = super::cpu::with_slice(x, |data| match residual {
+                Some(r) => super::cpu::with_slice(r, |r| run(data, Some(r)))?,
+                None => run(data, None),
+            })??;
+            return Ok(Tensor::from_vec(out, (b, ho, wo, weight.n()), &Device::Cpu)?);
+        }
+        if let Some(r) = residual {
+            let y = self.forward_residual(x, None, None)?;
+            return match act {
+                Some(act) => super::add_act(&y, r, act),
+                None => Ok((y + r)?),
+            };
+        }
+        let cols = if k == 1 && s == 1 && p == 0 {
+            x.clone()
+        } else if k == s && p == 0 && h % k == 0 && w % k == 0 {
             // Non-overlapping patches: a reshape, no gather.
-            let cols = x.reshape((b, ho, k, wo, k, cin))?.permute((0, 1, 3, 2, 4, 5))?.contiguous()?;
-            let y = self.linear.forward_act(&cols.reshape((rows, k * k * cin))?, act)?;
-            return Ok(y.reshape((b, ho, wo, ()))?);
-        }
-        if fast {
-            return self.im2col_gemm(x, (ho, wo), act);
-        }
-        let cols = super::portable::im2col(x, k, s, p)?;
+            x.reshape((b, ho, k, wo, k, cin))?.permute((0, 1, 3, 2, 4, 5))?.contiguous()?
+        } else {
+            super::portable::im2col(x, k, s, p)?
+        };
         let y = self.linear.forward_act(&cols.reshape((rows, k * k * cin))?, act)?;
         Ok(y.reshape((b, ho, wo, ()))?)
-    }
-}
-
-/// Below this many output rows a convolution runs as one GEMM split over the threads by columns.
-const BLOCKED_ROWS: usize = 8192;
-
-impl Conv2d {
-    /// The CPU path: the output rows in blocks, one block per task, each block's im2col rows
-    /// gathered into a per-thread buffer that stays in cache (a 1×1 convolution reads its rows in
-    /// place) and multiplied at once into its part of the output, bias first and activation after
-    /// while the block is still in cache. Never materialises the whole `[B·H'·W', k·k·C]` matrix,
-    /// which at batch 32 is hundreds of megabytes per convolution (fresh pages, faulted in and
-    /// zeroed, cost more than the GEMM they fed): a ResNet-50 forward at batch 32 went from
-    /// 2.53 s to 1.92 s with the 3×3 convolutions blocked.
-    fn im2col_gemm(&self, x: &Tensor, (ho, wo): (usize, usize), act: Option<super::Activation>) -> Result<Tensor> {
-        let (b, h, w, c) = nhwc(x)?;
-        let (k, s, p) = (self.k, self.stride, self.pad);
-        let row = k * k * c;
-        let wt = self.linear.weight_t();
-        let n = wt.dim(1)?;
-        let rows = b * ho * wo;
-        // About 256 KiB of gathered rows per block (L2), at least 32 rows, a multiple of 16; with
-        // few rows (one image), one block and the GEMM's own split of the columns over the threads,
-        // which keeps both busy where a handful of row blocks would not divide evenly.
-        let few = rows < BLOCKED_ROWS;
-        let block = if few { rows.max(1) } else { ((256 * 1024 / 4 / row).max(32) / 16 * 16).clamp(16, 1024) };
-        let par = if few { super::cpu::parallelism() } else { super::gemm::Parallelism::None };
-        let bias = match self.linear.bias() {
-            Some(t) => Some(t.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?),
-            None => None,
-        };
-        let mut out = vec![0f32; rows * n];
-        super::cpu::with_slice(x, |src| {
-            super::cpu::with_slice(wt, |ws| {
-                let direct = k == 1 && s == 1 && p == 0;
-                out.par_chunks_mut(block * n).enumerate().for_each_init(Vec::new, |cols: &mut Vec<f32>, (i, dst)| {
-                    let first = i * block;
-                    let count = dst.len() / n;
-                    let lhs: &[f32] = if direct {
-                        &src[first * row..(first + count) * row]
-                    } else {
-                        cols.clear();
-                        cols.resize(count * row, 0.0);
-                        for (r, col) in cols.chunks_exact_mut(row).enumerate() {
-                            let o = first + r;
-                            let (bi, rest) = (o / (ho * wo), o % (ho * wo));
-                            for_each_tap((rest / wo, rest % wo), (h, w), (k, s, p), |tap, pixel| {
-                                let from = (bi * h * w + pixel) * c;
-                                col[tap * c..(tap + 1) * c].copy_from_slice(&src[from..from + c]);
-                            });
-                        }
-                        cols
-                    };
-                    if let Some(bias) = &bias {
-                        dst.chunks_exact_mut(n).for_each(|d| d.copy_from_slice(bias));
-                    }
-                    super::gemm::matmul(
-                        super::gemm::MatMut::row_major(dst, count, n),
-                        super::gemm::MatRef::row_major(lhs, count, row),
-                        super::gemm::MatRef::row_major(ws, row, n),
-                        1.0,
-                        bias.is_some(),
-                        par,
-                    );
-                    if let Some(act) = act {
-                        dst.iter_mut().for_each(|v| *v = super::cpu::activate(*v, act));
-                    }
-                });
-            })
-        })??;
-        Ok(Tensor::from_vec(out, (b, ho, wo, n), &Device::Cpu)?)
     }
 }
 
@@ -366,8 +337,8 @@ mod tests {
     }
 
     #[test]
-    fn blocked_convolutions_of_many_rows_equal_candle() {
-        // Over BLOCKED_ROWS output rows: the per-block gather and GEMM, the last block partial.
+    fn convolutions_of_many_rows_equal_candle() {
+        // Many row blocks, the last partial; ReLU applied as the tiles finish.
         let x = randn(16, 0f32, 1., (1, 5, 97, 91));
         for (k, s, p) in [(1, 1, 0), (3, 1, 1), (3, 2, 1)] {
             let w = randn(17, 0f32, 1., (6, 5, k, k));

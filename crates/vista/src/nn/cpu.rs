@@ -89,51 +89,9 @@ fn slice_of<'a>(data: &'a [f32], layout: &Layout) -> &'a [f32] {
     &data[start..start + layout.shape().elem_count()]
 }
 
-/// The GEMM's thread split: candle's thread count.
-pub(crate) fn parallelism() -> Parallelism {
-    let n = candle_core::utils::get_num_threads();
-    if n > 1 {
-        Parallelism::Rayon(n)
-    } else {
-        Parallelism::None
-    }
-}
-
-/// `act(x·Wᵀ + b)` with `x: [M, K]`, `wt = Wᵀ: [K, N]` contiguous, `b: [N]`.
-pub fn linear(x: &Tensor, wt: &Tensor, b: Option<&Tensor>, act: Option<Activation>) -> Result<Tensor> {
-    let (m, k) = x.dims2()?;
-    let (k2, n) = wt.dims2()?;
-    if k != k2 {
-        return Err(candle_core::Error::Msg(format!("linear: input has {k} features, weight expects {k2}")).into());
-    }
-    let mut dst = vec![0f32; m * n];
-    let read_dst = match b {
-        Some(b) => {
-            with_slice(b, |bias| {
-                for row in dst.chunks_exact_mut(n) {
-                    row.copy_from_slice(bias);
-                }
-            })?;
-            true
-        }
-        None => false,
-    };
-    with_slice(x, |xs| {
-        with_slice(wt, |ws| {
-            matmul(
-                MatMut::row_major(&mut dst, m, n),
-                MatRef::row_major(xs, m, k),
-                MatRef::row_major(ws, k, n),
-                1.0,
-                read_dst,
-                parallelism(),
-            )
-        })
-    })??;
-    if let Some(act) = act {
-        apply_activation(&mut dst, act);
-    }
-    Ok(Tensor::from_vec(dst, (m, n), &Device::Cpu)?)
+/// Threads the kernels split over: candle's thread count.
+pub(crate) fn threads() -> usize {
+    candle_core::utils::get_num_threads()
 }
 
 /// One activation value, as the references define it (GELU through [`erf_fast`]).
@@ -569,31 +527,13 @@ fn softmax_in_place(row: &mut [f32]) {
 
 #[cfg(test)]
 mod tests {
-    use candle_core::{Device, Module, Tensor, D};
+    use candle_core::{Device, Tensor, D};
 
     use super::*;
     use crate::nn::testing::randn;
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
-    }
-
-    #[test]
-    fn fused_linear_equals_separate_ops_for_every_activation() {
-        let x = randn(1, 0f32, 1., (7, 13));
-        let w = randn(2, 0f32, 1., (11, 13));
-        let b = randn(3, 0f32, 1., 11);
-        let reference = x.matmul(&w.t().unwrap()).unwrap().broadcast_add(&b).unwrap();
-        let wt = w.t().unwrap().contiguous().unwrap();
-        let plain = linear(&x, &wt, Some(&b), None).unwrap();
-        assert!(max_diff(&plain, &reference) < 1e-5);
-        for act in [Activation::QuickGelu, Activation::Gelu, Activation::GeluTanh] {
-            let ours = linear(&x, &wt, Some(&b), Some(act)).unwrap();
-            let want = act.forward(&reference).unwrap();
-            assert!(max_diff(&ours, &want) < 1e-5, "{act:?}");
-        }
-        let no_bias = linear(&x, &wt, None, None).unwrap();
-        assert!(max_diff(&no_bias, &x.matmul(&w.t().unwrap()).unwrap()) < 1e-5);
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod interpolate;
 pub mod linear;
 pub mod mlp;
 pub mod norm;
+pub mod packed;
 pub mod pool;
 pub mod portable;
 pub mod resnet;

@@ -69,22 +69,34 @@ pub fn max_pool(x: &Tensor, k: usize, s: usize, p: usize) -> Result<Tensor> {
         let y = x.max_pool2d_with_stride(k, s)?;
         return Ok(y.narrow(2, 0, ho)?.narrow(3, 0, wo)?.permute((0, 2, 3, 1))?.contiguous()?);
     }
-    let src = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
     let mut out = vec![f32::NEG_INFINITY; b * ho * wo * c];
-    out.par_chunks_mut(wo * c).enumerate().for_each(|(row, dst)| {
-        let (bi, oy) = (row / ho, row % ho);
-        for (ox, o) in dst.chunks_exact_mut(c).enumerate() {
-            super::conv::for_each_tap((oy, ox), (h, w), (k, s, p), |_, pixel| {
-                let from = (bi * h * w + pixel) * c;
-                // NaN propagates as in ATen (`val > max || isnan(val)`).
-                o.iter_mut().zip(&src[from..from + c]).for_each(|(o, &v)| {
-                    if v > *o || v.is_nan() {
-                        *o = v
+    super::cpu::with_slice(x, |src| {
+        out.par_chunks_mut(wo * c).enumerate().for_each(|(row, dst)| {
+            super::cpu::with_simd(
+                #[inline(always)]
+                || {
+                    let (bi, oy) = (row / ho, row % ho);
+                    for (ox, o) in dst.chunks_exact_mut(c).enumerate() {
+                        super::conv::for_each_tap(
+                            (oy, ox),
+                            (h, w),
+                            (k, s, p),
+                            #[inline(always)]
+                            |_, pixel| {
+                                let from = (bi * h * w + pixel) * c;
+                                // NaN propagates as in ATen (`val > max || isnan(val)`).
+                                o.iter_mut().zip(&src[from..from + c]).for_each(|(o, &v)| {
+                                    if v > *o || v.is_nan() {
+                                        *o = v
+                                    }
+                                });
+                            },
+                        );
                     }
-                });
-            });
-        }
-    });
+                },
+            )
+        })
+    })?;
     Ok(Tensor::from_vec(out, (b, ho, wo, c), &Device::Cpu)?)
 }
 

@@ -86,19 +86,21 @@ impl Bottleneck {
         if pooled {
             out = super::pool::avg_pool(&out, self.stride)?;
         }
-        let out = self.conv3.forward(&out)?;
         let identity = match &self.downsample {
             Some(conv) if pooled => conv.forward(&super::pool::avg_pool(x, self.stride)?)?,
             Some(conv) => conv.forward(x)?,
             None => x.clone(),
         };
-        if identity.dims() != out.dims() {
+        let (b, h, w, _) = out.dims4()?;
+        let width = self.conv3.out_channels()?;
+        if identity.dims() != [b, h, w, width] {
             return Err(Error::arg(
                 "weights",
-                format!("bottleneck shortcut {:?} does not match its output {:?}", identity.dims(), out.dims()),
+                format!("bottleneck shortcut {:?} does not match its output {:?}", identity.dims(), [b, h, w, width]),
             ));
         }
-        super::add_act(&out, &identity, Activation::Relu)
+        // conv3, the shortcut add and the ReLU in the GEMM's one output pass.
+        self.conv3.forward_residual(&out, Some(&identity), relu)
     }
 }
 

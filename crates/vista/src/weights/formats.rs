@@ -54,6 +54,7 @@ pub fn detect(path: &Path) -> Result<Format> {
 /// `key` selects the inner dict; `None` tries the file as a flat state dict first, then the
 /// usual keys.
 pub fn read_tensors(path: &Path, key: Option<&str>, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let _loading = crate::memory::Loading::start();
     match detect(path)? {
         Format::Safetensors => Ok(read_safetensors(path, device)?.0),
         // candle's pickle reader trusts the file (a hostile one can make it shift or index out of
@@ -135,6 +136,7 @@ fn metadata_of(header: &serde_json::Map<String, serde_json::Value>) -> HashMap<S
 /// header field is checked against the file's size before anything is allocated.
 pub fn read_safetensors(path: &Path, device: &Device) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
     use std::io::{Seek, SeekFrom};
+    let _loading = crate::memory::Loading::start();
     let bad = |m: String| Error::Checkpoint { path: path.to_path_buf(), message: m };
     let (mut f, header, data_start, size) = open_safetensors(path)?;
     let metadata = metadata_of(&header);

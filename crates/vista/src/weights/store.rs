@@ -32,6 +32,9 @@ pub struct TensorStore {
     file_namer: Option<fn(&str) -> String>,
     device: Device,
     dtype: DType,
+    /// While a checkpoint is read, freed blocks are not cached ([`crate::memory::Loading`]);
+    /// declared last, so the tensors not taken are dropped first.
+    _loading: crate::memory::Loading,
 }
 
 /// One model's checkpoint families (two: the reference's, whose names are the canonical ones,
@@ -122,6 +125,7 @@ impl TensorStore {
             file_namer: None,
             device: device.clone(),
             dtype,
+            _loading: crate::memory::Loading::start(),
         }
     }
 

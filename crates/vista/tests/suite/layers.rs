@@ -1,6 +1,6 @@
 //! The library's layers point one way (docs/ARCHITECTURE.md):
 //!
-//! `error`, `device` ← `nn`, `image` ← `optim`, `data` ← `weights` ← `clip`, `dino`, `sam` ←
+//! `error`, `device`, `memory` ← `nn`, `image` ← `optim`, `data` ← `weights` ← `clip`, `dino`, `sam` ←
 //! `eval` ← `train`, `apps`, `index`
 //!
 //! Every `crate::<module>` path in the code of a module (use lines and inline paths; comments
@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 /// The layer of each top-level module.
 fn layer(module: &str) -> Option<u32> {
     Some(match module {
-        "error" | "device" => 0,
+        "error" | "device" | "memory" => 0,
         "nn" | "image" => 1,
         "optim" | "data" => 2,
         "weights" => 3,
