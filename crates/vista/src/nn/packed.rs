@@ -155,8 +155,8 @@ impl Lhs<'_> {
         }
     }
 
-    /// Offset of row `r`'s values for `tap` in `data`, `None` in the padding.
-    #[inline(always)]
+    /// Offset of row `r`'s values for `tap` in `data`, `None` in the padding (the tests' im2col).
+    #[cfg(test)]
     fn offset(&self, r: usize, tap: usize, depth: usize) -> Option<usize> {
         match *self {
             Lhs::Rows { .. } => Some(r * depth),
@@ -260,7 +260,10 @@ pub fn gemm(
         let rows = (block_rows(b), block_rows(b + 1));
         let cols = (g * panels_per * NR, ((g + 1) * panels_per * NR).min(n));
         // SAFETY: tasks own disjoint row × column rectangles of `out`, which outlives them.
-        super::cpu::with_simd(|| unsafe { task(lhs, (taps, depth), w, bias, epilogue, out_ptr, rows, cols) });
+        super::cpu::with_simd(
+            #[inline(always)]
+            || unsafe { task(lhs, (taps, depth), w, bias, epilogue, out_ptr, rows, cols) },
+        );
     };
     if tasks.len() == 1 || threads <= 1 {
         tasks.iter().for_each(run);
@@ -308,6 +311,12 @@ unsafe fn task(
     let data = src.data().as_ptr();
     let avx512 = has_avx512();
     let slices = depth_slices(taps, depth);
+    // Each row's window origin, found once (divisions per row and tap cost as much as a 64-channel
+    // tap's multiply–adds).
+    let origins = match src {
+        Lhs::Conv { input: (_, h, w, _), kernel: (k, s, p), .. } => window_origins(r0..r1, (h, w), (k, s, p)),
+        Lhs::Rows { .. } => Vec::new(),
+    };
     let mut ptrs = Vec::new();
     for (i, &(tap0, ntaps, k0, kc)) in slices.iter().enumerate() {
         // The rows' pointers for this slice, tile by tile, tap-major within a tile.
@@ -315,12 +324,21 @@ unsafe fn task(
         for t0 in (0..rows).step_by(MR) {
             let mr = (rows - t0).min(MR);
             for tap in tap0..tap0 + ntaps {
-                for r in t0..t0 + mr {
-                    let row = if local { r } else { r0 + r };
-                    ptrs.push(match src.offset(row, tap, depth) {
-                        Some(o) => data.add(o + k0),
-                        None => ZEROS.as_ptr(),
-                    });
+                match src {
+                    Lhs::Rows { .. } => {
+                        ptrs.extend((t0..t0 + mr).map(|r| data.add((if local { r } else { r0 + r }) * depth + k0)))
+                    }
+                    Lhs::Conv { input: (_, h, w, c), kernel: (k, ..), .. } => {
+                        let (ky, kx) = ((tap / k) as isize, (tap % k) as isize);
+                        ptrs.extend(origins[t0..t0 + mr].iter().map(|&(image, y, x)| {
+                            let (iy, ix) = (y + ky, x + kx);
+                            if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                ZEROS.as_ptr()
+                            } else {
+                                data.add(((image * h + iy as usize) * w + ix as usize) * c + k0)
+                            }
+                        }));
+                    }
                 }
             }
         }
@@ -339,6 +357,14 @@ unsafe fn task(
                         (true, None) => Start::Zero,
                         (false, _) => Start::Accumulate,
                     };
+                    if let (true, Some(residual)) = (last, epilogue.residual) {
+                        // The shortcut streams from memory: ask for the tile's lines now.
+                        let at = residual.as_ptr().add((r0 + t0) * n + p * NR);
+                        for i in 0..mr {
+                            prefetch(at.add(i * n));
+                            prefetch(at.add(i * n + 16));
+                        }
+                    }
                     tile(avx512, a, ntaps, kc, b, (c, n, cols), start);
                     if last {
                         finish(epilogue, (c, n, cols), mr, (r0 + t0) * n + p * NR);
@@ -347,6 +373,30 @@ unsafe fn task(
             }
         }
     }
+}
+
+/// `(image, top, left)` of the input window under each output row of `range` (`top`, `left` may
+/// be negative: padding), walking the output pixels in order.
+fn window_origins(
+    range: std::ops::Range<usize>,
+    (h, w): (usize, usize),
+    (k, s, p): (usize, usize, usize),
+) -> Vec<(usize, isize, isize)> {
+    let (ho, wo) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+    let (mut image, rest) = (range.start / (ho * wo), range.start % (ho * wo));
+    let (mut oy, mut ox) = (rest / wo, rest % wo);
+    let mut out = Vec::with_capacity(range.len());
+    for _ in range {
+        out.push((image, (oy * s) as isize - p as isize, (ox * s) as isize - p as isize));
+        ox += 1;
+        if ox == wo {
+            (ox, oy) = (0, oy + 1);
+            if oy == ho {
+                (oy, image) = (0, image + 1);
+            }
+        }
+    }
+    out
 }
 
 /// The im2col rows `range` of a convolution, zeros in the padding: a kernel row's taps that all
@@ -388,20 +438,32 @@ fn gather(lhs: Lhs<'_>, range: std::ops::Range<usize>) -> Vec<f32> {
 
 /// The epilogue over a finished tile of `rows` rows at `c`, `at` its offset in the output.
 #[inline(always)]
-unsafe fn finish(epilogue: Epilogue<'_>, (c, ldc, cols): (*mut f32, usize, usize), rows: usize, at: usize) {
-    if let Some(residual) = epilogue.residual {
-        for i in 0..rows {
-            let row = std::slice::from_raw_parts_mut(c.add(i * ldc), cols);
-            let add = &residual[at + i * ldc..at + i * ldc + cols];
-            match epilogue.act {
-                Some(act) => row.iter_mut().zip(add).for_each(|(v, r)| *v = super::cpu::activate(*v + r, act)),
-                None => row.iter_mut().zip(add).for_each(|(v, r)| *v += r),
+unsafe fn finish(epilogue: Epilogue<'_>, tile: (*mut f32, usize, usize), rows: usize, at: usize) {
+    // One loop per activation, the match outside it.
+    match (epilogue.residual, epilogue.act) {
+        (None, None) => {}
+        (residual, None) => finish_with(residual, tile, rows, at, |v| v),
+        (residual, Some(Activation::Relu)) => finish_with(residual, tile, rows, at, |v| v.max(0.0)),
+        (residual, Some(act)) => finish_with(residual, tile, rows, at, |v| super::cpu::activate(v, act)),
+    }
+}
+
+#[inline(always)]
+unsafe fn finish_with(
+    residual: Option<&[f32]>,
+    (c, ldc, cols): (*mut f32, usize, usize),
+    rows: usize,
+    at: usize,
+    f: impl Fn(f32) -> f32,
+) {
+    for i in 0..rows {
+        let row = std::slice::from_raw_parts_mut(c.add(i * ldc), cols);
+        match residual {
+            Some(residual) => {
+                let add = &residual[at + i * ldc..at + i * ldc + cols];
+                row.iter_mut().zip(add).for_each(|(v, r)| *v = f(*v + r));
             }
-        }
-    } else if let Some(act) = epilogue.act {
-        for i in 0..rows {
-            let row = std::slice::from_raw_parts_mut(c.add(i * ldc), cols);
-            row.iter_mut().for_each(|v| *v = super::cpu::activate(*v, act));
+            None => row.iter_mut().for_each(|v| *v = f(*v)),
         }
     }
 }
@@ -426,6 +488,18 @@ enum Start {
     Accumulate,
     Bias(*const f32),
     Zero,
+}
+
+/// A hint to load the cache line at `p` (nothing where there is no such instruction).
+#[inline(always)]
+fn prefetch(p: *const f32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast())
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 /// True when the AVX-512 kernel runs here (and is not switched off for a test).
