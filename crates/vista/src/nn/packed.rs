@@ -256,13 +256,15 @@ pub fn gemm(
     let out_ptr = SendPtr(out.spare_capacity_mut().as_mut_ptr().cast());
     let tasks: Vec<(usize, usize)> =
         (0..blocks).flat_map(|b| (0..panels.div_ceil(panels_per)).map(move |g| (b, g))).collect();
+    // Decided here, on the caller's thread (the tasks run on the pool's).
+    let avx512 = has_avx512();
     let run = |&(b, g): &(usize, usize)| {
         let rows = (block_rows(b), block_rows(b + 1));
         let cols = (g * panels_per * NR, ((g + 1) * panels_per * NR).min(n));
         // SAFETY: tasks own disjoint row × column rectangles of `out`, which outlives them.
         super::cpu::with_simd(
             #[inline(always)]
-            || unsafe { task(lhs, (taps, depth), w, bias, epilogue, out_ptr, rows, cols) },
+            || unsafe { task(lhs, (taps, depth), w, bias, epilogue, out_ptr, rows, cols, avx512) },
         );
     };
     if tasks.len() == 1 || threads <= 1 {
@@ -296,6 +298,7 @@ unsafe fn task(
     out: SendPtr,
     (r0, r1): (usize, usize),
     (c0, c1): (usize, usize),
+    avx512: bool,
 ) {
     let n = w.n;
     let rows = r1 - r0;
@@ -309,7 +312,6 @@ unsafe fn task(
         (lhs, taps, depth, false)
     };
     let data = src.data().as_ptr();
-    let avx512 = has_avx512();
     let slices = depth_slices(taps, depth);
     // Each row's window origin, found once (divisions per row and tap cost as much as a 64-channel
     // tap's multiply–adds).
