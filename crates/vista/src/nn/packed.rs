@@ -1,18 +1,21 @@
 //! The CPU GEMM for layers whose right-hand side is a weight: `C = act(A·W + b)`.
 //!
 //! The weight is packed once, at load, into 32-column panels laid out the way the micro-kernel
-//! reads them (ONNX Runtime's MLAS packs B the same way), so no call re-packs it — at batch 1 the
-//! `gemm` crate spent as long packing a ViT's weights as multiplying them. The left-hand side is
-//! never packed: the kernel reads its values in place through one pointer per row, either the rows
-//! of a dense `[M, K]` matrix or, for a channels-last convolution, the input pixel under each tap
+//! reads them (ONNX Runtime's MLAS packs B the same way), so no call re-packs it (the `gemm`
+//! crate, used before, packed the weight again on every call). The left-hand side is never
+//! packed: the kernel reads its values in place through one pointer per row, either the rows of a
+//! dense `[M, K]` matrix or, for a channels-last convolution, the input pixel under each tap
 //! (XNNPACK's "indirect GEMM"), so a 3×3 convolution builds no im2col matrix at all.
 //!
-//! Blocking, for this machine's 48 KiB L1 and 2 MiB L2 per core: a task owns up to [`MC`] output
-//! rows and a run of panels; it walks the depth in slices of at most [`KC`] values (within one
-//! tap), and for every panel it sweeps its rows in [`MR`]-row tiles, so the panel's 256 × 32
-//! slice (32 KiB) stays in L1 across the tiles and the rows' slices (at most 192 KiB) stay in L2
-//! across the panels. Each tile keeps 12 × 32 sums in 24 AVX-512 registers and adds them into the
-//! output after each slice; bias first, activation after the last slice while the tile is hot.
+//! Blocking, for this machine's 48 KiB L1 and 2 MiB L2 per core: a task owns a block of about
+//! `MC` output rows and a run of panels. It walks the depth in passes of at most `KC` values
+//! (whole taps when they are shallow, slices of one deep tap otherwise); within a pass, for each
+//! group of `NC_PANELS` panels (1 MiB of panel, in L2) it takes its rows `MR` at a time and
+//! runs the tile against every panel of the group, so the tile's rows (at most 24 KiB) stay in
+//! L1 while the panels stream by, the kernel prefetching each panel 2 KiB ahead. A tile keeps
+//! 12 × 32 sums in 24 AVX-512 registers through all the taps of a pass and then stores them
+//! (onto the bias in the first pass, onto the output after); residual and activation follow the
+//! last pass while the tile is hot.
 //!
 //! The sum over the depth runs in order, tap by tap, with fused multiply–adds: the values differ
 //! from PyTorch's only in rounding order (the parity tests hold at their tolerances). Machines
@@ -31,10 +34,11 @@ fn refuse(message: String) -> crate::Error {
 pub const NR: usize = 32;
 /// Rows per micro-tile: 12 rows × 2 vectors are 24 of the 32 vector registers.
 const MR: usize = 12;
-/// Depth per pass over a panel: 256 × 32 values (32 KiB) fit L1 beside the rows' lines.
+/// Depth per pass: a 12-row tile's values (24 KiB) stay in L1 while the panels go by.
 const KC: usize = 512;
-/// Rows per task: 192 rows × [`KC`] values (192 KiB) stay in L2 while the panels go by.
+/// Rows per task, about: 192 rows × [`KC`] values (384 KiB) stay in L2 across the panel groups.
 const MC: usize = 16 * MR;
+/// Panels per group: 16 × [`KC`] × 32 values (1 MiB) stay in L2 across the tiles.
 const NC_PANELS: usize = 16;
 /// Below this depth a convolution's taps are too short to stream one by one: a task gathers its
 /// rows' im2col values into a small dense block first (the 3-channel stems).
