@@ -3,8 +3,7 @@
 //! glibc serves every block over 32 MiB (its largest mmap threshold) with a fresh `mmap` and
 //! unmaps it on free, so a network whose activations are that large (a ResNet-50 at batch 32
 //! writes 100 MiB maps) pays a page fault and a kernel-zeroed page for every 4 KiB of every
-//! output, every layer, every call: 40 ms to first-touch 100 MiB here, more than the 13 ms the
-//! convolution writing it takes. [`TensorAllocator`] keeps up to [`SLOTS`] freed blocks of
+//! output, every layer, every call. [`TensorAllocator`] keeps up to [`SLOTS`] freed blocks of
 //! [`LARGE`] bytes or more (at most [`CACHED_BYTES`] in all, the oldest given back first) and
 //! hands one back to the next request of the same rounded size — a forward pass asks for the
 //! same sizes as the last one — and asks the kernel for transparent huge pages on fresh ones.

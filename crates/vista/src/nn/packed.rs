@@ -609,8 +609,8 @@ mod avx512 {
 
     use super::Start;
 
-    /// How far ahead the panel is prefetched, in values: 16 depth steps (2 KiB). A ResNet-50 at
-    /// batch 1 went from 58 to 43 ms with it (256, 1024 and 2048 values: 45, 44, 44 ms).
+    /// How far ahead the panel is prefetched, in values: 16 depth steps (2 KiB). At batch 1 the
+    /// weights stream from memory once per forward and this hides their latency.
     const PREFETCH: usize = 16 * 32;
 
     /// The AVX-512 micro-kernel: `R` rows × 32 columns of sums in `2R` registers, each depth step
