@@ -73,15 +73,25 @@ impl PackedWeight {
         assert_eq!(w.len(), k * n, "packing a {k}x{n} weight from {} values", w.len());
         let panels = n.div_ceil(NR);
         let mut lines = vec![Line([0.0; 16]); panels * k * 2];
-        for p in 0..panels {
+        let pack = |(p, panel): (usize, &mut [Line])| {
             let cols = (n - p * NR).min(NR);
-            for kk in 0..k {
+            for (kk, pair) in panel.chunks_exact_mut(2).enumerate() {
                 let src = &w[kk * n + p * NR..kk * n + p * NR + cols];
-                let at = (p * k + kk) * 2;
-                for (j, &v) in src.iter().enumerate() {
-                    lines[at + j / 16].0[j % 16] = v;
+                if cols == NR {
+                    pair[0].0.copy_from_slice(&src[..16]);
+                    pair[1].0.copy_from_slice(&src[16..]);
+                } else {
+                    for (j, &v) in src.iter().enumerate() {
+                        pair[j / 16].0[j % 16] = v;
+                    }
                 }
             }
+        };
+        // Activations packed for a weight gradient run to megabytes: one panel per task then.
+        if k * n >= 1 << 18 {
+            lines.par_chunks_mut((k * 2).max(1)).enumerate().for_each(pack);
+        } else {
+            lines.chunks_mut((k * 2).max(1)).enumerate().for_each(pack);
         }
         Self { k, n, lines }
     }

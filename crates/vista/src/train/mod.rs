@@ -1,11 +1,13 @@
 //! Training: one folder per recipe, each loop written as named phases — [`dino`]
 //! (`main_dino.py` of facebookresearch/dino) — over the shared optimisers and schedules of
-//! [`crate::optim`], and [`ops`], fused element-wise ops with a hand-written backward.
+//! [`crate::optim`], [`ops`], fused element-wise ops with a hand-written backward, and
+//! [`block`], a whole transformer block as one op with its backward written out.
 //!
 //! The multi-crop data augmentation (`DataAugmentationDINO`) lives with the other image code,
 //! in [`crate::image::augment`].
 
 pub mod adamw;
+pub mod block;
 pub mod clip;
 pub mod dino;
 pub mod loader;

@@ -32,7 +32,7 @@ type CpuOut = candle_core::Result<(CpuStorage, Shape)>;
 /// What a custom op's forward gives on CUDA.
 type CudaOut = candle_core::Result<(CudaStorage, Shape)>;
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+pub(super) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
     let data = s.as_slice::<f32>()?;
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
@@ -41,12 +41,12 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]
 }
 
 /// The contiguous f32 values of `t`, copied out (backward passes read their saved tensors so).
-fn values(t: &Tensor) -> candle_core::Result<Vec<f32>> {
+pub(super) fn values(t: &Tensor) -> candle_core::Result<Vec<f32>> {
     t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
 }
 
 /// Whether the fused CPU kernels apply: every tensor f32 on the CPU (and the fast paths on).
-fn on_cpu_kernels(ts: &[&Tensor]) -> bool {
+pub(super) fn on_cpu_kernels(ts: &[&Tensor]) -> bool {
     ts.iter().all(|t| crate::nn::cpu::eligible(t))
 }
 
@@ -195,7 +195,7 @@ struct LayerNormOp {
 /// sum is a serial dependency chain the compiler may not reorder). No closures: inside
 /// [`with_simd`] only `#[inline(always)]` code gets the wide instructions.
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     let mut acc = [0f32; 16];
@@ -211,7 +211,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// `Σ a_i` with 16 partial sums (see [`dot`]).
 #[inline(always)]
-fn sum(a: &[f32]) -> f32 {
+pub(super) fn sum(a: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
     let ca = a.chunks_exact(16);
     let tail: f32 = ca.remainder().iter().sum();
@@ -238,7 +238,7 @@ fn sq_dev(a: &[f32], m: f32) -> f32 {
 }
 
 #[inline(always)]
-fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
+pub(super) fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
     let n = x.len() as f32;
     let mean = sum(x) / n;
     let var = sq_dev(x, mean) / n;
@@ -421,9 +421,9 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
 
 struct GeluOp;
 
-const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+pub(super) const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 /// 1 / √(2π).
-const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
+pub(super) const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
 
 impl CustomOp1 for GeluOp {
     fn name(&self) -> &'static str {

@@ -31,5 +31,6 @@ mod resnet_parity;
 mod sam_parity;
 mod segment;
 mod tokenizer_parity;
+mod train_block;
 mod train_ops;
 mod train_schedule;

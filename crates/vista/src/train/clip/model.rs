@@ -14,9 +14,9 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::clip::config::{ClipConfig, TextPooling};
 use crate::clip::transformer::TowerDims;
-use crate::nn::Activation;
+use crate::train::block::{self, BlockParams, BlockSpec};
 use crate::train::dino::head::{normalize, uniform01};
-use crate::train::ops::{attention, gelu, layer_norm, linear};
+use crate::train::ops::{layer_norm, linear};
 use crate::train::param::{load_params, Param};
 use crate::{Error, Result};
 
@@ -37,15 +37,6 @@ pub struct TrainClip {
 /// `x @ w` for `x: [B, in]`, `w: [in, out]` (the towers' `proj` / `text_projection`).
 fn project(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     Ok(x.matmul(w)?)
-}
-
-fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
-    match act {
-        // QuickGELU: x · sigmoid(1.702 x) = x / (1 + exp(−1.702 x)).
-        Activation::QuickGelu => Ok(x.broadcast_div(&(x.affine(-1.702, 0.0)?.exp()? + 1.0)?)?),
-        Activation::Gelu => gelu(x),
-        other => Err(Error::arg("activation", format!("{other:?} is not trainable in a CLIP tower"))),
-    }
 }
 
 /// A normal draw (Box–Muller, one per call).
@@ -260,26 +251,25 @@ impl TrainClip {
         }
     }
 
-    /// One tower's pre-norm blocks (`ResidualAttentionBlock`), causal for the text.
+    /// One tower's pre-norm blocks (`ResidualAttentionBlock`), causal for the text: each one
+    /// [`block::forward`] (one fused op on the CPU).
     fn transformer(&self, x: &Tensor, prefix: &str, t: &TowerDims, causal: bool) -> Result<Tensor> {
-        let (b, n, c) = x.dims3()?;
-        let (heads, d) = (t.heads, t.width / t.heads);
-        let scale = 1.0 / (d as f64).sqrt();
+        let spec = BlockSpec { heads: t.heads, eps: t.eps, act: t.act, causal };
         let mut x = x.clone();
         for i in 0..t.layers {
             let q = |name: &str| self.p(&format!("{prefix}.resblocks.{i}.{name}"));
-            let h = layer_norm(&x, &q("ln_1.weight")?, &q("ln_1.bias")?, t.eps)?;
-            let qkv = linear(&h, &q("attn.in_proj_weight")?, Some(&q("attn.in_proj_bias")?))?;
-            let qkv = qkv.reshape((b, n, 3, heads, d))?.permute((2, 0, 3, 1, 4))?;
-            let (qq, kk, vv) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
-            // torch's SDPA scales q before the product.
-            let a = attention(&qq, &kk, &vv, scale, causal)?.transpose(1, 2)?.reshape((b, n, c))?;
-            let a = linear(&a, &q("attn.out_proj.weight")?, Some(&q("attn.out_proj.bias")?))?;
-            x = (x + a)?;
-            let h = layer_norm(&x, &q("ln_2.weight")?, &q("ln_2.bias")?, t.eps)?;
-            let h = activation(&linear(&h, &q("mlp.c_fc.weight")?, Some(&q("mlp.c_fc.bias")?))?, t.act)?;
-            let f = linear(&h, &q("mlp.c_proj.weight")?, Some(&q("mlp.c_proj.bias")?))?;
-            x = (x + f)?;
+            let params = BlockParams {
+                ln1: (q("ln_1.weight")?, q("ln_1.bias")?),
+                qkv_w: q("attn.in_proj_weight")?,
+                qkv_b: Some(q("attn.in_proj_bias")?),
+                proj: (q("attn.out_proj.weight")?, q("attn.out_proj.bias")?),
+                ls1: None,
+                ln2: (q("ln_2.weight")?, q("ln_2.bias")?),
+                fc1: (q("mlp.c_fc.weight")?, q("mlp.c_fc.bias")?),
+                fc2: (q("mlp.c_proj.weight")?, q("mlp.c_proj.bias")?),
+                ls2: None,
+            };
+            x = block::forward(&x, &params, spec, None)?;
         }
         Ok(x)
     }

@@ -33,6 +33,8 @@ pub struct TrainVit {
     resample: Mutex<HashMap<(usize, usize), Tensor>>,
 }
 
+use crate::nn::Activation;
+use crate::train::block::{self, BlockParams, BlockSpec, DropPath};
 use crate::train::ops::{attention, layer_norm, linear};
 
 impl TrainVit {
@@ -111,11 +113,13 @@ impl TrainVit {
     /// DINO's `drop_path` for one block: a per-sample `[B, 1, 1]` factor, 0 with probability
     /// `p` and `1 / (1 − p)` otherwise (`floor(keep_prob + U[0, 1))` / keep_prob).
     /// The factors are drawn on the host (the same stream on every device) and placed on `device`.
-    fn drop_path_mask(b: usize, p: f64, rng: &mut ChaCha8Rng, device: &Device) -> Result<Tensor> {
+    fn drop_path_scales(b: usize, p: f64, rng: &mut ChaCha8Rng) -> Vec<f32> {
         let keep = 1.0 - p;
-        let v: Vec<f32> =
-            (0..b).map(|_| if (keep + uniform01(rng)).floor() >= 1.0 { (1.0 / keep) as f32 } else { 0.0 }).collect();
-        Ok(Tensor::from_vec(v, (b, 1, 1), device)?)
+        (0..b).map(|_| if (keep + uniform01(rng)).floor() >= 1.0 { (1.0 / keep) as f32 } else { 0.0 }).collect()
+    }
+
+    fn drop_path_mask(b: usize, p: f64, rng: &mut ChaCha8Rng, device: &Device) -> Result<Tensor> {
+        Ok(Tensor::from_vec(Self::drop_path_scales(b, p, rng), (b, 1, 1), device)?)
     }
 
     /// Every parameter's canonical name and shape, in a fixed order.
@@ -256,6 +260,33 @@ impl TrainVit {
         let eps = cfg.layer_norm_eps;
         for i in 0..cfg.depth {
             let q = |n: &str| self.p(&format!("blocks.{i}.{n}"));
+            let rate = if cfg.depth > 1 { self.drop_path_rate * i as f64 / (cfg.depth - 1) as f64 } else { 0.0 };
+            if cfg.ffn == Ffn::Mlp {
+                // One fused op per block (`train::block`); the two stochastic-depth masks drawn in
+                // the order the composed branches draw them (attention, then MLP).
+                let drop = match (drop_path.as_deref_mut(), rate > 0.0) {
+                    (Some(rng), true) => {
+                        let attn = Self::drop_path_scales(b, rate, rng);
+                        Some(DropPath { attn, mlp: Self::drop_path_scales(b, rate, rng) })
+                    }
+                    _ => None,
+                };
+                let ls = |n: &str| if cfg.layer_scale { q(n).map(Some) } else { Ok(None) };
+                let params = BlockParams {
+                    ln1: (q("norm1.weight")?, q("norm1.bias")?),
+                    qkv_w: q("attn.qkv.weight")?,
+                    qkv_b: if cfg.qkv_bias { Some(q("attn.qkv.bias")?) } else { None },
+                    proj: (q("attn.proj.weight")?, q("attn.proj.bias")?),
+                    ls1: ls("ls1.gamma")?,
+                    ln2: (q("norm2.weight")?, q("norm2.bias")?),
+                    fc1: (q("mlp.fc1.weight")?, q("mlp.fc1.bias")?),
+                    fc2: (q("mlp.fc2.weight")?, q("mlp.fc2.bias")?),
+                    ls2: ls("ls2.gamma")?,
+                };
+                let spec = BlockSpec { heads, eps, act: Activation::Gelu, causal: false };
+                x = block::forward(&x, &params, spec, drop.as_ref())?;
+                continue;
+            }
             let h = layer_norm(&x, &q("norm1.weight")?, &q("norm1.bias")?, eps)?;
             let qkv_b = if cfg.qkv_bias { Some(q("attn.qkv.bias")?) } else { None };
             let qkv = linear(&h, &q("attn.qkv.weight")?, qkv_b.as_ref())?;
@@ -266,7 +297,6 @@ impl TrainVit {
             if cfg.layer_scale {
                 a = a.broadcast_mul(&q("ls1.gamma")?)?;
             }
-            let rate = if cfg.depth > 1 { self.drop_path_rate * i as f64 / (cfg.depth - 1) as f64 } else { 0.0 };
             if let (Some(rng), true) = (drop_path.as_deref_mut(), rate > 0.0) {
                 a = a.broadcast_mul(&Self::drop_path_mask(b, rate, rng, x.device())?)?;
             }
