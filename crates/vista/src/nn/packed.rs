@@ -297,6 +297,102 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
+/// Depth of one pass of [`gemm_tn`]: 256 rows of both operands (a 512-wide `b` is 512 KiB, in L2).
+const KT: usize = 256;
+
+/// `aᵀ b`, row-major `[M, N]`, from row-major `a: [K, M]` and `b: [K, N]` read in place: a
+/// weight's gradient `dYᵀ X` over the `K` rows of a batch, with neither side transposed or
+/// packed. The same 12×32 register tile as [`gemm`], its broadcasts read down `a`'s columns
+/// (twelve neighbours in one row of `a` per depth step) and its two loads along a row of `b`;
+/// depth in passes of 256 rows, the output accumulated in place between them.
+///
+/// # Errors
+/// If `a` or `b` does not hold `K` rows of its width.
+pub fn gemm_tn(a: &[f32], b: &[f32], k: usize, m: usize, n: usize, threads: usize) -> Result<Vec<f32>> {
+    if a.len() != k * m || b.len() != k * n {
+        return Err(refuse(format!("gemm_tn: {} and {} values for [{k}, {m}] and [{k}, {n}]", a.len(), b.len())));
+    }
+    let mut out = vec![0f32; m * n];
+    if m == 0 || n == 0 || k == 0 {
+        return Ok(out);
+    }
+    let threads = threads.max(1);
+    let panels = n.div_ceil(NR);
+    let tiles = m.div_ceil(MR);
+    // Column groups first (each reads its own columns of `b`), then row blocks until every
+    // thread has two tasks.
+    let groups = (2 * threads).min(panels);
+    let blocks = (2 * threads).div_ceil(groups).min(tiles);
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let tasks: Vec<(usize, usize)> = (0..blocks).flat_map(|r| (0..groups).map(move |g| (r, g))).collect();
+    let avx512 = has_avx512();
+    let run = |&(r, g): &(usize, usize)| {
+        let rows = ((r * tiles / blocks) * MR, ((r + 1) * tiles / blocks * MR).min(m));
+        let cols = ((g * panels / groups) * NR, ((g + 1) * panels / groups * NR).min(n));
+        super::cpu::with_simd(
+            #[inline(always)]
+            // SAFETY: tasks own disjoint rectangles of `out`, which outlives them.
+            || unsafe { task_tn(a, b, (k, m, n), out_ptr, rows, cols, avx512) },
+        );
+    };
+    if tasks.len() == 1 {
+        tasks.iter().for_each(run);
+    } else {
+        tasks.par_iter().for_each(run);
+    }
+    Ok(out)
+}
+
+/// One task of [`gemm_tn`]: output rows `r0..r1`, columns `c0..c1`.
+///
+/// # Safety
+/// `out.0` points at the zeroed `[M, N]` output and no one else touches this rectangle meanwhile.
+#[inline(always)]
+unsafe fn task_tn(
+    a: &[f32],
+    b: &[f32],
+    (k, m, n): (usize, usize, usize),
+    out: SendPtr,
+    (r0, r1): (usize, usize),
+    (c0, c1): (usize, usize),
+    avx512: bool,
+) {
+    for t0 in (0..k).step_by(KT) {
+        let kt = (k - t0).min(KT);
+        for o0 in (r0..r1).step_by(MR) {
+            let mr = (r1 - o0).min(MR);
+            for j0 in (c0..c1).step_by(NR) {
+                let cols = (c1 - j0).min(NR);
+                let ap = a.as_ptr().add(t0 * m + o0);
+                let bp = b.as_ptr().add(t0 * n + j0);
+                let cp = out.0.add(o0 * n + j0);
+                #[cfg(target_arch = "x86_64")]
+                if avx512 {
+                    macro_rules! dispatch {
+                        ($($r:literal)*) => {
+                            match mr {
+                                $($r => avx512::tile_tn::<$r>((ap, m), (bp, n), kt, (cp, n, cols)),)*
+                                _ => unreachable!("tiles have 1 to 12 rows"),
+                            }
+                        };
+                    }
+                    dispatch!(1 2 3 4 5 6 7 8 9 10 11 12);
+                    continue;
+                }
+                let _ = avx512;
+                for i in 0..mr {
+                    let crow = std::slice::from_raw_parts_mut(cp.add(i * n), cols);
+                    for t in 0..kt {
+                        let av = *ap.add(t * m + i);
+                        let brow = std::slice::from_raw_parts(bp.add(t * n), cols);
+                        crow.iter_mut().zip(brow).for_each(|(c, &bv)| *c += av * bv);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// One task: rows `r0..r1`, columns `c0..c1` (whole panels but the last).
 ///
 /// # Safety
@@ -682,6 +778,45 @@ mod avx512 {
             _mm512_mask_storeu_ps(cp.add(16), m1, _mm512_add_ps(s1, sums[1]));
         }
     }
+
+    /// [`super::gemm_tn`]'s tile: `C[i, j] += Σ_t a[t·lda + i] · b[t·ldb + j]` for `i < R`,
+    /// `j < cols ≤ 32`, `t < kt`.
+    ///
+    /// # Safety
+    /// `a` valid for `kt` rows of `lda` (its first `R` values each), `b` for `kt` rows of `ldb`
+    /// (the first `cols`), `c` for `R` rows of `ldc` (the first `cols`); the CPU has AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn tile_tn<const R: usize>(
+        (a, lda): (*const f32, usize),
+        (b, ldb): (*const f32, usize),
+        kt: usize,
+        (c, ldc, cols): (*mut f32, usize, usize),
+    ) {
+        let mask = |lo: usize| -> __mmask16 {
+            let n = cols.saturating_sub(lo).min(16);
+            ((1u32 << n) - 1) as __mmask16
+        };
+        let (m0, m1) = (mask(0), mask(16));
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        for t in 0..kt {
+            let bp = b.add(t * ldb);
+            let b0 = _mm512_maskz_loadu_ps(m0, bp);
+            let b1 = _mm512_maskz_loadu_ps(m1, bp.add(16));
+            let ap = a.add(t * lda);
+            for (r, sums) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_ps(*ap.add(r));
+                sums[0] = _mm512_fmadd_ps(av, b0, sums[0]);
+                sums[1] = _mm512_fmadd_ps(av, b1, sums[1]);
+            }
+        }
+        for (r, sums) in acc.iter().enumerate() {
+            let cp = c.add(r * ldc);
+            let s0 = _mm512_maskz_loadu_ps(m0, cp);
+            let s1 = _mm512_maskz_loadu_ps(m1, cp.add(16));
+            _mm512_mask_storeu_ps(cp, m0, _mm512_add_ps(s0, sums[0]));
+            _mm512_mask_storeu_ps(cp.add(16), m1, _mm512_add_ps(s1, sums[1]));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -742,6 +877,22 @@ mod tests {
                     close(&out, &naive(&rows, &w, n, Some(&bias)), &format!("{kernel} {m}x{k}x{n} t{threads}"));
                 }
             }
+        });
+    }
+
+    #[test]
+    fn transposed_products_equal_the_naive_sum_for_ragged_shapes() {
+        both_kernels(|kernel| {
+            for (k, m, n) in [(1, 1, 1), (7, 5, 3), (300, 13, 33), (600, 128, 96), (257, 40, 70), (1000, 25, 64)] {
+                let (a, b) = (values(4, k * m), values(5, k * n));
+                // aᵀ as rows: row i holds column i of a.
+                let at: Vec<Vec<f32>> = (0..m).map(|i| (0..k).map(|t| a[t * m + i]).collect()).collect();
+                for threads in [1, 2] {
+                    let out = gemm_tn(&a, &b, k, m, n, threads).unwrap();
+                    close(&out, &naive(&at, &b, n, None), &format!("{kernel} tn {k}x{m}x{n} t{threads}"));
+                }
+            }
+            assert!(gemm_tn(&[0.0; 5], &[0.0; 6], 2, 3, 3, 1).is_err());
         });
     }
 

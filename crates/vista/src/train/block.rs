@@ -11,11 +11,11 @@
 //! than in its products: a zeroed gradient tensor allocated and added into for every node, a
 //! copy for every transpose and head split, and matmuls on candle's generic GEMM. Here the
 //! forward keeps what the backward reads (the normalised inputs' statistics, `qkv`, the
-//! attention output and row log-sum-exps, the MLP's pre-activation), and the backward is
-//! written out: every product goes through the packed GEMM of [`crate::nn::packed`] (`dX = dY W`,
-//! `dW = dYᵀ X`, the `Xᵀ` side packed as the kernel's panels, `dYᵀ` one transpose), attention
-//! recomputes its probabilities from the saved log-sum-exps, the bias and LayerNorm gradients
-//! are column sums.
+//! attention output and each row's softmax maximum and normaliser, the MLP's pre-activation),
+//! and the backward is written out: every product goes through the GEMMs of
+//! [`crate::nn::packed`] (`dX = dY W` on the packed weight, `dW = dYᵀ X` with both read in
+//! place), attention recomputes its probabilities from the saved row statistics, the bias and
+//! LayerNorm gradients are column sums.
 //!
 //! The parameters enter as one flat vector (their concatenation, which candle differentiates
 //! by splitting the flat gradient back), so the whole block is a two-input custom op.
@@ -33,7 +33,7 @@ use super::ops::{
     attention, f32_slice, gelu, layer_norm, linear, on_cpu_kernels, row_stats, values, FRAC_1_SQRT_2, FRAC_1_SQRT_2PI,
 };
 use crate::nn::cpu::{erf_fast, exp_fast, rows_per_task, threads, with_simd};
-use crate::nn::packed::{gemm, Epilogue, Lhs, PackedWeight};
+use crate::nn::packed::{gemm, gemm_tn, Epilogue, Lhs, PackedWeight};
 use crate::nn::Activation;
 use crate::{Error, Result};
 
@@ -228,7 +228,9 @@ struct Saved {
     h1: Vec<f32>,
     /// `[T, 3C]`.
     qkv: Vec<f32>,
-    /// Each attention row's log-sum-exp of its scaled scores, `[B, heads, N]`.
+    /// Each attention row's softmax statistics, `(max, 1/Σ exp(s − max))` of its scaled scores,
+    /// `[B, heads, N, 2]`: `P = exp(s − max) · (1/Σ)` again (a log-sum-exp in f32
+    /// lost a few ulps of the scores, 5× the error against f64 on peaked rows).
     lse: Vec<f32>,
     /// The heads' outputs, `[T, C]`.
     o: Vec<f32>,
@@ -309,10 +311,10 @@ fn dense_dx(dy: &[f32], t: usize, w: &[f32], out: usize, inp: usize) -> Result<V
     gemm(Lhs::Rows { data: dy, m: t }, &PackedWeight::from_k_by_n(w, out, inp), None, Epilogue::default(), threads())
 }
 
-/// `dYᵀ X` for `dY: [t, out]`, `X: [t, in]`: the weight's gradient, `[out, in]`.
+/// `dYᵀ X` for `dY: [t, out]`, `X: [t, in]`: the weight's gradient, `[out, in]`, both read in
+/// place ([`gemm_tn`]).
 fn dense_dw(dy: &[f32], x: &[f32], t: usize, out: usize, inp: usize) -> Result<Vec<f32>> {
-    let dyt = transpose(dy, t, out);
-    gemm(Lhs::Rows { data: &dyt, m: out }, &PackedWeight::from_k_by_n(x, t, inp), None, Epilogue::default(), threads())
+    gemm_tn(dy, x, t, out, inp, threads())
 }
 
 /// Column sums of a row-major `[rows, width]` matrix (a bias's gradient).
@@ -498,67 +500,146 @@ fn branch_backward(
 
 const QUICK: f32 = 1.702;
 
-/// The activation and its derivative at `u`.
+/// QuickGELU and its derivative: `u σ(1.702 u)`, `σ + 1.702 u σ (1 − σ)`.
 #[inline(always)]
-fn act_grad(u: f32, act: Activation) -> (f32, f32) {
+fn quick_gelu(u: f32) -> (f32, f32) {
+    let s = 1.0 / (1.0 + exp_fast(-QUICK * u));
+    (u * s, s + QUICK * u * s * (1.0 - s))
+}
+
+/// Exact GELU and its derivative: `u Φ(u)`, `Φ(u) + u φ(u)`.
+#[inline(always)]
+fn gelu_erf(u: f32) -> (f32, f32) {
+    let cdf = 0.5 * (1.0 + erf_fast(u * FRAC_1_SQRT_2));
+    (u * cdf, cdf + u * FRAC_1_SQRT_2PI * exp_fast(-0.5 * u * u))
+}
+
+/// The activation of every value of `u` (one loop per activation, so each vectorises).
+fn act_forward(u: &[f32], act: Activation) -> Vec<f32> {
     match act {
-        Activation::QuickGelu => {
-            let s = 1.0 / (1.0 + exp_fast(-QUICK * u));
-            (u * s, s + QUICK * u * s * (1.0 - s))
-        }
-        _ => {
-            let cdf = 0.5 * (1.0 + erf_fast(u * FRAC_1_SQRT_2));
-            (u * cdf, cdf + u * FRAC_1_SQRT_2PI * exp_fast(-0.5 * u * u))
+        Activation::QuickGelu => crate::nn::cpu::map(
+            u,
+            #[inline(always)]
+            |v| quick_gelu(v).0,
+        ),
+        _ => crate::nn::cpu::map(
+            u,
+            #[inline(always)]
+            |v| gelu_erf(v).0,
+        ),
+    }
+}
+
+/// `dg ⊙ act'(u)`, in place.
+fn act_backward(dg: &mut [f32], u: &[f32], act: Activation) {
+    #[inline(always)]
+    fn scale(dg: &mut [f32], u: &[f32], f: impl Fn(f32) -> (f32, f32) + Sync) {
+        const CHUNK: usize = 16 * 1024;
+        dg.par_chunks_mut(CHUNK).zip(u.par_chunks(CHUNK)).for_each(|(dg, u)| {
+            with_simd(
+                #[inline(always)]
+                || dg.iter_mut().zip(u).for_each(|(g, &u)| *g *= f(u).1),
+            )
+        });
+    }
+    match act {
+        Activation::QuickGelu => scale(dg, u, quick_gelu),
+        _ => scale(dg, u, gelu_erf),
+    }
+}
+
+/// `c[r][j] = Σ_k a[r][k] · b[k][j]` for `r < m`, `k < kd`, `j < nb` (a multiple of 16), row-major
+/// with leading dimensions `lda`, `ldb`, `ldc`: four rows by sixteen columns of sums held at a time
+/// (the attention's per-head products, too small for the packed GEMM's blocking).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn small_gemm(a: &[f32], lda: usize, m: usize, kd: usize, b: &[f32], ldb: usize, nb: usize, c: &mut [f32], ldc: usize) {
+    const R: usize = 4;
+    for r in (0..m).step_by(R) {
+        // Rows past the end repeat the last one (branch-free), and are not stored.
+        let rows: [usize; R] = std::array::from_fn(|q| (r + q).min(m - 1));
+        for j0 in (0..nb).step_by(16) {
+            let mut acc = [[0f32; 16]; R];
+            for k in 0..kd {
+                let bv: &[f32; 16] = b[k * ldb + j0..k * ldb + j0 + 16].try_into().expect("16 values");
+                for q in 0..R {
+                    let av = a[rows[q] * lda + k];
+                    for l in 0..16 {
+                        acc[q][l] += av * bv[l];
+                    }
+                }
+            }
+            for (q, acc) in acc.iter().enumerate().take((m - r).min(R)) {
+                c[(r + q) * ldc + j0..(r + q) * ldc + j0 + 16].copy_from_slice(acc);
+            }
         }
     }
 }
 
-/// `y += a · x` over the shorter of the two.
+/// `t[j][i] = s[i][j]` for an `[n, np]` matrix into `[np, n]`.
 #[inline(always)]
-fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x);
+fn transpose_small(s: &[f32], n: usize, np: usize, t: &mut [f32]) {
+    for i in 0..n {
+        for j in 0..np {
+            t[j * n + i] = s[i * np + j];
+        }
+    }
 }
 
-/// One sample's heads: the head split, scaled `q` and transposed `k`, gathered once per head.
+/// One head's operands, padded with zeros to multiples of 16 (`np ≥ N` keys, `dp ≥ d` channels).
 struct HeadBufs {
+    n: usize,
+    d: usize,
+    np: usize,
+    dp: usize,
+    /// `scale · q`, `[N, dp]`.
     qs: Vec<f32>,
+    /// `k`, `[np, dp]`; `kᵀ`, `[d, np]`.
     k: Vec<f32>,
     kt: Vec<f32>,
+    /// `v`, `[np, dp]`; `vᵀ`, `[d, np]`.
     v: Vec<f32>,
     vt: Vec<f32>,
 }
 
 impl HeadBufs {
     fn new(n: usize, d: usize) -> Self {
-        let z = || vec![0f32; n * d];
-        Self { qs: z(), k: z(), kt: z(), v: z(), vt: z() }
+        let (np, dp) = (n.next_multiple_of(16), d.next_multiple_of(16));
+        Self {
+            n,
+            d,
+            np,
+            dp,
+            qs: vec![0f32; n * dp],
+            k: vec![0f32; np * dp],
+            kt: vec![0f32; d * np],
+            v: vec![0f32; np * dp],
+            vt: vec![0f32; d * np],
+        }
     }
 
     /// Gathers head `h` of one sample's `qkv` rows (`[N, 3C]`).
     #[inline(always)]
-    fn gather(&mut self, qkv: &[f32], (n, c, d): (usize, usize, usize), h: usize, scale: f32) {
+    fn gather(&mut self, qkv: &[f32], c: usize, h: usize, scale: f32) {
+        let (n, d, np, dp) = (self.n, self.d, self.np, self.dp);
         for i in 0..n {
             let row = &qkv[i * 3 * c..(i + 1) * 3 * c];
             let (q, k, v) =
                 (&row[h * d..(h + 1) * d], &row[c + h * d..c + (h + 1) * d], &row[2 * c + h * d..2 * c + (h + 1) * d]);
             for j in 0..d {
-                self.qs[i * d + j] = q[j] * scale;
-                self.k[i * d + j] = k[j];
-                self.kt[j * n + i] = k[j];
-                self.v[i * d + j] = v[j];
-                self.vt[j * n + i] = v[j];
+                self.qs[i * dp + j] = q[j] * scale;
+                self.k[i * dp + j] = k[j];
+                self.kt[j * np + i] = k[j];
+                self.v[i * dp + j] = v[j];
+                self.vt[j * np + i] = v[j];
             }
         }
     }
 
-    /// Row `i`'s scaled scores over its visible keys into `s[..lim]`.
+    /// The scaled scores `[N, np]` (`scale·q kᵀ`; the padding columns 0).
     #[inline(always)]
-    fn scores(&self, i: usize, (n, d): (usize, usize), lim: usize, s: &mut [f32]) {
-        let s = &mut s[..lim];
-        s.iter_mut().for_each(|v| *v = 0.0);
-        for j in 0..d {
-            axpy(s, self.qs[i * d + j], &self.kt[j * n..j * n + lim]);
-        }
+    fn scores(&self, s: &mut [f32]) {
+        small_gemm(&self.qs, self.dp, self.n, self.d, &self.kt, self.np, self.np, s, self.np);
     }
 }
 
@@ -584,40 +665,45 @@ impl BlockOp {
         }
     }
 
-    /// Attention over every sample and head: the heads' outputs `[T, C]` and the rows'
-    /// log-sum-exps.
+    /// Attention over every sample and head: the heads' outputs `[T, C]` and the rows' softmax
+    /// statistics.
     fn attention_forward(&self, qkv: &[f32]) -> (Vec<f32>, Vec<f32>) {
         let (b, n, c, _) = self.dims;
         let heads = self.spec.heads;
         let d = c / heads;
         let scale = self.scale();
         let mut o = vec![0f32; b * n * c];
-        let mut lse = vec![0f32; b * heads * n];
-        o.par_chunks_mut(n * c).zip(lse.par_chunks_mut(heads * n)).zip(qkv.par_chunks(n * 3 * c)).for_each(
+        let mut lse = vec![0f32; b * heads * n * 2];
+        o.par_chunks_mut(n * c).zip(lse.par_chunks_mut(heads * n * 2)).zip(qkv.par_chunks(n * 3 * c)).for_each(
             |((o, lse), qkv)| {
                 with_simd(
                     #[inline(always)]
                     || {
                         let mut hb = HeadBufs::new(n, d);
-                        let mut s = vec![0f32; n];
+                        let (np, dp) = (hb.np, hb.dp);
+                        let (mut p, mut out) = (vec![0f32; n * np], vec![0f32; n * dp]);
                         for h in 0..heads {
-                            hb.gather(qkv, (n, c, d), h, scale);
+                            hb.gather(qkv, c, h, scale);
+                            hb.scores(&mut p);
                             for i in 0..n {
                                 let lim = self.limit(i, n);
-                                hb.scores(i, (n, d), lim, &mut s);
-                                let max = s[..lim].iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                                let row = &mut p[i * np..(i + 1) * np];
+                                let max = row[..lim].iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
                                 let mut sum = 0.0;
-                                for v in s[..lim].iter_mut() {
+                                for v in row[..lim].iter_mut() {
                                     *v = exp_fast(*v - max);
                                     sum += *v;
                                 }
-                                lse[h * n + i] = max + sum.ln();
                                 let inv = 1.0 / sum;
-                                let oi = &mut o[i * c + h * d..i * c + (h + 1) * d];
-                                oi.iter_mut().for_each(|v| *v = 0.0);
-                                for (j, &p) in s[..lim].iter().enumerate() {
-                                    axpy(oi, p * inv, &hb.v[j * d..(j + 1) * d]);
-                                }
+                                lse[(h * n + i) * 2] = max;
+                                lse[(h * n + i) * 2 + 1] = inv;
+                                row[..lim].iter_mut().for_each(|v| *v *= inv);
+                                row[lim..].iter_mut().for_each(|v| *v = 0.0);
+                            }
+                            // O = P v.
+                            small_gemm(&p, np, n, np, &hb.v, dp, dp, &mut out, dp);
+                            for i in 0..n {
+                                o[i * c + h * d..i * c + (h + 1) * d].copy_from_slice(&out[i * dp..i * dp + d]);
                             }
                         }
                     },
@@ -627,7 +713,9 @@ impl BlockOp {
         (o, lse)
     }
 
-    /// Attention's backward: `dqkv`, `[T, 3C]`, from the heads' output gradient `[T, C]`.
+    /// Attention's backward: `dqkv`, `[T, 3C]`, from the heads' output gradient `[T, C]`:
+    /// `P` again from the saved row statistics, `dP = dO vᵀ`, `dS = P ⊙ (dP − rowsum(dP ⊙ P))`,
+    /// `dq = scale·dS k`, `dk = dSᵀ (scale·q)`, `dv = Pᵀ dO`.
     fn attention_backward(&self, qkv: &[f32], lse: &[f32], dout: &[f32]) -> Vec<f32> {
         let (b, n, c, _) = self.dims;
         let heads = self.spec.heads;
@@ -635,54 +723,60 @@ impl BlockOp {
         let scale = self.scale();
         let mut dqkv = vec![0f32; b * n * 3 * c];
         dqkv.par_chunks_mut(n * 3 * c)
-            .zip(qkv.par_chunks(n * 3 * c).zip(lse.par_chunks(heads * n)).zip(dout.par_chunks(n * c)))
+            .zip(qkv.par_chunks(n * 3 * c).zip(lse.par_chunks(heads * n * 2)).zip(dout.par_chunks(n * c)))
             .for_each(|(dqkv, ((qkv, lse), dout))| {
                 with_simd(
                     #[inline(always)]
                     || {
                         let mut hb = HeadBufs::new(n, d);
-                        let (mut dk, mut dv) = (vec![0f32; n * d], vec![0f32; n * d]);
-                        let (mut row, mut dpi, mut dq) = (vec![0f32; n], vec![0f32; n], vec![0f32; d]);
+                        let (np, dp) = (hb.np, hb.dp);
+                        let (mut p, mut ds) = (vec![0f32; n * np], vec![0f32; n * np]);
+                        let mut t = vec![0f32; np * n];
+                        let mut go = vec![0f32; n * dp];
+                        let mut out = vec![0f32; np * dp];
                         for h in 0..heads {
-                            hb.gather(qkv, (n, c, d), h, scale);
-                            dk.iter_mut().for_each(|v| *v = 0.0);
-                            dv.iter_mut().for_each(|v| *v = 0.0);
+                            hb.gather(qkv, c, h, scale);
+                            for i in 0..n {
+                                go[i * dp..i * dp + d].copy_from_slice(&dout[i * c + h * d..i * c + (h + 1) * d]);
+                            }
+                            hb.scores(&mut p);
+                            // dP = dO vᵀ (into `ds`).
+                            small_gemm(&go, dp, n, d, &hb.vt, np, np, &mut ds, np);
                             for i in 0..n {
                                 let lim = self.limit(i, n);
-                                // The probabilities again, from the saved log-sum-exp.
-                                hb.scores(i, (n, d), lim, &mut row);
-                                let l = lse[h * n + i];
-                                for v in row[..lim].iter_mut() {
-                                    *v = exp_fast(*v - l);
+                                let (max, inv) = (lse[(h * n + i) * 2], lse[(h * n + i) * 2 + 1]);
+                                let (pr, dr) = (&mut p[i * np..(i + 1) * np], &mut ds[i * np..(i + 1) * np]);
+                                for v in pr[..lim].iter_mut() {
+                                    *v = exp_fast(*v - max) * inv;
                                 }
-                                let gi = &dout[i * c + h * d..i * c + (h + 1) * d];
-                                // dP_ij = do_i · v_j, over j through vᵀ.
-                                let dpi = &mut dpi[..lim];
-                                dpi.iter_mut().for_each(|v| *v = 0.0);
-                                for (jj, &g) in gi.iter().enumerate() {
-                                    axpy(dpi, g, &hb.vt[jj * n..jj * n + lim]);
+                                pr[lim..].iter_mut().for_each(|v| *v = 0.0);
+                                let delta: f32 = pr[..lim].iter().zip(&dr[..lim]).map(|(p, g)| p * g).sum();
+                                for (g, &pv) in dr[..lim].iter_mut().zip(pr[..lim].iter()) {
+                                    *g = pv * (*g - delta);
                                 }
-                                let delta: f32 = row[..lim].iter().zip(dpi.iter()).map(|(p, g)| p * g).sum();
-                                dq.iter_mut().for_each(|v| *v = 0.0);
-                                let qi = &hb.qs[i * d..(i + 1) * d];
-                                // dS_ij = P_ij (dP_ij − δ_i); dq_i = scale Σ_j dS_ij k_j,
-                                // dk_j += dS_ij · scale q_i, dv_j += P_ij do_i.
-                                for j in 0..lim {
-                                    let pij = row[j];
-                                    let ds = pij * (dpi[j] - delta);
-                                    axpy(&mut dq, ds, &hb.k[j * d..(j + 1) * d]);
-                                    axpy(&mut dk[j * d..(j + 1) * d], ds, qi);
-                                    axpy(&mut dv[j * d..(j + 1) * d], pij, gi);
-                                }
+                                dr[lim..].iter_mut().for_each(|v| *v = 0.0);
+                            }
+                            // dq = scale · dS k.
+                            small_gemm(&ds, np, n, np, &hb.k, dp, dp, &mut out, dp);
+                            for i in 0..n {
                                 let base = i * 3 * c + h * d;
-                                for (o, v) in dqkv[base..base + d].iter_mut().zip(&dq) {
+                                for (o, v) in dqkv[base..base + d].iter_mut().zip(&out[i * dp..i * dp + d]) {
                                     *o = v * scale;
                                 }
                             }
+                            // dk = dSᵀ (scale·q).
+                            transpose_small(&ds, n, np, &mut t);
+                            small_gemm(&t, n, n, n, &hb.qs, dp, dp, &mut out, dp);
                             for j in 0..n {
-                                let base = j * 3 * c + h * d;
-                                dqkv[base + c..base + c + d].copy_from_slice(&dk[j * d..(j + 1) * d]);
-                                dqkv[base + 2 * c..base + 2 * c + d].copy_from_slice(&dv[j * d..(j + 1) * d]);
+                                let base = j * 3 * c + c + h * d;
+                                dqkv[base..base + d].copy_from_slice(&out[j * dp..j * dp + d]);
+                            }
+                            // dv = Pᵀ dO.
+                            transpose_small(&p, n, np, &mut t);
+                            small_gemm(&t, n, n, n, &go, dp, dp, &mut out, dp);
+                            for j in 0..n {
+                                let base = j * 3 * c + 2 * c + h * d;
+                                dqkv[base..base + d].copy_from_slice(&out[j * dp..j * dp + d]);
                             }
                         }
                     },
@@ -704,12 +798,7 @@ impl BlockOp {
         let x1 = residual(x, &a, c, n, ls1, s1);
         let (h2, stats2) = ln_forward(&x1, c, self.req(th, Part::Ln2W), self.req(th, Part::Ln2B), eps);
         let u = dense(&h2, t, self.req(th, Part::Fc1W), hid, c, self.part(th, Part::Fc1B))?;
-        let act = self.spec.act;
-        let g = crate::nn::cpu::map(
-            &u,
-            #[inline(always)]
-            |v| act_grad(v, act).0,
-        );
+        let g = act_forward(&u, self.spec.act);
         let f = dense(&g, t, self.req(th, Part::Fc2W), c, hid, self.part(th, Part::Fc2B))?;
         let ls2 = self.part(th, Part::Ls2);
         let y = residual(&x1, &f, c, n, ls2, s2);
@@ -736,14 +825,7 @@ impl BlockOp {
         put(Part::Fc2W, &dense_dw(&df, &sv.g, t, c, hid)?);
         put(Part::Fc2B, &col_sums(&df, c));
         drop(df);
-        let act = self.spec.act;
-        let rows = rows_per_task(hid);
-        dg.par_chunks_mut(rows * hid).zip(sv.u.par_chunks(rows * hid)).for_each(|(dg, u)| {
-            with_simd(
-                #[inline(always)]
-                || dg.iter_mut().zip(u).for_each(|(g, &u)| *g *= act_grad(u, act).1),
-            )
-        });
+        act_backward(&mut dg, &sv.u, self.spec.act);
         let du = dg;
         let dh2 = dense_dx(&du, t, self.req(th, Part::Fc1W), hid, c)?;
         put(Part::Fc1W, &dense_dw(&du, &sv.h2, t, hid, c)?);
@@ -904,8 +986,9 @@ mod tests {
 
     #[test]
     fn attention_and_its_backward_match_the_definitions_in_f64_as_ops_attention_does() {
-        for causal in [false, true] {
-            let (b, n, c, heads) = (2, 9, 24, 3);
+        for (causal, (b, n, c, heads)) in
+            [false, true].into_iter().flat_map(|k| [(k, (2, 9, 24, 3)), (k, (1, 37, 128, 2))])
+        {
             let op = op((b, n, c, 4 * c), heads, causal);
             let qkv: Vec<f32> = pattern(b * n * 3 * c, 1.0).iter().map(|v| 2.0 * v).collect();
             let dout = pattern(b * n * c, 2.0);
