@@ -30,7 +30,8 @@ use candle_core::{CpuStorage, CustomOp2, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::ops::{
-    attention, f32_slice, gelu, layer_norm, linear, on_cpu_kernels, row_stats, values, FRAC_1_SQRT_2, FRAC_1_SQRT_2PI,
+    attention, f32_slice, gelu, layer_norm, linear, ln_backward, ln_forward, on_cpu_kernels, values, FRAC_1_SQRT_2,
+    FRAC_1_SQRT_2PI,
 };
 use crate::nn::cpu::{erf_fast, exp_fast, rows_per_task, threads, with_simd};
 use crate::nn::packed::{gemm, gemm_tn, Epilogue, Lhs, PackedWeight};
@@ -337,74 +338,6 @@ fn col_sums(x: &[f32], width: usize) -> Vec<f32> {
             || vec![0f32; width],
             |mut a, b| {
                 a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                a
-            },
-        )
-}
-
-/// LayerNorm rows of `x`: the output and each row's `(mean, 1/σ)`.
-fn ln_forward(x: &[f32], c: usize, w: &[f32], b: &[f32], eps: f32) -> (Vec<f32>, Vec<(f32, f32)>) {
-    let t = x.len() / c;
-    let mut y = vec![0f32; x.len()];
-    let mut stats = vec![(0f32, 0f32); t];
-    let rows = rows_per_task(c);
-    y.par_chunks_mut(rows * c).zip(stats.par_chunks_mut(rows)).zip(x.par_chunks(rows * c)).for_each(|((y, s), x)| {
-        with_simd(
-            #[inline(always)]
-            || {
-                for ((yr, st), xr) in y.chunks_exact_mut(c).zip(s.iter_mut()).zip(x.chunks_exact(c)) {
-                    let (m, r) = row_stats(xr, eps);
-                    *st = (m, r);
-                    for (((o, v), wi), bi) in yr.iter_mut().zip(xr).zip(w).zip(b) {
-                        *o = (v - m) * r * wi + bi;
-                    }
-                }
-            },
-        )
-    });
-    (y, stats)
-}
-
-/// LayerNorm's backward: adds `dx` into `dx_acc` and returns `(dw, db)`.
-fn ln_backward(dy: &[f32], x: &[f32], stats: &[(f32, f32)], w: &[f32], dx_acc: &mut [f32]) -> (Vec<f32>, Vec<f32>) {
-    let c = w.len();
-    let rows = rows_per_task(c);
-    dx_acc
-        .par_chunks_mut(rows * c)
-        .zip(dy.par_chunks(rows * c).zip(x.par_chunks(rows * c)).zip(stats.par_chunks(rows)))
-        .map(|(dx, ((dy, x), st))| {
-            with_simd(
-                #[inline(always)]
-                || {
-                    let (mut dw, mut db) = (vec![0f32; c], vec![0f32; c]);
-                    let mut g = vec![0f32; c];
-                    let mut xh = vec![0f32; c];
-                    for (((dxr, dyr), xr), &(m, r)) in
-                        dx.chunks_exact_mut(c).zip(dy.chunks_exact(c)).zip(x.chunks_exact(c)).zip(st)
-                    {
-                        let (mut sg, mut sgx) = (0f32, 0f32);
-                        for j in 0..c {
-                            xh[j] = (xr[j] - m) * r;
-                            g[j] = dyr[j] * w[j];
-                            sg += g[j];
-                            sgx += g[j] * xh[j];
-                            dw[j] += dyr[j] * xh[j];
-                            db[j] += dyr[j];
-                        }
-                        let (mg, mgx) = (sg / c as f32, sgx / c as f32);
-                        for j in 0..c {
-                            dxr[j] += r * (g[j] - mg - xh[j] * mgx);
-                        }
-                    }
-                    (dw, db)
-                },
-            )
-        })
-        .reduce(
-            || (vec![0f32; c], vec![0f32; c]),
-            |mut a, b| {
-                a.0.iter_mut().zip(&b.0).for_each(|(x, y)| *x += y);
-                a.1.iter_mut().zip(&b.1).for_each(|(x, y)| *x += y);
                 a
             },
         )

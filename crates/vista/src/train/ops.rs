@@ -245,6 +245,80 @@ pub(super) fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
     (mean, 1.0 / (var + eps).sqrt())
 }
 
+/// LayerNorm rows of `x`: the output and each row's `(mean, 1/σ)`.
+pub(super) fn ln_forward(x: &[f32], c: usize, w: &[f32], b: &[f32], eps: f32) -> (Vec<f32>, Vec<(f32, f32)>) {
+    let t = x.len() / c;
+    let mut y = vec![0f32; x.len()];
+    let mut stats = vec![(0f32, 0f32); t];
+    let rows = rows_per_task(c);
+    y.par_chunks_mut(rows * c).zip(stats.par_chunks_mut(rows)).zip(x.par_chunks(rows * c)).for_each(|((y, s), x)| {
+        with_simd(
+            #[inline(always)]
+            || {
+                for ((yr, st), xr) in y.chunks_exact_mut(c).zip(s.iter_mut()).zip(x.chunks_exact(c)) {
+                    let (m, r) = row_stats(xr, eps);
+                    *st = (m, r);
+                    for (((o, v), wi), bi) in yr.iter_mut().zip(xr).zip(w).zip(b) {
+                        *o = (v - m) * r * wi + bi;
+                    }
+                }
+            },
+        )
+    });
+    (y, stats)
+}
+
+/// LayerNorm's backward: adds `dx` into `dx_acc` and returns `(dw, db)`.
+pub(super) fn ln_backward(
+    dy: &[f32],
+    x: &[f32],
+    stats: &[(f32, f32)],
+    w: &[f32],
+    dx_acc: &mut [f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let c = w.len();
+    let rows = rows_per_task(c);
+    dx_acc
+        .par_chunks_mut(rows * c)
+        .zip(dy.par_chunks(rows * c).zip(x.par_chunks(rows * c)).zip(stats.par_chunks(rows)))
+        .map(|(dx, ((dy, x), st))| {
+            with_simd(
+                #[inline(always)]
+                || {
+                    let (mut dw, mut db) = (vec![0f32; c], vec![0f32; c]);
+                    let mut g = vec![0f32; c];
+                    let mut xh = vec![0f32; c];
+                    for (((dxr, dyr), xr), &(m, r)) in
+                        dx.chunks_exact_mut(c).zip(dy.chunks_exact(c)).zip(x.chunks_exact(c)).zip(st)
+                    {
+                        let (mut sg, mut sgx) = (0f32, 0f32);
+                        for j in 0..c {
+                            xh[j] = (xr[j] - m) * r;
+                            g[j] = dyr[j] * w[j];
+                            sg += g[j];
+                            sgx += g[j] * xh[j];
+                            dw[j] += dyr[j] * xh[j];
+                            db[j] += dyr[j];
+                        }
+                        let (mg, mgx) = (sg / c as f32, sgx / c as f32);
+                        for j in 0..c {
+                            dxr[j] += r * (g[j] - mg - xh[j] * mgx);
+                        }
+                    }
+                    (dw, db)
+                },
+            )
+        })
+        .reduce(
+            || (vec![0f32; c], vec![0f32; c]),
+            |mut a, b| {
+                a.0.iter_mut().zip(&b.0).for_each(|(x, y)| *x += y);
+                a.1.iter_mut().zip(&b.1).for_each(|(x, y)| *x += y);
+                a
+            },
+        )
+}
+
 impl CustomOp3 for LayerNormOp {
     fn name(&self) -> &'static str {
         "vista-layer-norm"
@@ -260,18 +334,7 @@ impl CustomOp3 for LayerNormOp {
         l3: &Layout,
     ) -> CpuOut {
         let (x, w, b) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
-        let eps = self.eps;
-        let out = map_rows(
-            x,
-            w.len(),
-            #[inline(always)]
-            |x, o| {
-                let (mean, r) = row_stats(x, eps);
-                for (((o, v), wi), bi) in o.iter_mut().zip(x).zip(w).zip(b) {
-                    *o = (v - mean) * r * wi + bi;
-                }
-            },
-        );
+        let out = ln_forward(x, w.len(), w, b, self.eps).0;
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -286,46 +349,16 @@ impl CustomOp3 for LayerNormOp {
         let (xv, wv, dyv) = (values(x)?, values(w)?, values(dy)?);
         let c = wv.len();
         let eps = self.eps;
+        let rows = rows_per_task(c);
+        let mut stats = vec![(0f32, 0f32); xv.len() / c.max(1)];
+        stats.par_chunks_mut(rows).zip(xv.par_chunks(rows * c)).for_each(|(s, x)| {
+            with_simd(
+                #[inline(always)]
+                || s.iter_mut().zip(x.chunks_exact(c)).for_each(|(s, x)| *s = row_stats(x, eps)),
+            )
+        });
         let mut dx = vec![0f32; xv.len()];
-        let rows = rows_per_task(c).max(8);
-        let partial: Vec<(Vec<f32>, Vec<f32>)> = dx
-            .par_chunks_mut(rows * c)
-            .zip(xv.par_chunks(rows * c).zip(dyv.par_chunks(rows * c)))
-            .map(|(dx, (x, dy))| {
-                let mut dw = vec![0f32; c];
-                let mut db = vec![0f32; c];
-                with_simd(
-                    #[inline(always)]
-                    || {
-                        let mut xhat = vec![0f32; c];
-                        let mut g = vec![0f32; c];
-                        for ((dx, x), dy) in dx.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(dy.chunks_exact(c)) {
-                            let (mean, r) = row_stats(x, eps);
-                            for i in 0..c {
-                                xhat[i] = (x[i] - mean) * r;
-                                g[i] = dy[i] * wv[i];
-                                dw[i] += dy[i] * xhat[i];
-                                db[i] += dy[i];
-                            }
-                            let (sg, sgx) = (sum(&g), dot(&g, &xhat));
-                            let (mg, mgx) = (sg / c as f32, sgx / c as f32);
-                            for i in 0..c {
-                                dx[i] = r * (g[i] - mg - xhat[i] * mgx);
-                            }
-                        }
-                    },
-                );
-                (dw, db)
-            })
-            .collect();
-        let mut dw = vec![0f32; c];
-        let mut db = vec![0f32; c];
-        for (pw, pb) in partial {
-            for i in 0..c {
-                dw[i] += pw[i];
-                db[i] += pb[i];
-            }
-        }
+        let (dw, db) = ln_backward(&dyv, &xv, &stats, &wv, &mut dx);
         let dev = &Device::Cpu;
         Ok((
             Some(Tensor::from_vec(dx, x.shape(), dev)?),

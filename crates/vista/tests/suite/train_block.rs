@@ -15,15 +15,12 @@
 //! attention kernels alone match an f64 evaluation of the definitions to 5e-6 (the unit test in
 //! `train/block.rs`).
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{Tensor, Var};
 use vista::nn::Activation;
 use vista::train::block::{self, BlockParams, BlockSpec, DropPath};
 
 fn var(shape: &[usize], seed: u64, scale: f32, offset: f32) -> Var {
-    let n: usize = shape.iter().product();
-    let v: Vec<f32> =
-        (0..n).map(|i| offset + scale * ((i as f32 * 0.7137 + seed as f32 * 1.31).sin() * 1.7).sin()).collect();
-    Var::from_tensor(&Tensor::from_vec(v, shape, &Device::Cpu).unwrap()).unwrap()
+    crate::common::pattern_var(shape, seed, scale, offset)
 }
 
 fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {

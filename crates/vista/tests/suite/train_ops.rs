@@ -9,11 +9,7 @@ use candle_core::{Device, Tensor, Var, D};
 use vista::train::ops;
 
 fn var(shape: &[usize], seed: u64, scale: f32, offset: f32) -> Var {
-    // A fixed, varied pattern (no RNG dependency): a scrambled sine.
-    let n: usize = shape.iter().product();
-    let v: Vec<f32> =
-        (0..n).map(|i| offset + scale * ((i as f32 * 0.7137 + seed as f32 * 1.31).sin() * 1.7).sin()).collect();
-    Var::from_tensor(&Tensor::from_vec(v, shape, &Device::Cpu).unwrap()).unwrap()
+    crate::common::pattern_var(shape, seed, scale, offset)
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {

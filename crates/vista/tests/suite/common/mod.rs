@@ -71,3 +71,12 @@ pub fn min_row_cosine(a: &Tensor, b: &Tensor) -> f32 {
         })
         .fold(f32::INFINITY, f32::min)
 }
+
+/// A trainable tensor holding a fixed, varied pattern (a scrambled sine, no RNG dependency):
+/// `offset + scale · sin(1.7 · sin(0.7137 i + 1.31 seed))`.
+pub fn pattern_var(shape: &[usize], seed: u64, scale: f32, offset: f32) -> candle_core::Var {
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> =
+        (0..n).map(|i| offset + scale * ((i as f32 * 0.7137 + seed as f32 * 1.31).sin() * 1.7).sin()).collect();
+    candle_core::Var::from_tensor(&Tensor::from_vec(v, shape, &candle_core::Device::Cpu).unwrap()).unwrap()
+}
