@@ -20,6 +20,9 @@
 //! The sum over the depth runs in order, tap by tap, with fused multiply–adds: the values differ
 //! from PyTorch's only in rounding order (the parity tests hold at their tolerances). Machines
 //! without AVX-512 get a portable kernel of the same blocking (auto-vectorised, slower).
+//!
+//! [`gemm_tn`] is the training side's other product, a weight's gradient `dYᵀ X`: the same
+//! register tile, with both operands read in place (no transpose, no packing).
 
 use rayon::prelude::*;
 
