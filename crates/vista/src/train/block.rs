@@ -26,12 +26,12 @@
 
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, CustomOp2, Device, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Device, Layout, Tensor};
 use rayon::prelude::*;
 
 use super::ops::{
-    attention, f32_slice, gelu, layer_norm, linear, ln_backward, ln_forward, on_cpu_kernels, values, FRAC_1_SQRT_2,
-    FRAC_1_SQRT_2PI,
+    attention, col_sums, f32_slice, gelu, layer_norm, linear, ln_backward, ln_forward, on_cpu_kernels, values, CpuOut,
+    FRAC_1_SQRT_2, FRAC_1_SQRT_2PI,
 };
 use crate::nn::cpu::{erf_fast, exp_fast, rows_per_task, threads, with_simd};
 use crate::nn::packed::{gemm, gemm_tn, Epilogue, Lhs, PackedWeight};
@@ -316,31 +316,6 @@ fn dense_dx(dy: &[f32], t: usize, w: &[f32], out: usize, inp: usize) -> Result<V
 /// place ([`gemm_tn`]).
 fn dense_dw(dy: &[f32], x: &[f32], t: usize, out: usize, inp: usize) -> Result<Vec<f32>> {
     gemm_tn(dy, x, t, out, inp, threads())
-}
-
-/// Column sums of a row-major `[rows, width]` matrix (a bias's gradient).
-fn col_sums(x: &[f32], width: usize) -> Vec<f32> {
-    let rows = rows_per_task(width) * 4;
-    x.par_chunks(rows * width)
-        .map(|chunk| {
-            with_simd(
-                #[inline(always)]
-                || {
-                    let mut acc = vec![0f32; width];
-                    for row in chunk.chunks_exact(width) {
-                        acc.iter_mut().zip(row).for_each(|(a, v)| *a += v);
-                    }
-                    acc
-                },
-            )
-        })
-        .reduce(
-            || vec![0f32; width],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                a
-            },
-        )
 }
 
 /// `x + s_row · γ ⊙ a` (the residual of a scaled branch).
@@ -796,13 +771,7 @@ impl CustomOp2 for BlockOp {
         "vista-transformer-block"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> CpuOut {
         let (x, th) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
         if th.len() != self.total || x.len() != self.dims.0 * self.dims.1 * self.dims.2 {
             return Err(msg(format!("{} values and {} parameters for {:?}", x.len(), th.len(), self.dims)));

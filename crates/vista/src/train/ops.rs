@@ -28,7 +28,7 @@ use crate::nn::cpu::{erf_fast, exp_fast, map, map_rows, rows_per_task, with_simd
 use crate::Result;
 
 /// What a custom op's forward gives on the CPU: the output's storage and shape.
-type CpuOut = candle_core::Result<(CpuStorage, Shape)>;
+pub(super) type CpuOut = candle_core::Result<(CpuStorage, Shape)>;
 /// What a custom op's forward gives on CUDA.
 type CudaOut = candle_core::Result<(CudaStorage, Shape)>;
 
@@ -499,6 +499,31 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
 
 struct AddBiasOp;
 
+/// Column sums of a row-major `[rows, width]` matrix (a bias's gradient).
+pub(super) fn col_sums(x: &[f32], width: usize) -> Vec<f32> {
+    let rows = rows_per_task(width) * 4;
+    x.par_chunks(rows * width)
+        .map(|chunk| {
+            with_simd(
+                #[inline(always)]
+                || {
+                    let mut acc = vec![0f32; width];
+                    for row in chunk.chunks_exact(width) {
+                        acc.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+                    }
+                    acc
+                },
+            )
+        })
+        .reduce(
+            || vec![0f32; width],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            },
+        )
+}
+
 impl CustomOp2 for AddBiasOp {
     fn name(&self) -> &'static str {
         "vista-add-bias"
@@ -527,33 +552,7 @@ impl CustomOp2 for AddBiasOp {
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let dyv = values(dy)?;
-        let c = b.elem_count().max(1);
-        let rows = rows_per_task(c).max(8);
-        let db = dyv
-            .par_chunks(rows * c)
-            .map(|chunk| {
-                let mut acc = vec![0f32; c];
-                with_simd(
-                    #[inline(always)]
-                    || {
-                        for row in chunk.chunks_exact(c) {
-                            for (a, v) in acc.iter_mut().zip(row) {
-                                *a += v;
-                            }
-                        }
-                    },
-                );
-                acc
-            })
-            .reduce(
-                || vec![0f32; c],
-                |mut a, b| {
-                    for (x, y) in a.iter_mut().zip(&b) {
-                        *x += y;
-                    }
-                    a
-                },
-            );
+        let db = col_sums(&dyv, b.elem_count().max(1));
         Ok((Some(dy.clone()), Some(Tensor::from_vec(db, b.shape(), &Device::Cpu)?)))
     }
 }
