@@ -34,7 +34,7 @@ import common  # noqa: E402
 
 # clip_e2e and family read the images that preprocess writes, so they come after it.
 SECTIONS = ("clip", "tokenizer", "preprocess", "clip_e2e", "family", "sam", "dino", "rle", "amg", "dino_train",
-            "dino_loss", "fit", "clip_train", "resnet")
+            "dino_loss", "fit", "clip_train", "clip_train_rn", "resnet")
 # Where each section writes, below the fixtures root.
 OUT_DIR = {"clip_e2e": "clip"}
 

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use vista::clip::config::TextPooling;
+use vista::clip::config::{TextPooling, VisionConfig};
 use vista::clip::loader;
 use vista::clip::pipeline::tokenizer_for;
 use vista::clip::tokenizer::{ClipTokenizer, TextTokenizer};
@@ -52,7 +52,8 @@ pub struct Args {
     /// Patch side in pixels (from scratch).
     #[arg(long)]
     pub patch_size: Option<usize>,
-    /// Width of the image tower (heads: width / 64).
+    /// Width of the image tower (heads: width / 64); for a ResNet tower (--arch RN50, ...) the
+    /// width of its stem (64 for RN50).
     #[arg(long)]
     pub width: Option<usize>,
     /// Blocks of the image tower.
@@ -188,17 +189,30 @@ impl Args {
             c.vision.image_size = s;
             c.preprocess.resize = s;
         }
-        if let Some(p) = self.patch_size {
-            c.vision.patch_size = p;
-        }
-        if let Some(w) = self.width {
-            c.vision.tower.width = w;
-        }
-        // open_clip's image tower: heads = width / head_width (64); MLP 4x.
-        c.vision.tower.heads = (c.vision.tower.width / 64).max(1);
-        c.vision.tower.mlp_dim = 4 * c.vision.tower.width;
-        if let Some(l) = self.layers {
-            c.vision.tower.layers = l;
+        if let Some(r) = c.vision.resnet {
+            // A ModifiedResNet (RN50, ...): its stages stay the preset's; --width is its stem's
+            // width (64 for RN50; the attention pool is 32x that, in heads of 64).
+            if self.patch_size.is_some() || self.layers.is_some() {
+                bail!(
+                    "--patch-size and --layers size a ViT image tower; a ResNet tower takes --width (its \
+                     stem's width, 64 for RN50) and --image-size (a multiple of 32)"
+                );
+            }
+            let act = c.vision.tower.act;
+            c.vision = VisionConfig::resnet(c.vision.image_size, r.layers, self.width.unwrap_or(r.width), 64, act);
+        } else {
+            if let Some(p) = self.patch_size {
+                c.vision.patch_size = p;
+            }
+            if let Some(w) = self.width {
+                c.vision.tower.width = w;
+            }
+            // open_clip's image tower: heads = width / head_width (64); MLP 4x.
+            c.vision.tower.heads = (c.vision.tower.width / 64).max(1);
+            c.vision.tower.mlp_dim = 4 * c.vision.tower.width;
+            if let Some(l) = self.layers {
+                c.vision.tower.layers = l;
+            }
         }
         if let Some(w) = self.text_width {
             c.text.tower.width = w;

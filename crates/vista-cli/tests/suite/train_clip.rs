@@ -222,3 +222,32 @@ fn train_clip_with_the_siglip_loss_trains_its_bias() {
     let o = run(&args(&data, &out, &["--epochs", "1", "--loss", "clip", "--accum-freq", "2"]));
     assert!(stderr(&o).contains("another configuration"), "{}", stderr(&o));
 }
+
+/// `--arch RN50`: open_clip's ModifiedResNet image tower (here at width 4, 32 px), BatchNorm in
+/// training mode; the export carries its running statistics and `vista embed` loads it. The
+/// ViT's size flags are refused for it.
+#[test]
+fn train_clip_trains_a_resnet_image_tower_and_exports_it() {
+    let dir = tmpdir("train-clip-rn");
+    let data = caption_set(&dir);
+    let out = dir.join("run");
+    let mut a = args(&data, &out, &["--epochs", "1", "--image-size", "32", "--width", "4", "--arch", "RN50"]);
+    for flag in ["--patch-size", "--layers"] {
+        let i = a.iter().position(|x| x == flag).unwrap();
+        a.drain(i..i + 2);
+    }
+    let o = run(&a);
+    assert_eq!(o.status.code(), Some(2), "trained, skipping the bad pairs: {}", stderr(&o));
+    let export = out.join("export");
+    let weights = std::fs::read(export.join("open_clip_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&weights).unwrap();
+    assert!(st.tensor("visual.layer4.2.bn3.running_var").is_ok(), "the running statistics are exported");
+    assert!(st.tensor("visual.attnpool.c_proj.weight").is_ok());
+    let o = vista(&["embed", "--model", s(&export), s(&dir.join("imgs/01.png"))]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // The defaults' --patch-size and --layers.
+    let o = run(&args(&data, &dir.join("run2"), &["--arch", "RN50", "--image-size", "32"]));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("a ResNet tower takes --width"), "{}", stderr(&o));
+}

@@ -7,6 +7,7 @@
 //! in [`crate::image::augment`].
 
 pub mod adamw;
+pub mod batch_norm;
 pub mod block;
 pub mod clip;
 pub mod dino;

@@ -13,6 +13,7 @@ mod checkpoint_errors;
 mod clip_e2e;
 mod clip_parity;
 mod clip_train_parity;
+mod clip_train_rn_parity;
 mod device_fallback;
 mod dino_backbone_train;
 mod dino_parity;

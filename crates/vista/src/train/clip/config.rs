@@ -127,6 +127,10 @@ impl ClipTrainConfig {
                 return bad(format!("--grad-clip-norm {c} is not positive"));
             }
         }
+        // open_clip's ModifiedResNet.lock: "partial locking not currently supported for this model".
+        if self.model.vision.resnet.is_some() && self.lock_image.is_some_and(|n| n > 0) {
+            return bad("a ResNet image tower locks whole (--lock-image-unlocked-groups 0), as open_clip's".into());
+        }
         Ok(())
     }
 }

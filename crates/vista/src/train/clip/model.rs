@@ -4,7 +4,10 @@
 //! [`Param`]s named as OpenAI's and open_clip's state dicts (`visual.conv1.weight`,
 //! `visual.transformer.resblocks.N.attn.in_proj_weight`, `token_embedding.weight`,
 //! `text_projection`, `logit_scale`, ...), so a checkpoint vista loads is a starting point and the
-//! trained weights are a checkpoint every CLIP command loads.
+//! trained weights are a checkpoint every CLIP command loads. The image tower is a ViT or
+//! open_clip's `ModifiedResNet` (`visual.conv1..3`, `visual.layerN.M.*`, `visual.attnpool.*`),
+//! whose BatchNorm runs in training mode (batch statistics, running statistics moved, as
+//! `model.train()`) except in [`TrainClip::detached`] (`model.eval()`).
 
 use std::collections::HashMap;
 
@@ -12,11 +15,12 @@ use candle_core::{DType, Device, Tensor};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::clip::config::{ClipConfig, TextPooling};
+use crate::clip::config::{ClipConfig, ResNetDims, TextPooling};
 use crate::clip::transformer::TowerDims;
+use crate::train::batch_norm::BatchNorms;
 use crate::train::block::{self, BlockParams, BlockSpec};
 use crate::train::dino::head::{normalize, uniform01};
-use crate::train::ops::{layer_norm, linear};
+use crate::train::ops::{layer_norm, linear, softmax_last};
 use crate::train::param::{load_params, Param};
 use crate::{Error, Result};
 
@@ -32,6 +36,10 @@ pub struct TrainClip {
     pub config: ClipConfig,
     params: Vec<Param>,
     index: HashMap<String, usize>,
+    /// A ResNet image tower's BatchNorm statistics.
+    bn: Option<BatchNorms>,
+    /// BatchNorm by the batch's statistics (`model.train()`), else by the running ones.
+    train_mode: bool,
 }
 
 /// `x @ w` for `x: [B, in]`, `w: [in, out]` (the towers' `proj` / `text_projection`).
@@ -68,17 +76,33 @@ impl TrainClip {
         if logit_bias {
             out.push(("logit_bias".into(), vec![]));
         }
-        out.extend([
-            ("visual.class_embedding".into(), vec![w]),
-            ("visual.positional_embedding".into(), vec![v.num_tokens(), w]),
-            ("visual.proj".into(), vec![w, cfg.embed_dim]),
-            ("visual.conv1.weight".into(), vec![w, 3, p, p]),
-            ("visual.ln_pre.weight".into(), vec![w]),
-            ("visual.ln_pre.bias".into(), vec![w]),
-        ]);
-        blocks(&mut out, "visual.transformer", &v.tower);
-        out.push(("visual.ln_post.weight".into(), vec![w]));
-        out.push(("visual.ln_post.bias".into(), vec![w]));
+        if let Some(r) = &v.resnet {
+            for (conv, bn, cin, cout, k) in resnet_convs(r) {
+                out.push((format!("{conv}.weight"), vec![cout, cin, k, k]));
+                out.push((format!("{bn}.weight"), vec![cout]));
+                out.push((format!("{bn}.bias"), vec![cout]));
+            }
+            let a = |n: &str| format!("visual.attnpool.{n}");
+            out.push((a("positional_embedding"), vec![v.num_tokens(), w]));
+            for proj in ["k_proj", "q_proj", "v_proj"] {
+                out.push((a(&format!("{proj}.weight")), vec![w, w]));
+                out.push((a(&format!("{proj}.bias")), vec![w]));
+            }
+            out.push((a("c_proj.weight"), vec![cfg.embed_dim, w]));
+            out.push((a("c_proj.bias"), vec![cfg.embed_dim]));
+        } else {
+            out.extend([
+                ("visual.class_embedding".into(), vec![w]),
+                ("visual.positional_embedding".into(), vec![v.num_tokens(), w]),
+                ("visual.proj".into(), vec![w, cfg.embed_dim]),
+                ("visual.conv1.weight".into(), vec![w, 3, p, p]),
+                ("visual.ln_pre.weight".into(), vec![w]),
+                ("visual.ln_pre.bias".into(), vec![w]),
+            ]);
+            blocks(&mut out, "visual.transformer", &v.tower);
+            out.push(("visual.ln_post.weight".into(), vec![w]));
+            out.push(("visual.ln_post.bias".into(), vec![w]));
+        }
         blocks(&mut out, "transformer", &cfg.text.tower);
         out.push(("token_embedding.weight".into(), vec![cfg.text.vocab_size, cfg.text.tower.width]));
         out.push(("ln_final.weight".into(), vec![cfg.text.tower.width]));
@@ -87,15 +111,25 @@ impl TrainClip {
     }
 
     /// From canonical tensors (a checkpoint vista loads, or a snapshot); `logit_bias` is trained
-    /// when the tensors have it (SigLIP).
+    /// when the tensors have it (SigLIP). A ResNet tower's BatchNorm statistics are taken when
+    /// present, else torch's initial 0 and 1.
     pub fn from_tensors(config: ClipConfig, tensors: &HashMap<String, Tensor>, device: &Device) -> Result<Self> {
         config.validate().map_err(|m| Error::arg("config", m))?;
-        if config.vision.resnet.is_some() {
-            return Err(Error::arg(
-                "model",
-                "training a ResNet CLIP image tower is not supported yet (BatchNorm training); use a ViT",
-            ));
-        }
+        let bn = match &config.vision.resnet {
+            Some(r) => {
+                if !config.vision.image_size.is_multiple_of(32) {
+                    return Err(Error::arg(
+                        "model",
+                        format!(
+                            "a ResNet tower trains at a multiple of 32 pixels (its total stride), not {}",
+                            config.vision.image_size
+                        ),
+                    ));
+                }
+                Some(BatchNorms::new(resnet_convs(r).into_iter().map(|c| (c.1, c.3)), tensors, device)?)
+            }
+            None => None,
+        };
         let with_bias = tensors.contains_key("logit_bias");
         let mut params = Vec::new();
         for (name, shape) in Self::param_shapes(&config, with_bias) {
@@ -109,7 +143,7 @@ impl TrainClip {
             params.push(Param::new(name, var, true));
         }
         let index = params.iter().enumerate().map(|(i, p)| (p.name().to_string(), i)).collect();
-        Ok(Self { config, params, index })
+        Ok(Self { config, params, index, bn, train_mode: true })
     }
 
     /// open_clip's initialisation, f32, from a seeded ChaCha8 stream (the distributions, not
@@ -123,16 +157,15 @@ impl TrainClip {
     ///   `positional_embedding` `N(0, 0.01)`, per block `in_proj_weight` `N(0, width^−½)`,
     ///   `out_proj.weight` and `c_proj.weight` `N(0, width^−½ (2·layers)^−½)`, `c_fc.weight`
     ///   `N(0, (2·width)^−½)`, biases as the defaults above; `text_projection` `N(0, width^−½)`;
+    /// * a ResNet image tower (`ModifiedResNet.init_parameters`): every convolution (no bias)
+    ///   PyTorch's default `U(±1/√fan_in)`; BatchNorm weight 1 and bias 0, but each bottleneck's
+    ///   `bn3.weight` 0; the attention pool's `positional_embedding` and `q/k/v/c_proj` weights
+    ///   `N(0, width^−½)`, their biases `U(±1/√width)`;
     /// * LayerNorms 1 and 0; `logit_scale` `log(1/0.07)` (or `init_logit_scale`), `logit_bias`
     ///   (SigLIP) `init_logit_bias`.
     pub fn init(config: ClipConfig, seed: u64, logit: LogitInit, device: &Device) -> Result<Self> {
         config.validate().map_err(|m| Error::arg("config", m))?;
-        if config.vision.resnet.is_some() {
-            return Err(Error::arg(
-                "model",
-                "training a ResNet CLIP image tower is not supported yet (BatchNorm training); use a ViT",
-            ));
-        }
+        let resnet = config.vision.resnet.is_some();
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let vw = config.vision.tower.width as f64;
         let (tw, tl) = (config.text.tower.width as f64, config.text.tower.layers as f64);
@@ -142,6 +175,7 @@ impl TrainClip {
             let fan_in = *shape.last().unwrap_or(&1) as f64;
             let text = !name.starts_with("visual.");
             let rule = match name.as_str() {
+                n if resnet && n.starts_with("visual.") => resnet_init(n, &shape, vw),
                 "logit_scale" => Init::Const(logit.scale),
                 "logit_bias" => Init::Const(logit.bias.unwrap_or(0.0)),
                 "visual.class_embedding" | "visual.positional_embedding" | "visual.proj" => Init::Normal(vw.powf(-0.5)),
@@ -193,13 +227,34 @@ impl TrainClip {
         Self::from_tensors(config, &tensors, device)
     }
 
-    /// The same variables read without gradient (no graph is recorded), for evaluation.
+    /// The same variables read without gradient (no graph is recorded), for evaluation: a
+    /// ResNet tower's BatchNorm then normalises by (a copy of) the running statistics, as
+    /// `model.eval()`.
     pub fn detached(&self) -> Self {
         let mut params = self.params.clone();
         for p in &mut params {
             p.set_requires_grad(false);
         }
-        Self { config: self.config.clone(), params, index: self.index.clone() }
+        Self {
+            config: self.config.clone(),
+            params,
+            index: self.index.clone(),
+            bn: self.bn.as_ref().map(BatchNorms::copy),
+            train_mode: false,
+        }
+    }
+
+    /// A ResNet tower's BatchNorm statistics now (`None` for a ViT): what a failed step puts
+    /// back with [`set_running_stats`](Self::set_running_stats).
+    pub fn running_stats(&self) -> Option<HashMap<String, Tensor>> {
+        self.bn.as_ref().map(BatchNorms::snapshot)
+    }
+
+    /// Puts back statistics taken with [`running_stats`](Self::running_stats).
+    pub fn set_running_stats(&self, stats: Option<HashMap<String, Tensor>>) {
+        if let (Some(bn), Some(stats)) = (&self.bn, stats) {
+            bn.restore(stats);
+        }
     }
 
     /// Every parameter, in state-dict order.
@@ -217,14 +272,29 @@ impl TrainClip {
         self.index.contains_key("logit_bias")
     }
 
-    /// Copies of the current values, in parameter order, canonical names.
+    /// Copies of the current values, in parameter order, canonical names; then a ResNet
+    /// tower's BatchNorm statistics.
     pub fn state_dict(&self) -> Result<Vec<(String, Tensor)>> {
-        self.params.iter().map(|p| Ok((p.name().to_string(), p.snapshot()?))).collect()
+        let mut v: Vec<(String, Tensor)> =
+            self.params.iter().map(|p| Ok((p.name().to_string(), p.snapshot()?))).collect::<Result<_>>()?;
+        if let Some(bn) = &self.bn {
+            v.extend(bn.state_dict());
+        }
+        Ok(v)
     }
 
-    /// Overwrites every parameter in place (names and shapes must match exactly).
+    /// Overwrites every parameter in place (names and shapes must match exactly), and the
+    /// BatchNorm statistics given.
     pub fn load_state_dict<'a>(&self, tensors: impl IntoIterator<Item = (&'a str, &'a Tensor)>) -> Result<()> {
-        load_params(&self.params, tensors, "this CLIP model")
+        let (stats, params): (Vec<_>, Vec<_>) = tensors.into_iter().partition(|(n, _)| BatchNorms::is_buffer(n));
+        load_params(&self.params, params, "this CLIP model")?;
+        for (n, t) in stats {
+            match &self.bn {
+                Some(bn) => bn.load(n, t)?,
+                None => return Err(Error::arg("tensors", format!("unexpected `{n}`: this CLIP has no BatchNorm"))),
+            }
+        }
+        Ok(())
     }
 
     /// The device the parameters live on.
@@ -284,6 +354,9 @@ impl TrainClip {
         if ph != v.image_size || pw != v.image_size {
             return Err(Error::arg("pixels", format!("{pw}x{ph} images for a model trained at {0}x{0}", v.image_size)));
         }
+        if let Some(r) = &v.resnet {
+            return self.encode_image_resnet(&pixels.permute((0, 3, 1, 2))?.contiguous()?, r);
+        }
         let (p, c, g) = (v.patch_size, v.tower.width, v.grid());
         // conv1 (stride = kernel, no bias) as one GEMM over flattened patches.
         let patches = pixels
@@ -302,6 +375,75 @@ impl TrainClip {
         let pooled = x.narrow(1, 0, 1)?.squeeze(1)?;
         let pooled = layer_norm(&pooled, &self.p("visual.ln_post.weight")?, &self.p("visual.ln_post.bias")?, eps)?;
         project(&pooled, &self.p("visual.proj")?)
+    }
+
+    /// Convolution `conv` (no bias), BatchNorm `bn`, ReLU when `relu`.
+    fn conv_bn(
+        &self,
+        x: &Tensor,
+        (conv, bn): (&str, &str),
+        (stride, pad): (usize, usize),
+        relu: bool,
+    ) -> Result<Tensor> {
+        let norms = self.bn.as_ref().ok_or_else(|| Error::arg("model", "no BatchNorm statistics"))?;
+        let y = x.conv2d(&self.p(&format!("{conv}.weight"))?, pad, stride, 1, 1)?;
+        let y = norms.forward(
+            &y,
+            bn,
+            &self.p(&format!("{bn}.weight"))?,
+            &self.p(&format!("{bn}.bias"))?,
+            self.train_mode,
+        )?;
+        Ok(if relu { y.relu()? } else { y })
+    }
+
+    /// open_clip's `ModifiedResNet.forward` on NCHW pixels: the three-convolution stem and a
+    /// 2×2 average pool; anti-aliased bottlenecks (a stride is an average pool after `conv2`,
+    /// and before the shortcut's 1×1 convolution); the attention pool — the map's mean
+    /// prepended as a token, the positional embedding added, one query (that token) against
+    /// every token in `heads` heads, `c_proj`.
+    fn encode_image_resnet(&self, x: &Tensor, r: &ResNetDims) -> Result<Tensor> {
+        let s = |n: &str| format!("visual.{n}");
+        let x = self.conv_bn(x, (&s("conv1"), &s("bn1")), (2, 1), true)?;
+        let x = self.conv_bn(&x, (&s("conv2"), &s("bn2")), (1, 1), true)?;
+        let x = self.conv_bn(&x, (&s("conv3"), &s("bn3")), (1, 1), true)?;
+        let mut x = x.avg_pool2d(2)?;
+        for (i, &blocks) in r.layers.iter().enumerate() {
+            for j in 0..blocks {
+                let b = |n: &str| format!("visual.layer{}.{j}.{n}", i + 1);
+                let stride = if i > 0 && j == 0 { 2 } else { 1 };
+                let out = self.conv_bn(&x, (&b("conv1"), &b("bn1")), (1, 0), true)?;
+                let out = self.conv_bn(&out, (&b("conv2"), &b("bn2")), (1, 1), true)?;
+                let out = if stride > 1 { out.avg_pool2d(stride)? } else { out };
+                let out = self.conv_bn(&out, (&b("conv3"), &b("bn3")), (1, 0), false)?;
+                let identity = if self.index.contains_key(&b("downsample.0.weight")) {
+                    let x = if stride > 1 { x.avg_pool2d(stride)? } else { x.clone() };
+                    self.conv_bn(&x, (&b("downsample.0"), &b("downsample.1")), (1, 0), false)?
+                } else {
+                    x.clone()
+                };
+                x = (out + identity)?.relu()?;
+            }
+        }
+        // AttentionPool2d.
+        let (b, c, h, w) = x.dims4()?;
+        let heads = self.config.vision.tower.heads;
+        let d = c / heads;
+        let a = |n: &str| self.p(&format!("visual.attnpool.{n}"));
+        let tokens = x.reshape((b, c, h * w))?.transpose(1, 2)?.contiguous()?;
+        let x = Tensor::cat(&[tokens.mean_keepdim(1)?, tokens], 1)?;
+        let l = h * w + 1;
+        let x = x.broadcast_add(&a("positional_embedding")?.unsqueeze(0)?)?;
+        let flat = x.reshape((b * l, c))?;
+        let q = linear(&x.narrow(1, 0, 1)?.squeeze(1)?, &a("q_proj.weight")?, Some(&a("q_proj.bias")?))?;
+        let k = linear(&flat, &a("k_proj.weight")?, Some(&a("k_proj.bias")?))?;
+        let v = linear(&flat, &a("v_proj.weight")?, Some(&a("v_proj.bias")?))?;
+        let q = (q.reshape((b, heads, 1, d))? * (d as f64).powf(-0.5))?;
+        let k = k.reshape((b, l, heads, d))?.transpose(1, 2)?.contiguous()?;
+        let v = v.reshape((b, l, heads, d))?.transpose(1, 2)?.contiguous()?;
+        let attn = softmax_last(&q.matmul(&k.transpose(2, 3)?.contiguous()?)?)?;
+        let o = attn.matmul(&v)?.reshape((b, c))?;
+        linear(&o, &a("c_proj.weight")?, Some(&a("c_proj.bias")?))
     }
 
     /// Text embeddings, not normalised, from token ids (each `context_length` long). The
@@ -378,6 +520,45 @@ fn pool_position(row: &[u32], pooling: TextPooling) -> usize {
         }
         TextPooling::FirstEos(eos) => row.iter().position(|&id| id == eos).unwrap_or(row.len() - 1),
     }
+}
+
+/// `(conv, bn, in, out, kernel)` of a `ModifiedResNet`'s convolutions, in open_clip's parameter
+/// order: the stem's three, then each bottleneck's three and its shortcut's.
+fn resnet_convs(r: &ResNetDims) -> Vec<(String, String, usize, usize, usize)> {
+    let w = r.width;
+    let s = |n: &str| format!("visual.{n}");
+    let mut v = vec![
+        (s("conv1"), s("bn1"), 3, w / 2, 3),
+        (s("conv2"), s("bn2"), w / 2, w / 2, 3),
+        (s("conv3"), s("bn3"), w / 2, w, 3),
+    ];
+    let mut inplanes = w;
+    for (i, &blocks) in r.layers.iter().enumerate() {
+        let planes = w << i;
+        for j in 0..blocks {
+            let b = |n: &str| format!("visual.layer{}.{j}.{n}", i + 1);
+            v.push((b("conv1"), b("bn1"), inplanes, planes, 1));
+            v.push((b("conv2"), b("bn2"), planes, planes, 3));
+            v.push((b("conv3"), b("bn3"), planes, planes * 4, 1));
+            if j == 0 && (i > 0 || inplanes != planes * 4) {
+                v.push((b("downsample.0"), b("downsample.1"), inplanes, planes * 4, 1));
+            }
+            inplanes = planes * 4;
+        }
+    }
+    v
+}
+
+/// open_clip's initialisation of a `ModifiedResNet` parameter (see [`TrainClip::init`]).
+fn resnet_init(name: &str, shape: &[usize], width: f64) -> Init {
+    if name.starts_with("visual.attnpool.") {
+        return if name.ends_with(".bias") { Init::Uniform(width.powf(-0.5)) } else { Init::Normal(width.powf(-0.5)) };
+    }
+    if shape.len() == 4 {
+        return Init::Uniform(1.0 / ((shape[1] * shape[2] * shape[3]) as f64).sqrt());
+    }
+    let bottleneck_bn3 = name.starts_with("visual.layer") && name.ends_with(".bn3.weight");
+    Init::Const(if name.ends_with(".weight") && !bottleneck_bn3 { 1.0 } else { 0.0 })
 }
 
 fn blocks(out: &mut Vec<(String, Vec<usize>)>, prefix: &str, t: &TowerDims) {

@@ -241,15 +241,23 @@ pub fn export_open_clip(dir: &Path, config: &ClipConfig, tensors: &[(String, Ten
         }
     }
     let quick = matches!(v.tower.act, crate::nn::Activation::QuickGelu);
+    let vision_cfg = match &v.resnet {
+        // open_clip's ResNet config: `layers` a list, `width` the stem's, heads from `head_width`.
+        Some(r) => json!({
+            "image_size": v.image_size, "layers": r.layers, "width": r.width,
+            "head_width": v.tower.width / v.tower.heads,
+        }),
+        None => json!({
+            "image_size": v.image_size, "patch_size": v.patch_size, "width": v.tower.width,
+            "layers": v.tower.layers, "head_width": v.tower.width / v.tower.heads,
+            "mlp_ratio": v.tower.mlp_dim as f64 / v.tower.width as f64,
+        }),
+    };
     let cfg = json!({
         "model_cfg": {
             "embed_dim": config.embed_dim,
             "quick_gelu": quick,
-            "vision_cfg": {
-                "image_size": v.image_size, "patch_size": v.patch_size, "width": v.tower.width,
-                "layers": v.tower.layers, "head_width": v.tower.width / v.tower.heads,
-                "mlp_ratio": v.tower.mlp_dim as f64 / v.tower.width as f64,
-            },
+            "vision_cfg": vision_cfg,
             "text_cfg": {
                 "context_length": t.context_length, "vocab_size": t.vocab_size, "width": t.tower.width,
                 "heads": t.tower.heads, "layers": t.tower.layers,

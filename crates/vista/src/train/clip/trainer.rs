@@ -187,8 +187,18 @@ impl ClipTrainer {
             g.lr = lr;
         }
         let samples = micro.iter().map(|m| m.1.len()).sum();
-        let (loss, mut grads) = self.gradients(micro)?;
+        // A ResNet tower's training-mode forwards move its BatchNorm statistics: a failed step
+        // puts them back.
+        let stats = self.model.running_stats();
+        let (loss, mut grads) = match self.gradients(micro) {
+            Ok(g) => g,
+            Err(e) => {
+                self.model.set_running_stats(stats);
+                return Err(e);
+            }
+        };
         if !loss.is_finite() {
+            self.model.set_running_stats(stats);
             return Err(Error::NonFiniteLoss { loss, epoch, iteration: it, kept: None });
         }
         let grad_norm = match self.config.grad_clip_norm {

@@ -9,7 +9,6 @@
 //! Parameters follow the EMA; running statistics are each network's own, as in the script.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor, Var, D};
 use rand_chacha::rand_core::SeedableRng;
@@ -17,6 +16,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::head::trunc_normal;
 use super::Param;
+use crate::train::batch_norm::BatchNorms;
 use crate::train::ops::max_pool2d;
 use crate::{Error, Result};
 
@@ -41,10 +41,6 @@ impl ResNetDims {
     }
 }
 
-/// BatchNorm's momentum (`nn.BatchNorm2d` default) and ε.
-const BN_MOMENTUM: f64 = 0.1;
-const BN_EPS: f64 = 1e-5;
-
 /// A trainable torchvision ResNet (no classifier).
 pub struct TrainResNet {
     /// The architecture.
@@ -52,7 +48,7 @@ pub struct TrainResNet {
     params: Vec<Param>,
     index: HashMap<String, usize>,
     /// `<bn>.running_mean` / `<bn>.running_var`, updated by every training-mode forward.
-    running: Mutex<HashMap<String, Tensor>>,
+    running: BatchNorms,
 }
 
 /// `(conv, bn, cin, cout, k, stride, pad)` of every convolution, in torchvision's order.
@@ -108,19 +104,9 @@ impl TrainResNet {
             }
             params.push(Param::new(name, Var::from_tensor(&t.to_dtype(DType::F32)?.to_device(device)?)?, true));
         }
-        let mut running = HashMap::new();
-        for (_, bn, _, cout, _, _, _) in Self::convs(&dims) {
-            for (stat, init) in [("running_mean", 0f32), ("running_var", 1f32)] {
-                let key = format!("{bn}.{stat}");
-                let t = match tensors.get(&key) {
-                    Some(t) => t.to_dtype(DType::F32)?.to_device(device)?,
-                    None => Tensor::full(init, cout, device)?,
-                };
-                running.insert(key, t);
-            }
-        }
+        let running = BatchNorms::new(Self::convs(&dims).into_iter().map(|s| (s.1, s.3)), tensors, device)?;
         let index = params.iter().enumerate().map(|(i, p)| (p.name().to_string(), i)).collect();
-        Ok(Self { dims, params, index, running: Mutex::new(running) })
+        Ok(Self { dims, params, index, running })
     }
 
     /// torchvision's initialisation (`ResNet.__init__`), f32, from a seeded ChaCha8 stream:
@@ -165,77 +151,36 @@ impl TrainResNet {
     pub fn state_dict(&self) -> Result<Vec<(String, Tensor)>> {
         let mut v: Vec<(String, Tensor)> =
             self.params.iter().map(|p| Ok((p.name().to_string(), p.snapshot()?))).collect::<Result<_>>()?;
-        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        let mut stats: Vec<(String, Tensor)> =
-            running.iter().map(|(k, t)| (k.clone(), t.copy().unwrap_or(t.clone()))).collect();
-        stats.sort_by(|a, b| a.0.cmp(&b.0));
-        v.extend(stats);
+        v.extend(self.running.state_dict());
         Ok(v)
     }
 
     /// The running statistics now (tensors are shared, so this is cheap): what a failed step
     /// restores with [`set_running_stats`](Self::set_running_stats).
     pub fn running_stats(&self) -> HashMap<String, Tensor> {
-        self.running.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.running.snapshot()
     }
 
     /// Puts back running statistics taken with [`running_stats`](Self::running_stats).
     pub fn set_running_stats(&self, stats: HashMap<String, Tensor>) {
-        *self.running.lock().unwrap_or_else(|e| e.into_inner()) = stats;
+        self.running.restore(stats)
     }
 
     /// Overwrites every parameter in place, and the running statistics given.
     pub fn load_state_dict<'a>(&self, tensors: impl IntoIterator<Item = (&'a str, &'a Tensor)>) -> Result<()> {
-        let (stats, params): (Vec<_>, Vec<_>) = tensors.into_iter().partition(|(n, _)| n.contains(".running_"));
+        let (stats, params): (Vec<_>, Vec<_>) = tensors.into_iter().partition(|(n, _)| BatchNorms::is_buffer(n));
         super::load_params(&self.params, params, "this backbone")?;
-        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         for (n, t) in stats {
-            let slot = running.get_mut(n).ok_or_else(|| Error::arg("tensors", format!("unexpected `{n}`")))?;
-            if slot.dims() != t.dims() {
-                return Err(Error::arg(
-                    "tensors",
-                    format!("`{n}` has shape {:?}, expected {:?}", t.dims(), slot.dims()),
-                ));
-            }
-            *slot = t.to_dtype(DType::F32)?.to_device(slot.device())?;
+            self.running.load(n, t)?;
         }
         Ok(())
     }
 
-    /// BatchNorm of `x` `[B, C, H, W]`: with `train`, by the batch's statistics, updating the
-    /// running ones; otherwise by the running ones.
+    /// BatchNorm `bn` of `x` `[B, C, H, W]`: with `train`, by the batch's statistics, updating
+    /// the running ones; otherwise by the running ones.
     fn batch_norm(&self, x: &Tensor, bn: &str, train: bool) -> Result<Tensor> {
-        let (b, c, h, w) = x.dims4()?;
         let (gamma, beta) = (self.p(&format!("{bn}.weight"))?, self.p(&format!("{bn}.bias"))?);
-        let shape = (1, c, 1, 1);
-        let (mean, var) = if train {
-            let n = (b * h * w) as f64;
-            let mean = (x.sum_keepdim(0)?.sum_keepdim(2)?.sum_keepdim(3)? / n)?;
-            let centered = x.broadcast_sub(&mean)?;
-            let var = (centered.sqr()?.sum_keepdim(0)?.sum_keepdim(2)?.sum_keepdim(3)? / n)?;
-            let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-            let update = |key: String, batch: Tensor, running: &mut HashMap<String, Tensor>| -> Result<()> {
-                let old = running.get(&key).ok_or_else(|| Error::arg("bn", format!("no `{key}`")))?;
-                let new = ((old * (1.0 - BN_MOMENTUM))? + (batch.detach().flatten_all()? * BN_MOMENTUM)?)?;
-                running.insert(key, new);
-                Ok(())
-            };
-            update(format!("{bn}.running_mean"), mean.clone(), &mut running)?;
-            let unbiased = if n > 1.0 { (&var * (n / (n - 1.0)))? } else { var.clone() };
-            update(format!("{bn}.running_var"), unbiased, &mut running)?;
-            (mean, var)
-        } else {
-            let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-            let get = |k: &str| -> Result<Tensor> {
-                Ok(running
-                    .get(&format!("{bn}.{k}"))
-                    .ok_or_else(|| Error::arg("bn", format!("no {bn}.{k}")))?
-                    .reshape(shape)?)
-            };
-            (get("running_mean")?, get("running_var")?)
-        };
-        let scale = (var + BN_EPS)?.sqrt()?.recip()?.broadcast_mul(&gamma.reshape(shape)?)?;
-        Ok(x.broadcast_sub(&mean)?.broadcast_mul(&scale)?.broadcast_add(&beta.reshape(shape)?)?)
+        self.running.forward(x, bn, &gamma, &beta, train)
     }
 
     fn conv_bn(&self, x: &Tensor, spec: &ConvSpec, train: bool, relu: bool) -> Result<Tensor> {
