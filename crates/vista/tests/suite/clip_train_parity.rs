@@ -31,24 +31,18 @@ use vista::train::clip::{
 
 const CONFIGS: [&str; 2] = ["quickgelu", "gelu"];
 
-struct Case {
-    dir: PathBuf,
-    config: ClipConfig,
-    weights: HashMap<String, Tensor>,
-    golden: HashMap<String, Tensor>,
-    manifest: Value,
+/// One fixture folder: the model, its config, the goldens and the manifest (also read by
+/// `clip_train_rn_parity`).
+pub(crate) struct Case {
+    pub dir: PathBuf,
+    pub config: ClipConfig,
+    pub weights: HashMap<String, Tensor>,
+    pub golden: HashMap<String, Tensor>,
+    pub manifest: Value,
 }
 
 fn case(name: &str) -> Case {
-    let dir = common::fixtures().join("clip_train").join(name);
-    let config = ClipConfig::from_open_clip_json(&dir.join("open_clip_config.json")).unwrap();
-    Case {
-        weights: common::load_golden(&dir.join("model.safetensors")),
-        golden: common::load_golden(&dir.join("golden.safetensors")),
-        manifest: common::manifest(&dir.join("manifest.json")),
-        config,
-        dir,
-    }
+    Case::load(common::fixtures().join("clip_train").join(name))
 }
 
 fn top_manifest() -> Value {
@@ -56,7 +50,17 @@ fn top_manifest() -> Value {
 }
 
 impl Case {
-    fn g(&self, key: &str) -> &Tensor {
+    pub fn load(dir: PathBuf) -> Self {
+        Case {
+            config: ClipConfig::from_open_clip_json(&dir.join("open_clip_config.json")).unwrap(),
+            weights: common::load_golden(&dir.join("model.safetensors")),
+            golden: common::load_golden(&dir.join("golden.safetensors")),
+            manifest: common::manifest(&dir.join("manifest.json")),
+            dir,
+        }
+    }
+
+    pub fn g(&self, key: &str) -> &Tensor {
         self.golden.get(key).unwrap_or_else(|| panic!("{}: no golden `{key}`", self.dir.display()))
     }
 
@@ -70,7 +74,7 @@ impl Case {
         t.into_iter().map(|r| r.into_iter().map(|x| x as u32).collect()).collect()
     }
 
-    fn micro(&self, prefix: &str) -> MicroBatch {
+    pub fn micro(&self, prefix: &str) -> MicroBatch {
         (self.images(&format!("{prefix}.images")), self.texts(&format!("{prefix}.texts")))
     }
 
@@ -81,7 +85,11 @@ impl Case {
     /// The recipe of the golden loop: cosine_lr(1e-3, warmup 2, 7 steps), AdamW(β 0.9/0.98,
     /// ε 1e-6, wd 0.2), clip_grad_norm 20.
     fn train_config(&self) -> ClipTrainConfig {
-        let t = &top_manifest()["training"];
+        self.train_config_from(&top_manifest()["training"])
+    }
+
+    /// The recipe a manifest's `training` entry names.
+    pub fn train_config_from(&self, t: &Value) -> ClipTrainConfig {
         let mut c = ClipTrainConfig::new(self.config.clone());
         c.epochs = 1;
         c.batch_size = t["batch"].as_u64().unwrap() as usize;
@@ -100,12 +108,17 @@ impl Case {
     }
 }
 
-fn scalar(t: &Tensor) -> f32 {
+pub(crate) fn scalar(t: &Tensor) -> f32 {
     t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()[0]
 }
 
+/// `rel` of the tensor's largest magnitude, at least `rel`.
+pub(crate) fn tol_of(g: &Tensor, rel: f32) -> f32 {
+    rel * g.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1.0)
+}
+
 fn grad_tol(g: &Tensor) -> f32 {
-    1e-5 * g.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1.0)
+    tol_of(g, 1e-5)
 }
 
 #[test]

@@ -13,83 +13,44 @@
 //! | two chained AdamW steps | 1e-5 | as the ViT's chained steps |
 //! | evaluation-mode embeddings | 1e-4 | the moved statistics, through the whole tower |
 
+use crate::clip_train_parity::{self, tol_of, Case};
 use crate::common;
 
-use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
+use std::collections::BTreeSet;
 
-use candle_core::{DType, Device, Tensor};
-use serde_json::Value;
-use vista::clip::ClipConfig;
+use candle_core::{Device, Tensor};
 use vista::train::clip::run::export_open_clip;
 use vista::train::clip::{clip_loss, ClipTrainConfig, ClipTrainer, MicroBatch, TrainClip};
 
-struct Case {
-    dir: PathBuf,
-    config: ClipConfig,
-    weights: HashMap<String, Tensor>,
-    golden: HashMap<String, Tensor>,
-    manifest: Value,
-}
-
 fn case() -> Case {
-    let dir = common::fixtures().join("clip_train_rn");
-    Case {
-        config: ClipConfig::from_open_clip_json(&dir.join("open_clip_config.json")).unwrap(),
-        weights: common::load_golden(&dir.join("model.safetensors")),
-        golden: common::load_golden(&dir.join("golden.safetensors")),
-        manifest: common::manifest(&dir.join("manifest.json")),
-        dir,
-    }
+    Case::load(common::fixtures().join("clip_train_rn"))
 }
 
-impl Case {
-    fn g(&self, key: &str) -> &Tensor {
-        self.golden.get(key).unwrap_or_else(|| panic!("{}: no golden `{key}`", self.dir.display()))
-    }
+fn trainer(c: &Case, config: ClipTrainConfig) -> ClipTrainer {
+    let steps = c.manifest["training"]["total_steps"].as_u64().unwrap() as usize;
+    ClipTrainer::new(config, steps, Some(&c.weights), &Device::Cpu).unwrap()
+}
 
-    fn micro(&self, prefix: &str) -> MicroBatch {
-        let pixels = self.g(&format!("{prefix}.images")).permute((0, 2, 3, 1)).unwrap().contiguous().unwrap();
-        let t = self.g(&format!("{prefix}.texts")).to_dtype(DType::I64).unwrap().to_vec2::<i64>().unwrap();
-        (pixels, t.into_iter().map(|r| r.into_iter().map(|x| x as u32).collect()).collect())
-    }
+fn train_config(c: &Case) -> ClipTrainConfig {
+    c.train_config_from(&c.manifest["training"])
+}
 
-    fn train_config(&self) -> ClipTrainConfig {
-        let t = &self.manifest["training"];
-        let mut c = ClipTrainConfig::new(self.config.clone());
-        c.epochs = 1;
-        c.batch_size = t["batch"].as_u64().unwrap() as usize;
-        c.lr = t["lr"].as_f64().unwrap();
-        c.weight_decay = t["weight_decay"].as_f64().unwrap();
-        c.betas = (t["betas"][0].as_f64().unwrap(), t["betas"][1].as_f64().unwrap());
-        c.eps = t["eps"].as_f64().unwrap();
-        c.warmup = t["warmup"].as_u64().unwrap() as usize;
-        c.grad_clip_norm = t["grad_clip_norm"].as_f64();
-        c
-    }
-
-    fn trainer(&self) -> ClipTrainer {
-        let steps = self.manifest["training"]["total_steps"].as_u64().unwrap() as usize;
-        ClipTrainer::new(self.train_config(), steps, Some(&self.weights), &Device::Cpu).unwrap()
-    }
-
-    /// Every running statistic of `state` against `prefix.<name>`.
-    fn check_running(&self, what: &str, state: &[(String, Tensor)], prefix: &str) {
-        let stats: Vec<_> = state.iter().filter(|(n, _)| n.contains(".running_")).collect();
-        let want = self.golden.keys().filter(|k| k.starts_with(&format!("{prefix}.")) && k.contains(".running_"));
-        assert_eq!(stats.len(), want.count(), "{what}: every running statistic");
-        for (n, t) in stats {
-            common::assert_close(&format!("{what} {n}"), t, self.g(&format!("{prefix}.{n}")), 1e-5);
-        }
+/// Every running statistic of `state` against `prefix.<name>`.
+fn check_running(c: &Case, what: &str, state: &[(String, Tensor)], prefix: &str) {
+    let stats: Vec<_> = state.iter().filter(|(n, _)| n.contains(".running_")).collect();
+    let want = c.golden.keys().filter(|k| k.starts_with(&format!("{prefix}.")) && k.contains(".running_"));
+    assert_eq!(stats.len(), want.count(), "{what}: every running statistic");
+    for (n, t) in stats {
+        common::assert_close(&format!("{what} {n}"), t, c.g(&format!("{prefix}.{n}")), 1e-5);
     }
 }
 
 fn scalar(t: &Tensor) -> f64 {
-    t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap()[0]
+    clip_train_parity::scalar(t) as f64
 }
 
 fn grad_tol(g: &Tensor) -> f32 {
-    1e-4 * g.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1.0)
+    tol_of(g, 1e-4)
 }
 
 #[test]
@@ -109,13 +70,13 @@ fn a_training_forward_its_gradients_and_running_statistics_equal_open_clip() {
         let want = c.g(&format!("grad.{}", p.name()));
         common::assert_close(&format!("grad.{}", p.name()), g, want, grad_tol(want));
     }
-    c.check_running("after one training forward", &model.state_dict().unwrap(), "train1");
+    check_running(&c, "after one training forward", &model.state_dict().unwrap(), "train1");
 }
 
 #[test]
 fn two_chained_steps_and_the_evaluation_after_them_equal_open_clip() {
     let c = case();
-    let mut trainer = c.trainer();
+    let mut trainer = trainer(&c, train_config(&c));
     for i in 0..2 {
         let m = trainer.step(&[c.micro(&format!("batch{i}"))]).unwrap();
         let (want_loss, want_norm) =
@@ -144,7 +105,7 @@ fn two_chained_steps_and_the_evaluation_after_them_equal_open_clip() {
             common::assert_close(&format!("after2.{n}"), t, want, 1e-5);
         }
     }
-    c.check_running("after two steps", &state, "after2");
+    check_running(&c, "after two steps", &state, "after2");
     // model.eval(): BatchNorm by the running statistics the steps left.
     let (pixels, _) = c.micro("batch0");
     let eval = trainer.model().detached().encode_image(&pixels).unwrap();
@@ -160,7 +121,7 @@ fn two_chained_steps_and_the_evaluation_after_them_equal_open_clip() {
 #[test]
 fn feature_cached_accumulation_moves_the_statistics_as_open_clip() {
     let c = case();
-    let trainer = c.trainer();
+    let trainer = trainer(&c, train_config(&c));
     let (pixels, ids) = c.micro("accum");
     let m = ids.len() / 2;
     let micro: Vec<MicroBatch> =
@@ -172,13 +133,13 @@ fn feature_cached_accumulation_moves_the_statistics_as_open_clip() {
         common::assert_close(&format!("accum2.grad.{}", p.name()), g, want, grad_tol(want));
     }
     // The caching pass runs in training mode too: each micro-batch moved the statistics twice.
-    c.check_running("after accumulation", &trainer.model().state_dict().unwrap(), "accum2");
+    check_running(&c, "after accumulation", &trainer.model().state_dict().unwrap(), "accum2");
 }
 
 #[test]
 fn the_image_tower_locks_whole_as_open_clip() {
     let c = case();
-    let mut config = c.train_config();
+    let mut config = train_config(&c);
     config.lock_image = Some(0);
     let trainer = ClipTrainer::new(config.clone(), 7, Some(&c.weights), &Device::Cpu).unwrap();
     let frozen: BTreeSet<String> =
