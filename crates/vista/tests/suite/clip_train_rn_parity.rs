@@ -178,3 +178,25 @@ fn open_clip_initialisation_rules_for_the_resnet_tower() {
     }
     assert_eq!(model.state_dict().unwrap().iter().filter(|(n, _)| n.ends_with(".running_var")).count(), 19);
 }
+
+/// Fine-tuning starts from the ResNet CLIPs vista loads — OpenAI's `RN50.pt` layout and an
+/// open_clip `RN50x4` folder — with their BatchNorm statistics: evaluated before any step, the
+/// trainable model embeds as the inference model does (its golden pixels, native size).
+#[test]
+fn fine_tuning_starts_from_released_resnet_checkpoints_with_their_statistics() {
+    use vista::clip::loader;
+    for (case, file) in [("clip_rn50_openai", "model.pt"), ("clip_rn50x4_openclip", "open_clip_model.safetensors")] {
+        let path = common::fixtures().join("resnet").join(case).join(file);
+        let path = path.to_str().unwrap();
+        let (config, tensors, _) = loader::load_tensors(&loader::resolve(path, None).unwrap()).unwrap();
+        assert!(tensors.keys().any(|k| k.ends_with(".running_var")), "{case}: statistics read");
+        let model = TrainClip::from_tensors(config, &tensors, &Device::Cpu).unwrap();
+        let stats = model.running_stats().unwrap();
+        assert!(stats.iter().all(|(k, t)| tensors[k].to_vec1::<f32>().unwrap() == t.to_vec1::<f32>().unwrap()));
+        let inference = loader::load_model(path, None, &Device::Cpu).unwrap().model;
+        let nchw = &common::load_golden(&common::fixtures().join("resnet").join(case).join("golden.safetensors"))
+            ["pixel_values"];
+        let ours = model.detached().encode_image(&nchw.permute((0, 2, 3, 1)).unwrap().contiguous().unwrap()).unwrap();
+        common::assert_close(&format!("{case}: start"), &ours, &inference.encode_image(nchw).unwrap(), 1e-4);
+    }
+}
