@@ -661,10 +661,12 @@ impl Kernel {
     /// or rule one out) and what a test capped it to (see [`with_kernel_at_most`]).
     fn here() -> Self {
         static ENV_CAP: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
-        let env = *ENV_CAP.get_or_init(|| match std::env::var("VISTA_MAX_CPU_ISA").as_deref() {
-            Ok("portable") => 0,
-            Ok("avx2") => 1,
-            _ => 2,
+        let env = *ENV_CAP.get_or_init(|| {
+            match std::env::var("VISTA_MAX_CPU_ISA").map(|v| v.to_ascii_lowercase()).as_deref() {
+                Ok("portable") => 0,
+                Ok("avx2") => 1,
+                _ => 2,
+            }
         });
         let cap = KERNEL_CAP.with(|p| p.get()).min(env);
         #[cfg(target_arch = "x86_64")]
@@ -729,7 +731,8 @@ unsafe fn tile(
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 => {
             // Each half of the panel (one cache line per depth step) against the rows six at a
-            // time: the half-panel just streamed is still in L1 for the second group of rows.
+            // time: the second group of rows reads the half-panel the first just brought into
+            // cache (L1 for a shallow pass, L2 for a 512-deep one).
             let (cp, ldc, cols) = c;
             for half in 0..cols.div_ceil(16) {
                 let width = (cols - 16 * half).min(16);
