@@ -174,7 +174,7 @@ impl Conv2d {
 /// output pixel `(oy, ox)` (stride `s`, zero padding `p`) that falls inside the `h × w` input,
 /// `pixel = iy·w + ix` being the input pixel under it.
 #[inline(always)]
-pub(super) fn for_each_tap(
+pub(crate) fn for_each_tap(
     (oy, ox): (usize, usize),
     (h, w): (usize, usize),
     (k, s, p): (usize, usize, usize),

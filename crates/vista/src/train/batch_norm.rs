@@ -65,20 +65,18 @@ impl BatchNorms {
         let shape = (1, c, 1, 1);
         let (mean, var) = if train {
             let n = (b * h * w) as f64;
-            let mean = (x.sum_keepdim(0)?.sum_keepdim(2)?.sum_keepdim(3)? / n)?;
-            let centered = x.broadcast_sub(&mean)?;
-            let var = (centered.sqr()?.sum_keepdim(0)?.sum_keepdim(2)?.sum_keepdim(3)? / n)?;
+            let (y, mean, var) = super::conv::batch_norm_train(x, gamma, beta, EPS)?;
             let mut running = self.lock();
             let mut update = |key: String, batch: &Tensor| -> Result<()> {
                 let old = running.get(&key).ok_or_else(|| Error::arg("bn", format!("no `{key}`")))?;
-                let new = ((old * (1.0 - MOMENTUM))? + (batch.detach().flatten_all()? * MOMENTUM)?)?;
+                let new = ((old * (1.0 - MOMENTUM))? + (batch * MOMENTUM)?)?;
                 running.insert(key, new);
                 Ok(())
             };
             update(format!("{bn}.running_mean"), &mean)?;
-            let unbiased = if n > 1.0 { (&var * (n / (n - 1.0)))? } else { var.clone() };
+            let unbiased = if n > 1.0 { (&var * (n / (n - 1.0)))? } else { var };
             update(format!("{bn}.running_var"), &unbiased)?;
-            (mean, var)
+            return Ok(y);
         } else {
             let running = self.lock();
             let get = |k: &str| -> Result<Tensor> {

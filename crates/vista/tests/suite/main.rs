@@ -33,5 +33,6 @@ mod sam_parity;
 mod segment;
 mod tokenizer_parity;
 mod train_block;
+mod train_conv;
 mod train_ops;
 mod train_schedule;

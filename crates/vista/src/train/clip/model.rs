@@ -386,7 +386,7 @@ impl TrainClip {
         relu: bool,
     ) -> Result<Tensor> {
         let norms = self.bn.as_ref().ok_or_else(|| Error::arg("model", "no BatchNorm statistics"))?;
-        let y = x.conv2d(&self.p(&format!("{conv}.weight"))?, pad, stride, 1, 1)?;
+        let y = crate::train::conv::conv2d(x, &self.p(&format!("{conv}.weight"))?, stride, pad)?;
         let y = norms.forward(
             &y,
             bn,

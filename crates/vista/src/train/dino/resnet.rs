@@ -185,7 +185,7 @@ impl TrainResNet {
 
     fn conv_bn(&self, x: &Tensor, spec: &ConvSpec, train: bool, relu: bool) -> Result<Tensor> {
         let (conv, bn, _, _, _, stride, pad) = spec;
-        let y = x.conv2d(&self.p(&format!("{conv}.weight"))?, *pad, *stride, 1, 1)?;
+        let y = crate::train::conv::conv2d(x, &self.p(&format!("{conv}.weight"))?, *stride, *pad)?;
         let y = self.batch_norm(&y, bn, train)?;
         Ok(if relu { y.relu()? } else { y })
     }
@@ -193,9 +193,9 @@ impl TrainResNet {
     /// The pooled features `[B, 4·planes[3]]` of normalised pixels `[B, 3, H, W]` (NCHW), with
     /// BatchNorm in training mode when `train`.
     ///
-    /// Crops must be square (DINO's are): candle's convolution backward pads the input gradient
-    /// of a strided convolution by one amount for both sides, which is wrong when the height and
-    /// width differ in parity.
+    /// Crops must be square (DINO's are): off the CPU kernels the convolution is candle's, whose
+    /// backward pads the input gradient of a strided convolution by one amount for both sides,
+    /// which is wrong when the height and width differ in parity ([`crate::train::conv`]).
     pub fn forward(&self, pixels: &Tensor, train: bool) -> Result<Tensor> {
         let (_, c, h, w) = pixels.dims4()?;
         if c != 3 || h != w {
