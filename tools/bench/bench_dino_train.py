@@ -21,9 +21,10 @@ part here: it has no training loop.
 
     python tools/bench/bench_dino_train.py --epochs 10 --seeds 0,1     # full run (1-1.5 h on 2 cores)
     python tools/bench/bench_dino_train.py --quick --no-write          # smoke test (1 epoch, 640 images, seed 0)
+    python tools/bench/bench_dino_train.py --arch resnet50 --epochs 2 --seeds 0   # DINO's ResNet-50 recipe
     python tools/bench/bench_dino_train.py --vista-run DIR --torch-json FILE   # tabulate finished runs
 
-Both runs get the same flags (CONFIG, plus --limit, --epochs, --seed). vista is target/release/vista
+Both runs get the same flags (CONFIGS[--arch], plus --limit, --epochs, --seed). vista is target/release/vista
 (built first unless --no-build), run from a private copy.
 """
 
@@ -41,11 +42,20 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import benchlib  # noqa: E402  (stdlib only)
 from benchlib import REPO_ROOT, fmt, median  # noqa: E402
 
-CONFIG = [
-    "--arch", "vit_tiny", "--depth", "4", "--embed-dim", "128", "--num-heads", "4", "--patch", "4",
-    "--global-size", "28", "--local-size", "12", "--local-crops", "6", "--out-dim", "4096",
-    "--head-hidden", "2048", "--lr", "0.002", "--batch", "64", "--workers", "1",
-]
+# --arch picks the workload: a small ViT with AdamW (the default), or DINO's ResNet-50 with its SGD recipe
+# (README of facebookresearch/dino: sgd, weight decay 1e-4 throughout), BatchNorm in training mode.
+CONFIGS = {
+    "vit": [
+        "--arch", "vit_tiny", "--depth", "4", "--embed-dim", "128", "--num-heads", "4", "--patch", "4",
+        "--global-size", "28", "--local-size", "12", "--local-crops", "6", "--out-dim", "4096",
+        "--head-hidden", "2048", "--lr", "0.002", "--batch", "64", "--workers", "1",
+    ],
+    "resnet50": [
+        "--arch", "resnet50", "--global-size", "28", "--local-size", "12", "--local-crops", "4", "--out-dim", "4096",
+        "--head-hidden", "2048", "--optimizer", "sgd", "--lr", "0.03", "--weight-decay", "1e-4",
+        "--weight-decay-end", "1e-4", "--batch", "64", "--workers", "1",
+    ],
+}
 WARMUP_EPOCHS = 2  # clamped to --epochs (both refuse a warm-up longer than the run)
 KNN_K, KNN_T = 20, 0.07
 FRAMEWORKS = ("vista", "torch")
@@ -53,8 +63,12 @@ NAMES = {"vista": "vista", "torch": "PyTorch"}
 PACKAGES = ("torch", "torchvision", "numpy", "pillow")
 THREADS = ["vista `RAYON_NUM_THREADS`, plus its one data-loader thread (`--workers 1`)",
            "PyTorch `torch.set_num_threads`, `set_num_interop_threads`, plus one DataLoader worker process"]
-BEGIN = "<!-- bench_dino_train:begin -->"
-END = "<!-- bench_dino_train:end -->"
+
+
+def markers(arch: str) -> tuple[str, str]:
+    """BENCHMARKS.md section markers: the ViT's section keeps its old name."""
+    tag = "bench_dino_train" + ("" if arch == "vit" else f"_{arch}")
+    return f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
 REFERENCE = REPO_ROOT / "tools" / "reference" / "train_dino_fmnist.py"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -187,9 +201,11 @@ def rss_text(r) -> str:
 
 
 def render(results, raw, meta) -> str:
-    lines = benchlib.header_lines(meta, "bench_dino_train.py", THREADS, begin=BEGIN)
+    arch = meta.get("arch", "vit")  # results saved before --arch existed are the ViT's
+    begin, end = markers(arch)
+    lines = benchlib.header_lines(meta, "bench_dino_train.py", THREADS, begin=begin)
     lines += [
-        f"Configuration (both): `{' '.join(CONFIG)} --warmup-epochs {meta['warmup_epochs']} --limit {meta['limit']} "
+        f"Configuration (both): `{' '.join(CONFIGS[arch])} --warmup-epochs {meta['warmup_epochs']} --limit {meta['limit']} "
         f"--epochs {meta['epochs']}` and `--seed` per row; k-NN on the first {meta['test_limit']} t10k images. "
         "*s / epoch*: the epoch's wall time from the data loader's start to its last step (data loading, data "
         "waits and steps; no checkpoint, no k-NN), median over the epochs (range in brackets). *s / step*: one "
@@ -233,7 +249,7 @@ def render(results, raw, meta) -> str:
                   f"**{raw['top1']:.2f} %** (top-5 {raw['top5']:.2f} %)"
                   + (f"; the PyTorch reference's own raw-pixel k-NN: {torch_raw[0]:.2f} %" if torch_raw else "") + ".",
                   ""]
-    lines.append(END)
+    lines.append(end)
     return "\n".join(lines) + "\n"
 
 
@@ -267,7 +283,7 @@ def orchestrate(args) -> int:
         exe = benchlib.vista_binary(args, "bin", "vista")
         out_dir = args.out / "dino-train"
         out_dir.mkdir(parents=True, exist_ok=True)
-        cfg = CONFIG + ["--warmup-epochs", str(warmup), "--limit", str(args.limit), "--epochs", str(args.epochs)]
+        cfg = CONFIGS[args.arch] + ["--warmup-epochs", str(warmup), "--limit", str(args.limit), "--epochs", str(args.epochs)]
         # Each seed is a round: both frameworks, the order rotated from one seed to the next.
         for rnd, _, fw in benchlib.schedule(len(seeds), [None], FRAMEWORKS):
             seed = seeds[rnd]
@@ -302,17 +318,21 @@ def orchestrate(args) -> int:
         args.epochs = max(len(r["epochs"]) for r in results) if results else args.epochs
     raw = vista_raw_knn(benchlib.vista_binary(args, "bin", "vista"), data, args.limit, args.test_limit, bench.env["vista"])
     print_summary(results, raw)
-    meta = bench.meta(epochs=args.epochs, limit=args.limit, test_limit=args.test_limit, seeds=seeds,
+    meta = bench.meta(arch=args.arch, epochs=args.epochs, limit=args.limit, test_limit=args.test_limit, seeds=seeds,
                       warmup_epochs=warmup, data=str(data), tabulated=tabulate)
-    name = "bench_dino_train_results-tabulated.json" if tabulate else f"bench_dino_train_results-e{args.epochs}.json"
+    arch = "" if args.arch == "vit" else f"-{args.arch}"
+    name = (f"bench_dino_train{arch}_results-tabulated.json" if tabulate
+            else f"bench_dino_train{arch}_results-e{args.epochs}.json")
     return bench.finish(name, dict(meta=meta, results=results, raw_knn=raw),
-                        lambda: render(results, raw, meta), BEGIN, END)
+                        lambda: render(results, raw, meta), *markers(args.arch))
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     benchlib.add_common_args(ap, rounds=None, quick="1 epoch of 640 images, k-NN on 200 test images, seed 0 (smoke test)")
+    ap.add_argument("--arch", choices=sorted(CONFIGS), default="vit",
+                    help="workload: vit (a 4-block ViT, AdamW) or resnet50 (DINO's ResNet-50 with SGD)")
     ap.add_argument("--epochs", type=int, default=None, help="epochs per run (default 10)")
     ap.add_argument("--limit", type=int, default=None, help="first N training images (default 5000)")
     ap.add_argument("--test-limit", type=int, default=None, help="first M t10k images for the k-NN (default 2000)")

@@ -26,6 +26,12 @@ Timing (the same spans as `vista train dino`'s metrics.jsonl): each epoch's `sec
 the DataLoader is iterated (worker start-up, data waits and every step; no k-NN, no checkpoint), and `step_seconds`
 lists each step's time from the batch in hand to the optimiser and EMA updates done (data loading not included).
 
+`--arch resnet50` runs main_dino's torchvision branch instead of the ViT: torchvision's `resnet50()` (fc replaced by
+identity by MultiCropWrapper), BatchNorm in training mode in student and teacher (main_dino never puts the teacher
+in eval mode; the EMA moves parameters only, each network keeps its own running statistics), with `--optimizer sgd`
+(SGD, momentum 0.9) or `lars` (utils.LARS, from gen_resnet.py) as main_dino's `--optimizer`. `--knn-every N` adds the
+teacher's k-NN after every N-th epoch (the reference's learning curve; main_dino has no such evaluation).
+
 Usage (from the repository root, with the reference environment of tools/reference/requirements.txt):
   .venv/bin/python tools/reference/train_dino_fmnist.py --data /usr/share/datasets/fashion-mnist --quick
   .venv/bin/python tools/reference/train_dino_fmnist.py --data DIR --epochs 10 --out bench-out/dino_fmnist_ref.json
@@ -67,9 +73,12 @@ from gen_dino_loss import (  # noqa: E402
     trunc_normal_,
 )
 from gen_dino_train import IMAGENET_MEAN, IMAGENET_STD, cosine_scheduler  # noqa: E402
+from gen_resnet import LARS  # noqa: E402
 
 # main_dino's vits: (embed_dim, depth, num_heads); all qkv_bias=True, mlp_ratio=4, LayerNorm eps 1e-6
 ARCHS = {"vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6), "vit_base": (768, 12, 12)}
+# main_dino's torchvision backbones (`args.arch in torchvision_models.__dict__`): fc replaced by identity
+CNN_ARCHS = ("resnet50",)
 NUM_CLASSES = 10
 LOG_EVERY = 10  # main_dino: metric_logger.log_every(data_loader, 10, header)
 EVAL_BATCH = 500
@@ -352,7 +361,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="folder with {train,t10k}-{images-idx3,labels-idx1}-ubyte.gz (default: $FASHION_MNIST_DIR)")
     p.add_argument("--limit", type=int, default=5000, help="first N train images: training set and k-NN train bank")
     p.add_argument("--test-limit", type=int, default=2000, help="first M t10k images: k-NN test set (>= 100)")
-    p.add_argument("--arch", default="vit_tiny", choices=sorted(ARCHS))
+    p.add_argument("--arch", default="vit_tiny", choices=sorted(ARCHS) + list(CNN_ARCHS))
     p.add_argument("--depth", type=int, default=None, help="override the arch's depth")
     p.add_argument("--embed-dim", type=int, default=None, help="override the arch's embed dim")
     p.add_argument("--num-heads", type=int, default=None, help="override the arch's head count")
@@ -381,7 +390,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip-grad", type=float, default=3.0, help="0 disables")
     p.add_argument("--freeze-last-layer", type=int, default=1)
     p.add_argument("--drop-path", type=float, default=0.1, help="student drop_path_rate (teacher: 0)")
+    p.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd", "lars"),
+                   help="main_dino's --optimizer: AdamW, SGD(momentum 0.9) or utils.LARS over get_params_groups")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--knn-every", type=int, default=0,
+                   help="also log the teacher's k-NN top-1 every N epochs (0: only at initialisation and the end)")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads / set_num_interop_threads")
     p.add_argument("--workers", type=int, default=1, help="DataLoader num_workers (0 = main process)")
     p.add_argument("--knn-k", type=int, default=20)
@@ -417,7 +430,7 @@ def main(argv=None) -> dict:
     if args.data is None:
         fail("--data DIR: the folder of the Fashion-MNIST IDX files (or set FASHION_MNIST_DIR)")
     args.data = pathlib.Path(args.data)
-    embed_dim, depth, num_heads = ARCHS[args.arch]
+    embed_dim, depth, num_heads = ARCHS.get(args.arch, (2048, 0, 1))
     embed_dim = args.embed_dim or embed_dim
     depth = args.depth or depth
     num_heads = args.num_heads or num_heads
@@ -459,11 +472,18 @@ def main(argv=None) -> dict:
     log(f"[data] train {len(dataset)} images ({niter_per_ep} it/epoch of {args.batch}), test {len(test_images)}")
 
     # ============ student and teacher (main_dino order: student, teacher backbones, then the heads) ============
-    vit = partial(VisionTransformer, img_size=[args.global_size], patch_size=args.patch, embed_dim=embed_dim,
-                  depth=depth, num_heads=num_heads, mlp_ratio=4, qkv_bias=True,
-                  norm_layer=partial(nn.LayerNorm, eps=1e-6))
-    student = vit(drop_path_rate=args.drop_path)
-    teacher = vit()
+    if args.arch in CNN_ARCHS:
+        # main_dino: torchvision_models.__dict__[args.arch](); embed_dim = fc.weight.shape[1]. Both networks stay in
+        # train mode (the teacher's BatchNorm too, by its own batch statistics), as main_dino leaves them.
+        student = torchvision.models.__dict__[args.arch]()
+        teacher = torchvision.models.__dict__[args.arch]()
+        embed_dim = student.fc.weight.shape[1]
+    else:
+        vit = partial(VisionTransformer, img_size=[args.global_size], patch_size=args.patch, embed_dim=embed_dim,
+                      depth=depth, num_heads=num_heads, mlp_ratio=4, qkv_bias=True,
+                      norm_layer=partial(nn.LayerNorm, eps=1e-6))
+        student = vit(drop_path_rate=args.drop_path)
+        teacher = vit()
     head = partial(DINOHead, embed_dim, args.out_dim, use_bn=False, nlayers=args.head_layers,
                    hidden_dim=args.head_hidden, bottleneck_dim=args.bottleneck)
     student = MultiCropWrapper(student, head(norm_last_layer=args.norm_last_layer))
@@ -483,7 +503,12 @@ def main(argv=None) -> dict:
     dino_loss = DINOLoss(args.out_dim, args.local_crops + 2, args.warmup_teacher_temp, args.teacher_temp,
                          args.warmup_teacher_temp_epochs, args.epochs)
     params_groups = get_params_groups(student)
-    optimizer = torch.optim.AdamW(params_groups)  # lr / wd set per iteration
+    if args.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(params_groups)  # lr / wd set per iteration
+    elif args.optimizer == "sgd":
+        optimizer = torch.optim.SGD(params_groups, lr=0, momentum=0.9)  # lr is set by scheduler
+    else:
+        optimizer = LARS(params_groups)  # to use with convnet and large batches
 
     lr_schedule = cosine_scheduler(args.lr * args.batch / 256., args.min_lr, args.epochs, niter_per_ep,
                                    warmup_epochs=args.warmup_epochs)
@@ -561,6 +586,9 @@ def main(argv=None) -> dict:
         ep = {"epoch": epoch, "seconds": seconds, "images_per_s": n_img / seconds,
               "step_seconds_median": float(np.median(step_seconds)), "step_seconds": step_seconds,
               "loss_mean": float(np.mean(losses)), "loss_last": losses[-1]}
+        if args.knn_every and (epoch + 1) % args.knn_every == 0 and epoch + 1 < args.epochs:
+            ep["knn_teacher_top1"] = knn_of(teacher.backbone)["top1"]
+            log(f"[knn] epoch {epoch} teacher {ep['knn_teacher_top1']:.2f}")
         epochs_out.append(ep)
         log(f"[epoch {epoch}] {seconds:.2f}s (step median {ep['step_seconds_median']:.3f}s)  "
             f"{ep['images_per_s']:.1f} img/s  loss mean {ep['loss_mean']:.6f} "

@@ -26,8 +26,10 @@ use crate::nn::cpu::{threads, with_simd};
 use crate::nn::packed::{gemm, gemm_tn, Epilogue, Lhs, PackedWeight};
 use crate::{Error, Result};
 
-/// im2col rows (or `dX` columns) handled per pass: bounds the scratch matrix to ~32 MB.
-const COLS_BUDGET: usize = 8 << 20;
+/// im2col values (and `dX` columns) handled per pass: 8 MB of scratch, which glibc serves from
+/// its heap and reuses; at 32 MB each pass took fresh pages from the kernel (`mmap`), whose
+/// zeroing was 15 % of a ResNet training step's profile.
+const COLS_BUDGET: usize = 2 << 20;
 
 /// `[B, C, HW]` -> `[B, HW, C]` (or back, with `c` and `hw` swapped), one task per image.
 fn transpose_planes(x: &[f32], b: usize, c: usize, hw: usize) -> Vec<f32> {
