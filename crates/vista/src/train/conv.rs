@@ -87,28 +87,19 @@ impl Geometry {
         (COLS_BUDGET / (ho * wo * self.depth()).max(1)).clamp(1, self.b.max(1))
     }
 
-    /// The torch weight `[O, C, k, k]` as `[O, (ky, kx, c)]`.
-    fn weight_o_by_taps(&self, w: &[f32]) -> Vec<f32> {
+    /// The torch weight `[O, C, k, k]` as `[O, (ky, kx, c)]`, or back with `to_torch`.
+    fn permute_weight(&self, w: &[f32], to_torch: bool) -> Vec<f32> {
         let (c, k) = (self.c, self.k);
         let mut out = vec![0f32; w.len()];
         out.par_chunks_mut(self.depth()).zip(w.par_chunks(self.depth())).for_each(|(o, w)| {
             for ci in 0..c {
                 for t in 0..k * k {
-                    o[t * c + ci] = w[ci * k * k + t];
-                }
-            }
-        });
-        out
-    }
-
-    /// `[O, (ky, kx, c)]` back to the torch layout `[O, C, k, k]`.
-    fn weight_to_torch(&self, w: &[f32]) -> Vec<f32> {
-        let (c, k) = (self.c, self.k);
-        let mut out = vec![0f32; w.len()];
-        out.par_chunks_mut(self.depth()).zip(w.par_chunks(self.depth())).for_each(|(o, w)| {
-            for ci in 0..c {
-                for t in 0..k * k {
-                    o[ci * k * k + t] = w[t * c + ci];
+                    let (torch, taps) = (ci * k * k + t, t * c + ci);
+                    if to_torch {
+                        o[torch] = w[taps];
+                    } else {
+                        o[taps] = w[torch];
+                    }
                 }
             }
         });
@@ -173,7 +164,7 @@ impl CustomOp2 for Conv2dOp {
         let (x, w) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
         let xh = transpose_planes(x, g.b, g.c, g.h * g.w);
         let (ho, wo) = g.out_hw();
-        let wt = transpose_planes(&g.weight_o_by_taps(w), 1, g.o, g.depth());
+        let wt = transpose_planes(&g.permute_weight(w, false), 1, g.o, g.depth());
         let packed = PackedWeight::from_k_by_n(&wt, g.depth(), g.o);
         let lhs = if g.pointwise() {
             Lhs::Rows { data: &xh, m: g.b * g.h * g.w }
@@ -197,7 +188,7 @@ impl CustomOp2 for Conv2dOp {
         let (opx, depth) = (ho * wo, g.depth());
         let xh = transpose_planes(&values(x)?, g.b, g.c, g.h * g.w);
         let dyh = transpose_planes(&values(dy)?, g.b, g.o, opx);
-        let w_taps = g.weight_o_by_taps(&values(w)?);
+        let w_taps = g.permute_weight(&values(w)?, false);
         let packed = PackedWeight::from_k_by_n(&w_taps, g.o, depth);
         let mut dw = vec![0f32; g.o * depth];
         let mut dxh = vec![0f32; xh.len()];
@@ -226,7 +217,7 @@ impl CustomOp2 for Conv2dOp {
         let dx = transpose_planes(&dxh, g.b, g.h * g.w, g.c);
         Ok((
             Some(Tensor::from_vec(dx, x.shape(), &Device::Cpu)?),
-            Some(Tensor::from_vec(g.weight_to_torch(&dw), w.shape(), &Device::Cpu)?),
+            Some(Tensor::from_vec(g.permute_weight(&dw, true), w.shape(), &Device::Cpu)?),
         ))
     }
 }
