@@ -27,8 +27,8 @@ use crate::nn::packed::{gemm, gemm_tn, Epilogue, Lhs, PackedWeight};
 use crate::{Error, Result};
 
 /// im2col values (and `dX` columns) handled per pass: 8 MB of scratch, which glibc serves from
-/// its heap and reuses; at 32 MB each pass took fresh pages from the kernel (`mmap`), whose
-/// zeroing was 15 % of a ResNet training step's profile.
+/// its heap and reuses; at 32 MB (glibc's mmap threshold as `device::init_process` sets it)
+/// each pass took fresh pages from the kernel, zeroed on first touch.
 const COLS_BUDGET: usize = 2 << 20;
 
 /// `[B, C, HW]` -> `[B, HW, C]` (or back, with `c` and `hw` swapped), one task per image.
@@ -370,8 +370,8 @@ pub fn batch_norm_train(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> 
         return Ok((y, mean.flatten_all()?.detach(), var.flatten_all()?.detach()));
     }
     let x = x.contiguous()?;
-    let xv = values(&x)?;
-    let (mean, var) = channel_stats(&xv, b, c, h * w);
+    // Read in place: the op's forward reads the same storage again, no copy needed.
+    let (mean, var) = crate::nn::cpu::with_slice(&x, |xv| channel_stats(xv, b, c, h * w))?;
     let rstd = var.iter().map(|v| 1.0 / (v + eps as f32).sqrt()).collect();
     let op = BatchNormOp { mean: mean.clone(), rstd, dims: (b, c, h * w) };
     let y = x.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
