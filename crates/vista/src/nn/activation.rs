@@ -32,10 +32,9 @@ impl Activation {
 impl Module for Activation {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         if super::cpu::eligible(x) {
-            // The fused CPU kernel (parallel, the same formulas as below).
-            let mut v = x.flatten_all()?.to_vec1::<f32>()?;
-            super::cpu::apply_activation(&mut v, *self);
-            return Tensor::from_vec(v, x.shape(), x.device());
+            // The fused CPU kernel (parallel, the same formulas as below): one pass from the
+            // input into the output.
+            return super::cpu::activated(x, *self).map_err(candle_core::Error::wrap);
         }
         match self {
             Self::QuickGelu => x * candle_nn::ops::sigmoid(&(x * 1.702)?)?,

@@ -124,6 +124,25 @@ pub fn apply_activation(xs: &mut [f32], act: Activation) {
     });
 }
 
+/// `act(x)` into a new tensor, one parallel pass (each activation its own vectorised loop).
+pub fn activated(x: &Tensor, act: Activation) -> Result<Tensor> {
+    macro_rules! each {
+        ($($a:ident)*) => {
+            match act {
+                $(Activation::$a => with_slice(x, |v| {
+                    map(
+                        v,
+                        #[inline(always)]
+                        |v| activate(v, Activation::$a),
+                    )
+                })?,)*
+            }
+        };
+    }
+    let out = each!(QuickGelu Gelu GeluTanh Relu);
+    Ok(Tensor::from_vec(out, x.shape(), &Device::Cpu)?)
+}
+
 /// `act(x + y)`, elementwise, same shapes.
 pub fn add_act(x: &Tensor, y: &Tensor, act: Activation) -> Result<Tensor> {
     zip_tensors(
@@ -151,17 +170,22 @@ const ELEMENTS_PER_TASK: usize = 16 * 1024;
 /// compiled under [`with_simd`] (with `f` `#[inline(always)]`, its body is too).
 #[inline(always)]
 pub fn map(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
-    out.par_chunks_mut(ELEMENTS_PER_TASK).zip(x.par_chunks(ELEMENTS_PER_TASK)).for_each(|(o, x)| {
-        with_simd(
-            #[inline(always)]
-            || {
-                for (o, &v) in o.iter_mut().zip(x) {
-                    *o = f(v);
-                }
-            },
-        )
-    });
+    // Written once, never zeroed first (a zeroing pass costs as much as a cheap `f`).
+    let mut out = Vec::with_capacity(x.len());
+    out.spare_capacity_mut().par_chunks_mut(ELEMENTS_PER_TASK).zip(x.par_chunks(ELEMENTS_PER_TASK)).for_each(
+        |(o, x)| {
+            with_simd(
+                #[inline(always)]
+                || {
+                    for (o, &v) in o.iter_mut().zip(x) {
+                        o.write(f(v));
+                    }
+                },
+            )
+        },
+    );
+    // SAFETY: the chunks cover all `x.len()` elements and each was written above.
+    unsafe { out.set_len(x.len()) };
     out
 }
 
@@ -169,19 +193,23 @@ pub fn map(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
 /// [`map`].
 #[inline(always)]
 pub fn zip_map(x: &[f32], y: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
-    out.par_chunks_mut(ELEMENTS_PER_TASK)
+    assert_eq!(x.len(), y.len(), "zip_map over slices of different lengths");
+    let mut out = Vec::with_capacity(x.len());
+    out.spare_capacity_mut()
+        .par_chunks_mut(ELEMENTS_PER_TASK)
         .zip(x.par_chunks(ELEMENTS_PER_TASK).zip(y.par_chunks(ELEMENTS_PER_TASK)))
         .for_each(|(o, (x, y))| {
             with_simd(
                 #[inline(always)]
                 || {
                     for (o, (&a, &b)) in o.iter_mut().zip(x.iter().zip(y)) {
-                        *o = f(a, b);
+                        o.write(f(a, b));
                     }
                 },
             )
         });
+    // SAFETY: the chunks cover all `x.len()` elements (`y` is as long) and each was written.
+    unsafe { out.set_len(x.len()) };
     out
 }
 
@@ -253,12 +281,26 @@ pub fn rows_per_task(width: usize) -> usize {
     (16 * 1024 / width.max(1)).max(1)
 }
 
+/// `Σ f(x_i)` in sixteen partial sums: a single running sum is one chain of dependent adds
+/// (four cycles each) that cannot be vectorised; sixteen fill two vector registers.
+#[inline(always)]
+fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0f32; 16];
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += f(v);
+        }
+    }
+    acc.iter().sum::<f32>() + chunks.remainder().iter().map(|&v| f(v)).sum::<f32>()
+}
+
 /// LayerNorm of one row into `out` (two-pass mean and variance, biased, as torch).
 #[inline(always)]
 fn layer_norm_row(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
     let n = x.len() as f32;
-    let mean = x.iter().sum::<f32>() / n;
-    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let mean = lane_sum(x, |v| v) / n;
+    let var = lane_sum(x, |v| (v - mean) * (v - mean)) / n;
     let inv = 1.0 / (var + eps).sqrt();
     for (((o, v), wi), bi) in out.iter_mut().zip(x).zip(w).zip(b) {
         *o = (v - mean) * inv * wi + bi;
@@ -508,6 +550,71 @@ pub fn attention_biased(qkv: &Tensor, heads: usize, scale: f32, bias: ScoreBias<
     Ok(Tensor::from_vec(out, (b, n, c), &Device::Cpu)?)
 }
 
+/// Multi-head attention of separate query and key/value sequences (SAM's two-way transformer:
+/// a few prompt tokens against thousands of image tokens, and back): `softmax(scale · q kᵀ) v`
+/// per head, the heads side by side in the channels, no transposes.
+///
+/// # Shapes
+/// `q: [B, Nq, C]`, `k, v: [B, Nk, C]` -> `[B, Nq, C]`
+pub fn cross_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f32) -> Result<Tensor> {
+    let (b, nq, c) = q.dims3()?;
+    let (bk, nk, ck) = k.dims3()?;
+    if bk != b || ck != c || v.dims() != k.dims() || heads == 0 || c % heads != 0 || nk == 0 {
+        return Err(candle_core::Error::Msg(format!(
+            "cross attention: q {:?}, k {:?}, v {:?}, {heads} heads",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        ))
+        .into());
+    }
+    let d = c / heads;
+    let blocks = nq.div_ceil(ATTENTION_ROW_BLOCK).max(1);
+    let mut out = vec![0f32; b * nq * c];
+    let out_ptr = SyncPtr(out.as_mut_ptr());
+    with_slice(q, |qs| {
+        with_slice(k, |ks| {
+            with_slice(v, |vs| {
+                (0..b * heads * blocks).into_par_iter().for_each_init(
+                    || vec![0f32; ATTENTION_ROW_BLOCK.min(nq) * nk],
+                    |scores, task| {
+                        let (bh, blk) = (task / blocks, task % blocks);
+                        let (bi, h) = (bh / heads, bh % heads);
+                        let r0 = blk * ATTENTION_ROW_BLOCK;
+                        let rows = ATTENTION_ROW_BLOCK.min(nq - r0);
+                        let scores = &mut scores[..rows * nk];
+                        let (qb, kb) = ((bi * nq + r0) * c + h * d, bi * nk * c + h * d);
+                        matmul(
+                            MatMut::row_major(scores, rows, nk),
+                            MatRef::strided(&qs[qb..], rows, d, c, 1),
+                            MatRef::strided(&ks[kb..], nk, d, c, 1).t(),
+                            scale,
+                            false,
+                            Parallelism::None,
+                        );
+                        with_simd(
+                            #[inline(always)]
+                            || scores.chunks_exact_mut(nk).for_each(softmax_in_place),
+                        );
+                        // SAFETY: the block [bi, r0..r0 + rows, h·d..(h + 1)·d] lies in `out` and
+                        // is written by this task only.
+                        let dst = unsafe { MatMut::from_raw(out_ptr.get().add(qb), rows, d, c, 1) };
+                        matmul(
+                            dst,
+                            MatRef::row_major(scores, rows, nk),
+                            MatRef::strided(&vs[kb..], nk, d, c, 1),
+                            1.0,
+                            false,
+                            Parallelism::None,
+                        );
+                    },
+                );
+            })
+        })
+    })???;
+    Ok(Tensor::from_vec(out, (b, nq, c), &Device::Cpu)?)
+}
+
 #[inline(always)]
 fn softmax_in_place(row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -534,6 +641,31 @@ mod tests {
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    }
+
+    #[test]
+    fn cross_attention_equals_the_textbook_formula() {
+        // Few queries against many keys (SAM's token-to-image) and many against few (image-to-
+        // token), past one row block of queries.
+        for (b, nq, nk, h, d) in [(2, 7, 300, 8, 4), (1, ATTENTION_ROW_BLOCK + 37, 7, 4, 5)] {
+            let c = h * d;
+            let q = randn(5, 0f32, 1., (b, nq, c));
+            let k = randn(6, 0f32, 1., (b, nk, c));
+            let v = randn(7, 0f32, 1., (b, nk, c));
+            let scale = 1.0 / (d as f32).sqrt();
+            let ours = cross_attention(&q, &k, &v, h, scale).unwrap();
+            let heads =
+                |x: &Tensor, n: usize| x.reshape((b, n, h, d)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
+            let (qh, kh, vh) = (heads(&q, nq), heads(&k, nk), heads(&v, nk));
+            let s = (qh.matmul(&kh.t().unwrap()).unwrap() * scale as f64).unwrap();
+            let p = candle_nn::ops::softmax(&s, D::Minus1).unwrap();
+            let want = p.matmul(&vh).unwrap().transpose(1, 2).unwrap().reshape((b, nq, c)).unwrap();
+            assert!(max_diff(&ours, &want) < 1e-5, "{nq} queries, {nk} keys: {}", max_diff(&ours, &want));
+        }
+        let bad = randn(8, 0f32, 1., (1, 7, 6));
+        let q = randn(9, 0f32, 1., (1, 3, 8));
+        let err = cross_attention(&q, &bad, &bad, 2, 1.0).unwrap_err().to_string();
+        assert!(err.contains("cross attention"), "{err}");
     }
 
     #[test]

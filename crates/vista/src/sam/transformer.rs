@@ -37,9 +37,15 @@ impl Attention {
             let (b, n, c) = x.dims3()?;
             Ok(x.reshape((b, n, self.heads, c / self.heads))?.transpose(1, 2)?.contiguous()?)
         };
-        let q = split(self.q_proj.forward_act(q, None)?)?;
-        let k = split(self.k_proj.forward_act(k, None)?)?;
-        let v = split(self.v_proj.forward_act(v, None)?)?;
+        let (q, k, v) =
+            (self.q_proj.forward_act(q, None)?, self.k_proj.forward_act(k, None)?, self.v_proj.forward_act(v, None)?);
+        // On the CPU: every head at once on the projections as they are, no transposes.
+        if [&q, &k, &v].into_iter().all(crate::nn::cpu::eligible) {
+            let d = q.dim(2)? / self.heads;
+            let out = crate::nn::cpu::cross_attention(&q, &k, &v, self.heads, 1.0 / (d as f32).sqrt())?;
+            return self.out_proj.forward_act(&out, None);
+        }
+        let (q, k, v) = (split(q)?, split(k)?, split(v)?);
         let (b, h, nq, d) = q.dims4()?;
         let scores = (q.matmul(&k.transpose(2, 3)?)? / (d as f64).sqrt())?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
@@ -84,8 +90,8 @@ impl Block {
         let queries = self.norm3.forward(&add(&queries, &mlp)?)?;
 
         let q = add(&queries, query_pe)?;
-        let keys = add(keys, &self.cross_image_to_token.forward(&k, &q, &queries)?)?;
-        let keys = self.norm4.forward(&keys)?;
+        let to_tokens = self.cross_image_to_token.forward(&k, &q, &queries)?;
+        let (_, keys) = self.norm4.add_forward(keys, &to_tokens)?;
         Ok((queries, keys))
     }
 }

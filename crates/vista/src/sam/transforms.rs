@@ -85,6 +85,11 @@ pub(crate) fn linear_taps(in_len: usize, out_len: usize, count: usize) -> Vec<(u
 
 /// `F.interpolate(x, (out_h, out_w), mode="bilinear", align_corners=False)` of one plane,
 /// computing only the top-left `keep_h × keep_w` outputs (the reference's crop that follows).
+///
+/// Separable, with the reference's arithmetic: each source row is interpolated along x once
+/// (`r[x0]·wx0 + r[x1]·wx1`), then each output row is `h[y0]·wy0 + h[y1]·wy1` of two of those
+/// rows — the same products and sums, in the same order, as interpolating every output pixel
+/// from its four neighbours, without redoing the x pass for every output row.
 #[inline(always)]
 pub(crate) fn bilinear(
     src: &[f32],
@@ -92,18 +97,69 @@ pub(crate) fn bilinear(
     (oh, ow): (usize, usize),
     (kh, kw): (usize, usize),
 ) -> Vec<f32> {
-    let ty = linear_taps(ih, oh, kh);
-    let tx = linear_taps(iw, ow, kw);
+    let (ty, tx) = (linear_taps(ih, oh, kh), linear_taps(iw, ow, kw));
+    let used = ty.iter().map(|t| t.1 + 1).max().unwrap_or(0);
+    let mut rows = vec![0f32; used * kw];
+    for (y, h) in rows.chunks_exact_mut(kw.max(1)).enumerate().take(used) {
+        along_x(&src[y * iw..(y + 1) * iw], &tx, h);
+    }
     let mut out = vec![0f32; kh * kw];
-    for (y, &(y0, y1, wy0, wy1)) in ty.iter().enumerate() {
-        let (r0, r1) = (&src[y0 * iw..(y0 + 1) * iw], &src[y1 * iw..(y1 + 1) * iw]);
-        for (x, &(x0, x1, wx0, wx1)) in tx.iter().enumerate() {
-            let t0 = r0[x0] * wx0 + r0[x1] * wx1;
-            let t1 = r1[x0] * wx0 + r1[x1] * wx1;
-            out[y * kw + x] = t0 * wy0 + t1 * wy1;
-        }
+    for (o, t) in out.chunks_exact_mut(kw.max(1)).zip(&ty) {
+        along_y(&rows, kw, *t, o);
     }
     out
+}
+
+/// [`bilinear`] with both passes split over the threads by rows (one large plane).
+fn bilinear_par(
+    src: &[f32],
+    (ih, iw): (usize, usize),
+    (oh, ow): (usize, usize),
+    (kh, kw): (usize, usize),
+    out: &mut [f32],
+) {
+    let (ty, tx) = (linear_taps(ih, oh, kh), linear_taps(iw, ow, kw));
+    let used = ty.iter().map(|t| t.1 + 1).max().unwrap_or(0);
+    let per = crate::nn::cpu::rows_per_task(kw);
+    let mut rows = vec![0f32; used * kw];
+    rows.par_chunks_mut((per * kw).max(1)).enumerate().for_each(|(i, chunk)| {
+        crate::nn::cpu::with_simd(
+            #[inline(always)]
+            || {
+                for (j, h) in chunk.chunks_exact_mut(kw).enumerate() {
+                    let y = i * per + j;
+                    along_x(&src[y * iw..(y + 1) * iw], &tx, h);
+                }
+            },
+        )
+    });
+    out[..kh * kw].par_chunks_mut((per * kw).max(1)).zip(ty.par_chunks(per)).for_each(|(chunk, ty)| {
+        crate::nn::cpu::with_simd(
+            #[inline(always)]
+            || {
+                for (o, t) in chunk.chunks_exact_mut(kw).zip(ty) {
+                    along_y(&rows, kw, *t, o);
+                }
+            },
+        )
+    });
+}
+
+/// One source row interpolated along x: `h[x] = r[x0]·wx0 + r[x1]·wx1`.
+#[inline(always)]
+fn along_x(r: &[f32], tx: &[(usize, usize, f32, f32)], h: &mut [f32]) {
+    for (v, &(x0, x1, w0, w1)) in h.iter_mut().zip(tx) {
+        *v = r[x0] * w0 + r[x1] * w1;
+    }
+}
+
+/// One output row from two x-interpolated rows: `o = h[y0]·wy0 + h[y1]·wy1`.
+#[inline(always)]
+fn along_y(rows: &[f32], kw: usize, (y0, y1, w0, w1): (usize, usize, f32, f32), o: &mut [f32]) {
+    let (a, b) = (&rows[y0 * kw..(y0 + 1) * kw], &rows[y1 * kw..(y1 + 1) * kw]);
+    for ((o, a), b) in o.iter_mut().zip(a).zip(b) {
+        *o = a * w0 + b * w1;
+    }
 }
 
 /// `Sam.postprocess_masks`: low-resolution logits to logits at the original image size.
@@ -119,16 +175,27 @@ pub fn postprocess_masks(
 ) -> Vec<f32> {
     let plane = low_size.0 * low_size.1;
     let (oh, ow) = original_size;
-    let mut out = vec![0f32; low_res.len() / plane * oh * ow];
-    out.par_chunks_mut(oh * ow).zip(low_res.par_chunks(plane)).for_each(|(dst, src)| {
-        crate::nn::cpu::with_simd(
-            #[inline(always)]
-            || {
-                let padded = bilinear(src, low_size, (image_size, image_size), input_size);
-                dst.copy_from_slice(&bilinear(&padded, input_size, original_size, original_size));
-            },
-        )
-    });
+    let planes = low_res.len() / plane.max(1);
+    let mut out = vec![0f32; planes * oh * ow];
+    if planes >= 2 * crate::nn::cpu::threads() {
+        // Many planes (a batch of prompts): one plane per task.
+        out.par_chunks_mut(oh * ow).zip(low_res.par_chunks(plane)).for_each(|(dst, src)| {
+            crate::nn::cpu::with_simd(
+                #[inline(always)]
+                || {
+                    let padded = bilinear(src, low_size, (image_size, image_size), input_size);
+                    dst.copy_from_slice(&bilinear(&padded, input_size, original_size, original_size));
+                },
+            )
+        });
+    } else {
+        // A few planes (one prompt's masks): each plane's rows split over the threads.
+        for (dst, src) in out.chunks_exact_mut(oh * ow).zip(low_res.chunks_exact(plane)) {
+            let mut padded = vec![0f32; input_size.0 * input_size.1];
+            bilinear_par(src, low_size, (image_size, image_size), input_size, &mut padded);
+            bilinear_par(&padded, input_size, original_size, original_size, dst);
+        }
+    }
     out
 }
 
@@ -186,6 +253,45 @@ mod tests {
                 assert!((bx - x).abs() < 1e-3 && (by - y).abs() < 1e-3, "{x},{y} in {w}x{h}: {bx},{by}");
             }
         }
+    }
+
+    /// Every output pixel from its four neighbours, as `upsample_bilinear2d` writes it: the
+    /// separable kernels must give these values bit for bit.
+    fn bilinear_per_pixel(
+        src: &[f32],
+        (ih, iw): (usize, usize),
+        out: (usize, usize),
+        keep: (usize, usize),
+    ) -> Vec<f32> {
+        let (ty, tx) = (linear_taps(ih, out.0, keep.0), linear_taps(iw, out.1, keep.1));
+        let mut o = Vec::new();
+        for &(y0, y1, wy0, wy1) in &ty {
+            for &(x0, x1, wx0, wx1) in &tx {
+                let t0 = src[y0 * iw + x0] * wx0 + src[y0 * iw + x1] * wx1;
+                let t1 = src[y1 * iw + x0] * wx0 + src[y1 * iw + x1] * wx1;
+                o.push(t0 * wy0 + t1 * wy1);
+            }
+        }
+        o
+    }
+
+    #[test]
+    fn separable_bilinear_equals_the_per_pixel_formula_bit_for_bit() {
+        let (ih, iw) = (37, 53);
+        let src: Vec<f32> = (0..ih * iw).map(|i| ((i * 7919) % 1013) as f32 / 97.0 - 5.0).collect();
+        // Up-sampling with a crop (the first resize), down- and up-sampling per axis (the second).
+        for (out, keep) in [((256, 256), (256, 170)), ((20, 90), (20, 90)), ((111, 31), (111, 31))] {
+            let want = bilinear_per_pixel(&src, (ih, iw), out, keep);
+            assert_eq!(bilinear(&src, (ih, iw), out, keep), want, "{out:?} {keep:?}");
+            let mut par = vec![f32::NAN; keep.0 * keep.1];
+            bilinear_par(&src, (ih, iw), out, keep, &mut par);
+            assert_eq!(par, want, "row-parallel {out:?} {keep:?}");
+        }
+        // One prompt's planes (row-parallel) and a batch's (plane-parallel) agree.
+        let planes: Vec<f32> = (0..8 * 16 * 16).map(|i| ((i * 31) % 257) as f32 / 13.0 - 9.0).collect();
+        let few = postprocess_masks(&planes[..2 * 256], (16, 16), 64, (64, 43), (90, 60));
+        let many = postprocess_masks(&planes, (16, 16), 64, (64, 43), (90, 60));
+        assert_eq!(few[..], many[..2 * 90 * 60]);
     }
 
     #[test]
