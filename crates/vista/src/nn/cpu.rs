@@ -554,12 +554,17 @@ pub fn attention_biased(qkv: &Tensor, heads: usize, scale: f32, bias: ScoreBias<
 /// a few prompt tokens against thousands of image tokens, and back): `softmax(scale · q kᵀ) v`
 /// per head, the heads side by side in the channels, no transposes.
 ///
+/// Either side may have batch 1 and is then shared by every item of the other (the image tokens
+/// of a batch of prompts before the first image update).
+///
 /// # Shapes
-/// `q: [B, Nq, C]`, `k, v: [B, Nk, C]` -> `[B, Nq, C]`
+/// `q: [Bq, Nq, C]`, `k, v: [Bk, Nk, C]` -> `[max(Bq, Bk), Nq, C]`, each of `Bq`, `Bk` 1 or the other
 pub fn cross_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f32) -> Result<Tensor> {
-    let (b, nq, c) = q.dims3()?;
+    let (bq, nq, c) = q.dims3()?;
     let (bk, nk, ck) = k.dims3()?;
-    if bk != b || ck != c || v.dims() != k.dims() || heads == 0 || c % heads != 0 || nk == 0 {
+    let b = bq.max(bk);
+    let batches_fit = (bq == b || bq == 1) && (bk == b || bk == 1);
+    if !batches_fit || ck != c || v.dims() != k.dims() || heads == 0 || c % heads != 0 || nk == 0 {
         return Err(candle_core::Error::Msg(format!(
             "cross attention: q {:?}, k {:?}, v {:?}, {heads} heads",
             q.dims(),
@@ -583,7 +588,9 @@ pub fn cross_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: 
                         let r0 = blk * ATTENTION_ROW_BLOCK;
                         let rows = ATTENTION_ROW_BLOCK.min(nq - r0);
                         let scores = &mut scores[..rows * nk];
-                        let (qb, kb) = ((bi * nq + r0) * c + h * d, bi * nk * c + h * d);
+                        let (qi, ki) = (if bq == 1 { 0 } else { bi }, if bk == 1 { 0 } else { bi });
+                        let (qb, kb) = ((qi * nq + r0) * c + h * d, ki * nk * c + h * d);
+                        let ob = (bi * nq + r0) * c + h * d;
                         matmul(
                             MatMut::row_major(scores, rows, nk),
                             MatRef::strided(&qs[qb..], rows, d, c, 1),
@@ -598,7 +605,7 @@ pub fn cross_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: 
                         );
                         // SAFETY: the block [bi, r0..r0 + rows, h·d..(h + 1)·d] lies in `out` and
                         // is written by this task only.
-                        let dst = unsafe { MatMut::from_raw(out_ptr.get().add(qb), rows, d, c, 1) };
+                        let dst = unsafe { MatMut::from_raw(out_ptr.get().add(ob), rows, d, c, 1) };
                         matmul(
                             dst,
                             MatRef::row_major(scores, rows, nk),
@@ -661,6 +668,19 @@ mod tests {
             let p = candle_nn::ops::softmax(&s, D::Minus1).unwrap();
             let want = p.matmul(&vh).unwrap().transpose(1, 2).unwrap().reshape((b, nq, c)).unwrap();
             assert!(max_diff(&ours, &want) < 1e-5, "{nq} queries, {nk} keys: {}", max_diff(&ours, &want));
+        }
+        // A batch of queries against one shared key/value set, and one query set against a batch.
+        let (h, d) = (2, 3);
+        let q3 = randn(10, 0f32, 1., (3, 5, h * d));
+        let kv1 = randn(11, 0f32, 1., (1, 9, h * d));
+        let q1 = randn(12, 0f32, 1., (1, 5, h * d));
+        let kv3 = randn(13, 0f32, 1., (3, 9, h * d));
+        let spread = |t: &Tensor| t.broadcast_as((3, t.dim(1).unwrap(), h * d)).unwrap().contiguous().unwrap();
+        for (q, kv) in [(&q3, &kv1), (&q1, &kv3)] {
+            let ours = cross_attention(q, kv, kv, h, 0.5).unwrap();
+            let want = cross_attention(&spread(q), &spread(kv), &spread(kv), h, 0.5).unwrap();
+            assert_eq!(ours.dims(), [3, 5, h * d]);
+            assert!(max_diff(&ours, &want) == 0.0, "shared batch: {}", max_diff(&ours, &want));
         }
         let bad = randn(8, 0f32, 1., (1, 7, 6));
         let q = randn(9, 0f32, 1., (1, 3, 8));

@@ -102,9 +102,8 @@ impl MaskDecoder {
         let out_tokens = self.output_tokens.unsqueeze(0)?.broadcast_as((b, m + 1, c))?;
         let tokens = Tensor::cat(&[&out_tokens, sparse], 1)?.contiguous()?;
         let src = match dense {
-            DensePrompt::NoMask(v) => {
-                image.broadcast_add(&v.reshape((1, c))?)?.unsqueeze(0)?.broadcast_as((b, h * w, c))?.contiguous()?
-            }
+            // The same image tokens for every prompt set: one copy, shared (batch 1).
+            DensePrompt::NoMask(v) => image.broadcast_add(&v.reshape((1, c))?)?.unsqueeze(0)?,
             DensePrompt::Masks(d) => d.reshape((b, h * w, c))?.broadcast_add(&image.unsqueeze(0)?)?,
         };
         let (hs, src) = self.transformer.forward(&src, image_pe, &tokens)?;

@@ -45,7 +45,13 @@ impl Attention {
             let out = crate::nn::cpu::cross_attention(&q, &k, &v, self.heads, 1.0 / (d as f32).sqrt())?;
             return self.out_proj.forward_act(&out, None);
         }
-        let (q, k, v) = (split(q)?, split(k)?, split(v)?);
+        // A batch of 1 on one side is shared by every item of the other (see `TwoWayTransformer`).
+        let b = q.dim(0)?.max(k.dim(0)?);
+        let spread = |x: Tensor| -> Result<Tensor> {
+            let (_, n, c) = x.dims3()?;
+            Ok(x.broadcast_as((b, n, c))?)
+        };
+        let (q, k, v) = (split(spread(q)?)?, split(spread(k)?)?, split(spread(v)?)?);
         let (b, h, nq, d) = q.dims4()?;
         let scores = (q.matmul(&k.transpose(2, 3)?)? / (d as f64).sqrt())?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
@@ -91,7 +97,13 @@ impl Block {
 
         let q = add(&queries, query_pe)?;
         let to_tokens = self.cross_image_to_token.forward(&k, &q, &queries)?;
-        let (_, keys) = self.norm4.add_forward(keys, &to_tokens)?;
+        // Shared image tokens (batch 1) become each prompt set's own here.
+        let keys = if keys.dims() == to_tokens.dims() {
+            keys.clone()
+        } else {
+            keys.broadcast_as(to_tokens.shape())?.contiguous()?
+        };
+        let (_, keys) = self.norm4.add_forward(&keys, &to_tokens)?;
         Ok((queries, keys))
     }
 }
@@ -132,8 +144,13 @@ impl TwoWayTransformer {
         })
     }
 
+    /// `image` may have batch 1 when every prompt set sees the same image tokens (no mask
+    /// prompt): the first layer's projections of the image then run once for the whole batch
+    /// (its token-to-image keys and values, and its image-to-token queries), and the tokens
+    /// become each set's own at the first image update.
+    ///
     /// # Shapes
-    /// `image: [B, HW, C]`, `image_pe: [HW, C]`, `tokens: [B, T, C]` -> (`[B, T, C]`, `[B, HW, C]`)
+    /// `image: [B or 1, HW, C]`, `image_pe: [HW, C]`, `tokens: [B, T, C]` -> (`[B, T, C]`, `[B, HW, C]`)
     pub fn forward(&self, image: &Tensor, image_pe: &Tensor, tokens: &Tensor) -> Result<(Tensor, Tensor)> {
         let (mut queries, mut keys) = (tokens.clone(), image.clone());
         for layer in &self.layers {
@@ -143,6 +160,7 @@ impl TwoWayTransformer {
         let k = add(&keys, image_pe)?;
         let queries = add(&queries, &self.final_attn.forward(&q, &k, &keys)?)?;
         let queries = self.norm_final.forward(&queries)?;
-        Ok((queries, keys))
+        let (b, (_, hw, c)) = (tokens.dim(0)?, keys.dims3()?);
+        Ok((queries, keys.broadcast_as((b, hw, c))?.contiguous()?))
     }
 }
