@@ -267,7 +267,7 @@ impl DepthwiseConv2d {
                         );
                     }
                     if let Some(act) = act {
-                        dst.iter_mut().for_each(|v| *v = super::cpu::activate(*v, act));
+                        super::cpu::activate_slice(dst, act);
                     }
                 },
             )

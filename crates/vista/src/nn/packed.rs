@@ -583,7 +583,16 @@ unsafe fn finish(epilogue: Epilogue<'_>, tile: (*mut f32, usize, usize), rows: u
         (None, None) => {}
         (residual, None) => finish_with(residual, tile, rows, at, |v| v),
         (residual, Some(Activation::Relu)) => finish_with(residual, tile, rows, at, |v| v.max(0.0)),
-        (residual, Some(act)) => finish_with(residual, tile, rows, at, |v| super::cpu::activate(v, act)),
+        // One arm per activation, each a constant the closure's loop inlines.
+        (residual, Some(Activation::Gelu)) => {
+            finish_with(residual, tile, rows, at, |v| super::cpu::activate(v, Activation::Gelu))
+        }
+        (residual, Some(Activation::QuickGelu)) => {
+            finish_with(residual, tile, rows, at, |v| super::cpu::activate(v, Activation::QuickGelu))
+        }
+        (residual, Some(Activation::GeluTanh)) => {
+            finish_with(residual, tile, rows, at, |v| super::cpu::activate(v, Activation::GeluTanh))
+        }
     }
 }
 
