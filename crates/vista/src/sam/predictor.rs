@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
+use rayon::prelude::*;
 
 use super::model::Sam;
 use super::prompt_encoder::PointLabel;
@@ -365,7 +366,7 @@ impl Session {
                 self.input_size,
                 orig,
             );
-            (logits.iter().map(|v| u8::from(*v > 0.0)).collect(), p.return_logits.then_some(logits))
+            (logits.par_iter().map(|v| u8::from(*v > 0.0)).collect(), p.return_logits.then_some(logits))
         } else {
             // On the device: up-sample there, and bring back one byte per pixel (and the logits
             // only when asked for).

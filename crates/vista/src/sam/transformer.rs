@@ -73,7 +73,12 @@ struct Block {
     skip_first_layer_pe: bool,
 }
 
+/// `a + b`, `b` broadcast over `a`'s batch; one parallel pass on the CPU when nothing is
+/// broadcast (one prompt set, or tensors of one shape).
 fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.elem_count() == b.elem_count() && crate::nn::cpu::eligible(a) && crate::nn::cpu::eligible(b) {
+        return crate::nn::cpu::add(a, &b.reshape(a.shape())?);
+    }
     Ok(a.broadcast_add(b)?)
 }
 
