@@ -243,35 +243,36 @@ impl DepthwiseConv2d {
             return super::portable::depthwise_conv(x, &self.weight_t, &self.bias_t, (k, s, p), act);
         }
         let (ho, wo) = (out_size(h, k, s, p), out_size(w, k, s, p));
-        let src = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
         let mut out = vec![0f32; b * ho * wo * c];
-        out.par_chunks_mut(wo * c).enumerate().for_each(|(bo, dst)| {
-            super::cpu::with_simd(
-                #[inline(always)]
-                || {
-                    let (bi, oy) = (bo / ho, bo % ho);
-                    for (ox, o) in dst.chunks_exact_mut(c).enumerate() {
-                        o.copy_from_slice(&self.bias);
-                        for_each_tap(
-                            (oy, ox),
-                            (h, w),
-                            (k, s, p),
-                            #[inline(always)]
-                            |tap, pixel| {
-                                let from = (bi * h * w + pixel) * c;
-                                let tap = &self.weight[tap * c..(tap + 1) * c];
-                                for ((o, xv), wv) in o.iter_mut().zip(&src[from..from + c]).zip(tap) {
-                                    *o += xv * wv;
-                                }
-                            },
-                        );
-                    }
-                    if let Some(act) = act {
-                        super::cpu::activate_slice(dst, act);
-                    }
-                },
-            )
-        });
+        super::cpu::with_slice(x, |src| {
+            out.par_chunks_mut(wo * c).enumerate().for_each(|(bo, dst)| {
+                super::cpu::with_simd(
+                    #[inline(always)]
+                    || {
+                        let (bi, oy) = (bo / ho, bo % ho);
+                        for (ox, o) in dst.chunks_exact_mut(c).enumerate() {
+                            o.copy_from_slice(&self.bias);
+                            for_each_tap(
+                                (oy, ox),
+                                (h, w),
+                                (k, s, p),
+                                #[inline(always)]
+                                |tap, pixel| {
+                                    let from = (bi * h * w + pixel) * c;
+                                    let tap = &self.weight[tap * c..(tap + 1) * c];
+                                    for ((o, xv), wv) in o.iter_mut().zip(&src[from..from + c]).zip(tap) {
+                                        *o += xv * wv;
+                                    }
+                                },
+                            );
+                        }
+                        if let Some(act) = act {
+                            super::cpu::activate_slice(dst, act);
+                        }
+                    },
+                )
+            })
+        })?;
         Ok(Tensor::from_vec(out, (b, ho, wo, c), &Device::Cpu)?)
     }
 }

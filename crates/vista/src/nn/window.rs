@@ -6,6 +6,8 @@
 //! padded tokens take part in attention like any other (neither reference masks them), so the
 //! caller says what a padded row holds (e.g. the projection of a zero token, i.e. its bias).
 
+use rayon::prelude::*;
+
 /// Pads `x: [B, H, W, C]` (flat) with `pad_row` and regroups it into windows
 /// `[B·nH·nW, ws·ws, C]`; returns the windows and `(nH, nW)`.
 pub fn window_partition(
@@ -19,26 +21,22 @@ pub fn window_partition(
     debug_assert_eq!(pad_row.len(), c);
     let (nh, nw) = (h.div_ceil(ws), w.div_ceil(ws));
     let mut out = vec![0f32; b * nh * nw * ws * ws * c];
-    for bi in 0..b {
-        for wy in 0..nh {
-            for wx in 0..nw {
-                let win = (bi * nh + wy) * nw + wx;
-                for ty in 0..ws {
-                    for tx in 0..ws {
-                        let (y, xx) = (wy * ws + ty, wx * ws + tx);
-                        let dst = (win * ws * ws + ty * ws + tx) * c;
-                        let row = if y < h && xx < w {
-                            let src = ((bi * h + y) * w + xx) * c;
-                            &x[src..src + c]
-                        } else {
-                            pad_row
-                        };
-                        out[dst..dst + c].copy_from_slice(row);
-                    }
-                }
+    // One window per task (a copy of its rows; both cores copy).
+    out.par_chunks_mut((ws * ws * c).max(1)).enumerate().for_each(|(win, dst)| {
+        let (bi, wy, wx) = (win / (nh * nw), (win / nw) % nh, win % nw);
+        for ty in 0..ws {
+            for tx in 0..ws {
+                let (y, xx) = (wy * ws + ty, wx * ws + tx);
+                let row = if y < h && xx < w {
+                    let src = ((bi * h + y) * w + xx) * c;
+                    &x[src..src + c]
+                } else {
+                    pad_row
+                };
+                dst[(ty * ws + tx) * c..(ty * ws + tx + 1) * c].copy_from_slice(row);
             }
         }
-    }
+    });
     (out, (nh, nw))
 }
 
@@ -47,16 +45,15 @@ pub fn window_unpartition(windows: &[f32], (b, h, w): (usize, usize, usize), c: 
     let (nh, nw) = (h.div_ceil(ws), w.div_ceil(ws));
     debug_assert_eq!(windows.len(), b * nh * nw * ws * ws * c);
     let mut out = vec![0f32; b * h * w * c];
-    for bi in 0..b {
-        for y in 0..h {
-            for x in 0..w {
-                let win = (bi * nh + y / ws) * nw + x / ws;
-                let src = (win * ws * ws + (y % ws) * ws + x % ws) * c;
-                let dst = ((bi * h + y) * w + x) * c;
-                out[dst..dst + c].copy_from_slice(&windows[src..src + c]);
-            }
+    // One output row of the grid per task.
+    out.par_chunks_mut((w * c).max(1)).enumerate().for_each(|(by, dst)| {
+        let (bi, y) = (by / h, by % h);
+        for x in 0..w {
+            let win = (bi * nh + y / ws) * nw + x / ws;
+            let src = (win * ws * ws + (y % ws) * ws + x % ws) * c;
+            dst[x * c..(x + 1) * c].copy_from_slice(&windows[src..src + c]);
         }
-    }
+    });
     out
 }
 

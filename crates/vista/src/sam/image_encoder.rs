@@ -122,12 +122,12 @@ impl Block {
             self.attention_portable(&qkv)?
         } else if self.window > 0 {
             let ws = self.window;
-            let flat = qkv.flatten_all()?.to_vec1::<f32>()?;
-            let (wins, (nh, nw)) = window_partition(&flat, (b, h, w), 3 * c, ws, &self.qkv_pad);
+            let (wins, (nh, nw)) =
+                cpu::with_slice(&qkv, |qkv| window_partition(qkv, (b, h, w), 3 * c, ws, &self.qkv_pad))?;
             let wins = Tensor::from_vec(wins, (b * nh * nw, ws * ws, 3 * c), &Device::Cpu)?;
             let bias = ScoreBias::DecomposedRelPos { grid: (ws, ws), rel_h: &self.rel_h, rel_w: &self.rel_w };
             let out = cpu::attention_biased(&wins, self.heads, scale, bias)?;
-            let out = window_unpartition(&out.flatten_all()?.to_vec1::<f32>()?, (b, h, w), c, ws);
+            let out = cpu::with_slice(&out, |out| window_unpartition(out, (b, h, w), c, ws))?;
             Tensor::from_vec(out, (b, h, w, c), &Device::Cpu)?
         } else {
             let bias = ScoreBias::DecomposedRelPos { grid: (h, w), rel_h: &self.rel_h, rel_w: &self.rel_w };

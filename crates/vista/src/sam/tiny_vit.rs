@@ -160,10 +160,10 @@ impl TinyBlock {
         let qkv = self.qkv.forward_act(&self.norm.forward(x)?, None)?;
         let out = if cpu::eligible(&qkv) {
             let (wins, (nh, nw)) =
-                window_partition(&qkv.flatten_all()?.to_vec1()?, (b, h, w), 3 * c, ws, &self.qkv_pad);
+                cpu::with_slice(&qkv, |qkv| window_partition(qkv, (b, h, w), 3 * c, ws, &self.qkv_pad))?;
             let wins = Tensor::from_vec(wins, (b * nh * nw, ws * ws, 3 * c), &Device::Cpu)?;
             let out = cpu::attention_biased(&wins, self.heads, scale, ScoreBias::PerHead(&self.bias))?;
-            let out = window_unpartition(&out.flatten_all()?.to_vec1()?, (b, h, w), c, ws);
+            let out = cpu::with_slice(&out, |out| window_unpartition(out, (b, h, w), c, ws))?;
             Tensor::from_vec(out, (b, h, w, c), &Device::Cpu)?
         } else {
             let (wins, _) = portable::window_partition(&qkv, ws, &self.qkv_pad_t)?;
