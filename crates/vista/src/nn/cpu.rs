@@ -107,18 +107,52 @@ pub fn activate(v: f32, act: Activation) -> f32 {
     }
 }
 
-/// In-place activation of a slice on this thread: each activation its own loop (the match
-/// outside it), so each vectorises when inlined into a [`with_simd`] region. A loop calling
-/// [`activate`] with an activation known only at run time does not: it costs a scalar call
-/// per value (a tenth of TinyViT's time went there).
+/// Runs `$body` with `$f` bound to `|v| activate(v, A)` for the constant activation `A` that
+/// `$act` holds: one copy of `$body` per activation, so a loop over `$f` in it is inlined and
+/// vectorises. A loop calling [`activate`] with an activation known only at run time does not:
+/// it costs a scalar call per value (a tenth of TinyViT's time went there).
+macro_rules! with_activation {
+    ($act:expr, |$f:ident| $body:expr) => {{
+        use $crate::nn::Activation as A;
+        match $act {
+            A::QuickGelu => {
+                #[inline(always)]
+                fn $f(v: f32) -> f32 {
+                    $crate::nn::cpu::activate(v, $crate::nn::Activation::QuickGelu)
+                }
+                $body
+            }
+            A::Gelu => {
+                #[inline(always)]
+                fn $f(v: f32) -> f32 {
+                    $crate::nn::cpu::activate(v, $crate::nn::Activation::Gelu)
+                }
+                $body
+            }
+            A::GeluTanh => {
+                #[inline(always)]
+                fn $f(v: f32) -> f32 {
+                    $crate::nn::cpu::activate(v, $crate::nn::Activation::GeluTanh)
+                }
+                $body
+            }
+            A::Relu => {
+                #[inline(always)]
+                fn $f(v: f32) -> f32 {
+                    $crate::nn::cpu::activate(v, $crate::nn::Activation::Relu)
+                }
+                $body
+            }
+        }
+    }};
+}
+pub(crate) use with_activation;
+
+/// In-place activation of a slice on this thread, vectorised when inlined into a [`with_simd`]
+/// region (see [`with_activation`]).
 #[inline(always)]
 pub fn activate_slice(xs: &mut [f32], act: Activation) {
-    match act {
-        Activation::QuickGelu => xs.iter_mut().for_each(|v| *v = activate(*v, Activation::QuickGelu)),
-        Activation::Gelu => xs.iter_mut().for_each(|v| *v = activate(*v, Activation::Gelu)),
-        Activation::GeluTanh => xs.iter_mut().for_each(|v| *v = activate(*v, Activation::GeluTanh)),
-        Activation::Relu => xs.iter_mut().for_each(|v| *v = activate(*v, Activation::Relu)),
-    }
+    with_activation!(act, |f| xs.iter_mut().for_each(|v| *v = f(*v)))
 }
 
 /// In-place activation, chunked over threads.
@@ -132,40 +166,20 @@ pub fn apply_activation(xs: &mut [f32], act: Activation) {
     });
 }
 
-/// `act(x)` into a new tensor, one parallel pass (each activation its own vectorised loop).
+/// `act(x)` into a new tensor, one parallel pass.
 pub fn activated(x: &Tensor, act: Activation) -> Result<Tensor> {
-    macro_rules! each {
-        ($($a:ident)*) => {
-            match act {
-                $(Activation::$a => with_slice(x, |v| {
-                    map(
-                        v,
-                        #[inline(always)]
-                        |v| activate(v, Activation::$a),
-                    )
-                })?,)*
-            }
-        };
-    }
-    let out = each!(QuickGelu Gelu GeluTanh Relu);
+    let out = with_activation!(act, |f| with_slice(x, |v| map(v, f))?);
     Ok(Tensor::from_vec(out, x.shape(), &Device::Cpu)?)
 }
 
 /// `act(x + y)`, elementwise, same shapes.
 pub fn add_act(x: &Tensor, y: &Tensor, act: Activation) -> Result<Tensor> {
-    macro_rules! each {
-        ($($a:ident)*) => {
-            match act {
-                $(Activation::$a => zip_tensors(
-                    x,
-                    y,
-                    #[inline(always)]
-                    |a, b| activate(a + b, Activation::$a),
-                ),)*
-            }
-        };
-    }
-    each!(QuickGelu Gelu GeluTanh Relu)
+    with_activation!(act, |f| zip_tensors(
+        x,
+        y,
+        #[inline(always)]
+        |a, b| f(a + b),
+    ))
 }
 
 /// `f(x_i, y_i)` for every pair of two tensors of one shape, into a new tensor (see [`zip_map`]).

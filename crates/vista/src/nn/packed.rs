@@ -582,17 +582,7 @@ unsafe fn finish(epilogue: Epilogue<'_>, tile: (*mut f32, usize, usize), rows: u
     match (epilogue.residual, epilogue.act) {
         (None, None) => {}
         (residual, None) => finish_with(residual, tile, rows, at, |v| v),
-        (residual, Some(Activation::Relu)) => finish_with(residual, tile, rows, at, |v| v.max(0.0)),
-        // One arm per activation, each a constant the closure's loop inlines.
-        (residual, Some(Activation::Gelu)) => {
-            finish_with(residual, tile, rows, at, |v| super::cpu::activate(v, Activation::Gelu))
-        }
-        (residual, Some(Activation::QuickGelu)) => {
-            finish_with(residual, tile, rows, at, |v| super::cpu::activate(v, Activation::QuickGelu))
-        }
-        (residual, Some(Activation::GeluTanh)) => {
-            finish_with(residual, tile, rows, at, |v| super::cpu::activate(v, Activation::GeluTanh))
-        }
+        (residual, Some(act)) => super::cpu::with_activation!(act, |f| finish_with(residual, tile, rows, at, f)),
     }
 }
 

@@ -90,28 +90,16 @@ pub(crate) fn linear_taps(in_len: usize, out_len: usize, count: usize) -> Vec<(u
 /// (`r[x0]·wx0 + r[x1]·wx1`), then each output row is `h[y0]·wy0 + h[y1]·wy1` of two of those
 /// rows — the same products and sums, in the same order, as interpolating every output pixel
 /// from its four neighbours, without redoing the x pass for every output row.
-#[inline(always)]
-pub(crate) fn bilinear(
-    src: &[f32],
-    (ih, iw): (usize, usize),
-    (oh, ow): (usize, usize),
-    (kh, kw): (usize, usize),
-) -> Vec<f32> {
-    let (ty, tx) = (linear_taps(ih, oh, kh), linear_taps(iw, ow, kw));
-    let used = ty.iter().map(|t| t.1 + 1).max().unwrap_or(0);
-    let mut rows = vec![0f32; used * kw];
-    for (y, h) in rows.chunks_exact_mut(kw.max(1)).enumerate().take(used) {
-        along_x(&src[y * iw..(y + 1) * iw], &tx, h);
-    }
-    let mut out = vec![0f32; kh * kw];
-    for (o, t) in out.chunks_exact_mut(kw.max(1)).zip(&ty) {
-        along_y(&rows, kw, *t, o);
-    }
-    out
+/// Both passes are split over the threads by rows (nested inside a caller's own parallel loop
+/// over planes, rayon shares the work out).
+pub(crate) fn bilinear(src: &[f32], input: (usize, usize), out: (usize, usize), keep: (usize, usize)) -> Vec<f32> {
+    let mut dst = vec![0f32; keep.0 * keep.1];
+    bilinear_into(src, input, out, keep, &mut dst);
+    dst
 }
 
-/// [`bilinear`] with both passes split over the threads by rows (one large plane).
-fn bilinear_par(
+/// [`bilinear`] into `out[..keep_h · keep_w]`.
+fn bilinear_into(
     src: &[f32],
     (ih, iw): (usize, usize),
     (oh, ow): (usize, usize),
@@ -175,27 +163,13 @@ pub fn postprocess_masks(
 ) -> Vec<f32> {
     let plane = low_size.0 * low_size.1;
     let (oh, ow) = original_size;
-    let planes = low_res.len() / plane.max(1);
-    let mut out = vec![0f32; planes * oh * ow];
-    if planes >= 2 * crate::nn::cpu::threads() {
-        // Many planes (a batch of prompts): one plane per task.
-        out.par_chunks_mut(oh * ow).zip(low_res.par_chunks(plane)).for_each(|(dst, src)| {
-            crate::nn::cpu::with_simd(
-                #[inline(always)]
-                || {
-                    let padded = bilinear(src, low_size, (image_size, image_size), input_size);
-                    dst.copy_from_slice(&bilinear(&padded, input_size, original_size, original_size));
-                },
-            )
-        });
-    } else {
-        // A few planes (one prompt's masks): each plane's rows split over the threads.
-        for (dst, src) in out.chunks_exact_mut(oh * ow).zip(low_res.chunks_exact(plane)) {
-            let mut padded = vec![0f32; input_size.0 * input_size.1];
-            bilinear_par(src, low_size, (image_size, image_size), input_size, &mut padded);
-            bilinear_par(&padded, input_size, original_size, original_size, dst);
-        }
-    }
+    let mut out = vec![0f32; low_res.len() / plane.max(1) * oh * ow];
+    // One plane per task, each plane's rows split again: a batch of prompts and one prompt's
+    // three planes both keep every thread busy.
+    out.par_chunks_mut((oh * ow).max(1)).zip(low_res.par_chunks(plane.max(1))).for_each(|(dst, src)| {
+        let padded = bilinear(src, low_size, (image_size, image_size), input_size);
+        bilinear_into(&padded, input_size, original_size, original_size, dst);
+    });
     out
 }
 
@@ -283,11 +257,8 @@ mod tests {
         for (out, keep) in [((256, 256), (256, 170)), ((20, 90), (20, 90)), ((111, 31), (111, 31))] {
             let want = bilinear_per_pixel(&src, (ih, iw), out, keep);
             assert_eq!(bilinear(&src, (ih, iw), out, keep), want, "{out:?} {keep:?}");
-            let mut par = vec![f32::NAN; keep.0 * keep.1];
-            bilinear_par(&src, (ih, iw), out, keep, &mut par);
-            assert_eq!(par, want, "row-parallel {out:?} {keep:?}");
         }
-        // One prompt's planes (row-parallel) and a batch's (plane-parallel) agree.
+        // One prompt's planes and a batch's agree (each plane on its own).
         let planes: Vec<f32> = (0..8 * 16 * 16).map(|i| ((i * 31) % 257) as f32 / 13.0 - 9.0).collect();
         let few = postprocess_masks(&planes[..2 * 256], (16, 16), 64, (64, 43), (90, 60));
         let many = postprocess_masks(&planes, (16, 16), 64, (64, 43), (90, 60));
