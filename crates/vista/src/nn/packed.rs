@@ -21,7 +21,9 @@
 //! from PyTorch's only in rounding order (the parity tests hold at their tolerances). Machines
 //! without AVX-512 but with AVX2 and FMA (AMD before Zen 4, Intel's client cores) run the same
 //! blocking with a 6 × 16 tile in 12 of their 16 ymm registers, each 12 × 32 tile as four of
-//! them; others a portable kernel (auto-vectorised, slower).
+//! them, on panels whose two 16-column halves are stored one after the other so that each half
+//! is one contiguous stream ([`PackedWeight`]); others a portable kernel (auto-vectorised,
+//! slower).
 //!
 //! [`gemm_tn`] is the training side's other product, a weight's gradient `dYᵀ X`: the same
 //! register tile, with both operands read in place (no transpose, no packing).
@@ -54,13 +56,50 @@ const MIN_TAP_DEPTH: usize = 16;
 #[repr(C, align(64))]
 struct Line([f32; 16]);
 
-/// A `[K, N]` weight in the kernel's layout: `⌈N/32⌉` panels, each `[K][32]` row-major, the
-/// last padded with zero columns.
+/// A `[K, N]` weight in the kernel's layout: `⌈N/32⌉` panels of 32 columns, the last padded
+/// with zero columns. A panel's two 16-column halves are either interleaved (`[K][32]`
+/// row-major: one 128-byte row per depth step, what the AVX-512 kernel loads at once) or split
+/// (`[K][16]` then `[K][16]`: the AVX2 kernel, which runs the halves one after the other, then
+/// reads each as one contiguous stream, which DRAM serves about 30 % faster than every other
+/// 64-byte line, and a weight is read from DRAM on every forward at batch 1).
 #[derive(Clone)]
 pub struct PackedWeight {
     k: usize,
     n: usize,
+    split: bool,
     lines: Vec<Line>,
+}
+
+/// One panel's values from some depth on, as the micro-kernels read them: the first 16 columns
+/// of depth step `k` at `ptr + k·row`, the second 16 `half` values after them.
+#[derive(Clone, Copy)]
+struct Panel {
+    ptr: *const f32,
+    row: usize,
+    half: usize,
+}
+
+impl Panel {
+    /// The same panel `k` depth steps on.
+    #[inline(always)]
+    unsafe fn at(self, k: usize) -> Self {
+        Panel { ptr: self.ptr.add(k * self.row), ..self }
+    }
+}
+
+/// Whether weights are packed with split halves here: on CPUs whose best kernel is AVX2 (tests
+/// choose either, to run every kernel on both layouts).
+fn split_layout() -> bool {
+    #[cfg(test)]
+    if let Some(split) = LAYOUT.with(|l| l.get()) {
+        return split;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        !std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 impl std::fmt::Debug for PackedWeight {
@@ -77,18 +116,14 @@ impl PackedWeight {
     pub fn from_k_by_n(w: &[f32], k: usize, n: usize) -> Self {
         assert_eq!(w.len(), k * n, "packing a {k}x{n} weight from {} values", w.len());
         let panels = n.div_ceil(NR);
+        let split = split_layout();
         let mut lines = vec![Line([0.0; 16]); panels * k * 2];
         let pack = |(p, panel): (usize, &mut [Line])| {
             let cols = (n - p * NR).min(NR);
-            for (kk, pair) in panel.chunks_exact_mut(2).enumerate() {
+            for kk in 0..k {
                 let src = &w[kk * n + p * NR..kk * n + p * NR + cols];
-                if cols == NR {
-                    pair[0].0.copy_from_slice(&src[..16]);
-                    pair[1].0.copy_from_slice(&src[16..]);
-                } else {
-                    for (j, &v) in src.iter().enumerate() {
-                        pair[j / 16].0[j % 16] = v;
-                    }
+                for (half, values) in src.chunks(16).enumerate() {
+                    panel[Self::line(split, k, kk, half)].0[..values.len()].copy_from_slice(values);
                 }
             }
         };
@@ -98,7 +133,16 @@ impl PackedWeight {
         } else {
             lines.chunks_mut((k * 2).max(1)).enumerate().for_each(pack);
         }
-        Self { k, n, lines }
+        Self { k, n, split, lines }
+    }
+
+    /// The line of a panel holding depth step `kk`'s columns `16·half..16·half + 16`.
+    fn line(split: bool, k: usize, kk: usize, half: usize) -> usize {
+        if split {
+            half * k + kk
+        } else {
+            kk * 2 + half
+        }
     }
 
     /// The row-major `[K, N]` matrix back.
@@ -106,7 +150,8 @@ impl PackedWeight {
         let mut w = vec![0f32; self.k * self.n];
         for (kk, row) in w.chunks_exact_mut(self.n.max(1)).enumerate().take(self.k) {
             for (j, v) in row.iter_mut().enumerate() {
-                *v = self.lines[((j / NR) * self.k + kk) * 2 + (j % NR) / 16].0[j % 16];
+                let line = Self::line(self.split, self.k, kk, (j % NR) / 16);
+                *v = self.lines[(j / NR) * self.k * 2 + line].0[j % 16];
             }
         }
         w
@@ -123,8 +168,11 @@ impl PackedWeight {
     }
 
     /// Panel `p` from depth `k0` on.
-    fn panel(&self, p: usize, k0: usize) -> *const f32 {
-        self.lines[(p * self.k + k0) * 2..].as_ptr().cast()
+    fn panel(&self, p: usize, k0: usize) -> Panel {
+        let base: *const f32 = self.lines[p * self.k * 2..].as_ptr().cast();
+        let (row, half) = if self.split { (16, self.k * 16) } else { (32, 16) };
+        // SAFETY: `k0 ≤ K` steps stay inside the panel (or one past its end, never read).
+        Panel { ptr: unsafe { base.add(k0 * row) }, row, half }
     }
 }
 
@@ -687,6 +735,12 @@ thread_local! {
     static KERNEL_CAP: std::cell::Cell<u8> = const { std::cell::Cell::new(2) };
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Set by tests to pack with split (`true`) or interleaved halves whatever the CPU.
+    static LAYOUT: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
 /// Runs `f` with kernels no faster than `cap` on this thread (tests: every kernel on one machine).
 #[cfg(test)]
 fn with_kernel_at_most<R>(cap: u8, f: impl FnOnce() -> R) -> R {
@@ -709,7 +763,7 @@ unsafe fn tile(
     a: &[*const f32],
     taps: usize,
     kc: usize,
-    b: *const f32,
+    b: Panel,
     c: (*mut f32, usize, usize),
     start: Start,
 ) {
@@ -741,7 +795,7 @@ unsafe fn tile(
                 };
                 for i0 in (0..rows).step_by(avx2::MR) {
                     let c = (cp.add(i0 * ldc + 16 * half), ldc, width);
-                    let b = b.add(16 * half);
+                    let b = (b.ptr.add(b.half * half), b.row);
                     macro_rules! dispatch {
                         ($($r:literal)*) => {
                             match (rows - i0).min(avx2::MR) {
@@ -769,17 +823,18 @@ unsafe fn portable_tile(
     rows: usize,
     range: std::ops::Range<usize>,
     kc: usize,
-    b: *const f32,
+    b: Panel,
     (c, ldc, cols): (*mut f32, usize, usize),
     start: Start,
 ) {
     let mut acc = [[0f32; NR]; 4];
     for (t, tap) in a.chunks_exact(rows).enumerate() {
         for k in 0..kc {
-            let brow = &*(b.add((t * kc + k) * NR) as *const [f32; NR]);
+            let step = b.at(t * kc + k);
+            let halves = [&*(step.ptr as *const [f32; 16]), &*(step.ptr.add(step.half) as *const [f32; 16])];
             for (i, row) in tap[range.clone()].iter().enumerate() {
                 let av = *row.add(k);
-                for (s, &bv) in acc[i].iter_mut().zip(brow) {
+                for (s, &bv) in acc[i].iter_mut().zip(halves.into_iter().flatten()) {
                     *s += av * bv;
                 }
             }
@@ -801,14 +856,15 @@ unsafe fn portable_tile(
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{Start, NR};
+    use super::Start;
 
     /// Rows per sub-tile: 6 rows × 2 vectors of sums, two panel loads and a broadcast are 15 of
     /// the 16 registers (the layout of BLIS's Haswell and Zen kernels).
     pub const MR: usize = 6;
 
-    /// How far ahead the half-panel is prefetched, in values: 16 depth steps.
-    const PREFETCH: usize = 16 * NR;
+    /// How far ahead the half-panel is prefetched, in bytes (16 depth steps of an interleaved
+    /// panel, 32 of a split one).
+    const PREFETCH: usize = 2048;
 
     /// The lanes `< n` of 8 set, for masked loads and stores.
     #[inline(always)]
@@ -853,7 +909,7 @@ mod avx2 {
     }
 
     /// Rows `i0..i0 + R` of a tile of `rows` (its pointers `a`, tap-major) against 16 columns of
-    /// a panel (`b` at the half's first column, rows 32 values apart), stored into the first
+    /// a panel (`b`: the half's first column, and the values between depth steps), stored into the first
     /// `width` columns of `c`: each depth step one cache line of the panel, two loads, `R`
     /// broadcasts and `2R` fused multiply–adds.
     ///
@@ -865,7 +921,7 @@ mod avx2 {
         rows: usize,
         i0: usize,
         kc: usize,
-        b: *const f32,
+        (b, step): (*const f32, usize),
         c: (*mut f32, usize, usize),
         start: Start,
     ) {
@@ -875,7 +931,7 @@ mod avx2 {
             let mut p = [std::ptr::null::<f32>(); R];
             p.copy_from_slice(&tap[i0..i0 + R]);
             for k in 0..kc {
-                _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(PREFETCH).cast());
+                _mm_prefetch::<_MM_HINT_T0>(bp.cast::<i8>().wrapping_add(PREFETCH));
                 let b0 = _mm256_load_ps(bp);
                 let b1 = _mm256_load_ps(bp.add(8));
                 for r in 0..R {
@@ -883,7 +939,7 @@ mod avx2 {
                     acc[r][0] = _mm256_fmadd_ps(av, b0, acc[r][0]);
                     acc[r][1] = _mm256_fmadd_ps(av, b1, acc[r][1]);
                 }
-                bp = bp.add(NR);
+                bp = bp.add(step);
             }
         }
         store(&acc, c, start);
@@ -927,7 +983,7 @@ mod avx2 {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::Start;
+    use super::{Panel, Start};
 
     /// How far ahead the panel is prefetched, in values: 16 depth steps (2 KiB). At batch 1 the
     /// weights stream from memory once per forward and this hides their latency.
@@ -943,7 +999,7 @@ mod avx512 {
     pub unsafe fn tile<const R: usize>(
         a: &[*const f32],
         kc: usize,
-        b: *const f32,
+        b: Panel,
         (c, ldc, cols): (*mut f32, usize, usize),
         start: Start,
     ) {
@@ -954,7 +1010,7 @@ mod avx512 {
             }
         }
         let mut acc = [[_mm512_setzero_ps(); 2]; R];
-        let mut bp = b;
+        let (mut bp, step, half) = (b.ptr, b.row, b.half);
         for tap in a.chunks_exact(R) {
             let mut rows = [std::ptr::null::<f32>(); R];
             rows.copy_from_slice(tap);
@@ -962,15 +1018,15 @@ mod avx512 {
                 // The panel streams from memory when its weight is not cached (one image:
                 // every weight is read once per forward); fetch it ahead of use.
                 _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(PREFETCH).cast());
-                _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(PREFETCH + 16).cast());
+                _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(PREFETCH + half).cast());
                 let b0 = _mm512_load_ps(bp);
-                let b1 = _mm512_load_ps(bp.add(16));
+                let b1 = _mm512_load_ps(bp.add(half));
                 for r in 0..R {
                     let av = _mm512_set1_ps(*rows[r].add(k));
                     acc[r][0] = _mm512_fmadd_ps(av, b0, acc[r][0]);
                     acc[r][1] = _mm512_fmadd_ps(av, b1, acc[r][1]);
                 }
-                bp = bp.add(32);
+                bp = bp.add(step);
             }
         }
         let mask = |lo: usize| -> __mmask16 {
@@ -1071,11 +1127,17 @@ mod tests {
         }
     }
 
-    /// `f` once per kernel cap: the best kernel here, AVX2 at most, portable.
+    /// `f` once per kernel cap (the best kernel here, AVX2 at most, portable) and weight layout
+    /// (interleaved, split halves).
     fn every_kernel(f: impl Fn(&str)) {
-        f("best");
-        with_kernel_at_most(1, || f("avx2 at most"));
-        with_kernel_at_most(0, || f("portable"));
+        for split in [false, true] {
+            LAYOUT.with(|l| l.set(Some(split)));
+            let layout = if split { "split" } else { "interleaved" };
+            f(&format!("best, {layout}"));
+            with_kernel_at_most(1, || f(&format!("avx2 at most, {layout}")));
+            with_kernel_at_most(0, || f(&format!("portable, {layout}")));
+        }
+        LAYOUT.with(|l| l.set(None));
     }
 
     #[test]
