@@ -11,7 +11,6 @@
 //! The arithmetic is the reference's; only the summation order differs.
 
 use candle_core::{Device, Tensor};
-use rayon::prelude::*;
 
 use super::packed::{self, Lhs};
 use super::Linear;
@@ -245,7 +244,7 @@ impl DepthwiseConv2d {
         let (ho, wo) = (out_size(h, k, s, p), out_size(w, k, s, p));
         let mut out = vec![0f32; b * ho * wo * c];
         super::cpu::with_slice(x, |src| {
-            out.par_chunks_mut(wo * c).enumerate().for_each(|(bo, dst)| {
+            super::team::for_each_chunk(&mut out, wo * c, |bo, dst| {
                 super::cpu::with_simd(
                     #[inline(always)]
                     || {

@@ -13,7 +13,6 @@
 
 use super::gemm::{matmul, MatMut, MatRef, Parallelism};
 use candle_core::{DType, Device, Layout, Storage, Tensor};
-use rayon::prelude::*;
 
 use super::Activation;
 use crate::Result;
@@ -158,7 +157,7 @@ pub fn activate_slice(xs: &mut [f32], act: Activation) {
 /// In-place activation, chunked over threads.
 pub fn apply_activation(xs: &mut [f32], act: Activation) {
     const CHUNK: usize = 16 * 1024;
-    xs.par_chunks_mut(CHUNK).for_each(|c| {
+    super::team::for_each_chunk(xs, CHUNK, |_, c| {
         with_simd(
             #[inline(always)]
             || activate_slice(c, act),
@@ -201,18 +200,17 @@ const ELEMENTS_PER_TASK: usize = 16 * 1024;
 pub fn map(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
     // Written once, never zeroed first (a zeroing pass costs as much as a cheap `f`).
     let mut out = Vec::with_capacity(x.len());
-    out.spare_capacity_mut().par_chunks_mut(ELEMENTS_PER_TASK).zip(x.par_chunks(ELEMENTS_PER_TASK)).for_each(
-        |(o, x)| {
-            with_simd(
-                #[inline(always)]
-                || {
-                    for (o, &v) in o.iter_mut().zip(x) {
-                        o.write(f(v));
-                    }
-                },
-            )
-        },
-    );
+    super::team::for_each_chunk(&mut out.spare_capacity_mut()[..x.len()], ELEMENTS_PER_TASK, |i, o| {
+        let x = &x[i * ELEMENTS_PER_TASK..][..o.len()];
+        with_simd(
+            #[inline(always)]
+            || {
+                for (o, &v) in o.iter_mut().zip(x) {
+                    o.write(f(v));
+                }
+            },
+        )
+    });
     // SAFETY: the chunks cover all `x.len()` elements and each was written above.
     unsafe { out.set_len(x.len()) };
     out
@@ -224,19 +222,17 @@ pub fn map(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
 pub fn zip_map(x: &[f32], y: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
     assert_eq!(x.len(), y.len(), "zip_map over slices of different lengths");
     let mut out = Vec::with_capacity(x.len());
-    out.spare_capacity_mut()
-        .par_chunks_mut(ELEMENTS_PER_TASK)
-        .zip(x.par_chunks(ELEMENTS_PER_TASK).zip(y.par_chunks(ELEMENTS_PER_TASK)))
-        .for_each(|(o, (x, y))| {
-            with_simd(
-                #[inline(always)]
-                || {
-                    for (o, (&a, &b)) in o.iter_mut().zip(x.iter().zip(y)) {
-                        o.write(f(a, b));
-                    }
-                },
-            )
-        });
+    super::team::for_each_chunk(&mut out.spare_capacity_mut()[..x.len()], ELEMENTS_PER_TASK, |i, o| {
+        let (x, y) = (&x[i * ELEMENTS_PER_TASK..][..o.len()], &y[i * ELEMENTS_PER_TASK..][..o.len()]);
+        with_simd(
+            #[inline(always)]
+            || {
+                for (o, (&a, &b)) in o.iter_mut().zip(x.iter().zip(y)) {
+                    o.write(f(a, b));
+                }
+            },
+        )
+    });
     // SAFETY: the chunks cover all `x.len()` elements (`y` is as long) and each was written.
     unsafe { out.set_len(x.len()) };
     out
@@ -249,7 +245,8 @@ pub fn zip_map(x: &[f32], y: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<
 pub fn map_rows(x: &[f32], width: usize, f: impl Fn(&[f32], &mut [f32]) + Sync) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
     let chunk = rows_per_task(width) * width;
-    out.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(o, x)| {
+    super::team::for_each_chunk(&mut out, chunk, |i, o| {
+        let x = &x[i * chunk..][..o.len()];
         with_simd(
             #[inline(always)]
             || {
@@ -373,22 +370,24 @@ pub fn add_layer_norm(x: &Tensor, y: &Tensor, w: &Tensor, b: &Tensor, eps: f32) 
             with_slice(x, |xs| {
                 with_slice(y, |ys| {
                     let rows = rows_per_task(c) * c;
-                    sum.par_chunks_mut(rows)
-                        .zip(out.par_chunks_mut(rows))
-                        .zip(xs.par_chunks(rows).zip(ys.par_chunks(rows)))
-                        .for_each(|((s, o), (x, y))| {
-                            for (si, (xi, yi)) in s.iter_mut().zip(x.iter().zip(y)) {
-                                *si = xi + yi;
-                            }
-                            with_simd(
-                                #[inline(always)]
-                                || {
-                                    for (s, o) in s.chunks_exact(c).zip(o.chunks_exact_mut(c)) {
-                                        layer_norm_row(s, w, b, eps, o);
-                                    }
-                                },
-                            )
-                        });
+                    let out = SyncPtr(out.as_mut_ptr());
+                    super::team::for_each_chunk(&mut sum, rows, |i, s| {
+                        let at = i * rows;
+                        // SAFETY: the same disjoint piece of `out` as `s` is of `sum`.
+                        let o = unsafe { std::slice::from_raw_parts_mut(out.get().add(at), s.len()) };
+                        let (x, y) = (&xs[at..at + s.len()], &ys[at..at + s.len()]);
+                        for (si, (xi, yi)) in s.iter_mut().zip(x.iter().zip(y)) {
+                            *si = xi + yi;
+                        }
+                        with_simd(
+                            #[inline(always)]
+                            || {
+                                for (s, o) in s.chunks_exact(c).zip(o.chunks_exact_mut(c)) {
+                                    layer_norm_row(s, w, b, eps, o);
+                                }
+                            },
+                        )
+                    });
                 })
             })
         })
@@ -407,6 +406,27 @@ pub fn add(x: &Tensor, y: &Tensor) -> Result<Tensor> {
 }
 
 struct SyncPtr(*mut f32);
+
+thread_local! {
+    /// Per-thread scratch of the attention kernels (scores, relative-position terms), kept
+    /// between calls.
+    static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// `f(scores, rel)` on this thread's scratch, `scores` at least `len` long.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut Vec<f32>, &mut Vec<f32>) -> R) -> R {
+    SCRATCH.with(|s| match s.try_borrow_mut() {
+        Ok(mut s) => {
+            let (scores, rel) = &mut *s;
+            if scores.len() < len {
+                scores.resize(len, 0.0);
+            }
+            f(scores, rel)
+        }
+        // Re-entered (a task run while another waits on this thread): fresh buffers.
+        Err(_) => f(&mut vec![0f32; len], &mut Vec::new()),
+    })
+}
 // SAFETY: each parallel task writes a disjoint set of elements (its own head's columns).
 unsafe impl Sync for SyncPtr {}
 unsafe impl Send for SyncPtr {}
@@ -505,9 +525,8 @@ pub fn attention_biased(qkv: &Tensor, heads: usize, scale: f32, bias: ScoreBias<
     let mut out = vec![0f32; b * n * c];
     let out_ptr = SyncPtr(out.as_mut_ptr());
     with_slice(qkv, |src| {
-        (0..b * heads * blocks).into_par_iter().for_each_init(
-            || (vec![0f32; ATTENTION_ROW_BLOCK.min(n) * n], Vec::new()),
-            |(scores, rel), task| {
+        super::team::for_each(b * heads * blocks, |task| {
+            with_scratch(ATTENTION_ROW_BLOCK.min(n) * n, |scores, rel| {
                 let (bh, blk) = (task / blocks, task % blocks);
                 let (bi, h) = (bh / heads, bh % heads);
                 let r0 = blk * ATTENTION_ROW_BLOCK;
@@ -573,8 +592,8 @@ pub fn attention_biased(qkv: &Tensor, heads: usize, scale: f32, bias: ScoreBias<
                     false,
                     Parallelism::None,
                 );
-            },
-        );
+            })
+        });
     })?;
     Ok(Tensor::from_vec(out, (b, n, c), &Device::Cpu)?)
 }
@@ -609,9 +628,8 @@ pub fn cross_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: 
     with_slice(q, |qs| {
         with_slice(k, |ks| {
             with_slice(v, |vs| {
-                (0..b * heads * blocks).into_par_iter().for_each_init(
-                    || vec![0f32; ATTENTION_ROW_BLOCK.min(nq) * nk],
-                    |scores, task| {
+                super::team::for_each(b * heads * blocks, |task| {
+                    with_scratch(ATTENTION_ROW_BLOCK.min(nq) * nk, |scores, _| {
                         let (bh, blk) = (task / blocks, task % blocks);
                         let (bi, h) = (bh / heads, bh % heads);
                         let r0 = blk * ATTENTION_ROW_BLOCK;
@@ -643,8 +661,8 @@ pub fn cross_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: 
                             false,
                             Parallelism::None,
                         );
-                    },
-                );
+                    })
+                });
             })
         })
     })???;

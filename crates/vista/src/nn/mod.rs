@@ -16,6 +16,7 @@ pub mod packed;
 pub mod pool;
 pub mod portable;
 pub mod resnet;
+pub mod team;
 pub mod window;
 
 pub use activation::Activation;

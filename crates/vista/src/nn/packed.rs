@@ -337,7 +337,7 @@ pub fn gemm(
     if tasks.len() == 1 || threads <= 1 {
         tasks.iter().for_each(run);
     } else {
-        tasks.par_iter().for_each(run);
+        super::team::for_each(tasks.len(), |i| run(&tasks[i]));
     }
     // SAFETY: the tasks cover every row × column rectangle, and each wrote all of its elements.
     unsafe { out.set_len(m * n) };
@@ -391,7 +391,7 @@ pub fn gemm_tn(a: &[f32], b: &[f32], k: usize, m: usize, n: usize, threads: usiz
     if tasks.len() == 1 {
         tasks.iter().for_each(run);
     } else {
-        tasks.par_iter().for_each(run);
+        super::team::for_each(tasks.len(), |i| run(&tasks[i]));
     }
     Ok(out)
 }

@@ -6,7 +6,6 @@
 //! direct loops over contiguous channel vectors, other devices compose candle ops.
 
 use candle_core::{Device, Tensor, D};
-use rayon::prelude::*;
 
 use crate::Result;
 
@@ -32,7 +31,7 @@ pub fn avg_pool(x: &Tensor, k: usize) -> Result<Tensor> {
     let src = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
     let mut out = vec![0f32; b * ho * wo * c];
     let inv = (k * k) as f32;
-    out.par_chunks_mut(wo * c).enumerate().for_each(|(row, dst)| {
+    super::team::for_each_chunk(&mut out, wo * c, |row, dst| {
         let (bi, oy) = (row / ho, row % ho);
         for (ox, o) in dst.chunks_exact_mut(c).enumerate() {
             for ky in 0..k {
@@ -71,7 +70,7 @@ pub fn max_pool(x: &Tensor, k: usize, s: usize, p: usize) -> Result<Tensor> {
     }
     let mut out = vec![f32::NEG_INFINITY; b * ho * wo * c];
     super::cpu::with_slice(x, |src| {
-        out.par_chunks_mut(wo * c).enumerate().for_each(|(row, dst)| {
+        super::team::for_each_chunk(&mut out, wo * c, |row, dst| {
             super::cpu::with_simd(
                 #[inline(always)]
                 || {

@@ -6,8 +6,6 @@
 //! padded tokens take part in attention like any other (neither reference masks them), so the
 //! caller says what a padded row holds (e.g. the projection of a zero token, i.e. its bias).
 
-use rayon::prelude::*;
-
 /// Pads `x: [B, H, W, C]` (flat) with `pad_row` and regroups it into windows
 /// `[B·nH·nW, ws·ws, C]`; returns the windows and `(nH, nW)`.
 pub fn window_partition(
@@ -22,7 +20,7 @@ pub fn window_partition(
     let (nh, nw) = (h.div_ceil(ws), w.div_ceil(ws));
     let mut out = vec![0f32; b * nh * nw * ws * ws * c];
     // One window per task (a copy of its rows; both cores copy).
-    out.par_chunks_mut((ws * ws * c).max(1)).enumerate().for_each(|(win, dst)| {
+    super::team::for_each_chunk(&mut out, (ws * ws * c).max(1), |win, dst| {
         let (bi, wy, wx) = (win / (nh * nw), (win / nw) % nh, win % nw);
         for ty in 0..ws {
             for tx in 0..ws {
@@ -46,7 +44,7 @@ pub fn window_unpartition(windows: &[f32], (b, h, w): (usize, usize, usize), c: 
     debug_assert_eq!(windows.len(), b * nh * nw * ws * ws * c);
     let mut out = vec![0f32; b * h * w * c];
     // One output row of the grid per task.
-    out.par_chunks_mut((w * c).max(1)).enumerate().for_each(|(by, dst)| {
+    super::team::for_each_chunk(&mut out, (w * c).max(1), |by, dst| {
         let (bi, y) = (by / h, by % h);
         for x in 0..w {
             let win = (bi * nh + y / ws) * nw + x / ws;
