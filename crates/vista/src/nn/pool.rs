@@ -28,21 +28,28 @@ pub fn avg_pool(x: &Tensor, k: usize) -> Result<Tensor> {
         let x = x.reshape((b, ho, k, wo, k, c))?.sum(4)?.sum(2)?;
         return Ok((x / (k * k) as f64)?);
     }
-    let src = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
     let mut out = vec![0f32; b * ho * wo * c];
     let inv = (k * k) as f32;
-    super::team::for_each_chunk(&mut out, wo * c, |row, dst| {
-        let (bi, oy) = (row / ho, row % ho);
-        for (ox, o) in dst.chunks_exact_mut(c).enumerate() {
-            for ky in 0..k {
-                for kx in 0..k {
-                    let from = ((bi * h + oy * k + ky) * w + ox * k + kx) * c;
-                    o.iter_mut().zip(&src[from..from + c]).for_each(|(o, v)| *o += v);
-                }
-            }
-            o.iter_mut().for_each(|v| *v /= inv);
-        }
-    });
+    // Read in place (no copy of the input), each output row's loops vectorised over channels.
+    super::cpu::with_slice(x, |src| {
+        super::team::for_each_chunk(&mut out, wo * c, |row, dst| {
+            super::cpu::with_simd(
+                #[inline(always)]
+                || {
+                    let (bi, oy) = (row / ho, row % ho);
+                    for (ox, o) in dst.chunks_exact_mut(c).enumerate() {
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let from = ((bi * h + oy * k + ky) * w + ox * k + kx) * c;
+                                o.iter_mut().zip(&src[from..from + c]).for_each(|(o, v)| *o += v);
+                            }
+                        }
+                        o.iter_mut().for_each(|v| *v /= inv);
+                    }
+                },
+            )
+        })
+    })?;
     Ok(Tensor::from_vec(out, (b, ho, wo, c), &Device::Cpu)?)
 }
 
