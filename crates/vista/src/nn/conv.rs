@@ -243,35 +243,34 @@ impl DepthwiseConv2d {
         }
         let (ho, wo) = (out_size(h, k, s, p), out_size(w, k, s, p));
         let mut out = vec![0f32; b * ho * wo * c];
-        super::cpu::with_slice(x, |src| {
-            super::team::for_each_chunk(&mut out, wo * c, |bo, dst| {
-                super::cpu::with_simd(
+        super::cpu::map_pixels(
+            x,
+            &mut out,
+            (ho, wo, c),
+            #[inline(always)]
+            |src, (bi, oy, ox), o| {
+                o.copy_from_slice(&self.bias);
+                for_each_tap(
+                    (oy, ox),
+                    (h, w),
+                    (k, s, p),
                     #[inline(always)]
-                    || {
-                        let (bi, oy) = (bo / ho, bo % ho);
-                        for (ox, o) in dst.chunks_exact_mut(c).enumerate() {
-                            o.copy_from_slice(&self.bias);
-                            for_each_tap(
-                                (oy, ox),
-                                (h, w),
-                                (k, s, p),
-                                #[inline(always)]
-                                |tap, pixel| {
-                                    let from = (bi * h * w + pixel) * c;
-                                    let tap = &self.weight[tap * c..(tap + 1) * c];
-                                    for ((o, xv), wv) in o.iter_mut().zip(&src[from..from + c]).zip(tap) {
-                                        *o += xv * wv;
-                                    }
-                                },
-                            );
-                        }
-                        if let Some(act) = act {
-                            super::cpu::activate_slice(dst, act);
+                    |tap, pixel| {
+                        let from = (bi * h * w + pixel) * c;
+                        let tap = &self.weight[tap * c..(tap + 1) * c];
+                        for ((o, xv), wv) in o.iter_mut().zip(&src[from..from + c]).zip(tap) {
+                            *o += xv * wv;
                         }
                     },
-                )
-            })
-        })?;
+                );
+            },
+            #[inline(always)]
+            |row| {
+                if let Some(act) = act {
+                    super::cpu::activate_slice(row, act);
+                }
+            },
+        )?;
         Ok(Tensor::from_vec(out, (b, ho, wo, c), &Device::Cpu)?)
     }
 }

@@ -259,6 +259,34 @@ pub fn map_rows(x: &[f32], width: usize, f: impl Fn(&[f32], &mut [f32]) + Sync) 
     out
 }
 
+/// `pixel(src, (image, oy, ox), out)` for every pixel of a channels-last `[B, Ho, Wo, C]` output
+/// `out` computed from `x` (read in place as `src`), then `row(out_row)` once a row is done: the
+/// output rows split over the team, each under [`with_simd`] (pass `#[inline(always)]` closures
+/// so their channel loops vectorise). The direct loops of pooling and depthwise convolution.
+#[inline(always)]
+pub(crate) fn map_pixels(
+    x: &Tensor,
+    out: &mut [f32],
+    (ho, wo, c): (usize, usize, usize),
+    pixel: impl Fn(&[f32], (usize, usize, usize), &mut [f32]) + Sync + Send,
+    row: impl Fn(&mut [f32]) + Sync + Send,
+) -> Result<()> {
+    with_slice(x, |src| {
+        super::team::for_each_chunk(out, wo * c, |r, dst| {
+            with_simd(
+                #[inline(always)]
+                || {
+                    let (bi, oy) = (r / ho, r % ho);
+                    for (ox, o) in dst.chunks_exact_mut(c).enumerate() {
+                        pixel(src, (bi, oy, ox), o);
+                    }
+                    row(dst);
+                },
+            )
+        })
+    })
+}
+
 /// `e^x` in f32 without a libm call, so loops over it vectorise: `2^n · p(r)` with
 /// `x = n·ln 2 + r`, `|r| ≤ ln 2 / 2`, `p` the degree-6 Taylor polynomial (relative error
 /// < 2e-7 over the range; inputs are clamped to the finite range of f32). Below −87 (where

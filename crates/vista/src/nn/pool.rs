@@ -30,26 +30,22 @@ pub fn avg_pool(x: &Tensor, k: usize) -> Result<Tensor> {
     }
     let mut out = vec![0f32; b * ho * wo * c];
     let inv = (k * k) as f32;
-    // Read in place (no copy of the input), each output row's loops vectorised over channels.
-    super::cpu::with_slice(x, |src| {
-        super::team::for_each_chunk(&mut out, wo * c, |row, dst| {
-            super::cpu::with_simd(
-                #[inline(always)]
-                || {
-                    let (bi, oy) = (row / ho, row % ho);
-                    for (ox, o) in dst.chunks_exact_mut(c).enumerate() {
-                        for ky in 0..k {
-                            for kx in 0..k {
-                                let from = ((bi * h + oy * k + ky) * w + ox * k + kx) * c;
-                                o.iter_mut().zip(&src[from..from + c]).for_each(|(o, v)| *o += v);
-                            }
-                        }
-                        o.iter_mut().for_each(|v| *v /= inv);
-                    }
-                },
-            )
-        })
-    })?;
+    super::cpu::map_pixels(
+        x,
+        &mut out,
+        (ho, wo, c),
+        #[inline(always)]
+        |src, (bi, oy, ox), o| {
+            for ky in 0..k {
+                for kx in 0..k {
+                    let from = ((bi * h + oy * k + ky) * w + ox * k + kx) * c;
+                    o.iter_mut().zip(&src[from..from + c]).for_each(|(o, v)| *o += v);
+                }
+            }
+            o.iter_mut().for_each(|v| *v /= inv);
+        },
+        |_| {},
+    )?;
     Ok(Tensor::from_vec(out, (b, ho, wo, c), &Device::Cpu)?)
 }
 
@@ -76,33 +72,30 @@ pub fn max_pool(x: &Tensor, k: usize, s: usize, p: usize) -> Result<Tensor> {
         return Ok(y.narrow(2, 0, ho)?.narrow(3, 0, wo)?.permute((0, 2, 3, 1))?.contiguous()?);
     }
     let mut out = vec![f32::NEG_INFINITY; b * ho * wo * c];
-    super::cpu::with_slice(x, |src| {
-        super::team::for_each_chunk(&mut out, wo * c, |row, dst| {
-            super::cpu::with_simd(
+    super::cpu::map_pixels(
+        x,
+        &mut out,
+        (ho, wo, c),
+        #[inline(always)]
+        |src, (bi, oy, ox), o| {
+            super::conv::for_each_tap(
+                (oy, ox),
+                (h, w),
+                (k, s, p),
                 #[inline(always)]
-                || {
-                    let (bi, oy) = (row / ho, row % ho);
-                    for (ox, o) in dst.chunks_exact_mut(c).enumerate() {
-                        super::conv::for_each_tap(
-                            (oy, ox),
-                            (h, w),
-                            (k, s, p),
-                            #[inline(always)]
-                            |_, pixel| {
-                                let from = (bi * h * w + pixel) * c;
-                                // NaN propagates as in ATen (`val > max || isnan(val)`).
-                                o.iter_mut().zip(&src[from..from + c]).for_each(|(o, &v)| {
-                                    if v > *o || v.is_nan() {
-                                        *o = v
-                                    }
-                                });
-                            },
-                        );
-                    }
+                |_, pixel| {
+                    let from = (bi * h * w + pixel) * c;
+                    // NaN propagates as in ATen (`val > max || isnan(val)`).
+                    o.iter_mut().zip(&src[from..from + c]).for_each(|(o, &v)| {
+                        if v > *o || v.is_nan() {
+                            *o = v
+                        }
+                    });
                 },
             )
-        })
-    })?;
+        },
+        |_| {},
+    )?;
     Ok(Tensor::from_vec(out, (b, ho, wo, c), &Device::Cpu)?)
 }
 
