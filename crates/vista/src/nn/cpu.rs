@@ -14,6 +14,7 @@
 use super::gemm::{matmul, MatMut, MatRef, Parallelism};
 use candle_core::{DType, Device, Layout, Storage, Tensor};
 
+use super::team::Shared;
 use super::Activation;
 use crate::Result;
 
@@ -111,37 +112,18 @@ pub fn activate(v: f32, act: Activation) -> f32 {
 /// vectorises. A loop calling [`activate`] with an activation known only at run time does not:
 /// it costs a scalar call per value (a tenth of TinyViT's time went there).
 macro_rules! with_activation {
-    ($act:expr, |$f:ident| $body:expr) => {{
-        use $crate::nn::Activation as A;
+    ($act:expr, |$f:ident| $body:expr) => {
+        $crate::nn::cpu::with_activation!(@each $act, $f, $body, QuickGelu Gelu GeluTanh Relu)
+    };
+    (@each $act:expr, $f:ident, $body:expr, $($a:ident)*) => {{
         match $act {
-            A::QuickGelu => {
+            $($crate::nn::Activation::$a => {
                 #[inline(always)]
                 fn $f(v: f32) -> f32 {
-                    $crate::nn::cpu::activate(v, $crate::nn::Activation::QuickGelu)
+                    $crate::nn::cpu::activate(v, $crate::nn::Activation::$a)
                 }
                 $body
-            }
-            A::Gelu => {
-                #[inline(always)]
-                fn $f(v: f32) -> f32 {
-                    $crate::nn::cpu::activate(v, $crate::nn::Activation::Gelu)
-                }
-                $body
-            }
-            A::GeluTanh => {
-                #[inline(always)]
-                fn $f(v: f32) -> f32 {
-                    $crate::nn::cpu::activate(v, $crate::nn::Activation::GeluTanh)
-                }
-                $body
-            }
-            A::Relu => {
-                #[inline(always)]
-                fn $f(v: f32) -> f32 {
-                    $crate::nn::cpu::activate(v, $crate::nn::Activation::Relu)
-                }
-                $body
-            }
+            })*
         }
     }};
 }
@@ -398,7 +380,7 @@ pub fn add_layer_norm(x: &Tensor, y: &Tensor, w: &Tensor, b: &Tensor, eps: f32) 
             with_slice(x, |xs| {
                 with_slice(y, |ys| {
                     let rows = rows_per_task(c) * c;
-                    let out = SyncPtr(out.as_mut_ptr());
+                    let out = Shared(out.as_mut_ptr());
                     super::team::for_each_chunk(&mut sum, rows, |i, s| {
                         let at = i * rows;
                         // SAFETY: the same disjoint piece of `out` as `s` is of `sum`.
@@ -433,8 +415,6 @@ pub fn add(x: &Tensor, y: &Tensor) -> Result<Tensor> {
     )
 }
 
-struct SyncPtr(*mut f32);
-
 thread_local! {
     /// Per-thread scratch of the attention kernels (scores, relative-position terms), kept
     /// between calls.
@@ -454,16 +434,6 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut Vec<f32>, &mut Vec<f32>) -> R
         // Re-entered (a task run while another waits on this thread): fresh buffers.
         Err(_) => f(&mut vec![0f32; len], &mut Vec::new()),
     })
-}
-// SAFETY: each parallel task writes a disjoint set of elements (its own head's columns).
-unsafe impl Sync for SyncPtr {}
-unsafe impl Send for SyncPtr {}
-
-impl SyncPtr {
-    /// A method (not a field access) so closures capture the wrapper, not the raw pointer.
-    fn get(&self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// Multi-head self-attention from a fused projection: [`attention_biased`] with an optional
@@ -551,7 +521,7 @@ pub fn attention_biased(qkv: &Tensor, heads: usize, scale: f32, bias: ScoreBias<
     }
     let blocks = n.div_ceil(ATTENTION_ROW_BLOCK);
     let mut out = vec![0f32; b * n * c];
-    let out_ptr = SyncPtr(out.as_mut_ptr());
+    let out_ptr = Shared(out.as_mut_ptr());
     with_slice(qkv, |src| {
         super::team::for_each(b * heads * blocks, |task| {
             with_scratch(ATTENTION_ROW_BLOCK.min(n) * n, |scores, rel| {
@@ -652,7 +622,7 @@ pub fn cross_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: 
     let d = c / heads;
     let blocks = nq.div_ceil(ATTENTION_ROW_BLOCK).max(1);
     let mut out = vec![0f32; b * nq * c];
-    let out_ptr = SyncPtr(out.as_mut_ptr());
+    let out_ptr = Shared(out.as_mut_ptr());
     with_slice(q, |qs| {
         with_slice(k, |ks| {
             with_slice(v, |vs| {

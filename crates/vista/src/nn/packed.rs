@@ -30,6 +30,7 @@
 
 use rayon::prelude::*;
 
+use super::team::Shared;
 use super::Activation;
 use crate::Result;
 
@@ -320,7 +321,7 @@ pub fn gemm(
     let block_rows = |b: usize| ((b * tiles / blocks) * MR).min(m);
     let groups = (2 * threads).div_ceil(blocks).clamp(1, panels);
     let panels_per = panels.div_ceil(groups);
-    let out_ptr = SendPtr(out.spare_capacity_mut().as_mut_ptr().cast());
+    let out_ptr = Shared(out.spare_capacity_mut().as_mut_ptr().cast());
     let tasks: Vec<(usize, usize)> =
         (0..blocks).flat_map(|b| (0..panels.div_ceil(panels_per)).map(move |g| (b, g))).collect();
     // Decided here, on the caller's thread (the tasks run on the pool's).
@@ -343,12 +344,6 @@ pub fn gemm(
     unsafe { out.set_len(m * n) };
     Ok(out)
 }
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: only used to hand disjoint parts of one buffer to the tasks of one `gemm` call.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
 
 /// Depth of one pass of [`gemm_tn`]: 256 rows of both operands (a 512-wide `b` is 512 KiB, in L2).
 const KT: usize = 256;
@@ -376,7 +371,7 @@ pub fn gemm_tn(a: &[f32], b: &[f32], k: usize, m: usize, n: usize, threads: usiz
     // thread has two tasks.
     let groups = (2 * threads).min(panels);
     let blocks = (2 * threads).div_ceil(groups).min(tiles);
-    let out_ptr = SendPtr(out.as_mut_ptr());
+    let out_ptr = Shared(out.as_mut_ptr());
     let tasks: Vec<(usize, usize)> = (0..blocks).flat_map(|r| (0..groups).map(move |g| (r, g))).collect();
     let kernel = Kernel::here();
     let run = |&(r, g): &(usize, usize)| {
@@ -399,13 +394,13 @@ pub fn gemm_tn(a: &[f32], b: &[f32], k: usize, m: usize, n: usize, threads: usiz
 /// One task of [`gemm_tn`]: output rows `r0..r1`, columns `c0..c1`.
 ///
 /// # Safety
-/// `out.0` points at the zeroed `[M, N]` output and no one else touches this rectangle meanwhile.
+/// `out` points at the zeroed `[M, N]` output and no one else touches this rectangle meanwhile.
 #[inline(always)]
 unsafe fn task_tn(
     a: &[f32],
     b: &[f32],
     (k, m, n): (usize, usize, usize),
-    out: SendPtr,
+    out: Shared<f32>,
     (r0, r1): (usize, usize),
     (c0, c1): (usize, usize),
     kernel: Kernel,
@@ -418,7 +413,7 @@ unsafe fn task_tn(
                 let cols = (c1 - j0).min(NR);
                 let ap = a.as_ptr().add(t0 * m + o0);
                 let bp = b.as_ptr().add(t0 * n + j0);
-                let cp = out.0.add(o0 * n + j0);
+                let cp = out.get().add(o0 * n + j0);
                 match kernel {
                     #[cfg(target_arch = "x86_64")]
                     Kernel::Avx512 => {
@@ -471,7 +466,7 @@ unsafe fn task_tn(
 /// One task: rows `r0..r1`, columns `c0..c1` (whole panels but the last).
 ///
 /// # Safety
-/// `out.0` points at the `[M, N]` output and no one else touches this rectangle meanwhile.
+/// `out` points at the `[M, N]` output and no one else touches this rectangle meanwhile.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn task(
@@ -480,7 +475,7 @@ unsafe fn task(
     w: &PackedWeight,
     bias: Option<&[f32]>,
     epilogue: Epilogue<'_>,
-    out: SendPtr,
+    out: Shared<f32>,
     (r0, r1): (usize, usize),
     (c0, c1): (usize, usize),
     kernel: Kernel,
@@ -538,7 +533,7 @@ unsafe fn task(
                 for p in block..(block + NC_PANELS).min(panels.end) {
                     let b = w.panel(p, tap0 * depth + k0);
                     let cols = (n - p * NR).min(NR);
-                    let c = out.0.add((r0 + t0) * n + p * NR);
+                    let c = out.get().add((r0 + t0) * n + p * NR);
                     let start = match (first, bias) {
                         (true, Some(bias)) => Start::Bias(bias[p * NR..].as_ptr()),
                         (true, None) => Start::Zero,

@@ -24,6 +24,7 @@ pub const SPIN: Duration = Duration::from_millis(2);
 
 /// Bits of the claim word: generation, task count, next task.
 const INDEX_BITS: u32 = 20;
+const GENERATIONS: u64 = 1 << (64 - 2 * INDEX_BITS);
 const MAX_TASKS: usize = 1 << INDEX_BITS;
 
 type Task<'a> = dyn Fn(usize) + Sync + 'a;
@@ -167,7 +168,7 @@ pub fn for_each(tasks: usize, f: impl Fn(usize) + Sync + Send) {
     // goes) only after every task is done.
     team.task.store((&task as *const &Task<'_>).cast_mut().cast(), Ordering::Release);
     team.done.store(0, Ordering::Release);
-    let generation = (unpack(team.claim.load(Ordering::Acquire)).0 + 1) & ((1 << 24) - 1);
+    let generation = (unpack(team.claim.load(Ordering::Acquire)).0 + 1) % GENERATIONS;
     team.claim.store(pack(generation, tasks, 0), Ordering::SeqCst);
     if team.sleepers.load(Ordering::SeqCst) > 0 {
         let _guard = team.sleep.lock().unwrap_or_else(|e| e.into_inner());
@@ -190,13 +191,16 @@ pub fn for_each(tasks: usize, f: impl Fn(usize) + Sync + Send) {
     }
 }
 
-/// A pointer shared with the tasks, each of which touches its own part.
-struct Shared<T>(*mut T);
-// SAFETY: only used to hand disjoint chunks to the tasks of one region.
+/// A buffer's address shared with the tasks of one region, each of which touches its own
+/// disjoint part (the parallel kernels' outputs).
+#[derive(Clone, Copy)]
+pub(crate) struct Shared<T>(pub(crate) *mut T);
+// SAFETY: only used to hand disjoint parts of one buffer to the tasks of one region.
 unsafe impl<T: Send> Sync for Shared<T> {}
 unsafe impl<T: Send> Send for Shared<T> {}
 impl<T> Shared<T> {
-    fn get(&self) -> *mut T {
+    /// A method (not a field access) so closures capture the wrapper, not the raw pointer.
+    pub(crate) fn get(&self) -> *mut T {
         self.0
     }
 }
