@@ -6,7 +6,10 @@
 //! PyTorch's NCHW and back: a dense convolution is one GEMM whose rows read the input pixel
 //! under each tap in place (on the CPU, [`super::packed`]; elsewhere after an im2col gather), a
 //! depthwise convolution is a direct loop vectorised over channels, and a 2×2 stride-2 transposed
-//! convolution is one GEMM followed by a pixel shuffle. Weights arrive in PyTorch's layout and are reordered once at load.
+//! convolution is one GEMM followed by a pixel shuffle. A 3×3 stride-1 convolution on the CPU
+//! (the ResNets' middle convolutions, SAM's neck) runs as Winograd's F(2×2, 3×3)
+//! ([`super::winograd`]): 2.25× fewer multiply–adds. Weights arrive in PyTorch's layout and are
+//! reordered (and transformed) once at load.
 //!
 //! The arithmetic is the reference's; only the summation order differs.
 
@@ -77,6 +80,8 @@ pub struct Conv2d {
     stride: usize,
     pad: usize,
     cin: usize,
+    /// The filters in the Winograd domain, for a 3×3 stride-1 padding-1 convolution on the CPU.
+    winograd: Option<super::winograd::Winograd>,
 }
 
 impl Conv2d {
@@ -86,8 +91,19 @@ impl Conv2d {
         if k != k2 {
             return Err(candle_core::Error::Msg(format!("conv: non-square kernel {k}x{k2}")).into());
         }
+        let winograd = if (k, stride, pad) == (3, 1, 1)
+            && cin.min(cout) >= super::winograd::MIN_CHANNELS
+            && super::cpu::eligible(weight)
+            && super::winograd::enabled()
+        {
+            let host = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
+            let bias = bias.as_ref().map(host).transpose()?.map(std::sync::Arc::from);
+            Some(super::winograd::Winograd::new(&host(weight)?, (cout, cin), bias))
+        } else {
+            None
+        };
         let w = weight.permute((0, 2, 3, 1))?.reshape((cout, k * k * cin))?;
-        Ok(Self { linear: Linear::new(w, bias)?, k, stride, pad, cin })
+        Ok(Self { linear: Linear::new(w, bias)?, k, stride, pad, cin, winograd })
     }
 
     /// `Cout`.
@@ -133,6 +149,10 @@ impl Conv2d {
             }
         }
         let fast = super::cpu::eligible(x) && residual.is_none_or(super::cpu::eligible);
+        if let (Some(wino), true, None) = (&self.winograd, fast, residual) {
+            let out = super::cpu::with_slice(x, |data| wino.forward(data, (b, h, w), act, super::cpu::threads()))??;
+            return Ok(Tensor::from_vec(out, (b, ho, wo, self.linear.out_dim()?), &Device::Cpu)?);
+        }
         if let (Some((weight, bias)), true) = (self.linear.packed(), fast) {
             // The CPU GEMM reads the taps in place: no im2col matrix.
             let run = |data: &[f32], residual: Option<&[f32]>| {

@@ -18,6 +18,7 @@ pub mod portable;
 pub mod resnet;
 pub mod team;
 pub mod window;
+pub mod winograd;
 
 pub use activation::Activation;
 pub use attention::FusedQkvAttention;

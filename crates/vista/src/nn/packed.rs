@@ -279,60 +279,101 @@ pub fn gemm(
     epilogue: Epilogue<'_>,
     threads: usize,
 ) -> Result<Vec<f32>> {
-    let (m, taps, depth) = lhs.geometry(w.k)?;
-    let n = w.n;
-    if taps * depth != w.k || bias.is_some_and(|b| b.len() != n) || epilogue.residual.is_some_and(|r| r.len() != m * n)
-    {
-        return Err(refuse(format!(
-            "packed gemm: {m} rows of {taps}x{depth} values against a [{}, {n}] weight (bias {:?}, residual {:?})",
-            w.k,
-            bias.map(<[f32]>::len),
-            epilogue.residual.map(<[f32]>::len)
-        )));
-    }
-    if m == 0 || n == 0 || w.k == 0 {
-        let mut out = match bias {
-            Some(b) => b.repeat(m),
-            None => vec![0.0; m * n],
-        };
-        if let Some(r) = epilogue.residual {
-            out.iter_mut().zip(r).for_each(|(o, r)| *o += r);
-        }
-        if let Some(a) = epilogue.act {
-            out.iter_mut().for_each(|o| *o = super::cpu::activate(*o, a));
-        }
-        return Ok(out);
-    }
-    // Every element is written by the first depth pass before anything reads it (no zeroing
-    // pass over the output, and its pages are first touched by the task that computes them).
-    let mut out: Vec<f32> = Vec::with_capacity(m * n);
-    // Row blocks of equal size (whole tiles), as many as a multiple of the threads (nine blocks
-    // on two threads leave one idle for a ninth of the time), then the panels split until every
-    // thread has two tasks to take: one image's 49 rows still keep both cores on every layer.
-    let panels = n.div_ceil(NR);
+    let mut out = gemm_many(&[Product { lhs, w, bias, epilogue }], threads)?;
+    Ok(out.pop().expect("one product"))
+}
+
+/// One product of [`gemm_many`].
+#[derive(Debug, Clone, Copy)]
+pub struct Product<'a> {
+    /// The rows.
+    pub lhs: Lhs<'a>,
+    /// The weight.
+    pub w: &'a PackedWeight,
+    /// Added to every row.
+    pub bias: Option<&'a [f32]>,
+    /// The shortcut and activation.
+    pub epilogue: Epilogue<'a>,
+}
+
+/// Several independent [`gemm`]s whose tasks share one parallel region (a Winograd
+/// convolution's sixteen small products: one hand-over to the thread team instead of sixteen).
+///
+/// # Errors
+/// As [`gemm`], for any of the products.
+pub fn gemm_many(products: &[Product<'_>], threads: usize) -> Result<Vec<Vec<f32>>> {
     let threads = threads.max(1);
-    let blocks = match m.div_ceil(MC) {
-        1 => 1,
-        b => b.div_ceil(threads) * threads,
-    };
-    // Block `b` holds tiles `b·T/blocks ..` of the `T` row tiles: sizes differ by one tile.
-    let tiles = m.div_ceil(MR);
-    let blocks = blocks.min(tiles);
-    let block_rows = |b: usize| ((b * tiles / blocks) * MR).min(m);
-    let groups = (2 * threads).div_ceil(blocks).clamp(1, panels);
-    let panels_per = panels.div_ceil(groups);
-    let out_ptr = Shared(out.spare_capacity_mut().as_mut_ptr().cast());
-    let tasks: Vec<(usize, usize)> =
-        (0..blocks).flat_map(|b| (0..panels.div_ceil(panels_per)).map(move |g| (b, g))).collect();
+    let mut outs = Vec::with_capacity(products.len());
+    // (product, row block, panel group) and, per product, its output and split.
+    let mut tasks: Vec<(usize, usize, usize)> = Vec::new();
+    let mut plans = Vec::with_capacity(products.len());
+    for (pi, &Product { lhs, w, bias, epilogue }) in products.iter().enumerate() {
+        let (m, taps, depth) = lhs.geometry(w.k)?;
+        let n = w.n;
+        if taps * depth != w.k
+            || bias.is_some_and(|b| b.len() != n)
+            || epilogue.residual.is_some_and(|r| r.len() != m * n)
+        {
+            return Err(refuse(format!(
+                "packed gemm: {m} rows of {taps}x{depth} values against a [{}, {n}] weight (bias {:?}, residual {:?})",
+                w.k,
+                bias.map(<[f32]>::len),
+                epilogue.residual.map(<[f32]>::len)
+            )));
+        }
+        if m == 0 || n == 0 || w.k == 0 {
+            let mut out = match bias {
+                Some(b) => b.repeat(m),
+                None => vec![0.0; m * n],
+            };
+            if let Some(r) = epilogue.residual {
+                out.iter_mut().zip(r).for_each(|(o, r)| *o += r);
+            }
+            if let Some(a) = epilogue.act {
+                out.iter_mut().for_each(|o| *o = super::cpu::activate(*o, a));
+            }
+            outs.push(out);
+            plans.push(None);
+            continue;
+        }
+        // Every element is written by the first depth pass before anything reads it (no zeroing
+        // pass over the output, and its pages are first touched by the task that computes them).
+        let mut out: Vec<f32> = Vec::with_capacity(m * n);
+        // Row blocks of equal size (whole tiles), as many as a multiple of the threads (nine
+        // blocks on two threads leave one idle for a ninth of the time), then the panels split
+        // until every thread has two tasks to take: one image's 49 rows still keep both cores on
+        // every layer.
+        let panels = n.div_ceil(NR);
+        let blocks = match m.div_ceil(MC) {
+            1 => 1,
+            b => b.div_ceil(threads) * threads,
+        };
+        // Block `b` holds tiles `b·T/blocks ..` of the `T` row tiles: sizes differ by one tile.
+        let tiles = m.div_ceil(MR);
+        let blocks = blocks.min(tiles);
+        let groups = (2 * threads).div_ceil(blocks).clamp(1, panels);
+        let panels_per = panels.div_ceil(groups);
+        let ptr = Shared(out.spare_capacity_mut().as_mut_ptr().cast());
+        tasks.extend((0..blocks).flat_map(|b| (0..panels.div_ceil(panels_per)).map(move |g| (pi, b, g))));
+        outs.push(out);
+        plans.push(Some((m, taps, depth, tiles, blocks, panels_per, ptr)));
+    }
     // Decided here, on the caller's thread (the tasks run on the pool's).
     let kernel = Kernel::here();
-    let run = |&(b, g): &(usize, usize)| {
+    let run = |&(pi, b, g): &(usize, usize, usize)| {
+        let Product { lhs, w, bias, epilogue } = products[pi];
+        let Some((m, taps, depth, tiles, blocks, panels_per, ref out)) = plans[pi] else {
+            unreachable!("empty products have no tasks")
+        };
+        let block_rows = |b: usize| ((b * tiles / blocks) * MR).min(m);
         let rows = (block_rows(b), block_rows(b + 1));
-        let cols = (g * panels_per * NR, ((g + 1) * panels_per * NR).min(n));
-        // SAFETY: tasks own disjoint row × column rectangles of `out`, which outlives them.
+        let cols = (g * panels_per * NR, ((g + 1) * panels_per * NR).min(w.n));
+        let out = Shared(out.get());
+        // SAFETY: tasks own disjoint row × column rectangles of their product's output, which
+        // outlives them.
         super::cpu::with_simd(
             #[inline(always)]
-            || unsafe { task(lhs, (taps, depth), w, bias, epilogue, out_ptr, rows, cols, kernel) },
+            || unsafe { task(lhs, (taps, depth), w, bias, epilogue, out, rows, cols, kernel) },
         );
     };
     if tasks.len() == 1 || threads <= 1 {
@@ -340,9 +381,14 @@ pub fn gemm(
     } else {
         super::team::for_each(tasks.len(), |i| run(&tasks[i]));
     }
-    // SAFETY: the tasks cover every row × column rectangle, and each wrote all of its elements.
-    unsafe { out.set_len(m * n) };
-    Ok(out)
+    for (out, (plan, p)) in outs.iter_mut().zip(plans.iter().zip(products)) {
+        if let Some((m, ..)) = plan {
+            // SAFETY: the tasks cover every row × column rectangle, and each wrote all of its
+            // elements.
+            unsafe { out.set_len(m * p.w.n) };
+        }
+    }
+    Ok(outs)
 }
 
 /// Depth of one pass of [`gemm_tn`]: 256 rows of both operands (a 512-wide `b` is 512 KiB, in L2).
