@@ -356,6 +356,23 @@ mod tests {
     }
 
     #[test]
+    fn winograd_convolutions_equal_candle() {
+        // 3×3, stride 1, padding 1, 16 channels or more: Winograd's F(2×2, 3×3); odd sizes leave
+        // half tiles at the right and bottom edges.
+        let x = randn(6, 0f32, 1., (2, 24, 9, 13));
+        let w = randn(7, 0f32, 0.2, (40, 24, 3, 3));
+        let b = randn(8, 0f32, 1., 40);
+        let want = x.conv2d(&w, 1, 1, 1, 1).unwrap().broadcast_add(&b.reshape((1, 40, 1, 1)).unwrap()).unwrap();
+        let conv = Conv2d::new(&w, Some(b.clone()), 1, 1).unwrap();
+        assert!(conv.winograd.is_some(), "a 24 -> 40 3x3 stride-1 convolution runs as Winograd's");
+        let ours = conv.forward_act(&to_nhwc(&x), Some(crate::nn::Activation::Relu)).unwrap();
+        assert!(max_diff(&ours, &to_nhwc(&want.relu().unwrap())) < 1e-4);
+        // The same layer through the device path (im2col + one GEMM) agrees too.
+        let portable = crate::nn::cpu::with_portable_paths(|| conv.forward(&to_nhwc(&x)).unwrap());
+        assert!(max_diff(&portable, &to_nhwc(&want)) < 1e-4);
+    }
+
+    #[test]
     fn convolutions_of_many_rows_equal_candle() {
         // Many row blocks, the last partial; ReLU applied as the tiles finish.
         let x = randn(16, 0f32, 1., (1, 5, 97, 91));

@@ -296,6 +296,18 @@ pub struct Product<'a> {
     pub epilogue: Epilogue<'a>,
 }
 
+/// How one product of [`gemm_many`] is shared out: `blocks` row blocks of its `tiles` row tiles,
+/// times column groups of `panels_per` panels, written through `out`.
+struct Split {
+    m: usize,
+    taps: usize,
+    depth: usize,
+    tiles: usize,
+    blocks: usize,
+    panels_per: usize,
+    out: Shared<f32>,
+}
+
 /// Several independent [`gemm`]s whose tasks share one parallel region (a Winograd
 /// convolution's sixteen small products: one hand-over to the thread team instead of sixteen).
 ///
@@ -353,16 +365,16 @@ pub fn gemm_many(products: &[Product<'_>], threads: usize) -> Result<Vec<Vec<f32
         let blocks = blocks.min(tiles);
         let groups = (2 * threads).div_ceil(blocks).clamp(1, panels);
         let panels_per = panels.div_ceil(groups);
-        let ptr = Shared(out.spare_capacity_mut().as_mut_ptr().cast());
+        let out_ptr = Shared(out.spare_capacity_mut().as_mut_ptr().cast());
         tasks.extend((0..blocks).flat_map(|b| (0..panels.div_ceil(panels_per)).map(move |g| (pi, b, g))));
         outs.push(out);
-        plans.push(Some((m, taps, depth, tiles, blocks, panels_per, ptr)));
+        plans.push(Some(Split { m, taps, depth, tiles, blocks, panels_per, out: out_ptr }));
     }
     // Decided here, on the caller's thread (the tasks run on the pool's).
     let kernel = Kernel::here();
     let run = |&(pi, b, g): &(usize, usize, usize)| {
         let Product { lhs, w, bias, epilogue } = products[pi];
-        let Some((m, taps, depth, tiles, blocks, panels_per, ref out)) = plans[pi] else {
+        let Some(Split { m, taps, depth, tiles, blocks, panels_per, ref out }) = plans[pi] else {
             unreachable!("empty products have no tasks")
         };
         let block_rows = |b: usize| ((b * tiles / blocks) * MR).min(m);
@@ -382,7 +394,7 @@ pub fn gemm_many(products: &[Product<'_>], threads: usize) -> Result<Vec<Vec<f32
         super::team::for_each(tasks.len(), |i| run(&tasks[i]));
     }
     for (out, (plan, p)) in outs.iter_mut().zip(plans.iter().zip(products)) {
-        if let Some((m, ..)) = plan {
+        if let Some(Split { m, .. }) = plan {
             // SAFETY: the tasks cover every row × column rectangle, and each wrote all of its
             // elements.
             unsafe { out.set_len(m * p.w.n) };
