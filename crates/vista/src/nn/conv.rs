@@ -96,9 +96,7 @@ impl Conv2d {
             && super::cpu::eligible(weight)
             && super::winograd::enabled()
         {
-            let host = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
-            let bias = bias.as_ref().map(host).transpose()?.map(std::sync::Arc::from);
-            Some(super::winograd::Winograd::new(&host(weight)?, (cout, cin), bias))
+            Some(super::winograd::Winograd::new(&weight.flatten_all()?.to_vec1::<f32>()?, (cout, cin)))
         } else {
             None
         };
@@ -149,8 +147,10 @@ impl Conv2d {
             }
         }
         let fast = super::cpu::eligible(x) && residual.is_none_or(super::cpu::eligible);
-        if let (Some(wino), true, None) = (&self.winograd, fast, residual) {
-            let out = super::cpu::with_slice(x, |data| wino.forward(data, (b, h, w), act, super::cpu::threads()))??;
+        if let (Some(wino), Some((_, bias)), true, None) = (&self.winograd, self.linear.packed(), fast, residual) {
+            // The bias is the direct weight's (one copy).
+            let out =
+                super::cpu::with_slice(x, |data| wino.forward(data, (b, h, w), bias, act, super::cpu::threads()))??;
             return Ok(Tensor::from_vec(out, (b, ho, wo, self.linear.out_dim()?), &Device::Cpu)?);
         }
         if let (Some((weight, bias)), true) = (self.linear.packed(), fast) {

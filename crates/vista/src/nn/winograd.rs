@@ -43,14 +43,13 @@ const MIN_CHUNK: usize = 96;
 pub struct Winograd {
     /// `U[ξ]`, packed `[Cin, Cout]`.
     u: Arc<Vec<PackedWeight>>,
-    bias: Option<Arc<[f32]>>,
     cin: usize,
     cout: usize,
 }
 
 impl Winograd {
-    /// From PyTorch's weight `[Cout, Cin, 3, 3]` (row-major values) and an optional bias.
-    pub fn new(weight: &[f32], (cout, cin): (usize, usize), bias: Option<Arc<[f32]>>) -> Self {
+    /// From PyTorch's weight `[Cout, Cin, 3, 3]` (row-major values).
+    pub fn new(weight: &[f32], (cout, cin): (usize, usize)) -> Self {
         assert_eq!(weight.len(), cout * cin * 9, "a [{cout}, {cin}, 3, 3] weight");
         let mut planes = vec![vec![0f32; cin * cout]; XI];
         for o in 0..cout {
@@ -73,37 +72,43 @@ impl Winograd {
             }
         }
         let u = planes.iter().map(|p| PackedWeight::from_k_by_n(p, cin, cout)).collect();
-        Self { u: Arc::new(u), bias, cin, cout }
+        Self { u: Arc::new(u), cin, cout }
     }
 
     /// `act(conv(x) + bias)` over a channels-last `[B, H, W, Cin]` input: `[B, H, W, Cout]`.
     ///
     /// # Errors
-    /// If `x` does not hold `B·H·W·Cin` values.
+    /// If `x` does not hold `B·H·W·Cin` values or `bias` not `Cout`.
     pub fn forward(
         &self,
         x: &[f32],
         (b, h, w): (usize, usize, usize),
+        bias: Option<&[f32]>,
         act: Option<Activation>,
         threads: usize,
     ) -> Result<Vec<f32>> {
         let (cin, cout) = (self.cin, self.cout);
-        if x.len() != b * h * w * cin {
+        if x.len() != b * h * w * cin || bias.is_some_and(|b| b.len() != cout) {
             return Err(crate::Error::arg(
                 "input",
-                format!("winograd conv: {} values for [{b}, {h}, {w}, {cin}]", x.len()),
+                format!(
+                    "winograd conv: {} values for [{b}, {h}, {w}, {cin}], bias {:?} for {cout} outputs",
+                    x.len(),
+                    bias.map(<[f32]>::len)
+                ),
             ));
         }
         // Tiles in chunks whose sixteen planes (in and out) stay near 4 MiB, in the last-level
         // cache between the three passes (one chunk for a batch-1 ResNet layer).
         let chunk = (CHUNK_VALUES / (XI * cin.max(cout))).max(MIN_CHUNK);
-        self.forward_in_chunks(x, (b, h, w), act, threads, chunk)
+        self.forward_in_chunks(x, (b, h, w), bias, act, threads, chunk)
     }
 
     fn forward_in_chunks(
         &self,
         x: &[f32],
         (b, h, w): (usize, usize, usize),
+        bias: Option<&[f32]>,
         act: Option<Activation>,
         threads: usize,
         chunk: usize,
@@ -116,7 +121,6 @@ impl Winograd {
         let zeros = vec![0f32; cin];
         let mut out: Vec<f32> = Vec::with_capacity(b * h * w * cout);
         let op = Shared(out.spare_capacity_mut().as_mut_ptr().cast::<f32>());
-        let bias = self.bias.as_deref();
         for t0 in (0..tiles).step_by(chunk) {
             let len = chunk.min(tiles - t0);
             // Pieces of the chunk for the transforms, a few per thread.
@@ -253,6 +257,7 @@ fn output_tile(
     act: Option<Activation>,
 ) {
     let n = m[0].len();
+    let inside = out.each_ref().map(Option::is_some);
     let mut spare = scratch.chunks_exact_mut(n);
     let mut y: [&mut [f32]; 4] = out.map(|o| o.unwrap_or_else(|| spare.next().expect("four scratch rows")));
     let mut ch = 0;
@@ -266,8 +271,8 @@ fn output_tile(
         }
     }
     if let Some(a) = act {
-        for y in y {
-            super::cpu::with_activation!(a, |f| y.iter_mut().for_each(|v| *v = f(*v)));
+        for (y, _) in y.into_iter().zip(inside).filter(|(_, inside)| *inside) {
+            super::cpu::activate_slice(y, a);
         }
     }
 }
@@ -323,14 +328,13 @@ mod tests {
             let want =
                 x.conv2d(&wt, 1, 1, 1, 1).unwrap().broadcast_add(&bias.reshape((1, cout, 1, 1)).unwrap()).unwrap();
             let want = want.relu().unwrap().permute((0, 2, 3, 1)).unwrap().contiguous().unwrap();
-            let wino = Winograd::new(
-                &wt.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-                (cout, cin),
-                Some(Arc::from(bias.to_vec1::<f32>().unwrap())),
-            );
+            let wino = Winograd::new(&wt.flatten_all().unwrap().to_vec1::<f32>().unwrap(), (cout, cin));
+            let bias = bias.to_vec1::<f32>().unwrap();
             let xs = x.permute((0, 2, 3, 1)).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
             for (threads, chunk) in [(1, usize::MAX), (2, usize::MAX), (2, 7), (1, 1)] {
-                let got = wino.forward_in_chunks(&xs, (b, h, w), Some(Activation::Relu), threads, chunk).unwrap();
+                let got = wino
+                    .forward_in_chunks(&xs, (b, h, w), Some(&bias), Some(Activation::Relu), threads, chunk)
+                    .unwrap();
                 let got = Tensor::from_vec(got, (b, h, w, cout), &Device::Cpu).unwrap();
                 let diff: f32 =
                     (&got - &want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
