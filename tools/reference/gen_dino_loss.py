@@ -60,8 +60,11 @@ N_STEPS = 3
 # (0.055, 0.055, 0.07). lr * wd is large on purpose so that decoupled weight decay is far above the tolerance.
 ITERS = [(1, 5e-3, 0.3, 0.996), (1, 4e-3, 0.35, 0.997), (2, 3e-3, 0.4, 0.998)]
 # last-layer freeze: nll1 freezes while epoch < 2 (iterations 0, 1 frozen, 2 not), nll0 never (freeze 0)
+# bn1: main_dino's --use_bn_in_head (BatchNorm1d after each hidden linear layer, training mode in both heads; its
+# running statistics start away from 0 / 1 so that reading them is checked, and move with every forward)
 CASES = {"nll1": dict(norm_last_layer=True, freeze_last_layer=2, seed=7101),
-         "nll0": dict(norm_last_layer=False, freeze_last_layer=0, seed=7102)}
+         "nll0": dict(norm_last_layer=False, freeze_last_layer=0, seed=7102),
+         "bn1": dict(norm_last_layer=True, freeze_last_layer=2, seed=7103, use_bn=True)}
 
 TOL = {
     "forward": 1e-5, "loss": 1e-5, "diagnostics": 1e-5, "grad": 1e-5, "clip": 1e-6, "center": 1e-6,
@@ -248,17 +251,18 @@ def diagnostics(dino_loss, student_output, teacher_output, epoch):
 # ----------------------------------------------------------------------------
 # Generation
 # ----------------------------------------------------------------------------
-def make_head(norm_last_layer: bool) -> DINOHead:
+def make_head(norm_last_layer: bool, use_bn: bool = False) -> DINOHead:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # nn.utils.weight_norm is deprecated, DINO uses it
-        return DINOHead(IN_DIM, OUT_DIM, use_bn=False, norm_last_layer=norm_last_layer, nlayers=NLAYERS,
+        return DINOHead(IN_DIM, OUT_DIM, use_bn=use_bn, norm_last_layer=norm_last_layer, nlayers=NLAYERS,
                         hidden_dim=HIDDEN_DIM, bottleneck_dim=BOTTLENECK_DIM)
 
 
 def gen_case(name: str, cfg: dict):
     g = common.generator(cfg["seed"])
     torch.manual_seed(cfg["seed"])
-    student = make_head(cfg["norm_last_layer"])
+    use_bn = cfg.get("use_bn", False)
+    student = make_head(cfg["norm_last_layer"], use_bn)
     # DINO's init (trunc_normal std .02, zero biases) makes every activation tiny; parity wants values of order 1.
     with torch.no_grad():
         for n, p in student.named_parameters():
@@ -270,7 +274,14 @@ def gen_case(name: str, cfg: dict):
                 p.copy_(common.randn(p.shape, g, std=1.0 / math.sqrt(p.shape[1])))
             elif n.endswith("weight_g") and not cfg["norm_last_layer"]:
                 p.copy_(1.0 + common.randn(p.shape, g, std=0.2))
-    teacher = make_head(True)  # main_dino.py: the teacher head has norm_last_layer's default
+            elif n.endswith("weight") and p.dim() == 1:  # a BatchNorm's gain
+                p.copy_(1.0 + common.randn(p.shape, g, std=0.2))
+        for n, b in student.named_buffers():
+            if n.endswith("running_mean"):
+                b.copy_(common.randn(b.shape, g, std=0.1))
+            elif n.endswith("running_var"):
+                b.copy_(1.0 + common.randn(b.shape, g, std=0.2).abs())
+    teacher = make_head(True, use_bn)  # main_dino.py: the teacher head has norm_last_layer's default
     teacher.load_state_dict(student.state_dict())
     with torch.no_grad():
         for p in teacher.parameters():
@@ -354,7 +365,7 @@ def gen_case(name: str, cfg: dict):
                           teacher_temp=float(dino_loss.teacher_temp_schedule[epoch]),
                           last_layer_frozen=epoch < cfg["freeze_last_layer"], params_with_final_grad=with_grad,
                           loss=float(loss.detach()), clipped=[n_ > CLIP for n_ in norms]))
-    meta = dict(norm_last_layer=cfg["norm_last_layer"], freeze_last_layer=cfg["freeze_last_layer"],
+    meta = dict(norm_last_layer=cfg["norm_last_layer"], use_bn=use_bn, freeze_last_layer=cfg["freeze_last_layer"],
                 seed=cfg["seed"], parameters=[n for n, _ in student.named_parameters()],
                 trainable=[n for n, q in student.named_parameters() if q.requires_grad],
                 params_groups=dict(regularized=groups_names[0], not_regularized=groups_names[1]),
@@ -389,7 +400,7 @@ def main(out_dir: pathlib.Path = DEFAULT_OUT) -> None:
                 "(DINO's own init is tested statistically in Rust).",
     }
     common.write_json(out_dir / "manifest.json", manifest)
-    common.report_size(out_dir, "dino_loss", max_kib=500)
+    common.report_size(out_dir, "dino_loss", max_kib=750)
 
 
 if __name__ == "__main__":

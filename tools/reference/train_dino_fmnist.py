@@ -376,6 +376,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--bottleneck", type=int, default=256)
     p.add_argument("--head-layers", type=int, default=3)
     p.add_argument("--norm-last-layer", type=bool_flag, default=True, help="true|false")
+    p.add_argument("--use-bn-in-head", type=bool_flag, default=False,
+                   help="true|false: BatchNorm1d after each hidden linear layer of the head (main_dino's --use_bn_in_head)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.0005, help="peak lr for batch 256 (scaled by batch / 256)")
@@ -484,7 +486,7 @@ def main(argv=None) -> dict:
                       norm_layer=partial(nn.LayerNorm, eps=1e-6))
         student = vit(drop_path_rate=args.drop_path)
         teacher = vit()
-    head = partial(DINOHead, embed_dim, args.out_dim, use_bn=False, nlayers=args.head_layers,
+    head = partial(DINOHead, embed_dim, args.out_dim, use_bn=args.use_bn_in_head, nlayers=args.head_layers,
                    hidden_dim=args.head_hidden, bottleneck_dim=args.bottleneck)
     student = MultiCropWrapper(student, head(norm_last_layer=args.norm_last_layer))
     # main_dino: DINOHead(embed_dim, out_dim, use_bn), i.e. norm_last_layer=True

@@ -64,6 +64,10 @@ pub struct Args {
     /// Weight-normalise the head's last layer with its norm frozen at 1 (preset: true).
     #[arg(long)]
     pub norm_last_layer: Option<bool>,
+    /// A BatchNorm after each hidden layer of the head, as main_dino.py's --use_bn_in_head
+    /// (preset: false)
+    #[arg(long)]
+    pub use_bn_in_head: Option<bool>,
     /// Side of the global crops, and of the position embedding (preset: 224).
     #[arg(long)]
     pub global_size: Option<u32>,
@@ -190,6 +194,7 @@ impl Args {
                 bottleneck,
                 head_layers,
                 norm_last_layer,
+                use_bn_in_head,
                 global_size,
                 local_size,
                 local_crops,
@@ -352,11 +357,14 @@ mod tests {
             "0.3,1.0",
             "--norm-last-layer",
             "false",
+            "--use-bn-in-head",
+            "true",
         ])
         .unwrap();
         let c = cli.args.config().unwrap();
         assert_eq!((c.depth, c.patch_size, c.batch_size, c.global_scale), (4, 8, 16, (0.3, 1.0)));
         assert!(!c.norm_last_layer);
+        assert!(c.use_bn_in_head);
         assert_eq!(
             DinoTrainConfig {
                 depth: 12,
@@ -364,6 +372,7 @@ mod tests {
                 batch_size: 64,
                 global_scale: (0.4, 1.0),
                 norm_last_layer: true,
+                use_bn_in_head: false,
                 ..c
             },
             preset

@@ -20,6 +20,14 @@ pub struct BatchNorms {
     running: Mutex<HashMap<String, Tensor>>,
 }
 
+impl std::fmt::Debug for BatchNorms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<String> = self.lock().keys().cloned().collect();
+        names.sort();
+        f.debug_struct("BatchNorms").field("running", &names).finish()
+    }
+}
+
 impl BatchNorms {
     /// Whether a state-dict key is a running statistic (or torch's `num_batches_tracked`
     /// counter, which is read past: nothing here depends on it).

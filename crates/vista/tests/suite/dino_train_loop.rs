@@ -397,30 +397,41 @@ fn a_resnet_trains_resumes_and_exports() {
         c
     };
     let items = generated_items(64);
-    let straight = tempdir("resnet-straight");
-    let trainer = run(resnet(2), items.clone(), &options(&straight), |_| {}).unwrap();
-    let resumed = tempdir("resnet-resumed");
-    for _ in 0..2 {
-        let opts = RunOptions { max_epochs: Some(1), ..options(&resumed) };
-        run(resnet(2), items.clone(), &opts, |_| {}).unwrap();
+    // With DINO's plain head, then with BatchNorm in the head (`--use-bn-in-head`, whose running
+    // statistics are saved and resumed too).
+    let mut last = None;
+    for bn_head in [false, true] {
+        let config = |epochs| DinoTrainConfig { use_bn_in_head: bn_head, ..resnet(epochs) };
+        let straight = tempdir(&format!("resnet-straight-{bn_head}"));
+        let trainer = run(config(2), items.clone(), &options(&straight), |_| {}).unwrap();
+        let resumed = tempdir(&format!("resnet-resumed-{bn_head}"));
+        for _ in 0..2 {
+            let opts = RunOptions { max_epochs: Some(1), ..options(&resumed) };
+            run(config(2), items.clone(), &opts, |_| {}).unwrap();
+        }
+        let (a, b) =
+            (tensors_of(&straight.join("checkpoint.safetensors")), tensors_of(&resumed.join("checkpoint.safetensors")));
+        assert_eq!(a.len(), b.len());
+        assert!(a.iter().any(|(n, _)| n == "teacher.backbone.layer4.2.bn3.running_var"), "running statistics saved");
+        let head_bn = a.iter().any(|(n, _)| n == "student.head.mlp.4.running_var");
+        assert_eq!(head_bn, bn_head, "the head's running statistics saved");
+        for ((na, va), (nb, vb)) in a.iter().zip(&b) {
+            assert_eq!(na, nb);
+            assert!(va.iter().zip(vb).all(|(x, y)| x.to_bits() == y.to_bits()), "`{na}` differs after resuming");
+        }
+        let _ = std::fs::remove_dir_all(&resumed);
+        if let Some((_, old)) = last.replace((trainer, straight)) {
+            let _ = std::fs::remove_dir_all(old);
+        }
     }
-    let (a, b) =
-        (tensors_of(&straight.join("checkpoint.safetensors")), tensors_of(&resumed.join("checkpoint.safetensors")));
-    assert_eq!(a.len(), b.len());
-    assert!(a.iter().any(|(n, _)| n == "teacher.backbone.layer4.2.bn3.running_var"), "running statistics saved");
-    for ((na, va), (nb, vb)) in a.iter().zip(&b) {
-        assert_eq!(na, nb);
-        assert!(va.iter().zip(vb).all(|(x, y)| x.to_bits() == y.to_bits()), "`{na}` differs after resuming");
-    }
+    let (trainer, straight) = last.unwrap();
     let loaded =
         DinoPipeline::load(straight.join("backbone.safetensors").to_str().unwrap(), &LoadOptions::default()).unwrap();
     assert!(matches!(loaded.model, Backbone::ResNet(_)), "exported as a ResNet");
     let teacher = trainer.teacher_pipeline().unwrap();
     let img = items[5].load(&Default::default()).unwrap();
     assert_eq!(loaded.features(&img, false).unwrap().cls, teacher.features(&img, false).unwrap().cls);
-    for d in [straight, resumed] {
-        let _ = std::fs::remove_dir_all(d);
-    }
+    let _ = std::fs::remove_dir_all(straight);
 
     // Learning: the teacher fixed, the student's loss falls (SGD, DINO's recipe for its ResNet,
     // `--optimizer sgd --weight_decay 1e-4 --weight_decay_end 1e-4`, at a learning rate for 64 steps):

@@ -35,6 +35,9 @@ pub struct DinoTrainConfig {
     pub head_layers: usize,
     /// `--norm_last_layer` (true).
     pub norm_last_layer: bool,
+    /// `--use_bn_in_head` (false): a `BatchNorm1d` after each hidden layer of the head.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub use_bn_in_head: bool,
     /// Global crop side (224); also the side the position embedding is made for.
     pub global_size: u32,
     /// Local crop side (96).
@@ -137,6 +140,7 @@ impl DinoTrainConfig {
             bottleneck: 256,
             head_layers: 3,
             norm_last_layer: true,
+            use_bn_in_head: false,
             global_size: 224,
             local_size: 96,
             global_scale: (0.4, 1.0),
@@ -180,6 +184,7 @@ impl DinoTrainConfig {
             nlayers: self.head_layers,
             hidden_dim: self.head_hidden,
             bottleneck_dim: self.bottleneck,
+            use_bn: self.use_bn_in_head,
         }
     }
 

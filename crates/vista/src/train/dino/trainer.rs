@@ -180,8 +180,10 @@ impl DinoTrainer {
         self.opt.set_dino_schedule(lr, wd);
         let images = crops[0].dim(0)?;
         let crops = &crops.iter().map(|c| c.to_device(&self.device)).collect::<candle_core::Result<Vec<_>>>()?;
-        // A ResNet's forward moves its running statistics: kept to put back if the step fails.
+        // A forward moves the BatchNorms' running statistics (a ResNet's, the head's with
+        // use_bn_in_head): kept to put back if the step fails.
         let (student_state, teacher_state) = (self.student.forward_state(), self.teacher.forward_state());
+        let head_states = (self.student_head.running_stats(), self.teacher_head.running_stats());
         let teacher_output = multi_crop_forward(&self.teacher, &self.teacher_head, &crops[..2], None)?;
         let mut drop_rng: ChaCha8Rng = sample_rng(self.config.seed, it as u64, u64::MAX - 1);
         let student_output = multi_crop_forward(&self.student, &self.student_head, crops, Some(&mut drop_rng))?;
@@ -192,6 +194,8 @@ impl DinoTrainer {
             self.loss.set_center(&center_before)?;
             self.student.restore_forward_state(student_state);
             self.teacher.restore_forward_state(teacher_state);
+            self.student_head.set_running_stats(head_states.0);
+            self.teacher_head.set_running_stats(head_states.1);
             return Err(Error::NonFiniteLoss { loss, epoch, iteration: it, kept: None });
         }
         let params = self.student_params();
