@@ -145,11 +145,8 @@ impl Case {
         g
     }
 
-    /// A hidden linear layer's bias followed by a BatchNorm (`use_bn`): `mlp.0.bias`,
-    /// `mlp.3.bias`, …
     fn bias_before_batch_norm(&self, name: &str) -> bool {
-        let cfg = self.head_cfg(true);
-        cfg.use_bn && (0..cfg.nlayers.saturating_sub(1)).any(|i| name == format!("mlp.{}.bias", 3 * i))
+        bias_before_batch_norm(&self.head_cfg(true), name)
     }
 
     fn epoch(&self, k: usize) -> usize {
@@ -174,6 +171,12 @@ impl Case {
         let b = a["betas"].as_array().unwrap();
         AdamWConfig { betas: (b[0].as_f64().unwrap(), b[1].as_f64().unwrap()), eps: a["eps"].as_f64().unwrap() }
     }
+}
+
+/// A hidden linear layer's bias followed by a BatchNorm (`use_bn`): `mlp.0.bias`, `mlp.3.bias`, …
+/// (`nn.Sequential`'s numbering, spelled out here rather than taken from the head under test).
+fn bias_before_batch_norm(cfg: &DinoHeadConfig, name: &str) -> bool {
+    cfg.use_bn && (0..cfg.nlayers.saturating_sub(1)).any(|i| name == format!("mlp.{}.bias", 3 * i))
 }
 
 fn scalar_close(name: &str, ours: f32, golden: f32, tol: f32) -> f32 {
@@ -471,8 +474,7 @@ fn assert_gradient_coverage(
             (true, Some(g)) => {
                 let n = grad_norm(g);
                 // A bias just before a BatchNorm has a zero gradient but for rounding.
-                let cfg = head.config();
-                let before_bn = cfg.use_bn && (0..cfg.nlayers - 1).any(|i| p.name() == format!("mlp.{}.bias", 3 * i));
+                let before_bn = bias_before_batch_norm(head.config(), p.name());
                 assert!((n > 0.0 || before_bn) && n.is_finite(), "{label}: `{}` gradient norm {n}", p.name());
             }
             (true, None) => panic!("{label}: trainable `{}` received no gradient", p.name()),
