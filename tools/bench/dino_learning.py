@@ -16,6 +16,15 @@ t10k images as the test set):
   half the epochs (`--max-epochs`), the second resumes the run folder and finishes; k-NN every
   --knn-every epochs.
 * the raw-pixel k-NN (`vista knn --pixels`) for scale.
+* a cross-check in PyTorch (`--worker torch-knn`, torchvision's `resnet50` with `fc` = identity):
+  vista's exported teacher backbones (`backbone.safetensors` of the baseline and of the learning
+  run) loaded as they are, the same k-NN on the same images, with their running statistics (the
+  numbers vista printed, again) and with *precise BatchNorm* statistics (running statistics reset,
+  then recomputed as the mean over the bank's clean images, in batches of 100, of the batch
+  statistics: torch's `momentum=None` cumulative average, as fvcore's `update_bn_stats`), and a
+  fresh torchvision initialisation both ways. Precise statistics remove the one thing the crops'
+  statistics could add (augmented crops are not the clean images the k-NN sees) and give the
+  untrained network normalisation measured on the evaluated images themselves.
 
 The report gives, per epoch, the mean loss, the mean teacher entropy (ln K is a uniform
 teacher: collapse) and the mean KL between teacher and student, and the k-NN where evaluated.
@@ -80,6 +89,75 @@ def epochs_done(run: pathlib.Path) -> int:
     return sum(1 for line in path.read_text().splitlines() if "epoch_seconds" in json.loads(line))
 
 
+def torch_knn_worker(args) -> int:
+    """`--worker torch-knn`: the PyTorch cross-check (see the module docstring); one JSON line."""
+    import numpy as np
+    import torch
+    import torchvision
+    from safetensors.torch import load_file
+
+    from bench_dino_train import IMAGENET_MEAN, IMAGENET_STD, KNN_T, read_idx
+
+    threads = benchlib.torch_threads(args.threads)
+    data = data_dir(args.data)
+
+    def pixels(name: str, limit: int):
+        # The k-NN input vista builds at --global-size 28 from a 28-pixel image: resize and centre crop are
+        # identities; the gray value as the 3 equal channels of .convert("RGB"), ImageNet-normalised.
+        x = torch.from_numpy(read_idx(data / name, limit).astype(np.float32))[:, None] / 255.0
+        x = x.expand(-1, 3, -1, -1)
+        return (x - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+
+    bank, test = pixels("train-images-idx3-ubyte.gz", args.limit), pixels("t10k-images-idx3-ubyte.gz", args.test_limit)
+    bank_labels = torch.from_numpy(read_idx(data / "train-labels-idx1-ubyte.gz", args.limit).astype(np.int64))
+    test_labels = torch.from_numpy(read_idx(data / "t10k-labels-idx1-ubyte.gz", args.test_limit).astype(np.int64))
+
+    def features(model, x):
+        with torch.no_grad():
+            f = torch.cat([model(x[i:i + 250]) for i in range(0, len(x), 250)])
+        return torch.nn.functional.normalize(f, dim=1)
+
+    def knn(model) -> float:
+        # eval_knn.py's knn_classifier: cosine top-k, votes weighted exp(sim / T).
+        model.eval()
+        b, t = features(model, bank), features(model, test)
+        sim, idx = (t @ b.T).topk(KNN_K, dim=1)
+        votes = torch.zeros(len(t), 10).scatter_add_(1, bank_labels[idx], (sim / KNN_T).exp())
+        return round(100.0 * (votes.argmax(1) == test_labels).float().mean().item(), 2)
+
+    def precise_bn(model) -> None:
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.reset_running_stats()
+                m.momentum = None
+        model.train()
+        with torch.no_grad():
+            for i in range(0, len(bank), 100):
+                model(bank[i:i + 100])
+
+    def resnet50():
+        model = torchvision.models.resnet50()
+        model.fc = torch.nn.Identity()
+        return model
+
+    rows = []
+    for spec in args.backbone or []:
+        label, path = spec.split("=", 1)
+        model = resnet50()
+        model.load_state_dict(load_file(path), strict=True)
+        running = knn(model)
+        precise_bn(model)
+        rows.append(dict(label=label, path=path, knn_running=running, knn_precise=knn(model)))
+    torch.manual_seed(args.seed)
+    model = resnet50()
+    initial = knn(model)
+    precise_bn(model)
+    rows.append(dict(label="fresh", path=None, knn_running=initial, knn_precise=knn(model)))
+    print(json.dumps(dict(rows=rows, seed=args.seed, bank=args.limit, test=args.test_limit, torch=torch.__version__,
+                          torchvision=torchvision.__version__, **threads)), flush=True)
+    return 0
+
+
 def read_metrics(run: pathlib.Path) -> dict:
     """metrics.jsonl of a run folder: per epoch the steps' mean loss / teacher entropy / KL, the
     epoch's seconds, the k-NN where evaluated; and the k-NN at initialisation."""
@@ -109,7 +187,7 @@ def read_metrics(run: pathlib.Path) -> dict:
     return dict(init=init, epochs=rows)
 
 
-def render(meta: dict, base: dict, run: dict, raw: dict, calls: list) -> str:
+def render(meta: dict, base: dict, run: dict, raw: dict, calls: list, check: dict) -> str:
     lines = benchlib.header_lines(meta, "dino_learning.py", ["vista `RAYON_NUM_THREADS`, plus its one data-loader thread"],
                                   "## Does DINO training learn? ResNet-50 on Fashion-MNIST (vista)", BEGIN)
     k_uniform = math.log(meta["out_dim"])
@@ -130,6 +208,20 @@ def render(meta: dict, base: dict, run: dict, raw: dict, calls: list) -> str:
         f"| raw pixels (`vista knn --pixels`) | {fmt(raw['top1'])} |",
         f"| trained teacher, best of the evaluated epochs | **{fmt(best)}** |",
         f"| trained teacher, last epoch | **{fmt(run['epochs'][-1]['knn'] if run['epochs'] else None)}** |",
+        "",
+        "The same k-NN in PyTorch (`--worker torch-knn`): torchvision's `resnet50` (`fc` = identity) with vista's "
+        "exported teacher backbone loaded as it is (`backbone.safetensors`, strict), evaluated with its running "
+        "statistics, then with precise BatchNorm statistics: reset, and recomputed over the "
+        f"{meta['limit']} clean bank images (batches of 100; torch's cumulative average, `momentum=None`):",
+        "",
+        "| network | running statistics | precise statistics (bank images) |",
+        "|---|---:|---:|",
+        f"| the baseline's weights (random, one epoch at lr 0) | {fmt(check['baseline']['knn_running'])} "
+        f"| {fmt(check['baseline']['knn_precise'])} |",
+        f"| a fresh torchvision initialisation (seed {meta['seed']}; running statistics 0 / 1) "
+        f"| {fmt(check['fresh']['knn_running'])} | {fmt(check['fresh']['knn_precise'])} |",
+        f"| the trained teacher (last epoch) | **{fmt(check['trained']['knn_running'])}** "
+        f"| **{fmt(check['trained']['knn_precise'])}** |",
         "",
         f"Per epoch (means over its steps; a uniform teacher has entropy ln K = {k_uniform:.3f}):",
         "",
@@ -153,11 +245,15 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data", type=pathlib.Path, default=None, help="Fashion-MNIST IDX folder")
     ap.add_argument("--fresh", action="store_true", help="remove an existing run folder first")
+    ap.add_argument("--worker", choices=("torch-knn",), help=argparse.SUPPRESS)
+    ap.add_argument("--backbone", action="append", help=argparse.SUPPRESS)  # LABEL=PATH, for --worker torch-knn
     args = ap.parse_args(argv)
     for k, full, quick in (("epochs", 16, 2), ("limit", 2000, 256), ("test_limit", 1000, 200)):
         if getattr(args, k) is None:
             setattr(args, k, quick if args.quick else full)
     benchlib.resolve_common(args)
+    if args.worker == "torch-knn":
+        return torch_knn_worker(args)
     data = data_dir(args.data)
     bench = benchlib.Bench("dino_learning.py", args, packages=("torch",))
     exe = benchlib.vista_binary(args, "bin", "vista")
@@ -191,14 +287,28 @@ def main(argv=None) -> int:
                           after=epochs_done(run_dir)))
     run = read_metrics(run_dir)
     raw = vista_raw_knn(exe, data, args.limit, args.test_limit, bench.env["vista"])
+    print("== cross-check in PyTorch: the exported backbones in torchvision, running and precise BatchNorm statistics",
+          flush=True)
+    check_cmd = [args.python, pathlib.Path(__file__).resolve(), "--worker", "torch-knn", "--data", data,
+                 "--limit", args.limit, "--test-limit", args.test_limit, "--seed", args.seed, "--threads", args.threads,
+                 "--backbone", f"baseline={base_dir / 'backbone.safetensors'}",
+                 "--backbone", f"trained={run_dir / 'backbone.safetensors'}"]
+    check = bench.run(check_cmd, "torch", "torch-knn")
+    if check is None:
+        return 1
+    check = {r["label"]: r for r in check["json"][-1]["rows"]}
     for r in run["epochs"]:
         print(f"   epoch {r['epoch']}: loss {fmt(r['loss'], 4)}, entropy {fmt(r['entropy'], 3)}, kl {fmt(r['kl'], 3)}, "
               f"k-NN {fmt(r['knn'])}", flush=True)
     print(f"k-NN: init {fmt(run['init'])}, random weights with data statistics {fmt(base['after'])}, "
           f"raw pixels {fmt(raw['top1'])}", flush=True)
+    for r in check.values():
+        print(f"   PyTorch, {r['label']}: running statistics {fmt(r['knn_running'])}, precise {fmt(r['knn_precise'])}",
+              flush=True)
     meta = bench.meta(epochs=args.epochs, limit=args.limit, test_limit=args.test_limit, out_dim=4096, seed=args.seed)
-    return bench.finish("dino_learning_results.json", dict(meta=meta, baseline=base, run=run, raw_knn=raw, calls=calls),
-                        lambda: render(meta, base, run, raw, calls), BEGIN, END)
+    return bench.finish("dino_learning_results.json", dict(meta=meta, baseline=base, run=run, raw_knn=raw, calls=calls,
+                                                         torch_check=check),
+                        lambda: render(meta, base, run, raw, calls, check), BEGIN, END)
 
 
 if __name__ == "__main__":
