@@ -646,7 +646,11 @@ pub fn cross_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: 
                         );
                         with_simd(
                             #[inline(always)]
-                            || scores.chunks_exact_mut(nk).for_each(softmax_in_place),
+                            || {
+                                for row in scores.chunks_exact_mut(nk) {
+                                    softmax_in_place(row);
+                                }
+                            },
                         );
                         // SAFETY: the block [bi, r0..r0 + rows, h·d..(h + 1)·d] lies in `out` and
                         // is written by this task only.

@@ -446,7 +446,11 @@ fn act_backward(dg: &mut [f32], u: &[f32], act: Activation) {
         dg.par_chunks_mut(CHUNK).zip(u.par_chunks(CHUNK)).for_each(|(dg, u)| {
             with_simd(
                 #[inline(always)]
-                || dg.iter_mut().zip(u).for_each(|(g, &u)| *g *= f(u).1),
+                || {
+                    for (g, &u) in dg.iter_mut().zip(u) {
+                        *g *= f(u).1;
+                    }
+                },
             )
         });
     }

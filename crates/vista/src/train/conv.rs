@@ -293,7 +293,11 @@ impl CustomOp3 for BatchNormOp {
             let b = beta[ci];
             with_simd(
                 #[inline(always)]
-                || o.iter_mut().zip(x).for_each(|(o, &v)| *o = (v - m) * s + b),
+                || {
+                    for (o, &v) in o.iter_mut().zip(x) {
+                        *o = (v - m) * s + b;
+                    }
+                },
             )
         });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
@@ -334,7 +338,11 @@ impl CustomOp3 for BatchNormOp {
             let s = gv[ci] * r;
             with_simd(
                 #[inline(always)]
-                || d.iter_mut().zip(x).for_each(|(d, &v)| *d = s * (*d - mdy - (v - m) * r * mdx)),
+                || {
+                    for (d, &v) in d.iter_mut().zip(x) {
+                        *d = s * (*d - mdy - (v - m) * r * mdx);
+                    }
+                },
             )
         });
         Ok((

@@ -354,7 +354,11 @@ impl CustomOp3 for LayerNormOp {
         stats.par_chunks_mut(rows).zip(xv.par_chunks(rows * c)).for_each(|(s, x)| {
             with_simd(
                 #[inline(always)]
-                || s.iter_mut().zip(x.chunks_exact(c)).for_each(|(s, x)| *s = row_stats(x, eps)),
+                || {
+                    for (s, x) in s.iter_mut().zip(x.chunks_exact(c)) {
+                        *s = row_stats(x, eps);
+                    }
+                },
             )
         });
         let mut dx = vec![0f32; xv.len()];
