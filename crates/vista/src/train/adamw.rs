@@ -3,8 +3,9 @@
 //! [`crate::optim::adamw`].
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 
-use candle_core::{Tensor, Var};
+use candle_core::{CpuStorage, InplaceOp1, InplaceOp2, Layout, Tensor, Var};
 
 use super::param::{Grads, Param};
 use crate::optim::adamw::{self, AdamWConfig, Scalars};
@@ -153,7 +154,9 @@ impl AdamW {
                 ));
             }
         }
-        let to_var = |t: Tensor| -> Result<Tensor> { Ok(t.to_dtype(var.dtype())?.to_device(var.device())?) };
+        // A copy: the moments are updated in place, so they must not share the caller's buffers (or
+        // each other's).
+        let to_var = |t: Tensor| -> Result<Tensor> { Ok(t.to_dtype(var.dtype())?.to_device(var.device())?.copy()?) };
         let (exp_avg, exp_avg_sq) = (to_var(exp_avg)?, to_var(exp_avg_sq)?);
         self.state.insert(name.to_string(), AdamState { step, exp_avg, exp_avg_sq });
         Ok(())
@@ -177,8 +180,9 @@ impl AdamW {
                 }
                 let grad = grad.detach().to_dtype(var.dtype())?.to_device(var.device())?;
                 if !self.state.contains_key(name) {
-                    let zeros = var.as_detached_tensor().zeros_like()?;
-                    let st = AdamState { step: 0, exp_avg: zeros.clone(), exp_avg_sq: zeros };
+                    // Two buffers: the fused step below updates each moment in place.
+                    let t = var.as_detached_tensor();
+                    let st = AdamState { step: 0, exp_avg: t.zeros_like()?, exp_avg_sq: t.zeros_like()? };
                     self.state.insert(name.clone(), st);
                 }
                 let st = self.state.get_mut(name).expect("state inserted above");
@@ -186,11 +190,7 @@ impl AdamW {
                 let t = st.step as i32;
                 if crate::nn::cpu::eligible(&grad) && crate::nn::cpu::eligible(var.as_tensor()) {
                     let scalars = Scalars::new(&self.cfg, lr, wd, st.step);
-                    let (p, m, v) =
-                        fused_adamw(&var.as_detached_tensor(), &grad, &st.exp_avg, &st.exp_avg_sq, &scalars)?;
-                    st.exp_avg = m;
-                    st.exp_avg_sq = v;
-                    var.set(&p)?;
+                    fused_adamw(var.as_tensor(), &grad, &st.exp_avg, &st.exp_avg_sq, &scalars)?;
                     continue;
                 }
                 let bias_correction1 = 1.0 - beta1.powi(t);
@@ -214,18 +214,66 @@ impl AdamW {
 }
 
 /// One AdamW update of an f32 CPU parameter with the shared kernel ([`adamw::update`]), the
-/// same f32 operations in the same order as the tensor-op path above (so the same bits):
-/// returns the new `(param, exp_avg, exp_avg_sq)`.
-fn fused_adamw(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, s: &Scalars) -> Result<(Tensor, Tensor, Tensor)> {
-    let flat = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
-    let (mut po, gs, mut mo, mut vo) = (flat(p)?, flat(g)?, flat(m)?, flat(v)?);
-    adamw::update(&mut po, &gs, &mut mo, &mut vo, s);
-    let dev = p.device();
-    Ok((
-        Tensor::from_vec(po, p.shape(), dev)?,
-        Tensor::from_vec(mo, p.shape(), dev)?,
-        Tensor::from_vec(vo, p.shape(), dev)?,
-    ))
+/// same f32 operations in the same order as the tensor-op path above (so the same bits), in
+/// place: the parameter's, `exp_avg`'s and `exp_avg_sq`'s own buffers are written, one pass over
+/// the four (no copies out and back, no new buffers: the token embedding alone is millions of
+/// values). The three must not share storage (each moment is its own buffer, see `step` and
+/// `set_state`); a clone of a moment follows its updates.
+fn fused_adamw(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, s: &Scalars) -> Result<()> {
+    let g = g.contiguous()?;
+    with_values_mut(m, |m| {
+        with_values_mut(v, |v| p.inplace_op2(&g, &Update { moments: Mutex::new(Some((m, v))), scalars: *s }))
+    })???;
+    Ok(())
+}
+
+/// Runs `f` on the contiguous f32 values of `t`, which it may change (a candle in-place op: the
+/// storage is locked for writing meanwhile).
+fn with_values_mut<R>(t: &Tensor, f: impl FnOnce(&mut [f32]) -> R) -> Result<R> {
+    struct Op<F, R> {
+        f: Mutex<Option<F>>,
+        out: Mutex<Option<R>>,
+    }
+    impl<F: FnOnce(&mut [f32]) -> R, R> InplaceOp1 for Op<F, R> {
+        fn name(&self) -> &'static str {
+            "adamw-moment"
+        }
+        fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
+            let (a, b) = layout.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("not contiguous".into()))?;
+            let CpuStorage::F32(data) = storage else {
+                return Err(candle_core::Error::Msg("not f32".into()));
+            };
+            let f = self.f.lock().expect("not poisoned").take().expect("run once");
+            *self.out.lock().expect("not poisoned") = Some(f(&mut data[a..b]));
+            Ok(())
+        }
+    }
+    let op = Op { f: Mutex::new(Some(f)), out: Mutex::new(None) };
+    t.inplace_op1(&op)?;
+    Ok(op.out.into_inner().expect("not poisoned").expect("the op ran"))
+}
+
+/// The in-place AdamW update of a parameter from its gradient, with its two moments' values.
+struct Update<'a> {
+    moments: Mutex<Option<(&'a mut [f32], &'a mut [f32])>>,
+    scalars: Scalars,
+}
+
+impl InplaceOp2 for Update<'_> {
+    fn name(&self) -> &'static str {
+        "adamw"
+    }
+
+    fn cpu_fwd(&self, dst: &mut CpuStorage, dst_l: &Layout, g: &CpuStorage, g_l: &Layout) -> candle_core::Result<()> {
+        let (a, b) = dst_l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("not contiguous".into()))?;
+        let CpuStorage::F32(p) = dst else {
+            return Err(candle_core::Error::Msg("not f32".into()));
+        };
+        let g = super::ops::f32_slice(g, g_l)?;
+        let (m, v) = self.moments.lock().expect("not poisoned").take().expect("run once");
+        adamw::update(&mut p[a..b], g, m, v, &self.scalars);
+        Ok(())
+    }
 }
 
 /// `x / s` with `s` rounded to `x`'s dtype (PyTorch's `tensor / float`).
