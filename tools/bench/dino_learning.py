@@ -18,7 +18,9 @@ t10k images as the test set):
 * the raw-pixel k-NN (`vista knn --pixels`) for scale.
 * a cross-check in PyTorch (`--worker torch-knn`, torchvision's `resnet50` with `fc` = identity):
   vista's exported teacher backbones (`backbone.safetensors` of the baseline and of the learning
-  run) loaded as they are, the same k-NN on the same images, with their running statistics (the
+  run) loaded as they are, the same k-NN on the same images by the reference script's code
+  (tools/reference/train_dino_fmnist.py: its evaluation transform, features, eval_knn.py's
+  `knn_classifier`), with their running statistics (the
   numbers vista printed, again) and with *precise BatchNorm* statistics (running statistics reset,
   then recomputed as the mean over the bank's clean images, in batches of 100, of the batch
   statistics: torch's `momentum=None` cumulative average, as fvcore's `update_bn_stats`), and a
@@ -90,40 +92,30 @@ def epochs_done(run: pathlib.Path) -> int:
 
 
 def torch_knn_worker(args) -> int:
-    """`--worker torch-knn`: the PyTorch cross-check (see the module docstring); one JSON line."""
-    import numpy as np
+    """`--worker torch-knn`: the PyTorch cross-check (see the module docstring); one JSON line. The
+    k-NN inputs, features and vote are the reference script's (tools/reference/train_dino_fmnist.py:
+    `EVAL_TRANSFORM` of the grey image as RGB, `extract_features` in evaluation mode, eval_knn.py's
+    `knn_classifier`)."""
     import torch
     import torchvision
     from safetensors.torch import load_file
 
-    from bench_dino_train import IMAGENET_MEAN, IMAGENET_STD, KNN_T, read_idx
+    sys.path.insert(0, str(benchlib.REPO_ROOT / "tools" / "reference"))
+    from bench_dino_train import KNN_T
+    from train_dino_fmnist import EVAL_TRANSFORM, extract_features, knn_eval, load_split, to_pil
 
     threads = benchlib.torch_threads(args.threads)
     data = data_dir(args.data)
 
-    def pixels(name: str, limit: int):
-        # The k-NN input vista builds at --global-size 28 from a 28-pixel image: resize and centre crop are
-        # identities; the gray value as the 3 equal channels of .convert("RGB"), ImageNet-normalised.
-        x = torch.from_numpy(read_idx(data / name, limit).astype(np.float32))[:, None] / 255.0
-        x = x.expand(-1, 3, -1, -1)
-        return (x - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+    def split(name: str, limit: int):
+        images, labels = load_split(data, name, limit)
+        return torch.stack([EVAL_TRANSFORM(to_pil(im)) for im in images]), torch.from_numpy(labels.astype("int64"))
 
-    bank, test = pixels("train-images-idx3-ubyte.gz", args.limit), pixels("t10k-images-idx3-ubyte.gz", args.test_limit)
-    bank_labels = torch.from_numpy(read_idx(data / "train-labels-idx1-ubyte.gz", args.limit).astype(np.int64))
-    test_labels = torch.from_numpy(read_idx(data / "t10k-labels-idx1-ubyte.gz", args.test_limit).astype(np.int64))
-
-    def features(model, x):
-        with torch.no_grad():
-            f = torch.cat([model(x[i:i + 250]) for i in range(0, len(x), 250)])
-        return torch.nn.functional.normalize(f, dim=1)
+    (bank, bank_labels), (test, test_labels) = split("train", args.limit), split("t10k", args.test_limit)
 
     def knn(model) -> float:
-        # eval_knn.py's knn_classifier: cosine top-k, votes weighted exp(sim / T).
-        model.eval()
-        b, t = features(model, bank), features(model, test)
-        sim, idx = (t @ b.T).topk(KNN_K, dim=1)
-        votes = torch.zeros(len(t), 10).scatter_add_(1, bank_labels[idx], (sim / KNN_T).exp())
-        return round(100.0 * (votes.argmax(1) == test_labels).float().mean().item(), 2)
+        r = knn_eval(extract_features(model, bank), bank_labels, extract_features(model, test), test_labels, KNN_K, KNN_T)
+        return round(r["top1"], 2)
 
     def precise_bn(model) -> None:
         for m in model.modules():

@@ -21,8 +21,10 @@ use crate::Result;
 /// Runs `f` compiled for AVX-512 (or AVX2 + FMA) when the CPU has it, so the element-wise loops
 /// inside it vectorise 16 (8) lanes wide; the crate itself is built for baseline x86-64 (SSE2)
 /// so that one binary runs everywhere. Call it inside each parallel task: rayon's closures
-/// run elsewhere and do not inherit the features. The results are bit-identical (no FMA
-/// contraction happens without fast-math).
+/// run elsewhere and do not inherit the features. Write the loops inside as `for` loops: an
+/// iterator's `for_each` / `fold` is a generic function the compiler may keep out of line, and
+/// then it runs without the features (the training GELU backward did, scalar). The results are
+/// bit-identical (no FMA contraction happens without fast-math).
 #[inline(always)]
 pub fn with_simd<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]

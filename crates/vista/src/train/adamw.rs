@@ -7,6 +7,7 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, InplaceOp1, InplaceOp2, Layout, Tensor, Var};
 
+use super::ops::{f32_slice, f32_slice_mut};
 use super::param::{Grads, Param};
 use crate::optim::adamw::{self, AdamWConfig, Scalars};
 use crate::{Error, Result};
@@ -239,12 +240,9 @@ fn with_values_mut<R>(t: &Tensor, f: impl FnOnce(&mut [f32]) -> R) -> Result<R> 
             "adamw-moment"
         }
         fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
-            let (a, b) = layout.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("not contiguous".into()))?;
-            let CpuStorage::F32(data) = storage else {
-                return Err(candle_core::Error::Msg("not f32".into()));
-            };
+            let data = f32_slice_mut(storage, layout)?;
             let f = self.f.lock().expect("not poisoned").take().expect("run once");
-            *self.out.lock().expect("not poisoned") = Some(f(&mut data[a..b]));
+            *self.out.lock().expect("not poisoned") = Some(f(data));
             Ok(())
         }
     }
@@ -265,13 +263,9 @@ impl InplaceOp2 for Update<'_> {
     }
 
     fn cpu_fwd(&self, dst: &mut CpuStorage, dst_l: &Layout, g: &CpuStorage, g_l: &Layout) -> candle_core::Result<()> {
-        let (a, b) = dst_l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("not contiguous".into()))?;
-        let CpuStorage::F32(p) = dst else {
-            return Err(candle_core::Error::Msg("not f32".into()));
-        };
-        let g = super::ops::f32_slice(g, g_l)?;
+        let (p, g) = (f32_slice_mut(dst, dst_l)?, f32_slice(g, g_l)?);
         let (m, v) = self.moments.lock().expect("not poisoned").take().expect("run once");
-        adamw::update(&mut p[a..b], g, m, v, &self.scalars);
+        adamw::update(p, g, m, v, &self.scalars);
         Ok(())
     }
 }

@@ -40,6 +40,17 @@ pub(super) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Resul
     }
 }
 
+/// [`f32_slice`], to write.
+pub(super) fn f32_slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> candle_core::Result<&'a mut [f32]> {
+    let CpuStorage::F32(data) = s else {
+        return Err(candle_core::Error::Msg("fused training op: a tensor is not f32".into()));
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&mut data[a..b]),
+        None => Err(candle_core::Error::Msg("fused training op: a tensor is not contiguous".into())),
+    }
+}
+
 /// The contiguous f32 values of `t`, copied out (backward passes read their saved tensors so).
 pub(super) fn values(t: &Tensor) -> candle_core::Result<Vec<f32>> {
     t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
