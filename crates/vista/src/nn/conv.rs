@@ -161,7 +161,7 @@ impl Conv2d {
                 } else {
                     Lhs::Conv { data, input: (b, h, w, cin), kernel: (k, s, p) }
                 };
-                packed::gemm(lhs, weight, bias, packed::Epilogue { residual, act }, super::cpu::threads())
+                packed::gemm(lhs, weight, bias, packed::Epilogue { residual, act, scale: None }, super::cpu::threads())
             };
             let out = super::cpu::with_slice(x, |data| match residual {
                 Some(r) => super::cpu::with_slice(r, |r| run(data, Some(r)))?,

@@ -251,19 +251,27 @@ impl Lhs<'_> {
 /// Zeros the padding taps read.
 static ZEROS: [f32; KC] = [0.0; KC];
 
-/// What is done to each output value after the product: `act(y + residual)`.
+/// What is done to each output value after the product: `act(y + residual) · scale`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Epilogue<'a> {
     /// A row-major `[M, N]` tensor added to the product (a ResNet block's shortcut).
     pub residual: Option<&'a [f32]>,
-    /// Applied last.
+    /// Applied after the residual.
     pub act: Option<Activation>,
+    /// A row-major `[M, N]` tensor the result is multiplied by, value by value (a training
+    /// backward's activation derivative).
+    pub scale: Option<&'a [f32]>,
 }
 
-impl Epilogue<'_> {
+impl<'a> Epilogue<'a> {
     /// Just an activation.
     pub fn act(act: Option<Activation>) -> Self {
-        Self { residual: None, act }
+        Self { act, ..Self::default() }
+    }
+
+    /// Just a value-by-value factor.
+    pub fn scale(scale: &'a [f32]) -> Self {
+        Self { scale: Some(scale), ..Self::default() }
     }
 }
 
@@ -325,12 +333,14 @@ pub fn gemm_many(products: &[Product<'_>], threads: usize) -> Result<Vec<Vec<f32
         if taps * depth != w.k
             || bias.is_some_and(|b| b.len() != n)
             || epilogue.residual.is_some_and(|r| r.len() != m * n)
+            || epilogue.scale.is_some_and(|r| r.len() != m * n)
         {
             return Err(refuse(format!(
-                "packed gemm: {m} rows of {taps}x{depth} values against a [{}, {n}] weight (bias {:?}, residual {:?})",
+                "packed gemm: {m} rows of {taps}x{depth} values against a [{}, {n}] weight (bias {:?}, residual {:?}, scale {:?})",
                 w.k,
                 bias.map(<[f32]>::len),
-                epilogue.residual.map(<[f32]>::len)
+                epilogue.residual.map(<[f32]>::len),
+                epilogue.scale.map(<[f32]>::len)
             )));
         }
         if m == 0 || n == 0 || w.k == 0 {
@@ -684,6 +694,15 @@ unsafe fn finish(epilogue: Epilogue<'_>, tile: (*mut f32, usize, usize), rows: u
         (None, None) => {}
         (residual, None) => finish_with(residual, tile, rows, at, |v| v),
         (residual, Some(act)) => super::cpu::with_activation!(act, |f| finish_with(residual, tile, rows, at, f)),
+    }
+    if let Some(scale) = epilogue.scale {
+        let (c, ldc, cols) = tile;
+        for i in 0..rows {
+            let row = std::slice::from_raw_parts_mut(c.add(i * ldc), cols);
+            for (v, s) in row.iter_mut().zip(&scale[at + i * ldc..at + i * ldc + cols]) {
+                *v *= s;
+            }
+        }
     }
 }
 
@@ -1206,6 +1225,13 @@ mod tests {
                         gemm(Lhs::Rows { data: &a, m }, &packed, Some(&bias), Epilogue::default(), threads).unwrap();
                     let rows: Vec<Vec<f32>> = a.chunks(k).map(<[f32]>::to_vec).collect();
                     close(&out, &naive(&rows, &w, n, Some(&bias)), &format!("{kernel} {m}x{k}x{n} t{threads}"));
+                    // The value-by-value factor: the same product times it, to the bit.
+                    let factor = values(7, m * n);
+                    let scaled =
+                        gemm(Lhs::Rows { data: &a, m }, &packed, Some(&bias), Epilogue::scale(&factor), threads)
+                            .unwrap();
+                    let want: Vec<f32> = out.iter().zip(&factor).map(|(v, f)| v * f).collect();
+                    assert_eq!(scaled, want, "{kernel} {m}x{k}x{n} t{threads}, scaled");
                 }
             }
         });
@@ -1255,7 +1281,7 @@ mod tests {
                     lhs,
                     &PackedWeight::from_k_by_n(&wt, k * k * c, n),
                     None,
-                    Epilogue { residual: Some(&res), act: Some(Activation::Relu) },
+                    Epilogue { residual: Some(&res), act: Some(Activation::Relu), scale: None },
                     2,
                 )
                 .unwrap();
@@ -1272,8 +1298,9 @@ mod tests {
         let none = Epilogue::default();
         assert!(gemm(Lhs::Rows { data: &[0.0; 8], m: 2 }, &packed, None, none, 1).is_err());
         assert!(gemm(Lhs::Rows { data: &[0.0; 6], m: 2 }, &packed, Some(&[0.0; 3]), none, 1).is_err());
-        let short = Epilogue { residual: Some(&[0.0; 3]), act: None };
+        let short = Epilogue { residual: Some(&[0.0; 3]), act: None, scale: None };
         assert!(gemm(Lhs::Rows { data: &[0.0; 6], m: 2 }, &packed, None, short, 1).is_err());
+        assert!(gemm(Lhs::Rows { data: &[0.0; 6], m: 2 }, &packed, None, Epilogue::scale(&[1.0; 3]), 1).is_err());
         let empty = PackedWeight::from_k_by_n(&[], 0, 2);
         let relu = Epilogue::act(Some(Activation::Relu));
         let out = gemm(Lhs::Rows { data: &[], m: 3 }, &empty, Some(&[1.0, -2.0]), relu, 1).unwrap();

@@ -217,9 +217,47 @@ pub fn for_each_chunk<T: Send>(data: &mut [T], chunk: usize, f: impl Fn(usize, &
     })
 }
 
+/// [`for_each`] whose tasks each return a value: the values in task order (a reduction's
+/// partial sums, added afterwards in that fixed order).
+pub fn map<R: Send>(tasks: usize, f: impl Fn(usize) -> R + Sync + Send) -> Vec<R> {
+    let mut out: Vec<Option<R>> = (0..tasks).map(|_| None).collect();
+    for_each_chunk(&mut out, 1, |i, slot| slot[0] = Some(f(i)));
+    out.into_iter().map(|r| r.expect("every task ran")).collect()
+}
+
+/// [`for_each_chunk`] whose pieces each return a value, in piece order (as [`map`]).
+pub fn map_chunks<T: Send, R: Send>(
+    data: &mut [T],
+    chunk: usize,
+    f: impl Fn(usize, &mut [T]) -> R + Sync + Send,
+) -> Vec<R> {
+    let (len, chunk) = (data.len(), chunk.max(1));
+    let base = Shared(data.as_mut_ptr());
+    map(len.div_ceil(chunk), |i| {
+        let start = i * chunk;
+        // SAFETY: piece `i` is `start..min(start + chunk, len)`, disjoint from every other.
+        let piece = unsafe { std::slice::from_raw_parts_mut(base.get().add(start), chunk.min(len - start)) };
+        f(i, piece)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn maps_return_in_task_order() {
+        for tasks in [0, 1, 5, 64] {
+            assert_eq!(map(tasks, |i| i * 3), (0..tasks).map(|i| i * 3).collect::<Vec<_>>());
+        }
+        let mut data: Vec<usize> = (0..10).collect();
+        let sums = map_chunks(&mut data, 4, |i, piece| {
+            piece.iter_mut().for_each(|v| *v += 1);
+            (i, piece.iter().sum::<usize>())
+        });
+        assert_eq!(sums, [(0, 10), (1, 26), (2, 19)]);
+        assert_eq!(data, (1..11).collect::<Vec<_>>());
+    }
 
     #[test]
     fn every_task_runs_once_across_many_regions() {

@@ -24,6 +24,7 @@
 //! computation from the fused ops of [`super::ops`]; `tests/suite/train_block.rs` checks the
 //! two against each other, values and every gradient.
 
+use std::borrow::Cow;
 use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp2, Device, Layout, Tensor};
@@ -35,6 +36,7 @@ use super::ops::{
 };
 use crate::nn::cpu::{erf_fast, exp_fast, rows_per_task, threads, with_simd};
 use crate::nn::packed::{gemm, gemm_tn, Epilogue, Lhs, PackedWeight};
+use crate::nn::team::Shared;
 use crate::nn::Activation;
 use crate::{Error, Result};
 
@@ -241,8 +243,8 @@ struct Saved {
     x1: Vec<f32>,
     /// `LN₂(x₁)`, `[T, C]`.
     h2: Vec<f32>,
-    /// `fc₁` before and after the activation, `[T, H]`.
-    u: Vec<f32>,
+    /// The activation's derivative at `fc₁`'s output, and its value, `[T, H]`.
+    du: Vec<f32>,
     g: Vec<f32>,
     /// The MLP branch before its scales.
     f: Option<Vec<f32>>,
@@ -312,6 +314,12 @@ fn dense_dx(dy: &[f32], t: usize, w: &[f32], out: usize, inp: usize) -> Result<V
     gemm(Lhs::Rows { data: dy, m: t }, &PackedWeight::from_k_by_n(w, out, inp), None, Epilogue::default(), threads())
 }
 
+/// `(dY W) ⊙ s` for `dY: [t, out]`, a PyTorch `[out, in]` weight and `s: [t, in]`.
+fn dense_dx_scaled(dy: &[f32], t: usize, w: &[f32], out: usize, inp: usize, s: &[f32]) -> Result<Vec<f32>> {
+    let w = PackedWeight::from_k_by_n(w, out, inp);
+    gemm(Lhs::Rows { data: dy, m: t }, &w, None, Epilogue::scale(s), threads())
+}
+
 /// `dYᵀ X` for `dY: [t, out]`, `X: [t, in]`: the weight's gradient, `[out, in]`, both read in
 /// place ([`gemm_tn`]).
 fn dense_dw(dy: &[f32], x: &[f32], t: usize, out: usize, inp: usize) -> Result<Vec<f32>> {
@@ -322,88 +330,84 @@ fn dense_dw(dy: &[f32], x: &[f32], t: usize, out: usize, inp: usize) -> Result<V
 fn residual(x: &[f32], a: &[f32], c: usize, n: usize, gamma: Option<&[f32]>, s: Option<&[f32]>) -> Vec<f32> {
     let mut y = vec![0f32; x.len()];
     let rows = rows_per_task(c);
-    y.par_chunks_mut(rows * c).enumerate().zip(x.par_chunks(rows * c).zip(a.par_chunks(rows * c))).for_each(
-        |((i, y), (x, a))| {
-            with_simd(
-                #[inline(always)]
-                || {
-                    for (r, ((yr, xr), ar)) in
-                        y.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(a.chunks_exact(c)).enumerate()
-                    {
-                        let sc = s.map_or(1.0, |s| s[(i * rows + r) / n]);
-                        match gamma {
-                            Some(gm) => {
-                                for j in 0..c {
-                                    yr[j] = xr[j] + sc * gm[j] * ar[j];
-                                }
+    crate::nn::team::for_each_chunk(&mut y, rows * c, |i, y| {
+        let (x, a) = (&x[i * rows * c..][..y.len()], &a[i * rows * c..][..y.len()]);
+        with_simd(
+            #[inline(always)]
+            || {
+                for (r, ((yr, xr), ar)) in
+                    y.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(a.chunks_exact(c)).enumerate()
+                {
+                    let sc = s.map_or(1.0, |s| s[(i * rows + r) / n]);
+                    match gamma {
+                        Some(gm) => {
+                            for j in 0..c {
+                                yr[j] = xr[j] + sc * gm[j] * ar[j];
                             }
-                            None => {
-                                for j in 0..c {
-                                    yr[j] = xr[j] + sc * ar[j];
-                                }
+                        }
+                        None => {
+                            for j in 0..c {
+                                yr[j] = xr[j] + sc * ar[j];
                             }
                         }
                     }
-                },
-            )
-        },
-    );
+                }
+            },
+        )
+    });
     y
 }
 
-/// The backward of a scaled branch `s_row · γ ⊙ a`: the gradient reaching `a` and `dγ`.
-fn branch_backward(
-    dy: &[f32],
+/// The backward of a scaled branch `s_row · γ ⊙ a`: the gradient reaching `a` (`dy` itself,
+/// borrowed, for an unscaled branch) and `dγ`.
+fn branch_backward<'a>(
+    dy: &'a [f32],
     a: Option<&[f32]>,
     c: usize,
     n: usize,
     gamma: Option<&[f32]>,
     s: Option<&[f32]>,
-) -> (Vec<f32>, Option<Vec<f32>>) {
+) -> (Cow<'a, [f32]>, Option<Vec<f32>>) {
     if gamma.is_none() && s.is_none() {
-        return (dy.to_vec(), None);
+        return (Cow::Borrowed(dy), None);
     }
     let mut da = vec![0f32; dy.len()];
     let rows = rows_per_task(c);
-    let dgamma = da
-        .par_chunks_mut(rows * c)
-        .enumerate()
-        .zip(dy.par_chunks(rows * c))
-        .map(|((i, da), dy)| {
-            with_simd(
-                #[inline(always)]
-                || {
-                    let mut dg = vec![0f32; c];
-                    for (r, (dar, dyr)) in da.chunks_exact_mut(c).zip(dy.chunks_exact(c)).enumerate() {
-                        let row = i * rows + r;
-                        let sc = s.map_or(1.0, |s| s[row / n]);
-                        match gamma {
-                            Some(gm) => {
-                                let ar = &a.expect("a kept with LayerScale")[row * c..(row + 1) * c];
-                                for j in 0..c {
-                                    dar[j] = dyr[j] * sc * gm[j];
-                                    dg[j] += dyr[j] * sc * ar[j];
-                                }
+    let dgamma = crate::nn::team::map_chunks(&mut da, rows * c, |i, da| {
+        let dy = &dy[i * rows * c..][..da.len()];
+        with_simd(
+            #[inline(always)]
+            || {
+                let mut dg = vec![0f32; c];
+                for (r, (dar, dyr)) in da.chunks_exact_mut(c).zip(dy.chunks_exact(c)).enumerate() {
+                    let row = i * rows + r;
+                    let sc = s.map_or(1.0, |s| s[row / n]);
+                    match gamma {
+                        Some(gm) => {
+                            let ar = &a.expect("a kept with LayerScale")[row * c..(row + 1) * c];
+                            for j in 0..c {
+                                dar[j] = dyr[j] * sc * gm[j];
+                                dg[j] += dyr[j] * sc * ar[j];
                             }
-                            None => {
-                                for j in 0..c {
-                                    dar[j] = dyr[j] * sc;
-                                }
+                        }
+                        None => {
+                            for j in 0..c {
+                                dar[j] = dyr[j] * sc;
                             }
                         }
                     }
-                    dg
-                },
-            )
-        })
-        .reduce(
-            || vec![0f32; c],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                a
+                }
+                dg
             },
-        );
-    (da, gamma.map(|_| dgamma))
+        )
+    })
+    .into_iter()
+    // In task order: the same bits on every run.
+    .fold(vec![0f32; c], |mut a, b| {
+        a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+        a
+    });
+    (Cow::Owned(da), gamma.map(|_| dgamma))
 }
 
 const QUICK: f32 = 1.702;
@@ -422,78 +426,128 @@ fn gelu_erf(u: f32) -> (f32, f32) {
     (u * cdf, cdf + u * FRAC_1_SQRT_2PI * exp_fast(-0.5 * u * u))
 }
 
-/// The activation of every value of `u` (one loop per activation, so each vectorises).
-fn act_forward(u: &[f32], act: Activation) -> Vec<f32> {
+/// The activation of every value of `u` and its derivative there, `(act(u), act'(u))`, in one
+/// pass (one loop per activation, so each vectorises): the backward multiplies by the saved
+/// derivative inside its product's epilogue instead of a pass of its own.
+fn act_forward(u: &[f32], act: Activation) -> (Vec<f32>, Vec<f32>) {
+    // Both functions are `#[inline(always)]`: each loop gets its own vectorised body.
     match act {
-        Activation::QuickGelu => crate::nn::cpu::map(
-            u,
-            #[inline(always)]
-            |v| quick_gelu(v).0,
-        ),
-        _ => crate::nn::cpu::map(
-            u,
-            #[inline(always)]
-            |v| gelu_erf(v).0,
-        ),
+        Activation::QuickGelu => crate::nn::cpu::map2(u, quick_gelu),
+        _ => crate::nn::cpu::map2(u, gelu_erf),
     }
 }
 
-/// `dg ⊙ act'(u)`, in place.
-fn act_backward(dg: &mut [f32], u: &[f32], act: Activation) {
-    #[inline(always)]
-    fn scale(dg: &mut [f32], u: &[f32], f: impl Fn(f32) -> (f32, f32) + Sync) {
-        const CHUNK: usize = 16 * 1024;
-        dg.par_chunks_mut(CHUNK).zip(u.par_chunks(CHUNK)).for_each(|(dg, u)| {
-            with_simd(
-                #[inline(always)]
-                || {
-                    for (g, &u) in dg.iter_mut().zip(u) {
-                        *g *= f(u).1;
-                    }
-                },
-            )
-        });
-    }
-    match act {
-        Activation::QuickGelu => scale(dg, u, quick_gelu),
-        _ => scale(dg, u, gelu_erf),
-    }
-}
+/// Rows per register tile of [`small_gemm`]: 6 rows × 16 columns of sums are 12 of AVX2's 16
+/// registers.
+const SR: usize = 6;
 
-/// `c[r][j] = Σ_k a[r][k] · b[k][j]` for `r < m`, `k < kd`, `j < nb` (a multiple of 16), row-major
-/// with leading dimensions `lda`, `ldb`, `ldc`: four rows by sixteen columns of sums held at a time
-/// (the attention's per-head products, too small for the packed GEMM's blocking).
-#[allow(clippy::too_many_arguments)]
+/// `c[r][j] = Σ_k a(r, k) · b[k][j]` for `r < m`, `k < kd`, `j < nb` (a multiple of 16), `b` and
+/// `c` row-major with leading dimensions `ldb`, `ldc`; `a(r, k)` is `a[r·lda + k]`, or with
+/// `a_t` `a[k·lda + r]` (`Pᵀ dO`, `dSᵀ q` without transposing `P`, `dS`). Each tile of six rows
+/// of `a` is first copied depth-major into `pack` (the six values of one depth step side by
+/// side), then run against the columns sixteen at a time, each step a fused multiply–add
+/// (`mul_add`: one instruction inside [`with_simd`]). The attention's per-head products, too
+/// small for the packed GEMM's blocking.
 #[inline(always)]
-fn small_gemm(a: &[f32], lda: usize, m: usize, kd: usize, b: &[f32], ldb: usize, nb: usize, c: &mut [f32], ldc: usize) {
-    const R: usize = 4;
-    for r in (0..m).step_by(R) {
+fn small_gemm(
+    (a, lda, a_t): (&[f32], usize, bool),
+    m: usize,
+    kd: usize,
+    (b, ldb): (&[f32], usize),
+    nb: usize,
+    (c, ldc): (&mut [f32], usize),
+    pack: &mut Vec<f32>,
+) {
+    pack.resize(kd * SR, 0.0);
+    for r in (0..m).step_by(SR) {
         // Rows past the end repeat the last one (branch-free), and are not stored.
-        let rows: [usize; R] = std::array::from_fn(|q| (r + q).min(m - 1));
+        for q in 0..SR {
+            let row = (r + q).min(m - 1);
+            if a_t {
+                for (k, v) in pack.chunks_exact_mut(SR).enumerate() {
+                    v[q] = a[k * lda + row];
+                }
+            } else {
+                for (v, &x) in pack.chunks_exact_mut(SR).zip(&a[row * lda..row * lda + kd]) {
+                    v[q] = x;
+                }
+            }
+        }
         for j0 in (0..nb).step_by(16) {
-            let mut acc = [[0f32; 16]; R];
-            for k in 0..kd {
+            let mut acc = [[0f32; 16]; SR];
+            for (k, av) in pack[..kd * SR].chunks_exact(SR).enumerate() {
                 let bv: &[f32; 16] = b[k * ldb + j0..k * ldb + j0 + 16].try_into().expect("16 values");
-                for q in 0..R {
-                    let av = a[rows[q] * lda + k];
+                for q in 0..SR {
                     for l in 0..16 {
-                        acc[q][l] += av * bv[l];
+                        acc[q][l] = av[q].mul_add(bv[l], acc[q][l]);
                     }
                 }
             }
-            for (q, acc) in acc.iter().enumerate().take((m - r).min(R)) {
+            for (q, acc) in acc.iter().enumerate().take((m - r).min(SR)) {
                 c[(r + q) * ldc + j0..(r + q) * ldc + j0 + 16].copy_from_slice(acc);
             }
         }
     }
 }
 
-/// `t[j][i] = s[i][j]` for an `[n, np]` matrix into `[np, n]`.
+/// The largest of `v` (not empty), sixteen lanes at a time (the maximum is exact in any order).
 #[inline(always)]
-fn transpose_small(s: &[f32], n: usize, np: usize, t: &mut [f32]) {
-    for i in 0..n {
-        for j in 0..np {
-            t[j * n + i] = s[i * np + j];
+fn lane_max(v: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let mut chunks = v.chunks_exact(16);
+    for ch in &mut chunks {
+        for l in 0..16 {
+            lanes[l] = lanes[l].max(ch[l]);
+        }
+    }
+    let tail = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    lanes.iter().fold(tail, |m, &x| m.max(x))
+}
+
+/// `Σ a[i]·b[i]`, sixteen partial sums (lane `l` takes the terms `i ≡ l mod 16`) added in a
+/// fixed order: the same value on every run.
+#[inline(always)]
+fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    let (mut ca, mut cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for l in 0..16 {
+            lanes[l] = x[l].mul_add(y[l], lanes[l]);
+        }
+    }
+    for (l, (x, y)) in ca.remainder().iter().zip(cb.remainder()).enumerate() {
+        lanes[l] = x.mul_add(*y, lanes[l]);
+    }
+    lanes.iter().sum()
+}
+
+/// `Σ v[i]` as [`lane_dot`] adds.
+#[inline(always)]
+fn lane_sum(v: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    let mut chunks = v.chunks_exact(16);
+    for ch in &mut chunks {
+        for l in 0..16 {
+            lanes[l] += ch[l];
+        }
+    }
+    for (l, x) in chunks.remainder().iter().enumerate() {
+        lanes[l] += x;
+    }
+    lanes.iter().sum()
+}
+
+/// `dst[j·ldd + i] = src[i·lds + j]` for `i < rows`, `j < cols`: in 8 × 8 blocks, so each block's
+/// reads and writes stay on eight lines each.
+#[inline(always)]
+fn transpose_into(src: &[f32], lds: usize, rows: usize, cols: usize, dst: &mut [f32], ldd: usize) {
+    for i0 in (0..rows).step_by(8) {
+        for j0 in (0..cols).step_by(8) {
+            for j in j0..(j0 + 8).min(cols) {
+                for i in i0..(i0 + 8).min(rows) {
+                    dst[j * ldd + i] = src[i * lds + j];
+                }
+            }
         }
     }
 }
@@ -530,28 +584,34 @@ impl HeadBufs {
         }
     }
 
-    /// Gathers head `h` of one sample's `qkv` rows (`[N, 3C]`).
+    /// Gathers head `h` of one sample's `qkv` rows (`[N, 3C]`): `scale·q` and `kᵀ` always, `v`
+    /// for the forward, `k` and `vᵀ` for the backward.
     #[inline(always)]
-    fn gather(&mut self, qkv: &[f32], c: usize, h: usize, scale: f32) {
+    fn gather(&mut self, qkv: &[f32], c: usize, h: usize, scale: f32, backward: bool) {
         let (n, d, np, dp) = (self.n, self.d, self.np, self.dp);
         for i in 0..n {
             let row = &qkv[i * 3 * c..(i + 1) * 3 * c];
             let (q, k, v) =
                 (&row[h * d..(h + 1) * d], &row[c + h * d..c + (h + 1) * d], &row[2 * c + h * d..2 * c + (h + 1) * d]);
-            for j in 0..d {
-                self.qs[i * dp + j] = q[j] * scale;
-                self.k[i * dp + j] = k[j];
-                self.kt[j * np + i] = k[j];
-                self.v[i * dp + j] = v[j];
-                self.vt[j * np + i] = v[j];
+            for (s, &x) in self.qs[i * dp..i * dp + d].iter_mut().zip(q) {
+                *s = x * scale;
             }
+            if backward {
+                self.k[i * dp..i * dp + d].copy_from_slice(k);
+            } else {
+                self.v[i * dp..i * dp + d].copy_from_slice(v);
+            }
+        }
+        transpose_into(&qkv[c + h * d..], 3 * c, n, d, &mut self.kt, np);
+        if backward {
+            transpose_into(&qkv[2 * c + h * d..], 3 * c, n, d, &mut self.vt, np);
         }
     }
 
     /// The scaled scores `[N, np]` (`scale·q kᵀ`; the padding columns 0).
     #[inline(always)]
-    fn scores(&self, s: &mut [f32]) {
-        small_gemm(&self.qs, self.dp, self.n, self.d, &self.kt, self.np, self.np, s, self.np);
+    fn scores(&self, s: &mut [f32], pack: &mut Vec<f32>) {
+        small_gemm((&self.qs, self.dp, false), self.n, self.d, (&self.kt, self.np), self.np, (s, self.np), pack);
     }
 }
 
@@ -586,42 +646,48 @@ impl BlockOp {
         let scale = self.scale();
         let mut o = vec![0f32; b * n * c];
         let mut lse = vec![0f32; b * heads * n * 2];
-        o.par_chunks_mut(n * c).zip(lse.par_chunks_mut(heads * n * 2)).zip(qkv.par_chunks(n * 3 * c)).for_each(
-            |((o, lse), qkv)| {
-                with_simd(
-                    #[inline(always)]
-                    || {
-                        let mut hb = HeadBufs::new(n, d);
-                        let (np, dp) = (hb.np, hb.dp);
-                        let (mut p, mut out) = (vec![0f32; n * np], vec![0f32; n * dp]);
-                        for h in 0..heads {
-                            hb.gather(qkv, c, h, scale);
-                            hb.scores(&mut p);
-                            for i in 0..n {
-                                let lim = self.limit(i, n);
-                                let row = &mut p[i * np..(i + 1) * np];
-                                let max = row[..lim].iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                                let mut sum = 0.0;
-                                for v in row[..lim].iter_mut() {
-                                    *v = exp_fast(*v - max);
-                                    sum += *v;
-                                }
-                                let inv = 1.0 / sum;
-                                lse[(h * n + i) * 2] = max;
-                                lse[(h * n + i) * 2 + 1] = inv;
-                                row[..lim].iter_mut().for_each(|v| *v *= inv);
-                                row[lim..].iter_mut().for_each(|v| *v = 0.0);
+        // On the kernels' thread team, as the GEMMs around it (a rayon region here left the
+        // team's helper spinning beside rayon's two threads on two cores).
+        let lse_at = Shared(lse.as_mut_ptr());
+        crate::nn::team::for_each_chunk(&mut o, n * c, |i, o| {
+            let qkv = &qkv[i * n * 3 * c..(i + 1) * n * 3 * c];
+            // SAFETY: sample `i`'s statistics, disjoint from every other task's; `lse` outlives
+            // the region.
+            let lse = unsafe { std::slice::from_raw_parts_mut(lse_at.get().add(i * heads * n * 2), heads * n * 2) };
+            with_simd(
+                #[inline(always)]
+                || {
+                    let mut hb = HeadBufs::new(n, d);
+                    let (np, dp) = (hb.np, hb.dp);
+                    let (mut p, mut out) = (vec![0f32; n * np], vec![0f32; n * dp]);
+                    let mut pack = Vec::new();
+                    for h in 0..heads {
+                        hb.gather(qkv, c, h, scale, false);
+                        hb.scores(&mut p, &mut pack);
+                        for i in 0..n {
+                            let lim = self.limit(i, n);
+                            let row = &mut p[i * np..(i + 1) * np];
+                            let max = lane_max(&row[..lim]);
+                            for v in row[..lim].iter_mut() {
+                                *v = exp_fast(*v - max);
                             }
-                            // O = P v.
-                            small_gemm(&p, np, n, np, &hb.v, dp, dp, &mut out, dp);
-                            for i in 0..n {
-                                o[i * c + h * d..i * c + (h + 1) * d].copy_from_slice(&out[i * dp..i * dp + d]);
+                            let inv = 1.0 / lane_sum(&row[..lim]);
+                            lse[(h * n + i) * 2] = max;
+                            lse[(h * n + i) * 2 + 1] = inv;
+                            for v in row[..lim].iter_mut() {
+                                *v *= inv;
                             }
+                            row[lim..].fill(0.0);
                         }
-                    },
-                )
-            },
-        );
+                        // O = P v (the padding columns of P are 0: the depth stops at N).
+                        small_gemm((&p, np, false), n, n, (&hb.v, dp), dp, (&mut out, dp), &mut pack);
+                        for i in 0..n {
+                            o[i * c + h * d..i * c + (h + 1) * d].copy_from_slice(&out[i * dp..i * dp + d]);
+                        }
+                    }
+                },
+            )
+        });
         (o, lse)
     }
 
@@ -634,66 +700,66 @@ impl BlockOp {
         let d = c / heads;
         let scale = self.scale();
         let mut dqkv = vec![0f32; b * n * 3 * c];
-        dqkv.par_chunks_mut(n * 3 * c)
-            .zip(qkv.par_chunks(n * 3 * c).zip(lse.par_chunks(heads * n * 2)).zip(dout.par_chunks(n * c)))
-            .for_each(|(dqkv, ((qkv, lse), dout))| {
-                with_simd(
-                    #[inline(always)]
-                    || {
-                        let mut hb = HeadBufs::new(n, d);
-                        let (np, dp) = (hb.np, hb.dp);
-                        let (mut p, mut ds) = (vec![0f32; n * np], vec![0f32; n * np]);
-                        let mut t = vec![0f32; np * n];
-                        let mut go = vec![0f32; n * dp];
-                        let mut out = vec![0f32; np * dp];
-                        for h in 0..heads {
-                            hb.gather(qkv, c, h, scale);
-                            for i in 0..n {
-                                go[i * dp..i * dp + d].copy_from_slice(&dout[i * c + h * d..i * c + (h + 1) * d]);
+        // On the thread team, as the forward.
+        crate::nn::team::for_each_chunk(&mut dqkv, n * 3 * c, |i, dqkv| {
+            let qkv = &qkv[i * n * 3 * c..(i + 1) * n * 3 * c];
+            let lse = &lse[i * heads * n * 2..(i + 1) * heads * n * 2];
+            let dout = &dout[i * n * c..(i + 1) * n * c];
+            with_simd(
+                #[inline(always)]
+                || {
+                    let mut hb = HeadBufs::new(n, d);
+                    let (np, dp) = (hb.np, hb.dp);
+                    let (mut p, mut ds) = (vec![0f32; n * np], vec![0f32; n * np]);
+                    let mut go = vec![0f32; n * dp];
+                    let mut out = vec![0f32; np * dp];
+                    let mut pack = Vec::new();
+                    for h in 0..heads {
+                        hb.gather(qkv, c, h, scale, true);
+                        for i in 0..n {
+                            go[i * dp..i * dp + d].copy_from_slice(&dout[i * c + h * d..i * c + (h + 1) * d]);
+                        }
+                        hb.scores(&mut p, &mut pack);
+                        // dP = dO vᵀ (into `ds`).
+                        small_gemm((&go, dp, false), n, d, (&hb.vt, np), np, (&mut ds, np), &mut pack);
+                        for i in 0..n {
+                            let lim = self.limit(i, n);
+                            let (max, inv) = (lse[(h * n + i) * 2], lse[(h * n + i) * 2 + 1]);
+                            let (pr, dr) = (&mut p[i * np..(i + 1) * np], &mut ds[i * np..(i + 1) * np]);
+                            for v in pr[..lim].iter_mut() {
+                                *v = exp_fast(*v - max) * inv;
                             }
-                            hb.scores(&mut p);
-                            // dP = dO vᵀ (into `ds`).
-                            small_gemm(&go, dp, n, d, &hb.vt, np, np, &mut ds, np);
-                            for i in 0..n {
-                                let lim = self.limit(i, n);
-                                let (max, inv) = (lse[(h * n + i) * 2], lse[(h * n + i) * 2 + 1]);
-                                let (pr, dr) = (&mut p[i * np..(i + 1) * np], &mut ds[i * np..(i + 1) * np]);
-                                for v in pr[..lim].iter_mut() {
-                                    *v = exp_fast(*v - max) * inv;
-                                }
-                                pr[lim..].iter_mut().for_each(|v| *v = 0.0);
-                                let delta: f32 = pr[..lim].iter().zip(&dr[..lim]).map(|(p, g)| p * g).sum();
-                                for (g, &pv) in dr[..lim].iter_mut().zip(pr[..lim].iter()) {
-                                    *g = pv * (*g - delta);
-                                }
-                                dr[lim..].iter_mut().for_each(|v| *v = 0.0);
+                            pr[lim..].fill(0.0);
+                            let delta = lane_dot(&pr[..lim], &dr[..lim]);
+                            for (g, &pv) in dr[..lim].iter_mut().zip(pr[..lim].iter()) {
+                                *g = pv * (*g - delta);
                             }
-                            // dq = scale · dS k.
-                            small_gemm(&ds, np, n, np, &hb.k, dp, dp, &mut out, dp);
-                            for i in 0..n {
-                                let base = i * 3 * c + h * d;
-                                for (o, v) in dqkv[base..base + d].iter_mut().zip(&out[i * dp..i * dp + d]) {
-                                    *o = v * scale;
-                                }
-                            }
-                            // dk = dSᵀ (scale·q).
-                            transpose_small(&ds, n, np, &mut t);
-                            small_gemm(&t, n, n, n, &hb.qs, dp, dp, &mut out, dp);
-                            for j in 0..n {
-                                let base = j * 3 * c + c + h * d;
-                                dqkv[base..base + d].copy_from_slice(&out[j * dp..j * dp + d]);
-                            }
-                            // dv = Pᵀ dO.
-                            transpose_small(&p, n, np, &mut t);
-                            small_gemm(&t, n, n, n, &go, dp, dp, &mut out, dp);
-                            for j in 0..n {
-                                let base = j * 3 * c + 2 * c + h * d;
-                                dqkv[base..base + d].copy_from_slice(&out[j * dp..j * dp + d]);
+                            dr[lim..].fill(0.0);
+                        }
+                        // dq = scale · dS k (over the N keys; dS's padding columns are 0).
+                        small_gemm((&ds, np, false), n, n, (&hb.k, dp), dp, (&mut out, dp), &mut pack);
+                        for i in 0..n {
+                            let base = i * 3 * c + h * d;
+                            for (o, v) in dqkv[base..base + d].iter_mut().zip(&out[i * dp..i * dp + d]) {
+                                *o = v * scale;
                             }
                         }
-                    },
-                )
-            });
+                        // dk = dSᵀ (scale·q).
+                        small_gemm((&ds, np, true), n, n, (&hb.qs, dp), dp, (&mut out, dp), &mut pack);
+                        for j in 0..n {
+                            let base = j * 3 * c + c + h * d;
+                            dqkv[base..base + d].copy_from_slice(&out[j * dp..j * dp + d]);
+                        }
+                        // dv = Pᵀ dO.
+                        small_gemm((&p, np, true), n, n, (&go, dp), dp, (&mut out, dp), &mut pack);
+                        for j in 0..n {
+                            let base = j * 3 * c + 2 * c + h * d;
+                            dqkv[base..base + d].copy_from_slice(&out[j * dp..j * dp + d]);
+                        }
+                    }
+                },
+            )
+        });
         dqkv
     }
 
@@ -710,11 +776,12 @@ impl BlockOp {
         let x1 = residual(x, &a, c, n, ls1, s1);
         let (h2, stats2) = ln_forward(&x1, c, self.req(th, Part::Ln2W), self.req(th, Part::Ln2B), eps);
         let u = dense(&h2, t, self.req(th, Part::Fc1W), hid, c, self.part(th, Part::Fc1B))?;
-        let g = act_forward(&u, self.spec.act);
+        let (g, du) = act_forward(&u, self.spec.act);
+        drop(u);
         let f = dense(&g, t, self.req(th, Part::Fc2W), c, hid, self.part(th, Part::Fc2B))?;
         let ls2 = self.part(th, Part::Ls2);
         let y = residual(&x1, &f, c, n, ls2, s2);
-        let saved = Saved { stats1, stats2, h1, qkv, lse, o, a: ls1.map(|_| a), x1, h2, u, g, f: ls2.map(|_| f) };
+        let saved = Saved { stats1, stats2, h1, qkv, lse, o, a: ls1.map(|_| a), x1, h2, du, g, f: ls2.map(|_| f) };
         Ok((y, saved))
     }
 
@@ -733,11 +800,11 @@ impl BlockOp {
         if let Some(g) = dls2 {
             put(Part::Ls2, &g);
         }
-        let mut dg = dense_dx(&df, t, self.req(th, Part::Fc2W), c, hid)?;
+        // dL/du = (dF W₂) ⊙ act'(u), the factor applied in the product's epilogue.
+        let dg = dense_dx_scaled(&df, t, self.req(th, Part::Fc2W), c, hid, &sv.du)?;
         put(Part::Fc2W, &dense_dw(&df, &sv.g, t, c, hid)?);
         put(Part::Fc2B, &col_sums(&df, c));
         drop(df);
-        act_backward(&mut dg, &sv.u, self.spec.act);
         let du = dg;
         let dh2 = dense_dx(&du, t, self.req(th, Part::Fc1W), hid, c)?;
         put(Part::Fc1W, &dense_dw(&du, &sv.h2, t, hid, c)?);

@@ -25,6 +25,7 @@ use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, DTyp
 use rayon::prelude::*;
 
 use crate::nn::cpu::{erf_fast, exp_fast, map, map_rows, rows_per_task, with_simd, zip_map};
+use crate::nn::team::Shared;
 use crate::Result;
 
 /// What a custom op's forward gives on the CPU: the output's storage and shape.
@@ -262,7 +263,11 @@ pub(super) fn ln_forward(x: &[f32], c: usize, w: &[f32], b: &[f32], eps: f32) ->
     let mut y = vec![0f32; x.len()];
     let mut stats = vec![(0f32, 0f32); t];
     let rows = rows_per_task(c);
-    y.par_chunks_mut(rows * c).zip(stats.par_chunks_mut(rows)).zip(x.par_chunks(rows * c)).for_each(|((y, s), x)| {
+    let stats_at = Shared(stats.as_mut_ptr());
+    crate::nn::team::for_each_chunk(&mut y, rows * c, |i, y| {
+        let x = &x[i * rows * c..][..y.len()];
+        // SAFETY: piece `i`'s rows of `stats`, disjoint from every other piece's.
+        let s = unsafe { std::slice::from_raw_parts_mut(stats_at.get().add(i * rows), y.len() / c) };
         with_simd(
             #[inline(always)]
             || {
@@ -289,45 +294,60 @@ pub(super) fn ln_backward(
 ) -> (Vec<f32>, Vec<f32>) {
     let c = w.len();
     let rows = rows_per_task(c);
-    dx_acc
-        .par_chunks_mut(rows * c)
-        .zip(dy.par_chunks(rows * c).zip(x.par_chunks(rows * c)).zip(stats.par_chunks(rows)))
-        .map(|(dx, ((dy, x), st))| {
-            with_simd(
-                #[inline(always)]
-                || {
-                    let (mut dw, mut db) = (vec![0f32; c], vec![0f32; c]);
-                    let mut g = vec![0f32; c];
-                    let mut xh = vec![0f32; c];
-                    for (((dxr, dyr), xr), &(m, r)) in
-                        dx.chunks_exact_mut(c).zip(dy.chunks_exact(c)).zip(x.chunks_exact(c)).zip(st)
-                    {
-                        let (mut sg, mut sgx) = (0f32, 0f32);
-                        for j in 0..c {
-                            xh[j] = (xr[j] - m) * r;
-                            g[j] = dyr[j] * w[j];
-                            sg += g[j];
-                            sgx += g[j] * xh[j];
-                            dw[j] += dyr[j] * xh[j];
-                            db[j] += dyr[j];
-                        }
-                        let (mg, mgx) = (sg / c as f32, sgx / c as f32);
-                        for j in 0..c {
-                            dxr[j] += r * (g[j] - mg - xh[j] * mgx);
-                        }
+    let parts: Vec<(Vec<f32>, Vec<f32>)> = crate::nn::team::map_chunks(dx_acc, rows * c, |i, dx| {
+        let (dy, x) = (&dy[i * rows * c..][..dx.len()], &x[i * rows * c..][..dx.len()]);
+        let st = &stats[i * rows..][..dx.len() / c];
+        with_simd(
+            #[inline(always)]
+            || {
+                let (mut dw, mut db) = (vec![0f32; c], vec![0f32; c]);
+                let mut g = vec![0f32; c];
+                let mut xh = vec![0f32; c];
+                for (((dxr, dyr), xr), &(m, r)) in
+                    dx.chunks_exact_mut(c).zip(dy.chunks_exact(c)).zip(x.chunks_exact(c)).zip(st)
+                {
+                    // Element-wise first (vectorised), the row's two sums in sixteen lanes
+                    // after: a running sum in the same loop kept all of it scalar.
+                    for j in 0..c {
+                        xh[j] = (xr[j] - m) * r;
+                        g[j] = dyr[j] * w[j];
+                        dw[j] += dyr[j] * xh[j];
+                        db[j] += dyr[j];
                     }
-                    (dw, db)
-                },
-            )
-        })
-        .reduce(
-            || (vec![0f32; c], vec![0f32; c]),
-            |mut a, b| {
-                a.0.iter_mut().zip(&b.0).for_each(|(x, y)| *x += y);
-                a.1.iter_mut().zip(&b.1).for_each(|(x, y)| *x += y);
-                a
+                    let (sg, sgx) = lane_sums(&g, &xh);
+                    let (mg, mgx) = (sg / c as f32, sgx / c as f32);
+                    for j in 0..c {
+                        dxr[j] += r * (g[j] - mg - xh[j] * mgx);
+                    }
+                }
+                (dw, db)
             },
         )
+    });
+    // The tasks' partial sums added in task order: the same bits on every run.
+    parts.into_iter().fold((vec![0f32; c], vec![0f32; c]), |mut a, b| {
+        a.0.iter_mut().zip(&b.0).for_each(|(x, y)| *x += y);
+        a.1.iter_mut().zip(&b.1).for_each(|(x, y)| *x += y);
+        a
+    })
+}
+
+/// `(Σ g, Σ g·x)` in sixteen partial sums each, added in a fixed order.
+#[inline(always)]
+fn lane_sums(g: &[f32], x: &[f32]) -> (f32, f32) {
+    let (mut s, mut sx) = ([0f32; 16], [0f32; 16]);
+    let (mut cg, mut cx) = (g.chunks_exact(16), x.chunks_exact(16));
+    for (a, b) in (&mut cg).zip(&mut cx) {
+        for l in 0..16 {
+            s[l] += a[l];
+            sx[l] += a[l] * b[l];
+        }
+    }
+    for (l, (a, b)) in cg.remainder().iter().zip(cx.remainder()).enumerate() {
+        s[l] += a;
+        sx[l] += a * b;
+    }
+    (s.iter().sum(), sx.iter().sum())
 }
 
 impl CustomOp3 for LayerNormOp {
@@ -517,26 +537,26 @@ struct AddBiasOp;
 /// Column sums of a row-major `[rows, width]` matrix (a bias's gradient).
 pub(super) fn col_sums(x: &[f32], width: usize) -> Vec<f32> {
     let rows = rows_per_task(width) * 4;
-    x.par_chunks(rows * width)
-        .map(|chunk| {
-            with_simd(
-                #[inline(always)]
-                || {
-                    let mut acc = vec![0f32; width];
-                    for row in chunk.chunks_exact(width) {
-                        acc.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+    let chunks: Vec<&[f32]> = x.chunks(rows * width).collect();
+    let sums = crate::nn::team::map(chunks.len(), |i| {
+        with_simd(
+            #[inline(always)]
+            || {
+                let mut acc = vec![0f32; width];
+                for row in chunks[i].chunks_exact(width) {
+                    for (a, v) in acc.iter_mut().zip(row) {
+                        *a += v;
                     }
-                    acc
-                },
-            )
-        })
-        .reduce(
-            || vec![0f32; width],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                a
+                }
+                acc
             },
         )
+    });
+    // In task order: the same bits on every run.
+    sums.into_iter().fold(vec![0f32; width], |mut a, b| {
+        a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+        a
+    })
 }
 
 impl CustomOp2 for AddBiasOp {
