@@ -209,12 +209,19 @@ impl<T> Shared<T> {
 pub fn for_each_chunk<T: Send>(data: &mut [T], chunk: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
     let (len, chunk) = (data.len(), chunk.max(1));
     let base = Shared(data.as_mut_ptr());
-    for_each(len.div_ceil(chunk), |i| {
-        let start = i * chunk;
-        // SAFETY: piece `i` is `start..min(start + chunk, len)`, disjoint from every other.
-        let piece = unsafe { std::slice::from_raw_parts_mut(base.get().add(start), chunk.min(len - start)) };
-        f(i, piece)
-    })
+    // SAFETY: `base` is `data`, borrowed for the region, and each task takes its own piece.
+    for_each(len.div_ceil(chunk), |i| f(i, unsafe { piece(&base, len, chunk, i) }))
+}
+
+/// Piece `i` of the `chunk`-long pieces of a `len`-long buffer at `base`:
+/// `i·chunk..min((i + 1)·chunk, len)`.
+///
+/// # Safety
+/// `base` holds `len` values, live and borrowed by no one else for `'a`, and each piece is
+/// taken once.
+unsafe fn piece<'a, T>(base: &Shared<T>, len: usize, chunk: usize, i: usize) -> &'a mut [T] {
+    let start = i * chunk;
+    std::slice::from_raw_parts_mut(base.get().add(start), chunk.min(len - start))
 }
 
 /// [`for_each`] whose tasks each return a value: the values in task order (a reduction's
@@ -233,12 +240,8 @@ pub fn map_chunks<T: Send, R: Send>(
 ) -> Vec<R> {
     let (len, chunk) = (data.len(), chunk.max(1));
     let base = Shared(data.as_mut_ptr());
-    map(len.div_ceil(chunk), |i| {
-        let start = i * chunk;
-        // SAFETY: piece `i` is `start..min(start + chunk, len)`, disjoint from every other.
-        let piece = unsafe { std::slice::from_raw_parts_mut(base.get().add(start), chunk.min(len - start)) };
-        f(i, piece)
-    })
+    // SAFETY: as in `for_each_chunk`.
+    map(len.div_ceil(chunk), |i| f(i, unsafe { piece(&base, len, chunk, i) }))
 }
 
 #[cfg(test)]

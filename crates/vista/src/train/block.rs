@@ -11,11 +11,13 @@
 //! than in its products: a zeroed gradient tensor allocated and added into for every node, a
 //! copy for every transpose and head split, and matmuls on candle's generic GEMM. Here the
 //! forward keeps what the backward reads (the normalised inputs' statistics, `qkv`, the
-//! attention output and each row's softmax maximum and normaliser, the MLP's pre-activation),
-//! and the backward is written out: every product goes through the GEMMs of
-//! [`crate::nn::packed`] (`dX = dY W` on the packed weight, `dW = dYᵀ X` with both read in
-//! place), attention recomputes its probabilities from the saved row statistics, the bias and
-//! LayerNorm gradients are column sums.
+//! attention output and each row's softmax maximum and normaliser, the MLP activation's value
+//! and derivative), and the backward is written out: every product goes through the GEMMs of
+//! [`crate::nn::packed`] (`dX = dY W` on the packed weight, the activation's derivative applied
+//! in its epilogue, `dW = dYᵀ X` with both read in place), attention recomputes its
+//! probabilities from the saved row statistics, the bias and LayerNorm gradients are column
+//! sums. The parallel regions run on the kernels' thread team ([`crate::nn::team`]), and sums
+//! over its tasks are added in task order: the same bits on every run.
 //!
 //! The parameters enter as one flat vector (their concatenation, which candle differentiates
 //! by splitting the flat gradient back), so the whole block is a two-input custom op.
