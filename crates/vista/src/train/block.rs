@@ -33,8 +33,8 @@ use candle_core::{CpuStorage, CustomOp2, Device, Layout, Tensor};
 use rayon::prelude::*;
 
 use super::ops::{
-    attention, col_sums, f32_slice, gelu, layer_norm, linear, ln_backward, ln_forward, on_cpu_kernels, values, CpuOut,
-    FRAC_1_SQRT_2, FRAC_1_SQRT_2PI,
+    add_in_order, attention, col_sums, dot, f32_slice, gelu, layer_norm, linear, ln_backward, ln_forward,
+    on_cpu_kernels, sum, values, CpuOut, FRAC_1_SQRT_2, FRAC_1_SQRT_2PI,
 };
 use crate::nn::cpu::{erf_fast, exp_fast, rows_per_task, threads, with_simd};
 use crate::nn::packed::{gemm, gemm_tn, Epilogue, Lhs, PackedWeight};
@@ -402,14 +402,8 @@ fn branch_backward<'a>(
                 dg
             },
         )
-    })
-    .into_iter()
-    // In task order: the same bits on every run.
-    .fold(vec![0f32; c], |mut a, b| {
-        a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-        a
     });
-    (Cow::Owned(da), gamma.map(|_| dgamma))
+    (Cow::Owned(da), gamma.map(|_| add_in_order(dgamma, c)))
 }
 
 const QUICK: f32 = 1.702;
@@ -504,39 +498,6 @@ fn lane_max(v: &[f32]) -> f32 {
     }
     let tail = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
     lanes.iter().fold(tail, |m, &x| m.max(x))
-}
-
-/// `Σ a[i]·b[i]`, sixteen partial sums (lane `l` takes the terms `i ≡ l mod 16`) added in a
-/// fixed order: the same value on every run.
-#[inline(always)]
-fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 16];
-    let (mut ca, mut cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        for l in 0..16 {
-            lanes[l] = x[l].mul_add(y[l], lanes[l]);
-        }
-    }
-    for (l, (x, y)) in ca.remainder().iter().zip(cb.remainder()).enumerate() {
-        lanes[l] = x.mul_add(*y, lanes[l]);
-    }
-    lanes.iter().sum()
-}
-
-/// `Σ v[i]` as [`lane_dot`] adds.
-#[inline(always)]
-fn lane_sum(v: &[f32]) -> f32 {
-    let mut lanes = [0f32; 16];
-    let mut chunks = v.chunks_exact(16);
-    for ch in &mut chunks {
-        for l in 0..16 {
-            lanes[l] += ch[l];
-        }
-    }
-    for (l, x) in chunks.remainder().iter().enumerate() {
-        lanes[l] += x;
-    }
-    lanes.iter().sum()
 }
 
 /// `dst[j·ldd + i] = src[i·lds + j]` for `i < rows`, `j < cols`: in 8 × 8 blocks, so each block's
@@ -673,7 +634,7 @@ impl BlockOp {
                             for v in row[..lim].iter_mut() {
                                 *v = exp_fast(*v - max);
                             }
-                            let inv = 1.0 / lane_sum(&row[..lim]);
+                            let inv = 1.0 / sum(&row[..lim]);
                             lse[(h * n + i) * 2] = max;
                             lse[(h * n + i) * 2 + 1] = inv;
                             for v in row[..lim].iter_mut() {
@@ -732,7 +693,7 @@ impl BlockOp {
                                 *v = exp_fast(*v - max) * inv;
                             }
                             pr[lim..].fill(0.0);
-                            let delta = lane_dot(&pr[..lim], &dr[..lim]);
+                            let delta = dot(&pr[..lim], &dr[..lim]);
                             for (g, &pv) in dr[..lim].iter_mut().zip(pr[..lim].iter()) {
                                 *g = pv * (*g - delta);
                             }

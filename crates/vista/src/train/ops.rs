@@ -307,14 +307,14 @@ pub(super) fn ln_backward(
                     dx.chunks_exact_mut(c).zip(dy.chunks_exact(c)).zip(x.chunks_exact(c)).zip(st)
                 {
                     // Element-wise first (vectorised), the row's two sums in sixteen lanes
-                    // after: a running sum in the same loop kept all of it scalar.
+                    // after ([`sum`], [`dot`]): a running sum in the same loop kept it scalar.
                     for j in 0..c {
                         xh[j] = (xr[j] - m) * r;
                         g[j] = dyr[j] * w[j];
                         dw[j] += dyr[j] * xh[j];
                         db[j] += dyr[j];
                     }
-                    let (sg, sgx) = lane_sums(&g, &xh);
+                    let (sg, sgx) = (sum(&g), dot(&g, &xh));
                     let (mg, mgx) = (sg / c as f32, sgx / c as f32);
                     for j in 0..c {
                         dxr[j] += r * (g[j] - mg - xh[j] * mgx);
@@ -324,30 +324,19 @@ pub(super) fn ln_backward(
             },
         )
     });
-    // The tasks' partial sums added in task order: the same bits on every run.
-    parts.into_iter().fold((vec![0f32; c], vec![0f32; c]), |mut a, b| {
-        a.0.iter_mut().zip(&b.0).for_each(|(x, y)| *x += y);
-        a.1.iter_mut().zip(&b.1).for_each(|(x, y)| *x += y);
-        a
-    })
+    let (dw, db): (Vec<_>, Vec<_>) = parts.into_iter().unzip();
+    (add_in_order(dw, c), add_in_order(db, c))
 }
 
-/// `(Σ g, Σ g·x)` in sixteen partial sums each, added in a fixed order.
-#[inline(always)]
-fn lane_sums(g: &[f32], x: &[f32]) -> (f32, f32) {
-    let (mut s, mut sx) = ([0f32; 16], [0f32; 16]);
-    let (mut cg, mut cx) = (g.chunks_exact(16), x.chunks_exact(16));
-    for (a, b) in (&mut cg).zip(&mut cx) {
-        for l in 0..16 {
-            s[l] += a[l];
-            sx[l] += a[l] * b[l];
+/// The tasks' partial sums (each `width` long) added in task order: the same bits on every run
+/// (rayon's `reduce` associates them as work stealing falls).
+pub(super) fn add_in_order(parts: Vec<Vec<f32>>, width: usize) -> Vec<f32> {
+    parts.into_iter().fold(vec![0f32; width], |mut a, b| {
+        for (x, y) in a.iter_mut().zip(&b) {
+            *x += y;
         }
-    }
-    for (l, (a, b)) in cg.remainder().iter().zip(cx.remainder()).enumerate() {
-        s[l] += a;
-        sx[l] += a * b;
-    }
-    (s.iter().sum(), sx.iter().sum())
+        a
+    })
 }
 
 impl CustomOp3 for LayerNormOp {
@@ -552,11 +541,7 @@ pub(super) fn col_sums(x: &[f32], width: usize) -> Vec<f32> {
             },
         )
     });
-    // In task order: the same bits on every run.
-    sums.into_iter().fold(vec![0f32; width], |mut a, b| {
-        a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-        a
-    })
+    add_in_order(sums, width)
 }
 
 impl CustomOp2 for AddBiasOp {
