@@ -508,7 +508,9 @@ pub enum ScoreBias<'a> {
 /// work when there are few (batch, head) pairs, as in a global-attention block.
 const ATTENTION_ROW_BLOCK: usize = 256;
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+/// `Σ a_i b_i`.
+#[inline(always)]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     // Eight partial sums: vectorises and keeps the rounding error of long sums small.
     let mut acc = [0f32; 8];
     let (ca, ra) = a.split_at(a.len() / 8 * 8);
@@ -703,6 +705,131 @@ pub fn cross_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: 
     Ok(Tensor::from_vec(out, (b, nq, c), &Device::Cpu)?)
 }
 
+/// `softmax(a · xᵀ) · v` for a few query rows against many keys, `a: [R, C]`, `x, v: [N, C]`
+/// -> `[R, C]` (scale already in `a`): the scores as `x · aᵀ` (`[N, R]`, `aᵀ` packed as the
+/// GEMM's weight), a softmax down each column, and `Pᵀ`'s product with `v` read in place
+/// ([`packed::gemm_tn`]); each output row divided by its column's sum at the end. Rows of `a`
+/// are independent queries, so several heads or sets go in one call.
+///
+/// # Errors
+/// If the slices do not hold `[R, C]` and `[N, C]`.
+pub fn attend_to_many(a: &[f32], x: &[f32], v: &[f32], (r, n, c): (usize, usize, usize)) -> Result<Vec<f32>> {
+    use super::packed::{self, Epilogue, Lhs, PackedWeight};
+    if a.len() != r * c || x.len() != n * c || v.len() != n * c || n == 0 {
+        return Err(candle_core::Error::Msg(format!(
+            "attention: {} query values for [{r}, {c}], {} key and {} value values for [{n}, {c}]",
+            a.len(),
+            x.len(),
+            v.len()
+        ))
+        .into());
+    }
+    let mut a_t = vec![0f32; c * r];
+    for (i, row) in a.chunks_exact(c).enumerate() {
+        for (j, &val) in row.iter().enumerate() {
+            a_t[j * r + i] = val;
+        }
+    }
+    let w = PackedWeight::from_k_by_n(&a_t, c, r);
+    let mut scores = packed::gemm(Lhs::Rows { data: x, m: n }, &w, None, Epilogue::default(), threads())?;
+    let mut sum = vec![0f32; r];
+    with_simd(
+        #[inline(always)]
+        || {
+            let mut max = vec![f32::NEG_INFINITY; r];
+            for row in scores.chunks_exact(r) {
+                for (m, &s) in max.iter_mut().zip(row) {
+                    *m = m.max(s);
+                }
+            }
+            for row in scores.chunks_exact_mut(r) {
+                for ((s, m), acc) in row.iter_mut().zip(&max).zip(sum.iter_mut()) {
+                    *s = exp_fast(*s - m);
+                    *acc += *s;
+                }
+            }
+        },
+    );
+    let mut out = packed::gemm_tn(&scores, v, n, r, c, threads())?;
+    scores.clear();
+    for (row, s) in out.chunks_exact_mut(c).zip(&sum) {
+        let inv = 1.0 / s;
+        row.iter_mut().for_each(|o| *o *= inv);
+    }
+    Ok(out)
+}
+
+/// Many query rows against a few keys in `groups` heads: `softmax_per_group(x · gᵀ + bias) · u +
+/// out_bias`, `x: [N, C]`, `g, u: [G·T, C]`, `bias: [G·T]` -> `[N, C]`; each row's scores are
+/// `G` groups of `T`, each normalised on its own (one head's keys), and `u` holds each head's
+/// values already through its share of the output projection, so the heads' sum is one product.
+///
+/// # Errors
+/// If the slices disagree with the shapes.
+pub fn attend_to_few(
+    x: &[f32],
+    g: &[f32],
+    bias: &[f32],
+    u: &[f32],
+    out_bias: Option<&[f32]>,
+    groups: usize,
+    (n, c): (usize, usize),
+) -> Result<Vec<f32>> {
+    use super::packed::{self, Epilogue, Lhs, PackedWeight};
+    let r = bias.len();
+    if groups == 0 || !r.is_multiple_of(groups) || g.len() != r * c || u.len() != r * c || x.len() != n * c {
+        return Err(candle_core::Error::Msg(format!(
+            "attention: {} values for [{n}, {c}], {} and {} for [{r}, {c}] in {groups} groups",
+            x.len(),
+            g.len(),
+            u.len()
+        ))
+        .into());
+    }
+    let mut g_t = vec![0f32; c * r];
+    for (i, row) in g.chunks_exact(c).enumerate() {
+        for (j, &val) in row.iter().enumerate() {
+            g_t[j * r + i] = val;
+        }
+    }
+    let w = PackedWeight::from_k_by_n(&g_t, c, r);
+    let scores = packed::gemm(Lhs::Rows { data: x, m: n }, &w, Some(bias), Epilogue::default(), threads())?;
+    let t = r / groups;
+    let probs = map_rows(
+        &scores,
+        r,
+        #[inline(always)]
+        |s, p| {
+            // Each head's maximum off its scores, one exponential pass over the whole row (it
+            // vectorises; `T` alone is too short), then each head's sum.
+            for (p, s) in p.chunks_exact_mut(t).zip(s.chunks_exact(t)) {
+                let mut max = f32::NEG_INFINITY;
+                for &v in s {
+                    max = max.max(v);
+                }
+                for (p, &v) in p.iter_mut().zip(s) {
+                    *p = v - max;
+                }
+            }
+            for p in p.iter_mut() {
+                *p = exp_fast(*p);
+            }
+            for p in p.chunks_exact_mut(t) {
+                let mut sum = 0.0;
+                for &v in p.iter() {
+                    sum += v;
+                }
+                let inv = 1.0 / sum;
+                for v in p.iter_mut() {
+                    *v *= inv;
+                }
+            }
+        },
+    );
+    let u = PackedWeight::from_k_by_n(u, r, c);
+    packed::gemm(Lhs::Rows { data: &probs, m: n }, &u, out_bias, Epilogue::default(), threads())
+}
+
 #[inline(always)]
 fn softmax_in_place(row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -729,6 +856,44 @@ mod tests {
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    }
+
+    #[test]
+    fn attention_to_many_keys_equals_the_softmax_product() {
+        let (r, n, c) = (21, 300, 24); // rows and widths off the GEMM's tile sizes
+        let a = randn(1, 0f32, 0.5, (r, c));
+        let x = randn(2, 0f32, 1., (n, c));
+        let v = randn(3, 0f32, 1., (n, c));
+        let want = candle_nn::ops::softmax_last_dim(&a.matmul(&x.t().unwrap()).unwrap()).unwrap().matmul(&v).unwrap();
+        let got = attend_to_many(
+            &a.flatten_all().unwrap().to_vec1().unwrap(),
+            &x.flatten_all().unwrap().to_vec1().unwrap(),
+            &v.flatten_all().unwrap().to_vec1().unwrap(),
+            (r, n, c),
+        )
+        .unwrap();
+        let got = Tensor::from_vec(got, (r, c), &Device::Cpu).unwrap();
+        assert!(max_diff(&got, &want) < 1e-5, "{}", max_diff(&got, &want));
+        assert!(attend_to_many(&[0.0; 4], &[0.0; 8], &[0.0; 8], (2, 3, 2)).is_err());
+    }
+
+    #[test]
+    fn attention_to_few_keys_normalises_each_group() {
+        let (n, c, groups, t) = (333, 20, 3, 5);
+        let x = randn(4, 0f32, 1., (n, c));
+        let g = randn(5, 0f32, 0.5, (groups * t, c));
+        let u = randn(6, 0f32, 1., (groups * t, c));
+        let bias = randn(7, 0f32, 1., groups * t);
+        let out_bias = randn(8, 0f32, 1., c);
+        let scores = x.matmul(&g.t().unwrap()).unwrap().broadcast_add(&bias).unwrap();
+        let probs = candle_nn::ops::softmax_last_dim(&scores.reshape((n, groups, t)).unwrap()).unwrap();
+        let want = probs.reshape((n, groups * t)).unwrap().matmul(&u).unwrap().broadcast_add(&out_bias).unwrap();
+        let flat = |t: &Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
+        let got = attend_to_few(&flat(&x), &flat(&g), &flat(&bias), &flat(&u), Some(&flat(&out_bias)), groups, (n, c))
+            .unwrap();
+        let got = Tensor::from_vec(got, (n, c), &Device::Cpu).unwrap();
+        assert!(max_diff(&got, &want) < 1e-5, "{}", max_diff(&got, &want));
+        assert!(attend_to_few(&flat(&x), &flat(&g), &flat(&bias), &flat(&u), None, 4, (n, c)).is_err());
     }
 
     #[test]

@@ -108,10 +108,6 @@ impl MaskDecoder {
         };
         let (hs, src) = self.transformer.forward(&src, image_pe, &tokens)?;
 
-        let x = self.up1.forward(&src.reshape((b, h, w, c))?, None)?;
-        let x = Activation::Gelu.forward(&self.up_norm.forward(&x)?)?;
-        let x = self.up2.forward(&x, Some(Activation::Gelu))?; // [B, 4h, 4w, C/8]
-        let x = x.reshape((b, 16 * h * w, c / 8))?;
         let hyper = self
             .hypernetworks
             .iter()
@@ -119,8 +115,69 @@ impl MaskDecoder {
             .map(|(i, mlp)| mlp.forward(&hs.narrow(1, 1 + i, 1)?))
             .collect::<Result<Vec<_>>>()?;
         let hyper = Tensor::cat(&hyper, 1)?; // [B, M, C/8]
-        let masks = hyper.matmul(&x.transpose(1, 2)?)?.reshape((b, m, 4 * h, 4 * w))?;
+        let masks = if crate::nn::cpu::eligible(&src) && crate::nn::cpu::eligible(&hyper) {
+            // Up-sampled pixels stay grouped by the pixel they came from (each transposed
+            // convolution is one GEMM per input pixel, the LayerNorm and GELU per output pixel),
+            // and the masks' products place them: no reordering copy of the ×4 features.
+            let x = self.up1.forward_grouped(&src.reshape((b * h * w, c))?, None)?;
+            let x = Activation::Gelu.forward(&self.up_norm.forward(&x.reshape((b * h * w * 4, c / 4))?)?)?;
+            let x = self.up2.forward_grouped(&x, Some(Activation::Gelu))?; // [B·h·w·4, 2, 2, C/8]
+            let out = crate::nn::cpu::with_slice(&x, |up| {
+                crate::nn::cpu::with_slice(&hyper, |hy| masks_from_grouped(up, hy, (b, h, w, m, c / 8)))
+            })???;
+            Tensor::from_vec(out, (b, m, 4 * h, 4 * w), src.device())?
+        } else {
+            let x = self.up1.forward(&src.reshape((b, h, w, c))?, None)?;
+            let x = Activation::Gelu.forward(&self.up_norm.forward(&x)?)?;
+            let x = self.up2.forward(&x, Some(Activation::Gelu))?; // [B, 4h, 4w, C/8]
+            let x = x.reshape((b, 16 * h * w, c / 8))?;
+            hyper.matmul(&x.transpose(1, 2)?)?.reshape((b, m, 4 * h, 4 * w))?
+        };
         let iou = self.iou_head.forward(&hs.narrow(1, 0, 1)?.squeeze(1)?)?;
         Ok((masks, iou))
     }
+}
+
+/// `masks[b, m, 4y + 2dy + ey, 4x + 2dx + ex] = Σ_c hyper[b, m, c] · up[b, y, x, dy, dx, ey, ex, c]`:
+/// each mask's logits from the twice up-sampled features still grouped by source pixel.
+/// One task per (set, source row), which writes its four output rows of every mask.
+fn masks_from_grouped(
+    up: &[f32],
+    hyper: &[f32],
+    (b, h, w, m, c): (usize, usize, usize, usize, usize),
+) -> Result<Vec<f32>> {
+    use crate::nn::cpu::{dot, with_simd};
+    use crate::nn::team::{self, Shared};
+    if up.len() != b * h * w * 16 * c || hyper.len() != b * m * c {
+        return Err(candle_core::Error::Msg(format!(
+            "mask products: {} features for [{b}, {h}, {w}, 16, {c}], {} hypernetwork values for [{b}, {m}, {c}]",
+            up.len(),
+            hyper.len()
+        ))
+        .into());
+    }
+    let (oh, ow) = (4 * h, 4 * w);
+    let mut out = vec![0f32; b * m * oh * ow];
+    let base = Shared(out.as_mut_ptr());
+    team::for_each(b * h, |task| {
+        let (bi, y) = (task / h, task % h);
+        let hy = &hyper[bi * m * c..][..m * c];
+        with_simd(
+            #[inline(always)]
+            || {
+                for x in 0..w {
+                    let px = &up[((bi * h + y) * w + x) * 16 * c..][..16 * c];
+                    for (s, v) in px.chunks_exact(c).enumerate() {
+                        let (dy, dx, ey, ex) = ((s >> 3) & 1, (s >> 2) & 1, (s >> 1) & 1, s & 1);
+                        let (oy, ox) = (4 * y + 2 * dy + ey, 4 * x + 2 * dx + ex);
+                        for (mi, hm) in hy.chunks_exact(c).enumerate() {
+                            // SAFETY: output rows 4y..4y + 4 of set `bi` belong to this task alone.
+                            unsafe { *base.get().add(((bi * m + mi) * oh + oy) * ow + ox) = dot(v, hm) };
+                        }
+                    }
+                }
+            },
+        )
+    });
+    Ok(out)
 }

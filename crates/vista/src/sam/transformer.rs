@@ -16,23 +16,207 @@ pub struct Attention {
     v_proj: Linear,
     out_proj: Linear,
     heads: usize,
+    /// The projections split by head, for the folded products (see [`Attention::forward`]);
+    /// the cross-attentions only (self-attention has as many queries as keys, never folded).
+    folded: Option<Folded>,
+}
+
+/// Per-head slices of the projection weights: `wq`, `wk`, `wo` as `[H, d, C]` (`W_q`, `W_k`
+/// rows of head h; `W_oᵀ` rows of head h), `wv_t` as `[H, C, d]` (`W_vᵀ` columns of head h),
+/// and the query and value biases.
+struct Folded {
+    wq: Tensor,
+    wk: Tensor,
+    wv_t: Tensor,
+    wo: Tensor,
+    bq: Tensor,
+    bv: Tensor,
+}
+
+impl Folded {
+    fn new(q: &Linear, k: &Linear, v: &Linear, out: &Linear, heads: usize) -> Result<Self> {
+        let (inner, dim) = q.weight()?.dims2()?;
+        let d = inner / heads;
+        let heads_of = |w: Tensor| -> Result<Tensor> { Ok(w.contiguous()?.reshape((heads, d, dim))?) };
+        let bias = |l: &Linear| -> Result<Tensor> {
+            match l.bias() {
+                Some(b) => Ok(b.clone()),
+                None => Ok(Tensor::zeros(inner, q.weight()?.dtype(), q.weight()?.device())?),
+            }
+        };
+        Ok(Self {
+            wq: heads_of(q.weight()?)?,
+            wk: heads_of(k.weight()?)?,
+            wv_t: heads_of(v.weight()?)?.transpose(1, 2)?.contiguous()?,
+            wo: heads_of(out.weight_t()?)?,
+            bq: bias(q)?,
+            bv: bias(v)?,
+        })
+    }
+}
+
+/// `[B, T, H·d]` -> `[H, B·T, d]`: the heads of a short token sequence as a matmul batch.
+fn heads_first(x: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, t, c) = x.dims3()?;
+    Ok(x.reshape((b, t, heads, c / heads))?.permute((2, 0, 1, 3))?.contiguous()?.reshape((heads, b * t, c / heads))?)
+}
+
+/// `[H, B·T, C]` -> `[B, H·T, C]`: rows ordered by set, then head, then token.
+fn sets_first(x: &Tensor, b: usize) -> Result<Tensor> {
+    let (h, bt, c) = x.dims3()?;
+    let t = bt / b;
+    Ok(x.reshape((h, b, t, c))?.transpose(0, 1)?.contiguous()?.reshape((b, h * t, c))?)
+}
+
+/// `a · xᵀ` for `a: [B, R, C]` and `x: [B or 1, N, C]` -> `[B, R, N]`; a shared `x` (batch 1)
+/// takes every set's rows in one product.
+fn times_t(a: &Tensor, x: &Tensor) -> Result<Tensor> {
+    let (b, r, c) = a.dims3()?;
+    if x.dim(0)? == b {
+        return Ok(a.matmul(&x.transpose(1, 2)?)?);
+    }
+    let n = x.dim(1)?;
+    Ok(a.reshape((1, b * r, c))?.matmul(&x.transpose(1, 2)?)?.reshape((b, r, n))?)
+}
+
+/// `p · x` for `p: [B, R, N]` and `x: [B or 1, N, C]` -> `[B, R, C]`.
+fn times(p: &Tensor, x: &Tensor) -> Result<Tensor> {
+    let (b, r, n) = p.dims3()?;
+    if x.dim(0)? == b {
+        return Ok(p.matmul(x)?);
+    }
+    let c = x.dim(2)?;
+    Ok(p.reshape((1, b * r, n))?.matmul(x)?.reshape((b, r, c))?)
 }
 
 impl Attention {
     fn load(vb: &Vb, dim: usize, heads: usize, downsample: usize) -> Result<Self> {
         let inner = dim / downsample;
-        Ok(Self {
-            q_proj: Linear::load(&vb.pp("q_proj"), dim, inner, true)?,
-            k_proj: Linear::load(&vb.pp("k_proj"), dim, inner, true)?,
-            v_proj: Linear::load(&vb.pp("v_proj"), dim, inner, true)?,
-            out_proj: Linear::load(&vb.pp("out_proj"), inner, dim, true)?,
+        Self::new(
+            [
+                Linear::load(&vb.pp("q_proj"), dim, inner, true)?,
+                Linear::load(&vb.pp("k_proj"), dim, inner, true)?,
+                Linear::load(&vb.pp("v_proj"), dim, inner, true)?,
+                Linear::load(&vb.pp("out_proj"), inner, dim, true)?,
+            ],
             heads,
-        })
+            downsample > 1,
+        )
+    }
+
+    /// From the `[q, k, v, out]` projections; `fold`: keep the per-head weights the folded
+    /// products need (the cross-attentions).
+    fn new([q_proj, k_proj, v_proj, out_proj]: [Linear; 4], heads: usize, fold: bool) -> Result<Self> {
+        let folded = if fold { Some(Folded::new(&q_proj, &k_proj, &v_proj, &out_proj, heads)?) } else { None };
+        Ok(Self { q_proj, k_proj, v_proj, out_proj, heads, folded })
+    }
+
+    /// Projection width (`dim / downsample_rate`).
+    fn inner(&self) -> Result<usize> {
+        self.q_proj.out_dim()
+    }
+
+    /// Tokens attending to many image tokens without projecting the image: per head h,
+    /// `softmax(q_h (x W_kh + b_kh)ᵀ) (v W_vh + b_vh)` is `softmax((q_h W_kh) xᵀ) v W_vhᵀ + b_vh`
+    /// (the key bias adds one constant per score row, which the softmax removes; each
+    /// probability row sums to one, which carries the value bias through). The products then
+    /// run over `H·T` rows of width C instead of projecting N image tokens twice: fewer
+    /// operations whenever `H·T` is below the projection width.
+    ///
+    /// # Shapes
+    /// `q: [B, T, C]`, `k, v: [B or 1, N, C]` -> `[B, T, C]`
+    fn forward_folded_keys(&self, f: &Folded, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let (b, t, _) = q.dims3()?;
+        let h = self.heads;
+        let d = f.wq.dim(1)?;
+        let qh = heads_first(&self.q_proj.forward_act(q, None)?, h)?; // [H, B·T, d]
+        let a = sets_first(&(qh.matmul(&f.wk)? * (1.0 / (d as f64).sqrt()))?, b)?; // [B, H·T, C]
+        let (n, c) = (k.dim(1)?, k.dim(2)?);
+        let pv = if [&a, k, v].into_iter().all(crate::nn::cpu::eligible) {
+            use crate::nn::cpu::{attend_to_many, with_slice};
+            let attend = |a: &Tensor, k: &Tensor, v: &Tensor, rows: usize| -> Result<Vec<f32>> {
+                with_slice(a, |a| with_slice(k, |k| with_slice(v, |v| attend_to_many(a, k, v, (rows, n, c)))))???
+            };
+            // Image tokens shared by every set: all the sets' rows in one call.
+            let out = if k.dim(0)? == 1 && v.dim(0)? == 1 {
+                attend(&a, &k.get(0)?, &v.get(0)?, b * h * t)?
+            } else {
+                let set = |x: &Tensor, i: usize| if x.dim(0)? == 1 { x.get(0) } else { x.get(i) };
+                let sets =
+                    (0..b).map(|i| attend(&a.get(i)?, &set(k, i)?, &set(v, i)?, h * t)).collect::<Result<Vec<_>>>()?;
+                sets.concat()
+            };
+            Tensor::from_vec(out, (b, h * t, c), q.device())?
+        } else {
+            let probs = candle_nn::ops::softmax_last_dim(&times_t(&a, k)?)?; // [B, H·T, N]
+            times(&probs, v)? // [B, H·T, C]
+        };
+        let pv = pv.reshape((b, h, t, c))?.transpose(0, 1)?.contiguous()?.reshape((h, b * t, c))?;
+        let out = pv.matmul(&f.wv_t)?; // [H, B·T, d]
+        let out = out.reshape((h, b, t, d))?.permute((1, 2, 0, 3))?.reshape((b, t, h * d))?;
+        self.out_proj.forward_act(&out.broadcast_add(&f.bv)?, None)
+    }
+
+    /// Many image tokens attending to a few tokens without projecting the image: per head h,
+    /// the scores `(x W_qhᵀ + b_qh) k_hᵀ` are `x (k_h W_qh)ᵀ + b_qh·k_h`, and the output
+    /// `Σ_h P_h v_h W_ohᵀ + b_o` is `P (v_h W_ohᵀ)_h + b_o`: products over `H·T` columns of
+    /// width C instead of the N-row query and output projections.
+    ///
+    /// # Shapes
+    /// `q: [B or 1, N, C]`, `k, v: [B, T, C]` -> `[B, N, C]`
+    fn forward_folded_queries(&self, f: &Folded, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let (b, t, _) = k.dims3()?;
+        let h = self.heads;
+        let d = f.wq.dim(1)?;
+        let scale = 1.0 / (d as f64).sqrt();
+        let kp = self.k_proj.forward_act(k, None)?; // [B, T, H·d]
+        let g = sets_first(&(heads_first(&kp, h)?.matmul(&f.wq)? * scale)?, b)?; // [B, H·T, C]
+                                                                                 // b_qh·k_h for every (set, head, token): [B, H·T].
+        let bias = (kp.reshape((b, t, h, d))?.broadcast_mul(&f.bq.reshape((1, 1, h, d))?)?.sum(3)? * scale)?;
+        let bias = bias.transpose(1, 2)?.contiguous()?.reshape((b, h * t))?;
+        let u = sets_first(&heads_first(&self.v_proj.forward_act(v, None)?, h)?.matmul(&f.wo)?, b)?; // [B, H·T, C]
+        let (n, c) = (q.dim(1)?, q.dim(2)?);
+        if [q, &g, &u, &bias].into_iter().all(crate::nn::cpu::eligible) {
+            let bo = self.out_proj.bias().map(|b| b.to_vec1::<f32>()).transpose()?;
+            let mut out = Vec::with_capacity(b * n * c);
+            for i in 0..b {
+                let qi = if q.dim(0)? == 1 { q.get(0)? } else { q.get(i)? };
+                let (gi, ui, bi) = (g.get(i)?, u.get(i)?, bias.get(i)?.to_vec1::<f32>()?);
+                let set = crate::nn::cpu::with_slice(&qi, |xv| {
+                    crate::nn::cpu::with_slice(&gi, |gv| {
+                        crate::nn::cpu::with_slice(&ui, |uv| {
+                            crate::nn::cpu::attend_to_few(xv, gv, &bi, uv, bo.as_deref(), h, (n, c))
+                        })
+                    })
+                })????;
+                out.extend(set);
+            }
+            return Ok(Tensor::from_vec(out, (b, n, c), q.device())?);
+        }
+        let scores = times_t(&g, q)?.transpose(1, 2)?.contiguous()?; // [B, N, H·T]
+        let scores = scores.broadcast_add(&bias.unsqueeze(1)?)?.reshape((b, n, h, t))?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?.reshape((b, n, h * t))?;
+        let out = probs.matmul(&u)?;
+        match self.out_proj.bias() {
+            Some(bo) => Ok(out.broadcast_add(bo)?),
+            None => Ok(out),
+        }
     }
 
     /// # Shapes
     /// `q: [B, Nq, C]`, `k, v: [B, Nk, C]` -> `[B, Nq, C]`
     pub fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        // A few tokens against many image tokens: fold the image-side projections into the
+        // token side when that is fewer operations (`H·T` below the projection width).
+        let (nq, nk, inner) = (q.dim(1)?, k.dim(1)?, self.inner()?);
+        if let Some(f) = &self.folded {
+            if nk > nq && self.heads * nq < inner {
+                return self.forward_folded_keys(f, q, k, v);
+            }
+            if nq > nk && self.heads * nk < inner {
+                return self.forward_folded_queries(f, q, k, v);
+            }
+        }
         let split = |x: Tensor| -> Result<Tensor> {
             let (b, n, c) = x.dims3()?;
             Ok(x.reshape((b, n, self.heads, c / self.heads))?.transpose(1, 2)?.contiguous()?)
@@ -167,5 +351,45 @@ impl TwoWayTransformer {
         let queries = self.norm_final.forward(&queries)?;
         let (b, (_, hw, c)) = (tokens.dim(0)?, keys.dims3()?);
         Ok((queries, keys.broadcast_as((b, hw, c))?.contiguous()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::testing::randn;
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    }
+
+    /// SAM's cross-attention shapes (width 256, 8 heads, projections to 128): the folded
+    /// products (CPU kernels and the device path's candle ops) against the plain projections,
+    /// tokens to a shared image and to each set's own, and the image back to the tokens.
+    #[test]
+    fn folded_cross_attention_equals_the_projected_one() {
+        let (c, inner, heads, n, t) = (256, 128, 8, 200, 7);
+        let lin = |seed: u64, i: usize, o: usize| {
+            Linear::new(randn(seed, 0f32, 0.1, (o, i)), Some(randn(seed + 100, 0f32, 0.1, o))).unwrap()
+        };
+        let parts = || [lin(1, c, inner), lin(2, c, inner), lin(3, c, inner), lin(4, inner, c)];
+        let folded = Attention::new(parts(), heads, true).unwrap();
+        let plain = Attention::new(parts(), heads, false).unwrap();
+        let tokens = randn(5, 0f32, 1., (2, t, c));
+        let image = randn(6, 0f32, 1., (2, n, c));
+        let shared = image.narrow(0, 0, 1).unwrap();
+        for (name, q, k) in [
+            ("tokens to a shared image", &tokens, &shared),
+            ("tokens to each set's image", &tokens, &image),
+            ("a shared image to the tokens", &shared, &tokens),
+            ("each image to its tokens", &image, &tokens),
+        ] {
+            let want = plain.forward(q, k, k).unwrap();
+            let got = folded.forward(q, k, k).unwrap();
+            assert_eq!(got.dims(), want.dims(), "{name}");
+            assert!(max_diff(&got, &want) < 1e-4, "{name}: {}", max_diff(&got, &want));
+            let device_path = crate::nn::cpu::with_portable_paths(|| folded.forward(q, k, k)).unwrap();
+            assert!(max_diff(&device_path, &want) < 1e-4, "{name}, device path: {}", max_diff(&device_path, &want));
+        }
     }
 }
