@@ -760,7 +760,7 @@ pub fn attend_to_many(a: &[f32], x: &[f32], v: &[f32], (r, n, c): (usize, usize,
 }
 
 /// Many query rows against a few keys in `groups` heads: `softmax_per_group(x · gᵀ + bias) · u +
-/// out_bias`, `x: [N, C]`, `g, u: [G·T, C]`, `bias: [G·T]` -> `[N, C]`; each row's scores are
+/// out_bias`, `x: [N, C]`, `g: [G·T, C]`, `bias: [G·T]`, `u: [G·T, C_out]` -> `[N, C_out]`; each row's scores are
 /// `G` groups of `T`, each normalised on its own (one head's keys), and `u` holds each head's
 /// values already through its share of the output projection, so the heads' sum is one product.
 ///
@@ -777,7 +777,14 @@ pub fn attend_to_few(
 ) -> Result<Vec<f32>> {
     use super::packed::{self, Epilogue, Lhs, PackedWeight};
     let r = bias.len();
-    if groups == 0 || !r.is_multiple_of(groups) || g.len() != r * c || u.len() != r * c || x.len() != n * c {
+    let c_out = u.len() / r.max(1);
+    if groups == 0
+        || r == 0
+        || !r.is_multiple_of(groups)
+        || g.len() != r * c
+        || u.len() != r * c_out
+        || x.len() != n * c
+    {
         return Err(candle_core::Error::Msg(format!(
             "attention: {} values for [{n}, {c}], {} and {} for [{r}, {c}] in {groups} groups",
             x.len(),
@@ -826,7 +833,7 @@ pub fn attend_to_few(
             }
         },
     );
-    let u = PackedWeight::from_k_by_n(u, r, c);
+    let u = PackedWeight::from_k_by_n(u, r, c_out);
     packed::gemm(Lhs::Rows { data: &probs, m: n }, &u, out_bias, Epilogue::default(), threads())
 }
 

@@ -6,7 +6,7 @@
 use candle_core::{Module, Tensor};
 
 use super::config::DecoderConfig;
-use super::transformer::TwoWayTransformer;
+use super::transformer::{FirstLayerKeys, TwoWayTransformer};
 use crate::nn::conv::ConvTranspose2x2;
 use crate::nn::{Activation, LayerNorm, Linear};
 use crate::weights::Vb;
@@ -44,6 +44,18 @@ pub enum DensePrompt<'a> {
     NoMask(&'a Tensor),
     /// Embedded mask inputs, `[B, h, w, C]`.
     Masks(&'a Tensor),
+    /// No mask, with the image's share of the work done beforehand ([`MaskDecoder::prepare`]);
+    /// the `image` passed along with it is then not read.
+    Prepared(&'a PreparedImage),
+}
+
+/// One image's prompt-independent decoder work when there is no mask prompt: the image tokens
+/// plus `no_mask_embed`, and the first transformer layer's projections of them. About 2.5× the
+/// embedding's size; made once, it serves every prompt on the image.
+pub struct PreparedImage {
+    /// `[1, h·w, C]`.
+    src: Tensor,
+    first: FirstLayerKeys,
 }
 
 /// `MaskDecoder`.
@@ -82,6 +94,17 @@ impl MaskDecoder {
         })
     }
 
+    /// The image's share of [`Self::forward`] without a mask prompt, for
+    /// [`DensePrompt::Prepared`].
+    ///
+    /// # Shapes
+    /// `image: [h·w, C]`, `image_pe: [h·w, C]`, `no_mask: [1, C]`
+    pub fn prepare(&self, image: &Tensor, image_pe: &Tensor, no_mask: &Tensor) -> Result<PreparedImage> {
+        let src = image.broadcast_add(&no_mask.reshape((1, image.dim(1)?))?)?.unsqueeze(0)?;
+        let first = self.transformer.first_layer_keys(&src, image_pe)?;
+        Ok(PreparedImage { src, first })
+    }
+
     /// Predicts every mask output for a batch of prompt sets on one image; the caller picks
     /// the multimask outputs (`1..`) or the single one (`0`).
     ///
@@ -101,12 +124,13 @@ impl MaskDecoder {
         let m = self.hypernetworks.len();
         let out_tokens = self.output_tokens.unsqueeze(0)?.broadcast_as((b, m + 1, c))?;
         let tokens = Tensor::cat(&[&out_tokens, sparse], 1)?.contiguous()?;
-        let src = match dense {
+        let (src, first) = match dense {
             // The same image tokens for every prompt set: one copy, shared (batch 1).
-            DensePrompt::NoMask(v) => image.broadcast_add(&v.reshape((1, c))?)?.unsqueeze(0)?,
-            DensePrompt::Masks(d) => d.reshape((b, h * w, c))?.broadcast_add(&image.unsqueeze(0)?)?,
+            DensePrompt::NoMask(v) => (image.broadcast_add(&v.reshape((1, c))?)?.unsqueeze(0)?, None),
+            DensePrompt::Masks(d) => (d.reshape((b, h * w, c))?.broadcast_add(&image.unsqueeze(0)?)?, None),
+            DensePrompt::Prepared(p) => (p.src.clone(), Some(&p.first)),
         };
-        let (hs, src) = self.transformer.forward(&src, image_pe, &tokens)?;
+        let (hs, src) = self.transformer.forward(&src, image_pe, &tokens, first)?;
 
         let hyper = self
             .hypernetworks

@@ -5,7 +5,7 @@ use candle_core::Tensor;
 
 use super::config::{EncoderConfig, SamConfig};
 use super::image_encoder::{Taps, VitEncoder};
-use super::mask_decoder::{DensePrompt, MaskDecoder};
+use super::mask_decoder::{DensePrompt, MaskDecoder, PreparedImage};
 use super::prompt_encoder::PromptEncoder;
 use super::tiny_vit::TinyVitEncoder;
 use crate::image::RgbImage;
@@ -117,5 +117,23 @@ impl Sam {
             None => DensePrompt::NoMask(self.prompt_encoder.no_mask_tensor()),
         };
         self.mask_decoder.forward(embedding, self.grid(), &self.dense_pe, sparse, dense)
+    }
+
+    /// The decoder's work on `embedding` that no prompt without a mask changes, for
+    /// [`Self::decode_prepared`]: made once per image, reused by every such prompt.
+    ///
+    /// # Shapes
+    /// `embedding: [h·w, C]`
+    pub fn prepare(&self, embedding: &Tensor) -> Result<PreparedImage> {
+        self.mask_decoder.prepare(embedding, &self.dense_pe, self.prompt_encoder.no_mask_tensor())
+    }
+
+    /// [`Self::decode`] without a mask prompt, from the image's [`Self::prepare`].
+    ///
+    /// # Shapes
+    /// `sparse: [B, T, C]` -> (`[B, M, 4h, 4w]`, `[B, M]`)
+    pub fn decode_prepared(&self, prepared: &PreparedImage, sparse: &Tensor) -> Result<(Tensor, Tensor)> {
+        let dense = DensePrompt::Prepared(prepared);
+        self.mask_decoder.forward(&self.dense_pe, self.grid(), &self.dense_pe, sparse, dense)
     }
 }

@@ -5,11 +5,12 @@
 //! batch (`predict_torch` with `B` boxes), and the points and mask input of a call are shared by
 //! every box (the reference needs them repeated per box; the result is the same).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 
+use super::mask_decoder::PreparedImage;
 use super::model::Sam;
 use super::prompt_encoder::PointLabel;
 use super::transforms;
@@ -94,7 +95,9 @@ pub struct Predictor {
     model: Arc<Sam>,
 }
 
-/// An encoded image, ready for prompts. Cheap to keep: the embedding is `C × h × w` floats.
+/// An encoded image, ready for prompts. Cheap to keep: the embedding is `C × h × w` floats,
+/// and after the first prompt without a mask the decoder's work that no such prompt changes
+/// ([`Sam::prepare`], about 2.5× the embedding), shared by the session's clones.
 #[derive(Clone)]
 pub struct Session {
     model: Arc<Sam>,
@@ -102,6 +105,7 @@ pub struct Session {
     embedding: Tensor,
     original_size: (usize, usize),
     input_size: (usize, usize),
+    prepared: Arc<OnceLock<PreparedImage>>,
 }
 
 /// Bytes of image-token activations one decoder pass may hold per tensor. Each prompt set
@@ -134,7 +138,13 @@ impl Predictor {
         let emb = self.model.encode(&pixels, None)?;
         let (_, h, w, c) = emb.dims4()?;
         let original_size = (img.height() as usize, img.width() as usize);
-        Ok(Session { model: self.model.clone(), embedding: emb.reshape((h * w, c))?, original_size, input_size })
+        Ok(Session {
+            model: self.model.clone(),
+            embedding: emb.reshape((h * w, c))?,
+            original_size,
+            input_size,
+            prepared: Arc::default(),
+        })
     }
 
     /// A session from a stored embedding (`[C, h, w]`, as [`Session::embedding_chw`] gives it)
@@ -157,11 +167,34 @@ impl Predictor {
             .to_dtype(self.model.dtype())?
             .permute((1, 2, 0))?
             .reshape((h * w, c))?;
-        Ok(Session { model: self.model.clone(), embedding: embedding.contiguous()?, original_size, input_size })
+        Ok(Session {
+            model: self.model.clone(),
+            embedding: embedding.contiguous()?,
+            original_size,
+            input_size,
+            prepared: Arc::default(),
+        })
     }
 }
 
 impl Session {
+    /// The decoder on this image: from the prepared image work without mask prompts (made on
+    /// first use), from the embedding with them.
+    fn decode(&self, sparse: &Tensor, masks: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+        if masks.is_some() {
+            return self.model.decode(&self.embedding, sparse, masks);
+        }
+        let prepared = match self.prepared.get() {
+            Some(p) => p,
+            None => {
+                // Two threads may both make it; the first one stored is kept.
+                let _ = self.prepared.set(self.model.prepare(&self.embedding)?);
+                self.prepared.get().expect("just set")
+            }
+        };
+        self.model.decode_prepared(prepared, sparse)
+    }
+
     /// `(height, width)` of the original image.
     pub fn original_size(&self) -> (usize, usize) {
         self.original_size
@@ -275,7 +308,7 @@ impl Session {
                 }
                 None => None,
             };
-            let (masks, scores) = model.decode(&self.embedding, &sparse, dense.as_ref())?;
+            let (masks, scores) = self.decode(&sparse, dense.as_ref())?;
             let masks = masks.narrow(1, outputs.start, k)?.to_dtype(DType::F32)?;
             let scores = scores.narrow(1, outputs.start, k)?.to_dtype(DType::F32)?;
             Ok((masks.flatten_all()?.to_vec1::<f32>()?, scores.flatten_all()?.to_vec1::<f32>()?))
@@ -352,7 +385,7 @@ impl Session {
                 Some(d) => Some(d.broadcast_as((chunk.len(), gh, gw, c))?.contiguous()?),
                 None => None,
             };
-            let (masks, scores) = model.decode(&self.embedding, &sparse, dense.as_ref())?;
+            let (masks, scores) = self.decode(&sparse, dense.as_ref())?;
             low_res.push(masks.narrow(1, range_start, per_set)?);
             iou.push(scores.narrow(1, range_start, per_set)?);
         }

@@ -203,6 +203,51 @@ impl Attention {
         }
     }
 
+    /// The image attending to a few tokens with its query projection made beforehand
+    /// (`q_img = x W_qᵀ + b_q`, `[1, N, I]`, see [`FirstLayerKeys`]): per head the scores against
+    /// the projected keys, and the output folded as in [`Self::forward_folded_queries`].
+    ///
+    /// # Shapes
+    /// `q_img: [1, N, I]`, `k, v: [B, T, C]` -> `[B, N, C]`
+    fn forward_projected_queries(&self, q_img: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let kp = self.k_proj.forward_act(k, None)?;
+        let (Some(f), true) = (&self.folded, [q_img, &kp].into_iter().all(crate::nn::cpu::eligible)) else {
+            return self.attend(q_img, &kp, &self.v_proj.forward_act(v, None)?);
+        };
+        let (b, t, inner) = kp.dims3()?;
+        let (h, n) = (self.heads, q_img.dim(1)?);
+        let d = inner / h;
+        let scale = 1.0 / (d as f32).sqrt();
+        let u = sets_first(&heads_first(&self.v_proj.forward_act(v, None)?, h)?.matmul(&f.wo)?, b)?; // [B, H·T, C]
+        let c = u.dim(2)?;
+        let bo = self.out_proj.bias().map(|b| b.to_vec1::<f32>()).transpose()?;
+        let keys = kp.flatten_all()?.to_vec1::<f32>()?;
+        let q_img = q_img.get(0)?;
+        let mut out = Vec::with_capacity(b * n * c);
+        for i in 0..b {
+            // Head h's keys as rows h·T.. of a block-diagonal [H·T, I]: one product scores
+            // every head against its own query channels.
+            let mut g = vec![0f32; h * t * inner];
+            for (ti, key) in keys[i * t * inner..][..t * inner].chunks_exact(inner).enumerate() {
+                for hi in 0..h {
+                    let row = &mut g[(hi * t + ti) * inner..][..inner];
+                    for (gv, kv) in row[hi * d..(hi + 1) * d].iter_mut().zip(&key[hi * d..(hi + 1) * d]) {
+                        *gv = kv * scale;
+                    }
+                }
+            }
+            let zeros = vec![0f32; h * t];
+            let ui = u.get(i)?;
+            let set = crate::nn::cpu::with_slice(&q_img, |x| {
+                crate::nn::cpu::with_slice(&ui, |uv| {
+                    crate::nn::cpu::attend_to_few(x, &g, &zeros, uv, bo.as_deref(), h, (n, inner))
+                })
+            })???;
+            out.extend(set);
+        }
+        Ok(Tensor::from_vec(out, (b, n, c), k.device())?)
+    }
+
     /// # Shapes
     /// `q: [B, Nq, C]`, `k, v: [B, Nk, C]` -> `[B, Nq, C]`
     pub fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
@@ -217,12 +262,18 @@ impl Attention {
                 return self.forward_folded_queries(f, q, k, v);
             }
         }
+        let (q, k, v) =
+            (self.q_proj.forward_act(q, None)?, self.k_proj.forward_act(k, None)?, self.v_proj.forward_act(v, None)?);
+        self.attend(&q, &k, &v)
+    }
+
+    /// The attention and output projection on projected `q`, `k`, `v` (`[B or 1, n, I]`).
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
         let split = |x: Tensor| -> Result<Tensor> {
             let (b, n, c) = x.dims3()?;
             Ok(x.reshape((b, n, self.heads, c / self.heads))?.transpose(1, 2)?.contiguous()?)
         };
-        let (q, k, v) =
-            (self.q_proj.forward_act(q, None)?, self.k_proj.forward_act(k, None)?, self.v_proj.forward_act(v, None)?);
+        let (q, k, v) = (q.clone(), k.clone(), v.clone());
         // On the CPU: every head at once on the projections as they are, no transposes.
         if [&q, &k, &v].into_iter().all(crate::nn::cpu::eligible) {
             let d = q.dim(2)? / self.heads;
@@ -266,8 +317,30 @@ fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     Ok(a.broadcast_add(b)?)
 }
 
+/// The first layer's projections of the image tokens, which no prompt changes when there is
+/// no mask prompt (the image tokens are then the embedding plus one learned vector): made once
+/// per image ([`TwoWayTransformer::first_layer_keys`]) and reused by every prompt, they leave
+/// that layer's cross-attentions only the prompt tokens' side. `[1, N, I]` each.
+pub struct FirstLayerKeys {
+    /// Token-to-image keys, `(x + pe) W_kᵀ + b_k`.
+    k: Tensor,
+    /// Token-to-image values, `x W_vᵀ + b_v`.
+    v: Tensor,
+    /// Image-to-token queries, `(x + pe) W_qᵀ + b_q`.
+    q: Tensor,
+}
+
 impl Block {
-    fn forward(&self, queries: &Tensor, keys: &Tensor, query_pe: &Tensor, key_pe: &Tensor) -> Result<(Tensor, Tensor)> {
+    /// `first`: this block's image-side projections made beforehand (the first block, shared
+    /// image tokens only).
+    fn forward(
+        &self,
+        queries: &Tensor,
+        keys: &Tensor,
+        query_pe: &Tensor,
+        key_pe: &Tensor,
+        first: Option<&FirstLayerKeys>,
+    ) -> Result<(Tensor, Tensor)> {
         let queries = if self.skip_first_layer_pe {
             self.self_attn.forward(queries, queries, queries)?
         } else {
@@ -277,15 +350,29 @@ impl Block {
         let queries = self.norm1.forward(&queries)?;
 
         let q = add(&queries, query_pe)?;
-        let k = add(keys, key_pe)?;
-        let queries = add(&queries, &self.cross_token_to_image.forward(&q, &k, keys)?)?;
-        let queries = self.norm2.forward(&queries)?;
+        let k = match first {
+            Some(_) => None,
+            None => Some(add(keys, key_pe)?),
+        };
+        let attended = match (&k, first) {
+            (Some(k), _) => self.cross_token_to_image.forward(&q, k, keys)?,
+            (None, Some(f)) => {
+                let a = &self.cross_token_to_image;
+                a.attend(&a.q_proj.forward_act(&q, None)?, &f.k, &f.v)?
+            }
+            (None, None) => unreachable!("keys are added when nothing was made beforehand"),
+        };
+        let queries = self.norm2.forward(&add(&queries, &attended)?)?;
 
         let mlp = self.lin2.forward_act(&self.lin1.forward_act(&queries, Some(Activation::Relu))?, None)?;
         let queries = self.norm3.forward(&add(&queries, &mlp)?)?;
 
         let q = add(&queries, query_pe)?;
-        let to_tokens = self.cross_image_to_token.forward(&k, &q, &queries)?;
+        let to_tokens = match (&k, first) {
+            (Some(k), _) => self.cross_image_to_token.forward(k, &q, &queries)?,
+            (None, Some(f)) => self.cross_image_to_token.forward_projected_queries(&f.q, &q, &queries)?,
+            (None, None) => unreachable!("keys are added when nothing was made beforehand"),
+        };
         // Shared image tokens (batch 1) become each prompt set's own here.
         let keys = if keys.dims() == to_tokens.dims() {
             keys.clone()
@@ -333,17 +420,39 @@ impl TwoWayTransformer {
         })
     }
 
+    /// The first layer's image-side projections of shared image tokens (see [`FirstLayerKeys`]).
+    ///
+    /// # Shapes
+    /// `image: [1, HW, C]`, `image_pe: [HW, C]`
+    pub fn first_layer_keys(&self, image: &Tensor, image_pe: &Tensor) -> Result<FirstLayerKeys> {
+        let Some(layer) = self.layers.first() else {
+            return Err(candle_core::Error::Msg("two-way transformer without layers".into()).into());
+        };
+        let keyed = add(image, image_pe)?;
+        Ok(FirstLayerKeys {
+            k: layer.cross_token_to_image.k_proj.forward_act(&keyed, None)?,
+            v: layer.cross_token_to_image.v_proj.forward_act(image, None)?,
+            q: layer.cross_image_to_token.q_proj.forward_act(&keyed, None)?,
+        })
+    }
+
     /// `image` may have batch 1 when every prompt set sees the same image tokens (no mask
-    /// prompt): the first layer's projections of the image then run once for the whole batch
-    /// (its token-to-image keys and values, and its image-to-token queries), and the tokens
-    /// become each set's own at the first image update.
+    /// prompt); the tokens become each set's own at the first image update. `first`, made from
+    /// that same `image` by [`Self::first_layer_keys`], spares the first layer its image-side
+    /// projections.
     ///
     /// # Shapes
     /// `image: [B or 1, HW, C]`, `image_pe: [HW, C]`, `tokens: [B, T, C]` -> (`[B, T, C]`, `[B, HW, C]`)
-    pub fn forward(&self, image: &Tensor, image_pe: &Tensor, tokens: &Tensor) -> Result<(Tensor, Tensor)> {
+    pub fn forward(
+        &self,
+        image: &Tensor,
+        image_pe: &Tensor,
+        tokens: &Tensor,
+        first: Option<&FirstLayerKeys>,
+    ) -> Result<(Tensor, Tensor)> {
         let (mut queries, mut keys) = (tokens.clone(), image.clone());
-        for layer in &self.layers {
-            (queries, keys) = layer.forward(&queries, &keys, tokens, image_pe)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            (queries, keys) = layer.forward(&queries, &keys, tokens, image_pe, first.filter(|_| i == 0))?;
         }
         let q = add(&queries, tokens)?;
         let k = add(&keys, image_pe)?;

@@ -199,3 +199,25 @@ fn hugging_face_vit_matches_transformers() {
 fn mobile_sam_tiny_vit_matches_the_reference() {
     check_case("mobile_official");
 }
+
+/// A session decodes prompts without a mask from the image's prepared first-layer work
+/// (`Sam::prepare`); it must give what the decoder gives from the embedding, one prompt set or
+/// several.
+#[test]
+fn prepared_image_decodes_as_the_embedding_does() {
+    let model = load("vit_official");
+    let (gh, gw) = model.grid();
+    let c = model.embed_dim();
+    let emb = Tensor::randn(0f32, 1., (gh * gw, c), &Device::Cpu).unwrap();
+    let prepared = model.prepare(&emb).unwrap();
+    let pe = model.prompt_encoder();
+    for sets in [1usize, 3] {
+        let sparse: Vec<f32> =
+            (0..sets).flat_map(|i| pe.sparse(&[([3.0 + 9.0 * i as f32, 20.0], PointLabel::Positive)], None)).collect();
+        let sparse = Tensor::from_vec(sparse, (sets, 2, c), &Device::Cpu).unwrap();
+        let (masks, iou) = model.decode(&emb, &sparse, None).unwrap();
+        let (pm, piou) = model.decode_prepared(&prepared, &sparse).unwrap();
+        assert_close(&format!("{sets} sets: masks"), &pm, &masks, 1e-5);
+        assert_close(&format!("{sets} sets: iou"), &piou, &iou, 1e-5);
+    }
+}
