@@ -392,14 +392,14 @@ impl Session {
         let low_res = Tensor::cat(&low_res, 0)?.contiguous()?;
         let iou: Vec<f32> = Tensor::cat(&iou, 0)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
         let (masks, logits) = if crate::nn::cpu::eligible(&low_res) {
-            let logits = transforms::postprocess_masks(
-                &low_res.flatten_all()?.to_vec1()?,
-                (4 * gh, 4 * gw),
-                size,
-                self.input_size,
-                orig,
-            );
-            (logits.par_iter().map(|v| u8::from(*v > 0.0)).collect(), p.return_logits.then_some(logits))
+            let planes = low_res.flatten_all()?.to_vec1()?;
+            if p.return_logits {
+                let logits = transforms::postprocess_masks(&planes, (4 * gh, 4 * gw), size, self.input_size, orig);
+                (logits.par_iter().map(|v| u8::from(*v > 0.0)).collect(), Some(logits))
+            } else {
+                let low = (4 * gh, 4 * gw);
+                (transforms::postprocess_masks_positive(&planes, low, size, self.input_size, orig), None)
+            }
         } else {
             // On the device: up-sample there, and bring back one byte per pixel (and the logits
             // only when asked for).

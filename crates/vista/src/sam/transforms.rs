@@ -99,13 +99,57 @@ pub(crate) fn bilinear(src: &[f32], input: (usize, usize), out: (usize, usize), 
 }
 
 /// [`bilinear`] into `out[..keep_h · keep_w]`.
-fn bilinear_into(
+fn bilinear_into(src: &[f32], input: (usize, usize), out: (usize, usize), keep: (usize, usize), dst: &mut [f32]) {
+    let (rows, ty, per) = x_pass(src, input, out, keep);
+    let kw = keep.1;
+    dst[..keep.0 * kw].par_chunks_mut((per * kw).max(1)).zip(ty.par_chunks(per)).for_each(|(chunk, ty)| {
+        crate::nn::cpu::with_simd(
+            #[inline(always)]
+            || {
+                for (o, t) in chunk.chunks_exact_mut(kw).zip(ty) {
+                    along_y(&rows, kw, *t, o);
+                }
+            },
+        )
+    });
+}
+
+/// [`bilinear_into`] thresholded at 0: one byte per output pixel, `1` where the logit is
+/// positive, without the f32 plane (each output row is made in a scratch row and thresholded).
+fn bilinear_positive_into(
+    src: &[f32],
+    input: (usize, usize),
+    out: (usize, usize),
+    keep: (usize, usize),
+    dst: &mut [u8],
+) {
+    let (rows, ty, per) = x_pass(src, input, out, keep);
+    let kw = keep.1;
+    dst[..keep.0 * kw].par_chunks_mut((per * kw).max(1)).zip(ty.par_chunks(per)).for_each(|(chunk, ty)| {
+        let mut row = vec![0f32; kw];
+        crate::nn::cpu::with_simd(
+            #[inline(always)]
+            || {
+                for (o, t) in chunk.chunks_exact_mut(kw).zip(ty) {
+                    along_y(&rows, kw, *t, &mut row);
+                    for (o, v) in o.iter_mut().zip(&row) {
+                        *o = u8::from(*v > 0.0);
+                    }
+                }
+            },
+        )
+    });
+}
+
+/// The first pass of [`bilinear_into`]: every source row an output row reads, interpolated
+/// along x (`[used, keep_w]`), with the y taps and the rows per parallel task.
+#[allow(clippy::type_complexity)]
+fn x_pass(
     src: &[f32],
     (ih, iw): (usize, usize),
     (oh, ow): (usize, usize),
     (kh, kw): (usize, usize),
-    out: &mut [f32],
-) {
+) -> (Vec<f32>, Vec<(usize, usize, f32, f32)>, usize) {
     let (ty, tx) = (linear_taps(ih, oh, kh), linear_taps(iw, ow, kw));
     let used = ty.iter().map(|t| t.1 + 1).max().unwrap_or(0);
     let per = crate::nn::cpu::rows_per_task(kw);
@@ -121,16 +165,7 @@ fn bilinear_into(
             },
         )
     });
-    out[..kh * kw].par_chunks_mut((per * kw).max(1)).zip(ty.par_chunks(per)).for_each(|(chunk, ty)| {
-        crate::nn::cpu::with_simd(
-            #[inline(always)]
-            || {
-                for (o, t) in chunk.chunks_exact_mut(kw).zip(ty) {
-                    along_y(&rows, kw, *t, o);
-                }
-            },
-        )
-    });
+    (rows, ty, per)
 }
 
 /// One source row interpolated along x: `h[x] = r[x0]·wx0 + r[x1]·wx1`.
@@ -169,6 +204,25 @@ pub fn postprocess_masks(
     out.par_chunks_mut((oh * ow).max(1)).zip(low_res.par_chunks(plane.max(1))).for_each(|(dst, src)| {
         let padded = bilinear(src, low_size, (image_size, image_size), input_size);
         bilinear_into(&padded, input_size, original_size, original_size, dst);
+    });
+    out
+}
+
+/// [`postprocess_masks`] thresholded at 0 (`logits > 0`, the masks), one byte per pixel,
+/// without the full-size f32 logits.
+pub fn postprocess_masks_positive(
+    low_res: &[f32],
+    low_size: (usize, usize),
+    image_size: usize,
+    input_size: (usize, usize),
+    original_size: (usize, usize),
+) -> Vec<u8> {
+    let plane = low_size.0 * low_size.1;
+    let (oh, ow) = original_size;
+    let mut out = vec![0u8; low_res.len() / plane.max(1) * oh * ow];
+    out.par_chunks_mut((oh * ow).max(1)).zip(low_res.par_chunks(plane.max(1))).for_each(|(dst, src)| {
+        let padded = bilinear(src, low_size, (image_size, image_size), input_size);
+        bilinear_positive_into(&padded, input_size, original_size, original_size, dst);
     });
     out
 }
@@ -216,6 +270,18 @@ mod tests {
         assert_eq!(preprocess_shape(90, 41, 64), (64, 29)); // 29.16 -> 29
         assert_eq!(preprocess_shape(1, 1000, 1024), (1, 1024));
         assert_eq!(preprocess_shape(1, 5000, 1024), (1, 1024)); // the reference: 0 rows
+    }
+
+    /// The masks made without the f32 logits are those logits thresholded, pixel for pixel.
+    #[test]
+    fn positive_masks_are_the_thresholded_logits() {
+        let low = (16, 16);
+        let planes: Vec<f32> = (0..3 * 256).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+        for (input, orig) in [((64, 43), (90, 61)), ((37, 64), (37, 64)), ((64, 64), (20, 20))] {
+            let logits = postprocess_masks(&planes, low, 64, input, orig);
+            let want: Vec<u8> = logits.iter().map(|v| u8::from(*v > 0.0)).collect();
+            assert_eq!(postprocess_masks_positive(&planes, low, 64, input, orig), want, "{input:?} -> {orig:?}");
+        }
     }
 
     #[test]
