@@ -343,11 +343,7 @@ mod tests {
     use candle_core::Tensor;
 
     use super::*;
-    use crate::nn::testing::randn;
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
-    }
+    use crate::nn::testing::{max_diff, randn};
 
     fn to_nhwc(x: &Tensor) -> Tensor {
         x.permute((0, 2, 3, 1)).unwrap().contiguous().unwrap()

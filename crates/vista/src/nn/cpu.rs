@@ -705,6 +705,18 @@ pub fn cross_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: 
     Ok(Tensor::from_vec(out, (b, nq, c), &Device::Cpu)?)
 }
 
+/// `aᵀ` of a row-major `[R, C]` matrix as the GEMM's packed `[C, R]` weight (a few query rows
+/// as the right-hand side of a product with many rows).
+fn packed_transposed(a: &[f32], r: usize, c: usize) -> super::packed::PackedWeight {
+    let mut a_t = vec![0f32; c * r];
+    for (i, row) in a.chunks_exact(c).enumerate() {
+        for (j, &val) in row.iter().enumerate() {
+            a_t[j * r + i] = val;
+        }
+    }
+    super::packed::PackedWeight::from_k_by_n(&a_t, c, r)
+}
+
 /// `softmax(a · xᵀ) · v` for a few query rows against many keys, `a: [R, C]`, `x, v: [N, C]`
 /// -> `[R, C]` (scale already in `a`): the scores as `x · aᵀ` (`[N, R]`, `aᵀ` packed as the
 /// GEMM's weight), a softmax down each column, and `Pᵀ`'s product with `v` read in place
@@ -714,7 +726,7 @@ pub fn cross_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: 
 /// # Errors
 /// If the slices do not hold `[R, C]` and `[N, C]`.
 pub fn attend_to_many(a: &[f32], x: &[f32], v: &[f32], (r, n, c): (usize, usize, usize)) -> Result<Vec<f32>> {
-    use super::packed::{self, Epilogue, Lhs, PackedWeight};
+    use super::packed::{self, Epilogue, Lhs};
     if a.len() != r * c || x.len() != n * c || v.len() != n * c || n == 0 {
         return Err(candle_core::Error::Msg(format!(
             "attention: {} query values for [{r}, {c}], {} key and {} value values for [{n}, {c}]",
@@ -724,13 +736,7 @@ pub fn attend_to_many(a: &[f32], x: &[f32], v: &[f32], (r, n, c): (usize, usize,
         ))
         .into());
     }
-    let mut a_t = vec![0f32; c * r];
-    for (i, row) in a.chunks_exact(c).enumerate() {
-        for (j, &val) in row.iter().enumerate() {
-            a_t[j * r + i] = val;
-        }
-    }
-    let w = PackedWeight::from_k_by_n(&a_t, c, r);
+    let w = packed_transposed(a, r, c);
     let mut scores = packed::gemm(Lhs::Rows { data: x, m: n }, &w, None, Epilogue::default(), threads())?;
     let mut sum = vec![0f32; r];
     with_simd(
@@ -793,13 +799,7 @@ pub fn attend_to_few(
         ))
         .into());
     }
-    let mut g_t = vec![0f32; c * r];
-    for (i, row) in g.chunks_exact(c).enumerate() {
-        for (j, &val) in row.iter().enumerate() {
-            g_t[j * r + i] = val;
-        }
-    }
-    let w = PackedWeight::from_k_by_n(&g_t, c, r);
+    let w = packed_transposed(g, r, c);
     let scores = packed::gemm(Lhs::Rows { data: x, m: n }, &w, Some(bias), Epilogue::default(), threads())?;
     let t = r / groups;
     let probs = map_rows(
@@ -859,11 +859,7 @@ mod tests {
     use candle_core::{Device, Tensor, D};
 
     use super::*;
-    use crate::nn::testing::randn;
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
-    }
+    use crate::nn::testing::{max_diff, randn};
 
     #[test]
     fn attention_to_many_keys_equals_the_softmax_product() {

@@ -133,11 +133,7 @@ impl Module for Linear {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::testing::randn;
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
-    }
+    use crate::nn::testing::{max_diff, randn};
 
     #[test]
     fn packed_and_portable_paths_equal_the_separate_ops_for_every_activation() {

@@ -46,4 +46,9 @@ pub(crate) mod testing {
             .collect();
         Tensor::from_vec(v, shape, &Device::Cpu).expect("shape and values agree")
     }
+
+    /// `max |a − b|` over two tensors of one shape.
+    pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    }
 }

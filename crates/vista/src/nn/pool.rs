@@ -114,14 +114,10 @@ pub fn token_mean(x: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::testing::randn;
+    use crate::nn::testing::{max_diff, randn};
 
     fn nchw(x: &Tensor) -> Tensor {
         x.permute((0, 3, 1, 2)).unwrap().contiguous().unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
     }
 
     #[test]

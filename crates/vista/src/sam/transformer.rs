@@ -466,11 +466,7 @@ impl TwoWayTransformer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::testing::randn;
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
-    }
+    use crate::nn::testing::{max_diff, randn};
 
     /// SAM's cross-attention shapes (width 256, 8 heads, projections to 128): the folded
     /// products (CPU kernels and the device path's candle ops) against the plain projections,

@@ -196,16 +196,9 @@ pub fn postprocess_masks(
     input_size: (usize, usize),
     original_size: (usize, usize),
 ) -> Vec<f32> {
-    let plane = low_size.0 * low_size.1;
-    let (oh, ow) = original_size;
-    let mut out = vec![0f32; low_res.len() / plane.max(1) * oh * ow];
-    // One plane per task, each plane's rows split again: a batch of prompts and one prompt's
-    // three planes both keep every thread busy.
-    out.par_chunks_mut((oh * ow).max(1)).zip(low_res.par_chunks(plane.max(1))).for_each(|(dst, src)| {
-        let padded = bilinear(src, low_size, (image_size, image_size), input_size);
-        bilinear_into(&padded, input_size, original_size, original_size, dst);
-    });
-    out
+    postprocess_planes(low_res, low_size, image_size, input_size, original_size, |padded, dst| {
+        bilinear_into(padded, input_size, original_size, original_size, dst)
+    })
 }
 
 /// [`postprocess_masks`] thresholded at 0 (`logits > 0`, the masks), one byte per pixel,
@@ -217,13 +210,28 @@ pub fn postprocess_masks_positive(
     input_size: (usize, usize),
     original_size: (usize, usize),
 ) -> Vec<u8> {
+    postprocess_planes(low_res, low_size, image_size, input_size, original_size, |padded, dst| {
+        bilinear_positive_into(padded, input_size, original_size, original_size, dst)
+    })
+}
+
+/// Each plane up-sampled to the padded input square (cropped to `input_size`), then `last`
+/// takes it to the original size in its output type.
+fn postprocess_planes<T: Copy + Default + Send>(
+    low_res: &[f32],
+    low_size: (usize, usize),
+    image_size: usize,
+    input_size: (usize, usize),
+    (oh, ow): (usize, usize),
+    last: impl Fn(&[f32], &mut [T]) + Sync,
+) -> Vec<T> {
     let plane = low_size.0 * low_size.1;
-    let (oh, ow) = original_size;
-    let mut out = vec![0u8; low_res.len() / plane.max(1) * oh * ow];
-    out.par_chunks_mut((oh * ow).max(1)).zip(low_res.par_chunks(plane.max(1))).for_each(|(dst, src)| {
-        let padded = bilinear(src, low_size, (image_size, image_size), input_size);
-        bilinear_positive_into(&padded, input_size, original_size, original_size, dst);
-    });
+    let mut out = vec![T::default(); low_res.len() / plane.max(1) * oh * ow];
+    // One plane per task, each plane's rows split again: a batch of prompts and one prompt's
+    // three planes both keep every thread busy.
+    out.par_chunks_mut((oh * ow).max(1))
+        .zip(low_res.par_chunks(plane.max(1)))
+        .for_each(|(dst, src)| last(&bilinear(src, low_size, (image_size, image_size), input_size), dst));
     out
 }
 
