@@ -45,7 +45,8 @@ pub struct Limits {
     pub max_pixels: u64,
     /// Time a request may take (504 after it).
     pub timeout: Duration,
-    /// SAM image embeddings kept in memory.
+    /// SAM image sessions kept in memory (each its embedding, 4 MiB for the released models, and
+    /// once prompted the decoder's prepared first layer, 10 MiB more).
     pub sam_lru: usize,
 }
 
