@@ -44,9 +44,6 @@ pub enum DensePrompt<'a> {
     NoMask(&'a Tensor),
     /// Embedded mask inputs, `[B, h, w, C]`.
     Masks(&'a Tensor),
-    /// No mask, with the image's share of the work done beforehand ([`MaskDecoder::prepare`]);
-    /// the `image` passed along with it is then not read.
-    Prepared(&'a PreparedImage),
 }
 
 /// One image's prompt-independent decoder work when there is no mask prompt: the image tokens
@@ -95,7 +92,7 @@ impl MaskDecoder {
     }
 
     /// The image's share of [`Self::forward`] without a mask prompt, for
-    /// [`DensePrompt::Prepared`].
+    /// [`Self::forward_prepared`].
     ///
     /// # Shapes
     /// `image: [h·w, C]`, `image_pe: [h·w, C]`, `no_mask: [1, C]`
@@ -121,16 +118,42 @@ impl MaskDecoder {
     ) -> Result<(Tensor, Tensor)> {
         let (b, _, c) = sparse.dims3()?;
         let (h, w) = grid;
+        let src = match dense {
+            // The same image tokens for every prompt set: one copy, shared (batch 1).
+            DensePrompt::NoMask(v) => image.broadcast_add(&v.reshape((1, c))?)?.unsqueeze(0)?,
+            DensePrompt::Masks(d) => d.reshape((b, h * w, c))?.broadcast_add(&image.unsqueeze(0)?)?,
+        };
+        self.decode(&src, None, grid, image_pe, sparse)
+    }
+
+    /// [`Self::forward`] without a mask prompt, from the image's [`Self::prepare`].
+    ///
+    /// # Shapes
+    /// `image_pe: [h·w, C]`, `sparse: [B, T, C]` -> (`low_res: [B, M, 4h, 4w]`, `iou: [B, M]`)
+    pub fn forward_prepared(
+        &self,
+        prepared: &PreparedImage,
+        grid: (usize, usize),
+        image_pe: &Tensor,
+        sparse: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        self.decode(&prepared.src, Some(&prepared.first), grid, image_pe, sparse)
+    }
+
+    /// The transformer, up-sampling and heads on image tokens `src` (`[B or 1, h·w, C]`).
+    fn decode(
+        &self,
+        src: &Tensor,
+        first: Option<&FirstLayerKeys>,
+        (h, w): (usize, usize),
+        image_pe: &Tensor,
+        sparse: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let (b, _, c) = sparse.dims3()?;
         let m = self.hypernetworks.len();
         let out_tokens = self.output_tokens.unsqueeze(0)?.broadcast_as((b, m + 1, c))?;
         let tokens = Tensor::cat(&[&out_tokens, sparse], 1)?.contiguous()?;
-        let (src, first) = match dense {
-            // The same image tokens for every prompt set: one copy, shared (batch 1).
-            DensePrompt::NoMask(v) => (image.broadcast_add(&v.reshape((1, c))?)?.unsqueeze(0)?, None),
-            DensePrompt::Masks(d) => (d.reshape((b, h * w, c))?.broadcast_add(&image.unsqueeze(0)?)?, None),
-            DensePrompt::Prepared(p) => (p.src.clone(), Some(&p.first)),
-        };
-        let (hs, src) = self.transformer.forward(&src, image_pe, &tokens, first)?;
+        let (hs, src) = self.transformer.forward(src, image_pe, &tokens, first)?;
 
         let hyper = self
             .hypernetworks

@@ -133,7 +133,6 @@ impl Sam {
     /// # Shapes
     /// `sparse: [B, T, C]` -> (`[B, M, 4h, 4w]`, `[B, M]`)
     pub fn decode_prepared(&self, prepared: &PreparedImage, sparse: &Tensor) -> Result<(Tensor, Tensor)> {
-        let dense = DensePrompt::Prepared(prepared);
-        self.mask_decoder.forward(&self.dense_pe, self.grid(), &self.dense_pe, sparse, dense)
+        self.mask_decoder.forward_prepared(prepared, self.grid(), &self.dense_pe, sparse)
     }
 }

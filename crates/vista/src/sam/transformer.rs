@@ -170,8 +170,8 @@ impl Attention {
         let d = f.wq.dim(1)?;
         let scale = 1.0 / (d as f64).sqrt();
         let kp = self.k_proj.forward_act(k, None)?; // [B, T, H·d]
-        let g = sets_first(&(heads_first(&kp, h)?.matmul(&f.wq)? * scale)?, b)?; // [B, H·T, C]
-                                                                                 // b_qh·k_h for every (set, head, token): [B, H·T].
+                                                    // [B, H·T, C], and b_qh·k_h for every (set, head, token): [B, H·T].
+        let g = sets_first(&(heads_first(&kp, h)?.matmul(&f.wq)? * scale)?, b)?;
         let bias = (kp.reshape((b, t, h, d))?.broadcast_mul(&f.bq.reshape((1, 1, h, d))?)?.sum(3)? * scale)?;
         let bias = bias.transpose(1, 2)?.contiguous()?.reshape((b, h * t))?;
         let u = sets_first(&heads_first(&self.v_proj.forward_act(v, None)?, h)?.matmul(&f.wo)?, b)?; // [B, H·T, C]
@@ -350,17 +350,21 @@ impl Block {
         let queries = self.norm1.forward(&queries)?;
 
         let q = add(&queries, query_pe)?;
-        let k = match first {
-            Some(_) => None,
-            None => Some(add(keys, key_pe)?),
+        // The image side of both cross-attentions: projected beforehand, or keyed here.
+        enum Image<'a> {
+            Prepared(&'a FirstLayerKeys),
+            Keyed(Tensor),
+        }
+        let image = match first {
+            Some(f) => Image::Prepared(f),
+            None => Image::Keyed(add(keys, key_pe)?),
         };
-        let attended = match (&k, first) {
-            (Some(k), _) => self.cross_token_to_image.forward(&q, k, keys)?,
-            (None, Some(f)) => {
+        let attended = match &image {
+            Image::Keyed(k) => self.cross_token_to_image.forward(&q, k, keys)?,
+            Image::Prepared(f) => {
                 let a = &self.cross_token_to_image;
                 a.attend(&a.q_proj.forward_act(&q, None)?, &f.k, &f.v)?
             }
-            (None, None) => unreachable!("keys are added when nothing was made beforehand"),
         };
         let queries = self.norm2.forward(&add(&queries, &attended)?)?;
 
@@ -368,10 +372,9 @@ impl Block {
         let queries = self.norm3.forward(&add(&queries, &mlp)?)?;
 
         let q = add(&queries, query_pe)?;
-        let to_tokens = match (&k, first) {
-            (Some(k), _) => self.cross_image_to_token.forward(k, &q, &queries)?,
-            (None, Some(f)) => self.cross_image_to_token.forward_projected_queries(&f.q, &q, &queries)?,
-            (None, None) => unreachable!("keys are added when nothing was made beforehand"),
+        let to_tokens = match &image {
+            Image::Keyed(k) => self.cross_image_to_token.forward(k, &q, &queries)?,
+            Image::Prepared(f) => self.cross_image_to_token.forward_projected_queries(&f.q, &q, &queries)?,
         };
         // Shared image tokens (batch 1) become each prompt set's own here.
         let keys = if keys.dims() == to_tokens.dims() {
