@@ -413,14 +413,21 @@ pub fn gemm_many(products: &[Product<'_>], threads: usize) -> Result<Vec<Vec<f32
     Ok(outs)
 }
 
-/// Depth of one pass of [`gemm_tn`]: 256 rows of both operands (a 512-wide `b` is 512 KiB, in L2).
-const KT: usize = 256;
+/// Values per pass of [`gemm_tn`]'s packed `b`: 64 KiB, so a pass of both operands stays in L2.
+const TN_PASS_VALUES: usize = 1 << 14;
 
-/// `aᵀ b`, row-major `[M, N]`, from row-major `a: [K, M]` and `b: [K, N]` read in place: a
-/// weight's gradient `dYᵀ X` over the `K` rows of a batch, with neither side transposed or
-/// packed. The same 12×32 register tile as [`gemm`], its broadcasts read down `a`'s columns
-/// (twelve neighbours in one row of `a` per depth step) and its two loads along a row of `b`;
-/// depth in passes of 256 rows, the output accumulated in place between them.
+/// Depth of the smallest share of [`gemm_tn`] given to a thread of its own.
+const TN_MIN_SHARE: usize = 64;
+
+/// `aᵀ b`, row-major `[M, N]`, from row-major `a: [K, M]` and `b: [K, N]`: a weight's gradient
+/// `dYᵀ X` over the `K` rows of a batch. Both are read row by row, never transposed whole: each
+/// depth pass copies its rows into the micro-kernel's panels (`a`'s twelve-column strips as
+/// `[pass][12]`, `b`'s 16- or 32-column strips as `[pass][16 | 32]`), so the kernel streams two
+/// small contiguous buffers from L1 / L2 instead of reading `a` and `b` at their row strides,
+/// which (a multiple of 512 bytes for the widths of a transformer) map onto a few cache sets and
+/// evict each other. The output is small and the depth long: each thread takes a contiguous
+/// share of the depth into sums of its own, and the shares are added in order at the end (the
+/// same bits on every run with the same thread count).
 ///
 /// # Errors
 /// If `a` or `b` does not hold `K` rows of its width.
@@ -428,67 +435,73 @@ pub fn gemm_tn(a: &[f32], b: &[f32], k: usize, m: usize, n: usize, threads: usiz
     if a.len() != k * m || b.len() != k * n {
         return Err(refuse(format!("gemm_tn: {} and {} values for [{k}, {m}] and [{k}, {n}]", a.len(), b.len())));
     }
-    let mut out = vec![0f32; m * n];
     if m == 0 || n == 0 || k == 0 {
-        return Ok(out);
+        return Ok(vec![0f32; m * n]);
     }
-    let threads = threads.max(1);
-    let panels = n.div_ceil(NR);
-    let tiles = m.div_ceil(MR);
-    // Column groups first (each reads its own columns of `b`), then row blocks until every
-    // thread has two tasks.
-    let groups = (2 * threads).min(panels);
-    let blocks = (2 * threads).div_ceil(groups).min(tiles);
-    let out_ptr = Shared(out.as_mut_ptr());
-    let tasks: Vec<(usize, usize)> = (0..blocks).flat_map(|r| (0..groups).map(move |g| (r, g))).collect();
     let kernel = Kernel::here();
-    let run = |&(r, g): &(usize, usize)| {
-        let rows = ((r * tiles / blocks) * MR, ((r + 1) * tiles / blocks * MR).min(m));
-        let cols = ((g * panels / groups) * NR, ((g + 1) * panels / groups * NR).min(n));
+    let shares = threads.max(1).min(k.div_ceil(TN_MIN_SHARE));
+    let share = |s: usize| {
+        let (k0, k1) = (s * k / shares, (s + 1) * k / shares);
+        let mut sums = vec![0f32; m * n];
         super::cpu::with_simd(
             #[inline(always)]
-            // SAFETY: tasks own disjoint rectangles of `out`, which outlives them.
-            || unsafe { task_tn(a, b, (k, m, n), out_ptr, rows, cols, kernel) },
+            // SAFETY: `sums` holds `[M, N]`, and rows `k0..k1` are inside `a` and `b` (checked above).
+            || unsafe { share_tn(&a[k0 * m..k1 * m], &b[k0 * n..k1 * n], (k1 - k0, m, n), &mut sums, kernel) },
         );
+        sums
     };
-    if tasks.len() == 1 {
-        tasks.iter().for_each(run);
-    } else {
-        super::team::for_each(tasks.len(), |i| run(&tasks[i]));
+    if shares == 1 {
+        return Ok(share(0));
+    }
+    let mut parts = super::team::map(shares, share).into_iter();
+    let mut out = parts.next().expect("at least one share");
+    for part in parts {
+        out.iter_mut().zip(&part).for_each(|(o, p)| *o += p);
     }
     Ok(out)
 }
 
-/// One task of [`gemm_tn`]: output rows `r0..r1`, columns `c0..c1`.
+/// One thread's share of [`gemm_tn`]: `c += aᵀ b` over `a: [K, M]`, `b: [K, N]`, in depth passes
+/// whose rows are first copied into panels.
 ///
 /// # Safety
-/// `out` points at the zeroed `[M, N]` output and no one else touches this rectangle meanwhile.
+/// `a` holds `K·M` values, `b` `K·N`, `c` `M·N`.
 #[inline(always)]
-unsafe fn task_tn(
-    a: &[f32],
-    b: &[f32],
-    (k, m, n): (usize, usize, usize),
-    out: Shared<f32>,
-    (r0, r1): (usize, usize),
-    (c0, c1): (usize, usize),
-    kernel: Kernel,
-) {
-    for t0 in (0..k).step_by(KT) {
-        let kt = (k - t0).min(KT);
-        for o0 in (r0..r1).step_by(MR) {
-            let mr = (r1 - o0).min(MR);
-            for j0 in (c0..c1).step_by(NR) {
-                let cols = (c1 - j0).min(NR);
-                let ap = a.as_ptr().add(t0 * m + o0);
-                let bp = b.as_ptr().add(t0 * n + j0);
-                let cp = out.get().add(o0 * n + j0);
+unsafe fn share_tn(a: &[f32], b: &[f32], (k, m, n): (usize, usize, usize), c: &mut [f32], kernel: Kernel) {
+    // Column strips of `b` as the kernel reads them: 16 for AVX2's sub-tiles, else 32.
+    let strip = if kernel == Kernel::Avx2 { 16 } else { NR };
+    let (tiles, strips) = (m.div_ceil(MR), n.div_ceil(strip));
+    let pass = (TN_PASS_VALUES / (strips * strip)).clamp(16, 512).min(k);
+    let mut ap = vec![0f32; tiles * pass * MR];
+    let mut bp = vec![0f32; strips * pass * strip];
+    for t0 in (0..k).step_by(pass) {
+        let kt = (k - t0).min(pass);
+        // Row `t` of the pass: its twelve-value pieces into the tiles' panels, its strips into
+        // theirs (the last ones short: their lanes past M or N are never read).
+        for t in 0..kt {
+            let row = &a[(t0 + t) * m..(t0 + t + 1) * m];
+            for (i, piece) in row.chunks(MR).enumerate() {
+                ap[(i * kt + t) * MR..][..piece.len()].copy_from_slice(piece);
+            }
+            let row = &b[(t0 + t) * n..(t0 + t + 1) * n];
+            for (j, piece) in row.chunks(strip).enumerate() {
+                bp[(j * kt + t) * strip..][..piece.len()].copy_from_slice(piece);
+            }
+        }
+        for i in 0..tiles {
+            let mr = (m - i * MR).min(MR);
+            let at = ap.as_ptr().add(i * kt * MR);
+            for j in 0..strips {
+                let cols = (n - j * strip).min(strip);
+                let bt = bp.as_ptr().add(j * kt * strip);
+                let cp = c.as_mut_ptr().add(i * MR * n + j * strip);
                 match kernel {
                     #[cfg(target_arch = "x86_64")]
                     Kernel::Avx512 => {
                         macro_rules! dispatch {
                             ($($r:literal)*) => {
                                 match mr {
-                                    $($r => avx512::tile_tn::<$r>((ap, m), (bp, n), kt, (cp, n, cols)),)*
+                                    $($r => avx512::tile_tn::<$r>((at, MR), (bt, strip), kt, (cp, n, cols)),)*
                                     _ => unreachable!("tiles have 1 to 12 rows"),
                                 }
                             };
@@ -497,30 +510,27 @@ unsafe fn task_tn(
                     }
                     #[cfg(target_arch = "x86_64")]
                     Kernel::Avx2 => {
-                        // Sub-tiles of at most 6 rows × 16 columns (12 of the 16 registers).
-                        for half in 0..cols.div_ceil(16) {
-                            let width = (cols - 16 * half).min(16);
-                            for i0 in (0..mr).step_by(avx2::MR) {
-                                let (ap, bp) = (ap.add(i0), bp.add(16 * half));
-                                let cp = cp.add(i0 * n + 16 * half);
-                                macro_rules! dispatch {
-                                    ($($r:literal)*) => {
-                                        match (mr - i0).min(avx2::MR) {
-                                            $($r => avx2::tile_tn::<$r>((ap, m), (bp, n), kt, (cp, n, width)),)*
-                                            _ => unreachable!("sub-tiles have 1 to 6 rows"),
-                                        }
-                                    };
-                                }
-                                dispatch!(1 2 3 4 5 6);
+                        // Two sub-tiles of at most 6 rows (12 of the 16 registers), the second
+                        // reading the strip the first brought into L1.
+                        for i0 in (0..mr).step_by(avx2::MR) {
+                            let (at, cp) = (at.add(i0), cp.add(i0 * n));
+                            macro_rules! dispatch {
+                                ($($r:literal)*) => {
+                                    match (mr - i0).min(avx2::MR) {
+                                        $($r => avx2::tile_tn::<$r>((at, MR), (bt, strip), kt, (cp, n, cols)),)*
+                                        _ => unreachable!("sub-tiles have 1 to 6 rows"),
+                                    }
+                                };
                             }
+                            dispatch!(1 2 3 4 5 6);
                         }
                     }
                     _ => {
-                        for i in 0..mr {
-                            let crow = std::slice::from_raw_parts_mut(cp.add(i * n), cols);
+                        for r in 0..mr {
+                            let crow = std::slice::from_raw_parts_mut(cp.add(r * n), cols);
                             for t in 0..kt {
-                                let av = *ap.add(t * m + i);
-                                let brow = std::slice::from_raw_parts(bp.add(t * n), cols);
+                                let av = *at.add(t * MR + r);
+                                let brow = std::slice::from_raw_parts(bt.add(t * strip), cols);
                                 crow.iter_mut().zip(brow).for_each(|(c, &bv)| *c += av * bv);
                             }
                         }
@@ -1240,11 +1250,13 @@ mod tests {
     #[test]
     fn transposed_products_equal_the_naive_sum_for_ragged_shapes() {
         every_kernel(|kernel| {
-            for (k, m, n) in [(1, 1, 1), (7, 5, 3), (300, 13, 33), (600, 128, 96), (257, 40, 70), (1000, 25, 64)] {
+            for (k, m, n) in
+                [(1, 1, 1), (7, 5, 3), (300, 13, 33), (600, 128, 96), (257, 40, 70), (1000, 25, 64), (2100, 30, 520)]
+            {
                 let (a, b) = (values(4, k * m), values(5, k * n));
                 // aᵀ as rows: row i holds column i of a.
                 let at: Vec<Vec<f32>> = (0..m).map(|i| (0..k).map(|t| a[t * m + i]).collect()).collect();
-                for threads in [1, 2] {
+                for threads in [1, 2, 3] {
                     let out = gemm_tn(&a, &b, k, m, n, threads).unwrap();
                     close(&out, &naive(&at, &b, n, None), &format!("{kernel} tn {k}x{m}x{n} t{threads}"));
                 }
