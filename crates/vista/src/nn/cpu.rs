@@ -719,7 +719,7 @@ fn packed_transposed(a: &[f32], r: usize, c: usize) -> super::packed::PackedWeig
 
 /// `softmax(a · xᵀ) · v` for a few query rows against many keys, `a: [R, C]`, `x, v: [N, C]`
 /// -> `[R, C]` (scale already in `a`): the scores as `x · aᵀ` (`[N, R]`, `aᵀ` packed as the
-/// GEMM's weight), a softmax down each column, and `Pᵀ`'s product with `v` read in place
+/// GEMM's weight), a softmax down each column, and `Pᵀ`'s product with `v`
 /// ([`packed::gemm_tn`]); each output row divided by its column's sum at the end. Rows of `a`
 /// are independent queries, so several heads or sets go in one call.
 ///

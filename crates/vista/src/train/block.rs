@@ -14,7 +14,7 @@
 //! attention output and each row's softmax maximum and normaliser, the MLP activation's value
 //! and derivative), and the backward is written out: every product goes through the GEMMs of
 //! [`crate::nn::packed`] (`dX = dY W` on the packed weight, the activation's derivative applied
-//! in its epilogue, `dW = dYᵀ X` with both read in place), attention recomputes its
+//! in its epilogue, `dW = dYᵀ X` through [`gemm_tn`]), attention recomputes its
 //! probabilities from the saved row statistics, the bias and LayerNorm gradients are column
 //! sums. The parallel regions run on the kernels' thread team ([`crate::nn::team`]), and sums
 //! over its tasks are added in task order: the same bits on every run.
@@ -322,8 +322,7 @@ fn dense_dx_scaled(dy: &[f32], t: usize, w: &[f32], out: usize, inp: usize, s: &
     gemm(Lhs::Rows { data: dy, m: t }, &w, None, Epilogue::scale(s), threads())
 }
 
-/// `dYᵀ X` for `dY: [t, out]`, `X: [t, in]`: the weight's gradient, `[out, in]`, both read in
-/// place ([`gemm_tn`]).
+/// `dYᵀ X` for `dY: [t, out]`, `X: [t, in]`: the weight's gradient, `[out, in]` ([`gemm_tn`]).
 fn dense_dw(dy: &[f32], x: &[f32], t: usize, out: usize, inp: usize) -> Result<Vec<f32>> {
     gemm_tn(dy, x, t, out, inp, threads())
 }
