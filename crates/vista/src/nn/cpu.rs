@@ -200,36 +200,6 @@ pub fn map(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
     out
 }
 
-/// Two values of `f(x_i)` for every value of `x`, into two new buffers, as [`map`] (an
-/// activation and its derivative in one pass).
-#[inline(always)]
-pub fn map2(x: &[f32], f: impl Fn(f32) -> (f32, f32) + Sync) -> (Vec<f32>, Vec<f32>) {
-    let (mut a, mut b) = (Vec::with_capacity(x.len()), Vec::with_capacity(x.len()));
-    let second = super::team::Shared(b.spare_capacity_mut().as_mut_ptr());
-    super::team::for_each_chunk(&mut a.spare_capacity_mut()[..x.len()], ELEMENTS_PER_TASK, |i, o| {
-        let at = i * ELEMENTS_PER_TASK;
-        let x = &x[at..][..o.len()];
-        // SAFETY: chunk `i` of `b` is the same range as chunk `i` of `a`, disjoint from the others.
-        let p = unsafe { std::slice::from_raw_parts_mut(second.get().add(at), o.len()) };
-        with_simd(
-            #[inline(always)]
-            || {
-                for ((o, p), &v) in o.iter_mut().zip(p.iter_mut()).zip(x) {
-                    let (u, w) = f(v);
-                    o.write(u);
-                    p.write(w);
-                }
-            },
-        )
-    });
-    // SAFETY: the chunks cover all `x.len()` elements of both buffers and each was written above.
-    unsafe {
-        a.set_len(x.len());
-        b.set_len(x.len());
-    }
-    (a, b)
-}
-
 /// `f(x_i, y_i)` for every pair of values of two slices of one length, into a new buffer, as
 /// [`map`].
 #[inline(always)]
