@@ -170,7 +170,8 @@ impl Attention {
         let d = f.wq.dim(1)?;
         let scale = 1.0 / (d as f64).sqrt();
         let kp = self.k_proj.forward_act(k, None)?; // [B, T, H·d]
-                                                    // [B, H·T, C], and b_qh·k_h for every (set, head, token): [B, H·T].
+
+        // [B, H·T, C], and b_qh·k_h for every (set, head, token): [B, H·T].
         let g = sets_first(&(heads_first(&kp, h)?.matmul(&f.wq)? * scale)?, b)?;
         let bias = (kp.reshape((b, t, h, d))?.broadcast_mul(&f.bq.reshape((1, 1, h, d))?)?.sum(3)? * scale)?;
         let bias = bias.transpose(1, 2)?.contiguous()?.reshape((b, h * t))?;
