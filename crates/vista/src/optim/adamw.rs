@@ -87,28 +87,77 @@ pub fn update(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: &Scalar
         "AdamW: one gradient and moment per parameter"
     );
     const CHUNK: usize = 16 * 1024;
-    let s = *s;
     p.par_chunks_mut(CHUNK)
         .zip(g.par_chunks(CHUNK))
         .zip(m.par_chunks_mut(CHUNK))
         .zip(v.par_chunks_mut(CHUNK))
-        .for_each(|(((p, g), m), v)| {
-            with_simd(
-                #[inline(always)]
-                || {
-                    for i in 0..p.len() {
-                        let pi = if s.apply_decay { p[i] * s.decay + 0.0 } else { p[i] };
-                        let gi = g[i];
-                        let mi = m[i] + ((gi - m[i]) * s.w1 + 0.0);
-                        let vi = (v[i] * s.b2 + 0.0) + (gi * gi * s.w2 + 0.0);
-                        let denom = (vi.sqrt() / s.bias_correction2_sqrt) * 1.0 + s.eps;
-                        p[i] = pi - ((mi / denom) * s.step_size + 0.0);
-                        m[i] = mi;
-                        v[i] = vi;
-                    }
-                },
-            )
-        });
+        .for_each(|(((p, g), m), v)| update_serial(p, g, m, v, s));
+}
+
+/// [`update`] on the calling thread (for short slices, e.g. one row of a matrix): the same f32
+/// operations on every element, so the same bits.
+///
+/// # Panics
+/// If the slices differ in length.
+pub fn update_serial(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: &Scalars) {
+    assert!(
+        g.len() == p.len() && m.len() == p.len() && v.len() == p.len(),
+        "AdamW: one gradient and moment per parameter"
+    );
+    let s = *s;
+    with_simd(
+        #[inline(always)]
+        || {
+            for i in 0..p.len() {
+                let pi = if s.apply_decay { p[i] * s.decay + 0.0 } else { p[i] };
+                let gi = g[i];
+                let mi = m[i] + ((gi - m[i]) * s.w1 + 0.0);
+                let vi = (v[i] * s.b2 + 0.0) + (gi * gi * s.w2 + 0.0);
+                let denom = (vi.sqrt() / s.bias_correction2_sqrt) * 1.0 + s.eps;
+                p[i] = pi - ((mi / denom) * s.step_size + 0.0);
+                m[i] = mi;
+                v[i] = vi;
+            }
+        },
+    )
+}
+
+/// [`update`] with a zero gradient, on the calling thread, with the same bits.
+pub fn update_zero_grad(p: &mut [f32], m: &mut [f32], v: &mut [f32], s: &Scalars) {
+    assert!(m.len() == p.len() && v.len() == p.len(), "AdamW: one moment per parameter");
+    let s = *s;
+    with_simd(
+        #[inline(always)]
+        || {
+            for i in 0..p.len() {
+                let pi = if s.apply_decay { p[i] * s.decay + 0.0 } else { p[i] };
+                let mi = m[i] + ((0.0 - m[i]) * s.w1 + 0.0);
+                let vi = (v[i] * s.b2 + 0.0) + (0.0 * 0.0 * s.w2 + 0.0);
+                let denom = (vi.sqrt() / s.bias_correction2_sqrt) * 1.0 + s.eps;
+                p[i] = pi - ((mi / denom) * s.step_size + 0.0);
+                m[i] = mi;
+                v[i] = vi;
+            }
+        },
+    )
+}
+
+/// [`update_zero_grad`] where both moments are zero (a row that never had a gradient), with the
+/// same bits: the moments stay zero and `m / (√v / … + ε)` is zero, so only the decoupled decay
+/// `p · (1 − lr·λ)` moves `p`.
+pub fn update_zero_grad_zero_moments(p: &mut [f32], s: &Scalars) {
+    if !s.apply_decay {
+        return;
+    }
+    let d = s.decay;
+    with_simd(
+        #[inline(always)]
+        || {
+            for x in p.iter_mut() {
+                *x = *x * d + 0.0;
+            }
+        },
+    )
 }
 
 /// AdamW over one flat parameter vector (the linear probe's weights and bias), with its state.

@@ -453,6 +453,15 @@ impl TrainClip {
     /// # Shapes
     /// `-> [B, E]`
     pub fn encode_text(&self, ids: &[Vec<u32>]) -> Result<Tensor> {
+        Ok(self.encode_text_rows(ids, false)?.0)
+    }
+
+    /// [`encode_text`](Self::encode_text); with `gathered`, when the token embedding is
+    /// trained, its rows are gathered outside the graph into a leaf variable (returned with the
+    /// token ids it holds, in order), whose gradient is the token embedding's, row by row: the
+    /// trainer sums it into the few rows the batch uses instead of a dense gradient over the
+    /// whole vocabulary.
+    pub(super) fn encode_text_rows(&self, ids: &[Vec<u32>], gathered: bool) -> Result<(Tensor, Option<TokenRows>)> {
         let t = &self.config.text;
         let ctx = t.context_length;
         if ids.is_empty() {
@@ -474,19 +483,52 @@ impl TrainClip {
         let flat: Vec<u32> = ids.iter().flat_map(|r| r[..n].iter().copied()).collect();
         let flat = Tensor::from_vec(flat, b * n, &device)?;
         let w = t.tower.width;
-        let x = self.p("token_embedding.weight")?.index_select(&flat, 0)?.reshape((b, n, w))?;
+        let table = &self.params[*self
+            .index
+            .get(TOKEN_EMBEDDING)
+            .ok_or_else(|| Error::arg("param", format!("no parameter `{TOKEN_EMBEDDING}`")))?];
+        let (x, rows) = if gathered && table.requires_grad() && crate::nn::cpu::eligible(table.var().as_tensor()) {
+            let leaf = candle_core::Var::from_tensor(&table.var().as_detached_tensor().index_select(&flat, 0)?)?;
+            let ids = flat.to_vec1::<u32>()?;
+            (leaf.as_tensor().clone(), Some(TokenRows { leaf, ids }))
+        } else {
+            (table.value().index_select(&flat, 0)?, None)
+        };
+        let x = x.reshape((b, n, w))?;
         let x = x.broadcast_add(&self.p("positional_embedding")?.narrow(0, 0, n)?.unsqueeze(0)?)?;
         let x = self.transformer(&x, "transformer", &t.tower, true)?;
         let x = layer_norm(&x, &self.p("ln_final.weight")?, &self.p("ln_final.bias")?, t.tower.eps)?;
-        let rows: Vec<u32> = pooled_at.iter().enumerate().map(|(i, &p)| (i * n + p) as u32).collect();
-        let pooled = x.reshape((b * n, w))?.index_select(&Tensor::from_vec(rows, b, &device)?, 0)?;
-        project(&pooled, &self.p("text_projection")?)
+        let pooled_rows: Vec<u32> = pooled_at.iter().enumerate().map(|(i, &p)| (i * n + p) as u32).collect();
+        let pooled = x.reshape((b * n, w))?.index_select(&Tensor::from_vec(pooled_rows, b, &device)?, 0)?;
+        Ok((project(&pooled, &self.p("text_projection")?)?, rows))
     }
 
     /// `F.normalize` of both embeddings, as open_clip's `CLIP.forward` returns them.
     pub fn features(&self, pixels: &Tensor, ids: &[Vec<u32>]) -> Result<(Tensor, Tensor)> {
         Ok((normalize(&self.encode_image(pixels)?, 1e-12)?, normalize(&self.encode_text(ids)?, 1e-12)?))
     }
+
+    /// [`features`](Self::features) with the token embedding's rows gathered into a leaf
+    /// variable (see [`encode_text_rows`](Self::encode_text_rows)).
+    pub(super) fn features_rows(
+        &self,
+        pixels: &Tensor,
+        ids: &[Vec<u32>],
+    ) -> Result<(Tensor, Tensor, Option<TokenRows>)> {
+        let image = normalize(&self.encode_image(pixels)?, 1e-12)?;
+        let (text, rows) = self.encode_text_rows(ids, true)?;
+        Ok((image, normalize(&text, 1e-12)?, rows))
+    }
+}
+
+/// The token embedding's state-dict name.
+pub(super) const TOKEN_EMBEDDING: &str = "token_embedding.weight";
+
+/// The token embedding's rows one text forward pass read: a leaf variable `[T, width]` holding
+/// them (its gradient is theirs) and the token id of each.
+pub(super) struct TokenRows {
+    pub leaf: candle_core::Var,
+    pub ids: Vec<u32>,
 }
 
 /// open_clip's `logit_scale` / `logit_bias` initial values.

@@ -179,7 +179,9 @@ impl ClipTrainer {
         Ok(v)
     }
 
-    fn save(&self, path: &Path, start: Option<&Evaluation>) -> Result<()> {
+    /// Writes the checkpoint (after taking every deferred update).
+    fn save(&mut self, path: &Path, start: Option<&Evaluation>) -> Result<()> {
+        self.sync()?;
         let state = CheckpointState {
             format: CHECKPOINT_FORMAT.into(),
             config: self.config.clone(),
@@ -355,7 +357,9 @@ pub fn run(
                 continue;
             }
             let micro = split(&batch, trainer.config.accum_freq)?;
-            let m = trainer.step(&micro).map_err(|e| match e {
+            // The token embedding's rows without a gradient take their updates at the next sync
+            // (before the checkpoint, the export and the evaluation).
+            let m = trainer.step_deferred(&micro).map_err(|e| match e {
                 Error::NonFiniteLoss { loss, epoch, iteration, .. } => {
                     Error::NonFiniteLoss { loss, epoch, iteration, kept: Some(ckpt.clone()) }
                 }
@@ -373,6 +377,7 @@ pub fn run(
                 on_event(Event::Saved(&ckpt));
             }
         }
+        trainer.sync()?;
         let seconds = timer.elapsed().as_secs_f64();
         metrics.write(&json!({"epoch": epoch, "epoch_seconds": seconds}))?;
         trainer.epoch = epoch + 1;

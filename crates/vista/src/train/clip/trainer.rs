@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::{ClipTrainConfig, LossKind, Start};
 use super::loss::{clip_loss, siglip_loss};
-use super::model::{LogitInit, TrainClip, MAX_LOGIT_SCALE};
+use super::model::{LogitInit, TokenRows, TrainClip, MAX_LOGIT_SCALE, TOKEN_EMBEDDING};
 use super::optim::{clip_grad_norm, lock_image_tower, lock_text_tower, param_groups};
 use crate::optim::AdamWConfig;
 use crate::train::adamw::AdamW;
@@ -139,39 +139,91 @@ impl ClipTrainer {
     /// for every tower weight; `logit_scale` (and `logit_bias`), live in every pass, receive it
     /// once per micro-batch, as in open_clip.
     pub fn gradients(&self, micro: &[MicroBatch]) -> Result<(f64, Grads)> {
+        let (loss, mut grads, rows) = self.row_gradients(micro)?;
+        if let Some(rows) = rows {
+            // The dense gradient: zero outside the rows.
+            if let Some(g) = grads.get(TOKEN_EMBEDDING) {
+                let table = self.model.params().iter().find(|p| p.name() == TOKEN_EMBEDDING).expect("has a gradient");
+                let index = Tensor::from_vec(rows, g.dim(0)?, g.device())?;
+                let dense = table.var().as_detached_tensor().zeros_like()?.index_add(&index, g, 0)?;
+                grads.insert(TOKEN_EMBEDDING, dense);
+            }
+        }
+        Ok((loss, grads))
+    }
+
+    /// [`gradients`](Self::gradients), the token embedding's (when trained) on the rows the
+    /// batch used only: its entry holds those rows' gradients, `[rows, width]`, and the rows
+    /// come third (ascending). Each row's gradient is summed as the dense one is (position by
+    /// position from zero within a micro-batch, then micro-batch by micro-batch), so it has
+    /// the same bits.
+    fn row_gradients(&self, micro: &[MicroBatch]) -> Result<(f64, Grads, Option<Vec<u32>>)> {
         let device = self.model.device();
         let on = |p: &Tensor| p.to_device(&device);
+        let backward = |loss: &Tensor, rows: Option<TokenRows>| -> Result<(Grads, Option<RowGrad>)> {
+            let store = loss.backward()?;
+            let rows = match rows {
+                Some(r) => store.get(r.leaf.as_tensor()).map(|g| RowGrad::gather(&r.ids, g)).transpose()?,
+                None => None,
+            };
+            let mut compact = rows.as_ref().map(RowGrad::tensor).transpose()?;
+            let grads = Grads::from_backward_with(self.model.params(), &store, |p| {
+                if p.name() == TOKEN_EMBEDDING {
+                    compact.take()
+                } else {
+                    None
+                }
+            });
+            Ok((grads, rows))
+        };
+        let finish = |grads: &Grads, rows: Option<RowGrad>| {
+            rows.map(|r| r.rows).filter(|_| grads.get(TOKEN_EMBEDDING).is_some())
+        };
         if micro.len() == 1 {
-            let (img, txt) = self.model.features(&on(&micro[0].0)?, &micro[0].1)?;
+            let (img, txt, rows) = self.model.features_rows(&on(&micro[0].0)?, &micro[0].1)?;
             let loss = self.loss(&img, &txt)?;
             let value = scalar(&loss)?;
-            return Ok((value, Grads::from_backward(self.model.params(), &loss.backward()?)));
+            let (grads, rows) = backward(&loss, rows)?;
+            let rows = finish(&grads, rows);
+            return Ok((value, grads, rows));
         }
         let mut cached = Vec::with_capacity(micro.len());
         for (pixels, ids) in micro {
             let (i, t) = self.model.features(&on(pixels)?, ids)?;
             cached.push((i.detach(), t.detach()));
         }
-        let mut total: Option<Grads> = None;
+        let mut total: Option<(Grads, Option<RowGrad>)> = None;
         let mut value = 0.0;
         for (j, (pixels, ids)) in micro.iter().enumerate() {
-            let (i, t) = self.model.features(&on(pixels)?, ids)?;
+            let (i, t, rows) = self.model.features_rows(&on(pixels)?, ids)?;
             let imgs: Vec<Tensor> =
                 cached.iter().enumerate().map(|(k, c)| if k == j { i.clone() } else { c.0.clone() }).collect();
             let txts: Vec<Tensor> =
                 cached.iter().enumerate().map(|(k, c)| if k == j { t.clone() } else { c.1.clone() }).collect();
             let loss = self.loss(&Tensor::cat(&imgs, 0)?, &Tensor::cat(&txts, 0)?)?;
             value = scalar(&loss)?;
-            let g = Grads::from_backward(self.model.params(), &loss.backward()?);
+            let (mut g, rows) = backward(&loss, rows)?;
             total = Some(match total {
-                None => g,
-                Some(mut acc) => {
+                None => (g, rows),
+                Some((mut acc, acc_rows)) => {
+                    // The token embedding's rows: summed apart (the row sets differ).
+                    let rows = match (acc_rows, rows) {
+                        (Some(a), Some(b)) => Some(a.add(&b)),
+                        (a, b) => a.or(b),
+                    };
+                    acc.remove(TOKEN_EMBEDDING);
+                    g.remove(TOKEN_EMBEDDING);
                     add_grads(&mut acc, &g)?;
-                    acc
+                    if let Some(r) = &rows {
+                        acc = with_entry(acc, self.model.params(), TOKEN_EMBEDDING, r.tensor()?);
+                    }
+                    (acc, rows)
                 }
             });
         }
-        Ok((value, total.unwrap_or_default()))
+        let (grads, rows) = total.unwrap_or_default();
+        let rows = finish(&grads, rows);
+        Ok((value, grads, rows))
     }
 
     /// One optimiser step of `train_one_epoch` on the micro-batches of one logical batch:
@@ -179,6 +231,16 @@ impl ClipTrainer {
     /// by total norm, AdamW, and `logit_scale` clamped to `[0, log 100]`. Fails, changing
     /// nothing, when the loss is not finite.
     pub fn step(&mut self, micro: &[MicroBatch]) -> Result<ClipStepMetrics> {
+        let m = self.step_deferred(micro);
+        self.sync()?;
+        m
+    }
+
+    /// [`step`](Self::step) with the token embedding's zero-gradient row updates deferred (see
+    /// [`AdamW::step_rows`]): the rows a batch reads are brought up to date before its forward
+    /// pass, the rest wait for [`sync`](Self::sync), which must come before anything else
+    /// reads the parameters or the optimiser state.
+    pub(super) fn step_deferred(&mut self, micro: &[MicroBatch]) -> Result<ClipStepMetrics> {
         let start = Instant::now();
         let it = self.iteration;
         let epoch = it / self.steps_per_epoch;
@@ -187,10 +249,11 @@ impl ClipTrainer {
             g.lr = lr;
         }
         let samples = micro.iter().map(|m| m.1.len()).sum();
+        self.opt.catch_up_rows(TOKEN_EMBEDDING, micro.iter().flat_map(|m| m.1.iter().flatten().copied()))?;
         // A ResNet tower's training-mode forwards move its BatchNorm statistics: a failed step
         // puts them back.
         let stats = self.model.running_stats();
-        let (loss, mut grads) = match self.gradients(micro) {
+        let (loss, mut grads, rows) = match self.row_gradients(micro) {
             Ok(g) => g,
             Err(e) => {
                 self.model.set_running_stats(stats);
@@ -205,7 +268,14 @@ impl ClipTrainer {
             Some(max) => clip_grad_norm(&mut grads, max)?,
             None => total_norm(&grads)?,
         };
+        let token_rows = match rows {
+            Some(rows) => grads.remove(TOKEN_EMBEDDING).map(|g| (rows, g)),
+            None => None,
+        };
         self.opt.step(&grads)?;
+        if let Some((rows, g)) = token_rows {
+            self.opt.step_rows(TOKEN_EMBEDDING, &rows, &g)?;
+        }
         self.clamp_logit_scale()?;
         self.iteration += 1;
         Ok(ClipStepMetrics {
@@ -218,6 +288,11 @@ impl ClipTrainer {
             samples,
             seconds: start.elapsed().as_secs_f64(),
         })
+    }
+
+    /// Takes every deferred row update of [`step_deferred`](Self::step_deferred).
+    pub(super) fn sync(&mut self) -> Result<()> {
+        self.opt.sync()
     }
 
     /// `logit_scale.clamp_(0, math.log(100))`.
@@ -264,6 +339,74 @@ fn add_grads(acc: &mut Grads, g: &Grads) -> Result<()> {
         acc.insert(name, sum);
     }
     Ok(())
+}
+
+/// `grads` with `grad` as the entry of `name`, in parameter order.
+fn with_entry(grads: Grads, params: &[Param], name: &str, grad: Tensor) -> Grads {
+    let mut grad = Some(grad);
+    let mut out = Grads::new();
+    for p in params {
+        if p.name() == name {
+            if let Some(g) = grad.take() {
+                out.insert(name, g);
+            }
+        } else if let Some(g) = grads.get(p.name()) {
+            out.insert(p.name(), g.clone());
+        }
+    }
+    out
+}
+
+/// The token embedding's gradient on the rows a batch used.
+struct RowGrad {
+    /// Distinct, ascending.
+    rows: Vec<u32>,
+    /// `[rows, width]`.
+    values: Vec<f32>,
+    width: usize,
+}
+
+impl RowGrad {
+    /// The rows' gradient from the gathered rows' (`[ids, width]`), summed as candle's
+    /// `index_select` backward sums it (`zeros.index_add`): position by position from zero.
+    fn gather(ids: &[u32], grad: &Tensor) -> Result<Self> {
+        let g = grad.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let width = g.len() / ids.len().max(1);
+        let mut rows = ids.to_vec();
+        rows.sort_unstable();
+        rows.dedup();
+        let mut values = vec![0f32; rows.len() * width];
+        for (i, id) in ids.iter().enumerate() {
+            let k = rows.binary_search(id).expect("every id is a row");
+            for (d, s) in values[k * width..(k + 1) * width].iter_mut().zip(&g[i * width..(i + 1) * width]) {
+                *d += s;
+            }
+        }
+        Ok(Self { rows, values, width })
+    }
+
+    /// `self + other` as the dense sum has it: every value of the union `a + b`, a missing
+    /// row's values zero.
+    fn add(&self, other: &Self) -> Self {
+        let mut rows: Vec<u32> = self.rows.iter().chain(&other.rows).copied().collect();
+        rows.sort_unstable();
+        rows.dedup();
+        let w = self.width;
+        fn row(g: &RowGrad, r: u32) -> Option<&[f32]> {
+            g.rows.binary_search(&r).ok().map(|k| &g.values[k * g.width..(k + 1) * g.width])
+        }
+        let mut values = Vec::with_capacity(rows.len() * w);
+        for &r in &rows {
+            let (a, b) = (row(self, r), row(other, r));
+            values.extend((0..w).map(|i| a.map_or(0.0, |a| a[i]) + b.map_or(0.0, |b| b[i])));
+        }
+        Self { rows, values, width: w }
+    }
+
+    /// The values as a `[rows, width]` tensor.
+    fn tensor(&self) -> Result<Tensor> {
+        Ok(Tensor::from_vec(self.values.clone(), (self.rows.len(), self.width), &Device::Cpu)?)
+    }
 }
 
 /// The gradients' total L2 norm (what clipping would measure).
