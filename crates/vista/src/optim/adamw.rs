@@ -104,35 +104,31 @@ pub fn update_serial(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: 
         g.len() == p.len() && m.len() == p.len() && v.len() == p.len(),
         "AdamW: one gradient and moment per parameter"
     );
-    let s = *s;
-    with_simd(
-        #[inline(always)]
-        || {
-            for i in 0..p.len() {
-                let pi = if s.apply_decay { p[i] * s.decay + 0.0 } else { p[i] };
-                let gi = g[i];
-                let mi = m[i] + ((gi - m[i]) * s.w1 + 0.0);
-                let vi = (v[i] * s.b2 + 0.0) + (gi * gi * s.w2 + 0.0);
-                let denom = (vi.sqrt() / s.bias_correction2_sqrt) * 1.0 + s.eps;
-                p[i] = pi - ((mi / denom) * s.step_size + 0.0);
-                m[i] = mi;
-                v[i] = vi;
-            }
-        },
-    )
+    kernel(p, |i| g[i], m, v, s);
 }
 
 /// [`update`] with a zero gradient, on the calling thread, with the same bits.
+///
+/// # Panics
+/// If the slices differ in length.
 pub fn update_zero_grad(p: &mut [f32], m: &mut [f32], v: &mut [f32], s: &Scalars) {
     assert!(m.len() == p.len() && v.len() == p.len(), "AdamW: one moment per parameter");
+    kernel(p, |_| 0.0, m, v, s);
+}
+
+/// The element-wise update, the gradient of element `i` being `g(i)` (inlined: a slice read or
+/// a constant zero, vectorised either way).
+#[inline(always)]
+fn kernel(p: &mut [f32], g: impl Fn(usize) -> f32, m: &mut [f32], v: &mut [f32], s: &Scalars) {
     let s = *s;
     with_simd(
         #[inline(always)]
         || {
             for i in 0..p.len() {
                 let pi = if s.apply_decay { p[i] * s.decay + 0.0 } else { p[i] };
-                let mi = m[i] + ((0.0 - m[i]) * s.w1 + 0.0);
-                let vi = (v[i] * s.b2 + 0.0) + (0.0 * 0.0 * s.w2 + 0.0);
+                let gi = g(i);
+                let mi = m[i] + ((gi - m[i]) * s.w1 + 0.0);
+                let vi = (v[i] * s.b2 + 0.0) + (gi * gi * s.w2 + 0.0);
                 let denom = (vi.sqrt() / s.bias_correction2_sqrt) * 1.0 + s.eps;
                 p[i] = pi - ((mi / denom) * s.step_size + 0.0);
                 m[i] = mi;
