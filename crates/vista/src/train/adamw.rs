@@ -302,6 +302,7 @@ impl AdamW {
         }
         let grad = grad.detach().to_dtype(var.dtype())?.to_device(var.device())?;
         if !crate::nn::cpu::eligible(var.as_tensor()) {
+            self.sync_one(name)?;
             let index = Tensor::from_vec(rows.to_vec(), rows.len(), var.device())?;
             let dense = var.as_detached_tensor().zeros_like()?.index_add(&index, &grad, 0)?;
             return self.step_one(name, &dense, lr, wd);

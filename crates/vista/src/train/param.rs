@@ -110,23 +110,6 @@ impl Grads {
         Self { entries }
     }
 
-    /// [`from_backward`](Self::from_backward), with `other(p)` as the gradient of a parameter the
-    /// store has none for (one whose values the forward pass read outside the graph).
-    pub(crate) fn from_backward_with(
-        params: &[Param],
-        store: &GradStore,
-        mut other: impl FnMut(&Param) -> Option<Tensor>,
-    ) -> Self {
-        let entries = params
-            .iter()
-            .filter(|p| p.requires_grad)
-            .filter_map(|p| {
-                store.get(p.var.as_tensor()).map(Tensor::detach).or_else(|| other(p)).map(|g| (p.name.clone(), g))
-            })
-            .collect();
-        Self { entries }
-    }
-
     /// The gradient of `name`, if it has one.
     pub fn get(&self, name: &str) -> Option<&Tensor> {
         self.entries.iter().find(|(n, _)| n == name).map(|(_, g)| g)

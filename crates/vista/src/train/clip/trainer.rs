@@ -140,14 +140,12 @@ impl ClipTrainer {
     /// once per micro-batch, as in open_clip.
     pub fn gradients(&self, micro: &[MicroBatch]) -> Result<(f64, Grads)> {
         let (loss, mut grads, rows) = self.row_gradients(micro)?;
-        if let Some(rows) = rows {
+        let table = self.model.params().iter().find(|p| p.name() == TOKEN_EMBEDDING);
+        if let (Some(rows), Some(g), Some(table)) = (rows, grads.get(TOKEN_EMBEDDING), table) {
             // The dense gradient: zero outside the rows.
-            if let Some(g) = grads.get(TOKEN_EMBEDDING) {
-                let table = self.model.params().iter().find(|p| p.name() == TOKEN_EMBEDDING).expect("has a gradient");
-                let index = Tensor::from_vec(rows, g.dim(0)?, g.device())?;
-                let dense = table.var().as_detached_tensor().zeros_like()?.index_add(&index, g, 0)?;
-                grads.insert(TOKEN_EMBEDDING, dense);
-            }
+            let index = Tensor::from_vec(rows, g.dim(0)?, g.device())?;
+            let dense = table.var().as_detached_tensor().zeros_like()?.index_add(&index, g, 0)?;
+            grads.insert(TOKEN_EMBEDDING, dense);
         }
         Ok((loss, grads))
     }
@@ -160,70 +158,61 @@ impl ClipTrainer {
     fn row_gradients(&self, micro: &[MicroBatch]) -> Result<(f64, Grads, Option<Vec<u32>>)> {
         let device = self.model.device();
         let on = |p: &Tensor| p.to_device(&device);
+        // The token embedding's rows are summed apart from the other gradients (their row sets
+        // differ between micro-batches) and join them, in parameter order, at the end.
         let backward = |loss: &Tensor, rows: Option<TokenRows>| -> Result<(Grads, Option<RowGrad>)> {
             let store = loss.backward()?;
             let rows = match rows {
                 Some(r) => store.get(r.leaf.as_tensor()).map(|g| RowGrad::gather(&r.ids, g)).transpose()?,
                 None => None,
             };
-            let mut compact = rows.as_ref().map(RowGrad::tensor).transpose()?;
-            let grads = Grads::from_backward_with(self.model.params(), &store, |p| {
-                if p.name() == TOKEN_EMBEDDING {
-                    compact.take()
-                } else {
-                    None
-                }
-            });
-            Ok((grads, rows))
+            Ok((Grads::from_backward(self.model.params(), &store), rows))
         };
-        let finish = |grads: &Grads, rows: Option<RowGrad>| {
-            rows.map(|r| r.rows).filter(|_| grads.get(TOKEN_EMBEDDING).is_some())
-        };
-        if micro.len() == 1 {
+        let (value, grads, rows) = if micro.len() == 1 {
             let (img, txt, rows) = self.model.features_rows(&on(&micro[0].0)?, &micro[0].1)?;
             let loss = self.loss(&img, &txt)?;
             let value = scalar(&loss)?;
             let (grads, rows) = backward(&loss, rows)?;
-            let rows = finish(&grads, rows);
-            return Ok((value, grads, rows));
-        }
-        let mut cached = Vec::with_capacity(micro.len());
-        for (pixels, ids) in micro {
-            let (i, t) = self.model.features(&on(pixels)?, ids)?;
-            cached.push((i.detach(), t.detach()));
-        }
-        let mut total: Option<(Grads, Option<RowGrad>)> = None;
-        let mut value = 0.0;
-        for (j, (pixels, ids)) in micro.iter().enumerate() {
-            let (i, t, rows) = self.model.features_rows(&on(pixels)?, ids)?;
-            let imgs: Vec<Tensor> =
-                cached.iter().enumerate().map(|(k, c)| if k == j { i.clone() } else { c.0.clone() }).collect();
-            let txts: Vec<Tensor> =
-                cached.iter().enumerate().map(|(k, c)| if k == j { t.clone() } else { c.1.clone() }).collect();
-            let loss = self.loss(&Tensor::cat(&imgs, 0)?, &Tensor::cat(&txts, 0)?)?;
-            value = scalar(&loss)?;
-            let (mut g, rows) = backward(&loss, rows)?;
-            total = Some(match total {
-                None => (g, rows),
-                Some((mut acc, acc_rows)) => {
-                    // The token embedding's rows: summed apart (the row sets differ).
-                    let rows = match (acc_rows, rows) {
-                        (Some(a), Some(b)) => Some(a.add(&b)),
-                        (a, b) => a.or(b),
-                    };
-                    acc.remove(TOKEN_EMBEDDING);
-                    g.remove(TOKEN_EMBEDDING);
-                    add_grads(&mut acc, &g)?;
-                    if let Some(r) = &rows {
-                        acc = with_entry(acc, self.model.params(), TOKEN_EMBEDDING, r.tensor()?);
+            (value, grads, rows)
+        } else {
+            let mut cached = Vec::with_capacity(micro.len());
+            for (pixels, ids) in micro {
+                let (i, t) = self.model.features(&on(pixels)?, ids)?;
+                cached.push((i.detach(), t.detach()));
+            }
+            let mut total: Option<(Grads, Option<RowGrad>)> = None;
+            let mut value = 0.0;
+            for (j, (pixels, ids)) in micro.iter().enumerate() {
+                let (i, t, rows) = self.model.features_rows(&on(pixels)?, ids)?;
+                let imgs: Vec<Tensor> =
+                    cached.iter().enumerate().map(|(k, c)| if k == j { i.clone() } else { c.0.clone() }).collect();
+                let txts: Vec<Tensor> =
+                    cached.iter().enumerate().map(|(k, c)| if k == j { t.clone() } else { c.1.clone() }).collect();
+                let loss = self.loss(&Tensor::cat(&imgs, 0)?, &Tensor::cat(&txts, 0)?)?;
+                value = scalar(&loss)?;
+                let (g, rows) = backward(&loss, rows)?;
+                total = Some(match total {
+                    None => (g, rows),
+                    Some((mut acc, acc_rows)) => {
+                        add_grads(&mut acc, &g)?;
+                        let rows = match (acc_rows, rows) {
+                            (Some(a), Some(b)) => Some(a.add(&b)),
+                            (a, b) => a.or(b),
+                        };
+                        (acc, rows)
                     }
-                    (acc, rows)
-                }
-            });
-        }
-        let (grads, rows) = total.unwrap_or_default();
-        let rows = finish(&grads, rows);
-        Ok((value, grads, rows))
+                });
+            }
+            let (grads, rows) = total.unwrap_or_default();
+            (value, grads, rows)
+        };
+        Ok(match rows {
+            Some(r) => {
+                let grads = with_entry(grads, self.model.params(), TOKEN_EMBEDDING, r.tensor()?);
+                (value, grads, Some(r.rows))
+            }
+            None => (value, grads, None),
+        })
     }
 
     /// One optimiser step of `train_one_epoch` on the micro-batches of one logical batch:
