@@ -213,6 +213,24 @@ pub fn for_each_chunk<T: Send>(data: &mut [T], chunk: usize, f: impl Fn(usize, &
     for_each(len.div_ceil(chunk), |i| f(i, unsafe { piece(&base, len, chunk, i) }))
 }
 
+/// [`for_each`] over the pieces of `data` between consecutive `bounds` (`0`, non-decreasing,
+/// then `data.len()`): `f(i, &mut data[bounds[i]..bounds[i + 1]])`.
+///
+/// # Panics
+/// If `bounds` is not such a list.
+pub fn for_each_span<T: Send>(data: &mut [T], bounds: &[usize], f: impl Fn(usize, &mut [T]) + Sync + Send) {
+    assert!(
+        bounds.first() == Some(&0) && bounds.last() == Some(&data.len()) && bounds.windows(2).all(|w| w[0] <= w[1]),
+        "spans {bounds:?} do not divide {} values",
+        data.len()
+    );
+    let base = Shared(data.as_mut_ptr());
+    // SAFETY: `base` is `data`, borrowed for the region, and the spans are disjoint.
+    for_each(bounds.len() - 1, |i| {
+        f(i, unsafe { std::slice::from_raw_parts_mut(base.get().add(bounds[i]), bounds[i + 1] - bounds[i]) })
+    })
+}
+
 /// Piece `i` of the `chunk`-long pieces of a `len`-long buffer at `base`:
 /// `i·chunk..min((i + 1)·chunk, len)`.
 ///
@@ -299,6 +317,27 @@ mod tests {
         let mut v = vec![0u32; 1001];
         for_each_chunk(&mut v, 64, |i, piece| piece.iter_mut().for_each(|x| *x += i as u32 + 1));
         assert!(v.iter().enumerate().all(|(j, &x)| x == (j / 64) as u32 + 1));
+    }
+
+    #[test]
+    fn spans_cover_the_slice_once() {
+        let mut v = vec![0u32; 20];
+        let bounds = [0, 3, 3, 11, 20];
+        for_each_span(&mut v, &bounds, |i, piece| piece.iter_mut().for_each(|x| *x += i as u32 + 1));
+        let want: Vec<u32> = (0..20)
+            .map(|j| {
+                if j < 3 {
+                    1
+                } else if j < 11 {
+                    3
+                } else {
+                    4
+                }
+            })
+            .collect();
+        assert_eq!(v, want);
+        let bad = catch_unwind(AssertUnwindSafe(|| for_each_span(&mut v, &[0, 5, 4, 20], |_, _| ())));
+        assert!(bad.is_err(), "decreasing bounds are refused");
     }
 
     #[test]

@@ -150,12 +150,7 @@ impl BlockParams {
 /// `x: [B, N, C]` -> `[B, N, C]`; `drop`'s vectors `[B]`.
 pub fn forward(x: &Tensor, p: &BlockParams, spec: BlockSpec, drop: Option<&DropPath>) -> Result<Tensor> {
     let (b, n, c) = x.dims3()?;
-    if spec.heads == 0 || c % spec.heads != 0 {
-        return Err(Error::arg("block", format!("width {c} is not a multiple of {} heads", spec.heads)));
-    }
-    if !matches!(spec.act, Activation::Gelu | Activation::QuickGelu) {
-        return Err(Error::arg("block", format!("{:?} is not a trainable MLP activation", spec.act)));
-    }
+    let hidden = check_spec(p, spec, c)?;
     if let Some(d) = drop {
         if d.attn.len() != b || d.mlp.len() != b {
             return Err(Error::arg(
@@ -164,12 +159,74 @@ pub fn forward(x: &Tensor, p: &BlockParams, spec: BlockSpec, drop: Option<&DropP
             ));
         }
     }
-    let hidden = p.check(c)?;
+    let seqs: Vec<usize> = (0..=b).map(|i| i * n).collect();
+    match fused(x, p, spec, (seqs, hidden), drop)? {
+        Some(y) => Ok(y),
+        None => composed(x, p, spec, drop),
+    }
+}
+
+/// One pre-norm block over sequences of different lengths laid end to end, each attending only
+/// to its own tokens: what [`forward`] gives each sequence alone, without padding the shorter
+/// ones (CLIP's text tower reads each caption only up to its end-of-text token, and under the
+/// causal mask no position sees a later one, so the tokens after it can be left out).
+///
+/// # Shapes
+/// `x: [T, C]` -> `[T, C]` with `T = Σ lengths`.
+pub fn forward_packed(x: &Tensor, lengths: &[usize], p: &BlockParams, spec: BlockSpec) -> Result<Tensor> {
+    let (t, c) = x.dims2()?;
+    let hidden = check_spec(p, spec, c)?;
+    if lengths.contains(&0) || lengths.iter().sum::<usize>() != t {
+        return Err(Error::arg("block", format!("sequence lengths {lengths:?} do not cover {t} rows")));
+    }
+    let mut seqs = vec![0];
+    seqs.extend(lengths.iter().scan(0, |end, &n| {
+        *end += n;
+        Some(*end)
+    }));
+    match fused(x, p, spec, (seqs, hidden), None)? {
+        Some(y) => Ok(y),
+        None => composed_packed(x, lengths, p, spec),
+    }
+}
+
+/// [`forward_packed`] from candle ops: [`composed`] on each sequence alone.
+pub fn composed_packed(x: &Tensor, lengths: &[usize], p: &BlockParams, spec: BlockSpec) -> Result<Tensor> {
+    let mut start = 0;
+    let mut out = Vec::with_capacity(lengths.len());
+    for &n in lengths {
+        out.push(composed(&x.narrow(0, start, n)?.unsqueeze(0)?, p, spec, None)?.squeeze(0)?);
+        start += n;
+    }
+    Ok(Tensor::cat(&out, 0)?)
+}
+
+/// The activation and the heads against the width `c`, and the parameters' shapes: the MLP's
+/// hidden width.
+fn check_spec(p: &BlockParams, spec: BlockSpec, c: usize) -> Result<usize> {
+    if spec.heads == 0 || !c.is_multiple_of(spec.heads) {
+        return Err(Error::arg("block", format!("width {c} is not a multiple of {} heads", spec.heads)));
+    }
+    if !matches!(spec.act, Activation::Gelu | Activation::QuickGelu) {
+        return Err(Error::arg("block", format!("{:?} is not a trainable MLP activation", spec.act)));
+    }
+    p.check(c)
+}
+
+/// The fused op over the sequences of `x`'s rows (`seqs`: their boundaries), or `None` when a
+/// tensor is not on the CPU kernels' path.
+fn fused(
+    x: &Tensor,
+    p: &BlockParams,
+    spec: BlockSpec,
+    (seqs, hidden): (Vec<usize>, usize),
+    drop: Option<&DropPath>,
+) -> Result<Option<Tensor>> {
     let parts: Vec<&Tensor> = p.parts().into_iter().flatten().collect();
     let mut all = vec![x];
     all.extend(parts.iter().copied());
     if !on_cpu_kernels(&all) {
-        return composed(x, p, spec, drop);
+        return Ok(None);
     }
     let flat: Vec<Tensor> = parts.iter().map(|t| t.flatten_all()).collect::<candle_core::Result<_>>()?;
     let theta = Tensor::cat(&flat, 0)?;
@@ -181,8 +238,11 @@ pub fn forward(x: &Tensor, p: &BlockParams, spec: BlockSpec, drop: Option<&DropP
             off += t.elem_count();
         }
     }
-    let op = BlockOp { spec, dims: (b, n, c, hidden), at, total: off, drop: drop.cloned(), saved: Mutex::new(None) };
-    Ok(x.contiguous()?.apply_op2(&theta, op)?)
+    let c = x.dim(candle_core::D::Minus1)?;
+    let rows = x.elem_count() / c.max(1);
+    let op =
+        BlockOp { spec, dims: (rows, c, hidden), seqs, at, total: off, drop: drop.cloned(), saved: Mutex::new(None) };
+    Ok(Some(x.contiguous()?.apply_op2(&theta, op)?))
 }
 
 /// The block from candle ops (and the fused element-wise ops): the reference the fused op is
@@ -224,7 +284,7 @@ pub fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
     }
 }
 
-/// What the forward keeps for the backward (`T = B·N` rows).
+/// What the forward keeps for the backward (`T` rows).
 struct Saved {
     /// `(mean, 1/σ)` of each row of `x` and of `x₁`.
     stats1: Vec<(f32, f32)>,
@@ -234,7 +294,7 @@ struct Saved {
     /// `[T, 3C]`.
     qkv: Vec<f32>,
     /// Each attention row's softmax statistics, `(max, 1/Σ exp(s − max))` of its scaled scores,
-    /// `[B, heads, N, 2]`: `P = exp(s − max) · (1/Σ)` again (a log-sum-exp in f32
+    /// each sequence's `[heads, n, 2]`, end to end: `P = exp(s − max) · (1/Σ)` again (a log-sum-exp in f32
     /// lost a few ulps of the scores, 5× the error against f64 on peaked rows).
     lse: Vec<f32>,
     /// The heads' outputs, `[T, C]`.
@@ -254,8 +314,10 @@ struct Saved {
 
 struct BlockOp {
     spec: BlockSpec,
-    /// `(B, N, C, H)`.
-    dims: (usize, usize, usize, usize),
+    /// `(T, C, H)`: the rows (every sequence's tokens, end to end), the width, the MLP's width.
+    dims: (usize, usize, usize),
+    /// Where each sequence's rows start, then `T`: `[0, n₀, n₀ + n₁, …, T]`.
+    seqs: Vec<usize>,
     /// Each part's range in the flat parameter vector.
     at: [Option<(usize, usize)>; PARTS],
     total: usize,
@@ -639,7 +701,7 @@ impl BlockOp {
     }
 
     fn scale(&self) -> f32 {
-        let (_, _, c, _) = self.dims;
+        let (_, c, _) = self.dims;
         1.0 / ((c / self.spec.heads) as f32).sqrt()
     }
 
@@ -651,23 +713,29 @@ impl BlockOp {
         }
     }
 
-    /// Attention over every sample and head: the heads' outputs `[T, C]` and the rows' softmax
-    /// statistics.
+    /// The sequences' boundaries scaled by `per_row` values (a buffer's spans).
+    fn spans(&self, per_row: usize) -> Vec<usize> {
+        self.seqs.iter().map(|r| r * per_row).collect()
+    }
+
+    /// Attention over every sequence and head: the heads' outputs `[T, C]` and the rows'
+    /// softmax statistics.
     fn attention_forward(&self, qkv: &[f32]) -> (Vec<f32>, Vec<f32>) {
-        let (b, n, c, _) = self.dims;
+        let (t, c, _) = self.dims;
         let heads = self.spec.heads;
         let d = c / heads;
         let scale = self.scale();
-        let mut o = vec![0f32; b * n * c];
-        let mut lse = vec![0f32; b * heads * n * 2];
+        let mut o = vec![0f32; t * c];
+        let mut lse = vec![0f32; t * heads * 2];
         // On the kernels' thread team, as the GEMMs around it (a rayon region here left the
         // team's helper spinning beside rayon's two threads on two cores).
         let lse_at = Shared(lse.as_mut_ptr());
-        crate::nn::team::for_each_chunk(&mut o, n * c, |i, o| {
-            let qkv = &qkv[i * n * 3 * c..(i + 1) * n * 3 * c];
-            // SAFETY: sample `i`'s statistics, disjoint from every other task's; `lse` outlives
+        crate::nn::team::for_each_span(&mut o, &self.spans(c), |i, o| {
+            let (r0, n) = (self.seqs[i], self.seqs[i + 1] - self.seqs[i]);
+            let qkv = &qkv[r0 * 3 * c..(r0 + n) * 3 * c];
+            // SAFETY: sequence `i`'s statistics, disjoint from every other task's; `lse` outlives
             // the region.
-            let lse = unsafe { std::slice::from_raw_parts_mut(lse_at.get().add(i * heads * n * 2), heads * n * 2) };
+            let lse = unsafe { std::slice::from_raw_parts_mut(lse_at.get().add(r0 * heads * 2), heads * n * 2) };
             with_simd(
                 #[inline(always)]
                 || {
@@ -709,16 +777,17 @@ impl BlockOp {
     /// `P` again from the saved row statistics, `dP = dO vᵀ`, `dS = P ⊙ (dP − rowsum(dP ⊙ P))`,
     /// `dq = scale·dS k`, `dk = dSᵀ (scale·q)`, `dv = Pᵀ dO`.
     fn attention_backward(&self, qkv: &[f32], lse: &[f32], dout: &[f32]) -> Vec<f32> {
-        let (b, n, c, _) = self.dims;
+        let (t, c, _) = self.dims;
         let heads = self.spec.heads;
         let d = c / heads;
         let scale = self.scale();
-        let mut dqkv = vec![0f32; b * n * 3 * c];
+        let mut dqkv = vec![0f32; t * 3 * c];
         // On the thread team, as the forward.
-        crate::nn::team::for_each_chunk(&mut dqkv, n * 3 * c, |i, dqkv| {
-            let qkv = &qkv[i * n * 3 * c..(i + 1) * n * 3 * c];
-            let lse = &lse[i * heads * n * 2..(i + 1) * heads * n * 2];
-            let dout = &dout[i * n * c..(i + 1) * n * c];
+        crate::nn::team::for_each_span(&mut dqkv, &self.spans(3 * c), |i, dqkv| {
+            let (r0, n) = (self.seqs[i], self.seqs[i + 1] - self.seqs[i]);
+            let qkv = &qkv[r0 * 3 * c..(r0 + n) * 3 * c];
+            let lse = &lse[r0 * heads * 2..(r0 + n) * heads * 2];
+            let dout = &dout[r0 * c..(r0 + n) * c];
             with_simd(
                 #[inline(always)]
                 || {
@@ -777,9 +846,15 @@ impl BlockOp {
         dqkv
     }
 
+    /// The rows of each sample, for the per-sample drop-path scales (whose sequences are all
+    /// one length).
+    fn sample_rows(&self) -> usize {
+        self.seqs.get(1).copied().unwrap_or(1).max(1)
+    }
+
     fn forward_values(&self, x: &[f32], th: &[f32]) -> Result<(Vec<f32>, Saved)> {
-        let (b, n, c, hid) = self.dims;
-        let t = b * n;
+        let (t, c, hid) = self.dims;
+        let n = self.sample_rows();
         let eps = self.spec.eps as f32;
         let (s1, s2) = (self.drop.as_ref().map(|d| d.attn.as_slice()), self.drop.as_ref().map(|d| d.mlp.as_slice()));
         let (h1, stats1) = ln_forward(x, c, self.req(th, Part::Ln1W), self.req(th, Part::Ln1B), eps);
@@ -798,8 +873,8 @@ impl BlockOp {
     }
 
     fn backward_values(&self, x: &[f32], th: &[f32], sv: &Saved, dy: &[f32]) -> Result<(Vec<f32>, Vec<f32>)> {
-        let (b, n, c, hid) = self.dims;
-        let t = b * n;
+        let (t, c, hid) = self.dims;
+        let n = self.sample_rows();
         let (s1, s2) = (self.drop.as_ref().map(|d| d.attn.as_slice()), self.drop.as_ref().map(|d| d.mlp.as_slice()));
         let mut dth = vec![0f32; self.total];
         let mut put = |p: Part, g: &[f32]| {
@@ -856,7 +931,7 @@ impl CustomOp2 for BlockOp {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> CpuOut {
         let (x, th) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
-        if th.len() != self.total || x.len() != self.dims.0 * self.dims.1 * self.dims.2 {
+        if th.len() != self.total || x.len() != self.dims.0 * self.dims.1 {
             return Err(msg(format!("{} values and {} parameters for {:?}", x.len(), th.len(), self.dims)));
         }
         let (y, saved) = self.forward_values(x, th).map_err(msg)?;
@@ -941,10 +1016,11 @@ mod tests {
         (o, g)
     }
 
-    fn op(dims: (usize, usize, usize, usize), heads: usize, causal: bool) -> BlockOp {
+    fn op((b, n, c, hidden): (usize, usize, usize, usize), heads: usize, causal: bool) -> BlockOp {
         BlockOp {
             spec: BlockSpec { heads, eps: 1e-5, act: Activation::Gelu, causal },
-            dims,
+            dims: (b * n, c, hidden),
+            seqs: (0..=b).map(|i| i * n).collect(),
             at: [None; PARTS],
             total: 0,
             drop: None,

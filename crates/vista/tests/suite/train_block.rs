@@ -2,7 +2,9 @@
 //! values and gradients of the same block composed from candle ops and the fused element-wise
 //! ops (`train::block::composed`, whose backward candle derives): CLIP's text block (causal,
 //! QuickGELU), CLIP's image block (GELU) and DINO's (no qkv bias, LayerScale, stochastic depth
-//! with a dropped sample), at widths that leave partial GEMM panels and tiles.
+//! with a dropped sample), at widths that leave partial GEMM panels and tiles; and the packed
+//! text block (`block::forward_packed`: captions of different lengths end to end, each
+//! attending to its own tokens) against the composed block run on each caption alone.
 //!
 //! Tolerance: 2e-5 of each tensor's largest magnitude; for the vectors (biases, LayerNorm and
 //! LayerScale gains), whose gradients are sums over every row, of the larger of that and the
@@ -39,13 +41,19 @@ struct Case {
     qkv_bias: bool,
     layer_scale: bool,
     drop: Option<DropPath>,
+    /// Sequences of these lengths packed end to end (`x: [Σ lengths, C]`; `b`, `n` unused).
+    packed: Option<Vec<usize>>,
 }
 
 fn check(case: Case) {
-    let Case { b, n, c, hidden, spec, qkv_bias, layer_scale, drop } = case;
+    let Case { b, n, c, hidden, spec, qkv_bias, layer_scale, drop, packed } = case;
     let w = 1.0 / (c as f32).sqrt();
+    let x_shape = match &packed {
+        Some(lengths) => vec![lengths.iter().sum(), c],
+        None => vec![b, n, c],
+    };
     let mut vars = vec![
-        ("x", var(&[b, n, c], 1, 1.5, 0.2)),
+        ("x", var(&x_shape, 1, 1.5, 0.2)),
         ("ln1.w", var(&[c], 2, 0.3, 1.0)),
         ("ln1.b", var(&[c], 3, 0.1, 0.0)),
         ("qkv.w", var(&[3 * c, c], 4, 2.0 * w, 0.0)),
@@ -78,8 +86,16 @@ fn check(case: Case) {
         ls2: get("ls2"),
     };
     let x = get("x").unwrap();
-    let fused = block::forward(&x, &p, spec, drop.as_ref()).unwrap();
-    let reference = block::composed(&x, &p, spec, drop.as_ref()).unwrap();
+    let (fused, reference) = match &packed {
+        Some(lengths) => (
+            block::forward_packed(&x, lengths, &p, spec).unwrap(),
+            block::composed_packed(&x, lengths, &p, spec).unwrap(),
+        ),
+        None => (
+            block::forward(&x, &p, spec, drop.as_ref()).unwrap(),
+            block::composed(&x, &p, spec, drop.as_ref()).unwrap(),
+        ),
+    };
     let d = rel_diff(&fused, &reference);
     assert!(d < 2e-5, "values differ by {d} (relative)");
     let weights = var(fused.dims(), 20, 1.0, 0.1);
@@ -100,20 +116,60 @@ fn check(case: Case) {
 #[test]
 fn fused_clip_text_block_matches_the_composed_one() {
     let spec = BlockSpec { heads: 2, eps: 1e-5, act: Activation::QuickGelu, causal: true };
-    check(Case { b: 3, n: 7, c: 40, hidden: 160, spec, qkv_bias: true, layer_scale: false, drop: None });
+    check(Case { b: 3, n: 7, c: 40, hidden: 160, spec, qkv_bias: true, layer_scale: false, drop: None, packed: None });
+}
+
+#[test]
+fn packed_clip_text_block_matches_the_composed_one_on_each_caption_alone() {
+    let spec = BlockSpec { heads: 2, eps: 1e-5, act: Activation::QuickGelu, causal: true };
+    // A one-token caption, one past the attention's 16-row padding, and lengths in between.
+    let lengths = vec![7, 1, 19, 3, 16];
+    check(Case {
+        b: 0,
+        n: 0,
+        c: 40,
+        hidden: 160,
+        spec,
+        qkv_bias: true,
+        layer_scale: false,
+        drop: None,
+        packed: Some(lengths),
+    });
+    let spec = BlockSpec { causal: false, act: Activation::Gelu, ..spec };
+    check(Case {
+        b: 0,
+        n: 0,
+        c: 40,
+        hidden: 96,
+        spec,
+        qkv_bias: false,
+        layer_scale: false,
+        drop: None,
+        packed: Some(vec![5, 12]),
+    });
 }
 
 #[test]
 fn fused_clip_image_block_matches_the_composed_one() {
     let spec = BlockSpec { heads: 4, eps: 1e-5, act: Activation::Gelu, causal: false };
-    check(Case { b: 2, n: 17, c: 64, hidden: 256, spec, qkv_bias: true, layer_scale: false, drop: None });
+    check(Case { b: 2, n: 17, c: 64, hidden: 256, spec, qkv_bias: true, layer_scale: false, drop: None, packed: None });
 }
 
 #[test]
 fn fused_dino_block_with_layer_scale_and_stochastic_depth_matches_the_composed_one() {
     let spec = BlockSpec { heads: 3, eps: 1e-6, act: Activation::Gelu, causal: false };
     let drop = DropPath { attn: vec![1.25, 0.0, 1.25], mlp: vec![0.0, 1.25, 1.25] };
-    check(Case { b: 3, n: 13, c: 48, hidden: 100, spec, qkv_bias: false, layer_scale: true, drop: Some(drop) });
+    check(Case {
+        b: 3,
+        n: 13,
+        c: 48,
+        hidden: 100,
+        spec,
+        qkv_bias: false,
+        layer_scale: true,
+        drop: Some(drop),
+        packed: None,
+    });
 }
 
 #[test]
@@ -141,4 +197,11 @@ fn a_block_refuses_mismatched_parameters_and_drop_scales() {
     assert!(e.contains("[8, 7]"), "{e}");
     let e = block::forward(&x, &p, BlockSpec { heads: 3, ..spec }, None).unwrap_err().to_string();
     assert!(e.contains("heads"), "{e}");
+    p.proj = (t(&[8, 8]), t(&[8]));
+    let rows = t(&[6, 8]);
+    assert!(block::forward_packed(&rows, &[2, 4], &p, spec).is_ok());
+    for lengths in [&[2, 3][..], &[0, 6], &[]] {
+        let e = block::forward_packed(&rows, lengths, &p, spec).unwrap_err().to_string();
+        assert!(e.contains("do not cover 6 rows"), "{lengths:?}: {e}");
+    }
 }

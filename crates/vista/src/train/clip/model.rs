@@ -322,8 +322,16 @@ impl TrainClip {
     }
 
     /// One tower's pre-norm blocks (`ResidualAttentionBlock`), causal for the text: each one
-    /// [`block::forward`] (one fused op on the CPU).
-    fn transformer(&self, x: &Tensor, prefix: &str, t: &TowerDims, causal: bool) -> Result<Tensor> {
+    /// [`block::forward`] (one fused op on the CPU), or [`block::forward_packed`] over `x: [T, C]`
+    /// holding sequences of `packed` lengths end to end.
+    fn transformer(
+        &self,
+        x: &Tensor,
+        prefix: &str,
+        t: &TowerDims,
+        causal: bool,
+        packed: Option<&[usize]>,
+    ) -> Result<Tensor> {
         let spec = BlockSpec { heads: t.heads, eps: t.eps, act: t.act, causal };
         let mut x = x.clone();
         for i in 0..t.layers {
@@ -339,7 +347,10 @@ impl TrainClip {
                 fc2: (q("mlp.c_proj.weight")?, q("mlp.c_proj.bias")?),
                 ls2: None,
             };
-            x = block::forward(&x, &params, spec, None)?;
+            x = match packed {
+                Some(lengths) => block::forward_packed(&x, lengths, &params, spec)?,
+                None => block::forward(&x, &params, spec, None)?,
+            };
         }
         Ok(x)
     }
@@ -371,7 +382,7 @@ impl TrainClip {
         let x = Tensor::cat(&[cls, x], 1)?.broadcast_add(&self.p("visual.positional_embedding")?.unsqueeze(0)?)?;
         let eps = v.tower.eps;
         let x = layer_norm(&x, &self.p("visual.ln_pre.weight")?, &self.p("visual.ln_pre.bias")?, eps)?;
-        let x = self.transformer(&x, "visual.transformer", &v.tower, false)?;
+        let x = self.transformer(&x, "visual.transformer", &v.tower, false, None)?;
         let pooled = x.narrow(1, 0, 1)?.squeeze(1)?;
         let pooled = layer_norm(&pooled, &self.p("visual.ln_post.weight")?, &self.p("visual.ln_post.bias")?, eps)?;
         project(&pooled, &self.p("visual.proj")?)
@@ -446,9 +457,12 @@ impl TrainClip {
         linear(&o, &a("c_proj.weight")?, Some(&a("c_proj.bias")?))
     }
 
-    /// Text embeddings, not normalised, from token ids (each `context_length` long). The
-    /// sequence is run only up to the last pooled position of the batch: under the causal mask
-    /// no position sees a later one, so the pooled features and every gradient are the same.
+    /// Text embeddings, not normalised, from token ids (each `context_length` long). Each text
+    /// is run only up to its pooled position: under the causal mask no position sees a later
+    /// one, so the pooled features and every gradient are the same. On the CPU kernels the
+    /// texts' kept tokens go end to end through [`block::forward_packed`] (a batch of captions
+    /// of 5 to 26 tokens costs its Σ lengths, not 26 × B); elsewhere the batch is cut at its
+    /// longest text and padded.
     ///
     /// # Shapes
     /// `-> [B, E]`
@@ -477,29 +491,49 @@ impl TrainClip {
             }
             pooled_at.push(pool_position(row, t.pooling));
         }
-        let n = pooled_at.iter().max().copied().unwrap_or(0) + 1;
         let b = ids.len();
         let device = self.device();
-        let flat: Vec<u32> = ids.iter().flat_map(|r| r[..n].iter().copied()).collect();
-        let flat = Tensor::from_vec(flat, b * n, &device)?;
         let w = t.tower.width;
         let table = &self.params[*self
             .index
             .get(TOKEN_EMBEDDING)
             .ok_or_else(|| Error::arg("param", format!("no parameter `{TOKEN_EMBEDDING}`")))?];
-        let (x, rows) = if gathered && table.requires_grad() && crate::nn::cpu::eligible(table.var().as_tensor()) {
+        let fast = crate::nn::cpu::eligible(table.var().as_tensor());
+        // Each text's tokens up to its pooled one (packed), or every text's up to the batch's
+        // last pooled one (padded).
+        let n = pooled_at.iter().max().copied().unwrap_or(0) + 1;
+        let lengths: Vec<usize> = if fast { pooled_at.iter().map(|p| p + 1).collect() } else { vec![n; b] };
+        let flat: Vec<u32> = ids.iter().zip(&lengths).flat_map(|(r, &len)| r[..len].iter().copied()).collect();
+        let total = flat.len();
+        let flat = Tensor::from_vec(flat, total, &device)?;
+        let (x, rows) = if gathered && table.requires_grad() && fast {
             let leaf = candle_core::Var::from_tensor(&table.var().as_detached_tensor().index_select(&flat, 0)?)?;
             let ids = flat.to_vec1::<u32>()?;
             (leaf.as_tensor().clone(), Some(TokenRows { leaf, ids }))
         } else {
             (table.value().index_select(&flat, 0)?, None)
         };
-        let x = x.reshape((b, n, w))?;
-        let x = x.broadcast_add(&self.p("positional_embedding")?.narrow(0, 0, n)?.unsqueeze(0)?)?;
-        let x = self.transformer(&x, "transformer", &t.tower, true)?;
+        let positions = self.p("positional_embedding")?;
+        let x = if fast {
+            let at: Vec<u32> = lengths.iter().flat_map(|&len| 0..len as u32).collect();
+            let x = (x + positions.index_select(&Tensor::from_vec(at, total, &device)?, 0)?)?;
+            self.transformer(&x, "transformer", &t.tower, true, Some(&lengths))?
+        } else {
+            let x = x.reshape((b, n, w))?.broadcast_add(&positions.narrow(0, 0, n)?.unsqueeze(0)?)?;
+            self.transformer(&x, "transformer", &t.tower, true, None)?.reshape((b * n, w))?
+        };
         let x = layer_norm(&x, &self.p("ln_final.weight")?, &self.p("ln_final.bias")?, t.tower.eps)?;
-        let pooled_rows: Vec<u32> = pooled_at.iter().enumerate().map(|(i, &p)| (i * n + p) as u32).collect();
-        let pooled = x.reshape((b * n, w))?.index_select(&Tensor::from_vec(pooled_rows, b, &device)?, 0)?;
+        // Each text's pooled row: its start plus its pooled position.
+        let pooled_rows: Vec<u32> = pooled_at
+            .iter()
+            .zip(&lengths)
+            .scan(0, |start, (&p, &len)| {
+                let row = *start + p;
+                *start += len;
+                Some(row as u32)
+            })
+            .collect();
+        let pooled = x.index_select(&Tensor::from_vec(pooled_rows, b, &device)?, 0)?;
         Ok((project(&pooled, &self.p("text_projection")?)?, rows))
     }
 
