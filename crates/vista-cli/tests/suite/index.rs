@@ -90,14 +90,17 @@ fn kill_9_mid_run_keeps_committed_batches_and_a_rerun_finishes_the_rest() {
         .args(["index", dir.to_str().unwrap(), "--model", &model(), "--batch", "1", "--json"])
         .env("VISTA_FREEZE_AT", "index-batches:5")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("stderr.txt")).unwrap())
         .spawn()
         .unwrap();
     let start = Instant::now();
     let mut committed = 0;
     while committed < 5 {
         assert!(start.elapsed() < Duration::from_secs(120), "no 5 batches committed in 2 minutes");
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before its freeze point");
+        if let Some(status) = child.try_wait().unwrap() {
+            let stderr = std::fs::read_to_string(dir.join("stderr.txt")).unwrap_or_default();
+            panic!("the run ended ({status}) before its freeze point:\n{stderr}");
+        }
         std::thread::sleep(Duration::from_millis(20));
         if let Ok(db) = IndexDb::open(&db_path) {
             committed = db.count_embeddings(&model()).unwrap_or(0);

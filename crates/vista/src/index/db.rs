@@ -61,6 +61,9 @@ pub struct FileRow {
     pub hash: Hash,
 }
 
+/// How long a statement waits for another connection's lock before it fails.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A photo index: an SQLite database of files, their content hashes and their embeddings per model.
 pub struct IndexDb {
     conn: Connection,
@@ -76,6 +79,10 @@ impl IndexDb {
             }
         }
         let conn = Connection::open(path).map_err(|e| db_err(path, e))?;
+        // Another process may hold the lock for a moment (an index run committing a batch while
+        // a search or a second run opens the file): wait for it rather than fail at once with
+        // "database is locked".
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| db_err(path, e))?;
         let db = Self { conn, path: path.to_path_buf() };
         db.init()?;
         Ok(db)
