@@ -294,8 +294,8 @@ struct Saved {
     /// `[T, 3C]`.
     qkv: Vec<f32>,
     /// Each attention row's softmax statistics, `(max, 1/Σ exp(s − max))` of its scaled scores,
-    /// each sequence's `[heads, n, 2]`, end to end: `P = exp(s − max) · (1/Σ)` again (a log-sum-exp in f32
-    /// lost a few ulps of the scores, 5× the error against f64 on peaked rows).
+    /// each sequence's `[heads, n, 2]`, end to end: `P = exp(s − max) · (1/Σ)` again (a
+    /// log-sum-exp in f32 lost a few ulps of the scores, 5× the error against f64 on peaked rows).
     lse: Vec<f32>,
     /// The heads' outputs, `[T, C]`.
     o: Vec<f32>,
