@@ -12,7 +12,8 @@ them when called.
   its JSON lines, peak RSS and CPU from `wait4`, the cores other processes used meanwhile),
   `schedule` (interleaved rounds, engine order rotated), `Bench` (an orchestrator run: the above
   plus quiet-waiting, failure bookkeeping, the GEMM peak, versions and the report);
-* machine: `machine_info`, `loadavg`, `cpu_totals`, `wait_quiet`, `gemm_peak`;
+* machine: `machine_info`, `loadavg`, `cpu_totals`, `wait_quiet`, `gemm_peak`, `BackgroundLoad`
+  (`--background-load`: busy processes beside the measurements, `load_note`, `loaded_marker`);
 * workers: `time_calls`, `emit`, `torch_threads`, `ort_session`, `vm_hwm_mb`;
 * reports: `percentile`, `median`, `fmt_ms`, `merge_rounds`, `round_cell`, `print_table`,
   `header_lines`, `write_marked_section`.
@@ -21,6 +22,7 @@ them when called.
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import datetime as _dt
 import json
@@ -98,6 +100,11 @@ def add_common_args(ap, *, rounds: int | None, quick: str, wait_quiet: float = 0
     ap.add_argument("--wait-quiet", type=float, default=wait_quiet, metavar="S",
                     help=f"before each process, wait up to S seconds for other processes to use under "
                          f"{QUIET_CORES} cores (default {wait_quiet:g}; 0: do not wait)")
+    ap.add_argument("--background-load", type=int, default=0, metavar="N",
+                    help="run N busy processes (one core each, a spinning loop) beside every measurement, "
+                         "to see how each engine copes with a loaded machine; the GEMM peak is measured "
+                         "before they start and after they stop, --wait-quiet allows for them, and the "
+                         "report section gets markers of its own (default 0)")
     ap.add_argument("--command", help=argparse.SUPPRESS)  # the command line to record in the report
     ap.set_defaults(_rounds_default=rounds)
 
@@ -244,6 +251,47 @@ def wait_quiet(max_wait_s: float, busy_limit: float = QUIET_CORES) -> float:
                   flush=True)
             told = True
     return max(0.0, time.time() - t - 2.0)
+
+
+class BackgroundLoad:
+    """`n` busy processes, each spinning one core in a plain Python loop, from `start()` until
+    `stop()` (or this process's exit): the "one other busy process" of a loaded machine."""
+
+    CODE = "while True:\n    pass\n"
+
+    def __init__(self, n: int):
+        self.n, self.procs = max(0, n), []
+
+    def start(self) -> None:
+        self.procs = [subprocess.Popen([sys.executable, "-c", self.CODE], stdin=subprocess.DEVNULL)
+                      for _ in range(self.n)]
+        if self.procs:
+            atexit.register(self.stop)
+            print(f"== background load: {self.n} busy process(es) started", flush=True)
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.kill()
+            p.wait()
+        if self.procs:
+            print(f"== background load: stopped", flush=True)
+        self.procs = []
+
+
+def load_note(n: int) -> str:
+    """The report's sentence on `--background-load`, or "" without it."""
+    if n <= 0:
+        return ""
+    return (f"**Background load** (`--background-load {n}`): {n} other busy process{'es' if n > 1 else ''} "
+            f"(a Python loop spinning one core each) ran beside every measurement, so the engines' threads share "
+            f"the cores with {'them' if n > 1 else 'it'} (the *others* column counts {'them' if n > 1 else 'it'}); "
+            "the GEMM peaks were measured before it started and after it stopped.")
+
+
+def loaded_marker(marker: str, n: int) -> str:
+    """A section marker of a run under `--background-load` (`<!-- x:begin -->` ->
+    `<!-- x-loaded:begin -->`), so that it does not replace the quiet run's section."""
+    return marker.replace(":begin", "-loaded:begin").replace(":end", "-loaded:end") if n > 0 else marker
 
 
 def quiet_note(max_wait_s: float, waited_s: float = 0.0) -> str:
@@ -424,6 +472,8 @@ class Bench:
         self.gemm_before = gemm_peak(args.threads, self.python) if gemm else None
         if gemm:
             print(f"== GEMM peak (before): {gemm_text(self.gemm_before)}", flush=True)
+        self.background = BackgroundLoad(getattr(args, "background_load", 0))
+        self.background.start()
 
     def kind(self, engine: str) -> str:
         return "vista" if engine.startswith("vista") else "python"
@@ -431,7 +481,7 @@ class Bench:
     def run(self, cmd, engine: str, tag: str, **kw) -> dict | None:
         """Waits for quiet (`--wait-quiet`), runs `cmd` in `engine`'s environment; None (and the
         failure recorded, once per tag) when it fails or prints no result."""
-        waited = wait_quiet(self.args.wait_quiet)
+        waited = wait_quiet(self.args.wait_quiet, QUIET_CORES + self.background.n)
         self.waited_s += waited
         if waited > 1:
             print(f"   (waited {waited:.0f} s for other processes to quiet down)", flush=True)
@@ -471,7 +521,9 @@ class Bench:
 
     def meta(self, **extra) -> dict:
         """What the report's header says: date, command, machine, versions, threads, environment,
-        load averages, GEMM peak before / after, wall time, failures, quiet-waiting."""
+        load averages, GEMM peak before / after, wall time, failures, quiet-waiting, background
+        load (stopped here, before the GEMM peak after)."""
+        self.background.stop()
         self.gemm_after = gemm_peak(self.threads, self.python) if self.gemm else None
         if self.gemm:
             print(f"== GEMM peak (after): {gemm_text(self.gemm_after)}", flush=True)
@@ -485,12 +537,22 @@ class Bench:
             passive_wait=a.passive_wait, load_before=self.load_before, load_after=loadavg(),
             gemm_before=self.gemm_before, gemm_after=self.gemm_after, wall_s=round(time.time() - self.t_start, 1),
             failures=self.failures, waited_s=round(self.waited_s, 1),
-            quiet_note=quiet_note(a.wait_quiet, self.waited_s), **extra,
+            quiet_note=quiet_note(a.wait_quiet, self.waited_s), background_load=self.background.n,
+            load_note=load_note(self.background.n), **extra,
         )
 
     def finish(self, results_name: str, payload: dict, render, begin: str, end: str, header: str = "# Benchmarks\n") -> int:
         """Writes the raw results (`--out`/results_name), the report's marked section (unless
-        `--no-write`; `render()` gives the block); 1 when anything failed."""
+        `--no-write`; `render()` gives the block, between the markers `begin` and `end`, which a
+        run under `--background-load` renames); 1 when anything failed."""
+        n = self.background.n
+        if n > 0:
+            results_name = results_name.replace(".json", "_loaded.json")
+            quiet_render, quiet_begin, quiet_end = render, begin, end
+            begin, end = loaded_marker(begin, n), loaded_marker(end, n)
+
+            def render():
+                return quiet_render().replace(quiet_begin, begin).replace(quiet_end, end)
         path = self.args.out / results_name
         path.write_text(json.dumps(payload, indent=1, default=str) + "\n")
         print(f"\nraw results: {path} (wall {time.time() - self.t_start:.0f} s)")
@@ -852,6 +914,8 @@ def header_lines(meta: dict, script: str, threads: list, title: str | None = Non
         f"Threads: {meta['threads']} per engine ({'; '.join(threads)}). {meta.get('env_note', '')}".rstrip(),
         "",
     ]
+    if meta.get("load_note"):
+        lines += [meta["load_note"], ""]
     return lines
 
 
