@@ -315,15 +315,10 @@ impl ConvTranspose2x2 {
         Ok(Self { linear: Linear::new(w, Some(b))?, cout })
     }
 
-    /// `act(convT(x))` with the output pixels left grouped by input pixel: `[..., Cin] ->
-    /// [..., 2, 2, Cout]`, output pixel `(2y + dy, 2x + dx)` at `[.., y, x, dy, dx, :]` (one GEMM,
-    /// no reordering; for a caller that places the pixels itself).
-    pub fn forward_grouped(&self, x: &Tensor, act: Option<super::Activation>) -> Result<Tensor> {
-        let y = self.linear.forward_act(x, act)?;
-        let mut dims = x.dims().to_vec();
-        dims.pop();
-        dims.extend([2, 2, self.cout]);
-        Ok(y.reshape(dims)?)
+    /// The GEMM's packed weight `[Cin, 4·Cout]` (output columns ordered `(dy, dx, Cout)`) and its
+    /// bias, when the layer is on the CPU kernels' path.
+    pub(crate) fn packed(&self) -> Option<(&super::packed::PackedWeight, Option<&[f32]>)> {
+        self.linear.packed()
     }
 
     /// `act(convT(x))`, the activation fused into the GEMM's output pass.

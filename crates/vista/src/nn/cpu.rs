@@ -335,7 +335,7 @@ fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
 
 /// LayerNorm of one row into `out` (two-pass mean and variance, biased, as torch).
 #[inline(always)]
-fn layer_norm_row(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
+pub(crate) fn layer_norm_row(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
     let n = x.len() as f32;
     let mean = lane_sum(x, |v| v) / n;
     let var = lane_sum(x, |v| (v - mean) * (v - mean)) / n;

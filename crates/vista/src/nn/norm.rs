@@ -22,6 +22,11 @@ impl LayerNorm {
 }
 
 impl LayerNorm {
+    /// The weight, the bias and ε.
+    pub fn parts(&self) -> (&Tensor, &Tensor, f64) {
+        (&self.weight, &self.bias, self.eps)
+    }
+
     /// `(x + y, LayerNorm(x + y))`: the residual add of a pre-norm block fused with the next norm.
     pub fn add_forward(&self, x: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor)> {
         if cpu::eligible(x) && cpu::eligible(y) && cpu::eligible(&self.weight) {

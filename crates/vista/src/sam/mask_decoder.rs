@@ -8,6 +8,7 @@ use candle_core::{Module, Tensor};
 use super::config::DecoderConfig;
 use super::transformer::{FirstLayerKeys, TwoWayTransformer};
 use crate::nn::conv::ConvTranspose2x2;
+use crate::nn::packed::PackedWeight;
 use crate::nn::{Activation, LayerNorm, Linear};
 use crate::weights::Vb;
 use crate::Result;
@@ -162,16 +163,26 @@ impl MaskDecoder {
             .map(|(i, mlp)| mlp.forward(&hs.narrow(1, 1 + i, 1)?))
             .collect::<Result<Vec<_>>>()?;
         let hyper = Tensor::cat(&hyper, 1)?; // [B, M, C/8]
-        let masks = if crate::nn::cpu::eligible(&src) && crate::nn::cpu::eligible(&hyper) {
-            // Up-sampled pixels stay grouped by the pixel they came from (each transposed
-            // convolution is one GEMM per input pixel, the LayerNorm and GELU per output pixel),
-            // and the masks' products place them: no reordering copy of the ×4 features.
-            let x = self.up1.forward_grouped(&src.reshape((b * h * w, c))?, None)?;
-            let x = Activation::Gelu.forward(&self.up_norm.forward(&x.reshape((b * h * w * 4, c / 4))?)?)?;
-            let x = self.up2.forward_grouped(&x, Some(Activation::Gelu))?; // [B·h·w·4, 2, 2, C/8]
-            let out = crate::nn::cpu::with_slice(&x, |up| {
-                crate::nn::cpu::with_slice(&hyper, |hy| masks_from_grouped(up, hy, (b, h, w, m, c / 8)))
-            })???;
+        let (norm_w, norm_b, norm_eps) = self.up_norm.parts();
+        let fused = match (self.up1.packed(), self.up2.packed()) {
+            (Some(u1), Some(u2)) if [&src, &hyper, norm_w, norm_b].into_iter().all(crate::nn::cpu::eligible) => {
+                Some((u1, u2))
+            }
+            _ => None,
+        };
+        let masks = if let Some((up1, up2)) = fused {
+            // Up-sampling and the masks' products in one pass per source row (see
+            // `upscaled_masks`): no ×4 or ×16 feature map is ever written out whole.
+            use crate::nn::cpu::with_slice;
+            let out = with_slice(&src, |src| {
+                with_slice(&hyper, |hy| {
+                    with_slice(norm_w, |nw| {
+                        with_slice(norm_b, |nb| {
+                            upscaled_masks(src, hy, up1, (nw, nb, norm_eps as f32), up2, (b, h, w, m, c))
+                        })
+                    })
+                })
+            })?????;
             Tensor::from_vec(out, (b, m, 4 * h, 4 * w), src.device())?
         } else {
             let x = self.up1.forward(&src.reshape((b, h, w, c))?, None)?;
@@ -185,39 +196,87 @@ impl MaskDecoder {
     }
 }
 
-/// `masks[b, m, 4y + 2dy + ey, 4x + 2dx + ex] = Σ_c hyper[b, m, c] · up[b, y, x, dy, dx, ey, ex, c]`:
-/// each mask's logits from the twice up-sampled features still grouped by source pixel.
-/// One task per (set, source row), which writes its four output rows of every mask.
-fn masks_from_grouped(
-    up: &[f32],
+/// The output up-scaling (`ConvTranspose2d`, `LayerNorm2d`, GELU, `ConvTranspose2d`, GELU) and
+/// the masks' products, one source row of image tokens per task: the row's `w` tokens through the
+/// first transposed convolution (one GEMM, `[w, 4·C/4]`, output pixels grouped by source pixel),
+/// the LayerNorm and GELU on each of its `4w` pixels, the second one (`[4w, 4·C/8]`, GELU in its
+/// output pass), then `masks[b, m, 4y + 2dy + ey, 4x + 2dx + ex] = Σ_c hyper[b, m, c] ·
+/// up[x, dy, dx, ey, ex, c]` for the four output rows the source row covers. The features stay
+/// in the task's cache (64 KiB and 128 KiB for SAM's 64 × 256 row): the whole-image ×4 and
+/// ×16 maps (4 MiB and 8 MiB a prompt set) are never held whole. The same GEMM kernels,
+/// LayerNorm and GELU as the separate layers, which the device path still runs (checked against
+/// it in `tests/suite/device_fallback.rs`, and against the reference in `sam_parity`).
+///
+/// # Shapes
+/// `src: [B, h·w, C]`, `hyper: [B, M, C/8]`, `up1: [C, 4·C/4]`, `norm: [C/4]`, `up2: [C/4, 4·C/8]`
+/// -> `[B, M, 4h, 4w]`
+fn upscaled_masks(
+    src: &[f32],
     hyper: &[f32],
+    (up1, up1_bias): (&PackedWeight, Option<&[f32]>),
+    (norm_w, norm_b, eps): (&[f32], &[f32], f32),
+    (up2, up2_bias): (&PackedWeight, Option<&[f32]>),
     (b, h, w, m, c): (usize, usize, usize, usize, usize),
 ) -> Result<Vec<f32>> {
-    use crate::nn::cpu::{dot, with_simd};
+    use crate::nn::cpu::{activate_slice, dot, layer_norm_row, with_simd};
+    use crate::nn::packed::{gemm, Epilogue, Lhs};
     use crate::nn::team::{self, Shared};
-    if up.len() != b * h * w * 16 * c || hyper.len() != b * m * c {
+    let (c1, c2) = (c / 4, c / 8);
+    if src.len() != b * h * w * c
+        || hyper.len() != b * m * c2
+        || (up1.k(), up1.n(), up2.k(), up2.n()) != (c, 4 * c1, c1, 4 * c2)
+        || norm_w.len() != c1
+        || norm_b.len() != c1
+    {
         return Err(candle_core::Error::Msg(format!(
-            "mask products: {} features for [{b}, {h}, {w}, 16, {c}], {} hypernetwork values for [{b}, {m}, {c}]",
-            up.len(),
-            hyper.len()
+            "mask up-scaling: {} image values for [{b}, {h}·{w}, {c}], {} hypernetwork values for [{b}, {m}, {c2}], \
+             weights [{}, {}] and [{}, {}], norm {}",
+            src.len(),
+            hyper.len(),
+            up1.k(),
+            up1.n(),
+            up2.k(),
+            up2.n(),
+            norm_w.len()
         ))
         .into());
     }
     let (oh, ow) = (4 * h, 4 * w);
     let mut out = vec![0f32; b * m * oh * ow];
     let base = Shared(out.as_mut_ptr());
+    let failure = std::sync::Mutex::new(None);
     team::for_each(b * h, |task| {
         let (bi, y) = (task / h, task % h);
-        let hy = &hyper[bi * m * c..][..m * c];
+        let row = &src[(bi * h + y) * w * c..][..w * c];
+        let hy = &hyper[bi * m * c2..][..m * c2];
+        let up = gemm(Lhs::Rows { data: row, m: w }, up1, up1_bias, Epilogue::default(), 1).and_then(|x| {
+            let mut normed = vec![0f32; x.len()];
+            with_simd(
+                #[inline(always)]
+                || {
+                    for (x, o) in x.chunks_exact(c1).zip(normed.chunks_exact_mut(c1)) {
+                        layer_norm_row(x, norm_w, norm_b, eps, o);
+                    }
+                    activate_slice(&mut normed, Activation::Gelu);
+                },
+            );
+            gemm(Lhs::Rows { data: &normed, m: 4 * w }, up2, up2_bias, Epilogue::act(Some(Activation::Gelu)), 1)
+        });
+        let up = match up {
+            Ok(up) => up,
+            Err(e) => {
+                failure.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e);
+                return;
+            }
+        };
         with_simd(
             #[inline(always)]
             || {
-                for x in 0..w {
-                    let px = &up[((bi * h + y) * w + x) * 16 * c..][..16 * c];
-                    for (s, v) in px.chunks_exact(c).enumerate() {
+                for (x, px) in up.chunks_exact(16 * c2).enumerate() {
+                    for (s, v) in px.chunks_exact(c2).enumerate() {
                         let (dy, dx, ey, ex) = ((s >> 3) & 1, (s >> 2) & 1, (s >> 1) & 1, s & 1);
                         let (oy, ox) = (4 * y + 2 * dy + ey, 4 * x + 2 * dx + ex);
-                        for (mi, hm) in hy.chunks_exact(c).enumerate() {
+                        for (mi, hm) in hy.chunks_exact(c2).enumerate() {
                             // SAFETY: output rows 4y..4y + 4 of set `bi` belong to this task alone.
                             unsafe { *base.get().add(((bi * m + mi) * oh + oy) * ow + ox) = dot(v, hm) };
                         }
@@ -226,5 +285,8 @@ fn masks_from_grouped(
             },
         )
     });
-    Ok(out)
+    match failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
 }
