@@ -953,8 +953,9 @@ def versions(python: str, packages, crates, repo_root: pathlib.Path = REPO_ROOT,
         v[crate] = lock[i + len(marker):].split('"', 1)[0] if i >= 0 else None
     v["rustc"] = sh(["rustc", "-V"]).removeprefix("rustc ")
     rev = sh(["git", "-C", str(repo_root), "rev-parse", "--short", "HEAD"])
-    # BENCHMARKS.md itself is the scripts' output: a run after another script's run is still clean.
+    # The reports (BENCHMARKS.md, BENCHMARKS-AVX2.md) are the scripts' output: a run after another
+    # script's run is still clean.
     dirty = sh(["git", "-C", str(repo_root), "status", "--porcelain", "--untracked-files=no", "--", ".",
-                ":(exclude)BENCHMARKS.md"])
+                ":(exclude,glob)BENCHMARKS*.md"])
     v["vista"] = f"{rev}{' + uncommitted changes' if dirty else ''}" if rev else None
     return v
