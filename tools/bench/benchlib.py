@@ -274,7 +274,7 @@ class BackgroundLoad:
             p.kill()
             p.wait()
         if self.procs:
-            print(f"== background load: stopped", flush=True)
+            print("== background load: stopped", flush=True)
         self.procs = []
 
 
