@@ -244,31 +244,22 @@ fn upscaled_masks(
     let (oh, ow) = (4 * h, 4 * w);
     let mut out = vec![0f32; b * m * oh * ow];
     let base = Shared(out.as_mut_ptr());
-    let failure = std::sync::Mutex::new(None);
-    team::for_each(b * h, |task| {
+    let done = team::map(b * h, |task| -> Result<()> {
         let (bi, y) = (task / h, task % h);
         let row = &src[(bi * h + y) * w * c..][..w * c];
         let hy = &hyper[bi * m * c2..][..m * c2];
-        let up = gemm(Lhs::Rows { data: row, m: w }, up1, up1_bias, Epilogue::default(), 1).and_then(|x| {
-            let mut normed = vec![0f32; x.len()];
-            with_simd(
-                #[inline(always)]
-                || {
-                    for (x, o) in x.chunks_exact(c1).zip(normed.chunks_exact_mut(c1)) {
-                        layer_norm_row(x, norm_w, norm_b, eps, o);
-                    }
-                    activate_slice(&mut normed, Activation::Gelu);
-                },
-            );
-            gemm(Lhs::Rows { data: &normed, m: 4 * w }, up2, up2_bias, Epilogue::act(Some(Activation::Gelu)), 1)
-        });
-        let up = match up {
-            Ok(up) => up,
-            Err(e) => {
-                failure.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e);
-                return;
-            }
-        };
+        let x = gemm(Lhs::Rows { data: row, m: w }, up1, up1_bias, Epilogue::default(), 1)?;
+        let mut normed = vec![0f32; x.len()];
+        with_simd(
+            #[inline(always)]
+            || {
+                for (x, o) in x.chunks_exact(c1).zip(normed.chunks_exact_mut(c1)) {
+                    layer_norm_row(x, norm_w, norm_b, eps, o);
+                }
+                activate_slice(&mut normed, Activation::Gelu);
+            },
+        );
+        let up = gemm(Lhs::Rows { data: &normed, m: 4 * w }, up2, up2_bias, Epilogue::act(Some(Activation::Gelu)), 1)?;
         with_simd(
             #[inline(always)]
             || {
@@ -283,10 +274,9 @@ fn upscaled_masks(
                     }
                 }
             },
-        )
+        );
+        Ok(())
     });
-    match failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
-        Some(e) => Err(e),
-        None => Ok(out),
-    }
+    done.into_iter().collect::<Result<()>>()?;
+    Ok(out)
 }
