@@ -369,12 +369,12 @@ fn pack_t(w: &[f32], out: usize, inp: usize) -> PackedWeight {
 }
 
 /// `x W_ᵀ + b` for `x: [t, in]` and a PyTorch `[out, in]` weight.
-fn dense(x: &[f32], t: usize, w: &[f32], out: usize, inp: usize, b: Option<&[f32]>) -> Result<Vec<f32>> {
+pub(super) fn dense(x: &[f32], t: usize, w: &[f32], out: usize, inp: usize, b: Option<&[f32]>) -> Result<Vec<f32>> {
     gemm(Lhs::Rows { data: x, m: t }, &pack_t(w, out, inp), b, Epilogue::default(), threads())
 }
 
 /// `dY W` for `dY: [t, out]` and a PyTorch `[out, in]` weight: `[t, in]`.
-fn dense_dx(dy: &[f32], t: usize, w: &[f32], out: usize, inp: usize) -> Result<Vec<f32>> {
+pub(super) fn dense_dx(dy: &[f32], t: usize, w: &[f32], out: usize, inp: usize) -> Result<Vec<f32>> {
     gemm(Lhs::Rows { data: dy, m: t }, &PackedWeight::from_k_by_n(w, out, inp), None, Epilogue::default(), threads())
 }
 
@@ -385,7 +385,7 @@ fn dense_dx_scaled(dy: &[f32], t: usize, w: &[f32], out: usize, inp: usize, s: &
 }
 
 /// `dYᵀ X` for `dY: [t, out]`, `X: [t, in]`: the weight's gradient, `[out, in]` ([`gemm_tn`]).
-fn dense_dw(dy: &[f32], x: &[f32], t: usize, out: usize, inp: usize) -> Result<Vec<f32>> {
+pub(super) fn dense_dw(dy: &[f32], x: &[f32], t: usize, out: usize, inp: usize) -> Result<Vec<f32>> {
     gemm_tn(dy, x, t, out, inp, threads())
 }
 

@@ -13,12 +13,16 @@
 //! * [`add_bias`]: `x + b` over the last dimension, `db` = column sums of `dy`.
 //! * [`attention`]: `softmax(scale·q kᵀ [+ causal mask]) v` per head, the backward recomputing
 //!   the probabilities (CLIP's towers and DINO's ViT train through it).
+//! * [`linear`]: `x Wᵀ + b` on the packed GEMM with the bias in its output pass; `dx = dY W`,
+//!   `dW = dYᵀ x`, `db` = column sums of `dY` (the DINO heads, patch embeddings, CLIP's
+//!   attention pool). candle's matmul ran these on rayon's pool and its own, whose threads then
+//!   competed for the two cores with the thread team's.
 //!
 //! Agreement with the composed ops (values and gradients) is tested in `tests/suite/train_ops.rs`.
 //!
 //! Device path (CUDA, or any dtype other than f32): LayerNorm and softmax run candle's fused
 //! forward kernels (which record no backward) and get the same backward formulas as candle ops
-//! (`Attach`); GELU and the bias add are candle's own differentiable ops. Nothing leaves the
+//! (`Attach`); GELU, the bias add and the linear layer are candle's own differentiable ops. Nothing leaves the
 //! device. `tests/suite/device_fallback.rs` checks values and gradients against the CPU kernels.
 
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor};
@@ -769,19 +773,127 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, causal: bool) -
     Ok(softmax_last(&scores)?.matmul(&v)?)
 }
 
+/// A linear layer on the packed GEMM and the thread team: `y = x Wᵀ (+ b)` for `x: [T, in]` and
+/// a PyTorch `[out, in]` weight, the bias added by the GEMM; backward `dx = dY W`,
+/// `dW = dYᵀ x` ([`gemm_tn`](crate::nn::packed::gemm_tn)), `db` = column sums of `dY`.
+struct LinearOp {
+    out: usize,
+    inp: usize,
+}
+
+impl LinearOp {
+    fn msg(e: impl std::fmt::Display) -> candle_core::Error {
+        candle_core::Error::Msg(format!("linear: {e}"))
+    }
+
+    fn forward(&self, x: &[f32], w: &[f32], b: Option<&[f32]>) -> CpuOut {
+        let t = x.len() / self.inp.max(1);
+        let y = super::block::dense(x, t, w, self.out, self.inp, b).map_err(Self::msg)?;
+        Ok((CpuStorage::F32(y), Shape::from((t, self.out))))
+    }
+
+    /// `(dx, dW)`.
+    fn backward(&self, x: &Tensor, w: &Tensor, dy: &Tensor) -> candle_core::Result<(Tensor, Tensor, Vec<f32>)> {
+        let (xv, wv, dyv) = (values(x)?, values(w)?, values(dy)?);
+        let t = x.dim(0)?;
+        let dx = super::block::dense_dx(&dyv, t, &wv, self.out, self.inp).map_err(Self::msg)?;
+        let dw = super::block::dense_dw(&dyv, &xv, t, self.out, self.inp).map_err(Self::msg)?;
+        Ok((Tensor::from_vec(dx, x.shape(), &Device::Cpu)?, Tensor::from_vec(dw, w.shape(), &Device::Cpu)?, dyv))
+    }
+}
+
+impl CustomOp2 for LinearOp {
+    fn name(&self) -> &'static str {
+        "vista-linear"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> CpuOut {
+        self.forward(f32_slice(s1, l1)?, f32_slice(s2, l2)?, None)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, _) = self.backward(x, w, dy)?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+impl CustomOp3 for LinearOp {
+    fn name(&self) -> &'static str {
+        "vista-linear-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CpuOut {
+        self.forward(f32_slice(s1, l1)?, f32_slice(s2, l2)?, Some(f32_slice(s3, l3)?))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, dyv) = self.backward(x, w, dy)?;
+        let db = Tensor::from_vec(col_sums(&dyv, self.out.max(1)), b.shape(), &Device::Cpu)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
 /// A linear layer, `x Wᵀ + b` over the last dimension of `x: [..., in]` with `w: [out, in]`
-/// (PyTorch's layout): one GEMM over the flattened leading dimensions, then the fused bias add.
+/// (PyTorch's layout), one GEMM over the flattened leading dimensions. On the CPU in f32 it is
+/// one fused op on the packed GEMM and the thread team (forward and backward); elsewhere
+/// candle's matmul and bias add.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    check_float(x, "x")?;
     let dims = x.dims().to_vec();
-    let rows: usize = dims[..dims.len() - 1].iter().product();
-    let y = x.reshape((rows, dims[dims.len() - 1]))?.matmul(&w.t()?)?;
-    let y = match b {
-        Some(b) => add_bias(&y, b)?,
-        None => y,
+    let Some((&inp, lead)) = dims.split_last() else {
+        return Err(crate::Error::arg("x", "a linear layer's input needs at least one dimension"));
     };
-    let mut out = dims;
-    *out.last_mut().expect("non-empty") = w.dim(0)?;
-    Ok(y.reshape(out)?)
+    let rows: usize = lead.iter().product();
+    let (out, w_in) =
+        w.dims2().map_err(|_| crate::Error::arg("w", format!("weight {:?} is not [out, in]", w.dims())))?;
+    if w_in != inp {
+        return Err(crate::Error::arg("w", format!("weight [{out}, {w_in}] for rows of width {inp}")));
+    }
+    if let Some(b) = b {
+        if b.dims() != [out] {
+            return Err(crate::Error::arg("b", format!("bias {:?} for a weight of {out} rows", b.dims())));
+        }
+    }
+    let x2 = x.reshape((rows, inp))?;
+    let tensors: Vec<&Tensor> = [Some(x), Some(w), b].into_iter().flatten().collect();
+    let y = if on_cpu_kernels(&tensors) {
+        let op = LinearOp { out, inp };
+        let (x2, w) = (x2.contiguous()?, w.contiguous()?);
+        match b {
+            Some(b) => x2.apply_op3(&w, &b.contiguous()?, op)?,
+            None => x2.apply_op2(&w, op)?,
+        }
+    } else {
+        let y = x2.matmul(&w.t()?)?;
+        match b {
+            Some(b) => add_bias(&y, b)?,
+            None => y,
+        }
+    };
+    let mut out_dims = dims;
+    *out_dims.last_mut().expect("non-empty") = out;
+    Ok(y.reshape(out_dims)?)
 }
 
 /// `MaxPool2d(k, stride=s, padding=p)` on NCHW with its backward: each output's gradient goes to

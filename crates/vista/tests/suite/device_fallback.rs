@@ -195,6 +195,69 @@ fn training_ops_equal_the_cpu_kernels_in_value_and_gradient() {
     }
 }
 
+#[test]
+fn linear_equals_candles_matmul_in_value_and_gradient() {
+    use vista::train::ops;
+    // Rows not a multiple of the GEMM's 12-row tile, widths not of its 16- or 32-column panels.
+    let x = candle_core::Var::from_tensor(&randn(&[3, 7, 37], 30)).unwrap();
+    let w = candle_core::Var::from_tensor(&randn(&[45, 37], 31)).unwrap();
+    let b = candle_core::Var::from_tensor(&randn(&[45], 32)).unwrap();
+    let dy = randn(&[3, 7, 45], 33);
+    for bias in [true, false] {
+        let run = || {
+            let y = ops::linear(x.as_tensor(), w.as_tensor(), bias.then(|| b.as_tensor())).unwrap();
+            let grads = (&y * &dy).unwrap().sum_all().unwrap().backward().unwrap();
+            let g = |v: &candle_core::Var| grads.get(v.as_tensor()).cloned();
+            (y, g(&x), g(&w), g(&b))
+        };
+        let (y0, gx0, gw0, gb0) = run();
+        let (y1, gx1, gw1, gb1) = with_portable_paths(run);
+        report(&format!("linear (bias {bias}) value"), max_diff(&y1, &y0), 2e-5);
+        report(&format!("linear (bias {bias}) dx"), max_diff(&gx1.unwrap(), &gx0.unwrap()), 2e-5);
+        report(&format!("linear (bias {bias}) dw"), max_diff(&gw1.unwrap(), &gw0.unwrap()), 2e-5);
+        assert_eq!(gb0.is_some(), bias, "a bias gradient only with a bias");
+        if let (Some(a), Some(b)) = (gb1, gb0) {
+            report("linear db", max_diff(&a, &b), 2e-5);
+        }
+    }
+    let refused = ops::linear(x.as_tensor(), &randn(&[45, 36], 34), None);
+    assert!(refused.unwrap_err().to_string().contains("weight [45, 36] for rows of width 37"));
+}
+
+#[test]
+fn dino_loss_equals_its_composed_path_in_value_diagnostics_and_gradient() {
+    use vista::train::dino::{DinoLoss, DinoLossConfig};
+    // 4 crops of 3 images, 37 prototypes; logits of the size a head gives (|s| up to ~1), the
+    // teacher sharpened at 0.04 and the centre already moved off zero.
+    let (b, ncrops, k) = (3, 4, 37);
+    let s = candle_core::Var::from_tensor(&randn(&[ncrops * b, k], 40)).unwrap();
+    let t = randn(&[2 * b, k], 41);
+    let center = randn(&[1, k], 42).affine(0.1, 0.0).unwrap();
+    let run = || {
+        let mut loss = DinoLoss::new(DinoLossConfig::new(k, ncrops, 0.04, 0.04, 0, 2), &Device::Cpu).unwrap();
+        loss.set_center(&center).unwrap();
+        let out = loss.forward(s.as_tensor(), &t, 1).unwrap();
+        let grads = (&out.loss * 3.0).unwrap().backward().unwrap();
+        let scalar = |x: &Tensor| x.to_scalar::<f32>().unwrap();
+        let ds = grads.get(s.as_tensor()).unwrap().clone();
+        ([scalar(&out.loss), scalar(&out.teacher_entropy), scalar(&out.kl)], ds, loss.center().clone())
+    };
+    let (v0, ds0, c0) = run();
+    let (v1, ds1, c1) = with_portable_paths(run);
+    for (i, what) in ["loss", "teacher entropy", "kl"].iter().enumerate() {
+        report(&format!("dino loss {what}"), (v1[i] - v0[i]).abs() / v1[i].abs().max(1.0), 2e-6);
+    }
+    // ds = 3 · (p ΣQ − Q) / (B · pairs · T_s) with ΣQ up to 2 and a near one-hot teacher: terms of
+    // up to ~2 · 3 / (3 · 6 · 0.1) ≈ 3 cancel, so a few f32 ulps of them (the fused op's exp is
+    // a polynomial, its sums run in another order) are ~1e-6; 1e-5 is the goldens' gradient
+    // tolerance. The gradient's own size is checked so the bound means something.
+    let largest: f32 = ds0.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
+    assert!(largest > 0.5, "largest |ds| {largest}");
+    report("dino loss ds", max_diff(&ds1, &ds0), 1e-5);
+    report("dino loss centre", max_diff(&c1, &c0), 1e-7);
+    assert!(v0[0].is_finite() && v0[0] > 0.0, "a cross-entropy is positive: {}", v0[0]);
+}
+
 fn check(report: parity::Report) {
     for c in &report.checks {
         eprintln!(

@@ -359,7 +359,7 @@ impl DinoHead {
         for (i, slot) in self.slots.iter().enumerate() {
             let w = self.params[slot.weight].value();
             let b = self.params[slot.bias].value();
-            h = crate::train::ops::add_bias(&h.matmul(&w.t()?)?, &b)?;
+            h = crate::train::ops::linear(&h, &w, Some(&b))?;
             if let (Some((bn, gamma, beta)), Some(running)) = (&slot.bn, &self.running) {
                 if rows < 2 {
                     return Err(Error::arg("x", "the head's BatchNorm needs more than one row (training mode)"));
@@ -384,7 +384,7 @@ impl DinoHead {
         let lead = h.dims()[..h.rank() - 1].to_vec();
         let rows: usize = lead.iter().product();
         let w = self.last_layer_weight()?;
-        let y = h.reshape((rows, self.cfg.bottleneck_dim))?.matmul(&w.t()?)?;
+        let y = crate::train::ops::linear(&h.reshape((rows, self.cfg.bottleneck_dim))?, &w, None)?;
         let mut out_dims = lead;
         out_dims.push(self.cfg.out_dim);
         Ok(y.reshape(out_dims)?)

@@ -16,15 +16,26 @@
 //! true divisions by the temperature rounded to the tensor's dtype, as PyTorch's
 //! `tensor / python_float`.
 //!
+//! On the CPU in f32 the loss is one op (`LossOp`): the teacher's probabilities are computed
+//! directly, and the student's log-softmax, the pair sums and the gradient
+//! `(p ΣQ − Q) / (B · pairs · T_s)` in one pass each over the rows on the thread team. The
+//! composed ops (about fifteen passes over the `[ncrops·B, K]` logits each way, each gradient
+//! also summed into a zeroed buffer by candle's backward) remain the path on other devices and
+//! dtypes, and the reference the fused op is tested against (`tests/suite/device_fallback.rs`).
+//!
 //! Diagnostics for collapse detection (both detached, with the centre before the update):
 //! the teacher entropy `mean_rows(−Σ_k q log q)` (→ 0: one-hot teacher, the "sharpening"
 //! collapse; → ln K: uniform teacher, the "centring" collapse) and the mean over the loss pairs
 //! of `KL(q_iq ‖ softmax(s_v))`, which equals `loss − teacher entropy` (→ 0 with a collapsed
 //! student that copies the teacher).
 
-use candle_core::{DType, Device, Tensor, D};
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, D};
 
 use super::schedule::teacher_temp_schedule;
+use crate::nn::cpu::{exp_fast, rows_per_task, with_simd};
+use crate::train::ops::{dot, f32_slice, on_cpu_kernels, sum, values, CpuOut};
 use crate::{Error, Result};
 
 /// The arguments of `DINOLoss(out_dim, ncrops, warmup_teacher_temp, teacher_temp,
@@ -184,6 +195,25 @@ impl DinoLoss {
             ));
         }
 
+        let n_terms = 2 * (ncrops - 1);
+        if on_cpu_kernels(&[student_output, teacher_output, &self.center]) {
+            let (q, entropy) = teacher_probs(&values(teacher_output)?, &values(&self.center)?, temp as f32, k);
+            let op = LossOp {
+                q,
+                b,
+                k,
+                student_temp: self.cfg.student_temp as f32,
+                scale: 1.0 / (b * n_terms) as f64,
+                stats: Mutex::new(Vec::new()),
+            };
+            let loss = student_output.contiguous()?.apply_op1(op)?;
+            let device = student_output.device();
+            let teacher_entropy = Tensor::new(entropy as f32, device)?;
+            let kl = loss.detach().sub(&teacher_entropy)?;
+            self.update_center(teacher_output)?;
+            return Ok(DinoLossOutput { loss, teacher_entropy, kl, teacher_temp: temp });
+        }
+
         // Teacher centring and sharpening (detached).
         let teacher = teacher_output.detach().to_dtype(DType::F32)?;
         let logits = div_scalar(&teacher.broadcast_sub(&self.center)?, temp)?;
@@ -205,7 +235,6 @@ impl DinoLoss {
                 Some(a) => a.add(&term)?,
             });
         }
-        let n_terms = 2 * (ncrops - 1);
         let loss = acc.expect("two teacher views").affine(-1.0 / (b * n_terms) as f64, 0.0)?;
         let kl = loss.detach().to_dtype(DType::F32)?.sub(&teacher_entropy)?;
 
@@ -249,4 +278,156 @@ pub fn softmax_and_log(x: &Tensor) -> Result<(Tensor, Tensor)> {
     let e = z.exp()?;
     let sum = e.sum_keepdim(D::Minus1)?;
     Ok((e.broadcast_div(&sum)?, z.broadcast_sub(&sum.log()?)?))
+}
+
+/// The teacher's sharpened distribution on the CPU: per row of `t: [2B, K]`,
+/// `q = softmax((t − center) / T)` (a true division, as the composed path), and the mean over
+/// rows of `−Σ q log q` (the teacher entropy).
+fn teacher_probs(t: &[f32], center: &[f32], temp: f32, k: usize) -> (Vec<f32>, f64) {
+    let mut q = vec![0f32; t.len()];
+    let rows = rows_per_task(k);
+    let parts = crate::nn::team::map_chunks(&mut q, rows * k, |i, q| {
+        let t = &t[i * rows * k..][..q.len()];
+        with_simd(
+            #[inline(always)]
+            || {
+                let mut plogp = 0f64;
+                for (q, t) in q.chunks_exact_mut(k).zip(t.chunks_exact(k)) {
+                    for ((q, t), c) in q.iter_mut().zip(t).zip(center) {
+                        *q = (t - c) / temp;
+                    }
+                    let max = q.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    for q in q.iter_mut() {
+                        *q -= max;
+                    }
+                    // z = logits − max; log q = z − ln Σ e^z; Σ q log q = Σ q z − ln Σ e^z.
+                    let z_row = q.to_vec();
+                    for q in q.iter_mut() {
+                        *q = exp_fast(*q);
+                    }
+                    let total = sum(q);
+                    let inv = 1.0 / total;
+                    for q in q.iter_mut() {
+                        *q *= inv;
+                    }
+                    plogp += f64::from(dot(q, &z_row)) - f64::from(total.ln()) * f64::from(sum(q));
+                }
+                plogp
+            },
+        )
+    });
+    let rows_total = (t.len() / k.max(1)).max(1);
+    (q, -parts.iter().sum::<f64>() / rows_total as f64)
+}
+
+/// The DINO loss on the CPU, one op over the student output `[ncrops·B, K]` (crop-major) given
+/// the teacher's detached probabilities `q: [2B, K]`.
+///
+/// With `s' = s / T_s`, `ls = log_softmax(s')` per row and, for student row `(v, b)`,
+/// `Q = Σ_{iq ≠ v} q_iq[b]` (the one other global view for `v < 2`, both for a local view):
+/// `loss = −scale · Σ_rows Q · ls` with `scale = 1 / (B · n_pairs)`; backward
+/// `ds = scale · (p ΣQ − Q) / T_s` with `p = softmax(s')` (log-softmax's backward
+/// `g − p Σg` with `g = −scale · Q`, then the division's). Rows run in parallel on the thread
+/// team; the loss adds the rows' terms in f64, in row order.
+struct LossOp {
+    q: Vec<f32>,
+    b: usize,
+    k: usize,
+    student_temp: f32,
+    scale: f64,
+    /// Per student row, `max(s') + ln Σ e^(s' − max)` (the log-sum-exp), from the forward.
+    stats: Mutex<Vec<f32>>,
+}
+
+impl LossOp {
+    /// `Q` for student row `r` into `out`; returns `ΣQ`.
+    #[inline(always)]
+    fn targets(&self, r: usize, out: &mut [f32]) -> f32 {
+        let (v, b, k) = (r / self.b, r % self.b, self.k);
+        let (q0, q1) = (&self.q[b * k..][..k], &self.q[(self.b + b) * k..][..k]);
+        match v {
+            0 => out.copy_from_slice(q1),
+            1 => out.copy_from_slice(q0),
+            _ => {
+                for ((o, a), c) in out.iter_mut().zip(q0).zip(q1) {
+                    *o = a + c;
+                }
+            }
+        }
+        sum(out)
+    }
+}
+
+impl CustomOp1 for LossOp {
+    fn name(&self) -> &'static str {
+        "vista-dino-loss"
+    }
+
+    fn cpu_fwd(&self, st: &CpuStorage, l: &Layout) -> CpuOut {
+        let s = f32_slice(st, l)?;
+        let (k, t) = (self.k, self.student_temp);
+        let rows = s.len() / k.max(1);
+        let mut lse = vec![0f32; rows];
+        let per = rows_per_task(k);
+        let parts = crate::nn::team::map_chunks(&mut lse, per, |i, lse| {
+            with_simd(
+                #[inline(always)]
+                || {
+                    let (mut sp, mut target) = (vec![0f32; k], vec![0f32; k]);
+                    let mut acc = 0f64;
+                    for (j, lse) in lse.iter_mut().enumerate() {
+                        let r = i * per + j;
+                        for (o, v) in sp.iter_mut().zip(&s[r * k..][..k]) {
+                            *o = v / t;
+                        }
+                        let max = sp.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                        let mut e = [0f32; 16];
+                        let chunks = sp.chunks_exact(16);
+                        let tail: f32 = chunks.remainder().iter().map(|v| exp_fast(v - max)).sum();
+                        for c in chunks {
+                            for (a, v) in e.iter_mut().zip(c) {
+                                *a += exp_fast(v - max);
+                            }
+                        }
+                        *lse = max + (e.iter().sum::<f32>() + tail).ln();
+                        let total = self.targets(r, &mut target);
+                        // Σ Q · (s' − lse) = Q · s' − lse · ΣQ.
+                        acc += f64::from(dot(&target, &sp)) - f64::from(*lse) * f64::from(total);
+                    }
+                    acc
+                },
+            )
+        });
+        let loss = -parts.iter().sum::<f64>() * self.scale;
+        *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = lse;
+        Ok((CpuStorage::F32(vec![loss as f32]), Shape::from(())))
+    }
+
+    fn bwd(&self, s: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let sv = values(s)?;
+        let g = values(dy)?.first().copied().unwrap_or(0.0);
+        let lse = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let (k, t) = (self.k, self.student_temp);
+        let scale = (f64::from(g) * self.scale) as f32;
+        let mut ds = vec![0f32; sv.len()];
+        let per = rows_per_task(k);
+        crate::nn::team::for_each_chunk(&mut ds, per * k, |i, ds| {
+            with_simd(
+                #[inline(always)]
+                || {
+                    let mut target = vec![0f32; k];
+                    for (j, ds) in ds.chunks_exact_mut(k).enumerate() {
+                        let r = i * per + j;
+                        let total = self.targets(r, &mut target);
+                        let l = lse[r];
+                        for ((d, v), q) in ds.iter_mut().zip(&sv[r * k..][..k]).zip(&target) {
+                            let p = exp_fast(v / t - l);
+                            *d = scale * (p * total - q) / t;
+                        }
+                    }
+                },
+            )
+        });
+        Ok(Some(Tensor::from_vec(ds, s.shape(), &Device::Cpu)?))
+    }
 }
