@@ -777,6 +777,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, causal: bool) -
 /// a PyTorch `[out, in]` weight, the bias added by the GEMM; backward `dx = dY W`,
 /// `dW = dYᵀ x` ([`gemm_tn`](crate::nn::packed::gemm_tn)), `db` = column sums of `dY`.
 struct LinearOp {
+    rows: usize,
     out: usize,
     inp: usize,
 }
@@ -787,17 +788,15 @@ impl LinearOp {
     }
 
     fn forward(&self, x: &[f32], w: &[f32], b: Option<&[f32]>) -> CpuOut {
-        let t = x.len() / self.inp.max(1);
-        let y = super::block::dense(x, t, w, self.out, self.inp, b).map_err(Self::msg)?;
-        Ok((CpuStorage::F32(y), Shape::from((t, self.out))))
+        let y = super::block::dense(x, self.rows, w, self.out, self.inp, b).map_err(Self::msg)?;
+        Ok((CpuStorage::F32(y), Shape::from((self.rows, self.out))))
     }
 
     /// `(dx, dW)`.
     fn backward(&self, x: &Tensor, w: &Tensor, dy: &Tensor) -> candle_core::Result<(Tensor, Tensor, Vec<f32>)> {
         let (xv, wv, dyv) = (values(x)?, values(w)?, values(dy)?);
-        let t = x.dim(0)?;
-        let dx = super::block::dense_dx(&dyv, t, &wv, self.out, self.inp).map_err(Self::msg)?;
-        let dw = super::block::dense_dw(&dyv, &xv, t, self.out, self.inp).map_err(Self::msg)?;
+        let dx = super::block::dense_dx(&dyv, self.rows, &wv, self.out, self.inp).map_err(Self::msg)?;
+        let dw = super::block::dense_dw(&dyv, &xv, self.rows, self.out, self.inp).map_err(Self::msg)?;
         Ok((Tensor::from_vec(dx, x.shape(), &Device::Cpu)?, Tensor::from_vec(dw, w.shape(), &Device::Cpu)?, dyv))
     }
 }
@@ -878,7 +877,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let x2 = x.reshape((rows, inp))?;
     let tensors: Vec<&Tensor> = [Some(x), Some(w), b].into_iter().flatten().collect();
     let y = if on_cpu_kernels(&tensors) {
-        let op = LinearOp { out, inp };
+        let op = LinearOp { rows, out, inp };
         let (x2, w) = (x2.contiguous()?, w.contiguous()?);
         match b {
             Some(b) => x2.apply_op3(&w, &b.contiguous()?, op)?,

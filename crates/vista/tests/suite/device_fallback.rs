@@ -222,6 +222,14 @@ fn linear_equals_candles_matmul_in_value_and_gradient() {
     }
     let refused = ops::linear(x.as_tensor(), &randn(&[45, 36], 34), None);
     assert!(refused.unwrap_err().to_string().contains("weight [45, 36] for rows of width 37"));
+    // Empty products: no rows, and rows of no values (the output is the bias).
+    let empty = ops::linear(&Tensor::zeros((0, 37), DType::F32, &Device::Cpu).unwrap(), w.as_tensor(), None).unwrap();
+    assert_eq!(empty.dims(), [0, 45]);
+    let bias = randn(&[45], 35);
+    let x0 = Tensor::zeros((4, 0), DType::F32, &Device::Cpu).unwrap();
+    let y = ops::linear(&x0, &Tensor::zeros((45, 0), DType::F32, &Device::Cpu).unwrap(), Some(&bias)).unwrap();
+    assert_eq!(y.dims(), [4, 45]);
+    report("linear of width 0", max_diff(&y, &bias.unsqueeze(0).unwrap().repeat((4, 1)).unwrap()), 0.0);
 }
 
 #[test]
