@@ -322,7 +322,7 @@ pub fn rows_per_task(width: usize) -> usize {
 /// `Σ f(x_i)` in sixteen partial sums: a single running sum is one chain of dependent adds
 /// (four cycles each) that cannot be vectorised; sixteen fill two vector registers.
 #[inline(always)]
-fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+pub(crate) fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let mut acc = [0f32; 16];
     let mut chunks = x.chunks_exact(16);
     for c in &mut chunks {

@@ -417,6 +417,22 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor
     Ok(x.apply_op3(&w, &b, Attach { y, kind: AttachKind::LayerNorm(eps) })?)
 }
 
+/// `softmax(x)` of one row into `out`; returns the row's maximum and `Σ e^(x − max)` (so that
+/// `log softmax = x − max − ln Σ`).
+#[inline(always)]
+pub(super) fn softmax_row(x: &[f32], out: &mut [f32]) -> (f32, f32) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for (o, v) in out.iter_mut().zip(x) {
+        *o = exp_fast(v - max);
+    }
+    let total = sum(out);
+    let inv = 1.0 / total;
+    for o in out.iter_mut() {
+        *o *= inv;
+    }
+    (max, total)
+}
+
 struct SoftmaxOp;
 
 impl CustomOp1 for SoftmaxOp {
@@ -432,14 +448,7 @@ impl CustomOp1 for SoftmaxOp {
             c,
             #[inline(always)]
             |x, o| {
-                let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                for (o, v) in o.iter_mut().zip(x) {
-                    *o = exp_fast(v - max);
-                }
-                let inv = 1.0 / sum(o);
-                for o in o.iter_mut() {
-                    *o *= inv;
-                }
+                softmax_row(x, o);
             },
         );
         Ok((CpuStorage::F32(out), l.shape().clone()))

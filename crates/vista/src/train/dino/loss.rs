@@ -19,8 +19,9 @@
 //! On the CPU in f32 the loss is one op (`LossOp`): the teacher's probabilities are computed
 //! directly, and the student's log-softmax, the pair sums and the gradient
 //! `(p ΣQ − Q) / (B · pairs · T_s)` in one pass each over the rows on the thread team. The
-//! composed ops (about fifteen passes over the `[ncrops·B, K]` logits each way, each gradient
-//! also summed into a zeroed buffer by candle's backward) remain the path on other devices and
+//! composed ops (eighteen differentiable candle ops on the student's side, each a pass over the
+//! logits or their per-view sums forward and backward, each gradient also summed into a zeroed
+//! buffer by candle's backward) remain the path on other devices and
 //! dtypes, and the reference the fused op is tested against (`tests/suite/device_fallback.rs`).
 //!
 //! Diagnostics for collapse detection (both detached, with the centre before the update):
@@ -34,8 +35,8 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, D};
 
 use super::schedule::teacher_temp_schedule;
-use crate::nn::cpu::{exp_fast, rows_per_task, with_simd};
-use crate::train::ops::{dot, f32_slice, on_cpu_kernels, sum, values, CpuOut};
+use crate::nn::cpu::{exp_fast, lane_sum, rows_per_task, with_simd};
+use crate::train::ops::{dot, f32_slice, on_cpu_kernels, softmax_row, sum, values, CpuOut};
 use crate::{Error, Result};
 
 /// The arguments of `DINOLoss(out_dim, ncrops, warmup_teacher_temp, teacher_temp,
@@ -291,26 +292,19 @@ fn teacher_probs(t: &[f32], center: &[f32], temp: f32, k: usize) -> (Vec<f32>, f
         with_simd(
             #[inline(always)]
             || {
+                let mut logits = vec![0f32; k];
                 let mut plogp = 0f64;
                 for (q, t) in q.chunks_exact_mut(k).zip(t.chunks_exact(k)) {
-                    for ((q, t), c) in q.iter_mut().zip(t).zip(center) {
-                        *q = (t - c) / temp;
+                    for ((l, t), c) in logits.iter_mut().zip(t).zip(center) {
+                        *l = (t - c) / temp;
                     }
-                    let max = q.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    for q in q.iter_mut() {
-                        *q -= max;
-                    }
-                    // z = logits − max; log q = z − ln Σ e^z; Σ q log q = Σ q z − ln Σ e^z.
-                    let z_row = q.to_vec();
-                    for q in q.iter_mut() {
-                        *q = exp_fast(*q);
-                    }
-                    let total = sum(q);
-                    let inv = 1.0 / total;
-                    for q in q.iter_mut() {
-                        *q *= inv;
-                    }
-                    plogp += f64::from(dot(q, &z_row)) - f64::from(total.ln()) * f64::from(sum(q));
+                    // z = logits − max first (at T = 0.04 the logits reach tens, and `q · logits`
+                    // would cancel against `max` in f32): log q = z − ln Σ e^z, so
+                    // Σ q log q = q · z − ln Σ e^z · Σ q.
+                    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    logits.iter_mut().for_each(|l| *l -= max);
+                    let (_, total) = softmax_row(&logits, q);
+                    plogp += f64::from(dot(q, &logits)) - f64::from(total.ln()) * f64::from(sum(q));
                 }
                 plogp
             },
@@ -381,15 +375,7 @@ impl CustomOp1 for LossOp {
                             *o = v / t;
                         }
                         let max = sp.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                        let mut e = [0f32; 16];
-                        let chunks = sp.chunks_exact(16);
-                        let tail: f32 = chunks.remainder().iter().map(|v| exp_fast(v - max)).sum();
-                        for c in chunks {
-                            for (a, v) in e.iter_mut().zip(c) {
-                                *a += exp_fast(v - max);
-                            }
-                        }
-                        *lse = max + (e.iter().sum::<f32>() + tail).ln();
+                        *lse = max + lane_sum(&sp, |v| exp_fast(v - max)).ln();
                         let total = self.targets(r, &mut target);
                         // Σ Q · (s' − lse) = Q · s' − lse · ΣQ.
                         acc += f64::from(dot(&target, &sp)) - f64::from(*lse) * f64::from(total);
